@@ -1,0 +1,31 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo generated bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,demo]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check symgrad tests benchmarks generated
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/symgrad demo --out demo-out
+
+generated: $(STAMP)
+	for spec in examples/*.toml; do $(BIN)/symgrad generate $$spec --force || exit 1; done
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check symgrad tests benchmarks generated
+	$(BIN)/ruff format --check generated
+
+clean:
+	rm -rf $(VENV) demo-out build dist
