@@ -1,0 +1,1 @@
+"""Data files bundled with symgrad (see ``LICENSE-digits.txt``)."""
