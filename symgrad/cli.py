@@ -1,0 +1,131 @@
+"""The ``symgrad`` command line (contract: DESIGN.md, "Command line").
+
+Each subcommand is a small function taking the parsed arguments and returning an
+exit code: 0 success, 1 a check or verification failed, 2 bad input — reported
+as one line ``symgrad: error: <where>: <what>``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from symgrad import __version__
+from symgrad.errors import SymgradError
+
+__all__ = ["main", "build_parser"]
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def register(fn):
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors follow our one-line convention (exit 2)."""
+
+    def error(self, message: str):  # noqa: D401
+        raise SymgradError(self.prog, message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="symgrad", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"symgrad {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    d = sub.add_parser("derive", help="print the backpropagation formulas of a network")
+    d.add_argument("spec", help="network spec (TOML)")
+    d.add_argument("--format", choices=("text", "latex", "markdown"), default="text")
+    d.add_argument("--steps", action="store_true", help="show each chain-rule step")
+    d.add_argument("--prove", action="store_true",
+                   help="also prove the formulas by scalar expansion on a tiny instance")
+
+    g = sub.add_parser("generate", help="write a numpy training module")
+    g.add_argument("spec")
+    g.add_argument("-o", "--output", help="output path (default generated/<name>.py)")
+    g.add_argument("--force", action="store_true", help="overwrite a file symgrad did not write")
+
+    c = sub.add_parser("check", help="gradient check of a spec or a generated module")
+    c.add_argument("target", help="SPEC.toml or MODULE.py")
+    c.add_argument("--method", choices=("central", "complex", "directional", "taylor"),
+                   default="central")
+    c.add_argument("--tol", type=float, default=None, help="max relative error allowed")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--directions", type=int, default=8, help="directional: how many")
+
+    v = sub.add_parser("verify", help="verify a gradient derived by hand")
+    v.add_argument("spec", nargs="?", help="network spec (TOML)")
+    v.add_argument("--wrt", required=True, help="W1, b2, Z1, A1, … (or x with --expr)")
+    v.add_argument("--expr", help="scalar mode: a function of the --wrt variable")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("formula", help="your gradient, in numpy syntax")
+
+    m = sub.add_parser("demo", help="the whole mission on the digits data set")
+    m.add_argument("--out", default="demo-out", help="directory for the plot and report")
+    m.add_argument("--epochs", type=int, default=None)
+    return p
+
+
+@command("derive")
+def cmd_derive(args: argparse.Namespace) -> int:
+    from symgrad.derive import derive
+    from symgrad.spec import load_spec
+
+    spec = load_spec(args.spec)
+    d = derive(spec)
+    out = {"text": d.text, "latex": d.latex, "markdown": d.markdown}[args.format](steps=args.steps)
+    sys.stdout.write(out)
+    if args.prove:
+        from symgrad.crosscheck import prove
+
+        report = prove(spec)
+        sys.stdout.write("\n" + report.text())
+        return 0 if report.ok else 1
+    return 0
+
+
+def _missing(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise SymgradError(name, "this command is not available in this build")
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        _load_commands()
+        return COMMANDS.get(args.command, _missing(args.command))(args)
+    except SymgradError as e:
+        print(e.one_line(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("symgrad: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _load_commands() -> None:
+    """Commands living in their own modules register themselves on import."""
+    import importlib
+
+    for module in ("symgrad.codegen", "symgrad.check", "symgrad.verify", "symgrad.demo"):
+        path = Path(__file__).with_name(module.split(".")[1] + ".py")
+        if path.exists():
+            importlib.import_module(module)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""How names are formed and displayed — one place (as tangent keeps tangent/naming.py).
+
+Code names are plain identifiers: ``X, Y, W1, b1, Z1, A1, Yhat``; the cotangent
+(∂L/∂·) of ``V`` is ``dV``.  Displays: ``Z₁`` / ``Z_{1}``; the cotangent of a
+pre-activation ``Zl`` is the textbook δ_l; other cotangents print as ∂L/∂V.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["cotangent", "primal", "text", "latex", "layer_of"]
+
+_SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+_NAME = re.compile(r"(d?)([A-Za-z]+?)(\d*)\Z")
+_COT = re.compile(r"d([A-Z][A-Za-z]*|b)\d*\Z")
+
+
+def cotangent(name: str) -> str:
+    """dV: the code name of ∂L/∂V."""
+    return f"d{name}"
+
+
+def primal(name: str) -> str:
+    """V for dV."""
+    return name[1:] if _COT.match(name) else name
+
+
+def layer_of(name: str) -> int | None:
+    m = _NAME.match(name)
+    return int(m.group(3)) if m and m.group(3) else None
+
+
+def _split(name: str) -> tuple[bool, str, str]:
+    m = _NAME.match(name)
+    if not m:
+        return False, name, ""
+    is_cot = bool(_COT.match(name))
+    base = m.group(2) if is_cot else m.group(1) + m.group(2)
+    return is_cot, base, m.group(3)
+
+
+def text(name: str) -> str:
+    """Unicode display: Z1 → Z₁, Yhat → Ŷ, dZ1 → δ₁, dA1 → ∂L/∂A₁."""
+    if name == "L":
+        return "L"
+    is_cot, base, idx = _split(name)
+    if base == "Yhat":
+        base_txt = "Ŷ"
+    else:
+        base_txt = base
+    primal_txt = base_txt + idx.translate(_SUB)
+    if not is_cot:
+        return primal_txt
+    if base == "Z":
+        return "δ" + idx.translate(_SUB)
+    return f"∂L/∂{primal_txt}"
+
+
+def latex(name: str) -> str:
+    """LaTeX display: Z1 → Z_{1}, Yhat → \\hat{Y}, dZ1 → \\delta_{1}."""
+    is_cot, base, idx = _split(name)
+    base_tex = r"\hat{Y}" if base == "Yhat" else base
+    primal_tex = f"{base_tex}_{{{idx}}}" if idx else base_tex
+    if not is_cot:
+        return primal_tex
+    if base == "Z":
+        return rf"\delta_{{{idx}}}"
+    return rf"\frac{{\partial L}}{{\partial {primal_tex}}}"

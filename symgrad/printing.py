@@ -1,0 +1,599 @@
+"""Printing the derivation as a person writes it: text (Unicode), LaTeX, Markdown.
+
+Two layers of printers, both SymPy ``Printer`` subclasses dispatching on
+``_print_<Class>``:
+
+* scalar printers (:class:`TextScalarPrinter`, :class:`LatexScalarPrinter`) print
+  the SymPy expressions inside elementwise maps — ``1 − A₁²``, ``Ŷ ⊙ (1 − Ŷ)`` —
+  with a product of matrices written ⊙ and a piecewise function as Iverson brackets;
+* matrix printers (:class:`TextPrinter`, :class:`LatexPrinter`) print the
+  matrix-level trees of :mod:`symgrad.ops`.
+
+Text, LaTeX and Markdown share one layout (:func:`render`); only the printer differs.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.latex import LatexPrinter as _SympyLatex
+from sympy.printing.printer import Printer
+from sympy.printing.str import StrPrinter
+
+from symgrad import naming
+from symgrad.activations import X as X_SYM
+from symgrad.activations import expand_named
+from symgrad.losses import YHAT, Y
+from symgrad.ops import L1, L2, N, Map, Node, Sym
+
+__all__ = ["TextPrinter", "LatexPrinter", "render", "text", "latex"]
+
+ATOM, POSTFIX, MATMUL, HADAMARD, SCALE, ADD = 100, 90, 60, 50, 40, 10
+_SUP = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+_FUNC_TEXT = {"sigmoid": "σ", "Abs": None, "sign": "sign", "log": "log", "exp": "exp"}
+_COEF_TEXT = {N: "N", L1: "λ₁", L2: "λ₂"}
+_COEF_LATEX = {N: "N", L1: r"\lambda_{1}", L2: r"\lambda_{2}"}
+
+
+# --------------------------------------------------------------------------
+# Scalar printers (bodies of elementwise maps, scalar facts)
+# --------------------------------------------------------------------------
+
+
+class TextScalarPrinter(StrPrinter):
+    """Unicode, elementwise: a·b → a ⊙ b, a² , [a > 0], σ(z), |r|."""
+
+    def __init__(self, names: dict[sp.Symbol, str] | None = None, elementwise: bool = True):
+        super().__init__()
+        self.names = {**_COEF_TEXT, **(names or {})}
+        self.times = " ⊙ " if elementwise else "·"
+
+    def _print_Symbol(self, e):
+        return self.names.get(e, e.name)
+
+    def _atomic(self, e) -> str:
+        s = self._print(e)
+        return s if isinstance(e, sp.Symbol | sp.Function | sp.Number) and not (
+            isinstance(e, sp.Number) and e < 0
+        ) or isinstance(e, sp.Abs) else f"({s})"
+
+    def _print_Add(self, e, order=None):
+        terms = sorted(e.as_ordered_terms(), key=lambda t: bool(t.as_coeff_Mul()[0].is_negative))
+        out = self._print(terms[0])
+        for t in terms[1:]:
+            c, _ = t.as_coeff_Mul()
+            out += f" − {self._print(-t)}" if c < 0 else f" + {self._print(t)}"
+        return out
+
+    def _print_Mul(self, e):
+        c, rest = e.as_coeff_Mul()
+        if c < 0:
+            return "−" + (self._print(-e) if not isinstance(-e, sp.Add) else f"({self._print(-e)})")
+        num, den = [], []
+        if c != 1:
+            p, q = sp.fraction(c)
+            if p != 1:
+                num.append(self._print(p))
+            if q != 1:
+                den.append(self._print(q))
+        for f in sorted(sp.Mul.make_args(rest), key=lambda f: isinstance(f, sp.Add)):
+            if f.is_Pow and f.exp.is_number and f.exp < 0:
+                den.append(self._power(f.base, -f.exp))
+            else:
+                num.append(self._atomic(f) if not f.is_Pow else self._print(f))
+        top = self.times.join(num) if num else "1"
+        if not den:
+            return top
+        bottom = den[0] if len(den) == 1 else "(" + self.times.join(den) + ")"
+        return f"{top}/{bottom}" if len(num) <= 1 else f"({top})/{bottom}"
+
+    def _power(self, base, exp) -> str:
+        if exp == 1:
+            return self._atomic(base)
+        if exp.is_Integer and 0 < exp < 10:
+            return self._atomic(base) + str(exp).translate(_SUP)
+        if exp == sp.Rational(1, 2):
+            return f"√{self._atomic(base)}"
+        return f"{self._atomic(base)}^({self._print(exp)})"
+
+    def _print_Pow(self, e):
+        if e.exp.is_number and e.exp < 0:
+            return f"1/{self._power(e.base, -e.exp)}"
+        if e.base == sp.E:
+            return f"exp({self._print(e.exp)})"
+        return self._power(e.base, e.exp)
+
+    def _print_Function(self, e):
+        name = type(e).__name__
+        args = ", ".join(self._print(a) for a in e.args)
+        if isinstance(e, sp.tanh | sp.sin | sp.cos) and False:
+            return f"{name} {args}"
+        return f"{_FUNC_TEXT.get(name) or name}({args})"
+
+    def _print_Abs(self, e):
+        return f"|{self._print(e.args[0])}|"
+
+    def _print_Relational(self, e):
+        op = {">": ">", "<": "<", ">=": "≥", "<=": "≤"}.get(e.rel_op, e.rel_op)
+        return f"{self._print(e.lhs)} {op} {self._print(e.rhs)}"
+
+    def _print_Piecewise(self, e):
+        return self._print_Add_terms(iverson_terms(e), self._print)
+
+    def _print_Add_terms(self, terms, pr):
+        parts = []
+        for value, cond in terms:
+            bracket = f"[{pr(cond)}]"
+            if value == 1:
+                parts.append(bracket)
+            else:
+                parts.append(f"{self._atomic(value)} {bracket}")
+        return " + ".join(parts) if parts else "0"
+
+    def _print_Float(self, e):
+        return repr(float(e))
+
+    def _print_Rational(self, e):
+        return f"{e.p}/{e.q}"
+
+    def _print_Exp1(self, e):
+        return "e"
+
+    def _print_Pi(self, e):
+        return "π"
+
+
+def iverson_terms(pw: sp.Piecewise) -> list[tuple[sp.Expr, sp.Basic]]:
+    """Piecewise((v1, c1), (v2, True)) → [(v1, c1), (v2, ¬c1)], dropping zero pieces."""
+    terms, previous = [], []
+    for value, cond in pw.args:
+        if cond is sp.true:
+            cond = sp.And(*[sp.Not(p) for p in previous]) if previous else sp.true
+            if len(previous) == 1:
+                cond = previous[0].negated
+        if value != 0:
+            terms.append((value, cond))
+        previous.append(cond if cond is not sp.true else cond)
+    return terms
+
+
+class LatexScalarPrinter(_SympyLatex):
+    """LaTeX, elementwise: products with \\odot, Iverson brackets, σ."""
+
+    def __init__(self, names: dict[sp.Symbol, str] | None = None, elementwise: bool = True):
+        super().__init__({"mul_symbol": None})
+        self.names = {**_COEF_LATEX, **(names or {})}
+        self.times = r" \odot " if elementwise else " "
+
+    def _print_Symbol(self, e, style="plain"):
+        return self.names.get(e, super()._print_Symbol(e))
+
+    def _wrap(self, e) -> str:
+        s = self._print(e)
+        simple = isinstance(e, sp.Symbol | sp.Function | sp.Abs) or (isinstance(e, sp.Number) and e >= 0)
+        return s if simple else rf"\left({s}\right)"
+
+    def _print_Mul(self, e):
+        c, rest = e.as_coeff_Mul()
+        if c < 0:
+            inner = self._print(-e)
+            return "-" + (rf"\left({inner}\right)" if isinstance(-e, sp.Add) else inner)
+        num, den = [], []
+        if c != 1:
+            p, q = sp.fraction(c)
+            if p != 1:
+                num.append(self._print(p))
+            if q != 1:
+                den.append(self._print(q))
+        for f in sorted(sp.Mul.make_args(rest), key=lambda f: isinstance(f, sp.Add)):
+            if f.is_Pow and f.exp.is_number and f.exp < 0:
+                den.append(self._print(f.base ** (-f.exp)) if -f.exp != 1 else self._print(f.base))
+            else:
+                num.append(self._wrap(f) if not f.is_Pow else self._print(f))
+        top = self.times.join(num) if num else "1"
+        if not den:
+            return top
+        bottom = self.times.join(den)
+        return rf"\frac{{{top}}}{{{bottom}}}"
+
+    def _print_Pow(self, e):
+        if e.exp.is_number and e.exp < 0:
+            return rf"\frac{{1}}{{{self._print(e.base ** (-e.exp))}}}"
+        if e.base == sp.E:
+            return rf"e^{{{self._print(e.exp)}}}"
+        if e.exp == sp.Rational(1, 2):
+            return rf"\sqrt{{{self._print(e.base)}}}"
+        return f"{self._wrap(e.base)}^{{{self._print(e.exp)}}}"
+
+    def _print_sigmoid(self, e, exp=None):
+        return rf"\sigma\left({self._print(e.args[0])}\right)"
+
+    def _print_softplus(self, e, exp=None):
+        return rf"\operatorname{{softplus}}\left({self._print(e.args[0])}\right)"
+
+    def _print_Piecewise(self, e):
+        parts = []
+        for value, cond in iverson_terms(e):
+            bracket = rf"\left[{self._print(cond)}\right]"
+            parts.append(bracket if value == 1 else f"{self._wrap(value)} {bracket}")
+        return " + ".join(parts) if parts else "0"
+
+    def _print_Float(self, e):
+        return repr(float(e))
+
+
+# --------------------------------------------------------------------------
+# Matrix printers
+# --------------------------------------------------------------------------
+
+
+class _MatrixPrinter(Printer):
+    """Shared precedence logic; subclasses give the symbols."""
+
+    scalar_printer: type
+    name = staticmethod(naming.text)
+
+    def prec(self, node: Node) -> int:
+        return {
+            "Sym": ATOM, "Const": ATOM, "Transpose": POSTFIX, "ColSum": MATMUL,
+            "MatMul": MATMUL, "Hadamard": HADAMARD, "Scale": SCALE, "Add": ADD, "Sub": ADD,
+            "BiasAdd": ADD, "Elementwise": ATOM, "Softmax": ATOM, "RowSum": ATOM,
+            "SqNormHalf": ATOM, "AbsSum": ATOM, "MeanLoss": SCALE,
+        }.get(type(node).__name__, ATOM if not isinstance(node, Map) else self._map_prec(node))
+
+    def _map_prec(self, node: Map) -> int:
+        e = node.expr
+        if isinstance(e, sp.Piecewise):
+            terms = iverson_terms(e)
+            return ATOM if len(terms) == 1 and terms[0][0] == 1 else ADD
+        if isinstance(e, sp.Add):
+            return ADD
+        if isinstance(e, sp.Mul):
+            return HADAMARD
+        return ATOM
+
+    def paren(self, node: Node, at_least: int) -> str:
+        s = self._print(node)
+        return s if self.prec(node) >= at_least else self.lparen + s + self.rparen
+
+    lparen, rparen = "(", ")"
+
+    def factor(self, node: Node) -> str:
+        """A factor of ⊙: bare if atomic or itself a ⊙ product, else parenthesized
+        (a matrix product inside ⊙ is always bracketed, as textbooks do)."""
+        return self.paren(node, ATOM) if self.prec(node) != HADAMARD else self._print(node)
+
+    def coef(self, c: sp.Expr) -> str:
+        return self.scalar_printer()._print(c)
+
+    def map_body(self, node: Map) -> str:
+        names = {}
+        for s, child in node.args:
+            txt = self._print(child)
+            names[s] = txt if self.prec(child) >= ATOM else self.lparen + txt + self.rparen
+        return self.scalar_printer(names)._print(node.expr)
+
+    def _print_Map(self, node):
+        return self.map_body(node)
+
+    def _print_Sym(self, node):
+        return self.name(node.name)
+
+    def _print_Const(self, node):
+        return self.coef(node.value)
+
+    def _print_Add(self, node):
+        return " + ".join(self.paren(t, ADD) for t in node.terms)
+
+    def _print_BiasAdd(self, node):
+        return f"{self.paren(node.a, ADD)} + {self.paren(node.b, ADD)}"
+
+    def _print_Sub(self, node):
+        return f"{self.paren(node.a, ADD)} {self.minus} {self.paren(node.b, ADD + 1)}"
+
+    def _print_Scale(self, node):
+        num, den = sp.fraction(node.c)
+        body = self.paren(node.x, SCALE + 1 if den == 1 else self.fraction_body_prec)
+        lead = "" if num == 1 else self.coef(num) + " "
+        if num == -1:
+            lead = "-"
+        if den == 1:
+            return lead + body
+        return self.fraction(lead + body, self.coef(den))
+
+
+class TextPrinter(_MatrixPrinter):
+    """Unicode text: X W₁ + b₁, δ₂ W₂ᵀ ⊙ (1 − A₁²), 𝟏ᵀ δ₁."""
+
+    fraction_body_prec = ATOM
+
+    scalar_printer = TextScalarPrinter
+    minus = "−"
+
+    def fraction(self, top, bottom):
+        return f"{top}/{bottom}"
+
+    def _print_MatMul(self, node):
+        return f"{self.paren(node.a, MATMUL)} {self.paren(node.b, MATMUL + 1)}"
+
+    def _print_Transpose(self, node):
+        return self.paren(node.x, ATOM) + "ᵀ"
+
+    def _print_Hadamard(self, node):
+        return f"{self.factor(node.a)} ⊙ {self.factor(node.b)}"
+
+    def _print_ColSum(self, node):
+        return f"𝟏ᵀ {self.paren(node.x, MATMUL + 1)}"
+
+    def _print_RowSum(self, node):
+        return f"rowsum({self._print(node.x)})"
+
+    def _print_Elementwise(self, node):
+        fn = node.fn
+        return f"{fn.text}({self._print(node.x)})" if fn.text else self._print(node.x)
+
+    def _print_Softmax(self, node):
+        return f"softmax({self._print(node.x)})"
+
+    def _print_MeanLoss(self, node):
+        body = self.map_body(Map(node.loss.expr, ((YHAT, node.yhat), (Y, node.y))))
+        return f"(1/N) Σ [{body}]"
+
+    def _print_SqNormHalf(self, node):
+        return f"½‖{self._print(node.x)}‖²"
+
+    def _print_AbsSum(self, node):
+        return f"Σ|{self._print(node.x)}|"
+
+
+class LatexPrinter(_MatrixPrinter):
+    r"""LaTeX: X W_{1} + b_{1}, \delta_{2} W_{2}^\top \odot (1 - A_{1}^{2})."""
+
+    scalar_printer = LatexScalarPrinter
+    name = staticmethod(naming.latex)
+    minus = "-"
+    lparen, rparen = r"\left(", r"\right)"
+    fraction_body_prec = 0
+
+    def fraction(self, top, bottom):
+        return rf"\frac{{{top}}}{{{bottom}}}"
+
+    def _print_MatMul(self, node):
+        return f"{self.paren(node.a, MATMUL)} {self.paren(node.b, MATMUL + 1)}"
+
+    def _print_Transpose(self, node):
+        return self.paren(node.x, ATOM) + r"^{\top}"
+
+    def _print_Hadamard(self, node):
+        return rf"{self.factor(node.a)} \odot {self.factor(node.b)}"
+
+    def _print_ColSum(self, node):
+        return rf"\mathbf{{1}}^{{\top}} {self.paren(node.x, MATMUL + 1)}"
+
+    def _print_RowSum(self, node):
+        return rf"\operatorname{{rowsum}}\left({self._print(node.x)}\right)"
+
+    def _print_Elementwise(self, node):
+        fn = node.fn
+        inner = self._print(node.x)
+        return rf"{fn.latex}\left({inner}\right)" if fn.latex else inner
+
+    def _print_Softmax(self, node):
+        return rf"\operatorname{{softmax}}\left({self._print(node.x)}\right)"
+
+    def _print_MeanLoss(self, node):
+        body = self.map_body(Map(node.loss.expr, ((YHAT, node.yhat), (Y, node.y))))
+        return rf"\frac{{1}}{{N}} \sum \left[{body}\right]"
+
+    def _print_SqNormHalf(self, node):
+        return rf"\tfrac{{1}}{{2}}\lVert {self._print(node.x)} \rVert_F^{{2}}"
+
+    def _print_AbsSum(self, node):
+        return rf"\sum \lvert {self._print(node.x)} \rvert"
+
+
+def text(node: Node) -> str:
+    return TextPrinter()._print(node)
+
+
+def latex(node: Node) -> str:
+    return LatexPrinter()._print(node)
+
+
+# --------------------------------------------------------------------------
+# Layout
+# --------------------------------------------------------------------------
+
+
+def _lhs(sym: Sym, printer: _MatrixPrinter, fmt: str) -> str:
+    name = sym.name
+    shown = printer.name(name)
+    if name.startswith("dZ"):
+        partial = printer.name("d" + "A0")  # template for ∂L/∂·
+        z = printer.name(name[1:])
+        pd = partial.replace(printer.name("A0"), z)
+        return f"{shown} = {pd}"
+    return shown
+
+
+def _rule_note(eq, derivation) -> str:
+    from symgrad import ops
+
+    rule = eq.rule
+    notes = []
+    for part in rule.split(" + "):
+        if "(fused)" in part:
+            notes.append(f"{part.replace(' (fused)', '')}: fused rule, proved by --prove")
+            continue
+        cls = getattr(ops, part, None)
+        if cls is not None and cls.__doc__:
+            doc = " ".join(cls.__doc__.split())
+            notes.append(doc.split(". ")[0].rstrip(".") if "∂" not in doc else _vjp_part(doc))
+    return "; ".join(notes)
+
+
+def _vjp_part(doc: str) -> str:
+    head, _, rule = doc.partition("  ") if "  " in doc else doc.partition(". ")
+    start = doc.find("∂")
+    return doc[: doc.find(".")].strip() + ": " + doc[start:].split("  (")[0].split(": the")[0].rstrip(".")
+
+
+def _network_line(d) -> str:
+    spec = d.spec
+    parts = [str(spec.inputs)] + [f"{layer.units} {layer.fn.name if layer.fn.text != 'f' or True else ''}"
+                                  for layer in spec.layers]
+    loss = spec.loss_fn.name if spec.loss_expr is None else f"ℓ(ŷ, y) = {spec.loss_expr}"
+    pen = []
+    if spec.l2:
+        pen.append(f"λ₂ = {spec.l2:g}")
+    if spec.l1:
+        pen.append(f"λ₁ = {spec.l1:g}")
+    tail = f", penalty {', '.join(pen)}" if pen else ""
+    return f"{spec.name}: {' → '.join(parts)}; loss {loss}{tail}"
+
+
+def scalar_facts(d, fmt: str) -> list[str]:
+    """The scalar derivatives SymPy found, as lines (text) or LaTeX rows."""
+    seen, lines = set(), []
+    sp_printer = TextScalarPrinter if fmt == "text" else LatexScalarPrinter
+    z, a = sp.Symbol("z", real=True), sp.Symbol("a", real=True)
+    for l, layer in enumerate(d.spec.layers, 1):
+        fn = layer.fn
+        if fn.is_rowwise or fn.name in seen or fn.name == "identity":
+            continue
+        seen.add(fn.name)
+        pr = sp_printer({X_SYM: "z"}, elementwise=False)
+        raw = sp.diff(expand_named(fn.expr), X_SYM)
+        name = fn.text if fmt == "text" else fn.latex
+        fz = f"{name}(z)" if fmt == "text" else rf"{name}(z)"
+        parts = [f"{fz} = {pr._print(fn.expr)}"] if fn.text == "f" else []
+        rhs = f"{pr._print(fn.derivative)}"
+        out = ""
+        if fn.output_derivative is not None and fn.output_derivative != fn.derivative:
+            out = f" = {sp_printer({a: 'a'}, elementwise=False)._print(fn.output_derivative)}"
+            out += f"  (a = {fz})" if fmt == "text" else rf" \quad (a = {fz})"
+        prime = "′" if fmt == "text" else "'"
+        lines += parts
+        if raw != fn.derivative and fmt == "text":
+            lines.append(f"d/dz {fz} = {pr._print(raw)}  (as differentiated)")
+        lines.append(f"{name}{prime}(z) = {rhs}{out}")
+        _ = (l, z, a)
+    loss = d.spec.loss_fn
+    pr = sp_printer({YHAT: "ŷ" if fmt == "text" else r"\hat{y}", Y: "y"}, elementwise=False)
+    ell = "ℓ" if fmt == "text" else r"\ell"
+    lines.append(f"{ell}(ŷ, y) = {pr._print(loss.expr)}" if fmt == "text"
+                 else rf"\ell(\hat{{y}}, y) = {pr._print(loss.expr)}")
+    dl = f"∂ℓ/∂ŷ = {pr._print(loss.derivative)}" if fmt == "text" else (
+        rf"\frac{{\partial \ell}}{{\partial \hat{{y}}}} = {pr._print(loss.derivative)}")
+    lines.append(dl)
+    return lines
+
+
+def render(d, fmt: str, steps: bool = False) -> str:
+    """Lay out a derivation in ``fmt``: text, latex, markdown or jupyter-latex."""
+    if fmt == "text":
+        return _render_text(d, steps)
+    if fmt == "latex":
+        return _render_latex(d, steps)
+    if fmt == "jupyter-latex":
+        return "$$" + _aligned(d, steps=False) + "$$"
+    if fmt == "markdown":
+        return _render_markdown(d, steps)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+NOTATION = (
+    "⊙ elementwise product, ᵀ transpose, 𝟏 the column of N ones (𝟏ᵀ δ sums over the "
+    "samples), rowsum sums each row; functions and powers apply elementwise; b is added to every row."
+)
+
+
+def _update_lines(d, printer, arrow, eta):
+    out = []
+    for p in d.graph.params:
+        g = printer.name(naming.cotangent(p.name))
+        out.append(f"{printer.name(p.name)} {arrow} {printer.name(p.name)} - {eta} {g}"
+                   if printer.minus == "-" else
+                   f"{printer.name(p.name)} {arrow} {printer.name(p.name)} − {eta} {g}")
+    return out
+
+
+def _render_text(d, steps: bool) -> str:
+    tp = TextPrinter()
+    lines = [_network_line(d), ""]
+    lines.append("Forward")
+    for eq in d.forward:
+        lines.append(f"  {tp.name(eq.target.name)} = {tp._print(eq.rhs)}")
+    lines.append("")
+    lines.append("Backward")
+    for eq in d.backward:
+        lines.append(f"  {_lhs(eq.target, tp, 'text')} = {tp._print(eq.rhs)}")
+    for note in d.assumptions:
+        lines.append(f"  (softmax∘cross-entropy uses: {note})")
+    lines.append("")
+    lines.append("Update (gradient descent, learning rate η)")
+    lines += ["  " + s for s in _update_lines(d, tp, "←", "η")]
+    if steps:
+        lines += ["", "Chain rule, step by step (reverse sweep)"]
+        for i, eq in enumerate(d.steps, 1):
+            lines.append(f"  {i}. {_lhs(eq.target, tp, 'text')} = {tp._print(eq.rhs)}")
+            note = _rule_note(eq, d)
+            if note:
+                lines.append(f"       by {note}")
+        lines += ["", "Scalar derivatives found by SymPy"]
+        lines += ["  " + s for s in scalar_facts(d, "text")]
+    lines += ["", "Notation: " + NOTATION]
+    return "\n".join(lines) + "\n"
+
+
+def _aligned(d, steps: bool) -> str:
+    lp = LatexPrinter()
+    rows = [r"\begin{aligned}"]
+    for eq in d.forward:
+        rows.append(rf"{lp.name(eq.target.name)} &= {lp._print(eq.rhs)} \\")
+    for eq in d.backward:
+        lhs = _lhs(eq.target, lp, "latex")
+        rows.append(rf"{lhs} &= {lp._print(eq.rhs)} \\")
+    rows.append(r"\end{aligned}")
+    return "\n".join(rows)
+
+
+def _latex_block(title_rows: list[str]) -> str:
+    return "\\begin{aligned}\n" + " \\\\\n".join(title_rows) + "\n\\end{aligned}"
+
+
+def _latex_sections(d, steps: bool) -> list[tuple[str, str]]:
+    lp = LatexPrinter()
+    sections = []
+    fwd = [rf"{lp.name(eq.target.name)} &= {lp._print(eq.rhs)}" for eq in d.forward]
+    sections.append(("Forward", _latex_block(fwd)))
+    bwd = [rf"{_lhs(eq.target, lp, 'latex')} &= {lp._print(eq.rhs)}" for eq in d.backward]
+    sections.append(("Backward", _latex_block(bwd)))
+    upd = [s.replace(r" \leftarrow ", r" &\leftarrow ") for s in _update_lines(d, lp, r"\leftarrow", r"\eta")]
+    sections.append(("Update (gradient descent, learning rate $\\eta$)", _latex_block(upd)))
+    if steps:
+        rows = [rf"{_lhs(eq.target, lp, 'latex')} &= {lp._print(eq.rhs)}" for eq in d.steps]
+        sections.append(("Chain rule, step by step", _latex_block(rows)))
+        facts = [f.replace(" = ", " &= ", 1) for f in scalar_facts(d, "latex")]
+        sections.append(("Scalar derivatives found by SymPy", _latex_block(facts)))
+    return sections
+
+
+def _render_latex(d, steps: bool) -> str:
+    out = [f"% {_network_line(d)}"]
+    for title, block in _latex_sections(d, steps):
+        out.append(f"% {title}")
+        out.append(r"\[" + "\n" + block + "\n" + r"\]")
+    for note in d.assumptions:
+        out.append(f"% softmax∘cross-entropy uses: {note}")
+    return "\n".join(out) + "\n"
+
+
+def _render_markdown(d, steps: bool) -> str:
+    out = [f"## Backpropagation for `{d.spec.name}`", "", _network_line(d).split(": ", 1)[1], ""]
+    for title, block in _latex_sections(d, steps):
+        out += [f"### {title}", "", "$$", block, "$$", ""]
+        if title == "Backward":
+            for note in d.assumptions:
+                out += [f"The softmax∘cross-entropy step uses: {note}.", ""]
+    out += ["Notation: " + NOTATION.replace("ᵀ", "⊤"), ""]
+    return "\n".join(out)

@@ -1,0 +1,332 @@
+"""Network specs: TOML files and the equivalent Python API, validated once, here.
+
+Everything downstream receives a valid :class:`Spec` and does not re-check.
+Every error is a :class:`~symgrad.errors.SymgradError` whose ``where`` names the
+file and the table/field (``digits.toml: layer[2].activation``) and whose
+``what`` says what is wrong and how to fix it.
+
+Python API::
+
+    spec = Spec(name="digits_mlp", inputs=64,
+                layers=(Layer(32, "tanh"), Layer(10, "softmax")),
+                loss="cross_entropy", l2=1e-4)
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from symgrad.activations import ACTIVATIONS, Activation, custom_activation, get_activation
+from symgrad.activations import X as X_SYM
+from symgrad.errors import SymgradError
+from symgrad.losses import LOSSES, YHAT, Y, Loss, custom_loss, get_loss
+
+__all__ = ["Layer", "Spec", "Training", "OPTIMIZERS", "load_spec", "spec_from_dict"]
+
+NAME_RE = re.compile(r"[a-z_][a-z0-9_]*\Z")
+MAX_UNITS = 1_000_000
+MAX_LAYERS = 200
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
+# PyTorch's default learning rates (torch.optim.SGD / Adam / RMSprop)
+DEFAULT_LR = {"sgd": 1e-3, "momentum": 1e-3, "nesterov": 1e-3, "adam": 1e-3, "rmsprop": 1e-2}
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_int(value: Any, where: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SymgradError(where, f"must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise SymgradError(where, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _check_float(value: Any, where: str, lo: float, hi: float = math.inf, *, open_lo=False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SymgradError(where, f"must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < lo or (open_lo and value == lo) or value > hi:
+        bound = f"> {lo}" if open_lo else f">= {lo}"
+        upper = f" and <= {hi}" if math.isfinite(hi) else ""
+        raise SymgradError(where, f"must be a finite number {bound}{upper}, got {value!r}")
+    return value
+
+
+def _parse(text: str, names: dict, where: str):
+    from symgrad.expr import parse_scalar  # the safe parser (never eval)
+
+    return parse_scalar(text, names, where=where)
+
+
+# --------------------------------------------------------------------------
+# The dataclasses (validated in __post_init__, so the Python API is as safe)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One dense layer: ``units`` outputs and an activation (a built-in name or an
+    expression in ``x``)."""
+
+    units: int
+    activation: str = "identity"
+    where: str = field(default="layer", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_int(self.units, f"{self.where}.units", 1, MAX_UNITS)
+        if not isinstance(self.activation, str) or not self.activation.strip():
+            raise SymgradError(
+                f"{self.where}.activation",
+                f"must be a built-in name ({', '.join(ACTIVATIONS)}) or an expression in x",
+            )
+        _ = self.fn  # resolve now: errors belong at the edge
+
+    @cached_property
+    def fn(self) -> Activation:
+        text = self.activation.strip()
+        if text.isidentifier() and text != "x":
+            try:
+                return get_activation(text)
+            except KeyError as e:
+                raise SymgradError(
+                    f"{self.where}.activation",
+                    f"{e.args[0]}; use a built-in ({', '.join(ACTIVATIONS)}) or an expression in x",
+                ) from None
+        expr = _parse(text, {"x": X_SYM}, f"{self.where}.activation")
+        return custom_activation(expr, text)
+
+
+@dataclass(frozen=True)
+class Training:
+    """Defaults for the generated ``train()`` (PyTorch's defaults where not given)."""
+
+    optimizer: str = "sgd"
+    learning_rate: float | None = None
+    batch_size: int = 32
+    epochs: int = 20
+    seed: int = 0
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    alpha: float = 0.99
+    where: str = field(default="training", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        w = self.where
+        if self.optimizer not in OPTIMIZERS:
+            raise SymgradError(
+                f"{w}.optimizer",
+                f"unknown optimizer {self.optimizer!r}{_suggest(str(self.optimizer), OPTIMIZERS)}; "
+                f"use one of {', '.join(OPTIMIZERS)}",
+            )
+        if self.learning_rate is None:
+            object.__setattr__(self, "learning_rate", DEFAULT_LR[self.optimizer])
+        _check_float(self.learning_rate, f"{w}.learning_rate", 0.0, 1e6, open_lo=True)
+        _check_int(self.batch_size, f"{w}.batch_size", 1, 10**9)
+        _check_int(self.epochs, f"{w}.epochs", 0, 10**7)
+        _check_int(self.seed, f"{w}.seed", 0, 2**32 - 1)
+        _check_float(self.momentum, f"{w}.momentum", 0.0, 1.0)
+        _check_float(self.beta1, f"{w}.beta1", 0.0, 1.0)
+        _check_float(self.beta2, f"{w}.beta2", 0.0, 1.0)
+        _check_float(self.eps, f"{w}.eps", 0.0, 1.0, open_lo=True)
+        _check_float(self.alpha, f"{w}.alpha", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A dense network: ``inputs`` features, ``layers`` in order, a loss and penalties.
+
+    ``loss`` is a built-in name; alternatively ``loss_expr`` is an elementwise
+    expression in ``yhat`` and ``y`` (then ``loss`` must be left None).
+    """
+
+    name: str
+    inputs: int
+    layers: tuple[Layer, ...]
+    loss: str | None = "mse"
+    loss_expr: str | None = None
+    l1: float = 0.0
+    l2: float = 0.0
+    training: Training = field(default_factory=Training)
+    source: str = field(default="<spec>", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        src = self.source
+        if not isinstance(self.name, str) or not NAME_RE.match(self.name):
+            raise SymgradError(
+                f"{src}: network.name",
+                f"{self.name!r} is not a module name; use lower-case letters, digits and _ "
+                "(not starting with a digit)",
+            )
+        _check_int(self.inputs, f"{src}: network.inputs", 1, MAX_UNITS)
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if not self.layers:
+            raise SymgradError(f"{src}: layer", "a network needs at least one [[layer]] table")
+        if len(self.layers) > MAX_LAYERS:
+            raise SymgradError(f"{src}: layer", f"at most {MAX_LAYERS} layers, got {len(self.layers)}")
+        for layer in self.layers:
+            if not isinstance(layer, Layer):
+                raise SymgradError(f"{src}: layer", f"expected Layer objects, got {layer!r}")
+        object.__setattr__(self, "l1", _check_float(self.l1, f"{src}: regularization.l1", 0.0))
+        object.__setattr__(self, "l2", _check_float(self.l2, f"{src}: regularization.l2", 0.0))
+        if (self.loss is None) == (self.loss_expr is None):
+            raise SymgradError(
+                f"{src}: loss",
+                "give exactly one of kind = \"<built-in>\" or expr = \"<expression in yhat, y>\"",
+            )
+        _ = self.loss_fn
+        out = self.layers[-1].fn
+        allowed = self.loss_fn.outputs
+        if allowed is not None and out.name not in allowed:
+            raise SymgradError(
+                f"{src}: loss.kind",
+                f"{self.loss_fn.name} needs a {' or '.join(allowed)} output layer, "
+                f"but the last layer's activation is {self.layers[-1].activation!r}",
+            )
+
+    @cached_property
+    def loss_fn(self) -> Loss:
+        src = self.source
+        if self.loss_expr is not None:
+            if not isinstance(self.loss_expr, str):
+                raise SymgradError(f"{src}: loss.expr", "must be a string expression in yhat and y")
+            expr = _parse(self.loss_expr, {"yhat": YHAT, "y": Y}, f"{src}: loss.expr")
+            if not expr.has(YHAT):
+                raise SymgradError(f"{src}: loss.expr", "the loss does not depend on yhat")
+            return custom_loss(expr, self.loss_expr)
+        try:
+            return get_loss(str(self.loss))
+        except KeyError as e:
+            raise SymgradError(
+                f"{src}: loss.kind", f"{e.args[0]}; use one of {', '.join(LOSSES)} or expr = \"...\""
+            ) from None
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """(inputs, units₁, …, units_L)."""
+        return (self.inputs, *(layer.units for layer in self.layers))
+
+    @property
+    def outputs(self) -> int:
+        return self.layers[-1].units
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.loss_fn.name in ("cross_entropy", "binary_cross_entropy") or (
+            self.layers[-1].fn.name == "softmax"
+        )
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i, (n_in, n_out) in enumerate(zip(self.sizes, self.sizes[1:], strict=False), 1):
+            shapes[f"W{i}"] = (n_in, n_out)
+            shapes[f"b{i}"] = (n_out,)
+        return shapes
+
+    def with_sizes(self, sizes: tuple[int, ...]) -> Spec:
+        """The same network with other widths (for tiny proofs and benchmarks)."""
+        layers = tuple(Layer(u, layer.activation) for u, layer in zip(sizes[1:], self.layers, strict=True))
+        return Spec(self.name, sizes[0], layers, self.loss, self.loss_expr, self.l1, self.l2,
+                    self.training, self.source)
+
+
+# --------------------------------------------------------------------------
+# TOML
+# --------------------------------------------------------------------------
+
+_TABLES = {
+    "network": {"name", "inputs"},
+    "layer": {"units", "activation"},
+    "loss": {"kind", "expr"},
+    "regularization": {"l1", "l2"},
+    "training": {f.name for f in fields(Training) if f.name != "where"},
+}
+
+
+def _check_keys(table: Any, allowed: set[str], where: str) -> dict:
+    if not isinstance(table, dict):
+        raise SymgradError(where, f"must be a table, got {type(table).__name__}")
+    for key in table:
+        if key not in allowed:
+            raise SymgradError(
+                f"{where}.{key}",
+                f"unknown key{_suggest(key, allowed)}; allowed keys: {', '.join(sorted(allowed))}",
+            )
+    return table
+
+
+def spec_from_dict(data: dict, source: str = "<spec>") -> Spec:
+    """Build a :class:`Spec` from parsed TOML data; errors name ``source``."""
+    for key in data:
+        if key not in _TABLES:
+            raise SymgradError(
+                f"{source}: [{key}]",
+                f"unknown table{_suggest(key, _TABLES)}; allowed: {', '.join(_TABLES)}",
+            )
+    network = _check_keys(data.get("network"), _TABLES["network"], f"{source}: [network]") if (
+        "network" in data
+    ) else None
+    if network is None:
+        raise SymgradError(f"{source}: [network]", "missing table; add [network] with name and inputs")
+    for key in ("name", "inputs"):
+        if key not in network:
+            raise SymgradError(f"{source}: network.{key}", "missing; add it to the [network] table")
+    raw_layers = data.get("layer")
+    if not isinstance(raw_layers, list) or not raw_layers:
+        raise SymgradError(f"{source}: layer", "no [[layer]] tables; add one per dense layer, in order")
+    layers = []
+    for i, raw in enumerate(raw_layers, 1):
+        where = f"{source}: layer[{i}]"
+        raw = _check_keys(raw, _TABLES["layer"], where)
+        if "units" not in raw:
+            raise SymgradError(f"{where}.units", "missing; give the number of units of this layer")
+        layers.append(Layer(raw["units"], raw.get("activation", "identity"), where=where))
+    loss_table = _check_keys(data.get("loss", {}), _TABLES["loss"], f"{source}: [loss]")
+    if not loss_table:
+        raise SymgradError(f"{source}: [loss]", "missing; add [loss] with kind = \"...\" or expr = \"...\"")
+    reg = _check_keys(data.get("regularization", {}), _TABLES["regularization"],
+                      f"{source}: [regularization]")
+    train = _check_keys(data.get("training", {}), _TABLES["training"], f"{source}: [training]")
+    training = Training(**train, where=f"{source}: training")
+    return Spec(
+        name=network["name"],
+        inputs=network["inputs"],
+        layers=tuple(layers),
+        loss=loss_table.get("kind") if "expr" not in loss_table else None,
+        loss_expr=loss_table.get("expr"),
+        l1=reg.get("l1", 0.0),
+        l2=reg.get("l2", 0.0),
+        training=training,
+        source=source,
+    )
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a TOML spec."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SymgradError(str(path), "no such file") from None
+    except OSError as e:
+        raise SymgradError(str(path), f"cannot read: {e.strerror}") from None
+    if len(raw) > 1_000_000:
+        raise SymgradError(str(path), "spec file is larger than 1 MB")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SymgradError(str(path), "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SymgradError(str(path), f"invalid TOML: {e}") from None
+    return spec_from_dict(data, source=str(path))
