@@ -21,7 +21,7 @@ generated: $(STAMP)
 	for spec in examples/*.toml; do $(BIN)/symgrad generate $$spec --force || exit 1; done
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check symgrad tests benchmarks generated

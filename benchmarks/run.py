@@ -1,0 +1,334 @@
+"""``make bench``: symgrad's performance report (issue 6).
+
+1. Installs the optional contenders into this interpreter's environment if they are
+   missing (torch 2.13.0 CPU, jax + jaxlib, scikit-learn); ``--no-install`` skips that.
+2. ``symgrad derive`` / ``symgrad generate`` wall time (benchmarks/derive_bench.py).
+3. One epoch of mini-batch SGD on W1, W2, W3 for every contender, paired and
+   interleaved (benchmarks/training_bench.py): median s/epoch, min–max, ratio to the
+   GEMM floor and to the hand-written numpy reference.
+4. Gradient-check cost: the generated module's full central-difference check of the
+   digits network, and ``symgrad check --method directional`` on W1's network.
+5. The goal ratios of issue 6 for the generated module, checked against this run.
+
+Results are also written as JSON (benchmarks/results/latest.json by default).
+
+Usage: ``python benchmarks/run.py [--full] [--quick] [--no-install] [--reps 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, as a script
+
+import derive_bench  # noqa: E402
+import numpy as np  # noqa: E402
+import training_bench as tb  # noqa: E402
+from bench_common import (  # noqa: E402
+    RESULTS_DIR,
+    ROOT,
+    fmt_ratio,
+    fmt_seconds,
+    format_table,
+    has_module,
+    symgrad_env,
+)
+
+# module to import → what to pip install. torch: exactly this pin (a CPU build is on
+# disk here; another version would pull a multi-GB CUDA build).
+OPTIONAL = (
+    ("torch", ["torch==2.13.0"]),
+    ("jax", ["jax", "jaxlib"]),
+    ("sklearn", ["scikit-learn"]),
+)
+CONTENDER_GROUPS = {
+    "numpy": (tb.FLOOR, tb.HAND),
+    "generated": ("generated f32", "generated f64"),
+    "torch": ("PyTorch eager",),
+    "jax": ("JAX jit step", "JAX jit scan"),
+    "sklearn": ("scikit-learn",),
+}
+GEN = "generated f32"
+# Issue 6's goal for the generated module (float32, SGD), per workload: the ratio to
+# the GEMM floor it must not exceed, and the contenders it must beat.
+GOALS = {
+    "W1": (1.45, (tb.HAND, "PyTorch eager", "JAX jit step")),
+    "W2": (3.0, (tb.HAND, "PyTorch eager")),
+    "W3": (1.30, (tb.HAND,)),
+}
+
+
+def ensure_contenders(install: bool, log) -> list[str]:
+    """pip-install missing optional contenders into this interpreter's environment."""
+    notes = []
+    for module, packages in OPTIONAL:
+        if has_module(module):
+            continue
+        if not install:
+            notes.append(f"{module}: not installed (--no-install)")
+            continue
+        log(f"installing {' '.join(packages)} …")
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", *packages],
+            capture_output=True, text=True, check=False,
+        )
+        importlib.invalidate_caches()
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            notes.append(f"{module}: pip install {' '.join(packages)} failed: {last[:200]}")
+        else:
+            notes.append(f"{module}: installed {' '.join(packages)}")
+    return notes
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "numpy": np.__version__,
+        "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")},
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    for module in ("torch", "jax", "sklearn", "sympy"):
+        if has_module(module):
+            try:
+                from importlib.metadata import version
+
+                info[module] = version({"sklearn": "scikit-learn"}.get(module, module))
+            except Exception:  # metadata missing: not important for a benchmark
+                info[module] = "?"
+    if has_module("threadpoolctl"):
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [
+            {k: p.get(k) for k in ("internal_api", "num_threads", "architecture", "version")}
+            for p in threadpool_info()
+            if p.get("user_api") == "blas"
+        ]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                             capture_output=True, text=True, check=False).stdout.strip()
+        info["git"] = sha or None
+    except OSError:
+        info["git"] = None
+    return info
+
+
+# --------------------------------------------------------------------------
+# Gradient-check cost
+# --------------------------------------------------------------------------
+
+
+def gradcheck_digits(workdir: Path) -> dict[str, Any]:
+    """Time the generated module's ``check_gradients`` on the digits network (float64,
+    every parameter, the 1,437 training samples)."""
+    name = "central differences, digits 64-32-10 tanh (generated check_gradients)"
+    w = tb.make_workloads()["W2"]
+    ctx = tb.Context(w, tb.make_data(w), workdir)
+    try:
+        mod = tb.generated_module(ctx)
+    except tb.Skipped as e:
+        return {"check": name, "status": f"skipped: {e}"}
+    if not hasattr(mod, "check_gradients"):
+        return {"check": name, "status": "skipped: the module has no check_gradients"}
+    from symgrad.datasets import digits_split
+
+    d = digits_split(np.float64)
+    params = mod.init_params(seed=0, dtype=np.float64)
+    n_params = sum(int(p.size) for p in params.values())
+    t0 = time.perf_counter()
+    errors = mod.check_gradients(params, d["X_train"], d["Y_train"])
+    dt = time.perf_counter() - t0
+    worst = max(float(v) for v in errors.values()) if errors else None
+    return {
+        "check": name,
+        "seconds": dt,
+        "parameters": n_params,
+        "samples": len(d["X_train"]),
+        "max_rel_error": worst,
+    }
+
+
+def gradcheck_directional(workdir: Path) -> dict[str, Any]:
+    """Whole-process time of ``symgrad check W1.toml --method directional``."""
+    w = tb.make_workloads()["W1"]
+    name = f"directional, W1 {'-'.join(map(str, w.sizes))} (symgrad check, whole process)"
+    if not has_module("symgrad.check"):
+        return {"check": name, "status": "skipped: symgrad check does not exist yet"}
+    spec = workdir / "w1_check.toml"
+    spec.write_text(w.toml(), encoding="utf-8")
+    cmd = [sys.executable, "-m", "symgrad", "check", str(spec), "--method", "directional"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=symgrad_env(), capture_output=True, text=True,
+                          check=False)
+    dt = time.perf_counter() - t0
+    out = (proc.stdout + proc.stderr).strip().splitlines()
+    entry = {"check": name, "seconds": dt, "exit_code": proc.returncode,
+             "parameters": sum(a * b + b for a, b in zip(w.sizes, w.sizes[1:], strict=False))}
+    if proc.returncode not in (0, 1):
+        entry["status"] = f"failed (exit {proc.returncode}): {out[-1] if out else ''}"[:200]
+    return entry
+
+
+def format_gradchecks(rows: list[dict[str, Any]]) -> str:
+    table = []
+    for r in rows:
+        if "status" in r and "seconds" not in r:
+            table.append([r["check"], "-", "-", "-", r["status"]])
+            continue
+        err = r.get("max_rel_error")
+        verdict = r.get("status", "")
+        if "exit_code" in r and not verdict:
+            verdict = "pass" if r["exit_code"] == 0 else f"exit {r['exit_code']}"
+        table.append([
+            r["check"], fmt_seconds(r["seconds"]), f"{r.get('parameters', 0):,}",
+            "-" if err is None else f"{err:.1e}", verdict,
+        ])
+    return "Gradient-check cost\n" + format_table(
+        ["check", "wall time", "parameters", "max rel. error", "note"], table
+    )
+
+
+# --------------------------------------------------------------------------
+# Goals
+# --------------------------------------------------------------------------
+
+
+def evaluate_goals(workloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 6's goals for the generated module (float32), checked on this run."""
+    goals = []
+    for res in workloads:
+        key = res["workload"]
+        if key not in GOALS:
+            continue
+        limit, rivals = GOALS[key]
+        rows = {r["contender"]: r for r in res["rows"]}
+        gen = rows.get(GEN, {})
+        if "median" not in gen:
+            goals.append({"workload": key, "goal": f"≤ {limit}× GEMM floor",
+                          "ok": None, "value": gen.get("status", "not measured")})
+            continue
+        goals.append({"workload": key, "goal": f"≤ {limit}× GEMM floor",
+                      "ok": gen["ratio_floor"] <= limit, "value": fmt_ratio(gen["ratio_floor"])})
+        for rival in rivals:
+            r = rows.get(rival, {})
+            if "times" not in r or len(r["times"]) != len(gen["times"]):
+                goals.append({"workload": key, "goal": f"faster than {rival}", "ok": None,
+                              "value": r.get("status", "not measured")})
+                continue
+            ratio = statistics.median(
+                g / t for g, t in zip(gen["times"], r["times"], strict=True)
+            )
+            goals.append({"workload": key, "goal": f"faster than {rival}", "ok": ratio < 1,
+                          "value": f"generated/{rival} = {ratio:.2f}"})
+    return goals
+
+
+def format_goals(goals: list[dict[str, Any]]) -> str:
+    lines = ["Issue 6 goals for the generated module (float32, SGD), this run:"]
+    for g in goals:
+        mark = {True: "ok", False: "MISSED", None: "n/a"}[g["ok"]]
+        lines.append(f"  [{mark:6s}] {g['workload']}: {g['goal']}: {g['value']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="W1 with N=60,000 and W3 with 20,000")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: small N, 2 repetitions, 1 derive run, no gradient checks")
+    ap.add_argument("--no-install", action="store_true", help="do not pip-install contenders")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 5, quick 2)")
+    ap.add_argument("--workloads", default="W1,W2,W3", help="comma-separated subset")
+    ap.add_argument("--contenders", default=",".join(CONTENDER_GROUPS),
+                    help=f"comma-separated subset of {', '.join(CONTENDER_GROUPS)}")
+    ap.add_argument("--no-derive", action="store_true", help="skip the derive/generate table")
+    ap.add_argument("--no-gradcheck", action="store_true", help="skip the gradient-check cost")
+    ap.add_argument("--pause", type=float, default=tb.PAUSE_S,
+                    help="seconds of sleep before each timed epoch (idle thread pools)")
+    ap.add_argument("--tiny", action="store_true", help="one tiny workload (for tests)")
+    ap.add_argument("--json", type=Path, default=RESULTS_DIR / "latest.json")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    reps = args.reps or (2 if args.quick else 5)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    def emit(text: str) -> None:
+        print(text + "\n", flush=True)
+
+    results: dict[str, Any] = {"install": ensure_contenders(not args.no_install, log)}
+    results["meta"] = machine_info()
+    results["meta"].update(full=args.full, quick=args.quick, reps=reps)
+    for note in results["install"]:
+        log(note)
+
+    if not args.no_derive:
+        cases = derive_bench.default_cases(args.quick)
+        res = derive_bench.run(1 if args.quick else 5, cases, generate=True,
+                               profile="never" if args.quick else "on-miss", log=log)
+        results["derive"] = res
+        emit(res["table"])
+
+    contenders: tuple[str, ...] = ()
+    for group in args.contenders.split(","):
+        if group.strip() not in CONTENDER_GROUPS:
+            raise SystemExit(f"unknown contender group {group!r}; use {', '.join(CONTENDER_GROUPS)}")
+        contenders += CONTENDER_GROUPS[group.strip()]
+    if tb.FLOOR not in contenders:  # every ratio is to the floor
+        contenders = (tb.FLOOR, *contenders)
+    if args.tiny:
+        workloads = [tb.tiny_workload()]
+    else:
+        available = tb.make_workloads(args.full, args.quick)
+        workloads = [available[k.strip()] for k in args.workloads.split(",")]
+
+    results["workloads"] = []
+    with tempfile.TemporaryDirectory(prefix="symgrad-bench-") as tmp:
+        workdir = Path(tmp)
+        for w in workloads:
+            log(f"{w.title}: preparing {len(contenders)} contenders …")
+            res = tb.run_workload(w, reps, workdir, contenders, log=log, pause=args.pause)
+            res["table"] = tb.format_workload(res)
+            results["workloads"].append(res)
+            emit(res["table"])
+        if not (args.quick or args.no_gradcheck or args.tiny):
+            log("gradient checks …")
+            results["gradcheck"] = [gradcheck_digits(workdir), gradcheck_directional(workdir)]
+            emit(format_gradchecks(results["gradcheck"]))
+
+    results["goals"] = evaluate_goals(results["workloads"])
+    if results["goals"]:
+        emit(format_goals(results["goals"]))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp_json = args.json.with_suffix(".json.tmp")
+    tmp_json.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp_json.replace(args.json)
+    print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
