@@ -101,6 +101,7 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")},
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average_at_start": os.getloadavg(),
     }
     for module in ("torch", "jax", "sklearn", "sympy"):
         if has_module(module):
@@ -125,6 +126,17 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         info["git"] = None
     return info
+
+
+def format_meta(meta: dict[str, Any]) -> str:
+    blas = ", ".join(
+        f"{b['internal_api']} {b['architecture']} {b['num_threads']} threads"
+        for b in meta.get("blas", [])
+    )
+    parts = [f"python {meta['python']}", f"numpy {meta['numpy']}" + (f" ({blas})" if blas else "")]
+    parts += [f"{m} {meta[m]}" for m in ("torch", "jax", "sklearn") if m in meta]
+    return (f"symgrad benchmarks, {meta['time']}, git {meta.get('git')}, {meta['cpus']} cpus; "
+            + "; ".join(parts))
 
 
 # --------------------------------------------------------------------------
@@ -187,7 +199,7 @@ def format_gradchecks(rows: list[dict[str, Any]]) -> str:
     table = []
     for r in rows:
         if "status" in r and "seconds" not in r:
-            table.append([r["check"], "-", "-", "-", r["status"]])
+            table.append([r["check"], "-", "-", "-", r["status"][:80]])
             continue
         err = r.get("max_rel_error")
         verdict = r.get("status", "")
@@ -264,6 +276,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-gradcheck", action="store_true", help="skip the gradient-check cost")
     ap.add_argument("--pause", type=float, default=tb.PAUSE_S,
                     help="seconds of sleep before each timed epoch (idle thread pools)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="limit numpy BLAS, torch (and XLA when 1) to this many threads")
     ap.add_argument("--tiny", action="store_true", help="one tiny workload (for tests)")
     ap.add_argument("--json", type=Path, default=RESULTS_DIR / "latest.json")
     return ap.parse_args(argv)
@@ -284,6 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"].update(full=args.full, quick=args.quick, reps=reps)
     for note in results["install"]:
         log(note)
+    emit(format_meta(results["meta"]))
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        emit(f"warning: load average {load:.1f} at start — other processes share the "
+             f"{os.cpu_count()} cores; multi-threaded BLAS timings are unreliable")
+    if args.threads:
+        results["meta"]["threads"] = tb.limit_threads(args.threads)
+        log(results["meta"]["threads"])
 
     if not args.no_derive:
         cases = derive_bench.default_cases(args.quick)
@@ -319,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             results["gradcheck"] = [gradcheck_digits(workdir), gradcheck_directional(workdir)]
             emit(format_gradchecks(results["gradcheck"]))
 
+    results["meta"]["load_average_at_end"] = os.getloadavg()
     results["goals"] = evaluate_goals(results["workloads"])
     if results["goals"]:
         emit(format_goals(results["goals"]))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import os
 import statistics
 import subprocess
 import sys
@@ -66,6 +67,29 @@ CONTENDERS = (
 
 
 PAUSE_S = 0.25  # sleep before each timed epoch (see run_workload)
+TORCH_THREADS = 2
+_thread_limits: list[Any] = []  # keeps threadpoolctl's limiter alive
+
+
+def limit_threads(n: int) -> str:
+    """Use ``n`` threads in numpy's BLAS (through threadpoolctl), PyTorch and, if JAX is
+    not imported yet, XLA. For diagnosis on a busy machine: two-thread BLAS calls slow
+    down by an order of magnitude when the cores are shared with other processes."""
+    global TORCH_THREADS
+    TORCH_THREADS = n
+    notes = [f"torch {n}"]
+    if has_module("threadpoolctl"):
+        from threadpoolctl import threadpool_limits
+
+        _thread_limits.append(threadpool_limits(limits=n, user_api="blas"))
+        notes.append(f"numpy BLAS {n}")
+    else:
+        notes.append("numpy BLAS not limited (threadpoolctl missing)")
+    if "jax" not in sys.modules and n == 1:
+        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+        notes.append("XLA 1")
+    return "threads: " + ", ".join(notes)
 
 
 class Skipped(Exception):
@@ -407,7 +431,7 @@ def prep_torch(ctx: Context) -> Prepared:
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(TORCH_THREADS)
     torch.manual_seed(ctx.seed)
     w = ctx.workload
     act = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[w.hidden_activation]
@@ -657,6 +681,7 @@ def format_workload(result: dict[str, Any]) -> str:
                 fmt_seconds(r.get("compile_s")), r.get("note", ""),
             ])
         else:
-            rows.append([r["contender"], "-", "-", "-", "-", "-", r["status"]])
+            status = r["status"] if len(r["status"]) <= 80 else r["status"][:77] + "..."
+            rows.append([r["contender"], "-", "-", "-", "-", "-", status])
     head = f"{result['title']} — {result['reps']} interleaved repetitions, medians"
     return head + "\n" + format_table(headers, rows)
