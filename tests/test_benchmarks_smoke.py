@@ -92,3 +92,19 @@ def test_derive_bench_tiny(bench):
     assert "median" in res["derive"]["depth2"], res["derive"]["depth2"]
     assert _table_rows(res["table"].split("\n", 1)[1])
     json.dumps(res)  # JSON-able
+
+
+def test_full_central_difference_on_a_known_gradient(bench):
+    """The gradient-check cost helper compares every entry; a right gradient passes."""
+    import types
+
+    def loss(params, X, Y):
+        return float(0.5 * (params["W1"] ** 2).sum() + (params["b1"] ** 3).sum())
+
+    def loss_and_grad(params, X, Y):
+        return loss(params, X, Y), {"W1": params["W1"].copy(), "b1": 3 * params["b1"] ** 2}
+
+    mod = types.SimpleNamespace(loss=loss, loss_and_grad=loss_and_grad)
+    rng = np.random.default_rng(0)
+    params = {"W1": rng.standard_normal((3, 2)), "b1": rng.standard_normal(2)}
+    assert bench["run"].full_central_difference(mod, params, None, None) < 1e-6
