@@ -175,6 +175,23 @@ def evaluate_targets(derive: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return targets
 
 
+def growth(timings: dict[str, dict[str, Any]]) -> str | None:
+    """×500/×1 and per-layer growth of a set of timings, as one line."""
+
+    def med(label: str) -> float | None:
+        return timings.get(label, {}).get("median")
+
+    t2, t10, t50, twide = med("depth2"), med("depth10"), med("depth50"), med("depth10_x500")
+    parts = []
+    if t10 is not None and twide is not None:
+        parts.append(f"×{WIDE_FACTOR}/×1 = {twide / t10:.2f}")
+    if t2 is not None and t10 is not None:
+        parts.append(f"{(t10 - t2) / 8 * 1e3:.1f} ms/layer (2→10)")
+    if t10 is not None and t50 is not None:
+        parts.append(f"{(t50 - t10) / 40 * 1e3:.1f} ms/layer (10→50), 50/10 = {t50 / t10:.2f}")
+    return "; ".join(parts) or None
+
+
 def format_timing_table(derive: dict[str, Any], generate: dict[str, Any] | None) -> str:
     headers = ["network", "depth", "width", "derive median", "derive min–max"]
     if generate:
@@ -351,6 +368,8 @@ def format_report(result: dict[str, Any]) -> str:
         parts.append("targets:")
         for t in result["targets"]:
             parts.append(f"  [{'ok' if t['ok'] else 'MISSED'}] {t['target']}: {t['value']}")
+    if result.get("generate") and growth(result["generate"]):
+        parts.append(f"generate growth: {growth(result['generate'])}")
     if "profile" in result:
         parts.append(f"profile of `symgrad derive` ({result['profile']['network']}):")
         parts.append(result["profile"]["text"])
