@@ -6,6 +6,8 @@
 3. One epoch of mini-batch SGD on W1, W2, W3 for every contender, paired and
    interleaved (benchmarks/training_bench.py): median s/epoch, min–max, ratio to the
    GEMM floor and to the hand-written numpy reference.
+   With the generated module available, a per-statement profile of its epoch
+   (benchmarks/profile_generated.py): where the time beyond the matmuls goes.
 4. Gradient-check cost: the generated module's full central-difference check of the
    digits network, and ``symgrad check --method directional`` on W1's network.
 5. The goal ratios of issue 6 for the generated module, checked against this run.
@@ -44,6 +46,7 @@ from bench_common import (  # noqa: E402
     has_module,
     symgrad_env,
 )
+from profile_generated import format_profile, profile_generated  # noqa: E402
 
 # module to import → what to pip install. torch: exactly this pin (a CPU build is on
 # disk here; another version would pull a multi-GB CUDA build).
@@ -300,6 +303,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--contenders", default=",".join(CONTENDER_GROUPS),
                     help=f"comma-separated subset of {', '.join(CONTENDER_GROUPS)}")
     ap.add_argument("--no-derive", action="store_true", help="skip the derive/generate table")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="skip the per-statement profile of the generated module")
     ap.add_argument("--no-gradcheck", action="store_true", help="skip the gradient-check cost")
     ap.add_argument("--pause", type=float, default=tb.PAUSE_S,
                     help="seconds of sleep before each timed epoch (idle thread pools)")
@@ -363,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
             res["table"] = tb.format_workload(res)
             results["workloads"].append(res)
             emit(res["table"])
+            gen_ok = any(r["contender"] == GEN and "median" in r for r in res["rows"])
+            if gen_ok and not (args.quick or args.tiny or args.no_profile):
+                log(f"{w.key}: profiling the generated module's epoch …")
+                prof = profile_generated(w, workdir)
+                results.setdefault("profile_generated", []).append(prof)
+                emit(format_profile(prof))
         if not (args.quick or args.no_gradcheck or args.tiny):
             log("gradient checks …")
             results["gradcheck"] = [*gradcheck_digits(workdir), gradcheck_directional(workdir)]

@@ -20,7 +20,8 @@ def bench():
     try:
         yield {
             name: importlib.import_module(name)
-            for name in ("bench_common", "derive_bench", "training_bench", "run")
+            for name in ("bench_common", "derive_bench", "training_bench", "profile_generated",
+                         "run")
         }
     finally:
         sys.path[:] = [p for p in sys.path if p != str(BENCH)]
@@ -108,3 +109,15 @@ def test_full_central_difference_on_a_known_gradient(bench):
     rng = np.random.default_rng(0)
     params = {"W1": rng.standard_normal((3, 2)), "b1": rng.standard_normal(2)}
     assert bench["run"].full_central_difference(mod, params, None, None) < 1e-6
+
+
+def test_profile_generated_tiny(bench, tmp_path):
+    tb, pg = bench["training_bench"], bench["profile_generated"]
+    try:
+        res = pg.profile_generated(tb.tiny_workload(), tmp_path, epochs=1)
+    except tb.Skipped as e:
+        pytest.skip(str(e))
+    assert res["matmul_s"] > 0 and "matmul" in res["by_category"]
+    assert res["statements"] and all(r["seconds"] >= 0 for r in res["statements"])
+    assert _table_rows(pg.format_profile(res))
+    json.dumps(res)
