@@ -4,7 +4,7 @@
 The backpropagation formulas below were derived symbolically (SymPy, matrix level); every
 statement of loss_and_grad and of the training step carries the formula it computes.
 
-custom_mlp: 4 → 16 x * sigmoid(1.702 * x) → 2 identity; loss ℓ(ŷ, y) = log(cosh(yhat - y)), penalty λ₁ = 0.0001
+custom_mlp: 4 → 16 log(1 + exp(x)) - log(2) → 2 identity; loss ℓ(ŷ, y) = log(cosh(yhat - y)), penalty λ₁ = 0.0001
 
 Forward
   Z₁ = X W₁ + b₁
@@ -18,7 +18,7 @@ Backward
   δ₂ = ∂L/∂Z₂ = tanh(Ŷ − Y)/N
   ∂L/∂W₂ = A₁ᵀ δ₂ + λ₁ sign(W₂)
   ∂L/∂b₂ = 𝟏ᵀ δ₂
-  δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ ((851 ⊙ Z₁ ⊙ exp(−(851 ⊙ Z₁)/500))/(500 ⊙ (1 + exp(−(851 ⊙ Z₁)/500))) + 1)/(1 + exp(−(851 ⊙ Z₁)/500))
+  δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − exp(−A₁)/2)
   ∂L/∂W₁ = Xᵀ δ₁ + λ₁ sign(W₁)
   ∂L/∂b₁ = 𝟏ᵀ δ₁
 
@@ -91,15 +91,6 @@ _DEFAULT_LR = {
 # ----------------------------------------------------------------------------------------
 
 
-def _sigmoid(x, out=None):
-    """σ(x) = 1 / (1 + exp(−x)), computed as (1 + tanh(x/2)) / 2: no overflow for any x."""
-    out = np.multiply(x, 0.5, out=out)
-    np.tanh(out, out=out)
-    out += 1
-    out *= 0.5
-    return out
-
-
 def _glorot(rng, fan_in, fan_out, dtype):
     """Glorot (Xavier) uniform weights: U(−a, a), a = √(6 / (fan_in + fan_out))."""
     a = np.sqrt(6.0 / (fan_in + fan_out))
@@ -134,7 +125,7 @@ def forward(params, X):
     # Z₁ = X W₁ + b₁
     Z1 = X @ W1 + b1
     # A₁ = f(Z₁)
-    A1 = Z1 * _sigmoid(1.702 * Z1)
+    A1 = np.logaddexp(0, Z1) - 0.6931471805599453
     # Z₂ = A₁ W₂ + b₂
     Z2 = A1 @ W2 + b2
     # Ŷ = Z₂
@@ -152,7 +143,7 @@ def loss(params, X, Y):
     # Z₁ = X W₁ + b₁
     Z1 = X @ W1 + b1
     # A₁ = f(Z₁)
-    A1 = Z1 * _sigmoid(1.702 * Z1)
+    A1 = np.logaddexp(0, Z1) - 0.6931471805599453
     # Z₂ = A₁ W₂ + b₂
     Z2 = A1 @ W2 + b2
     # Ŷ = Z₂
@@ -181,7 +172,7 @@ def loss_and_grad(params, X, Y):
     # Z₁ = X W₁ + b₁
     Z1 = X @ W1 + b1
     # A₁ = f(Z₁)
-    A1 = Z1 * _sigmoid(1.702 * Z1)
+    A1 = np.logaddexp(0, Z1) - 0.6931471805599453
     # Z₂ = A₁ W₂ + b₂
     Z2 = A1 @ W2 + b2
     # Ŷ = Z₂
@@ -198,10 +189,8 @@ def loss_and_grad(params, X, Y):
     dW2 = A1.T @ dZ2 + L1 * np.sign(W2)
     # ∂L/∂b₂ = 𝟏ᵀ δ₂
     db2 = dZ2.sum(axis=0)
-    # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ ((851 ⊙ Z₁ ⊙ exp(−(851 ⊙ Z₁)/500))/(500 ⊙ (1 + exp(−(851 ⊙ Z₁)/500))) + 1)/(1 + exp(−(851 ⊙ Z₁)/500))
-    t0 = 1.702 * Z1
-    t1 = _sigmoid(t0)
-    dZ1 = (dZ2 @ W2.T) * (t1 * (t0 * (1 - t1) + 1))
+    # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − exp(−A₁)/2)
+    dZ1 = (dZ2 @ W2.T) * (1 - np.exp(-A1) / 2)
     # ∂L/∂W₁ = Xᵀ δ₁ + λ₁ sign(W₁)
     dW1 = X.T @ dZ1 + L1 * np.sign(W1)
     # ∂L/∂b₁ = 𝟏ᵀ δ₁
@@ -242,8 +231,6 @@ def _workspace(n, dtype):
         "dZ2": np.empty((n, 2), dtype),
         "dZ1": np.empty((n, 16), dtype),
         "S4": np.empty((n, 16), dtype),  # scratch
-        "S5": np.empty((n, 16), dtype),  # scratch
-        "S6": np.empty((n, 16), dtype),  # scratch
     }
     ws["Yhat"] = ws["Z2"]  # Ŷ = Z₂: the same array
     return ws
@@ -259,15 +246,13 @@ def _step(params, grads, ws):
     dW1, db1, dW2, db2 = grads["W1"], grads["b1"], grads["W2"], grads["b2"]
     X, Y, Z1, A1, Z2, Yhat = ws["X"], ws["Y"], ws["Z1"], ws["A1"], ws["Z2"], ws["Yhat"]
     S1, S2, S3, dZ2, dZ1, S4 = ws["S1"], ws["S2"], ws["S3"], ws["dZ2"], ws["dZ1"], ws["S4"]
-    S5, S6 = ws["S5"], ws["S6"]
     N = X.shape[0]
     # Z₁ = X W₁ + b₁
     np.matmul(X, W1, out=Z1)
     Z1 += b1
     # A₁ = f(Z₁)
-    np.multiply(Z1, 1.702, out=A1)
-    _sigmoid(A1, out=A1)
-    A1 *= Z1
+    np.logaddexp(0, Z1, out=A1)
+    A1 -= 0.6931471805599453
     # Z₂ = A₁ W₂ + b₂
     np.matmul(A1, W2, out=Z2)
     Z2 += b2
@@ -290,15 +275,13 @@ def _step(params, grads, ws):
     dW2 += S3
     # ∂L/∂b₂ = 𝟏ᵀ δ₂
     np.sum(dZ2, axis=0, out=db2)
-    # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ ((851 ⊙ Z₁ ⊙ exp(−(851 ⊙ Z₁)/500))/(500 ⊙ (1 + exp(−(851 ⊙ Z₁)/500))) + 1)/(1 + exp(−(851 ⊙ Z₁)/500))
+    # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − exp(−A₁)/2)
     np.matmul(dZ2, W2.T, out=dZ1)
-    np.multiply(Z1, 1.702, out=S4)
-    _sigmoid(S4, out=S5)
-    dZ1 *= S5
-    np.subtract(1, S5, out=S6)
-    S6 *= S4
-    S6 += 1
-    dZ1 *= S6
+    np.negative(A1, out=S4)
+    np.exp(S4, out=S4)
+    S4 /= 2
+    np.subtract(1, S4, out=S4)
+    dZ1 *= S4
     # ∂L/∂W₁ = Xᵀ δ₁ + λ₁ sign(W₁)
     np.matmul(X.T, dZ1, out=dW1)
     np.sign(W1, out=S2)
@@ -544,7 +527,7 @@ def _central_difference(f, flat, i, h):
         flat[i] = value + step
         values.append(f())
     flat[i] = value
-    return (values[0] - 8 * values[1] + 8 * values[2] - values[3]) / (12 * h)
+    return (8 * (values[2] - values[1]) - (values[3] - values[0])) / (12 * h)
 
 
 def save_params(params, path):

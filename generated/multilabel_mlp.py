@@ -547,7 +547,7 @@ def _central_difference(f, flat, i, h):
         flat[i] = value + step
         values.append(f())
     flat[i] = value
-    return (values[0] - 8 * values[1] + 8 * values[2] - values[3]) / (12 * h)
+    return (8 * (values[2] - values[1]) - (values[3] - values[0])) / (12 * h)
 
 
 def save_params(params, path):

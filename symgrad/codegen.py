@@ -380,7 +380,7 @@ class NumpyPrinter(NumPyPrinter):
     def __init__(self, names: dict[sp.Symbol, str] | None = None,
                  helpers: set[str] | None = None, dtype_ref: str | None = None):
         super().__init__({"strict": True, "fully_qualified_modules": True})
-        self.names = dict(COEF_NAMES, **(names or {}))
+        self.names = {**COEF_NAMES, **(names or {})}
         self.helpers = helpers if helpers is not None else set()
         self.dtype_ref = dtype_ref
 
@@ -1733,6 +1733,9 @@ def _import(path: Path, name: str) -> ModuleType:
 @command("generate")
 def cmd_generate(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    path = generate(spec, args.output, force=args.force)
-    print(f"symgrad: wrote {path}", file=sys.stderr)
+    target = Path(args.output) if args.output else Path("generated") / f"{spec.name}.py"
+    before = target.read_bytes() if target.is_file() else None
+    path = generate(spec, target, force=args.force)
+    done = "is up to date" if before == path.read_bytes() else "written"
+    print(f"symgrad: {path} {done}", file=sys.stderr)
     return 0
