@@ -229,6 +229,7 @@ def _workspace(n, dtype):
         "S2": np.empty((4, 16), dtype),  # scratch
         "S3": np.empty((16, 2), dtype),  # scratch
         "dZ2": np.empty((n, 2), dtype),
+        "ones": np.ones((n,), dtype),  # 𝟏, for the sums 𝟏ᵀ δ
         "dZ1": np.empty((n, 16), dtype),
         "S4": np.empty((n, 16), dtype),  # scratch
     }
@@ -245,7 +246,8 @@ def _step(params, grads, ws):
     W2, b2 = params["W2"], params["b2"]
     dW1, db1, dW2, db2 = grads["W1"], grads["b1"], grads["W2"], grads["b2"]
     X, Y, Z1, A1, Z2, Yhat = ws["X"], ws["Y"], ws["Z1"], ws["A1"], ws["Z2"], ws["Yhat"]
-    S1, S2, S3, dZ2, dZ1, S4 = ws["S1"], ws["S2"], ws["S3"], ws["dZ2"], ws["dZ1"], ws["S4"]
+    S1, S2, S3, dZ2, ones, dZ1 = ws["S1"], ws["S2"], ws["S3"], ws["dZ2"], ws["ones"], ws["dZ1"]
+    S4 = ws["S4"]
     N = X.shape[0]
     # Z₁ = X W₁ + b₁
     np.matmul(X, W1, out=Z1)
@@ -274,7 +276,7 @@ def _step(params, grads, ws):
     S3 *= L1
     dW2 += S3
     # ∂L/∂b₂ = 𝟏ᵀ δ₂
-    np.sum(dZ2, axis=0, out=db2)
+    np.matmul(ones, dZ2, out=db2)
     # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − exp(−A₁)/2)
     np.matmul(dZ2, W2.T, out=dZ1)
     np.negative(A1, out=S4)
@@ -288,7 +290,7 @@ def _step(params, grads, ws):
     S2 *= L1
     dW1 += S2
     # ∂L/∂b₁ = 𝟏ᵀ δ₁
-    np.sum(dZ1, axis=0, out=db1)
+    np.matmul(ones, dZ1, out=db1)
     return L
 
 

@@ -248,6 +248,7 @@ def _workspace(n, dtype):
         "S1": np.empty((n, 10), dtype),  # scratch
         "S2": np.empty((n, 1), dtype),  # scratch
         "dZ2": np.empty((n, 10), dtype),
+        "ones": np.ones((n,), dtype),  # 𝟏, for the sums 𝟏ᵀ δ
         "dZ1": np.empty((n, 32), dtype),
         "S3": np.empty((n, 32), dtype),  # scratch
     }
@@ -264,8 +265,8 @@ def _step(params, grads, ws):
     W2, b2 = params["W2"], params["b2"]
     dW1, db1, dW2, db2 = grads["W1"], grads["b1"], grads["W2"], grads["b2"]
     X, Y, Z1, A1, Z2, Yhat = ws["X"], ws["Y"], ws["Z1"], ws["A1"], ws["Z2"], ws["Yhat"]
-    max2, sum2, S1, S2, dZ2, dZ1 = ws["max2"], ws["sum2"], ws["S1"], ws["S2"], ws["dZ2"], ws["dZ1"]
-    S3 = ws["S3"]
+    max2, sum2, S1, S2, dZ2 = ws["max2"], ws["sum2"], ws["S1"], ws["S2"], ws["dZ2"]
+    ones, dZ1, S3 = ws["ones"], ws["dZ1"], ws["S3"]
     N = X.shape[0]
     # Z₁ = X W₁ + b₁
     np.matmul(X, W1, out=Z1)
@@ -276,10 +277,10 @@ def _step(params, grads, ws):
     np.matmul(A1, W2, out=Z2)
     Z2 += b2
     # Ŷ = softmax(Z₂)
-    np.max(Z2, axis=1, keepdims=True, out=max2)
+    np.maximum.reduce(Z2, axis=1, keepdims=True, out=max2)
     np.subtract(Z2, max2, out=Yhat)
     np.exp(Yhat, out=Yhat)
-    np.sum(Yhat, axis=1, keepdims=True, out=sum2)
+    np.add.reduce(Yhat, axis=1, keepdims=True, out=sum2)
     Yhat /= sum2
     # L = (1/N) Σ [−Y ⊙ log(Ŷ)]
     #   computed as (1/N) Σ Y ⊙ (logsumexp(Z₂) − Z₂): stable for any logits
@@ -294,7 +295,7 @@ def _step(params, grads, ws):
     # ∂L/∂W₂ = A₁ᵀ δ₂
     np.matmul(A1.T, dZ2, out=dW2)
     # ∂L/∂b₂ = 𝟏ᵀ δ₂
-    np.sum(dZ2, axis=0, out=db2)
+    np.matmul(ones, dZ2, out=db2)
     # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − A₁²)
     np.matmul(dZ2, W2.T, out=dZ1)
     np.square(A1, out=S3)
@@ -303,7 +304,7 @@ def _step(params, grads, ws):
     # ∂L/∂W₁ = Xᵀ δ₁
     np.matmul(X.T, dZ1, out=dW1)
     # ∂L/∂b₁ = 𝟏ᵀ δ₁
-    np.sum(dZ1, axis=0, out=db1)
+    np.matmul(ones, dZ1, out=db1)
     return L
 
 

@@ -249,6 +249,7 @@ def _workspace(n, dtype):
         "S2": np.empty((n, 5), dtype),  # scratch
         "dZ2": np.empty((n, 5), dtype),
         "S3": np.empty((32, 5), dtype),  # scratch
+        "ones": np.ones((n,), dtype),  # 𝟏, for the sums 𝟏ᵀ δ
         "dZ1": np.empty((n, 32), dtype),
         "M1": np.empty((n, 32), bool),  # mask
         "S4": np.empty((20, 32), dtype),  # scratch
@@ -266,8 +267,8 @@ def _step(params, grads, ws):
     W2, b2 = params["W2"], params["b2"]
     dW1, db1, dW2, db2 = grads["W1"], grads["b1"], grads["W2"], grads["b2"]
     X, Y, Z1, A1, Z2, Yhat = ws["X"], ws["Y"], ws["Z1"], ws["A1"], ws["Z2"], ws["Yhat"]
-    S1, S2, dZ2, S3, dZ1, M1 = ws["S1"], ws["S2"], ws["dZ2"], ws["S3"], ws["dZ1"], ws["M1"]
-    S4 = ws["S4"]
+    S1, S2, dZ2, S3, ones, dZ1 = ws["S1"], ws["S2"], ws["dZ2"], ws["S3"], ws["ones"], ws["dZ1"]
+    M1, S4 = ws["M1"], ws["S4"]
     N = X.shape[0]
     # Z₁ = X W₁ + b₁
     np.matmul(X, W1, out=Z1)
@@ -295,7 +296,7 @@ def _step(params, grads, ws):
     np.multiply(W2, L2, out=S3)
     dW2 += S3
     # ∂L/∂b₂ = 𝟏ᵀ δ₂
-    np.sum(dZ2, axis=0, out=db2)
+    np.matmul(ones, dZ2, out=db2)
     # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ [A₁ > 0]
     np.matmul(dZ2, W2.T, out=dZ1)
     np.greater(A1, 0, out=M1)
@@ -305,7 +306,7 @@ def _step(params, grads, ws):
     np.multiply(W1, L2, out=S4)
     dW1 += S4
     # ∂L/∂b₁ = 𝟏ᵀ δ₁
-    np.sum(dZ1, axis=0, out=db1)
+    np.matmul(ones, dZ1, out=db1)
     return L
 
 

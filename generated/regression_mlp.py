@@ -223,6 +223,7 @@ def _workspace(n, dtype):
         "Z2": np.empty((n, 1), dtype),
         "S1": np.empty((n, 1), dtype),  # scratch
         "dZ2": np.empty((n, 1), dtype),
+        "ones": np.ones((n,), dtype),  # 𝟏, for the sums 𝟏ᵀ δ
         "dZ1": np.empty((n, 16), dtype),
         "S2": np.empty((n, 16), dtype),  # scratch
     }
@@ -240,7 +241,7 @@ def _step(params, grads, ws):
     W2, b2 = params["W2"], params["b2"]
     dW1, db1, dW2, db2 = grads["W1"], grads["b1"], grads["W2"], grads["b2"]
     X, Y, Z1, A1, Z2, Yhat = ws["X"], ws["Y"], ws["Z1"], ws["A1"], ws["Z2"], ws["Yhat"]
-    S1, dZ2, dZ1, S2 = ws["S1"], ws["dZ2"], ws["dZ1"], ws["S2"]
+    S1, dZ2, ones, dZ1, S2 = ws["S1"], ws["dZ2"], ws["ones"], ws["dZ1"], ws["S2"]
     N = X.shape[0]
     # Z₁ = X W₁ + b₁
     np.matmul(X, W1, out=Z1)
@@ -261,7 +262,7 @@ def _step(params, grads, ws):
     # ∂L/∂W₂ = A₁ᵀ δ₂
     np.matmul(A1.T, dZ2, out=dW2)
     # ∂L/∂b₂ = 𝟏ᵀ δ₂
-    np.sum(dZ2, axis=0, out=db2)
+    np.matmul(ones, dZ2, out=db2)
     # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − A₁²)
     np.matmul(dZ2, W2.T, out=dZ1)
     np.square(A1, out=S2)
@@ -270,7 +271,7 @@ def _step(params, grads, ws):
     # ∂L/∂W₁ = Xᵀ δ₁
     np.matmul(X.T, dZ1, out=dW1)
     # ∂L/∂b₁ = 𝟏ᵀ δ₁
-    np.sum(dZ1, axis=0, out=db1)
+    np.matmul(ones, dZ1, out=db1)
     return L
 
 

@@ -795,7 +795,7 @@ class Buffer:
 
     name: str
     shape: tuple[sp.Expr, ...]
-    kind: str = "float"  # or "bool"
+    kind: str = "float"  # or "bool", or "ones" (filled with 1)
     alias: str | None = None
     note: str = ""
 
@@ -825,8 +825,12 @@ class StepLowering:
         self.buffers.setdefault(name, Buffer(name, tuple(shape), kind, note=note))
         return name
 
+    def key(self, shape, kind: str) -> tuple:
+        """Scratch is shared between equal concrete shapes (n₁ = n₂ = 512: one pool)."""
+        return tuple(sp.sympify(s).xreplace(self.sizes) for s in shape), kind
+
     def acquire(self, shape, kind: str = "float") -> str:
-        key = (tuple(shape), kind)
+        key = self.key(shape, kind)
         pool = self.free.setdefault(key, [])
         if pool:
             return pool.pop()
@@ -836,7 +840,7 @@ class StepLowering:
 
     def release(self, name: str) -> None:
         b = self.buffers[name]
-        self.free[(b.shape, b.kind)].append(name)
+        self.free[self.key(b.shape, b.kind)].append(name)
 
     @contextmanager
     def scratch(self, shape, kind: str = "float") -> Iterator[str]:
@@ -916,12 +920,13 @@ class StepLowering:
                 self.emit(f"{dest} *= {self.coef(num)}")
             if den != 1:
                 self.emit(f"{dest} /= {self.coef(den)}")
-        elif isinstance(node, ColSum):
+        elif isinstance(node, ColSum):  # 𝟏ᵀ A, as a matrix product (BLAS, no reduction)
+            ones = self.buffer("ones", (node.x.shape[0],), "ones", note="𝟏, for the sums 𝟏ᵀ δ")
             with self.operand(node.x) as x:
-                self.emit(f"np.sum({x}, axis=0, out={dest})")
+                self.emit(f"np.matmul({ones}, {x}, out={dest})")
         elif isinstance(node, RowSum):
             with self.operand(node.x) as x:
-                self.emit(f"np.sum({x}, axis=1, keepdims=True, out={dest})")
+                self.emit(f"np.add.reduce({x}, axis=1, keepdims=True, out={dest})")
         elif isinstance(node, LogSumExp):
             self.logsumexp_into(node, dest)
         elif isinstance(node, Softmax):
@@ -969,10 +974,10 @@ class StepLowering:
         col = (node.shape[0], sp.Integer(1))
         mx = self.buffer(f"max{layer}", col, note=f"row maxima of {z}")
         sm = self.buffer(f"sum{layer}", col, note=f"row sums of exp({z} - max{layer})")
-        self.emit(f"np.max({z}, axis=1, keepdims=True, out={mx})")
+        self.emit(f"np.maximum.reduce({z}, axis=1, keepdims=True, out={mx})")
         self.emit(f"np.subtract({z}, {mx}, out={dest})")
         self.emit(f"np.exp({dest}, out={dest})")
-        self.emit(f"np.sum({dest}, axis=1, keepdims=True, out={sm})")
+        self.emit(f"np.add.reduce({dest}, axis=1, keepdims=True, out={sm})")
         self.emit(f"{dest} /= {sm}")
         self.rowstats[z] = (mx, sm)
 
@@ -985,11 +990,11 @@ class StepLowering:
             self.emit(f"{dest} += {mx}")
             return
         with self.scratch(node.x.shape) as e:
-            self.emit(f"np.max({z}, axis=1, keepdims=True, out={dest})")
+            self.emit(f"np.maximum.reduce({z}, axis=1, keepdims=True, out={dest})")
             self.emit(f"np.subtract({z}, {dest}, out={e})")
             self.emit(f"np.exp({e}, out={e})")
             with self.scratch(node.shape) as s:
-                self.emit(f"np.sum({e}, axis=1, keepdims=True, out={s})")
+                self.emit(f"np.add.reduce({e}, axis=1, keepdims=True, out={s})")
                 self.emit(f"np.log({s}, out={s})")
                 self.emit(f"{dest} += {s}")
 
@@ -1276,9 +1281,9 @@ class StepLowering:
         if isinstance(node, SqNormHalf):
             x = self.simple(node.x)
             return f"np.vdot({x}, {x}) / 2"
-        if isinstance(node, AbsSum):
-            buf = self.acquire(node.x.shape)
-            return f"np.abs({self.simple(node.x)}, out={buf}).sum()"
+        if isinstance(node, AbsSum):  # evaluated within the expression: the buffer is free after
+            with self.scratch(node.x.shape) as buf:
+                return f"np.abs({self.simple(node.x)}, out={buf}).sum()"
         raise SymgradError("generate", f"cannot lower the scalar {type(node).__name__}")
 
 
@@ -1421,7 +1426,7 @@ def _release_all(step: StepLowering) -> None:
     """Return every scratch buffer to its pool (the end of a scalar statement)."""
     for b in step.buffers.values():
         if b.note in ("scratch", "mask"):
-            pool = step.free.setdefault((b.shape, b.kind), [])
+            pool = step.free.setdefault(step.key(b.shape, b.kind), [])
             if b.name not in pool:
                 pool.append(b.name)
     for pool in step.free.values():
@@ -1574,9 +1579,11 @@ def module_context(d: Derivation) -> dict[str, Any]:
         if b.alias:
             aliases.append(f'ws["{b.name}"] = ws["{b.alias}"]  # {b.note}')
             continue
-        dtype = "bool" if b.kind == "bool" else "dtype"
-        workspace.append((f'"{b.name}"', f"np.empty({_shape_code(b.shape, sizes)}, {dtype})",
-                          b.note))
+        shape = _shape_code(b.shape, sizes)
+        code = {"bool": f"np.empty({shape}, bool)", "ones": f"np.ones({shape}, dtype)"}.get(
+            b.kind, f"np.empty({shape}, dtype)"
+        )
+        workspace.append((f'"{b.name}"', code, b.note))
     step_code = "\n".join(_code_lines(lowered.step))
     used = [b.name for b in lowered.workspace if re.search(rf"\b{b.name}\b", step_code)]
     if "X" not in used:

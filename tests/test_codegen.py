@@ -48,11 +48,15 @@ class Built:
 
 
 @functools.cache
-def built(hidden: str, output: str, loss: str, l1: float = 0.0, l2: float = 0.0,
-          sizes: tuple[int, ...] = (3, 4, 3)) -> Built:
-    """The generated module of a network ``sizes`` with one hidden layer."""
+def built(hidden: str | tuple[str, ...], output: str, loss: str, l1: float = 0.0,
+          l2: float = 0.0, sizes: tuple[int, ...] | None = None) -> Built:
+    """The generated module of a network with the ``hidden`` activations (one or a tuple)
+    and ``sizes`` (default 3 inputs, 4 units per hidden layer, 3 outputs)."""
     kind = {"loss": None, "loss_expr": loss[5:]} if loss.startswith("expr:") else {"loss": loss}
-    layers = (Layer(sizes[1], hidden), Layer(sizes[2], output))
+    hidden = (hidden,) if isinstance(hidden, str) else hidden
+    sizes = sizes or (3, *[4] * len(hidden), 3)
+    acts = (*hidden, output)
+    layers = tuple(Layer(u, act) for u, act in zip(sizes[1:], acts, strict=True))
     spec = Spec("net", sizes[0], layers, l1=l1, l2=l2, **kind)
     d = derive(spec)
     source = generate_source(d)
@@ -140,12 +144,19 @@ LOSSES = [
 LOSSES += [("tanh", "softmax", "cross_entropy", pen) for pen in (0.0, 0.05)]
 LOSSES += [("relu", "sigmoid", "binary_cross_entropy", pen) for pen in (0.0, 0.05)]
 LOSSES += [(CUSTOM_ACTIVATION, "sigmoid", "binary_cross_entropy", 0.05)]
-TABLE = HIDDEN + LOSSES
+SHAPES = [  # deeper and shallower networks
+    (("elu", "softmax", "gelu", "tanh"), "softmax", "cross_entropy", 0.05),
+    (("relu", "relu", "sigmoid"), "identity", "mse", 0.0),
+    ((), "softmax", "cross_entropy", 0.05),
+    ((), "identity", "huber", 0.0),
+]
+TABLE = HIDDEN + LOSSES + SHAPES
 
 
 def case_id(case) -> str:
     hid, out, loss, pen = case
     hid = "custom" if hid == CUSTOM_ACTIVATION else hid
+    hid = hid if isinstance(hid, str) else "+".join(hid) or "none"
     loss = "custom" if loss.startswith("expr:") else loss
     return f"{hid}-{out}-{loss}" + ("-l1l2" if pen else "")
 
