@@ -30,10 +30,16 @@ def has_module(name: str) -> bool:
         return False
 
 
-def symgrad_env() -> dict[str, str]:
-    """Environment for ``python -m symgrad`` subprocesses: this checkout comes first."""
+def symgrad_env(bytecode: bool = False) -> dict[str, str]:
+    """Environment for ``python -m symgrad`` subprocesses: this checkout comes first.
+
+    ``bytecode``: let Python write ``__pycache__`` (PYTHONDONTWRITEBYTECODE removed), as
+    on a user's machine; otherwise symgrad's own modules would be compiled from source on
+    every run where that variable is set (as in this workplace and its CI)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    if bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 

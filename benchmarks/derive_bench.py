@@ -48,6 +48,9 @@ WIDTH_TOLERANCE = 1.20
 # per-layer cost from 2 to 10 layers (or both are below the noise floor).
 LINEAR_FACTOR = 2.0
 NOISE_PER_LAYER_S = 0.005
+# Time with bytecode caches (__pycache__) written and used, as on a user's machine; the
+# first, untimed run of each command writes them. False: the environment as it is.
+BYTECODE_CACHE = True
 
 
 @dataclass(frozen=True)
@@ -87,33 +90,37 @@ def _command(kind: str, spec: Path, workdir: Path) -> list[str]:
 
 
 def time_command(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    env = symgrad_env(bytecode=BYTECODE_CACHE)
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=symgrad_env(), capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     return time.perf_counter() - t0, proc
 
 
 def time_cases(
-    kind: str, cases: list[Case], specs: dict[str, Path], workdir: Path, runs: int
+    kind: str, cases: list[Case], specs: dict[str, Path], workdir: Path, runs: int,
+    warmup: bool = True, baselines: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Interleaved runs of ``symgrad <kind>`` for every case; per-case summaries."""
+    """Interleaved runs of ``symgrad <kind>`` for every case; per-case summaries.
+    ``baselines`` adds ``python -c pass`` and ``python -c 'import sympy'`` (derive only)."""
     times: dict[str, list[float]] = {c.label: [] for c in cases}
     errors: dict[str, str] = {}
-    baselines = {
+    base_cmds = {
         "python -c pass": [sys.executable, "-c", "pass"],
         "python -c 'import sympy'": [sys.executable, "-c", "import sympy"],
     }
-    if kind == "derive":
-        times.update({name: [] for name in baselines})
+    if kind == "derive" and baselines:
+        times.update({name: [] for name in base_cmds})
     labels = list(times)
+    for label in labels if warmup else []:  # untimed: bytecode caches, file-system caches
+        if label not in base_cmds:
+            time_command(_command(kind, specs[label], workdir))
     for r in range(runs):
         k = r % len(labels)
         for label in labels[k:] + labels[:k]:
             if label in errors:
                 continue
-            if label in baselines:
-                cmd = baselines[label]
+            if label in base_cmds:
+                cmd = base_cmds[label]
             else:
                 cmd = _command(kind, specs[label], workdir)
             dt, proc = time_command(cmd)
@@ -226,7 +233,8 @@ def import_profile(spec: Path, top: int = 12) -> str:
     module pulls in each expensive third-party import."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "symgrad", "derive", str(spec)],
-        cwd=ROOT, env=symgrad_env(), capture_output=True, text=True, check=False,
+        cwd=ROOT, env=symgrad_env(BYTECODE_CACHE), capture_output=True, text=True,
+        check=False,
     )
     entries = []  # (self_us, cum_us, depth, name) in the order printed (children first)
     for line in proc.stderr.splitlines():
@@ -262,7 +270,8 @@ def cprofile_summary(spec: Path, top: int = 18) -> str:
         subprocess.run(
             [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "symgrad", "derive",
              str(spec)],
-            cwd=ROOT, env=symgrad_env(), capture_output=True, text=True, check=False,
+            cwd=ROOT, env=symgrad_env(BYTECODE_CACHE), capture_output=True, text=True,
+        check=False,
         )
         if not out.exists():
             return "cProfile: no profile written"
@@ -327,16 +336,25 @@ def run(
     generate: bool = True,
     profile: str = "on-miss",
     log=print,
+    warmup: bool = True,
+    baselines: bool = True,
 ) -> dict[str, Any]:
     """Time derive (and generate) for ``cases``; return a JSON-able result with a
-    ``table`` (text) entry. ``profile``: "always", "on-miss" or "never"."""
+    ``table`` (text) entry. ``profile``: "always", "on-miss" or "never"; ``warmup``: one
+    untimed run per command first; ``baselines``: also time bare interpreter start and
+    ``import sympy``."""
     cases = cases if cases is not None else default_cases()
     result: dict[str, Any] = {"runs": runs, "python": sys.executable, "notes": []}
+    if BYTECODE_CACHE:
+        result["notes"].append(
+            ("after one untimed run per command; " if warmup else "")
+            + "bytecode caches on (PYTHONDONTWRITEBYTECODE unset for these runs)"
+        )
     with tempfile.TemporaryDirectory(prefix="symgrad-derive-bench-") as tmp:
         workdir = Path(tmp)
         specs = write_specs(cases, workdir)
         log(f"derive: {len(cases)} networks × {runs} runs (whole process) …")
-        result["derive"] = time_cases("derive", cases, specs, workdir, runs)
+        result["derive"] = time_cases("derive", cases, specs, workdir, runs, warmup, baselines)
         gen = None
         if not generate:
             result["notes"].append("generate: not timed (disabled)")
@@ -344,7 +362,7 @@ def run(
             result["notes"].append("generate: skipped, symgrad.codegen does not exist yet")
         else:
             log(f"generate: {len(cases)} networks × {runs} runs …")
-            gen = time_cases("generate", cases, specs, workdir, runs)
+            gen = time_cases("generate", cases, specs, workdir, runs, warmup)
             result["generate"] = gen
         result["targets"] = evaluate_targets(result["derive"])
         missed = [t for t in result["targets"] if not t["ok"]]
@@ -383,7 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-generate", action="store_true")
     ap.add_argument("--profile", choices=("always", "on-miss", "never"), default="on-miss")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--no-bytecode-cache", action="store_true",
+                    help="keep PYTHONDONTWRITEBYTECODE as the environment has it")
     args = ap.parse_args(argv)
+    global BYTECODE_CACHE
+    BYTECODE_CACHE = not args.no_bytecode_cache
     runs = 1 if args.quick else args.runs
     res = run(runs, default_cases(args.quick), not args.no_generate, args.profile,
               log=lambda m: print(m, file=sys.stderr))

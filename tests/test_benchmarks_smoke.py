@@ -89,7 +89,7 @@ def test_hand_written_reference_learns(bench):
 def test_derive_bench_tiny(bench):
     db = bench["derive_bench"]
     res = db.run(runs=1, cases=[db.Case("depth2", 2, 4)], generate=False, profile="never",
-                 log=lambda _: None)
+                 log=lambda _: None, warmup=False, baselines=False)
     assert "median" in res["derive"]["depth2"], res["derive"]["depth2"]
     assert _table_rows(res["table"].split("\n", 1)[1])
     json.dumps(res)  # JSON-able
