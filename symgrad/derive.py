@@ -189,7 +189,12 @@ PENALTY_RULES = ("SqNormHalf", "AbsSum")
 
 def derive(spec: Spec) -> Derivation:
     """Derive the backpropagation formulas of ``spec`` by the reverse sweep."""
-    graph = build_graph(spec)
+    return derive_graph(build_graph(spec))
+
+
+def derive_graph(graph: Graph) -> Derivation:
+    """The reverse sweep over ``graph``."""
+    spec = graph.spec
     forward = [Equation(a.target, a.rhs) for a in graph.assignments]
     uses: dict[str, int] = {}
     for a in graph.assignments:

@@ -122,6 +122,22 @@ class Const(Node):
 ONE = Const(sp.Integer(1))
 
 
+class Exp(sp.Function):
+    """exp, kept as an opaque atom in explicit expansions: e^a·e^b stays a product,
+    so softmax entries are rational functions that ``cancel`` decides quickly."""
+
+    is_real = True
+
+    def fdiff(self, argindex=1):
+        return self
+
+    def _eval_evalf(self, prec):
+        return sp.exp(self.args[0]).evalf(prec)
+
+    def _eval_rewrite_as_exp(self, arg, **kwargs):
+        return sp.exp(arg)
+
+
 # --------------------------------------------------------------------------
 # Forward ops (with their vector-Jacobian rules)
 # --------------------------------------------------------------------------
@@ -235,7 +251,7 @@ class Softmax(Node):
         z = self.x.explicit(env)
         rows = []
         for i in range(z.rows):
-            e = [sp.exp(z[i, j]) for j in range(z.cols)]
+            e = [Exp(z[i, j]) for j in range(z.cols)]
             s = sp.Add(*e)
             rows.append([v / s for v in e])
         return sp.Matrix(rows)
@@ -508,9 +524,12 @@ class Map(Node):
     def explicit(self, env):
         mats = [(s, node.explicit(env)) for s, node in self.args]
         rows, cols = mats[0][1].shape
-        return sp.Matrix(
-            rows, cols, lambda i, j: self.expr.xreplace({s: m[i, j] for s, m in mats})
-        )
+        expr = self.expr.xreplace({s: _coef(s, env) for s in self.expr.free_symbols if s in env})
+        if expr.has(sp.Derivative):  # abstract f′: subs builds the Subs(…) that diff builds
+            return sp.Matrix(
+                rows, cols, lambda i, j: expr.subs({s: m[i, j] for s, m in mats}, simultaneous=True)
+            )
+        return sp.Matrix(rows, cols, lambda i, j: expr.xreplace({s: m[i, j] for s, m in mats}))
 
     def numeric(self, env):
         symbols = tuple(s for s, _ in self.args)
