@@ -597,18 +597,15 @@ def _fits(line: str, indent: int) -> bool:
 
 
 def layout_sum(target: str, terms: list[str], indent: int) -> list[str] | None:
-    """``target = a + b + c`` laid out as ruff formats it, or None if a term is too long.
+    """``target = a + b + c`` laid out as ruff formats it, or None when ruff would do
+    something else (a sum of two terms, a term too long).
 
-    Only for flat sums of three or more terms, where ruff keeps the optional parentheses:
-    one line; else the sum on its own line inside parentheses; else one term per line."""
-    joined = " ".join(t if i == 0 else t for i, t in enumerate(terms))
+    On one line if it fits; else, for three or more terms, inside parentheses with one term
+    per line, each but the first led by its operator (the terms come with it: "+ b")."""
+    joined = " ".join(terms)
     if _fits(f"{target} = {joined}", indent):
         return [f"{target} = {joined}"]
-    if len(terms) < 3:
-        return None
-    if _fits(joined, indent + 4):
-        return [f"{target} = (", f"    {joined}", ")"]
-    if not all(_fits(t, indent + 4) for t in terms):
+    if len(terms) < 3 or not all(_fits(t, indent + 4) for t in terms):
         return None
     return [f"{target} = (", *(f"    {t}" for t in terms), ")"]
 
@@ -1300,7 +1297,7 @@ def abs_term(t: sp.Expr) -> sp.Expr:
 class Lowered:
     """Everything about a derivation that the module's functions need, as statements."""
 
-    forward: list[Statement] = field(default_factory=list)  # up to Ŷ
+    forward: list[Statement] = field(default_factory=list)  # forward(): up to Ŷ
     loss: list[Statement] = field(default_factory=list)  # loss(): what L needs, then L
     grad: list[Statement] = field(default_factory=list)  # loss_and_grad(): all of it
     step: list[Statement] = field(default_factory=list)  # the in-place training step
@@ -1339,87 +1336,70 @@ def _comments(eq: Equation, original: dict[str, Node], notes: dict[str, str]) ->
 
 
 def lower(d: Derivation) -> Lowered:
+    """The statements of forward, loss, loss_and_grad and the training step."""
     out = Lowered()
-    helpers = out.helpers
     equations, notes = _loss_equations(d)
     original = {eq.target.name: eq.rhs for eq in d.forward}
-    loss_name = d.graph.loss.name
 
-    # forward(): up to Ŷ; loss(): what L needs; loss_and_grad(): everything
-    arr = ArrayLowering(helpers=helpers)
-    fwd = _needed(equations, {"Yhat"})
-    out.forward = [arr.statement(e.target.name, e.rhs, _comments(e, original, notes)) for e in fwd]
-    arr = ArrayLowering(helpers=helpers)
-    out.loss = [
-        arr.statement(e.target.name, e.rhs, _comments(e, original, notes))
-        for e in _needed(equations, {loss_name})
-    ]
-    arr = ArrayLowering(helpers=helpers)
-    out.grad = [arr.statement(e.target.name, e.rhs, _comments(e, original, notes))
-                for e in equations]
-    out.grad += [
-        arr.statement(e.target.name, e.rhs, (formula(e.target, e.rhs),)) for e in d.backward
-    ]
+    def statements(eqs: list[Equation]) -> list[Statement]:
+        arr = ArrayLowering(helpers=out.helpers)  # one per function: t0, t1, … from 0
+        return [arr.statement(e.target.name, e.rhs, _comments(e, original, notes)) for e in eqs]
 
-    # the training step: the same equations into buffers
-    sizes = d.graph.sizes()
-    step = StepLowering(sizes, helpers)
-    backward_uses = set().union(*(e.rhs.syms() for e in d.backward))
-    loss_uses = set().union(*(e.rhs.syms() for e in equations if e.target.role == "value"
-                              and isinstance(e.rhs, Scale | Add | Sym)))
+    out.forward = statements(_needed(equations, {"Yhat"}))
+    out.loss = statements(_needed(equations, {d.graph.loss.name}))
+    out.grad = statements(equations + d.backward)
+    out.step, out.workspace = lower_step(d, equations, original, notes, out.helpers)
+    return out
+
+
+def lower_step(d: Derivation, equations: list[Equation], original: dict[str, Node],
+               notes: dict[str, str], helpers: set[str]) -> tuple[list[Statement], list[Buffer]]:
+    """The training step: the equations of loss_and_grad, computed into named buffers."""
+    step = StepLowering(d.graph.sizes(), helpers)
+    scalars = [e for e in equations if e.target.shape == SCALAR]
+    needed_later = set().union(*(e.rhs.syms() for e in [*scalars, *d.backward]))
     params = set(d.param_names)
     step.buffer("X", d.graph.data[0].shape, note="the batch")
     step.buffer("Y", d.graph.data[1].shape, note="its targets")
+    out: list[Statement] = []
     for e in equations:
-        target = e.target.name
+        target, rhs = e.target.name, e.rhs
         comments = _comments(e, original, notes)
-        if e.target.shape == SCALAR:
-            rhs = e.rhs
+        if e.target.shape == SCALAR:  # the loss: J, then L = J + penalties
             if isinstance(rhs, Add):
-                terms = _sum_terms(rhs, step.scalar)
-                lines = layout_sum(target, terms, 4)
+                lines = layout_sum(target, _sum_terms(rhs, step.scalar), 4)
                 if lines is None:
-                    raise SymgradError("generate", f"cannot lay out {target}")
+                    raise SymgradError("generate", f"cannot lay out the sum {target}")
                 for line in lines:
                     step.emit(line)
             else:
                 step.emit(f"{target} = {step.scalar(rhs)}")
             _release_all(step)
-            out.step.append(Statement(step.take(), comments))
+            out.append(Statement(step.take(), comments))
             continue
-        step.buffer(target, e.target.shape)
-        # an activation computed in place of its input when that input is not needed again
-        rhs = e.rhs
-        if (
-            isinstance(rhs, Elementwise)
-            and isinstance(rhs.x, Sym)
-            and rhs.x.name not in backward_uses
-            and rhs.x.name not in loss_uses
-        ):
-            z = rhs.x.name
-            if rhs.fn.expr == X_SYM:
-                step.buffers[target].alias = z
-                step.buffers[target].note = f"{naming.text(target)} = {naming.text(z)}: the same array"
-                continue
-            step.emit_into(rhs, target)
-            lines = step.take()
-            if len(lines) == 1:
-                step.buffers[target].alias = z
-                step.buffers[target].note = (
-                    f"computed in place: {naming.text(z)} is not needed again"
-                )
-            out.step.append(Statement(lines, comments))
+        buffer = step.buffers[step.buffer(target, e.target.shape)]
+        if isinstance(rhs, Elementwise) and rhs.fn.expr == X_SYM and isinstance(rhs.x, Sym):
+            buffer.alias = rhs.x.name  # the identity: the same array
+            buffer.note = f"{naming.text(target)} = {naming.text(rhs.x.name)}: the same array"
             continue
         step.emit_into(rhs, target)
-        out.step.append(Statement(step.take(), comments))
+        lines = step.take()
+        if (  # one ufunc call, whose input is not needed again: computed in place
+            isinstance(rhs, Elementwise)
+            and isinstance(rhs.x, Sym)
+            and rhs.x.name not in needed_later
+            and len(lines) == 1
+        ):
+            buffer.alias = rhs.x.name
+            buffer.note = f"computed in place: {naming.text(rhs.x.name)} is not needed again"
+        out.append(Statement(lines, comments))
     for e in d.backward:
         target = e.target.name
-        if naming.primal(target) not in params:
+        if naming.primal(target) not in params:  # parameter gradients live in grads
             step.buffer(target, e.target.shape)
         step.emit_into(e.rhs, target)
-        out.step.append(Statement(step.take(), (formula(e.target, e.rhs),)))
-    out.workspace = list(step.buffers.values())
-    return out
+        out.append(Statement(step.take(), (formula(e.target, e.rhs),)))
+    return out, list(step.buffers.values())
 
 
 def _release_all(step: StepLowering) -> None:
@@ -1438,12 +1418,17 @@ def _release_all(step: StepLowering) -> None:
 # ==========================================================================================
 
 
-def _unpack(names: list[str], source: str, indent: str = "    ") -> list[str]:
-    """``a, b = source["a"], source["b"]`` lines, as many names per line as fit."""
-    out, group = [], []
+def _unpack(names: list[str], source: str, indent: str = "    ",
+            keys: dict[str, str] | None = None) -> list[str]:
+    """``a, b = source["a"], source["b"]`` lines, as many names per line as fit
+    (``keys`` maps a name to another key: dW1 = grads["W1"])."""
+    keys = keys or {}
+    out: list[str] = []
+    group: list[str] = []
 
-    def line(items):
-        return f"{indent}{', '.join(items)} = {', '.join(f'{source}[{n!r}]'.replace(chr(39), chr(34)) for n in items)}"
+    def line(items: list[str]) -> str:
+        values = ", ".join(f'{source}["{keys.get(n, n)}"]' for n in items)
+        return f"{indent}{', '.join(items)} = {values}"
 
     for name in names:
         if group and len(line([*group, name])) > LINE_LENGTH:
@@ -1560,15 +1545,11 @@ def module_context(d: Derivation) -> dict[str, Any]:
 
     layers = [params[i : i + 2] for i in range(0, len(params), 2)]
     param_unpack = [line for pair in layers for line in _unpack(pair, "params")]
-    grad_unpack = _unpack([naming.cotangent(p) for p in params], "grads")
-    grad_unpack = [
-        line.replace('grads["d', 'grads["') for line in grad_unpack
-    ]  # dW1 = grads["W1"]
+    cotangents = {naming.cotangent(p): p for p in params}
+    grad_unpack = _unpack(list(cotangents), "grads", keys=cotangents)
 
-    n_forward = len(d.forward) + (1 if "J" in {e.target.name for e in d.forward} else 0)
     grad = lowered.grad
     grad_forward, grad_backward = grad[: len(d.forward)], grad[len(d.forward) :]
-    del n_forward
     grad_return = _dict_lines(
         "return float(L), ", [(p, naming.cotangent(p)) for p in params]
     )
