@@ -37,6 +37,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 from sympy.printing.numpy import NumPyPrinter
@@ -114,6 +115,9 @@ class Total(Node):
     def children(self):
         return (self.x,)
 
+    def numeric(self, env):
+        return np.array([[np.sum(self.x.numeric(env))]])
+
 
 @dataclass(frozen=True, eq=True)
 class LogSumExp(Node):
@@ -128,6 +132,11 @@ class LogSumExp(Node):
     @property
     def shape(self):
         return (self.x.shape[0], sp.Integer(1))
+
+    def numeric(self, env):
+        z = self.x.numeric(env)
+        m = z.max(axis=1, keepdims=True)
+        return m + np.log(np.exp(z - m).sum(axis=1, keepdims=True))
 
 
 _L = sp.Symbol("l", real=True)  # logsumexp(Z) in the stable cross-entropy

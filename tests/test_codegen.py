@@ -649,3 +649,35 @@ def test_printer_never_prints_numpy_scalars() -> None:
     printer = NumpyPrinter({x: "Z1"})
     for e in (sp.pi * x, sp.sqrt(2) * x, sp.E * x, sp.exp(x) / sp.sqrt(sp.pi)):
         assert "np.float" not in printer.doprint(e) and "np.sqrt(2)" not in printer.doprint(e)
+
+
+@pytest.mark.parametrize(("output", "loss"), [("softmax", "cross_entropy"),
+                                              ("sigmoid", "binary_cross_entropy")])
+def test_stable_loss_forms_equal_the_loss(output, loss) -> None:
+    b = built("tanh", output, loss)
+    params, X, Y = sample(b)
+    env = reference_forward(b, params, X, Y)
+    mean = next(eq.rhs for eq in b.derivation.forward if isinstance(eq.rhs, ops.MeanLoss))
+    node, note = codegen.loss_node(mean, b.derivation)
+    assert "stable for any logits" in note
+    assert node.numeric(env).item() == pytest.approx(mean.numeric(env).item(), rel=1e-12)
+
+
+def test_packaged_templates_are_preferred(tmp_path: Path) -> None:
+    """In a wheel, templates/ is installed inside the package (pyproject's force-include)."""
+    import shutil
+
+    shutil.copytree(ROOT / "symgrad", tmp_path / "symgrad",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "templates", tmp_path / "symgrad" / "templates")
+    script = (
+        "import symgrad.codegen as c; from symgrad.spec import load_spec; import sys;"
+        "print(c.templates_dir());"
+        "sys.stdout.write(c.generate_source(load_spec(sys.argv[1])))"
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", script, str(ROOT / "examples" / "digits.toml")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    where, _, source = proc.stdout.partition("\n")
+    assert Path(where) == tmp_path / "symgrad" / "templates"
+    assert source == generate_source(load_spec(ROOT / "examples" / "digits.toml"))
