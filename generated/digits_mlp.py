@@ -448,42 +448,44 @@ def train(
         history["val_loss"] = []
         history["val_accuracy"] = []
     current, t, stopped = params, 0, None
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for epoch in range(1, epochs + 1):
-            order = rng.permutation(n)
-            total = 0.0
-            for start in range(0, n, size):
-                idx = order[start : start + size]
-                ws = full if len(idx) == size else last
-                np.take(X, idx, axis=0, out=ws["X"])
-                np.take(Y, idx, axis=0, out=ws["Y"])
-                batch_loss = float(_step(current, grads, ws))
-                if not np.isfinite(batch_loss):
-                    stopped = (
-                        f"non-finite loss ({batch_loss}) in epoch {epoch}, batch "
-                        f"{start // size + 1}: stopped, keeping the last parameters "
-                        "that gave a finite loss"
-                    )
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for epoch in range(1, epochs + 1):
+                order = rng.permutation(n)
+                total = 0.0
+                for start in range(0, n, size):
+                    idx = order[start : start + size]
+                    ws = full if len(idx) == size else last
+                    np.take(X, idx, axis=0, out=ws["X"])
+                    np.take(Y, idx, axis=0, out=ws["Y"])
+                    batch_loss = float(_step(current, grads, ws))
+                    if not np.isfinite(batch_loss):
+                        stopped = (
+                            f"non-finite loss ({batch_loss}) in epoch {epoch}, batch "
+                            f"{start // size + 1}: stopped, keeping the last parameters "
+                            "that gave a finite loss"
+                        )
+                        break
+                    total += batch_loss * len(idx)
+                    t += 1
+                    update(current, grads, spare, state, t, learning_rate, hp)
+                    current, spare = spare, current
+                if stopped:
                     break
-                total += batch_loss * len(idx)
-                t += 1
-                update(current, grads, spare, state, t, learning_rate, hp)
-                current, spare = spare, current
-            if stopped:
-                break
-            history["loss"].append(total / n)
-            report = f"epoch {epoch}/{epochs}  loss {total / n:.6g}"
-            if X_val is not None:
-                history["val_loss"].append(loss(current, X_val, Y_val))
-                report += f"  val_loss {history['val_loss'][-1]:.6g}"
-                history["val_accuracy"].append(_accuracy(current, X_val, Y_val))
-                report += f"  val_accuracy {history['val_accuracy'][-1]:.4f}"
-            if verbose:
-                print(report, file=sys.stderr)
-    finite = spare if stopped and t > 0 else current
-    if finite is not params:
-        for name, p in params.items():
-            np.copyto(p, finite[name])
+                history["loss"].append(total / n)
+                report = f"epoch {epoch}/{epochs}  loss {total / n:.6g}"
+                if X_val is not None:
+                    history["val_loss"].append(loss(current, X_val, Y_val))
+                    report += f"  val_loss {history['val_loss'][-1]:.6g}"
+                    history["val_accuracy"].append(_accuracy(current, X_val, Y_val))
+                    report += f"  val_accuracy {history['val_accuracy'][-1]:.4f}"
+                if verbose:
+                    print(report, file=sys.stderr)
+    finally:  # params get the last parameters with a finite loss (also when interrupted)
+        finite = spare if stopped and t > 0 else current
+        if finite is not params:
+            for name, p in params.items():
+                np.copyto(p, finite[name])
     if stopped:
         history["stopped"] = stopped
         print(f"train: {stopped}", file=sys.stderr)
