@@ -331,7 +331,7 @@ REL, BITWISE, ADD, MUL, UNARY, POW, ATOM = 5, 6, 10, 20, 25, 30, 100
 _SHORT_FLOAT = re.compile(r"-?\d+\.\d{1,6}\Z")
 _SIMPLE = re.compile(r"-?(\d[\d.e+-]*|[A-Za-z_][\w.]*)\Z")  # ruff hugs ** between these
 
-# name → (numpy call, needs helper); the rest comes from NumPyPrinter's known functions
+# SymPy function → numpy (or module helper) call; the rest: NumPyPrinter's known functions
 _FUNCTIONS = {
     "Abs": "np.abs",
     "sign": "np.sign",
