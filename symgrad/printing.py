@@ -133,7 +133,10 @@ class TextScalarPrinter(StrPrinter):
         return repr(float(e))
 
     def _print_Rational(self, e):
-        return f"{e.p}/{e.q}"
+        q = e.q
+        while q % 10 == 0:
+            q //= 10
+        return str(float(e)) if q == 1 else f"{e.p}/{e.q}"  # 1/100 → 0.01
 
     def _print_Exp1(self, e):
         return "e"

@@ -1,0 +1,90 @@
+"""Scalar-expansion proofs for every built-in hidden activation × every loss with
+each valid output activation (and softmax before mse), plus L1/L2 penalties."""
+
+from __future__ import annotations
+
+import pytest
+
+from symgrad.activations import ACTIVATIONS
+from symgrad.cli import main
+from symgrad.crosscheck import prove, spot_check, tiny_sizes
+from symgrad.derive import derive
+from symgrad.spec import Layer, Spec
+
+HIDDEN = sorted(ACTIVATIONS)  # softmax included: allowed in any layer
+OUTPUTS = [
+    (loss, out)
+    for loss in ("mse", "mae", "huber")
+    for out in ("identity", "tanh", "sigmoid", "softmax")
+] + [("cross_entropy", "softmax"), ("binary_cross_entropy", "sigmoid")]
+
+
+def spec_for(hidden: str, loss: str, out: str, **kw) -> Spec:
+    return Spec("p", 3, (Layer(4, hidden), Layer(3, out)), loss=loss, **kw)
+
+
+@pytest.mark.parametrize("loss,out", OUTPUTS, ids=[f"{o}-{l}" for l, o in OUTPUTS])
+@pytest.mark.parametrize("hidden", HIDDEN)
+def test_proof_for_every_combination(hidden, loss, out):
+    report = prove(spec_for(hidden, loss, out), spot=False)
+    assert report.ok, report.text()
+    whats = [c.what for c in report.claims]
+    assert whats[0].startswith("chain rule")
+    if loss == "cross_entropy":
+        assert any(w.startswith("softmax∘cross-entropy") for w in whats)
+    if loss == "binary_cross_entropy":
+        assert "sigmoid∘binary_cross_entropy: ∂ℓ(f(z), y)/∂z = ŷ − y" in whats
+
+
+@pytest.mark.parametrize("l1,l2", [(0.1, 0.0), (0.0, 0.2), (0.1, 0.2)])
+def test_proof_with_penalties(l1, l2):
+    report = prove(spec_for("tanh", "cross_entropy", "softmax", l1=l1, l2=l2), spot=False)
+    assert report.ok, report.text()
+    assert "penalties" in report.claims[0].what
+
+
+def test_custom_activation_and_loss_are_proved():
+    spec = Spec("c", 3, (Layer(4, "x * tanh(x)"), Layer(2, "sigmoid")),
+                loss=None, loss_expr="log(cosh(yhat - y))")
+    report = prove(spec)
+    assert report.ok, report.text()
+
+
+@pytest.mark.parametrize("hidden,loss,out", [
+    ("tanh", "cross_entropy", "softmax"),
+    ("relu", "binary_cross_entropy", "sigmoid"),
+    ("softmax", "mse", "identity"),
+    ("elu", "huber", "tanh"),
+])
+def test_concrete_spot_check(hidden, loss, out):
+    """The fully concrete scalar loss differentiated exactly, at a random point."""
+    spec = spec_for(hidden, loss, out, l2=0.5)
+    sizes = tiny_sizes(spec)
+    claim = spot_check(spec, derive(spec.with_sizes(sizes)), sizes)
+    assert claim.ok, claim.detail
+
+
+def test_a_wrong_rule_is_caught(monkeypatch):
+    """Break MatMul's rule for ∂L/∂B (a factor 2 too many): the proof must fail."""
+    import sympy as sp
+
+    from symgrad import ops
+
+    def wrong(self, g, out):
+        return ops.MatMul(g, ops.Transpose(self.b)), ops.MatMul(
+            ops.Transpose(self.a), ops.Scale(sp.Integer(2), g))
+
+    monkeypatch.setattr(ops.MatMul, "vjp", wrong)
+    import symgrad.crosscheck as cc
+
+    monkeypatch.setattr(cc, "_structure_cache", {})
+    report = prove(spec_for("tanh", "mse", "identity"), spot=False)
+    assert not report.ok
+    assert "differs" in report.claims[0].detail
+
+
+def test_cli_prove(capsys):
+    assert main(["derive", "examples/digits.toml", "--prove"]) == 0
+    out = capsys.readouterr().out
+    assert "all formulas proved" in out
+    assert "[proved] softmax∘cross-entropy" in out
