@@ -154,7 +154,7 @@ class Spec:
     name: str
     inputs: int
     layers: tuple[Layer, ...]
-    loss: str | None = "mse"
+    loss: str | None = None
     loss_expr: str | None = None
     l1: float = 0.0
     l2: float = 0.0
@@ -303,7 +303,7 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> Spec:
         name=network["name"],
         inputs=network["inputs"],
         layers=tuple(layers),
-        loss=loss_table.get("kind") if "expr" not in loss_table else None,
+        loss=loss_table.get("kind"),
         loss_expr=loss_table.get("expr"),
         l1=reg.get("l1", 0.0),
         l2=reg.get("l2", 0.0),

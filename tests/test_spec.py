@@ -1,0 +1,197 @@
+"""Spec loading and validation: exact one-line errors, hostile input, fuzzing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from symgrad.cli import main
+from symgrad.errors import SymgradError
+from symgrad.spec import Layer, Spec, Training, load_spec, spec_from_dict
+
+GOOD = """
+[network]
+name = "net"
+inputs = 4
+
+[[layer]]
+units = 3
+activation = "{act}"
+
+[[layer]]
+units = 2
+activation = "{out}"
+
+[loss]
+{loss}
+"""
+
+
+def write(tmp_path, text, name="net.toml"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def spec_text(act="tanh", out="softmax", loss='kind = "cross_entropy"'):
+    return GOOD.format(act=act, out=out, loss=loss)
+
+
+def error_of(tmp_path, text) -> str:
+    with pytest.raises(SymgradError) as e:
+        load_spec(write(tmp_path, text))
+    return e.value.one_line().replace(str(tmp_path) + "/", "")
+
+
+def test_good_spec_and_python_api_agree(tmp_path):
+    spec = load_spec(write(tmp_path, spec_text()))
+    api = Spec("net", 4, (Layer(3, "tanh"), Layer(2, "softmax")), loss="cross_entropy")
+    assert spec == api
+    assert spec.param_shapes() == {"W1": (4, 3), "b1": (3,), "W2": (3, 2), "b2": (2,)}
+    assert spec.training == Training()  # PyTorch's SGD default learning rate
+    assert spec.training.learning_rate == 1e-3
+
+
+EXPECTED = [
+    (spec_text(act="tanhh"),
+     "symgrad: error: net.toml: layer[1].activation: unknown activation 'tanhh' (did you mean "
+     "'tanh'?); use a built-in (identity, relu, leaky_relu, elu, selu, tanh, sigmoid, softplus, "
+     "softsign, silu, gelu, gelu_tanh, mish, sin, softmax) or an expression in x"),
+    (spec_text(loss='kind = "cross_entropyy"'),
+     "symgrad: error: net.toml: loss.kind: unknown loss 'cross_entropyy' (did you mean "
+     "'cross_entropy'?); use one of mse, mae, huber, cross_entropy, binary_cross_entropy or "
+     'expr = "..."'),
+    (spec_text(out="tanh"),
+     "symgrad: error: net.toml: loss.kind: cross_entropy needs a softmax output layer, but the "
+     "last layer's activation is 'tanh'"),
+    (spec_text(loss='kind = "mse"\nexpr = "yhat"'),
+     'symgrad: error: net.toml: loss: give exactly one of kind = "<built-in>" or '
+     'expr = "<expression in yhat, y>"'),
+    (spec_text().replace("units = 3", "unitz = 3"),
+     "symgrad: error: net.toml: layer[1].unitz: unknown key (did you mean 'units'?); allowed "
+     "keys: activation, units"),
+    (spec_text().replace("units = 3", "units = 0"),
+     "symgrad: error: net.toml: layer[1].units: must be between 1 and 1000000, got 0"),
+    (spec_text().replace("units = 3", 'units = "3"'),
+     "symgrad: error: net.toml: layer[1].units: must be an integer, got '3'"),
+    (spec_text().replace('name = "net"', 'name = "My Net"'),
+     "symgrad: error: net.toml: network.name: 'My Net' is not a module name; use lower-case "
+     "letters, digits and _ (not starting with a digit)"),
+    (spec_text() + "\n[trainig]\nepochs = 3\n",
+     "symgrad: error: net.toml: [trainig]: unknown table (did you mean 'training'?); allowed: "
+     "network, layer, loss, regularization, training"),
+    (spec_text() + "\n[training]\noptimizer = \"adamw\"\n",
+     "symgrad: error: net.toml: training.optimizer: unknown optimizer 'adamw' (did you mean "
+     "'adam'?); use one of sgd, momentum, nesterov, adam, rmsprop"),
+    (spec_text() + "\n[regularization]\nl2 = -1.0\n",
+     "symgrad: error: net.toml: regularization.l2: must be a finite number >= 0.0, got -1.0"),
+    ("[network\n", "symgrad: error: net.toml: invalid TOML: Expected ']' at the end of a table "
+     "declaration (at line 1, column 9)"),
+    (spec_text().split("[[layer]]")[0],
+     "symgrad: error: net.toml: layer: no [[layer]] tables; add one per dense layer, in order"),
+]
+
+
+@pytest.mark.parametrize("text,message", EXPECTED)
+def test_exact_errors(tmp_path, text, message):
+    assert error_of(tmp_path, text) == message
+
+
+HOSTILE = [
+    "__import__('os').system('touch pwned')",
+    "x.__class__.__bases__",
+    "open('/etc/passwd').read()",
+    "(lambda: 1)()",
+    "9**9**9**9",
+    "x**99999999",
+    "(" * 5000 + "x" + ")" * 5000,
+    "1" * 5000,
+    "+".join(["x"] * 3000),
+    "[x for x in range(10**9)]",
+]
+
+
+@pytest.mark.parametrize("expr", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_activation_is_refused_quickly(tmp_path, capsys, expr):
+    path = write(tmp_path, spec_text(act=expr.replace('"', '\\"')))
+    t0 = time.perf_counter()
+    assert main(["derive", str(path)]) == 2
+    assert time.perf_counter() - t0 < 1.0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"symgrad: error: {path}: layer[1].activation: ")
+    assert "Traceback" not in err
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["derive", str(tmp_path / "missing.toml")]) == 2
+    assert capsys.readouterr().err == f"symgrad: error: {tmp_path}/missing.toml: no such file\n"
+    assert main(["derive"]) == 2
+    assert capsys.readouterr().err.startswith("symgrad: error: symgrad derive: ")
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    assert main(["derive", str(binary)]) == 2
+    assert capsys.readouterr().err == f"symgrad: error: {binary}: not UTF-8 text\n"
+
+
+def test_custom_expressions_in_specs(tmp_path):
+    spec = load_spec(write(tmp_path, spec_text(act="x * sigmoid(x)", out="identity",
+                                               loss='expr = "log(cosh(yhat - y))"')))
+    assert spec.layers[0].fn.text == "f"
+    assert spec.loss_fn.name == "custom"
+    assert error_of(tmp_path, spec_text(out="identity", loss='expr = "y**2"')) == (
+        "symgrad: error: net.toml: loss.expr: the loss does not depend on yhat")
+
+
+# --------------------------------------------------------------------------
+# Fuzzing: nothing but SymgradError, never slower than a second
+# --------------------------------------------------------------------------
+
+_values = st.recursive(
+    st.none().map(lambda _: 1) | st.booleans() | st.integers(-10**20, 10**20)
+    | st.floats(allow_nan=True) | st.text(max_size=30)
+    | st.sampled_from(["tanh", "softmax", "relu", "x**2", "mse", "cross_entropy", "sgd"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=3),
+    max_leaves=8,
+)
+_keys = st.sampled_from(["name", "inputs", "units", "activation", "kind", "expr", "l1", "l2",
+                         "optimizer", "learning_rate", "batch_size", "epochs", "seed", "x"])
+_table = st.dictionaries(_keys, _values, max_size=5)
+_specs = st.fixed_dictionaries(
+    {},
+    optional={
+        "network": _table, "layer": st.lists(_table, max_size=3) | _values, "loss": _table,
+        "regularization": _table, "training": _table, "extra": _values,
+    },
+)
+
+
+@settings(max_examples=2000, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(_specs)
+def test_fuzz_spec_dicts(data):
+    t0 = time.perf_counter()
+    try:
+        spec = spec_from_dict(data, source="fuzz.toml")
+    except SymgradError as e:
+        assert "\n" not in e.one_line()
+    else:
+        assert isinstance(spec, Spec)
+    assert time.perf_counter() - t0 < 1.0
+
+
+_toml_chars = st.text(alphabet='[]=."\'#\n abcdefghijklmnopqrstuvwxyz0123456789_-+:', max_size=200)
+
+
+@settings(max_examples=2000, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_toml_chars, _toml_chars.map(lambda t: spec_text() + t)))
+def test_fuzz_spec_text(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("fz") / "f.toml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_spec(path)
+    except SymgradError as e:
+        assert "\n" not in e.one_line()
