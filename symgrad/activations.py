@@ -200,7 +200,9 @@ def find_output_form(act: Activation, d: sp.Expr) -> sp.Expr | None:
     if not direct.has(X):
         return direct
     # 2) invert a = f(x) when SymPy can do it cheaply and uniquely
-    if f.has(sp.Piecewise, sp.Abs, sp.sign, sp.Max, sp.Min) or sp.count_ops(f) > 12:
+    # only where x occurs once (solve then just inverts); a mix such as x·σ(1.7x)
+    # sends solve into a search of minutes
+    if f.has(sp.Piecewise, sp.Abs, sp.sign, sp.Max, sp.Min) or expand_named(f).count(X) != 1:
         return None
     try:
         sols = sp.solve(sp.Eq(A, expand_named(f)), X)

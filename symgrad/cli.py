@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        _load_commands()
+        _load_command(args.command)
         return COMMANDS.get(args.command, _missing(args.command))(args)
     except SymgradError as e:
         print(e.one_line(), file=sys.stderr)
@@ -117,14 +117,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def _load_commands() -> None:
-    """Commands living in their own modules register themselves on import."""
+COMMAND_MODULES = {
+    "generate": "symgrad.codegen",
+    "check": "symgrad.check",
+    "verify": "symgrad.verify",
+    "demo": "symgrad.demo",
+}
+
+
+def _load_command(name: str) -> None:
+    """Commands living in their own modules register themselves on import; only the
+    one asked for is imported (``derive`` stays quick to start)."""
     import importlib
 
-    for module in ("symgrad.codegen", "symgrad.check", "symgrad.verify", "symgrad.demo"):
-        path = Path(__file__).with_name(module.split(".")[1] + ".py")
-        if path.exists():
-            importlib.import_module(module)
+    module = COMMAND_MODULES.get(name)
+    if module and Path(__file__).with_name(module.split(".")[1] + ".py").exists():
+        importlib.import_module(module)
 
 
 if __name__ == "__main__":  # pragma: no cover
