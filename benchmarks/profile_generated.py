@@ -7,9 +7,9 @@ that function's statements). Each statement is labelled with the formula comment
 it, so the table reads like the generated code. Times are per epoch and also "per 1 s
 of matrix multiplication", the unit of DESIGN's notes.
 
-The timers cost about 0.3 µs per statement executed (more on a busy machine); that cost is
-charged to no statement, and the untimed rest is estimated as the plain (uninstrumented)
-epoch time minus the statements' times.
+The timers cost some 0.1–0.5 µs per statement executed; that cost is measured on a
+trivial statement and subtracted, from each statement's time and from the untimed rest
+(loop, calls, control flow: instrumented epoch − timers − statements).
 
 Usage: ``python benchmarks/profile_generated.py W1 [--threads 1] [--epochs 3]``
 """
@@ -81,6 +81,7 @@ class _Instrument(ast.NodeTransformer):
         # lands in no statement.
         after = ast.parse(
             f"_acc[{site}] += _pc() - _t0 - _stack.pop()\n"
+            f"_n[{site}] += 1\n"
             "if _stack:\n    _stack[-1] += _pc() - _t0"
         ).body
         return [*before, stmt, *after]
@@ -100,15 +101,43 @@ def _is_docstring(stmt: ast.stmt) -> bool:
     return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
 
 
-def instrument(path: Path) -> tuple[types.ModuleType, dict[int, dict[str, Any]], dict]:
-    source = path.read_text(encoding="utf-8")
+def instrument_source(source: str, filename: str, name: str):
+    """(module, sites, acc, n): the instrumented module, the statements, and the
+    accumulated own time and execution count per statement."""
     tool = _Instrument(source)
     tree = ast.fix_missing_locations(tool.visit(ast.parse(source)))
-    mod = types.ModuleType(f"_instrumented_{path.stem}")
+    mod = types.ModuleType(name)
     acc: dict[int, float] = defaultdict(float)
-    mod.__dict__.update(_pc=time.perf_counter, _acc=acc, _stack=[], __file__=str(path))
-    exec(compile(tree, str(path), "exec"), mod.__dict__)  # our own generated file
-    return mod, tool.sites, acc
+    n: dict[int, int] = defaultdict(int)
+    mod.__dict__.update(_pc=time.perf_counter, _acc=acc, _n=n, _stack=[], __file__=filename)
+    exec(compile(tree, filename, "exec"), mod.__dict__)  # our own generated file
+    return mod, tool.sites, acc, n
+
+
+_CALIBRATION = """
+def run(k):
+    for _ in range(k):
+        x = 0
+"""
+
+
+def timer_cost(k: int = 20_000) -> tuple[float, float]:
+    """(inside, total): seconds per instrumented statement that the timers add to the
+    statement's own time, and to the wall time, measured on a trivial statement."""
+    plain = types.ModuleType("_calibration_plain")
+    exec(compile(_CALIBRATION, "<calibration>", "exec"), plain.__dict__)
+    mod, _, acc, _ = instrument_source(_CALIBRATION, "<calibration>", "_calibration")
+    best_in, best_total = float("inf"), float("inf")
+    for _ in range(5):
+        acc.clear()
+        t0 = time.perf_counter()
+        mod.run(k)
+        t1 = time.perf_counter()
+        plain.run(k)
+        t2 = time.perf_counter()
+        best_in = min(best_in, acc[0] / k)
+        best_total = min(best_total, ((t1 - t0) - (t2 - t1)) / k)
+    return best_in, max(best_total, best_in)
 
 
 def category(site: dict[str, Any]) -> str:
@@ -128,29 +157,44 @@ def profile_generated(
     ctx = tb.Context(w, data, workdir)
     plain = tb.generated_module(ctx)
     path = Path(plain.__file__)
-    mod, sites, acc = instrument(path)
+    mod, sites, acc, counts = instrument_source(
+        path.read_text(encoding="utf-8"), str(path), f"_instrumented_{path.stem}"
+    )
+    cost_in, cost_total = timer_cost()
     X, Y = data.as_dtype(dtype)
 
+    cpu: list[float] = []
+
     def epoch(m, samples: list[dict[int, float]]) -> float:
-        """Median epoch time; each epoch's statement times appended to samples."""
+        """Median epoch time; each epoch's statement times appended to samples, its
+        process CPU time to cpu."""
         params = m.init_params(seed=0, dtype=dtype)
         m.train(params, X, Y, epochs=1, batch_size=w.batch_size,
                 learning_rate=w.learning_rate, optimizer="sgd", verbose=False)  # warm-up
         times = []
         for _ in range(epochs):
             acc.clear()
-            t0 = time.perf_counter()
+            counts.clear()
+            c0, t0 = time.process_time(), time.perf_counter()
             m.train(params, X, Y, epochs=1, batch_size=w.batch_size,
                     learning_rate=w.learning_rate, optimizer="sgd", verbose=False)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             samples.append(dict(acc))
         return statistics.median(times)
 
     samples: list[dict[int, float]] = []
     plain_s = epoch(plain, [])
+    cpu.clear()
     total = epoch(mod, samples)
-    # per statement, the median over the epochs (a preemption lands in one statement)
-    per_epoch = {k: statistics.median(s.get(k, 0.0) for s in samples) for k in samples[0]}
+    # per statement, the median over the epochs (a preemption lands in one statement),
+    # less the timers' own cost
+    per_epoch = {
+        k: max(statistics.median(s.get(k, 0.0) for s in samples) - counts[k] * cost_in, 0.0)
+        for k in samples[0]
+    }
+    executed = sum(counts.values())
+    untimed = total - executed * cost_total - sum(per_epoch.values())
     matmul = sum(t for k, t in per_epoch.items() if category(sites[k]) == "matmul")
     rows = []
     for k, t in sorted(per_epoch.items(), key=lambda kv: -kv[1]):
@@ -164,8 +208,11 @@ def profile_generated(
         "dtype": np.dtype(dtype).name,
         "epoch_plain_s": plain_s,
         "epoch_instrumented_s": total,
+        "epoch_instrumented_cpu_s": statistics.median(cpu),
         "matmul_s": matmul,
-        "untimed_s": max(plain_s - sum(per_epoch.values()), 0.0),
+        "untimed_s": max(untimed, 0.0),
+        "statements_executed": executed,
+        "timer_cost_s": {"inside": cost_in, "total": cost_total},
         "by_category": dict(sorted(by_cat.items(), key=lambda kv: -kv[1])),
         "statements": rows,
     }
@@ -176,12 +223,13 @@ def format_profile(res: dict[str, Any], top: int = 14) -> str:
     head = (
         f"{res['workload']} generated {res['dtype']}: where an epoch goes "
         f"(plain {fmt_seconds(res['epoch_plain_s'])}, instrumented "
-        f"{fmt_seconds(res['epoch_instrumented_s'])}; per 1 s of matmul)"
+        f"{fmt_seconds(res['epoch_instrumented_s'])}, its process CPU time "
+        f"{fmt_seconds(res['epoch_instrumented_cpu_s'])}; per 1 s of matmul)"
     )
     rows = []
     for cat, t in list(res["by_category"].items())[:top]:
         rows.append([cat[:70], fmt_seconds(t), f"{t / m:.2f}"])
-    rows.append(["(loop, calls, control flow: plain epoch − Σ statements)",
+    rows.append(["(loop, calls, control flow: the untimed rest)",
                  fmt_seconds(res["untimed_s"]),
                  f"{res['untimed_s'] / m:.2f}"])
     rest = list(res["by_category"].values())[top:]
