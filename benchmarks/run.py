@@ -24,6 +24,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -220,9 +221,18 @@ def gradcheck_directional(workdir: Path) -> dict[str, Any]:
     out = (proc.stdout + proc.stderr).strip().splitlines()
     entry = {"check": name, "seconds": dt, "exit_code": proc.returncode,
              "parameters": sum(a * b + b for a, b in zip(w.sizes, w.sizes[1:], strict=False))}
+    errors = [float(m[1]) for line in out if (m := _PARAM_ROW.match(line))]
+    if errors:
+        entry["max_rel_error"] = max(errors)
+    if out:
+        entry["summary"] = out[-1]
     if proc.returncode not in (0, 1):
         entry["status"] = f"failed (exit {proc.returncode}): {out[-1] if out else ''}"[:200]
     return entry
+
+
+# a parameter row of `symgrad check`'s table: name, (shape), max rel. error, ...
+_PARAM_ROW = re.compile(r"^[Wb]\d+\s+\([^)]*\)\s+([0-9.]+(?:e[+-]?\d+)?)\b")
 
 
 def format_gradchecks(rows: list[dict[str, Any]]) -> str:
