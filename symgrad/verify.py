@@ -1,0 +1,1827 @@
+"""verify: check a gradient that a person derived by hand (``symgrad verify``).
+
+A hand derivation is written in numpy syntax over the network's names (X, Y, N,
+W1, b1, Z1, A1, …, Yhat and the adjoints dZ1, dA1, …, dYhat).  It is parsed by the
+safe parser (:func:`symgrad.expr.validate`, never ``eval``) and built, by
+:class:`FormulaBuilder`, into the same matrix-level nodes the derivation uses
+(:mod:`symgrad.ops`: ``MatMul``, ``Transpose``, ``Hadamard`` for ``*``, ``Add``,
+``Sub``, ``Scale``, ``Map`` for elementwise functions, ``ColSum``/``RowSum`` for
+``sum(…, axis=0|1)``), with numpy's shape and broadcasting rules checked on
+*symbolic* sizes (N, n₀, n₁, …) while building: a product that cannot match is a
+wrong formula ("shape"), not a crash.
+
+The evidence is then
+
+* **numeric** — the formula and the derived gradient evaluated in float64 on three
+  random instances of different, pairwise distinct sizes (so a formula that only
+  type-checks for square matrices, or only holds for N = 1, fails);
+* **symbolic** — on a tiny explicit instance (N = 2, widths 2..3, every entry a
+  SymPy symbol) the entrywise difference is reduced to 0 within a time budget.
+
+For a wrong formula, a diagnosis is searched for among: transposed (as a whole, or
+one name), a constant factor (N, 1/N, 2, ½ …) or sign, a missing
+activation-derivative factor, a formula that is right for another layer (or with
+one name from another layer), a missing term (the penalty's λW), and a shape that
+cannot match.  The correct formula is printed in numpy syntax (:class:`NumpyPrinter`)
+and in the textbook form.
+
+Scalar mode (:func:`verify_scalar`) checks d/dx of a one-variable function against
+``sympy.diff``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import keyword
+import math
+import operator
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from functools import cached_property, lru_cache
+from types import MappingProxyType
+
+import numpy as np
+import sympy as sp
+
+from symgrad import naming
+from symgrad.activations import expand_named
+from symgrad.cli import command
+from symgrad.crosscheck import explicit_env, tiny_sizes
+from symgrad.derive import Derivation, derive
+from symgrad.errors import SymgradError
+from symgrad.expr import (  # the parser's time limit, reused
+    SCALAR_FUNCTIONS,
+    ScalarBuilder,
+    _deadline,
+    _OutOfTime,
+    _warm_up,
+    parse_scalar,
+    validate,
+)
+from symgrad.graph import width
+from symgrad.ops import (
+    L1,
+    L2,
+    ONE,
+    Add,
+    ColSum,
+    Const,
+    Exp,
+    Hadamard,
+    Map,
+    MatMul,
+    MeanLoss,
+    N,
+    Node,
+    RowSum,
+    Scale,
+    Sub,
+    Sym,
+    Transpose,
+)
+from symgrad.printing import TextScalarPrinter
+from symgrad.printing import text as textbook
+from symgrad.spec import Spec, load_spec
+
+__all__ = [
+    "Verdict", "verify", "verify_scalar", "NumpyPrinter", "numpy_text", "FormulaBuilder",
+    "DIAGNOSES",
+]
+
+RTOL = 1e-8  # numeric agreement: max relative error per entry
+SYMBOLIC_BUDGET = 2.0  # seconds SymPy may spend on the symbolic proof
+INSTANCE_N = (3, 5, 4)  # batch sizes of the random instances (widths differ too)
+
+DIAGNOSES = (
+    "transposed", "factor", "sign", "shape", "activation-derivative", "layer",
+    "missing-term", "axis", "other-gradient",
+)
+"""Diagnosis codes a :class:`Verdict` may carry (None: no simple diagnosis fits)."""
+
+
+# --------------------------------------------------------------------------
+# Shapes: numpy shapes over symbolic sizes
+# --------------------------------------------------------------------------
+
+Shape = tuple  # () scalar, (n,) a 1-D vector, (r, c) a matrix; sizes are SymPy expressions
+_ONE = sp.Integer(1)
+_SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+
+
+def _internal(shape: Shape) -> tuple:
+    """The 2-D shape a value of numpy ``shape`` has inside the IR (a vector is a row)."""
+    if len(shape) == 0:
+        return (_ONE, _ONE)
+    if len(shape) == 1:
+        return (_ONE, shape[0])
+    return tuple(shape)
+
+
+def _dim_text(d: sp.Expr) -> str:
+    if isinstance(d, sp.Symbol) and d.name.startswith("n_"):
+        return "n" + d.name[2:].translate(_SUB)
+    return str(d).replace("*", "·")
+
+
+def _shape_text(shape: Shape) -> str:
+    if len(shape) == 0:
+        return "a scalar"
+    if len(shape) == 1:
+        return f"({_dim_text(shape[0])},)"
+    return "×".join(_dim_text(d) for d in shape)
+
+
+def _broadcast2(a: Shape, b: Shape) -> Shape | None:
+    """numpy's broadcasting of two shapes (trailing dimensions aligned), or None."""
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else _ONE
+        y = b[-i] if i <= len(b) else _ONE
+        if x == y or y == _ONE:
+            out.append(x)
+        elif x == _ONE:
+            out.append(y)
+        else:
+            return None
+    return tuple(reversed(out))
+
+
+def _size(d: sp.Expr, env: dict) -> int:
+    return int(d.xreplace({s: env[s] for s in d.free_symbols}))
+
+
+# --------------------------------------------------------------------------
+# Nodes the hand formulas need beyond symgrad.ops
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=True)
+class Broadcast(Node):
+    """A row, column or scalar repeated to a larger shape (numpy broadcasting)."""
+
+    x: Node
+    shape: tuple
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    def numeric(self, env):
+        return np.broadcast_to(self.x.numeric(env), tuple(_size(d, env) for d in self.shape))
+
+    def explicit(self, env):
+        m = self.x.explicit(env)
+        r, c = (_size(d, env) for d in self.shape)
+        return sp.Matrix(r, c, lambda i, j: m[i if m.rows > 1 else 0, j if m.cols > 1 else 0])
+
+
+@dataclass(frozen=True, eq=True)
+class Ones(Node):
+    """A matrix of ones (``ones(N)``, ``ones_like(A1)``)."""
+
+    shape: tuple
+
+    def numeric(self, env):
+        return np.ones(tuple(_size(d, env) for d in self.shape))
+
+    def explicit(self, env):
+        return sp.ones(*(_size(d, env) for d in self.shape))
+
+
+def _broadcast(node: Node, shape: tuple) -> Node:
+    return node if tuple(node.shape) == tuple(shape) else Broadcast(node, tuple(shape))
+
+
+def _scale(c: sp.Expr, node: Node) -> Node:
+    if isinstance(node, Scale):
+        c, node = c * node.c, node.x
+    return node if c == 1 else Scale(c, node)
+
+
+def _transpose(node: Node) -> Node:
+    return node.x if isinstance(node, Transpose) else Transpose(node)
+
+
+# --------------------------------------------------------------------------
+# Printing IR as numpy syntax
+# --------------------------------------------------------------------------
+
+ATOM, POSTFIX, POW, UNARY, MUL, ADD, COMPARE = 100, 90, 80, 70, 60, 50, 40
+_NUMPY_NAMES = {
+    "exp", "log", "log1p", "expm1", "sqrt", "abs", "sign", "tanh", "sinh", "cosh", "sin",
+    "cos", "tan", "arctan", "maximum", "minimum", "where", "sum", "mean", "ones", "transpose",
+    "heaviside",
+}
+_FUNCTION_NAMES = {
+    "Abs": "abs", "Heaviside": "heaviside", "Max": "maximum", "Min": "minimum",
+    "atan": "arctan", "Exp": "exp",
+}
+
+
+class NumpyPrinter:
+    """Matrix-level IR (and scalar SymPy) as numpy syntax, the way a person writes it:
+    ``X.T @ dZ1``, ``sum(dZ1, axis=0)``, ``(dZ2 @ W2.T) * (1 - A1**2)``.
+
+    The output is accepted by the safe parser, so a printed formula verifies.
+    ``prefix="np."`` writes numpy's functions as ``np.sum``, ``np.tanh``, …
+    """
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def doprint(self, item: Node | sp.Basic) -> str:
+        return (self.node(item) if isinstance(item, Node) else self.scalar(item, {}))[0]
+
+    def fn(self, name: str) -> str:
+        return self.prefix + name if name in _NUMPY_NAMES else name
+
+    @staticmethod
+    def wrap(printed: tuple[str, int], at_least: int) -> str:
+        s, p = printed
+        return s if p >= at_least else f"({s})"
+
+    # --- matrices
+
+    def node(self, n: Node) -> tuple[str, int]:
+        method = getattr(self, f"_node_{type(n).__name__}", None)
+        if method is None:
+            return str(n), ATOM
+        return method(n)
+
+    def _node_Sym(self, n):
+        return n.name, ATOM
+
+    def _node_Const(self, n):
+        return self.scalar(n.value, {})
+
+    def _node_Transpose(self, n):
+        return self.wrap(self.node(n.x), POSTFIX) + ".T", POSTFIX
+
+    def product(self, a: Node, op: str, b: Node) -> tuple[str, int]:
+        """a @ b or a * b; a product of the other kind inside is bracketed, as people
+        write (dZ2 @ W2.T) * (1 - A1**2) although Python would not need it."""
+        other = Hadamard if op == "@" else MatMul
+        left = self.node(a)
+        left_s = f"({left[0]})" if isinstance(a, other) else self.wrap(left, MUL)
+        # ⊙ is associative: A * (B * C) is written A * B * C
+        chain = op == "*" and (isinstance(b, Hadamard) or (
+            isinstance(b, Map) and isinstance(b.expr, sp.Mul)))
+        right_s = self.wrap(self.node(b), MUL if chain else MUL + 1)
+        return f"{left_s} {op} {right_s}", MUL
+
+    def _node_MatMul(self, n):
+        return self.product(n.a, "@", n.b)
+
+    def _node_Hadamard(self, n):
+        return self.product(n.a, "*", n.b)
+
+    def _node_Add(self, n):
+        out = self.wrap(self.node(n.terms[0]), ADD)
+        for t in n.terms[1:]:
+            if isinstance(t, Scale) and t.c.could_extract_minus_sign():
+                out += " - " + self.wrap(self.node(_scale(-t.c, t.x)), ADD + 1)
+            else:
+                out += " + " + self.wrap(self.node(t), ADD)
+        return out, ADD
+
+    def _node_BiasAdd(self, n):
+        return self._node_Add(Add((n.a, n.b)))
+
+    def _node_Sub(self, n):
+        return f"{self.wrap(self.node(n.a), ADD)} - {self.wrap(self.node(n.b), ADD + 1)}", ADD
+
+    def _node_Scale(self, n):
+        c = n.c
+        if c.could_extract_minus_sign():
+            inner = self.node(_scale(-c, n.x))
+            return "-" + self.wrap(inner, UNARY), UNARY
+        num, den = sp.fraction(c)
+        body = self.node(n.x)
+        if den == 1:
+            return f"{self.wrap(self.scalar(num, {}), MUL)} * {self.wrap(body, MUL + 1)}", MUL
+        head = self.wrap(body, MUL) if num == 1 else (
+            f"{self.wrap(self.scalar(num, {}), MUL)} * {self.wrap(body, MUL + 1)}")
+        return f"{head} / {self.wrap(self.scalar(den, {}), MUL + 1)}", MUL
+
+    def _node_ColSum(self, n):
+        return f"{self.fn('sum')}({self.node(n.x)[0]}, axis=0)", ATOM
+
+    def _node_RowSum(self, n):
+        return f"{self.fn('sum')}({self.node(n.x)[0]}, axis=1, keepdims=True)", ATOM
+
+    def _node_Map(self, n):
+        return self.scalar(n.expr, {s: self.node(child) for s, child in n.args})
+
+    def _node_Elementwise(self, n):
+        from symgrad.activations import X as X_SYM
+
+        return self.scalar(n.fn.expr, {X_SYM: self.node(n.x)})
+
+    def _node_Softmax(self, n):
+        return f"softmax({self.node(n.x)[0]})", ATOM
+
+    def _node_Broadcast(self, n):
+        return self.node(n.x)
+
+    def _node_Ones(self, n):
+        r, c = n.shape
+        return f"{self.fn('ones')}({self.scalar(c, {})[0]})", ATOM
+
+    # --- scalars (bodies of elementwise maps)
+
+    def scalar(self, e: sp.Basic, names: dict) -> tuple[str, int]:
+        if e in names:
+            return names[e]
+        if isinstance(e, sp.Symbol):
+            return {N: "N", L2: "l2", L1: "l1"}.get(e, e.name), ATOM
+        if e is sp.E:
+            return "e", ATOM
+        if e is sp.pi:
+            return "pi", ATOM
+        if isinstance(e, sp.Integer):
+            return str(e), (UNARY if e < 0 else ATOM)
+        if isinstance(e, sp.Rational):
+            return f"{e.p}/{e.q}", (UNARY if e < 0 else MUL)
+        if isinstance(e, sp.Float):
+            return repr(float(e)), (UNARY if e < 0 else ATOM)
+        if isinstance(e, sp.Add):
+            return self._scalar_add(e, names)
+        if isinstance(e, sp.Mul):
+            return self._scalar_mul(e, names)
+        if isinstance(e, sp.Pow):
+            return self._scalar_pow(e, names)
+        if isinstance(e, sp.Piecewise):
+            return self._scalar_piecewise(list(e.args), names)
+        if isinstance(e, sp.Rel):
+            op = {"==": "==", "!=": "!="}.get(e.rel_op, e.rel_op)
+            lhs, rhs = self.scalar(e.lhs, names), self.scalar(e.rhs, names)
+            return f"{self.wrap(lhs, ADD)} {op} {self.wrap(rhs, ADD)}", COMPARE
+        if isinstance(e, sp.Function):
+            name = _FUNCTION_NAMES.get(type(e).__name__, type(e).__name__)
+            args = e.args[:1] if name == "heaviside" else e.args
+            inner = ", ".join(self.scalar(a, names)[0] for a in args)
+            return f"{self.fn(name)}({inner})", ATOM
+        return str(e), ATOM
+
+    def _scalar_add(self, e, names):
+        terms = sorted(e.args, key=lambda t: t.could_extract_minus_sign())
+        out = self.wrap(self.scalar(terms[0], names), ADD)
+        for t in terms[1:]:
+            if t.could_extract_minus_sign():
+                out += " - " + self.wrap(self.scalar(-t, names), ADD + 1)
+            else:
+                out += " + " + self.wrap(self.scalar(t, names), ADD)
+        return out, ADD
+
+    def _scalar_mul(self, e, names):
+        if e.could_extract_minus_sign():
+            # -y / a: Python reads (-y) / a, the same value; MUL keeps it bracketed
+            # wherever a product would be
+            inner = self.scalar(-e, names)
+            return "-" + self.wrap(inner, MUL), MUL
+        num, den = [], []
+        for f in sp.Mul.make_args(e):
+            if f.is_Pow and f.exp.is_number and f.exp.is_negative:
+                den.append(f.base if f.exp == -1 else sp.Pow(f.base, -f.exp, evaluate=False))
+            elif f.is_Rational and not f.is_Integer:
+                if f.p != 1:
+                    num.append(sp.Integer(f.p))
+                den.append(sp.Integer(f.q))
+            else:
+                num.append(f)
+        top = " * ".join(self.wrap(self.scalar(f, names), MUL) for f in num) if num else "1"
+        for f in den:
+            top += " / " + self.wrap(self.scalar(f, names), MUL + 1)
+        return top, MUL
+
+    def _scalar_pow(self, e, names):
+        base, exp = e.base, e.exp
+        if exp == sp.Rational(1, 2):
+            return f"{self.fn('sqrt')}({self.scalar(base, names)[0]})", ATOM
+        if exp.is_number and exp.is_negative:
+            inner = self.scalar(base if exp == -1 else sp.Pow(base, -exp, evaluate=False), names)
+            return f"1 / {self.wrap(inner, MUL + 1)}", MUL
+        return f"{self.wrap(self.scalar(base, names), POW + 1)}**{self.wrap(self.scalar(exp, names), POW)}", POW
+
+    def _scalar_piecewise(self, pieces, names):
+        (value, cond), rest = pieces[0], pieces[1:]
+        if cond is sp.true or not rest:
+            return self.scalar(value, names)
+        other = self._scalar_piecewise(rest, names)[0]
+        c = self.scalar(cond, names)[0]
+        v = self.scalar(value, names)[0]
+        return f"{self.fn('where')}({c}, {v}, {other})", ATOM
+
+
+def numpy_text(item: Node | sp.Basic, prefix: str = "") -> str:
+    """``item`` in numpy syntax (``X.T @ dZ1``)."""
+    return NumpyPrinter(prefix).doprint(item)
+
+
+# --------------------------------------------------------------------------
+# The network: names, targets, random instances, the tiny explicit instance
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A quantity whose gradient can be verified: ∂L/∂``name``."""
+
+    name: str  # canonical primal name: W1, b1, Z1, A1, Yhat
+    cot: str  # its cotangent's name in the environment: dW1, dZ1, dYhat
+    node: Node  # the derived formula
+    shape: Shape  # numpy shape of the gradient (a bias's gradient is 1-D)
+    family: str  # W, b, Z, A
+    layer: int
+
+    @property
+    def display(self) -> str:
+        return naming.text(self.cot) if self.family != "Z" else f"δ{str(self.layer).translate(_SUB)}"
+
+    @property
+    def partial(self) -> str:
+        return f"∂L/∂{naming.text(self.name)}"
+
+
+class _ShapeError(Exception):
+    """A formula whose shapes cannot match (a wrong formula, not bad input)."""
+
+
+@dataclass
+class _Instance:
+    env: dict
+    sizes: dict  # display name -> int
+
+    def text(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.sizes.items())
+
+
+class Network:
+    """Everything ``verify`` needs about one spec, computed once."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self.d: Derivation = derive(spec)
+        self.L = L = len(spec.layers)
+        g = self.d.graph
+        widths = [width(l) for l in range(L + 1)]
+        self.widths = widths
+        steps = {e.target.name: e for e in self.d.steps}
+        backward = {e.target.name: e.rhs for e in self.d.backward}
+        self.steps = steps
+        loss = next(a.rhs for a in g.assignments if isinstance(a.rhs, MeanLoss))
+        self.dyhat_generic = loss.vjp(ONE, None)[0]
+
+        # user names -> (leaf, numpy shape)
+        m: dict[str, tuple[Sym, Shape]] = {}
+        for s in g.data:
+            m[s.name] = (s, s.shape)
+        for l in range(1, L + 1):
+            W = Sym(f"W{l}", (widths[l - 1], widths[l]), "param")
+            b = Sym(f"b{l}", (_ONE, widths[l]), "param")
+            m[W.name] = (W, W.shape)
+            m[b.name] = (b, (widths[l],))
+            value = (N, widths[l])
+            m[f"Z{l}"] = (Sym(f"Z{l}", value, "value"), value)
+            m[f"dZ{l}"] = (Sym(f"dZ{l}", value, "cotangent"), value)
+            m[f"delta{l}"] = m[f"dZ{l}"]
+            a = "Yhat" if l == L else f"A{l}"
+            m[a] = (Sym(a, value, "value"), value)
+            m["d" + a] = (Sym("d" + a, value, "cotangent"), value)
+        m[f"A{L}"] = m["A_L"] = m["Yhat"]
+        m[f"dA{L}"] = m["dA_L"] = m["dYhat"]
+        self.matrices = m
+        self.scalars: dict[str, sp.Basic] = {"N": N}
+        if spec.l2:
+            self.scalars.update({"l2": L2, "lambda2": L2, "lambda_2": L2})
+        if spec.l1:
+            self.scalars.update({"l1": L1, "lambda1": L1, "lambda_1": L1})
+
+        # targets
+        t: dict[str, Target] = {}
+        for l in range(1, L + 1):
+            for fam, name, shape in (
+                ("W", f"W{l}", m[f"W{l}"][1]), ("b", f"b{l}", m[f"b{l}"][1]),
+                ("Z", f"Z{l}", m[f"Z{l}"][1]),
+            ):
+                cot = "d" + name
+                t[name] = Target(name, cot, backward.get(cot, steps[cot].rhs), shape, fam, l)
+            a = "Yhat" if l == L else f"A{l}"
+            node = steps["d" + a].rhs if "d" + a in steps else self.dyhat_generic
+            t[a] = Target(a, "d" + a, node, m[a][1], "A", l)
+        self.targets = t
+
+    # --- names
+
+    def family(self, name: str, adjacent: bool = False) -> list[str]:
+        """``name``'s kind at the other layers (for 'layer' diagnoses); ``adjacent``:
+        only the layers just before and after."""
+        members = self._family(name)
+        if not adjacent:
+            return members
+        own = self._layer(name)
+        return [m for m in members if abs(self._layer(m) - own) == 1]
+
+    def _layer(self, name: str) -> int:
+        if name in ("X",):
+            return 0
+        if name in ("Yhat", "dYhat", "A_L", "dA_L"):
+            return self.L
+        digits = re.sub(r"\D", "", name)
+        return int(digits) if digits else -99
+
+    def _family(self, name: str) -> list[str]:
+        L = self.L
+        m = re.fullmatch(r"(d|delta|)(W|b|Z|A|X|Yhat|)(\d*)", name)
+        if not m or name not in self.matrices or name == "Y":
+            return []
+        prefix, letter, idx = m.groups()
+        if prefix == "delta":
+            return [f"delta{l}" for l in range(1, L + 1) if f"delta{l}" != name]
+        if letter in ("W", "b", "Z"):
+            return [f"{prefix}{letter}{l}" for l in range(1, L + 1) if f"{prefix}{letter}{l}" != name]
+        # the A family: X = A0, A1, …, Yhat = A_L (and its adjoints)
+        if prefix == "d":
+            members = [f"dA{l}" for l in range(1, L)] + ["dYhat"]
+            return [x for x in members if self.matrices[x][0] != self.matrices[name][0]]
+        members = ["X"] + [f"A{l}" for l in range(1, L)] + ["Yhat"]
+        return [x for x in members if self.matrices[x][0] != self.matrices[name][0]]
+
+    def unknown(self, name: str) -> str:
+        """The message for a name the formula may not use."""
+        L = self.L
+        m = re.fullmatch(r"(d|delta)?(W|b|Z|A|)(\d+)", name)
+        if m and (m.group(2) or m.group(1) == "delta"):
+            prefix, letter = m.group(1) or "", m.group(2)
+            if prefix == "d" and letter in ("W", "b"):
+                return (f"'{name}' is a parameter gradient, which is what verify checks; "
+                        "write it out (e.g. X.T @ dZ1)")
+            if letter in ("W", "b"):
+                have = [f"{x}{l}" for l in range(1, L + 1) for x in ("W", "b")]
+            elif letter == "A":
+                have = [f"{prefix}A{l}" for l in range(1, L)] + [f"{prefix}Yhat (= {prefix}A{L})"]
+            else:  # Z, dZ, delta
+                have = [f"{prefix}{letter}{l}" for l in range(1, L + 1)]
+            return f"unknown name '{name}' (the network has {', '.join(have)})"
+        if name in ("L", "J", "loss"):
+            return f"'{name}' (the loss) cannot appear in a gradient"
+        allowed = [*self.matrices, *self.scalars]
+        close = difflib.get_close_matches(name, allowed, n=1)
+        if close:
+            return f"unknown name '{name}' (did you mean '{close[0]}'?)"
+        shown = [n for n in allowed if not n.startswith(("delta", "lambda", "A_L", "dA_L"))]
+        return f"unknown name '{name}' (allowed: {', '.join(shown)})"
+
+    def target(self, wrt: str) -> Target:
+        name = wrt.strip()
+        if name.startswith("delta") and name[5:].isdigit():
+            name = "Z" + name[5:]
+        if name not in self.targets and name.startswith("d") and len(name) > 1:
+            name = name[1:]  # --wrt dW1 means W1
+        name = {f"A{self.L}": "Yhat", "A_L": "Yhat", "A0": "X"}.get(name, name)
+        if name in self.targets:
+            return self.targets[name]
+        if name in ("X", "Y", "N"):
+            raise SymgradError("--wrt", f"'{wrt}' is data; choose a parameter ({self._params()}) "
+                               f"or an intermediate ({self._values()})")
+        choices = list(self.targets)
+        close = difflib.get_close_matches(name, choices, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise SymgradError("--wrt", f"unknown name '{wrt}' ({hint}the network has {self._params()}; "
+                           f"intermediates {self._values()})")
+
+    def _params(self) -> str:
+        return ", ".join(f"{x}{l}" for l in range(1, self.L + 1) for x in ("W", "b"))
+
+    def _values(self) -> str:
+        return ", ".join([f"Z{l}" for l in range(1, self.L + 1)]
+                         + [f"A{l}" for l in range(1, self.L)] + ["Yhat"])
+
+    def describe(self) -> str:
+        spec = self.spec
+        parts = [str(spec.inputs)] + [f"{ly.units} {ly.fn.name}" for ly in spec.layers]
+        loss = spec.loss_fn.name if spec.loss_expr is None else f"ℓ = {spec.loss_expr}"
+        pen = "".join(f", {k} = {getattr(spec, k):g}" for k in ("l2", "l1") if getattr(spec, k))
+        return f"{spec.name}: {' → '.join(parts)}; {loss}{pen}"
+
+    # --- numeric instances
+
+    def instance_sizes(self, k: int) -> tuple[int, list[int]]:
+        """Batch size and widths of instance ``k``: all pairwise distinct, none square."""
+        n = INSTANCE_N[k % len(INSTANCE_N)]
+        pool = [v for v in range(2, self.L + 9) if v != n]
+        rng = np.random.default_rng(1000 + k)
+        rng.shuffle(pool)
+        return n, pool[: self.L + 1]
+
+    def instance(self, k: int, seed: int) -> _Instance:
+        n, ws = self.instance_sizes(k)
+        rng = np.random.default_rng([seed, k])
+        env: dict = {N: n, L2: float(self.spec.l2), L1: float(self.spec.l1)}
+        for l, w in enumerate(ws):
+            env[self.widths[l]] = w
+        env["X"] = rng.normal(size=(n, ws[0]))
+        out = ws[-1]
+        kind = self.spec.loss_fn.name
+        if kind == "cross_entropy":
+            Y = np.zeros((n, out))
+            Y[np.arange(n), rng.integers(0, out, size=n)] = 1.0
+        elif kind == "binary_cross_entropy":
+            Y = rng.uniform(0.05, 0.95, size=(n, out))
+        else:
+            Y = rng.normal(size=(n, out))
+        env["Y"] = Y
+        for l in range(1, self.L + 1):
+            env[f"W{l}"] = rng.normal(size=(ws[l - 1], ws[l])) / math.sqrt(ws[l - 1])
+            env[f"b{l}"] = rng.normal(scale=0.3, size=(1, ws[l]))
+        with np.errstate(all="ignore"):
+            for eq in self.d.forward:
+                env[eq.target.name] = eq.rhs.numeric(env)
+            env["dYhat"] = self.dyhat_generic.numeric(env)
+            self.sweep(env)
+        sizes = {"N": n, **{f"n{str(l).translate(_SUB)}": w for l, w in enumerate(ws)}}
+        return _Instance(env, sizes)
+
+    def sweep(self, env: dict, skip_derivative: int | None = None) -> None:
+        """Every cotangent of the derivation into ``env``; with ``skip_derivative = l``,
+        δ_l is replaced by ∂L/∂A_l (the chain without layer l's activation derivative)."""
+        for eq in self.d.steps:
+            name = eq.target.name
+            if skip_derivative is not None and name == f"dZ{skip_derivative}":
+                a = "dYhat" if skip_derivative == self.L else f"dA{skip_derivative}"
+                env[name] = env[a]
+            else:
+                env[name] = eq.rhs.numeric(env)
+        env.setdefault("dYhat", self.dyhat_generic.numeric(env))
+
+    def missing_factor(self, l: int) -> str | None:
+        """The activation-derivative factor of layer ``l``, in words (None: f′ = 1)."""
+        eq = self.steps.get(f"dZ{l}")
+        fn = self.spec.layers[l - 1].fn
+        if eq is None or isinstance(eq.rhs, Sym) or (not fn.is_rowwise and fn.derivative == 1):
+            return None
+        if isinstance(eq.rhs, Hadamard) and isinstance(eq.rhs.b, Map):
+            tb, np_ = textbook(eq.rhs.b), numpy_text(eq.rhs.b)
+            if isinstance(eq.rhs.b.expr, sp.Add):
+                tb, np_ = f"({tb})", f"({np_})"
+            return f"the factor ⊙ {tb} (numpy: * {np_})"
+        if fn.is_rowwise:
+            return "the softmax Jacobian"
+        return f"the factor ⊙ {fn.name}′(Z{str(l).translate(_SUB)})"
+
+    # --- the tiny explicit instance
+
+    @cached_property
+    def explicit(self) -> tuple[dict, list[dict], tuple[int, ...]]:
+        """(env, definitions, sizes) at N = 2 and tiny widths.
+
+        Data and parameters are matrices of symbols (``explicit_env``).  Every forward
+        value and cotangent is a matrix of *fresh* symbols too, defined by its equation
+        in terms of earlier ones; ``definitions`` lists those groups in the order they
+        were computed.  A proof unfolds them from the last backwards, so a formula that
+        agrees with the derivation at a shallow level is proved without expanding the
+        whole network."""
+        sizes = tiny_sizes(self.spec)
+        env = explicit_env(self.d, sizes, 2)
+        for l, w in enumerate(sizes):
+            env[self.widths[l]] = w
+        if self.spec.loss_fn.name == "cross_entropy":  # the fused rule's assumption Σ_k y_k = 1
+            y = env["Y"]
+            env["Y"] = sp.Matrix(y.rows, y.cols, lambda i, j: y[i, j] if j < y.cols - 1 else
+                                 1 - sum(y[i, k] for k in range(y.cols - 1)))
+        env[L2] = sp.Rational(repr(float(self.spec.l2)))
+        env[L1] = sp.Rational(repr(float(self.spec.l1)))
+        groups: list[dict] = []
+
+        def define(name: str, node: Node) -> None:
+            value = node.explicit(env)
+            syms = sp.Matrix(value.rows, value.cols,
+                             lambda i, j: sp.Symbol(f"{name}_{i}{j}", real=True))
+            groups.append(dict(zip(syms, value, strict=True)))
+            env[name] = syms
+
+        for eq in self.d.forward:
+            if eq.target.name not in ("L", "J"):
+                define(eq.target.name, eq.rhs)
+        if "dYhat" not in self.steps:
+            define("dYhat", self.dyhat_generic)
+        for eq in self.d.steps:
+            define(eq.target.name, eq.rhs)
+        return env, groups, sizes
+
+
+@lru_cache(maxsize=32)
+def _network(spec: Spec) -> Network:
+    return Network(spec)
+
+
+@lru_cache(maxsize=32)
+def _instances(spec: Spec, seed: int) -> tuple[_Instance, ...]:
+    net = _network(spec)
+    return tuple(net.instance(k, seed) for k in range(len(INSTANCE_N)))
+
+
+# --------------------------------------------------------------------------
+# Building a formula: safe AST -> matrix IR, shape-checked
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Term:
+    """A built matrix-valued subexpression: its IR node and numpy shape."""
+
+    node: Node
+    shape: Shape
+    text: str = ""
+    boolean: bool = False
+
+
+Value = Term | sp.Basic
+
+_MATRIX_FUNCTIONS = (
+    "sum", "mean", "transpose", "dot", "matmul", "ones", "zeros", "ones_like", "zeros_like",
+    "multiply", "divide", "add", "subtract", "negative",
+)
+_ARITH = {"multiply": ast.Mult(), "divide": ast.Div(), "add": ast.Add(), "subtract": ast.Sub()}
+_OPSYM = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**", ast.MatMult: "@"}
+
+
+def _src(node: ast.AST, limit: int = 60) -> str:
+    s = ast.unparse(node)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+class FormulaBuilder(ScalarBuilder):
+    """Builds the matrix IR of a hand formula from a tree accepted by
+    ``validate(..., allow_matrix=True)``.
+
+    Scalar subexpressions (``1/N``, ``0.5``, ``l2``) stay SymPy and keep the scalar
+    builder's bounds on constants; matrix ones become :class:`Term`.  Elementwise
+    functions, ``/``, ``**`` and comparisons compose into one :class:`~symgrad.ops.Map`;
+    ``+ - *`` between matrices are ``Add``/``Sub``/``Hadamard``; ``@`` is ``MatMul``.
+    Shapes follow numpy (a 1-D vector broadcasts as a row); a mismatch raises
+    :class:`_ShapeError`.
+    """
+
+    functions = MappingProxyType({**SCALAR_FUNCTIONS, "square": (1, lambda x: x**2)})
+    time_limit = 1.0
+
+    def __init__(self, net: Network, *, where: str = "formula", source: str | None = None) -> None:
+        super().__init__(net.scalars, where=where)
+        self.net = net
+        self.source = source  # the validated text, for messages quoting the user's spelling
+
+    def build(self, tree: ast.Expression) -> Value:  # type: ignore[override]
+        _warm_up()
+        self._end = time.perf_counter() + self.time_limit
+        try:
+            with _deadline(self.time_limit):
+                return self.visit(tree.body)
+        except (_OutOfTime, RecursionError, MemoryError):
+            raise self.error(
+                f"expression is too complex (building it took over {self.time_limit:g} s); "
+                "simplify it"
+            ) from None
+
+    def shape_error(self, what: str) -> _ShapeError:
+        return _ShapeError(what)
+
+    # --- dispatch
+
+    def visit(self, node: ast.AST) -> Value:
+        result = super().visit(node)
+        if isinstance(result, Term) and not isinstance(node, ast.Name):
+            text = ast.get_source_segment(self.source, node) if self.source else None
+            result = replace(result, text=text or _src(node))
+        return result
+
+    def value(self, expr):
+        if isinstance(expr, Term):
+            return None
+        return super().value(expr)
+
+    def remember(self, node, result, estimate):
+        if isinstance(result, Term):
+            if isinstance(result.node, Map) and hasattr(self, "audit"):
+                self.audit(node, result.node.expr)  # bound the numbers SymPy created
+            return result
+        return super().remember(node, result, estimate)
+
+    def _matrix_free(self, node: ast.AST) -> bool:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and sub.id in self.net.matrices:
+                return False
+            if isinstance(sub, ast.Call):
+                f = sub.func
+                name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", "")
+                if name in _MATRIX_FUNCTIONS:
+                    return False
+            if isinstance(sub, ast.Attribute) and sub.attr == "T":
+                return False
+        return True
+
+    # --- leaves
+
+    def visit_Name(self, node: ast.Name) -> Value:
+        if node.id in self.net.matrices:
+            sym, shape = self.net.matrices[node.id]
+            return Term(sym, shape, node.id)
+        return super().visit_Name(node)
+
+    def lookup(self, name: str) -> sp.Basic:
+        if name in self.names:
+            return self.names[name]
+        if name in self.constants:
+            return self.constants[name]
+        if name in self.functions or name in _MATRIX_FUNCTIONS:
+            raise self.error(f"'{name}' is a function; call it like {name}(…)")
+        raise self.error(self.net.unknown(name))
+
+    def visit_Attribute(self, node: ast.Attribute) -> Value:
+        if node.attr == "T" and not (
+            isinstance(node.value, ast.Name) and node.value.id in ("np", "numpy")
+        ):
+            inner = self.visit(node.value)
+            return self.transpose(inner) if isinstance(inner, Term) else inner
+        return super().visit_Attribute(node)
+
+    # --- operators
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> Value:
+        operand = self.visit(node.operand)
+        if isinstance(node.op, ast.UAdd):
+            return operand
+        if isinstance(operand, Term):
+            return Term(_scale(sp.Integer(-1), operand.node), operand.shape)
+        estimate = self.estimate(node, operator.neg, [operand])
+        return self.remember(node, -operand, estimate)
+
+    def binary(self, op: ast.operator, left: Value, right: Value) -> Value:
+        if not isinstance(left, Term) and not isinstance(right, Term):
+            if isinstance(op, ast.MatMult):
+                raise self.shape_error(f"'@' needs arrays on both sides, got {left} @ {right}")
+            return super().binary(op, left, right)
+        text = f"{_text(left)} {_OPSYM[type(op)]} {_text(right)}"
+        if isinstance(op, ast.MatMult):
+            return self.matmul(left, right, text)
+        if isinstance(left, Term) and isinstance(right, Term) and isinstance(
+            op, ast.Add | ast.Sub | ast.Mult
+        ):
+            shape = self.broadcast_shape([left, right], text)
+            a = _broadcast(left.node, _internal(shape))
+            b = _broadcast(right.node, _internal(shape))
+            node = {ast.Add: lambda: Add((a, b)), ast.Sub: lambda: Sub(a, b),
+                    ast.Mult: lambda: Hadamard(a, b)}[type(op)]()
+            return Term(node, shape, text)
+        if isinstance(op, ast.Mult):
+            m, c = (left, right) if isinstance(left, Term) else (right, left)
+            return Term(_scale(c, m.node), m.shape, text)
+        if isinstance(op, ast.Div) and isinstance(left, Term) and not isinstance(right, Term):
+            if right == 0:
+                raise self.error("division by zero")
+            return Term(_scale(1 / right, left.node), left.shape, text)
+        if isinstance(op, ast.Pow):
+            if isinstance(right, Term):
+                return self.elementwise(lambda a, b: a**b, [left, right], text)
+            return self.elementwise(lambda a: self.power(a, right), [left], text)
+        fn = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Div: operator.truediv}.get(type(op))
+        if fn is None:
+            return super().binary(op, left, right)
+        return self.elementwise(fn, [left, right], text)
+
+    def visit_Compare(self, node: ast.Compare) -> Value:
+        if self._matrix_free(node):
+            return super().visit_Compare(node)
+        left, right = self.visit(node.left), self.visit(node.comparators[0])
+        relation = {ast.Lt: sp.Lt, ast.LtE: sp.Le, ast.Gt: sp.Gt, ast.GtE: sp.Ge}[type(node.ops[0])]
+        return self.elementwise(relation, [left, right], _src(node), boolean=True)
+
+    # --- calls
+
+    def visit_Call(self, node: ast.Call) -> Value:
+        func = node.func
+        if isinstance(func, ast.Name):
+            name = label = func.id
+        elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            name, label = func.attr, f"{func.value.id}.{func.attr}"
+        else:
+            raise self.error("only named functions can be called, e.g. exp(x)")
+        if name in _MATRIX_FUNCTIONS:
+            return self.matrix_call(name, label, node)
+        if name not in self.functions:
+            raise self.unknown_function(name, label)
+        if node.keywords:
+            raise self.error(
+                f"keyword argument '{node.keywords[0].arg}=' is only allowed in sum() and mean()"
+            )
+        if self._matrix_free(node):
+            return super().visit_Call(node)
+        arity = self.functions[name][0]
+        if len(node.args) != arity:
+            plural = "" if arity == 1 else "s"
+            raise self.error(f"'{label}' takes {arity} argument{plural}, got {len(node.args)}")
+        if name == "where" and not isinstance(node.args[0], ast.Compare):
+            raise self.error(
+                f"the first argument of {label}() must be a comparison, e.g. {label}(Z1 > 0, dA1, 0)"
+            )
+        args = [self.visit(a) for a in node.args]
+        return self.elementwise(
+            lambda *xs: self.call(name, label, list(xs)), args, _src(node)
+        )
+
+    def unknown_function(self, name: str, label: str) -> SymgradError:
+        if name in self.net.matrices or name in self.names:
+            return self.error(f"'{label}' is not a function")
+        known = [*self.functions, *_MATRIX_FUNCTIONS]
+        close = difflib.get_close_matches(name, known, n=1)
+        if close:
+            prefix = label[: len(label) - len(name)]
+            return self.error(f"unknown function '{label}' (did you mean '{prefix}{close[0]}'?)")
+        return super().unknown_function(name, label)
+
+    def matrix_call(self, name: str, label: str, node: ast.Call) -> Value:
+        kw = {k.arg: k.value.value for k in node.keywords}  # validated: axis / keepdims constants
+        if kw and name not in ("sum", "mean"):
+            raise self.error(f"keyword argument '{node.keywords[0].arg}=' is only allowed in "
+                             "sum() and mean()")
+        nargs = {"sum": (1, 2), "mean": (1, 2), "dot": (2, 2), "matmul": (2, 2),
+                 "multiply": (2, 2), "divide": (2, 2), "add": (2, 2), "subtract": (2, 2)}.get(
+            name, (1, 1))
+        if not nargs[0] <= len(node.args) <= nargs[1]:
+            want = str(nargs[0]) if nargs[0] == nargs[1] else f"{nargs[0]} or {nargs[1]}"
+            raise self.error(f"'{label}' takes {want} argument{'s' if nargs[1] > 1 else ''}, "
+                             f"got {len(node.args)}")
+        if name in ("sum", "mean"):
+            axis = kw.get("axis")
+            if len(node.args) == 2:
+                a = node.args[1]
+                if not (isinstance(a, ast.Constant) and (a.value is None or (
+                        type(a.value) is int and a.value in (0, 1)))):
+                    raise self.error(f"the axis of {label}() must be 0, 1 or None")
+                if "axis" in kw:
+                    raise self.error(f"{label}() got the axis twice")
+                axis = a.value
+            x = self.visit(node.args[0])
+            return self.reduce(x, axis, bool(kw.get("keepdims", False)), name == "mean",
+                               _src(node))
+        if name in ("ones", "zeros"):
+            n = self.visit(node.args[0])
+            if isinstance(n, Term) or not (n == N or (n.is_Integer and 1 <= n <= 10**6)):
+                raise self.error(f"{label}() takes a size, N or a whole number; for the shape of "
+                                 f"an array use {name}_like(…)")
+            ones = Ones((_ONE, n))
+            return Term(ones if name == "ones" else Scale(sp.Integer(0), ones), (n,), _src(node))
+        args = [self.visit(a) for a in node.args]
+        if name in ("ones_like", "zeros_like"):
+            x = args[0]
+            if not isinstance(x, Term):
+                return sp.Integer(1 if name == "ones_like" else 0)
+            ones = Ones(_internal(x.shape))
+            return Term(ones if name == "ones_like" else Scale(sp.Integer(0), ones), x.shape)
+        if name == "transpose":
+            return self.transpose(args[0]) if isinstance(args[0], Term) else args[0]
+        if name == "negative":
+            return self.binary(ast.Mult(), sp.Integer(-1), args[0])
+        if name in _ARITH:
+            return self.binary(_ARITH[name], args[0], args[1])
+        a, b = args
+        if name == "dot" and not (isinstance(a, Term) and isinstance(b, Term) and a.shape and b.shape):
+            return self.binary(ast.Mult(), a, b)
+        return self.binary(ast.MatMult(), a, b)
+
+    # --- matrix operations
+
+    def transpose(self, x: Term) -> Term:
+        if len(x.shape) < 2:
+            return x
+        return Term(_transpose(x.node), (x.shape[1], x.shape[0]), f"{x.text}.T")
+
+    def matmul(self, left: Value, right: Value, text: str) -> Term:
+        if not isinstance(left, Term) or not isinstance(right, Term) or not left.shape or not right.shape:
+            raise self.shape_error(f"{text}: '@' cannot take a scalar (use * for scaling)")
+        la, ra = left.shape, right.shape
+        inner_a = la[-1]
+        inner_b = ra[0] if len(ra) == 1 else ra[-2]
+        if inner_a != inner_b:
+            raise self.shape_error(
+                f"{text}: cannot multiply {_shape_text(la)} by {_shape_text(ra)} "
+                f"(inner sizes {_dim_text(inner_a)} and {_dim_text(inner_b)} differ)"
+            )
+        a, b = left.node, right.node
+        if len(la) == 2 and len(ra) == 2:
+            return Term(MatMul(a, b), (la[0], ra[1]), text)
+        if len(la) == 1 and len(ra) == 2:
+            return Term(MatMul(a, b), (ra[1],), text)
+        if len(la) == 2:
+            return Term(_transpose(MatMul(a, _transpose(b))), (la[0],), text)
+        return Term(MatMul(a, _transpose(b)), (), text)
+
+    def reduce(self, x: Value, axis, keepdims: bool, mean: bool, text: str) -> Value:
+        if not isinstance(x, Term):
+            if axis not in (None, 0) or keepdims:
+                raise self.shape_error(f"{text}: a scalar has no axis {axis}")
+            return x
+        shape, node = x.shape, x.node
+        if len(shape) == 0:
+            if axis is not None:
+                raise self.shape_error(f"{text}: axis {axis} is out of bounds for a scalar")
+            return x
+        if len(shape) == 1:
+            if axis not in (None, 0):
+                raise self.shape_error(f"{text}: axis 1 is out of bounds for a 1-D vector "
+                                       f"{_shape_text(shape)}")
+            node, count = RowSum(node), shape[0]
+            out: Shape = (_ONE,) if keepdims else ()
+        elif axis == 0:
+            node, count = ColSum(node), shape[0]
+            out = (_ONE, shape[1]) if keepdims else (shape[1],)
+        elif axis == 1:
+            node, count = RowSum(node), shape[1]
+            out = (shape[0], _ONE) if keepdims else (shape[0],)
+            if not keepdims:
+                node = Transpose(node)  # a 1-D result is a row inside the IR
+        else:
+            node, count = ColSum(RowSum(node)), shape[0] * shape[1]
+            out = (_ONE, _ONE) if keepdims else ()
+        if mean:
+            node = _scale(1 / count, node)
+        return Term(node, out, text)
+
+    def broadcast_shape(self, terms: Sequence[Term], text: str) -> Shape:
+        shape: Shape = ()
+        for t in terms:
+            new = _broadcast2(shape, t.shape)
+            if new is None:
+                shapes = " and ".join(_shape_text(t.shape) for t in terms)
+                raise self.shape_error(f"{text}: shapes {shapes} cannot be broadcast together")
+            shape = new
+        return shape
+
+    def elementwise(self, fn: Callable[..., sp.Basic], operands: list[Value], text: str,
+                    boolean: bool = False) -> Value:
+        """One Map over the matrix operands (Maps among them are inlined)."""
+        terms = [o for o in operands if isinstance(o, Term)]
+        if not terms:
+            return fn(*operands)
+        shape = self.broadcast_shape(terms, text)
+        target = _internal(shape)
+        args: dict[Node, sp.Symbol] = {}
+
+        def arg(n: Node) -> sp.Symbol:
+            n = _broadcast(n, target)
+            if n not in args:
+                args[n] = sp.Symbol(f"_e{len(args)}", real=True)
+            return args[n]
+
+        exprs = []
+        for o in operands:
+            if isinstance(o, Term) and isinstance(o.node, Map):
+                exprs.append(o.node.expr.xreplace({s: arg(n) for s, n in o.node.args}))
+            elif isinstance(o, Term):
+                exprs.append(arg(o.node))
+            elif isinstance(o, sp.Expr) and o.free_symbols:  # N, λ: kept out of the Map's body
+                exprs.append(arg(Const(o)))
+            elif o.free_symbols:
+                raise self.error(f"{text}: a condition must compare arrays, e.g. Z1 > 0")
+            else:
+                exprs.append(o)
+        expr = fn(*exprs)
+        if isinstance(expr, sp.Basic) and expr.has(*_NON_FINITE):
+            raise self.error(f"{text} is undefined (division by zero?)")
+        return Term(Map(expr, tuple((s, n) for n, s in args.items())), shape, text, boolean)
+
+
+_NON_FINITE = (sp.zoo, sp.nan, sp.oo, -sp.oo)
+
+
+def _text(v: Value) -> str:
+    """An operand as quoted in a message (bracketed when compound)."""
+    s = v.text if isinstance(v, Term) else str(v)
+    return f"({s})" if " " in s and not (s.startswith("(") and s.endswith(")")) else s
+
+
+# --------------------------------------------------------------------------
+# The verdict
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    """The outcome of a verification: ``ok``, the ``diagnosis`` (one of
+    :data:`DIAGNOSES` or None), the evidence and the correct formula."""
+
+    ok: bool
+    wrt: str
+    formula: str
+    title: str
+    message: str = ""
+    diagnosis: str | None = None
+    factor: str | None = None  # for "factor"/"sign": the constant (N, 1/N, 2, 1/2, -1)
+    numeric: str = ""
+    symbolic: str = ""
+    counterexample: str | None = None
+    fix: str | None = None  # the user's formula, repaired, when a diagnosis gives one
+    correct: str = ""  # numpy syntax
+    textbook: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        lines = [self.title, f"  yours:     {self.formula.strip()}"]
+        verdict = "correct" if self.ok else "WRONG"
+        if not self.ok and self.diagnosis:
+            verdict += f" ({self.diagnosis})"
+        lines.append(f"  verdict:   {verdict}")
+        if self.message:
+            lines.append(f"  diagnosis: {self.message}")
+        if self.fix:
+            lines.append(f"  fixed:     {self.fix}")
+        if self.numeric:
+            lines.append(f"  numeric:   {self.numeric}")
+        if self.symbolic:
+            lines.append(f"  symbolic:  {self.symbolic}")
+        if self.counterexample:
+            lines.append(f"  differs:   {self.counterexample}")
+        if self.correct:
+            lines.append(f"  correct:   {self.correct}")
+        if self.textbook:
+            lines.append(f"  textbook:  {self.textbook}")
+        for note in self.notes:
+            lines.append(f"  note:      {note}")
+        return "\n".join(lines) + "\n"
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+# --------------------------------------------------------------------------
+# Numeric comparison
+# --------------------------------------------------------------------------
+
+
+def _relerr(u: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """|u − c| / max(|u|, |c|) per entry, with a floor at 1e-6 of the largest entry
+    (entries that cancel to ~0 are judged against the matrix's scale)."""
+    au, ac = np.abs(u), np.abs(c)
+    scale = max(float(np.max(ac, initial=0.0)), float(np.max(au, initial=0.0)))
+    den = np.maximum(np.maximum(au, ac), max(1e-6 * scale, 1e-12))
+    err = np.abs(u - c) / den
+    return np.where(np.isfinite(err), err, np.inf)
+
+
+def _close(u: np.ndarray | None, c: np.ndarray) -> bool:
+    if u is None or u.shape != c.shape:
+        return False
+    return bool(np.max(_relerr(u, c), initial=0.0) <= RTOL)
+
+
+def _ratio(u: np.ndarray, c: np.ndarray) -> float | None:
+    """r with u ≈ r·c, or None."""
+    if u.shape != c.shape or not np.all(np.isfinite(u)):
+        return None
+    cc = float(np.sum(c * c))
+    if cc == 0:
+        return None
+    r = float(np.sum(u * c)) / cc
+    if r == 0 or not math.isfinite(r):
+        return None
+    return r if _close(u, r * c) else None
+
+
+def _name_constant(r: float) -> str | None:
+    """2, 1/2, -1, 3/2 …: a small rational close to r, as text."""
+    f = Fraction(r).limit_denominator(12)
+    if abs(float(f) - r) > 1e-8 * max(1.0, abs(r)):
+        return None
+    return str(f.numerator) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
+
+
+def _factor_of(ratios: list[float], ns: list[int]) -> str | None:
+    """Name the factor yours/correct: a constant, or ±N, ±1/N, N² …"""
+    r0 = ratios[0]
+    if all(abs(r - r0) <= 1e-7 * abs(r0) for r in ratios):
+        return _name_constant(r0)
+    for label, fn in (("N", lambda n: n), ("1/N", lambda n: 1 / n), ("-N", lambda n: -n),
+                      ("-1/N", lambda n: -1 / n), ("N²", lambda n: n * n),
+                      ("1/N²", lambda n: 1 / n / n)):
+        if all(abs(r - fn(n)) <= 1e-7 * abs(fn(n)) for r, n in zip(ratios, ns, strict=True)):
+            return label
+    return None
+
+
+_FACTOR_WORDS = {
+    "N": "yours is N times the gradient (a 1/N is missing)",
+    "1/N": "yours is the gradient divided by N once more (the 1/N of the mean is already in δ)",
+    "2": "yours is twice the gradient",
+    "1/2": "yours is half the gradient",
+}
+
+
+# --------------------------------------------------------------------------
+# verify
+# --------------------------------------------------------------------------
+
+
+def verify(spec: Spec, wrt: str, formula: str, seed: int = 0, *,
+           symbolic: bool = True, budget: float = SYMBOLIC_BUDGET) -> Verdict:
+    """Check the hand-derived ∂L/∂``wrt`` written as ``formula`` (numpy syntax).
+
+    Raises :class:`SymgradError` for bad input (unknown names, syntax, constructs the
+    safe parser refuses); a wrong formula — including one whose shapes cannot
+    match — is a :class:`Verdict` with ``ok == False``.
+    """
+    net = _network(spec)
+    target = net.target(wrt)
+    tree = validate(formula, where="formula", allow_matrix=True)
+    return _Check(net, target, formula, tree, seed, symbolic, budget).run()
+
+
+class _Check:
+    def __init__(self, net: Network, target: Target, formula: str, tree: ast.Expression,
+                 seed: int, symbolic: bool, budget: float) -> None:
+        self.net, self.target, self.formula, self.tree = net, target, formula, tree
+        self.instances = _instances(net.spec, seed)
+        self.correct_values = [i.env[target.cot] for i in self.instances]
+        self.symbolic, self.budget = symbolic, budget
+        prefix = "np." if any(isinstance(n, ast.Name) and n.id == "np" for n in ast.walk(tree)) \
+            else "numpy." if any(isinstance(n, ast.Name) and n.id == "numpy"
+                                 for n in ast.walk(tree)) else ""
+        self.prefix = prefix
+        # the text the parser saw (ast offsets refer to it)
+        self.source = formula.replace("\r", " ").replace("\n", " ").lstrip(" \t\f")
+        t = target
+        self.verdict = Verdict(
+            ok=False, wrt=t.name, formula=formula,
+            title=f"verify {t.partial} — {net.describe()}",
+            correct=NumpyPrinter(prefix).doprint(t.node),
+            textbook=f"{t.display} = {textbook(t.node)}" if t.family != "Z"
+            else f"{t.display} = {t.partial} = {textbook(t.node)}",
+        )
+        if net.d.assumptions and t.family in ("Z", "W", "b", "A") and t.name != "Yhat":
+            self.verdict.notes += [f"the derivation assumes {a}" for a in net.d.assumptions]
+
+    # --- helpers
+
+    def build(self, tree: ast.Expression, source: str | None = None) -> Term:
+        value = FormulaBuilder(self.net, source=source).build(tree)
+        if not isinstance(value, Term):
+            value = Term(Const(value), (), _src(tree.body))
+        return value
+
+    def fits(self, shape: Shape, target_shape: Shape) -> bool:
+        if tuple(shape) == tuple(target_shape):
+            return True
+        return len(target_shape) == 1 and tuple(shape) == (_ONE, target_shape[0])
+
+    def values(self, term: Term) -> list[np.ndarray | None]:
+        out = []
+        for inst in self.instances:
+            try:
+                with np.errstate(all="ignore"):
+                    v = np.asarray(term.node.numeric(inst.env), dtype=np.float64)
+            except (ValueError, TypeError, ZeroDivisionError, OverflowError):
+                v = None
+            out.append(v)
+        return out
+
+    def matches(self, values, correct=None) -> bool:
+        correct = self.correct_values if correct is None else correct
+        return all(_close(u, c) for u, c in zip(values, correct, strict=True))
+
+    def shape_note(self, shape: Shape) -> str:
+        t = self.target
+        owner = f"the shape of {t.name}" if t.family in ("W", "b") else f"the shape of {t.name}"
+        return (f"yours is {_shape_text(shape)}, {t.partial} is {_shape_text(t.shape)} ({owner})")
+
+    # --- the check
+
+    def run(self) -> Verdict:
+        v = self.verdict
+        try:
+            term = self.build(self.tree, self.source)
+        except _ShapeError as e:
+            v.numeric = f"not evaluated: {e}"
+            return self.diagnose(None, None, shape_message=str(e))
+        if not self.fits(term.shape, self.target.shape):
+            v.numeric = f"not evaluated: {self.shape_note(term.shape)}"
+            return self.diagnose(term, None, shape_message=self.shape_note(term.shape))
+        values = self.values(term)
+        errs = [float(np.max(_relerr(u, c), initial=0.0)) if u is not None else math.inf
+                for u, c in zip(values, self.correct_values, strict=True)]
+        sizes = "; ".join(i.text() for i in self.instances)
+        worst = max(errs)
+        if worst <= RTOL:
+            v.ok = True
+            v.numeric = (f"equal on {len(values)} random instances ({sizes}), max relative "
+                         f"error {worst:.1e} (float64, tolerance {RTOL:g})")
+            v.symbolic = self.prove(term) if self.symbolic else "not attempted"
+            return v
+        bad = sum(e > RTOL for e in errs)
+        v.numeric = (f"differs on {bad} of {len(values)} random instances ({sizes}), "
+                     f"max relative error {worst:.2g}")
+        v.symbolic = "not needed (the numbers differ)"
+        v.counterexample = self.counterexample(values)
+        return self.diagnose(term, values)
+
+    def counterexample(self, values) -> str:
+        for inst, u, c in zip(self.instances, values, self.correct_values, strict=True):
+            if u is None or u.shape != c.shape:
+                continue
+            err = _relerr(u, c)
+            if np.max(err) <= RTOL:
+                continue
+            i, j = np.unravel_index(int(np.argmax(err)), err.shape)
+            index = f"[{j}]" if len(self.target.shape) == 1 else f"[{i}, {j}]"
+            return (f"at {inst.text()}: entry {index} is {u[i, j]:.6g} in yours, "
+                    f"{c[i, j]:.6g} in {self.target.partial}")
+        return ""
+
+    # --- diagnoses
+
+    def diagnose(self, term: Term | None, values, shape_message: str | None = None) -> Verdict:
+        v = self.verdict
+        t = self.target
+        ns = [inst.env[N] for inst in self.instances]
+        if term is not None and values is None and len(term.shape) == 2 and self.fits(
+            (term.shape[1], term.shape[0]), t.shape
+        ):
+            tv = [u.T if u is not None else None for u in self.values(term)]
+            if self.matches(tv):
+                return self.found("transposed", f"yoursᵀ equals {t.partial}: "
+                                  f"{self.shape_note(term.shape)}")
+            ratios = [_ratio(u, c) if u is not None else None
+                      for u, c in zip(tv, self.correct_values, strict=True)]
+            if None not in ratios and (f := _factor_of(ratios, ns)):
+                return self.found("transposed", f"yoursᵀ equals {f} × {t.partial}: "
+                                  f"transposed and off by a factor {f}", factor=f)
+        if values is not None:
+            ratios = [_ratio(u, c) if u is not None else None
+                      for u, c in zip(values, self.correct_values, strict=True)]
+            if None not in ratios and (f := _factor_of(ratios, ns)):
+                if f == "-1":
+                    return self.found("sign", f"the sign is wrong: yours = −{t.partial}",
+                                      factor="-1")
+                words = _FACTOR_WORDS.get(f, f"yours = {f} × {t.partial}")
+                return self.found("factor", f"off by a constant factor {f}: {words}", factor=f)
+            found = self.missing_derivative(values)
+            if found:
+                return found
+        if term is not None:
+            found = self.other_gradient(term)
+            if found:
+                return found
+        if values is not None:
+            found = self.missing_term(values)
+            if found:
+                return found
+        found = self.variants()
+        if found:
+            return found
+        if shape_message is not None:
+            return self.found("shape", f"the shapes cannot match: {shape_message}")
+        v.message = "no simple diagnosis fits; compare with the correct formula below"
+        return v
+
+    def found(self, code: str, message: str, factor: str | None = None,
+              fix: str | None = None) -> Verdict:
+        v = self.verdict
+        v.diagnosis, v.message, v.factor = code, message, factor
+        if fix:
+            v.fix = fix
+        return v
+
+    def missing_derivative(self, values) -> Verdict | None:
+        t = self.target
+        net = self.net
+        for l in range(net.L, 0, -1):
+            factor = net.missing_factor(l)
+            if factor is None:
+                continue
+            alt = []
+            for inst in self.instances:
+                env = dict(inst.env)
+                with np.errstate(all="ignore"):
+                    net.sweep(env, skip_derivative=l)
+                alt.append(env[t.cot])
+            if self.matches(alt):  # layer l's derivative does not reach this gradient
+                continue
+            if self.matches(values, alt):
+                fn = net.spec.layers[l - 1].fn
+                sub = str(l).translate(_SUB)
+                a = "∂L/∂Ŷ" if l == net.L else f"∂L/∂A{sub}"
+                return self.found(
+                    "activation-derivative",
+                    f"missing activation-derivative factor: yours is {t.partial} without "
+                    f"{factor} of layer {l} ({fn.name}′), i.e. with {a} where δ{sub} = "
+                    f"{a} ⊙ {fn.name}′(Z{sub}) belongs",
+                )
+        return None
+
+    def other_gradient(self, term: Term) -> Verdict | None:
+        t = self.target
+        values = None
+        for other in self.net.targets.values():
+            if other.name == t.name or not self.fits(term.shape, other.shape):
+                continue
+            values = values if values is not None else self.values(term)
+            correct = [inst.env[other.cot] for inst in self.instances]
+            if self.matches(values, correct):
+                if other.family == t.family:
+                    return self.found(
+                        "layer", f"correct up to one layer: yours is {other.partial} "
+                        f"(layer {other.layer}), not {t.partial} (layer {t.layer})")
+                return self.found("other-gradient",
+                                  f"yours is {other.partial}, not {t.partial}")
+        return None
+
+    def variants(self) -> Verdict | None:
+        """One small edit — a sum over the other axis, one name transposed, one name taken
+        from another layer — after which the formula matches."""
+        source = self.source
+        used: list[str] = []
+        for n in ast.walk(self.tree):
+            if isinstance(n, ast.Name) and n.id in self.net.matrices and n.id not in used:
+                used.append(n.id)
+        candidates: list[tuple[str, str, list[tuple[int, int, str]]]] = []
+        candidates += [("axis", what, edits) for what, edits in _axis_edits(self.tree)]
+        for name in used:
+            if len(self.net.matrices[name][1]) == 2:
+                edits, had_t = _name_edits(self.tree, name, None)
+                what = f"{name}.T should be {name}" if had_t else f"{name} needs a transpose"
+                candidates.append(("transposed", what, edits))
+        for name in used:
+            for alt in self.net.family(name, adjacent=True):
+                candidates.append(("layer", f"{name} should be {alt}",
+                                   _name_edits(self.tree, name, alt)[0]))
+        for code, what, edits in candidates:
+            fixed = _apply(source, edits)
+            try:
+                term = self.build(validate(fixed, where="formula", allow_matrix=True))
+            except (_ShapeError, SymgradError):
+                continue
+            if not self.fits(term.shape, self.target.shape) or not self.matches(self.values(term)):
+                continue
+            if code == "layer":
+                what = f"correct up to one layer: {what}"
+            return self.found(code, f"{what}: {fixed} is right", fix=fixed)
+        return None
+
+    def missing_term(self, values) -> Verdict | None:
+        """The correct formula is a sum of terms (Xᵀδ₁ + λ₂W₁): is yours the same sum with
+        one term missing, of the wrong sign or off by a factor?"""
+        t = self.target
+        if not isinstance(t.node, Add):
+            return None
+        terms = t.node.terms
+        coefs = []
+        for inst, u in zip(self.instances, values, strict=True):
+            if u is None:
+                return None
+            with np.errstate(all="ignore"):
+                parts = [np.broadcast_to(p.numeric(inst.env), u.shape).ravel() for p in terms]
+            A, b = np.stack(parts, axis=1), u.ravel()
+            if not (np.all(np.isfinite(A)) and np.all(np.isfinite(b))):
+                return None
+            k, *_ = np.linalg.lstsq(A, b, rcond=None)
+            if not _close(A @ k, b):
+                return None
+            coefs.append(k)
+        ns = [inst.env[N] for inst in self.instances]
+        for i in range(len(terms)):
+            ki = [float(k[i]) for k in coefs]
+            rest_ok = all(abs(k[j] - 1) <= 1e-7 for k in coefs for j in range(len(terms)) if j != i)
+            if not rest_ok or all(abs(x - 1) <= 1e-7 for x in ki):
+                continue
+            part = f"{numpy_text(terms[i], self.prefix)} ({textbook(terms[i])})"
+            if all(abs(x) <= 1e-9 for x in ki):
+                return self.found("missing-term", f"missing term: yours + {part} = {t.partial}")
+            name = _factor_of(ki, ns)
+            if name == "-1":
+                return self.found("sign", f"the term {part} has the wrong sign", factor="-1")
+            if name is not None:
+                return self.found("factor", f"the term {part} is off by a factor {name}",
+                                  factor=name)
+        return None
+
+    # --- symbolic proof
+
+    def prove(self, term: Term) -> str:
+        t0 = time.perf_counter()
+        env, groups, sizes = self.net.explicit
+        try:
+            with _deadline(self.budget):
+                mine = term.node.explicit(env)
+                ref = env[self.target.cot]
+                if mine.shape != ref.shape:
+                    mine = mine.reshape(*ref.shape)
+                count = 0
+                for a, b in zip(mine, ref, strict=True):
+                    if not _prove_entry(a - b, groups):
+                        return (f"not decided (SymPy could not reduce an entry's difference "
+                                f"to 0 at {_sizes_text(sizes)})")
+                    count += 1
+        except (_OutOfTime, RecursionError):
+            return f"not decided (over the {self.budget:g} s budget at {_sizes_text(sizes)})"
+        return (f"proved at {_sizes_text(sizes)}: every entry's difference is 0 "
+                f"({count} entries, {time.perf_counter() - t0:.2f} s)")
+
+
+def _sizes_text(sizes: tuple[int, ...]) -> str:
+    return "N=2 " + " ".join(f"n{str(l).translate(_SUB)}={s}" for l, s in enumerate(sizes))
+
+
+Edit = tuple[int, int, str]  # (start, end, replacement) in UTF-8 bytes of the source
+
+
+def _name_edits(tree: ast.Expression, name: str, new: str | None) -> tuple[list[Edit], bool]:
+    """Replace every ``name`` by ``new`` (None: transpose it, and untranspose ``name.T``);
+    also whether a ``.T`` is removed."""
+    edits: list[Edit] = []
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if (new is None and isinstance(node, ast.Attribute) and node.attr == "T"
+                and isinstance(node.value, ast.Name) and node.value.id == name):
+            edits.append((node.col_offset, node.end_col_offset, name))
+            inside.add(id(node.value))
+    had_t = bool(edits)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == name and id(node) not in inside:
+            edits.append((node.col_offset, node.end_col_offset, new or f"{name}.T"))
+    return edits, had_t
+
+
+def _axis_edits(tree: ast.Expression) -> Iterator[tuple[str, list[Edit]]]:
+    """For each sum/mean: the other axis (0 ↔ 1), or an axis where there was none."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", "")
+        if name not in ("sum", "mean") or not node.args:
+            continue
+        axis = next((k.value for k in node.keywords if k.arg == "axis"), None)
+        if axis is None and len(node.args) == 2:
+            axis = node.args[1]
+        label = _src(node)
+        if isinstance(axis, ast.Constant) and axis.value in (0, 1):
+            other = str(1 - axis.value)
+            yield (f"{label} sums over the wrong axis (use axis={other})",
+                   [(axis.col_offset, axis.end_col_offset, other)])
+        elif axis is None:
+            for other in ("0", "1"):
+                yield (f"{label} sums over everything (use axis={other})",
+                       [(node.end_col_offset - 1, node.end_col_offset - 1, f", axis={other}")])
+
+
+def _apply(source: str, edits: list[Edit]) -> str:
+    raw = source.encode()  # ast offsets count UTF-8 bytes
+    for start, end, text in sorted(edits, reverse=True):
+        raw = raw[:start] + text.encode() + raw[end:]
+    return raw.decode()
+
+
+# --------------------------------------------------------------------------
+# Deciding that a SymPy difference is 0
+# --------------------------------------------------------------------------
+
+
+def _normal(e: sp.Expr) -> sp.Expr:
+    """σ, softplus and the opaque softmax exponential in their exp/log forms."""
+    if e.has(Exp):
+        e = e.replace(Exp, sp.exp)
+    return expand_named(e)
+
+
+def _prove_entry(e: sp.Expr, groups: list[dict]) -> bool:
+    """e == 0 for an entry's difference written with defined values.
+
+    Search: at each stage, unfolding any *one* group of definitions present (latest
+    first) is tried with the cheap checks; if none closes the proof, the latest group is
+    unfolded for good and the search goes on.  So (δ₂ W₂ᵀ) ⊙ [Z₁ > 0] meets
+    ∂L/∂A₁ ⊙ [A₁ > 0] after unfolding δ₁, ∂L/∂A₁ and then A₁ alone, without expanding
+    the network above.  ``simplify`` runs only once everything is unfolded."""
+    if e == 0:
+        return True
+    order = list(reversed(groups))
+    while True:
+        present = [g for g in order if any(s in g for s in e.free_symbols)]
+        if not present:
+            return _zero(e)
+        for defs in present:
+            candidate = e.xreplace(defs)
+            if _maybe_zero(candidate) and _zero(candidate, simplify=False):
+                return True
+        e = e.xreplace(present[0])
+
+
+def _maybe_zero(e: sp.Expr) -> bool:
+    """False when ``e`` is certainly not identically 0: its value at a random point
+    (30 digits) is not ~0.  Cheap, so the search tries the costly forms only where
+    they can succeed."""
+    symbols = sorted(e.free_symbols, key=lambda s: s.name)
+    rng = np.random.default_rng(len(symbols))
+    point = {s: sp.Float(float(v), 30) for s, v in zip(symbols, rng.uniform(-0.9, 0.9, len(symbols)),
+                                                       strict=True)}
+    try:
+        value = complex(_normal(e).xreplace(point).evalf(30))
+    except (TypeError, ValueError, ArithmeticError):
+        return True
+    return not math.isfinite(abs(value)) or abs(value) < 1e-15
+
+
+def _zero(e: sp.Expr, simplify: bool = True) -> bool:
+    """e == 0, trying cheap forms first; the caller's deadline cuts it off.
+
+    First as a rational function of the atoms as they are (σ(z), tanh(z), the softmax
+    exponentials, [a > 0]); then with σ and softplus written out with exp (a hand
+    formula may spell them so); then with tanh/sinh/cosh as exponentials; last
+    ``simplify``."""
+    if e == 0:
+        return True
+    forms = [e]
+    normal = _normal(e)
+    if normal != e:
+        forms.append(normal)
+    if normal.has(sp.tanh, sp.sinh, sp.cosh):
+        forms.append(normal.rewrite(sp.exp))
+    for form in forms:
+        if _rational_zero(form):
+            return True
+    return simplify and sp.simplify(normal) == 0
+
+
+def _rational_zero(e: sp.Expr, fold: bool = True) -> bool:
+    """The numerator of ``e`` over a common denominator expands to 0; failing that, each
+    piece of ``e`` with its piecewise parts pulled out (relu's [z > 0]) does."""
+    if e == 0:
+        return True
+    num, _ = sp.fraction(sp.together(e))
+    if sp.expand(num) == 0:
+        return True
+    if fold and e.has(sp.Piecewise):
+        folded = sp.piecewise_fold(e)
+        if isinstance(folded, sp.Piecewise):
+            return all(_rational_zero(v, False) for v, c in folded.args if c is not sp.false)
+        return _rational_zero(folded, False)
+    return False
+
+
+# --------------------------------------------------------------------------
+# Scalar mode
+# --------------------------------------------------------------------------
+
+
+def verify_scalar(expr: str, wrt: str, formula: str, seed: int = 0, *,
+                  budget: float = SYMBOLIC_BUDGET) -> Verdict:
+    """Check that ``formula`` is d(``expr``)/d(``wrt``) for scalar expressions."""
+    name = (wrt or "").strip()
+    if (not name.isidentifier() or keyword.iskeyword(name) or name in ("pi", "e")
+            or name in SCALAR_FUNCTIONS):
+        raise SymgradError("--wrt", f"'{wrt}' is not a variable name; use a name such as x")
+    x = sp.Symbol(name, real=True)
+    f = parse_scalar(expr, {name: x}, where="--expr")
+    g = parse_scalar(formula, {name: x}, where="formula")
+    correct = sp.diff(f, x)
+    pretty = _simplest(correct, budget / 2)
+    d = f"d/d{name} ({' '.join(expr.split())})"
+    v = Verdict(
+        ok=False, wrt=name, formula=formula, title=f"verify {d}",
+        correct=numpy_text(pretty),
+        textbook=f"{d} = {TextScalarPrinter({x: name}, elementwise=False).doprint(pretty)}",
+    )
+    points = _sample(x, [f, g, correct], seed)
+    shown = ", ".join(f"{p:g}" for p, _ in points)
+    bad = [(p, gv, cv) for p, (_, gv, cv) in points
+           if abs(gv - cv) > 1e-9 * max(abs(gv), abs(cv), 1e-12)]
+    if bad:
+        p, gv, cv = bad[0]
+        v.numeric = f"differs at {len(bad)} of {len(points)} points ({name} = {shown})"
+        v.symbolic = "not needed (the values differ)"
+        v.counterexample = f"at {name} = {p:g}: yours {gv:.10g}, correct {cv:.10g}"
+        ratios = [gv / cv for _, (_, gv, cv) in points if abs(cv) > 1e-12]
+        c = None
+        if len(ratios) >= 3 and all(abs(r - ratios[0]) <= 1e-9 * abs(ratios[0]) for r in ratios):
+            c = _name_constant(ratios[0])
+        if c == "-1":
+            v.diagnosis, v.factor = "sign", "-1"
+            v.message = f"the sign is wrong: yours = −{d}"
+        elif c is not None:
+            v.diagnosis, v.factor = "factor", c
+            v.message = f"off by a constant factor {c}: yours = {c} × {d}"
+        else:
+            v.message = "no simple diagnosis fits; compare with the correct derivative below"
+        return v
+    v.numeric = (f"equal at {len(points)} points ({name} = {shown})" if points
+                 else "no sample point where both sides are real and finite")
+    proved, v.symbolic = _prove_scalar(g - correct, x, budget)
+    v.ok = proved or len(points) >= 3
+    if not v.ok:
+        v.message = "could not be decided: too few sample points and no symbolic proof"
+    return v
+
+
+def _simplest(e: sp.Expr, budget: float) -> sp.Expr:
+    try:
+        with _deadline(budget):
+            s = sp.simplify(e)
+    except (_OutOfTime, RecursionError):
+        return e
+    return s if sp.count_ops(s) < sp.count_ops(e) else e
+
+
+def _prove_scalar(d: sp.Expr, x: sp.Symbol, budget: float) -> tuple[bool, str]:
+    """(True, …) when the difference is proved 0, else (False, why not)."""
+    t0 = time.perf_counter()
+    note = ""
+    try:
+        with _deadline(budget):
+            if d.has(sp.Heaviside):
+                d = d.rewrite(sp.Piecewise)
+            if d.has(sp.Piecewise):
+                ok, note = _piecewise_zero(sp.piecewise_fold(d), x)
+            else:
+                ok = _zero(d)
+    except (_OutOfTime, RecursionError):
+        return False, f"not decided (over the {budget:g} s budget)"
+    if ok:
+        return True, f"proved: simplify(yours − diff) = 0{note} ({time.perf_counter() - t0:.2f} s)"
+    return False, "not decided (SymPy could not reduce the difference to 0)"
+
+
+def _piecewise_zero(pw: sp.Expr, x: sp.Symbol) -> tuple[bool, str]:
+    """Every piece that applies on an interval is 0 (pieces on isolated points, where a
+    kink's derivative does not exist, are set aside and noted)."""
+    pieces = pw.args if isinstance(pw, sp.Piecewise) else [(pw, sp.true)]
+    remaining = sp.S.Reals
+    note = ""
+    for value, cond in pieces:
+        try:
+            where = remaining if cond is sp.true else cond.as_set().intersect(remaining)
+        except (NotImplementedError, TypeError, ValueError):
+            return False, ""
+        remaining = remaining - where
+        if where.is_empty:
+            continue
+        if isinstance(where, sp.FiniteSet):
+            if not all(_zero(value.subs(x, p)) for p in where):
+                note = " (except at isolated points, where the derivative does not exist)"
+            continue
+        if not _zero(value):
+            return False, ""
+    return True, note
+
+
+def _sample(x: sp.Symbol, exprs: list[sp.Expr], seed: int):
+    """Points where every expression is real and finite: [(x, (values…))]."""
+    rng = np.random.default_rng(seed)
+    grid = [-2.7, -1.3, -0.6, -0.15, 0.35, 0.8, 1.7, 3.1]
+    grid += [float(v) for v in np.round(rng.uniform(-4, 4, size=4), 3)]
+    positive = [0.2, 0.55, 1.1, 2.3, 4.7, 7.9]
+    out = []
+    for p in grid + positive:
+        if any(q == p for q, _ in out):
+            continue
+        vals = []
+        for e in exprs:
+            try:
+                z = complex(e.xreplace({x: sp.Float(repr(p), 30)}).evalf(30))
+            except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+                break
+            if not (math.isfinite(z.real) and math.isfinite(z.imag)) or abs(z.imag) > 1e-12 * max(
+                1.0, abs(z.real)
+            ):
+                break
+            vals.append(z.real)
+        else:
+            out.append((p, tuple(vals)))
+        if len(out) >= 10:
+            break
+    return out
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+@command("verify")
+def cmd_verify(args: argparse.Namespace) -> int:
+    if args.expr is not None:
+        if args.spec is not None:
+            raise SymgradError("verify", "give a network SPEC or --expr \"…\", not both")
+        verdict = verify_scalar(args.expr, args.wrt, args.formula, seed=args.seed)
+    else:
+        if args.spec is None:
+            raise SymgradError(
+                "verify", "missing SPEC (a network spec), or use --expr \"…\" for a scalar function"
+            )
+        verdict = verify(load_spec(args.spec), args.wrt, args.formula, seed=args.seed)
+    sys.stdout.write(verdict.text())
+    return 0 if verdict.ok else 1
+
+
