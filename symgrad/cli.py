@@ -35,6 +35,21 @@ class _Parser(argparse.ArgumentParser):
         raise SymgradError(self.prog, message)
 
 
+class _IntermixedParser(_Parser):
+    """Positionals on both sides of options (``verify SPEC --wrt W1 FORMULA``)."""
+
+    _mixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._mixing:
+            return super().parse_known_args(args, namespace)
+        self._mixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="symgrad", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"symgrad {__version__}")
@@ -61,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--directions", type=int, default=8, help="directional: how many")
 
     v = sub.add_parser("verify", help="verify a gradient derived by hand")
+    v.__class__ = _IntermixedParser
     v.add_argument("spec", nargs="?", help="network spec (TOML)")
     v.add_argument("--wrt", required=True, help="W1, b2, Z1, A1, … (or x with --expr)")
     v.add_argument("--expr", help="scalar mode: a function of the --wrt variable")

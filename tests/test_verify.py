@@ -378,11 +378,11 @@ def test_cli_scalar_mode(capsys):
     assert code == 1 and "correct:   exp(x) / (1 + exp(x))" in out
 
 
-@pytest.mark.xfail(reason="cli.py: argparse gives SPEC to FORMULA when --wrt separates them "
-                          "(needs the verify subparser's positionals reworked)", strict=False)
 def test_cli_documented_argument_order(capsys, spec_file):
     code, out, _ = run(capsys, spec_file, "--wrt", "W1", "X.T @ dZ1")
     assert code == 0
+    code, out, _ = run(capsys, spec_file, "--wrt", "W1", "X @ dZ1")
+    assert code == 1 and "WRONG (transposed)" in out
 
 
 def test_cli_process_exit_code(spec_file):
