@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("target", help="SPEC.toml or MODULE.py")
     c.add_argument("--method", choices=("central", "complex", "directional", "taylor"),
                    default="central")
-    c.add_argument("--tol", type=float, default=None, help="max relative error allowed")
+    c.add_argument("--tol", type=float, default=None,
+                   help="max relative error allowed (taylor: the minimum observed order)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--directions", type=int, default=8, help="directional: how many")
 
