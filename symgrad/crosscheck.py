@@ -28,17 +28,17 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cache
 
 import sympy as sp
 
 from symgrad.activations import A as A_SYM
-from symgrad.activations import X as X_SYM
 from symgrad.activations import Activation, expand_named, output_form_holds
+from symgrad.activations import X as X_SYM
 from symgrad.derive import Derivation, derive
-from symgrad.losses import YHAT, Y, Loss
-from symgrad.ops import L1, L2, N, Exp, Map
-from symgrad.spec import Layer, Spec
+from symgrad.losses import YHAT, Loss, Y
+from symgrad.ops import L1, L2, Exp, Map, N
+from symgrad.spec import Spec
 
 __all__ = ["Claim", "Report", "prove", "prove_structure", "prove_activation", "prove_fusion"]
 
@@ -95,9 +95,7 @@ def explicit_env(d: Derivation, sizes: tuple[int, ...], n: int = 2) -> dict:
     """Symbols for every entry of X, Y and the parameters; N and widths fixed."""
     env: dict = {N: n}
     for sym in (*d.graph.data, *d.graph.params):
-        rows = n if sym.shape[0] == N else (1 if sym.shape[0] == 1 else None)
         r, c = _concrete(sym.shape, sizes, n)
-        _ = rows
         name = sym.name.lower()
         env[sym.name] = sp.Matrix(
             r, c, lambda i, j, name=name: sp.Symbol(f"{name}_{i}{j}", real=True)
@@ -153,10 +151,9 @@ def abstract_function(name: str) -> type[sp.Function]:
 
 
 def _rederive(d: Derivation, fns: dict[int, Activation], ell: Loss) -> Derivation:
-    from symgrad.ops import Elementwise, MeanLoss
-
     from symgrad import derive as derive_mod
     from symgrad.graph import Assignment, Graph
+    from symgrad.ops import Elementwise, MeanLoss
 
     new = []
     for a in d.graph.assignments:
@@ -231,7 +228,7 @@ def _zero(e: sp.Expr) -> bool:
 # --------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def prove_activation(act: Activation) -> Claim:
     def run():
         raw = sp.diff(expand_named(act.expr), X_SYM)
@@ -271,7 +268,7 @@ def _numerically_zero(e: sp.Expr, x: sp.Symbol) -> bool:
     return True
 
 
-@lru_cache(maxsize=None)
+@cache
 def prove_loss(loss: Loss) -> Claim:
     def run():
         diff = sp.diff(loss.expr, YHAT) - loss.derivative
@@ -298,7 +295,7 @@ def prove_fusion(spec: Spec, d: Derivation, name: str) -> Claim:
     return _prove_elementwise_fusion(out_fn, loss, d)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _prove_softmax_ce(loss: Loss) -> Claim:
     def run():
         n, k = 2, 3
@@ -352,7 +349,7 @@ def spot_check(spec: Spec, d_small: Derivation, sizes) -> Claim:
         env = explicit_env(d_small, sizes)
         rng = random.Random(1)
         point = {}
-        for key, m in list(env.items()):
+        for m in list(env.values()):
             if isinstance(m, sp.Matrix):
                 for s in m:
                     point[s] = sp.Rational(rng.randint(-9, 9), 10) + sp.Rational(1, 37)
@@ -401,5 +398,3 @@ def prove(spec: Spec, spot: bool = True) -> Report:
         report.claims.append(spot_check(spec, derive(spec.with_sizes(sizes)), sizes))
     return report
 
-
-_ = Layer  # re-exported for callers building tiny specs

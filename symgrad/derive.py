@@ -21,7 +21,17 @@ from symgrad.activations import A as A_SYM
 from symgrad.graph import Assignment, Graph, build_graph
 from symgrad.losses import YHAT, Y
 from symgrad.ops import (
-    ONE, N, Elementwise, Map, MeanLoss, Node, Scale, Softmax, Sub, Sym, add,
+    ONE,
+    Elementwise,
+    Map,
+    MeanLoss,
+    N,
+    Node,
+    Scale,
+    Softmax,
+    Sub,
+    Sym,
+    add,
 )
 from symgrad.spec import Spec
 

@@ -16,8 +16,20 @@ from dataclasses import dataclass
 import sympy as sp
 
 from symgrad.ops import (
-    L1, L2, N, AbsSum, Add, BiasAdd, Elementwise, MatMul, MeanLoss, Node, Scale, Softmax,
-    SqNormHalf, Sym,
+    L1,
+    L2,
+    AbsSum,
+    Add,
+    BiasAdd,
+    Elementwise,
+    MatMul,
+    MeanLoss,
+    N,
+    Node,
+    Scale,
+    Softmax,
+    SqNormHalf,
+    Sym,
 )
 from symgrad.spec import Spec
 
@@ -41,6 +53,11 @@ class Graph:
     assignments: tuple[Assignment, ...]
     params: tuple[Sym, ...]
     data: tuple[Sym, ...]
+
+    @classmethod
+    def of(cls, assignments, params, data) -> Graph:
+        """A graph without a spec (expression mode): the same reverse sweep accepts it."""
+        return cls(None, tuple(assignments), tuple(params), tuple(data))  # type: ignore[arg-type]
 
     @property
     def loss(self) -> Sym:

@@ -30,14 +30,15 @@ import numpy as np
 import sympy as sp
 
 from symgrad.activations import A as A_SYM
-from symgrad.activations import X as X_SYM
 from symgrad.activations import Activation, sigmoid, softplus
-from symgrad.losses import YHAT, Y, Loss
+from symgrad.activations import X as X_SYM
+from symgrad.losses import YHAT, Loss, Y
 
 __all__ = [
     "N", "L1", "L2", "ONE", "Node", "Sym", "MatMul", "BiasAdd", "Elementwise", "Softmax",
     "MeanLoss", "SqNormHalf", "AbsSum", "Scale", "Add", "Transpose", "Hadamard", "Sub",
     "Map", "ColSum", "RowSum", "Const", "add", "scale", "hadamard", "Env",
+    "Broadcast", "Ones", "Eye", "Trace", "LogSumExp",
 ]
 
 N = sp.Symbol("N", positive=True, integer=True)
@@ -117,6 +118,9 @@ class Const(Node):
 
     def numeric(self, env: Env) -> np.ndarray:
         return np.array([[float(_coef(self.value, env))]])
+
+    def vjp(self, g, out):
+        return ()
 
 
 ONE = Const(sp.Integer(1))
@@ -406,6 +410,10 @@ class Transpose(Node):
     def shape(self):
         return (self.x.shape[1], self.x.shape[0])
 
+    def vjp(self, g, out):
+        """C = Aᵀ.   ∂L/∂A = Gᵀ."""
+        return (Transpose(g),)
+
     def explicit(self, env):
         return self.x.explicit(env).T
 
@@ -428,6 +436,10 @@ class Hadamard(Node):
     def shape(self):
         return self.a.shape
 
+    def vjp(self, g, out):
+        """C = A ⊙ B.   ∂L/∂A = G ⊙ B,  ∂L/∂B = G ⊙ A."""
+        return hadamard(g, self.b), hadamard(g, self.a)
+
     def explicit(self, env):
         return self.a.explicit(env).multiply_elementwise(self.b.explicit(env))
 
@@ -449,6 +461,11 @@ class Sub(Node):
     @property
     def shape(self):
         return self.a.shape
+
+    def vjp(self, g, out):
+        """C = A − B.   ∂L/∂A = G,  ∂L/∂B = −G (summed over the columns B is spread to)."""
+        gb = RowSum(g) if self.b.shape != self.a.shape and self.b.shape[1] == 1 else g
+        return g, Scale(sp.Integer(-1), gb)
 
     def explicit(self, env):
         a, b = self.a.explicit(env), self.b.explicit(env)
@@ -474,6 +491,10 @@ class ColSum(Node):
     def shape(self):
         return (sp.Integer(1), self.x.shape[1])
 
+    def vjp(self, g, out):
+        """c = 𝟏ᵀ A.   ∂L/∂A = 𝟏 g (the row g repeated down the rows)."""
+        return (Broadcast(g, self.x.shape),)
+
     def explicit(self, env):
         m = self.x.explicit(env)
         return sp.ones(1, m.rows) * m
@@ -495,6 +516,10 @@ class RowSum(Node):
     @property
     def shape(self):
         return (self.x.shape[0], sp.Integer(1))
+
+    def vjp(self, g, out):
+        """c = A 𝟏.   ∂L/∂A = g 𝟏ᵀ (the column g repeated across the columns)."""
+        return (Broadcast(g, self.x.shape),)
 
     def explicit(self, env):
         m = self.x.explicit(env)
@@ -521,6 +546,21 @@ class Map(Node):
     def shape(self):
         return self.args[0][1].shape
 
+    def vjp(self, g, out):
+        """C = f(A, B, …) elementwise.   ∂L/∂A = G ⊙ ∂f/∂a(A, B, …), for each argument
+        (∂f/∂a by SymPy; a constant derivative c gives c·G)."""
+        grads = []
+        for s, _ in self.args:
+            d = sp.diff(self.expr, s)
+            if d == 0:
+                grads.append(None)
+            elif not (d.free_symbols & {t for t, _ in self.args}):
+                grads.append(scale(Const(d), g) if isinstance(g, Const) else (
+                    g if d == 1 else Scale(d, g)))
+            else:
+                grads.append(hadamard(g, Map(d, self.args, note=f"∂/∂{s}")))
+        return tuple(grads)
+
     def explicit(self, env):
         mats = [(s, node.explicit(env)) for s, node in self.args]
         rows, cols = mats[0][1].shape
@@ -536,6 +576,147 @@ class Map(Node):
         values = [node.numeric(env) for _, node in self.args]
         out = _lambdified(self.expr, symbols)(*values)
         return np.broadcast_to(out, values[0].shape).astype(values[0].dtype, copy=True)
+
+
+# --------------------------------------------------------------------------
+# Expression-mode ops: broadcasting, identity, trace, log-sum-exp
+# --------------------------------------------------------------------------
+
+
+def _size(d: sp.Expr, env: Env) -> int:
+    return int(d.xreplace({s: env[s] for s in d.free_symbols}))
+
+
+@dataclass(frozen=True, eq=True)
+class Broadcast(Node):
+    """A row, column or scalar repeated to a larger shape (numpy broadcasting).
+
+    ∂L/∂A = G summed over the repeated axes (𝟏ᵀG for a row, G𝟏 for a column)."""
+
+    x: Node
+    shape: tuple
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    def vjp(self, g, out):
+        (r, c), (xr, xc) = self.shape, self.x.shape
+        if xr == 1 and r != 1:
+            g = ColSum(g)
+        if xc == 1 and c != 1:
+            g = RowSum(g)
+        return (g,)
+
+    def numeric(self, env):
+        return np.broadcast_to(self.x.numeric(env), tuple(_size(d, env) for d in self.shape))
+
+    def explicit(self, env):
+        m = self.x.explicit(env)
+        r, c = (_size(d, env) for d in self.shape)
+        return sp.Matrix(r, c, lambda i, j: m[i if m.rows > 1 else 0, j if m.cols > 1 else 0])
+
+
+@dataclass(frozen=True, eq=True)
+class Ones(Node):
+    """A matrix of ones (``ones(N)``, ``ones_like(A1)``)."""
+
+    shape: tuple
+
+    def vjp(self, g, out):
+        return ()
+
+    def numeric(self, env):
+        return np.ones(tuple(_size(d, env) for d in self.shape))
+
+    def explicit(self, env):
+        return sp.ones(*(_size(d, env) for d in self.shape))
+
+
+@dataclass(frozen=True, eq=True)
+class Eye(Node):
+    """The n×n identity I."""
+
+    n: sp.Expr
+
+    @property
+    def shape(self):
+        return (self.n, self.n)
+
+    def vjp(self, g, out):
+        return ()
+
+    def numeric(self, env):
+        return np.eye(_size(self.n, env))
+
+    def explicit(self, env):
+        return sp.eye(_size(self.n, env))
+
+
+@dataclass(frozen=True, eq=True)
+class Trace(Node):
+    """t = tr(A) = Σ_i a_ii (A square).   ∂t/∂A = g·I."""
+
+    x: Node
+    shape: tuple[sp.Expr, sp.Expr] = SCALAR
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    def vjp(self, g, out):
+        eye = Eye(self.x.shape[0])
+        return (scale(g, eye) if isinstance(g, Const) else Hadamard(Broadcast(g, eye.shape), eye),)
+
+    def explicit(self, env):
+        return sp.Matrix([[self.x.explicit(env).trace()]])
+
+    def numeric(self, env):
+        return np.array([[np.trace(self.x.numeric(env))]])
+
+
+@dataclass(frozen=True, eq=True)
+class LogSumExp(Node):
+    """Row-wise (``axis=1``, an N×1 column) s_i = log Σ_j e^{a_ij}, or over all entries
+    (``axis=None``, a scalar).
+
+    ∂L/∂A = G ⊙ softmax(A) row-wise (G spread across each row); over all entries
+    ∂L/∂A = g·exp(A − s)."""
+
+    x: Node
+    axis: int | None = 1
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def shape(self):
+        return (self.x.shape[0], sp.Integer(1)) if self.axis == 1 else SCALAR
+
+    def vjp(self, g, out):
+        shape = self.x.shape
+        if self.axis == 1:
+            soft: Node = Softmax(self.x)
+        else:
+            a, s = sp.Symbol("a", real=True), sp.Symbol("s", real=True)
+            soft = Map(sp.exp(a - s), ((a, self.x), (s, Broadcast(self, shape))), note="softmax")
+        if isinstance(g, Const):
+            return (scale(g, soft),)
+        return (Hadamard(Broadcast(g, shape), soft),)
+
+    def explicit(self, env):
+        m = self.x.explicit(env)
+        if self.axis == 1:
+            return sp.Matrix(m.rows, 1, lambda i, _: sp.log(sp.Add(*[Exp(v) for v in m.row(i)])))
+        return sp.Matrix([[sp.log(sp.Add(*[Exp(v) for v in m]))]])
+
+    def numeric(self, env):
+        z = self.x.numeric(env)
+        axis = 1 if self.axis == 1 else None
+        top = z.max(axis=axis, keepdims=True)
+        out = top + np.log(np.exp(z - top).sum(axis=axis, keepdims=True))
+        return out.reshape(-1, 1) if self.axis == 1 else out.reshape(1, 1)
 
 
 # --------------------------------------------------------------------------

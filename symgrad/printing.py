@@ -23,7 +23,7 @@ from symgrad import naming
 from symgrad.activations import X as X_SYM
 from symgrad.activations import expand_named
 from symgrad.losses import YHAT, Y
-from symgrad.ops import L1, L2, N, Map, Node, Sym
+from symgrad.ops import L1, L2, Map, N, Node, Sym
 
 __all__ = ["TextPrinter", "LatexPrinter", "render", "text", "latex"]
 
@@ -105,8 +105,6 @@ class TextScalarPrinter(StrPrinter):
     def _print_Function(self, e):
         name = type(e).__name__
         args = ", ".join(self._print(a) for a in e.args)
-        if isinstance(e, sp.tanh | sp.sin | sp.cos) and False:
-            return f"{name} {args}"
         return f"{_FUNC_TEXT.get(name) or name}({args})"
 
     def _print_Abs(self, e):
@@ -458,8 +456,8 @@ def scalar_facts(d, fmt: str) -> list[str]:
     """The scalar derivatives SymPy found, as lines (text) or LaTeX rows."""
     seen, lines = set(), []
     sp_printer = TextScalarPrinter if fmt == "text" else LatexScalarPrinter
-    z, a = sp.Symbol("z", real=True), sp.Symbol("a", real=True)
-    for l, layer in enumerate(d.spec.layers, 1):
+    a = sp.Symbol("a", real=True)
+    for layer in d.spec.layers:
         fn = layer.fn
         if fn.is_rowwise or fn.name in seen or fn.name == "identity":
             continue
@@ -479,7 +477,6 @@ def scalar_facts(d, fmt: str) -> list[str]:
         if raw != fn.derivative and fmt == "text":
             lines.append(f"d/dz {fz} = {pr._print(raw)}  (as differentiated)")
         lines.append(f"{name}{prime}(z) = {rhs}{out}")
-        _ = (l, z, a)
     loss = d.spec.loss_fn
     pr = sp_printer({YHAT: "ŷ" if fmt == "text" else r"\hat{y}", Y: "y"}, elementwise=False)
     ell = "ℓ" if fmt == "text" else r"\ell"

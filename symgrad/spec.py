@@ -26,7 +26,7 @@ from typing import Any
 from symgrad.activations import ACTIVATIONS, Activation, custom_activation, get_activation
 from symgrad.activations import X as X_SYM
 from symgrad.errors import SymgradError
-from symgrad.losses import LOSSES, YHAT, Y, Loss, custom_loss, get_loss
+from symgrad.losses import LOSSES, YHAT, Loss, Y, custom_loss, get_loss
 
 __all__ = ["Layer", "Spec", "Training", "OPTIMIZERS", "load_spec", "spec_from_dict"]
 
