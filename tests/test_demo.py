@@ -1,0 +1,195 @@
+"""``symgrad demo``: the whole mission on the digits data, its files, and its accuracy.
+
+The full demo (100 epochs) runs once per module; the variations (no matplotlib, no tqdm,
+bad arguments) run with two epochs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from symgrad import demo
+from symgrad.cli import main
+from symgrad.codegen import load_module
+from symgrad.datasets import digits_split
+
+PNG = b"\x89PNG\r\n\x1a\n"
+FILES = ("digits.toml", "digits_mlp.py", "digits.npz", "params.npz", "training_curves.png",
+         "report.md")
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["demo", *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory):
+    """The demo as `make demo` runs it: (exit code, stdout, stderr, out dir)."""
+    out = tmp_path_factory.mktemp("demo") / "demo-out"
+    code, stdout, stderr = run_cli("--out", str(out))
+    return code, stdout, stderr, out
+
+
+def accuracy_of(stdout: str) -> float:
+    m = re.search(r"^held-out accuracy: (\d+\.\d+)% \((\d+) of 360 images\)", stdout, re.M)
+    assert m, stdout
+    assert float(m.group(1)) == pytest.approx(100 * int(m.group(2)) / 360, abs=0.005)
+    return float(m.group(1))
+
+
+def test_exits_0_and_prints_every_stage(full) -> None:
+    code, stdout, stderr, out = full
+    assert code == 0, stdout + stderr
+    stages = re.findall(r"^\[(\d)/5\] (\w+)", stdout, re.M)
+    assert stages == [("1", "derive"), ("2", "generate"), ("3", "check"), ("4", "train"),
+                      ("5", "report")]
+    # the derivation, the check table, the proof
+    assert "δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − A₁²)" in stdout
+    assert re.search(r"^W1 +\(64, 32\) +\S+ +.* +central +pass$", stdout, re.M)
+    assert "ok: 5 of 5 checks passed" in stdout
+    assert "all formulas proved" in stdout
+    # where it wrote what, and what to try next
+    for name in FILES:
+        assert str(out / name) in stdout
+    for hint in ("--steps", "symgrad verify", "--method complex", "symgrad generate"):
+        assert hint in stdout.split("what to try next:")[1]
+
+
+def test_progress_bar_shows_loss_and_accuracy(full) -> None:
+    _, _, stderr, _ = full
+    final = stderr.split("\r")[-1]
+    assert re.search(r"train: 100%\|.*\| 100/100 .*loss \d\.\d{4}, held-out accuracy \d+\.\d\d%",
+                     final), stderr[-500:]
+
+
+def test_held_out_accuracy_is_at_least_97_percent(full) -> None:
+    _, stdout, _, _ = full
+    assert accuracy_of(stdout) >= 97.0
+
+
+def test_training_takes_under_10_seconds(full) -> None:
+    _, stdout, _, _ = full
+    m = re.search(r"training took (\d+\.\d+) s", stdout)
+    assert m and float(m.group(1)) < 10.0
+
+
+def test_files(full) -> None:
+    _, stdout, _, out = full
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    png = (out / "training_curves.png").read_bytes()
+    assert png.startswith(PNG) and len(png) > 20_000
+    width, height = np.frombuffer(png[16:24], dtype=">u4")
+    assert (width, height) == (1000, 420)
+    module = load_module(out / "digits_mlp.py")
+    params = module.load_params(out / "params.npz")
+    with np.load(out / "digits.npz") as data:
+        accuracy = np.mean(module.predict(params, data["X_val"]) == data["y_val"])
+        assert data["X"].dtype == np.float32 and data["X"].shape == (1437, 64)
+    assert 100 * accuracy == pytest.approx(accuracy_of(stdout), abs=0.005)
+
+
+def test_report_renders_formulas_check_proof_and_result(full) -> None:
+    _, stdout, _, out = full
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert report.startswith("# symgrad demo: handwritten digits\n")
+    for heading in ("## Result", "### Forward", "### Backward", "### Chain rule, step by step",
+                    "### Scalar derivatives found by SymPy", "## Gradient check",
+                    "## Proof by scalar expansion", "## Reproduce"):
+        assert f"\n{heading}" in report, heading
+    # LaTeX as GitHub renders it: display math in $$ blocks, inline math in $ … $
+    assert report.count("$$\n\\begin{aligned}") >= 4
+    assert r"\frac{\partial L}{\partial W_{1}} &= X^{\top} \delta_{1}" in report
+    assert "![Loss and held-out accuracy per epoch](training_curves.png)" in report
+    assert "[`digits_mlp.py`](digits_mlp.py)" in report
+    assert f"**{accuracy_of(stdout):.2f}%** (" in report
+    assert re.search(r"^\| `W1` \| 64×32 \| \S+ \| .* \| central \| pass \|$", report, re.M)
+    assert "- proved: chain rule" in report
+    assert "\\_" in report  # f_l in a claim does not start emphasis
+
+
+def test_the_standalone_module_reproduces_the_training(full) -> None:
+    """`python DIR/digits_mlp.py train DIR/digits.npz`: the same 100 epochs, numpy only."""
+    _, stdout, _, out = full
+    proc = subprocess.run(
+        [sys.executable, str(out / "digits_mlp.py"), "train", str(out / "digits.npz"),
+         "--save", str(out.parent / "again.npz")],
+        capture_output=True, text=True, timeout=120, check=True)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("epoch 100/100")
+    assert f"val_accuracy {accuracy_of(stdout) / 100:.4f}" in last
+    with np.load(out / "params.npz") as a, np.load(out.parent / "again.npz") as b:
+        for name in a.files:
+            np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_epoch_by_epoch_training_equals_one_train_call() -> None:
+    """The shared Generator keeps the shuffles of one call, so the bar costs nothing."""
+    from symgrad.codegen import generate_source
+    from symgrad.spec import load_spec
+
+    module = load_module(generate_source(load_spec(demo.spec_path())))
+    data = digits_split(np.float32)
+    a, b = module.init_params(0, np.float32), module.init_params(0, np.float32)
+    module.train(a, data["X_train"], data["Y_train"], epochs=4, seed=3, verbose=False)
+    history, seconds = demo.train_with_progress(module, b, data, epochs=4, seed=3)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert len(history["loss"]) == len(history["val_accuracy"]) == 4 and seconds > 0
+
+
+def test_without_matplotlib_and_tqdm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo extra is optional: no plot (said so), the module's own progress lines."""
+    for name in ("matplotlib", "matplotlib.figure", "tqdm"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    code, stdout, stderr = run_cli("--out", str(tmp_path), "--epochs", "2")
+    assert code == 0, stdout + stderr
+    assert "matplotlib is not installed" in stdout and "symgrad[demo]" in stdout
+    assert not (tmp_path / "training_curves.png").exists()
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "No plot: matplotlib is not installed" in report and "](training_curves.png)" not in report
+    assert "epoch 2/2  loss" in stderr
+    assert "after 2 epochs" in stdout
+
+
+def test_rerun_replaces_its_own_files(tmp_path: Path) -> None:
+    assert run_cli("--out", str(tmp_path), "--epochs", "1")[0] == 0
+    assert run_cli("--out", str(tmp_path), "--epochs", "1")[0] == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files
+
+
+@pytest.mark.parametrize("args, where", [
+    (["--epochs", "0"], "demo: --epochs"),
+    (["--epochs", "x"], "symgrad"),
+])
+def test_bad_arguments(args: list[str], where: str, tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"symgrad: error: {where}") and "\n" not in err
+
+
+def test_out_is_a_file(tmp_path: Path, capsys) -> None:
+    target = tmp_path / "taken"
+    target.write_text("mine")
+    assert main(["demo", "--out", str(target)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"symgrad: error: {target}: exists and is not a directory; give --out a directory")
+
+
+def test_refuses_to_overwrite_a_module_it_did_not_write(tmp_path: Path) -> None:
+    mine = tmp_path / "digits_mlp.py"
+    mine.write_text("# my own work\n")
+    code, _, err = run_cli("--out", str(tmp_path), "--epochs", "1")
+    assert code == 2
+    assert err.strip().startswith(f"symgrad: error: {mine}: exists and was not generated")
+    assert mine.read_text() == "# my own work\n"

@@ -1,0 +1,96 @@
+"""The public surface is ``symgrad.__all__`` (as httpx's tests/test_exported_members.py
+holds httpx's): a change to it is a decision, made here on purpose."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import symgrad
+
+REPO = Path(__file__).resolve().parents[1]
+
+PUBLIC = [
+    "CheckReport",
+    "Derivation",
+    "Layer",
+    "Spec",
+    "SymgradError",
+    "Training",
+    "__version__",
+    "check_module",
+    "check_spec",
+    "digits_split",
+    "generate",
+    "generate_source",
+    "load_digits",
+    "load_module",
+    "load_spec",
+    "prove",
+    "spec_from_dict",
+]
+
+
+def test_all_is_the_public_surface() -> None:
+    assert symgrad.__all__ == PUBLIC
+    assert symgrad.__all__ == sorted(symgrad.__all__)
+
+
+def test_every_name_comes_from_its_module() -> None:
+    for name in PUBLIC:
+        value = getattr(symgrad, name)
+        if name == "__version__":
+            continue
+        home = importlib.import_module(symgrad._API[name])
+        assert value is getattr(home, name), name
+        assert name in getattr(home, "__all__", [name]), f"{home.__name__}.__all__ lacks {name}"
+    assert set(symgrad._API) == set(PUBLIC) - {"__version__"}
+
+
+def test_no_other_public_names() -> None:
+    """Besides __all__, the package namespace holds only its submodules."""
+    extra = {
+        name for name, value in vars(symgrad).items()
+        if not name.startswith("_") and name not in PUBLIC
+        and not (type(value).__name__ == "module" and value.__name__ == f"symgrad.{name}")
+    }
+    assert extra == set()
+    assert set(PUBLIC) <= set(dir(symgrad))
+
+
+def test_star_import() -> None:
+    namespace: dict = {}
+    exec("from symgrad import *", namespace)
+    assert set(namespace) - {"__builtins__"} == set(PUBLIC)
+
+
+def test_version_in_one_place() -> None:
+    assert symgrad.__version__.count(".") == 2
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'dynamic = ["version"]' in pyproject and "version =" not in pyproject.split("[project]")[1].split("\n[")[0]
+    out = subprocess.run([sys.executable, "-m", "symgrad", "--version"], capture_output=True,
+                         text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == f"symgrad {symgrad.__version__}"
+
+
+def test_import_is_quick() -> None:
+    """`import symgrad` (and so `symgrad --version`) loads neither SymPy nor numpy."""
+    code = ("import sys, symgrad; symgrad.__version__; "
+            "print(sorted(m for m in ('sympy', 'numpy', 'jinja2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_derive_and_verify_are_modules() -> None:
+    """Their functions are imported from them (``from symgrad import derive as
+    derive_mod`` in the code base expects the module)."""
+    from symgrad import derive as derive_mod
+    from symgrad import verify as verify_mod
+    from symgrad.derive import derive
+    from symgrad.verify import verify
+
+    assert derive_mod.derive is derive and verify_mod.verify is verify
+    assert "derive" not in symgrad.__all__ and "verify" not in symgrad.__all__
