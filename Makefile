@@ -5,9 +5,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo generated bench lint clean
 
+# --no-compile: Python compiles the modules it imports on first use; compiling all of
+# SymPy and matplotlib up front doubled the time of the set-up.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,demo]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-compile -e '.[test,demo]'
 	touch $(STAMP)
 
 test: $(STAMP)

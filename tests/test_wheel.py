@@ -72,7 +72,7 @@ def test_demo_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
     _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
     bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
     python = bin_dir / "python"
-    _run([str(python), "-m", "pip", "install", "-q", f"{wheel}[demo]"], cwd=tmp_path)
+    _run([str(python), "-m", "pip", "install", "-q", "--no-compile", f"{wheel}[demo]"], cwd=tmp_path)
 
     where = _run([str(python), "-c", "import symgrad; print(symgrad.__file__)"], cwd=tmp_path)
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout
