@@ -220,7 +220,7 @@ def render_report(*, spec, derivation, check, proof, result: DemoResult, summary
         "## Result",
         "",
         "| | |",
-        "|---|---|",
+        "|:--|:--|",
         f"| held-out accuracy | **{result.accuracy:.2%}** ({result.correct} of {result.total} "
         "images) |",
         f"| final training loss | {result.history['loss'][-1]:.4f} (mean over the last epoch) |",
@@ -268,14 +268,21 @@ def render_report(*, spec, derivation, check, proof, result: DemoResult, summary
         "## Reproduce",
         "",
         "```sh",
-        "symgrad demo --out DIR                    # this report, from scratch",
-        f"python {MODULE} train {DATA}   # the same training, numpy only",
-        f"symgrad check {SPEC} --method complex    # the complex-step check",
-        f"symgrad derive {SPEC} --steps --format markdown",
+        *_commented([
+            ("symgrad demo --out DIR", "this report, from scratch"),
+            (f"python {MODULE} train {DATA}", "the same training, numpy only"),
+            (f"symgrad check {SPEC} --method complex", "the complex-step check"),
+            (f"symgrad derive {SPEC} --steps --format markdown", "this derivation"),
+        ]),
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+def _commented(commands: list[tuple[str, str]]) -> list[str]:
+    width = max(len(cmd) for cmd, _ in commands)
+    return [f"{cmd.ljust(width)}  # {what}" for cmd, what in commands]
 
 
 # ==========================================================================================
