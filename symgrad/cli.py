@@ -56,14 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     d = sub.add_parser("derive", help="print the backpropagation formulas of a network")
-    d.add_argument("spec", help="network spec (TOML)")
+    d.add_argument("spec", nargs="?", help="network spec (TOML)")
     d.add_argument("--format", choices=("text", "latex", "markdown"), default="text")
     d.add_argument("--steps", action="store_true", help="show each chain-rule step")
     d.add_argument("--prove", action="store_true",
                    help="also prove the formulas by scalar expansion on a tiny instance")
 
     g = sub.add_parser("generate", help="write a numpy training module")
-    g.add_argument("spec")
+    g.add_argument("spec", nargs="?")
     g.add_argument("-o", "--output", help="output path (default generated/<name>.py)")
     g.add_argument("--force", action="store_true", help="overwrite a file symgrad did not write")
 
@@ -80,14 +80,50 @@ def build_parser() -> argparse.ArgumentParser:
     v.__class__ = _IntermixedParser
     v.add_argument("spec", nargs="?", help="network spec (TOML)")
     v.add_argument("--wrt", required=True, help="W1, b2, Z1, A1, … (or x with --expr)")
-    v.add_argument("--expr", help="scalar mode: a function of the --wrt variable")
+    v.add_argument("--expr", help="scalar mode: a function of the --wrt variable; with --shape, "
+                   "a matrix expression")
+    _expr_options(v, wrt=False)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("formula", help="your gradient, in numpy syntax")
+
+    _expr_options(d)
+    _expr_options(g)
 
     m = sub.add_parser("demo", help="the whole mission on the digits data set")
     m.add_argument("--out", default="demo-out", help="directory for the plot and report")
     m.add_argument("--epochs", type=int, default=None)
     return p
+
+
+def _expr_options(p: argparse.ArgumentParser, wrt: bool = True) -> None:
+    """Expression mode (symgrad.exprmode): --expr EXPR --shape NAME=R,C … --wrt NAME[,NAME]."""
+    if wrt:
+        p.add_argument("--expr", help="a scalar matrix expression in numpy syntax, instead of SPEC")
+        p.add_argument("--wrt", help="with --expr: the name(s) to differentiate, comma-separated")
+    p.add_argument("--shape", action="append", metavar="NAME=R,C",
+                   help="with --expr: the shape of a name (sizes: numbers or symbols like N, d)")
+
+
+def _expr_mode(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] | None:
+    """The expression-mode command when --expr asks for it (verify: only with --shape;
+    without it --expr is verify's scalar mode)."""
+    expr = getattr(args, "expr", None)
+    if args.command in ("derive", "generate"):
+        if expr is None:
+            if args.spec is None:
+                raise SymgradError(args.command, "give a SPEC or --expr EXPR")
+            if getattr(args, "shape", None) or getattr(args, "wrt", None):
+                raise SymgradError(args.command, "--shape and --wrt go with --expr")
+            return None
+        if args.spec is not None:
+            raise SymgradError(args.command, "give either a SPEC or --expr, not both")
+    elif not (args.command == "verify" and getattr(args, "shape", None)):
+        return None
+    if expr is None:
+        raise SymgradError(args.command, "--shape goes with --expr")
+    from symgrad import exprmode
+
+    return getattr(exprmode, f"cmd_{args.command}")
 
 
 @command("derive")
@@ -122,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
+        run = _expr_mode(args)
+        if run is not None:
+            return run(args)
         _load_command(args.command)
         return COMMANDS.get(args.command, _missing(args.command))(args)
     except SymgradError as e:

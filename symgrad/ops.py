@@ -38,7 +38,7 @@ __all__ = [
     "N", "L1", "L2", "ONE", "Node", "Sym", "MatMul", "BiasAdd", "Elementwise", "Softmax",
     "MeanLoss", "SqNormHalf", "AbsSum", "Scale", "Add", "Transpose", "Hadamard", "Sub",
     "Map", "ColSum", "RowSum", "Const", "add", "scale", "hadamard", "Env",
-    "Broadcast", "Ones", "Eye", "Trace", "LogSumExp",
+    "Broadcast", "Ones", "Eye", "Trace", "LogSumExp", "SqNorm",
 ]
 
 N = sp.Symbol("N", positive=True, integer=True)
@@ -673,6 +673,30 @@ class Trace(Node):
 
     def numeric(self, env):
         return np.array([[np.trace(self.x.numeric(env))]])
+
+
+@dataclass(frozen=True, eq=True)
+class SqNorm(Node):
+    """s = ‖A‖²_F = Σ a_ij².   ∂s/∂A = 2g·A."""
+
+    x: Node
+    shape: tuple[sp.Expr, sp.Expr] = SCALAR
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    def vjp(self, g, out):
+        if isinstance(g, Const):
+            return (scale(Const(2 * g.value), self.x),)
+        return (Hadamard(Broadcast(Scale(sp.Integer(2), g), self.x.shape), self.x),)
+
+    def explicit(self, env):
+        return sp.Matrix([[sp.Add(*[v**2 for v in self.x.explicit(env)])]])
+
+    def numeric(self, env):
+        w = self.x.numeric(env)
+        return np.array([[np.sum(w * w)]])
 
 
 @dataclass(frozen=True, eq=True)

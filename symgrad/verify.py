@@ -70,6 +70,7 @@ from symgrad.ops import (
     L2,
     ONE,
     Add,
+    Broadcast,
     ColSum,
     Const,
     Exp,
@@ -79,6 +80,7 @@ from symgrad.ops import (
     MeanLoss,
     N,
     Node,
+    Ones,
     RowSum,
     Scale,
     Sub,
@@ -161,37 +163,7 @@ def _size(d: sp.Expr, env: dict) -> int:
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=True)
-class Broadcast(Node):
-    """A row, column or scalar repeated to a larger shape (numpy broadcasting)."""
-
-    x: Node
-    shape: tuple
-
-    @property
-    def children(self):
-        return (self.x,)
-
-    def numeric(self, env):
-        return np.broadcast_to(self.x.numeric(env), tuple(_size(d, env) for d in self.shape))
-
-    def explicit(self, env):
-        m = self.x.explicit(env)
-        r, c = (_size(d, env) for d in self.shape)
-        return sp.Matrix(r, c, lambda i, j: m[i if m.rows > 1 else 0, j if m.cols > 1 else 0])
-
-
-@dataclass(frozen=True, eq=True)
-class Ones(Node):
-    """A matrix of ones (``ones(N)``, ``ones_like(A1)``)."""
-
-    shape: tuple
-
-    def numeric(self, env):
-        return np.ones(tuple(_size(d, env) for d in self.shape))
-
-    def explicit(self, env):
-        return sp.ones(*(_size(d, env) for d in self.shape))
+# Broadcast and Ones live in symgrad.ops (expression mode differentiates through them).
 
 
 def _broadcast(node: Node, shape: tuple) -> Node:
