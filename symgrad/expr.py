@@ -51,7 +51,7 @@ MAX_CONST_LOG10 = 300
 MAX_EXP_ARGUMENT = 700  # constant part of an exp() argument (e**700 is about 1e304)
 MAX_NUMBER_BITS = 1000  # any rational anywhere in a result (about 1e301)
 MAX_ROOT_BASE = 10**18  # numbers under a fractional power (see ScalarBuilder.check_root)
-TIME_LIMIT = 0.5  # seconds SymPy may spend building one expression
+TIME_LIMIT = 0.75  # seconds SymPy may spend building one expression (good input: ~0.01 s)
 NUMPY_PREFIXES = ("np", "numpy")
 
 Builder = Callable[..., sympy.Expr]
@@ -434,6 +434,7 @@ def _power_text(base: sympy.Basic, exponent: sympy.Basic) -> str:
 
 
 _EXP_FUNCTIONS = frozenset({"exp", "expm1", "sigmoid", "softplus"})
+_CONDITIONAL = frozenset({"where", "relu", "heaviside"})  # their first argument is a condition
 
 
 def _rationals(expr: sympy.Basic) -> list[sympy.Rational]:
@@ -482,7 +483,7 @@ def _can_interrupt(frame: FrameType) -> bool:
 
 @contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
-    """Abort the Python code run in this block (this thread) after ``seconds``.
+    """Abort the Python code run in this block (in this thread) after ``seconds``.
 
     SymPy's automatic evaluation (assumptions, Piecewise conditions, ...) has no useful
     cost bound, so a call-event tracer raises :class:`_OutOfTime` once time is up (a
@@ -491,10 +492,16 @@ def _deadline(seconds: float) -> Iterator[None]:
     """
     previous = sys.gettrace()
     end = time.perf_counter() + seconds
+    calls = 0
 
     def tracer(frame: FrameType, event: str, arg: object) -> Any:
-        if time.perf_counter() > end and _can_interrupt(frame):
-            raise _OutOfTime
+        nonlocal calls
+        calls += 1
+        if calls >= 32:  # read the clock every 32 calls; every call once time is up
+            if time.perf_counter() <= end:
+                calls = 0
+            elif _can_interrupt(frame):
+                raise _OutOfTime
         return previous(frame, event, arg) if previous is not None else None
 
     sys.settrace(tracer)
@@ -529,10 +536,12 @@ class ScalarBuilder:
     Subclasses (e.g. a matrix mode) override ``functions``, ``constants`` or the hooks
     ``lookup``, ``binary``, ``power``, ``call`` and ``visit_<Node>`` methods.
 
-    Every constant subexpression (one without free symbols) gets a float64 estimate,
-    computed from its arguments' estimates *before* SymPy builds it; constants beyond
-    ``MAX_VALUE``, undefined or non-real ones are refused. This keeps SymPy's numeric
-    evaluation (comparisons, Max, Abs, ...) cheap on hostile input.
+    SymPy evaluates as it builds, sometimes at absurd cost (numeric evaluation of huge
+    constants, exact powers, factoring), so each step is bounded: a constant gets a
+    float64 estimate from its arguments' estimates *before* SymPy builds it (``estimate``),
+    every result is checked for large numbers and constants (``remember``, ``audit``),
+    powers and ``exp`` of numbers are restricted (``check_root``, ``check_exponential``)
+    and the whole build runs under a time limit (``time_limit``).
     """
 
     functions: Mapping[str, tuple[int, Builder]] = SCALAR_FUNCTIONS
@@ -629,10 +638,11 @@ class ScalarBuilder:
     def audit(self, node: ast.AST, result: sympy.Basic) -> None:
         """Bound the parts of ``result`` that SymPy created in this step.
 
-        SymPy rewrites as it builds (``where(c, a, b)**46`` raises both branches), so the
-        numbers and constants inside a non-constant result are checked too: rationals of
-        at most ``MAX_NUMBER_BITS`` bits and constant subexpressions within ``MAX_VALUE``.
-        Parts seen before are skipped, so each part is checked once.
+        SymPy rewrites as it builds (``where(c, a, b)**46`` raises both branches,
+        ``(x**40)**2`` merges exponents), so the parts of a non-constant result are checked
+        too: rationals of at most ``MAX_NUMBER_BITS`` bits, rational exponents of at most
+        ``MAX_EXPONENT`` and constant subexpressions within ``MAX_VALUE``. Parts seen
+        before are skipped, so each part is checked once.
         """
         stack: list[tuple[sympy.Basic, bool]] = [(result, True)]
         while stack:
@@ -644,6 +654,12 @@ class ScalarBuilder:
                 if max(abs(expr.p), expr.q).bit_length() > MAX_NUMBER_BITS:
                     raise self.error(f"a number in {_source(node)} is too large (over 1e300)")
                 continue
+            size = self.value(expr.exp) if expr.is_Pow else None
+            if size is not None and abs(size) > MAX_EXPONENT:
+                raise self.error(
+                    f"{_source(node)} has the exponent {_short(expr.exp)} (at most "
+                    f"{MAX_EXPONENT} in absolute value)"
+                )
             if maximal and isinstance(expr, sympy.Expr) and not expr.is_Atom:
                 if not expr.free_symbols:  # a maximal constant subexpression
                     maximal = False
@@ -744,12 +760,13 @@ class ScalarBuilder:
 
     def power(self, base: sympy.Basic, exponent: sympy.Basic) -> sympy.Basic:
         """``base ** exponent``; numeric exponents and exact numeric results are bounded."""
+        size = self.value(exponent)
+        if base != sympy.E and size is not None and abs(size) > MAX_EXPONENT:
+            raise self.error(
+                f"exponent {_short(exponent)} is too large (at most {MAX_EXPONENT} "
+                "in absolute value)"
+            )
         if exponent.is_Rational:
-            if abs(exponent) > MAX_EXPONENT:
-                raise self.error(
-                    f"exponent {_short(exponent)} is too large (at most {MAX_EXPONENT} "
-                    "in absolute value)"
-                )
             if base.is_Rational and base == 0 and exponent < 0:
                 raise self.error("division by zero (0 to a negative power)")
             if base.is_Rational and base < 0 and not exponent.is_Integer:
@@ -769,8 +786,12 @@ class ScalarBuilder:
         return base**exponent
 
     def check_exponential(self, arg: sympy.Basic, text: str) -> None:
-        """Refuse ``exp(x + k*log(c))`` with a large constant part: SymPy turns it into
-        ``c**k * exp(x)`` and computes ``c**k`` exactly (``3**999999999999``)."""
+        """Refuse ``exp`` arguments that SymPy turns into huge exact powers.
+
+        ``exp(x + k*log(c))`` becomes ``c**k * exp(x)`` (``3**999999999999``), so the
+        constant part of each term must stay within ``MAX_EXP_ARGUMENT``; likewise
+        ``exp(k*log(u))`` becomes ``u**k``, so ``k`` must stay within ``MAX_EXPONENT``.
+        """
         for term in sympy.Add.make_args(arg):
             value = self.value(term)
             if value is not None and abs(value) > MAX_EXP_ARGUMENT:
@@ -778,6 +799,16 @@ class ScalarBuilder:
                     f"{text} is out of range (the constant part of the exponent must be at "
                     f"most {MAX_EXP_ARGUMENT} in absolute value)"
                 )
+            logs = [f for f in sympy.Mul.make_args(term) if isinstance(f, sympy.log)]
+            rest = [f for f in sympy.Mul.make_args(term) if not isinstance(f, sympy.log)]
+            scale = [self.value(f) for f in rest]
+            if value is None and len(logs) == 1 and None not in scale:
+                if abs(math.prod(scale)) > MAX_EXPONENT:  # type: ignore[arg-type]
+                    raise self.error(
+                        f"{text} is out of range (exp(k*log(u)) is u**k, and k must be at "
+                        f"most {MAX_EXPONENT} in absolute value)"
+                    )
+                self.check_root(logs[0].args[0], sympy.Mul(*rest))
 
     def check_root(self, base: sympy.Basic, exponent: sympy.Basic) -> None:
         """Refuse fractional powers of numbers that SymPy would factor at great cost.
@@ -844,6 +875,13 @@ class ScalarBuilder:
                 f"the first argument of {label}() must be a comparison, e.g. {label}(x > 0, x, 0)"
             )
         args = [self.visit(arg) for arg in node.args]
+        if name in _CONDITIONAL and args[0].has(sympy.Piecewise):
+            # SymPy folds a Piecewise inside a condition into every branch combination,
+            # with unbounded cost (it has taken minutes on 200-character inputs).
+            raise self.error(
+                f"the {'condition' if name == 'where' else 'argument'} of {label}() cannot "
+                "contain where(), relu() or heaviside(); rewrite it without nesting them"
+            )
         estimate = self.estimate(node, self.float_functions.get(name), args)
         return self.remember(node, self.call(name, label, args), estimate)
 
