@@ -74,6 +74,7 @@ from symgrad.ops import (
     Transpose,
 )
 from symgrad.printing import ATOM, HADAMARD, MATMUL, LatexPrinter, TextPrinter
+from symgrad.verify import _MATRIX_FUNCTIONS as MATRIX_FUNCTIONS
 from symgrad.verify import (
     FormulaBuilder,
     NumpyPrinter,
@@ -194,7 +195,7 @@ EXPR_FUNCTIONS = MappingProxyType({
     **FormulaBuilder.functions, **_ACTIVATION_FUNCTIONS,
     "sigmoid": (1, sigmoid), "softplus": (1, softplus), "huber": (1, _huber),
 })
-MATRIX_EXTRAS = ("trace", "norm", "logsumexp")
+MATRIX_EXTRAS = ("trace", "norm", "logsumexp", "softmax")
 
 
 class ExprBuilder(FormulaBuilder):
@@ -209,6 +210,9 @@ class ExprBuilder(FormulaBuilder):
         name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
         if name in MATRIX_EXTRAS:
             return self.extra_call(name, node)
+        if name and name not in self.functions and name not in MATRIX_FUNCTIONS:
+            error = self.unknown_function(name, name)
+            raise self.error(f"{error.what} in {_src(node)}")
         return super().visit_Call(node)
 
     def unknown_function(self, name: str, label: str) -> SymgradError:
@@ -217,7 +221,7 @@ class ExprBuilder(FormulaBuilder):
         if name in self.net.matrices or name in self.names:
             return self.error(f"'{label}' is not a function")
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return self.error(f"unknown function '{label}' in {label}(…){hint}")
+        return self.error(f"unknown function '{label}'{hint}")
 
     def extra_call(self, name: str, node: ast.Call):
         text = _src(node)
@@ -234,6 +238,10 @@ class ExprBuilder(FormulaBuilder):
             if len(x.shape) != 2 or x.shape[0] != x.shape[1]:
                 raise self.shape_error(f"{text}: trace needs a square matrix, got {_shape_text(x.shape)}")
             return Term(Trace(x.node), (), text)
+        if name == "softmax":
+            if len(x.shape) != 2:
+                raise self.shape_error(f"{text}: softmax is row-wise and needs a matrix")
+            return Term(Softmax(x.node), x.shape, text)
         if name == "norm":
             u = sp.Symbol("_e0", real=True)
             return Term(Map(sp.sqrt(u), ((u, SqNorm(x.node)),)), (), text)
@@ -561,6 +569,11 @@ class _Simplifier:
         if not factors:
             return _full(c, n.shape)
         # broadcasts of a scalar (a 1×1 value) become coefficients only when constant
+        inside = {a for f in factors if isinstance(f, Map) for _, a in f.args}
+        if inside:  # S ⊙ 1/S: a factor that is also a map's argument joins the body
+            u = sp.Symbol("_u", real=True)
+            factors = [Map(u, ((u, f),)) if (f in inside and not isinstance(f, Map)) else f
+                       for f in factors]
         maps = [f for f in factors if isinstance(f, Map)]
         if len(maps) > 1:  # one body: σ(u) ⊙ (1 − σ(u)) stays one elementwise function
             merged = _merge_maps(maps)
@@ -908,12 +921,7 @@ class ExprTextPrinter(TextPrinter):
         return self.scalar_printer(self.names)._print(c)
 
     def map_body(self, node):
-        names = {}
-        for s, child in node.args:
-            txt = self._print(child)
-            bare = self.prec(child) >= ATOM or _bare(node.expr, s, self.prec(child))
-            names[s] = txt if bare else self.lparen + txt + self.rparen
-        return self.scalar_printer({**self.names, **names})._print(node.expr)
+        return _map_body(self, node)
 
     def _print_Scale(self, node):
         num, den = sp.fraction(node.c)
@@ -966,12 +974,7 @@ class ExprLatexPrinter(LatexPrinter):
         return self.scalar_printer(self.names)._print(c)
 
     def map_body(self, node):
-        names = {}
-        for s, child in node.args:
-            txt = self._print(child)
-            bare = self.prec(child) >= ATOM or _bare(node.expr, s, self.prec(child))
-            names[s] = txt if bare else self.lparen + txt + self.rparen
-        return self.scalar_printer({**self.names, **names})._print(node.expr)
+        return _map_body(self, node)
 
     def _print_Eye(self, node):
         return "I"
@@ -993,6 +996,24 @@ class ExprLatexPrinter(LatexPrinter):
 
     def _print_LogSumExp(self, node):
         return rf"\operatorname{{logsumexp}}\left({self._print(node.x)}\right)"
+
+
+def _map_body(printer, node: Map) -> str:
+    """A body with its matrix arguments named; an argument is bracketed where it must be,
+    but never as the sole argument of a function (sign(Xw − y), |Xw − y|)."""
+    names = {}
+    expr = node.expr
+    for s, child in node.args:
+        txt = printer._print(child)
+        if printer.prec(child) >= ATOM or _bare(expr, s, printer.prec(child)):
+            names[s] = txt
+            continue
+        names[s] = printer.lparen + txt + printer.rparen
+        alias = sp.Symbol(s.name + "_bare", real=True)
+        expr = expr.replace(lambda t, s=s: isinstance(t, sp.Function | sp.Abs) and t.args == (s,),
+                            lambda t, alias=alias: t.func(alias))
+        names[alias] = txt
+    return printer.scalar_printer({**printer.names, **names})._print(expr)
 
 
 def _bare(e: sp.Expr, s: sp.Symbol, prec: int) -> bool:

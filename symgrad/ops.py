@@ -249,6 +249,7 @@ class Softmax(Node):
         return self.x.shape
 
     def vjp(self, g, out):
+        out = self if out is None else out  # inside an expression: the softmax itself
         return (hadamard(out, Sub(g, RowSum(hadamard(g, out)))),)
 
     def explicit(self, env):

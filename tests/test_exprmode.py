@@ -54,10 +54,10 @@ TABLE = [
      ["X=N,d", "mu=1,d", "sigma=1,1"],
      {"mu": ("𝟏ᵀ (mu − X)/σ²", "sum(mu - X, axis=0, keepdims=True) / sigma**2")}),
     ("huber", "sum(huber(X @ w - y)) / N", XW,
-     {"w": ("Xᵀ ((X w − y) [|(X w − y)| ≤ 1] + sign((X w − y)) [|(X w − y)| > 1])/N",
+     {"w": ("Xᵀ ((X w − y) [|X w − y| ≤ 1] + sign(X w − y) [|X w − y| > 1])/N",
             "X.T @ where(abs(X @ w - y) <= 1, X @ w - y, sign(X @ w - y)) / N")}),
     ("huber-where", "sum(where(abs(X @ w - y) <= 1, (X @ w - y)**2 / 2, abs(X @ w - y) - 1/2)) / N",
-     XW, {"w": ("Xᵀ ((X w − y) [|(X w − y)| ≤ 1] + sign((X w − y)) [|(X w − y)| > 1])/N",
+     XW, {"w": ("Xᵀ ((X w − y) [|X w − y| ≤ 1] + sign(X w − y) [|X w − y| > 1])/N",
                 "X.T @ where(abs(X @ w - y) <= 1, X @ w - y, sign(X @ w - y)) / N")}),
     ("two-layer-net", NET_EXPR, NET, {
         "W1": ("Xᵀ (((tanh(X W₁ + b₁) W₂ + b₂ − Y) W₂ᵀ) ⊙ (1 − tanh(X W₁ + b₁)²))/N",
@@ -213,7 +213,8 @@ BAD = [
     ("sum(X @ y)", XW, "w", ["X @ y", "N×d", "N×1"]),
     ("X @ w - y", XW, "w", ["not a scalar", "N×1", "sum("]),
     ("sum(X @ v)", XW, "w", ["unknown name 'v'", "--shape v="]),
-    ("sum(frobnicate(X @ w))", XW, "w", ["unknown function 'frobnicate'"]),
+    ("sum(frobnicate(X @ w))", XW, "w", ["unknown function 'frobnicate'", "frobnicate(X @ w)"]),
+    ("sum(sigmod(X @ w))", XW, "w", ["did you mean 'sigmoid'", "sigmod(X @ w)"]),
     ("sum(X * w)", XW, "w", ["X * w", "N×d", "d×1"]),
     ("trace(X)", XW, "w", ["trace", "N×d"]),
 ]
