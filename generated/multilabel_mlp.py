@@ -310,6 +310,90 @@ def _step(params, grads, ws):
     return L
 
 
+def _sgd_epoch(params, spare, ws, X_data, Y_data, order, lr):
+    """One epoch of plain SGD, θ ← θ − η ∂L/∂θ, over the rows of X_data, Y_data taken in
+    order, in batches of ws's size (the last may be smaller): _step with the update fused in.
+
+    η rides in the δ's (η δ = η ∂L/∂Z), so the products give η ∂L/∂θ directly; it is
+    written into the array of the other set of parameters, then θ − η ∂L/∂θ over it: params
+    and spare take turns as the current set. A batch whose loss is not finite stops the
+    epoch before its update. Returns the sum of the batch losses times their rows, the
+    number of updates made, and the last batch loss.
+    """
+    W1, b1 = params["W1"], params["b1"]
+    W2, b2 = params["W2"], params["b2"]
+    W1_next, b1_next = spare["W1"], spare["b1"]
+    W2_next, b2_next = spare["W2"], spare["b2"]
+    X, Y, Z1, A1, Z2, Yhat = ws["X"], ws["Y"], ws["Z1"], ws["A1"], ws["Z2"], ws["Yhat"]
+    S1, S2, dZ2, S3, ones, dZ1 = ws["S1"], ws["S2"], ws["dZ2"], ws["S3"], ws["ones"], ws["dZ1"]
+    M1, S4 = ws["M1"], ws["S4"]
+    size = N = X.shape[0]
+    total = 0.0
+    for start in range(0, len(order), size):
+        idx = order[start : start + size]
+        if len(idx) < size:  # the last, smaller batch: the first rows of each array
+            N = len(idx)
+            X, Y, Z1, A1, Z2, Yhat, S1 = X[:N], Y[:N], Z1[:N], A1[:N], Z2[:N], Yhat[:N], S1[:N]
+            S2, dZ2, ones, dZ1, M1 = S2[:N], dZ2[:N], ones[:N], dZ1[:N], M1[:N]
+        # mode="clip": the indices are in range, and "raise" would copy through a buffer
+        X_data.take(idx, axis=0, out=X, mode="clip")
+        Y_data.take(idx, axis=0, out=Y, mode="clip")
+        # Z₁ = X W₁ + b₁
+        np.matmul(X, W1, out=Z1)
+        Z1 += b1
+        # A₁ = relu(Z₁)
+        np.maximum(Z1, 0, out=A1)
+        # Z₂ = A₁ W₂ + b₂
+        np.matmul(A1, W2, out=Z2)
+        Z2 += b2
+        # Ŷ = σ(Z₂)
+        _sigmoid(Z2, out=Yhat)
+        # J = (1/N) Σ [−Y ⊙ log(Ŷ) − log(1 − Ŷ) ⊙ (1 − Y)]
+        #   computed as (1/N) Σ [softplus(Z₂) − Y ⊙ Z₂]: stable for any logits
+        np.logaddexp(0, Z2, out=S1)
+        np.multiply(Y, Z2, out=S2)
+        S1 -= S2
+        J = S1.sum() / N
+        # L = J + λ₂ ½‖W₁‖² + λ₂ ½‖W₂‖²
+        L = J + L2 * (np.vdot(W1, W1) / 2) + L2 * (np.vdot(W2, W2) / 2)
+        batch_loss = float(L)
+        if not -np.inf < batch_loss < np.inf:  # NaN or ±∞: stop before this update
+            return total, start // size, batch_loss
+        total += batch_loss * N
+        # δ₂ = ∂L/∂Z₂ = (Ŷ − Y)/N
+        #   times η: the δ's carry the learning rate, the products give η ∂L/∂θ
+        np.subtract(Yhat, Y, out=dZ2)
+        dZ2 *= lr / N
+        # ∂L/∂W₂ = A₁ᵀ δ₂ + λ₂ W₂
+        # W₂ ← W₂ − η ∂L/∂W₂, into the other set of parameters
+        np.matmul(A1.T, dZ2, out=W2_next)
+        np.multiply(W2, (L2 * lr), out=S3)
+        W2_next += S3
+        np.subtract(W2, W2_next, out=W2_next)
+        # ∂L/∂b₂ = 𝟏ᵀ δ₂
+        # b₂ ← b₂ − η ∂L/∂b₂, into the other set of parameters
+        np.matmul(ones, dZ2, out=b2_next)
+        np.subtract(b2, b2_next, out=b2_next)
+        # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ [A₁ > 0]
+        np.matmul(dZ2, W2.T, out=dZ1)
+        np.greater(A1, 0, out=M1)
+        dZ1 *= M1
+        # ∂L/∂W₁ = Xᵀ δ₁ + λ₂ W₁
+        # W₁ ← W₁ − η ∂L/∂W₁, into the other set of parameters
+        np.matmul(X.T, dZ1, out=W1_next)
+        np.multiply(W1, (L2 * lr), out=S4)
+        W1_next += S4
+        np.subtract(W1, W1_next, out=W1_next)
+        # ∂L/∂b₁ = 𝟏ᵀ δ₁
+        # b₁ ← b₁ − η ∂L/∂b₁, into the other set of parameters
+        np.matmul(ones, dZ1, out=b1_next)
+        np.subtract(b1, b1_next, out=b1_next)
+        # the new parameters are the current ones for the next batch
+        W1, b1, W1_next, b1_next = W1_next, b1_next, W1, b1
+        W2, b2, W2_next, b2_next = W2_next, b2_next, W2, b2
+    return total, -(-len(order) // size), batch_loss
+
+
 # The optimizers: torch.optim's update rules (SGD, with momentum and Nesterov momentum as
 # torch.optim.SGD, Adam with bias correction, RMSprop), without weight decay: the penalty
 # is part of the loss. Each writes the updated parameters into `new` (train() alternates
@@ -437,12 +521,15 @@ def train(
     if n == 0 or Y.shape != (n, OUTPUTS):
         raise ValueError(f"need X of shape (N, {INPUTS}) and Y of shape (N, {OUTPUTS}), N > 0")
     size = min(batch_size, n)
+    batches = -(-n // size)
     full = _workspace(size, dtype)
-    last = _workspace(n % size, dtype) if n % size else full
-    update, slots = _UPDATES[optimizer]
-    grads = {name: np.empty_like(p) for name, p in params.items()}
+    fused = optimizer == "sgd"  # _sgd_epoch; the other optimizers: _step, then the update
+    if not fused:
+        last = _workspace(n % size, dtype) if n % size else full
+        update, slots = _UPDATES[optimizer]
+        grads = {name: np.empty_like(p) for name, p in params.items()}
+        state = {name: [np.zeros_like(p) for _ in range(slots)] for name, p in params.items()}
     spare = {name: p.copy() for name, p in params.items()}
-    state = {name: [np.zeros_like(p) for _ in range(slots)] for name, p in params.items()}
     hp = {"momentum": momentum, "beta1": beta1, "beta2": beta2, "eps": eps, "alpha": alpha}
     rng = np.random.default_rng(seed)
     history = {"loss": []}
@@ -454,25 +541,33 @@ def train(
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(1, epochs + 1):
                 order = rng.permutation(n)
-                total = 0.0
-                for start in range(0, n, size):
-                    idx = order[start : start + size]
-                    ws = full if len(idx) == size else last
-                    np.take(X, idx, axis=0, out=ws["X"])
-                    np.take(Y, idx, axis=0, out=ws["Y"])
-                    batch_loss = float(_step(current, grads, ws))
-                    if not np.isfinite(batch_loss):
-                        stopped = (
-                            f"non-finite loss ({batch_loss}) in epoch {epoch}, batch "
-                            f"{start // size + 1}: stopped, keeping the last parameters "
-                            "that gave a finite loss"
-                        )
-                        break
-                    total += batch_loss * len(idx)
-                    t += 1
-                    update(current, grads, spare, state, t, learning_rate, hp)
-                    current, spare = spare, current
-                if stopped:
+                if fused:
+                    total, steps, batch_loss = _sgd_epoch(
+                        current, spare, full, X, Y, order, learning_rate
+                    )
+                    t += steps
+                    if steps % 2:
+                        current, spare = spare, current
+                else:
+                    total, steps = 0.0, 0
+                    for start in range(0, n, size):
+                        idx = order[start : start + size]
+                        ws = full if len(idx) == size else last
+                        X.take(idx, axis=0, out=ws["X"], mode="clip")
+                        Y.take(idx, axis=0, out=ws["Y"], mode="clip")
+                        batch_loss = float(_step(current, grads, ws))
+                        if not -np.inf < batch_loss < np.inf:
+                            break
+                        total += batch_loss * len(idx)
+                        steps += 1
+                        t += 1
+                        update(current, grads, spare, state, t, learning_rate, hp)
+                        current, spare = spare, current
+                if steps < batches:
+                    stopped = (
+                        f"non-finite loss ({batch_loss}) in epoch {epoch}, batch {steps + 1}: "
+                        "stopped, keeping the last parameters that gave a finite loss"
+                    )
                     break
                 history["loss"].append(total / n)
                 report = f"epoch {epoch}/{epochs}  loss {total / n:.6g}"

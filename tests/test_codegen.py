@@ -218,6 +218,43 @@ def test_training_step_computes_loss_and_grad(case) -> None:
             assert np.max(np.abs(grads[name] - expected[name])) <= rtol * scale, name
 
 
+def _sgd_reference(m, params, X, Y, epochs, batch_size, lr, seed):
+    """Plain SGD on loss_and_grad, batch by batch in train()'s order (float64 or float32)."""
+    p = {k: v.copy() for k, v in params.items()}
+    rng = np.random.default_rng(seed)
+    losses = []
+    for _ in range(epochs):
+        order, total = rng.permutation(len(X)), 0.0
+        for start in range(0, len(X), batch_size):
+            idx = order[start : start + batch_size]
+            value, grads = m.loss_and_grad(p, X[idx], Y[idx])
+            total += value * len(idx)
+            p = {k: p[k] - lr * grads[k] for k in p}
+        losses.append(total / len(X))
+    return p, losses
+
+
+@pytest.mark.parametrize("case", TABLE, ids=case_id)
+def test_fused_sgd_is_sgd_on_loss_and_grad(case) -> None:
+    """train() with "sgd" runs _sgd_epoch: η folded into the δ's, the update fused into the
+    products; it must be plain SGD on loss_and_grad, the last smaller batch included."""
+    b = build_case(case)
+    params64, X64, Y64 = sample(b, seed=2, n=10)
+    for dtype, rtol in ((np.float64, 1e-10), (np.float32, 1e-4)):
+        params = {k: v.astype(dtype) for k, v in params64.items()}
+        X, Y = X64.astype(dtype), Y64.astype(dtype)
+        expected, losses = _sgd_reference(b.module, params, X, Y, 2, 4, 0.05, seed=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            history = b.module.train(params, X, Y, epochs=2, batch_size=4, learning_rate=0.05,
+                                     optimizer="sgd", seed=3, verbose=False)
+        assert history["loss"] == pytest.approx(losses, rel=rtol)
+        for name in params:
+            assert params[name].dtype == dtype
+            scale = np.max(np.abs(expected[name])) + 1e-30
+            assert np.max(np.abs(params[name] - expected[name])) <= rtol * scale, name
+
+
 def test_float32_in_float32_out() -> None:
     b = built("tanh", "softmax", "cross_entropy", l1=0.01, l2=0.01)
     params = b.module.init_params(seed=0, dtype=np.float32)
@@ -394,18 +431,40 @@ def test_training_is_seeded_and_reports(capsys) -> None:
     assert not np.array_equal(params["W1"], p1["W1"])
 
 
-def test_non_finite_loss_stops_and_keeps_finite_parameters(capsys) -> None:
+@pytest.mark.parametrize(("optimizer", "learning_rate"), [("sgd", 1e6), ("momentum", 1e6)])
+def test_non_finite_loss_stops_and_keeps_finite_parameters(capsys, optimizer,
+                                                           learning_rate) -> None:
     b = built("relu", "identity", "mse")
     rng = np.random.default_rng(0)
     X, Y = rng.standard_normal((40, 3)), rng.standard_normal((40, 3))
     params = b.module.init_params(seed=0)
-    history = b.module.train(params, X, Y, epochs=50, batch_size=8, learning_rate=1e6,
-                             optimizer="sgd", verbose=False)
+    history = b.module.train(params, X, Y, epochs=50, batch_size=8,
+                             learning_rate=learning_rate, optimizer=optimizer, verbose=False)
     assert "stopped" in history and "non-finite loss" in history["stopped"]
     assert "non-finite loss" in capsys.readouterr().err
     assert all(np.all(np.isfinite(p)) for p in params.values())
     assert math.isfinite(b.module.loss(params, X, Y))
     assert len(history["loss"]) < 50
+    # the parameters kept are exactly those of the last finite batch loss: replay SGD
+    if optimizer == "sgd":
+        p = b.module.init_params(seed=0)
+        rng = np.random.default_rng(b.module.SEED)
+        last = {k: v.copy() for k, v in p.items()}
+        for _ in range(50):
+            order, stop = rng.permutation(40), False
+            for start in range(0, 40, 8):
+                idx = order[start : start + 8]
+                with np.errstate(all="ignore"):
+                    value, grads = b.module.loss_and_grad(p, X[idx], Y[idx])
+                if not math.isfinite(value):
+                    stop = True
+                    break
+                last = {k: v.copy() for k, v in p.items()}
+                p = {k: p[k] - learning_rate * grads[k] for k in p}
+            if stop:
+                break
+        for k in params:
+            np.testing.assert_allclose(params[k], last[k], rtol=1e-9)
 
 
 def test_predict() -> None:
