@@ -10,13 +10,15 @@ User expressions (activations, losses, hand derivations) never reach ``eval``, `
   AST walker whose hooks (``binary``, ``power``, ``call``, ...) a matrix builder can override.
 
 Every bad input raises :class:`~symgrad.errors.SymgradError` with a one-line explanation.
-Limits keep hostile input cheap: at most 1000 characters, 40 nesting levels (a flat chain
-such as ``a + b - c + ...`` counts as one level), 400 syntax nodes, integer literals of at
-most 12 digits, float literals finite with ``|v| <= 1e12``, numeric exponents with
-``|p| <= 64``, exact numeric powers within ``1e-300 .. 1e300`` and every constant
-subexpression (no free symbols) finite, real and at most ``1e300`` in float64. SymPy's own
-automatic evaluation has no cost bound, so building is also cut off after ``TIME_LIMIT``
-seconds ("expression is too complex"); only absurd expressions come near that.
+Limits keep hostile input cheap. Syntax: at most 1000 characters, 40 nesting levels (a flat
+chain such as ``a + b - c + ...`` counts as one level), 400 syntax nodes, integer literals
+of at most 12 digits, finite float literals with ``|v| <= 1e12``. Building (SymPy evaluates
+as it goes, sometimes at absurd cost): numeric exponents within ``|p| <= 64``; constants
+(no free symbols) finite, real and within 1e300; no number anywhere beyond about 1e300;
+``exp`` of a constant within 700; numbers under a fractional power below 1e18 with a
+denominator dividing 12; no where/relu/heaviside inside a condition. What these miss is
+cut off after ``TIME_LIMIT`` seconds ("expression is too complex"). A single long C-level
+integer operation inside SymPy cannot be interrupted, so the limit is best effort.
 """
 
 from __future__ import annotations
