@@ -130,7 +130,9 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert main(["derive", str(tmp_path / "missing.toml")]) == 2
     assert capsys.readouterr().err == f"symgrad: error: {tmp_path}/missing.toml: no such file\n"
     assert main(["derive"]) == 2
-    assert capsys.readouterr().err.startswith("symgrad: error: symgrad derive: ")
+    assert capsys.readouterr().err == "symgrad: error: derive: give a SPEC or --expr EXPR\n"
+    assert main(["derive", "a.toml", "--format", "html"]) == 2
+    assert capsys.readouterr().err.startswith("symgrad: error: symgrad derive: argument --format")
     binary = tmp_path / "bin.toml"
     binary.write_bytes(b"\xff\xfe\x00")
     assert main(["derive", str(binary)]) == 2
