@@ -470,6 +470,8 @@ class _Simplifier:
             if isinstance(value, Node):
                 changes[f.name] = self.node(value)
         out = dataclasses.replace(n, **changes) if changes else n
+        if isinstance(out, RowSum) and isinstance(out.x, Transpose):  # rowsum(Xᵀ) = (𝟏ᵀX)ᵀ
+            return Transpose(ColSum(out.x.x))
         if isinstance(out, ColSum | RowSum):
             c, inner = _coefficient(out.x)
             if c != 1:
@@ -518,6 +520,8 @@ class _Simplifier:
             k = _const_value(x)
             if k is not None:
                 return _full(k, n.shape)
+            if tuple(x.x.shape) == (1, 1):
+                return Broadcast(x.x, n.shape)
         if plain and isinstance(x, Map):
             return self.node(Map(x.expr, tuple((s, Transpose(a)) for s, a in x.args), x.note))
         return Transpose(x)
@@ -538,6 +542,10 @@ class _Simplifier:
             return _scaled(c * ka, b)
         if kb is not None and tuple(b.shape) == (1, 1):
             return _scaled(c * kb, a)
+        if isinstance(b, Broadcast) and b.x.shape[0] == 1 and b.shape[0] != 1:
+            return _scaled(c, self.node(MatMul(self.node(RowSum(a)), b.x)))  # A 𝟏 x
+        if isinstance(a, Broadcast) and a.x.shape[1] == 1 and a.shape[1] != 1:
+            return _scaled(c, self.node(MatMul(a.x, self.node(ColSum(b)))))  # x 𝟏ᵀ B
         if c.could_extract_minus_sign() and isinstance(a, Sub):
             c, a = -c, Sub(a.b, a.a)
         elif c.could_extract_minus_sign() and isinstance(b, Sub):
@@ -782,6 +790,8 @@ def _plain(n: Node) -> bool:
     """A name, a transposed name or a product of those (transposing it stays short)."""
     if isinstance(n, MatMul):
         return _plain(n.a) and _plain(n.b)
+    if isinstance(n, Broadcast):
+        return tuple(n.x.shape) == (1, 1) and isinstance(n.x, Sym | Const)
     return isinstance(n, Sym | Const) or (isinstance(n, Transpose) and isinstance(n.x, Sym))
 
 
@@ -898,6 +908,11 @@ def derive_expr(problem: ExprProblem) -> ExprDerivation:
 # --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, eq=True)
+class _Spread(Broadcast):
+    """A broadcast shown explicitly (an operand of a matrix product: 𝟏 x, x 𝟏ᵀ)."""
+
+
 def _coef_names(problem: ExprProblem | None, latex: bool) -> dict:
     out = {}
     if problem is None:
@@ -907,6 +922,20 @@ def _coef_names(problem: ExprProblem | None, latex: bool) -> dict:
         if pretty:
             out[s] = sp.latex(sp.Symbol(name.rstrip("_"))) if latex else pretty
     return out
+
+
+def _spread_operands(node: MatMul) -> MatMul:
+    a, b = (_Spread(x.x, x.shape) if isinstance(x, Broadcast) else x for x in (node.a, node.b))
+    return MatMul(a, b)
+
+
+def _prec(printer, node: Node) -> int | None:
+    if isinstance(node, _Spread):
+        (r, c), (xr, xc) = node.shape, node.x.shape
+        if (xr == 1 and r != 1 and xc != 1) or (xc == 1 and c != 1 and xr != 1):
+            return MATMUL
+        return printer.prec(node.x)
+    return None
 
 
 class ExprTextPrinter(TextPrinter):
@@ -923,6 +952,10 @@ class ExprTextPrinter(TextPrinter):
     def map_body(self, node):
         return _map_body(self, node)
 
+    def prec(self, node):
+        p = _prec(super(), node)
+        return super().prec(node) if p is None else p
+
     def _print_Scale(self, node):
         num, den = sp.fraction(node.c)
         if den != 1 and self.prec(node.x) >= MATMUL:
@@ -936,6 +969,17 @@ class ExprTextPrinter(TextPrinter):
         return "I"
 
     def _print_Broadcast(self, node):
+        return self._print(node.x)  # b added to every row, as the network formulas write it
+
+    def _print_MatMul(self, node):
+        return super()._print_MatMul(_spread_operands(node))
+
+    def _print__Spread(self, node):  # an operand of a product: 𝟏 x or x 𝟏ᵀ
+        (r, c), (xr, xc) = node.shape, node.x.shape
+        if xr == 1 and r != 1 and xc != 1:
+            return f"𝟏 {self.paren(node.x, MATMUL + 1)}"
+        if xc == 1 and c != 1 and xr != 1:
+            return f"{self.paren(node.x, MATMUL)} 𝟏ᵀ"
         return self._print(node.x)
 
     def _print_Ones(self, node):
@@ -950,12 +994,13 @@ class ExprTextPrinter(TextPrinter):
     def _print_Hadamard(self, node):
         # A ⊙ (a scalar c spread to A's shape): written A/c or c A
         for a, b in ((node.a, node.b), (node.b, node.a)):
-            if isinstance(b, Broadcast) and tuple(b.x.shape) == (1, 1) and isinstance(b.x, Map):
-                num, den = sp.fraction(b.x.expr)
-                if num == 1:
-                    body = self._print_Map(Map(den, b.x.args, b.x.note))
-                    return f"{self.paren(a, MATMUL)}/{body}"
-                return f"{self._print(b.x)} {self.paren(a, MATMUL)}"
+            if isinstance(b, Broadcast) and tuple(b.x.shape) == (1, 1):
+                if isinstance(b.x, Map):
+                    num, den = sp.fraction(b.x.expr)
+                    if num == 1:
+                        body = self._print_Map(Map(den, b.x.args, b.x.note))
+                        return f"{self.paren(a, MATMUL)}/{body}"
+                return f"{self.paren(b.x, ATOM)} {self.paren(a, MATMUL)}"
         return super()._print_Hadamard(node)
 
     def _print_Map(self, node):
@@ -976,10 +1021,25 @@ class ExprLatexPrinter(LatexPrinter):
     def map_body(self, node):
         return _map_body(self, node)
 
+    def prec(self, node):
+        p = _prec(super(), node)
+        return super().prec(node) if p is None else p
+
     def _print_Eye(self, node):
         return "I"
 
     def _print_Broadcast(self, node):
+        return self._print(node.x)
+
+    def _print_MatMul(self, node):
+        return super()._print_MatMul(_spread_operands(node))
+
+    def _print__Spread(self, node):
+        (r, c), (xr, xc) = node.shape, node.x.shape
+        if xr == 1 and r != 1 and xc != 1:
+            return rf"\mathbf{{1}} {self.paren(node.x, MATMUL + 1)}"
+        if xc == 1 and c != 1 and xr != 1:
+            return rf"{self.paren(node.x, MATMUL)} \mathbf{{1}}^{{\top}}"
         return self._print(node.x)
 
     def _print_Ones(self, node):
@@ -1077,6 +1137,14 @@ class ExprNumpyPrinter(NumpyPrinter):
         if e is sp.E:
             return "np.e", ATOM
         return super().scalar(e, names)
+
+    def _node_MatMul(self, n):
+        m = _spread_operands(n)
+        return self.product(m.a, "@", m.b)
+
+    def _node__Spread(self, n):
+        r, c = (self.scalar(d, {})[0] for d in n.shape)
+        return f"np.broadcast_to({self.node(n.x)[0]}, ({r}, {c}))", ATOM
 
     def _node_SqNorm(self, n):
         from symgrad.verify import POW

@@ -300,3 +300,19 @@ def test_spec_mode_unchanged(capsys):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("expr,shapes,wrt", [
+    ("sum(mean(X @ W, axis=0)**2)", ["X=5,3", "W=3,2"], "W"),
+    ("sum((X @ W) * (sum(X, axis=1, keepdims=True) @ v))", ["X=N,d", "W=d,k", "v=1,k"], "W,v"),
+    ("norm(X @ w - y)**2 / 2 + lam * w.T @ w / 2", [*XW, "lam=1,1"], "w,lam"),
+    ("-sum(Y * log(softmax(X @ W))) / N", ["X=N,d", "W=d,k", "Y=N,k"], "W"),
+    ("sum(relu(X @ w) + 0.5 * softplus(X @ w)**2)", XW, "w"),
+])
+def test_more_expressions_match_finite_differences(expr, shapes, wrt, tmp_path):
+    """Broadcasts inside products, a scalar differentiated, softmax inside an expression."""
+    d = derive_expr(parse_problem(expr, shapes, wrt))
+    path = tmp_path / "more.py"
+    path.write_text(generate_expr(d, "more"))
+    errors = _load(path).check()
+    assert max(errors.values()) <= 1e-6, errors
