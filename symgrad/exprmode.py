@@ -1292,14 +1292,24 @@ def module_context(d: ExprDerivation, name: str = "expr") -> dict:
         seen |= {s for s in dims if s.is_Symbol}
         if any(x != "_" for x in new):
             bind.append(f"{', '.join(new)} = {n}.shape")
-    code = numpy_code(p.root)
+    (root,), value_temps = shared_values([p.root], set(p.shapes))
+    code = numpy_code(root)
+    exprs, temps = shared_values(list(d.gradients.values()), set(p.shapes))
     grads = []
-    for w, g in d.gradients.items():
+    for (w, g), e in zip(d.gradients.items(), exprs, strict=True):
         grads.append({
-            "name": w, "var": f"d_{w}", "formula": text(g, p), "code": numpy_code(g),
+            "name": w, "var": f"d_{w}", "formula": text(g, p), "code": numpy_code(e),
+            # a constant or a 1×1 value may come out of numpy as a scalar: give it w's shape
+            "spread": isinstance(g, Broadcast | Const | Eye) or tuple(g.shape) == (1, 1)
+            or _const_value(g) is not None or isinstance(_coefficient(g)[1], Broadcast | Eye),
         })
     helpers = []
-    joined = code + " ".join(g["code"] for g in grads)
+    value_lines = [{"var": t.name, "formula": text(rhs, p), "code": numpy_code(rhs)}
+                   for t, rhs in value_temps]
+    temp_lines = [{"var": t.name, "formula": text(rhs, p), "code": numpy_code(rhs)}
+                  for t, rhs in temps]
+    joined = code + " ".join(g["code"] for g in grads) + " ".join(
+        t["code"] for t in value_lines + temp_lines)
     for helper in ("sigmoid", "softplus", "softmax", "logsumexp", "erf"):
         if re.search(rf"(?<![\w.]){helper}\(", joined):
             helpers.append(helper)
@@ -1314,11 +1324,63 @@ def module_context(d: ExprDerivation, name: str = "expr") -> dict:
         "scalars": [n for n in args if n in p.space.scalars],
         "bind": bind,
         "value_code": code,
+        "value_temps": value_lines,
+        "temps": temp_lines,
         "grads": grads,
         "helpers": helpers,
         "sizes": sizes,
         "shape_text": _display(p),
     }
+
+
+_TRIVIAL = (Sym, Const, Eye, Ones)
+
+
+def _worth_naming(n: Node) -> bool:
+    if isinstance(n, _TRIVIAL) or _const_value(n) is not None:
+        return False
+    if isinstance(n, Transpose | Broadcast | Scale):
+        return _worth_naming(n.x)
+    return True
+
+
+def shared_values(roots: list[Node], taken: set[str]) -> tuple[list[Node], list[tuple[Sym, Node]]]:
+    """Common subexpressions, largest first, as temporaries t1, t2, … (each computed once)."""
+    from symgrad.derive import transform
+
+    temps: list[tuple[Sym, Node]] = []
+    while True:
+        counts: dict[Node, int] = {}
+        for r in [*roots, *(rhs for _, rhs in temps)]:
+            for n in walk(r):
+                if _worth_naming(n) and not isinstance(n, Transpose | Broadcast | Scale):
+                    counts[n] = counts.get(n, 0) + 1
+        repeated = [n for n, k in counts.items() if k > 1]
+        if not repeated:
+            break
+        target = max(repeated, key=lambda n: (_depth(n), -len(TextPrinter()._print(n))))
+        i = len(temps) + 1
+        while f"t{i}" in taken:
+            i += 1
+        sym = Sym(f"t{i}", target.shape, "value")
+        taken.add(sym.name)
+        roots = [transform(r, lambda n, target=target, sym=sym: sym if n == target else None)
+                 for r in roots]
+        temps = [(t, transform(rhs, lambda n, target=target, sym=sym: sym if n == target else None))
+                 for t, rhs in temps]
+        temps.append((sym, target))
+    # a temporary is computed after those it uses (the later-found, smaller ones first),
+    # and numbered in that order
+    from symgrad.derive import substitute
+
+    ordered = list(reversed(temps))
+    names = {t.name: Sym(f"_t{i}", t.shape, "value") for i, (t, _) in enumerate(ordered, 1)}
+    final = {f"_t{i}": Sym(f"t{i}", t.shape, "value") for i, (t, _) in enumerate(ordered, 1)}
+
+    def rename(n: Node) -> Node:
+        return substitute(substitute(n, names), final)
+
+    return [rename(r) for r in roots], [(rename(t), rename(rhs)) for t, rhs in ordered]
 
 
 def generate_expr(d: ExprDerivation, name: str = "expr") -> str:
