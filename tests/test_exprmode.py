@@ -25,7 +25,9 @@ from symgrad.exprmode import (
     expand,
     explicit_env,
     generate_expr,
+    is_zero,
     parse_problem,
+    prove,
     text,
     verify_expr,
 )
@@ -101,19 +103,7 @@ def derived():
 
 
 def _zero(e: sp.Expr, rng: random.Random) -> bool:
-    """e = 0: by simplification, or (piecewise pieces) exactly at random rational points."""
-    cases = e.has(sp.Piecewise, sp.sign, sp.Abs)
-    if not cases:  # simplify cannot split cases; exact values at random points do
-        e = sp.simplify(e)
-        if e == 0:
-            return True
-    symbols = sorted(e.free_symbols, key=str)
-    for _ in range(6):
-        point = {s: sp.Rational(rng.randint(-30, 30), rng.randint(1, 7)) for s in symbols}
-        point = {s: (abs(v) + 1 if s.is_positive else v) for s, v in point.items()}
-        if sp.N(e.xreplace(point), 30) != 0 and abs(sp.N(e.xreplace(point), 30)) > 1e-25:
-            return False
-    return cases
+    return is_zero(e, rng.randint(0, 10**6)) is True
 
 
 def test_table_has_fifteen_textbook_expressions():
@@ -258,6 +248,17 @@ def test_cli_derive_formats(capsys):
     assert main(["derive", *LR, "--format", "markdown", "--steps"]) == 0
     out = capsys.readouterr().out
     assert "$$" in out and "Scalar derivatives" in out
+
+
+def test_cli_derive_prove(capsys):
+    assert main(["derive", *LR, "--prove"]) == 0
+    assert "∂f/∂w: proved equal to the entrywise derivative" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("row", TABLE[:6], ids=IDS[:6])
+def test_prove_api(row, derived):
+    ok, lines = prove(derived(row)[1])
+    assert ok and all("proved" in line for line in lines)
 
 
 def test_cli_generate_then_check(tmp_path, capsys):
