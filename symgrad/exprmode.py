@@ -49,6 +49,7 @@ from symgrad import naming
 from symgrad.activations import ACTIVATIONS, expand_named, sigmoid, softplus
 from symgrad.derive import Derivation, derive_graph, walk
 from symgrad.errors import SymgradError
+from symgrad.expr import _deadline, _OutOfTime
 from symgrad.graph import Assignment, Graph
 from symgrad.ops import (
     Add,
@@ -368,8 +369,12 @@ def _sigmoidize(e: sp.Expr) -> sp.Expr:
     return e
 
 
+SIMPLIFY_SECONDS = 2.0  # SymPy's share of the time for one elementwise body
+
+
 def tidy(e: sp.Expr) -> sp.Expr:
     """A scalar body in its shortest textbook form (σ, softplus recognised)."""
+    e = e.replace(sp.Heaviside, lambda x, *_: sp.Piecewise((1, x > 0), (0, True)))
     if e.has(sp.Piecewise):
         return sp.piecewise_fold(e)
     candidates = [e, _sigmoidize(e), sp.expand(e)]
@@ -382,9 +387,12 @@ def tidy(e: sp.Expr) -> sp.Expr:
             candidates.append(sp.factor_terms(sp.expand(swapped)))
     raw = expand_named(e)
     try:
-        simple = sp.simplify(raw)
-        candidates += [simple, _sigmoidize(simple), _sigmoidize(sp.factor_terms(raw))]
-    except Exception:  # noqa: BLE001 - SymPy may give up; keep what we have
+        with _deadline(SIMPLIFY_SECONDS):
+            simple = sp.simplify(raw)
+            candidates += [simple, _sigmoidize(simple), _sigmoidize(sp.factor_terms(raw))]
+    except (_OutOfTime, RecursionError):  # SymPy may take too long: keep what we have
+        pass
+    except Exception:  # noqa: BLE001 - or give up
         pass
     good = [c for c in candidates if not (c.has(sp.cosh, sp.sinh) and not e.has(sp.cosh, sp.sinh))]
     return min(good, key=lambda c: (sp.count_ops(c), len(str(c))))
@@ -542,10 +550,12 @@ class _Simplifier:
             return _scaled(c * ka, b)
         if kb is not None and tuple(b.shape) == (1, 1):
             return _scaled(c * kb, a)
-        if isinstance(b, Broadcast) and b.x.shape[0] == 1 and b.shape[0] != 1:
-            return _scaled(c, self.node(MatMul(self.node(RowSum(a)), b.x)))  # A 𝟏 x
-        if isinstance(a, Broadcast) and a.x.shape[1] == 1 and a.shape[1] != 1:
-            return _scaled(c, self.node(MatMul(a.x, self.node(ColSum(b)))))  # x 𝟏ᵀ B
+        if isinstance(b, Broadcast) and b.x.shape[0] == 1 and b.shape[0] != 1:  # A 𝟏 x
+            x = b.x if b.x.shape[1] == b.shape[1] else Broadcast(b.x, (sp.Integer(1), b.shape[1]))
+            return _scaled(c, self.node(MatMul(self.node(RowSum(a)), x)))
+        if isinstance(a, Broadcast) and a.x.shape[1] == 1 and a.shape[1] != 1:  # x 𝟏ᵀ B
+            x = a.x if a.x.shape[0] == a.shape[0] else Broadcast(a.x, (a.shape[0], sp.Integer(1)))
+            return _scaled(c, self.node(MatMul(x, self.node(ColSum(b)))))
         if c.could_extract_minus_sign() and isinstance(a, Sub):
             c, a = -c, Sub(a.b, a.a)
         elif c.could_extract_minus_sign() and isinstance(b, Sub):
@@ -932,7 +942,7 @@ def _spread_operands(node: MatMul) -> MatMul:
 def _prec(printer, node: Node) -> int | None:
     if isinstance(node, _Spread):
         (r, c), (xr, xc) = node.shape, node.x.shape
-        if (xr == 1 and r != 1 and xc != 1) or (xc == 1 and c != 1 and xr != 1):
+        if (xr == 1 and r != 1) or (xc == 1 and c != 1):
             return MATMUL
         return printer.prec(node.x)
     return None
@@ -974,13 +984,14 @@ class ExprTextPrinter(TextPrinter):
     def _print_MatMul(self, node):
         return super()._print_MatMul(_spread_operands(node))
 
-    def _print__Spread(self, node):  # an operand of a product: 𝟏 x or x 𝟏ᵀ
+    def _print__Spread(self, node):  # an operand of a product: 𝟏 x, x 𝟏ᵀ or 𝟏 x 𝟏ᵀ
         (r, c), (xr, xc) = node.shape, node.x.shape
-        if xr == 1 and r != 1 and xc != 1:
-            return f"𝟏 {self.paren(node.x, MATMUL + 1)}"
-        if xc == 1 and c != 1 and xr != 1:
-            return f"{self.paren(node.x, MATMUL)} 𝟏ᵀ"
-        return self._print(node.x)
+        left = "𝟏 " if xr == 1 and r != 1 else ""
+        right = " 𝟏ᵀ" if xc == 1 and c != 1 else ""
+        inner = self.paren(node.x, MATMUL + 1) if left else self.paren(node.x, MATMUL)
+        if left and _const_value(node.x) == 1:
+            return "𝟏" + right
+        return f"{left}{inner}{right}"
 
     def _print_Ones(self, node):
         return "𝟏"
@@ -1036,11 +1047,12 @@ class ExprLatexPrinter(LatexPrinter):
 
     def _print__Spread(self, node):
         (r, c), (xr, xc) = node.shape, node.x.shape
-        if xr == 1 and r != 1 and xc != 1:
-            return rf"\mathbf{{1}} {self.paren(node.x, MATMUL + 1)}"
-        if xc == 1 and c != 1 and xr != 1:
-            return rf"{self.paren(node.x, MATMUL)} \mathbf{{1}}^{{\top}}"
-        return self._print(node.x)
+        left = r"\mathbf{1} " if xr == 1 and r != 1 else ""
+        right = r" \mathbf{1}^{\top}" if xc == 1 and c != 1 else ""
+        inner = self.paren(node.x, MATMUL + 1) if left else self.paren(node.x, MATMUL)
+        if left and _const_value(node.x) == 1:
+            return r"\mathbf{1}" + right
+        return f"{left}{inner}{right}"
 
     def _print_Ones(self, node):
         return r"\mathbf{1}"
@@ -1127,11 +1139,20 @@ class ExprNumpyPrinter(NumpyPrinter):
         super().__init__("np.")
 
     def _node_ColSum(self, n):
-        if isinstance(n.x, RowSum):  # the sum of all entries
-            return f"np.sum({self.node(n.x.x)[0]})", ATOM
+        if isinstance(n.x, RowSum):  # the sum of all entries, as a 1×1 array
+            return f"np.sum({self.node(n.x.x)[0]}, keepdims=True)", ATOM
         return f"np.sum({self.node(n.x)[0]}, axis=0, keepdims=True)", ATOM
 
     def scalar(self, e, names):
+        if isinstance(e, sp.Max | sp.Min):
+            fn = "np.maximum" if isinstance(e, sp.Max) else "np.minimum"
+            args = [self.scalar(a, names)[0] for a in e.args]
+            out = args[0]
+            for a in args[1:]:
+                out = f"{fn}({out}, {a})"
+            return out, ATOM
+        if isinstance(e, sp.Heaviside):
+            return f"np.heaviside({self.scalar(e.args[0], names)[0]}, 0.0)", ATOM
         if e is sp.pi:
             return "np.pi", ATOM
         if e is sp.E:

@@ -309,6 +309,10 @@ if __name__ == "__main__":  # pragma: no cover
     ("norm(X @ w - y)**2 / 2 + lam * w.T @ w / 2", [*XW, "lam=1,1"], "w,lam"),
     ("-sum(Y * log(softmax(X @ W))) / N", ["X=N,d", "W=d,k", "Y=N,k"], "W"),
     ("sum(relu(X @ w) + 0.5 * softplus(X @ w)**2)", XW, "w"),
+    ("sum(X @ w @ w.T)", XW, "w"),
+    ("sum(X @ w) ** 2", XW, "w"),
+    ("sum(maximum(X @ w, y))", XW, "w"),
+    ("sum(gelu(X @ w)) + sum(mish(X @ w)) + sum(selu(X @ w))", XW, "w"),
 ])
 def test_more_expressions_match_finite_differences(expr, shapes, wrt, tmp_path):
     """Broadcasts inside products, a scalar differentiated, softmax inside an expression."""
