@@ -1325,10 +1325,12 @@ def module_context(d: ExprDerivation, name: str = "expr") -> dict:
             or _const_value(g) is not None or isinstance(_coefficient(g)[1], Broadcast | Eye),
         })
     helpers = []
-    value_lines = [{"var": t.name, "formula": text(rhs, p), "code": numpy_code(rhs)}
-                   for t, rhs in value_temps]
-    temp_lines = [{"var": t.name, "formula": text(rhs, p), "code": numpy_code(rhs)}
-                  for t, rhs in temps]
+    value_lines = [{"var": t.name, "formula": text(rhs, p), "code": numpy_code(rhs),
+                    "lines": layout(t.name, numpy_code(rhs))} for t, rhs in value_temps]
+    temp_lines = [{"var": t.name, "formula": text(rhs, p), "code": numpy_code(rhs),
+                   "lines": layout(t.name, numpy_code(rhs))} for t, rhs in temps]
+    for g in grads:
+        g["lines"] = layout(g["var"], g["code"])
     joined = code + " ".join(g["code"] for g in grads) + " ".join(
         t["code"] for t in value_lines + temp_lines)
     for helper in ("sigmoid", "softplus", "softmax", "logsumexp", "erf"):
@@ -1345,6 +1347,7 @@ def module_context(d: ExprDerivation, name: str = "expr") -> dict:
         "scalars": [n for n in args if n in p.space.scalars],
         "bind": bind,
         "value_code": code,
+        "value_lines": layout("f", code),
         "value_temps": value_lines,
         "temps": temp_lines,
         "grads": grads,
@@ -1352,6 +1355,71 @@ def module_context(d: ExprDerivation, name: str = "expr") -> dict:
         "sizes": sizes,
         "shape_text": _display(p),
     }
+
+
+LINE_LENGTH = 100
+
+
+def _top_level_breaks(code: str) -> list[int]:
+    """Positions of binary operators outside brackets (where a long line may break)."""
+    depth, out = 0, []
+    for i, ch in enumerate(code):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0 and ch in "+-@*/" and code[i - 1:i] == " " and code[i + 1:i + 2] == " ":
+            out.append(i)
+    return out
+
+
+def layout(target: str, code: str, indent: int = 4) -> list[str]:
+    """``target = code`` within LINE_LENGTH, broken before top-level operators if needed."""
+    pad = " " * indent
+    line = f"{pad}{target} = {code}"
+    breaks = _top_level_breaks(code)
+    if len(line) <= LINE_LENGTH or not breaks:
+        return [line]
+    parts, start = [], 0
+    for b in breaks:
+        parts.append(code[start:b].strip())
+        start = b
+    parts.append(code[start:].strip())
+    lines = [f"{pad}{target} = ("]
+    current = ""
+    for part in parts:
+        candidate = f"{current} {part}".strip()
+        if current and len(pad) + 4 + len(candidate) > LINE_LENGTH:
+            lines.append(f"{pad}    {current}")
+            current = part
+        else:
+            current = candidate
+    lines.append(f"{pad}    {current}")
+    lines.append(f"{pad})")
+    return lines
+
+
+def _literal(value) -> str:
+    """A Python literal with double-quoted strings (as ruff format writes them)."""
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple):
+        inner = ", ".join(_literal(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def constant(name: str, value) -> str:
+    """``NAME = literal``; a long dict one item per line."""
+    line = f"{name} = {_literal(value)}"
+    if len(line) <= LINE_LENGTH or not isinstance(value, dict):
+        return line
+    items = "".join(f"    {_literal(k)}: {_literal(v)},\n" for k, v in value.items())
+    return f"{name} = {{\n{items}}}"
 
 
 _TRIVIAL = (Sym, Const, Eye, Ones)
@@ -1412,7 +1480,8 @@ def generate_expr(d: ExprDerivation, name: str = "expr") -> str:
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters["pyrepr"] = repr
+    env.filters["pyrepr"] = _literal
+    env.globals["constant"] = constant
     return env.get_template(TEMPLATE).render(**module_context(d, name))
 
 

@@ -321,3 +321,21 @@ def test_more_expressions_match_finite_differences(expr, shapes, wrt, tmp_path):
     path.write_text(generate_expr(d, "more"))
     errors = _load(path).check()
     assert max(errors.values()) <= 1e-6, errors
+
+
+def test_generated_modules_are_lint_clean(derived, tmp_path):
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    for row in TABLE:
+        problem, d = derived(row)
+        (tmp_path / f"g_{row[0].replace('-', '_')}.py").write_text(generate_expr(d, "g"))
+    result = subprocess.run(
+        [ruff, "check", "--no-cache", "--isolated", "--line-length", "100",
+         "--select", "E,F,W,B,UP", "--ignore", "E501", str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout
