@@ -1217,16 +1217,17 @@ def render(d: ExprDerivation, fmt: str, steps: bool = False) -> str:
     if steps:
         lines += ["", "### Chain rule, as swept" if md else "Chain rule (reverse sweep), before simplification"]
         for w, g in d.raw.items():
-            lines.append(f"  ∂f/∂{naming.text(w)} = {text(g, p)}")
+            lines.append(f"{'- ' if md else '  '}∂f/∂{naming.text(w)} = {text(g, p)}")
         lines += ["", "### Scalar derivatives found by SymPy" if md else "Scalar derivatives found by SymPy"]
         tp = ExprTextPrinter(_coef_names(p, False)).scalar_printer(_coef_names(p, False))
         for s, body, dd in d.facts:
             u = sp.Symbol("u", real=True)
             sym = sp.Symbol(s, real=True)
             b = body.xreplace({sym: u})
-            lines.append(f"  ∂/∂u [{tp._print(b)}] = {tp._print(dd.xreplace({sym: u}))}")
+            lines.append(f"{'- ' if md else '  '}∂/∂u [{tp._print(b)}] = "
+                         f"{tp._print(dd.xreplace({sym: u}))}")
         if not d.facts:
-            lines.append("  (none: the expression has no elementwise function)")
+            lines.append(f"{'- ' if md else '  '}(none: the expression has no elementwise function)")
     lines += ["", "Notation: ⊙ elementwise product, ᵀ transpose, σ the logistic sigmoid, "
               "tr the trace, I the identity; functions and powers apply elementwise."]
     return "\n".join(lines) + "\n"
@@ -1575,6 +1576,31 @@ def verify_expr(problem: ExprProblem, wrt: str, formula: str, seed: int = 0) -> 
         r = ratios[0]
         diag = ("  diagnosis: sign (your formula is the negative of the gradient)" if np.isclose(r, -1)
                 else f"  diagnosis: off by a constant factor (yours = {r:g} × correct)")
+    elif len(ratios) == 3:
+        for size in problem.sizes():
+            values = [instance_sizes(problem, k)[size] for k in range(3)]
+            for power, word in ((1, f"{size}"), (-1, f"1/{size}")):
+                scaled = [r / v**power for r, v in zip(ratios, values, strict=True)]
+                if np.allclose(scaled, scaled[0], rtol=1e-6) and abs(scaled[0]) > 1e-12:
+                    k = scaled[0]
+                    lead = "" if np.isclose(k, 1) else ("−" if np.isclose(k, -1) else f"{k:g}·")
+                    diag = f"  diagnosis: off by a factor {lead}{word} (yours = {lead}{word} × correct)"
+                    break
+            if diag:
+                break
+    if not diag:
+        env = numeric_env(problem, seed, 0)
+        with np.errstate(all="ignore"):
+            c, u = _values(correct, env, target), _values(mine, env, target)
+            for sign, term in _signed_terms(correct):
+                t = sign * _values(term, env, target)
+                if _relerr(u + t, c) <= RTOL:
+                    word = "+" if sign > 0 else "−"
+                    diag = f"  diagnosis: missing term {word} {text(term, problem)}"
+                    break
+                if _relerr(u - t, c) <= RTOL:
+                    diag = f"  diagnosis: an extra term {text(term, problem)}"
+                    break
     return ExprVerdict(False, [f"WRONG: {partial} differs from your formula", *head, "  evidence:",
                                *rows, *([diag] if diag else []), *fix])
 
@@ -1607,7 +1633,8 @@ def prove(d: ExprDerivation) -> tuple[bool, list[str]]:
     tiny instance (sizes 2 and 3, every entry a symbol)."""
     p = d.problem
     env = explicit_env(p)
-    sizes = ", ".join(f"{s}={v}" for s, v in env.items() if isinstance(s, sp.Symbol)) or "as given"
+    sizes = ", ".join(f"{s}={v}" for s, v in env.items()
+                      if isinstance(s, sp.Symbol) and isinstance(v, int)) or "as given"
     f = expand(p.root.explicit(env))[0, 0]
     ok, lines = True, []
     for w, g in d.gradients.items():
@@ -1625,12 +1652,22 @@ def prove(d: ExprDerivation) -> tuple[bool, list[str]]:
     return ok, lines
 
 
+def _signed_terms(node: Node, sign: int = 1) -> list[tuple[int, Node]]:
+    """The terms of a sum with their signs (a single term if ``node`` is not a sum)."""
+    if isinstance(node, Add):
+        return [t for x in node.terms for t in _signed_terms(x, sign)]
+    if isinstance(node, Sub):
+        return _signed_terms(node.a, sign) + _signed_terms(node.b, -sign)
+    return [(sign, node)]
+
+
 def _prove(problem: ExprProblem, a: Node, b: Node) -> str:
     env = explicit_env(problem)
     try:
         diff = expand(a.explicit(env)) - expand(b.explicit(env))
-        if all(sp.simplify(e) == 0 for e in diff):
-            sizes = ", ".join(f"{s}={v}" for s, v in env.items() if isinstance(s, sp.Symbol))
+        if all(is_zero(e) is True for e in diff):
+            sizes = ", ".join(f"{s}={v}" for s, v in env.items()
+                              if isinstance(s, sp.Symbol) and isinstance(v, int))
             return f"proved equal entry by entry on a tiny instance ({sizes or 'as given'})"
     except Exception:  # noqa: BLE001 - a proof is extra evidence
         pass

@@ -284,6 +284,21 @@ def test_cli_verify_matrix_mode(capsys):
     assert "transposed" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("formula,needle", [
+    ("X.T @ (X @ w - y)", "missing term + λ w"),
+    ("X.T @ (X @ w - y) / N + lam * w / N", "off by a factor 1/N"),
+    ("2 * (X.T @ (X @ w - y) + lam * w)", "off by a constant factor"),
+    ("X.T @ (X @ w - y) + 2 * lam * w", None),
+])
+def test_verify_diagnoses(formula, needle):
+    problem = parse_problem("norm(X @ w - y)**2 / 2 + lam * norm(w)**2 / 2", [*XW, "lam=1,1"], "w")
+    verdict = verify_expr(problem, "w", formula)
+    assert not verdict.ok
+    assert "correct: X.T @ (X @ w - y) + lam * w" in verdict.text()
+    if needle:
+        assert needle in verdict.text()
+
+
 def test_verify_scalar_mode_still_works(capsys):
     assert main(["verify", "--expr", "x**2", "--wrt", "x", "2*x"]) == 0
 
