@@ -250,13 +250,13 @@ def _step(params, grads, ws):
     S4 = ws["S4"]
     N = X.shape[0]
     # Z₁ = X W₁ + b₁
-    np.matmul(X, W1, out=Z1)
+    np.dot(X, W1, out=Z1)
     Z1 += b1
     # A₁ = f(Z₁)
     np.logaddexp(0, Z1, out=A1)
     A1 -= 0.6931471805599453
     # Z₂ = A₁ W₂ + b₂
-    np.matmul(A1, W2, out=Z2)
+    np.dot(A1, W2, out=Z2)
     Z2 += b2
     # J = (1/N) Σ [log(cosh(Y − Ŷ))]
     np.subtract(Y, Yhat, out=S1)
@@ -271,26 +271,26 @@ def _step(params, grads, ws):
     np.negative(dZ2, out=dZ2)
     dZ2 /= N
     # ∂L/∂W₂ = A₁ᵀ δ₂ + λ₁ sign(W₂)
-    np.matmul(A1.T, dZ2, out=dW2)
+    np.dot(A1.T, dZ2, out=dW2)
     np.sign(W2, out=S3)
     S3 *= L1
     dW2 += S3
     # ∂L/∂b₂ = 𝟏ᵀ δ₂
-    np.matmul(ones, dZ2, out=db2)
+    np.dot(ones, dZ2, out=db2)
     # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − exp(−A₁)/2)
-    np.matmul(dZ2, W2.T, out=dZ1)
+    np.dot(dZ2, W2.T, out=dZ1)
     np.negative(A1, out=S4)
     np.exp(S4, out=S4)
     S4 /= 2
-    np.subtract(1, S4, out=S4)
+    np.subtract(1.0, S4, out=S4)
     dZ1 *= S4
     # ∂L/∂W₁ = Xᵀ δ₁ + λ₁ sign(W₁)
-    np.matmul(X.T, dZ1, out=dW1)
+    np.dot(X.T, dZ1, out=dW1)
     np.sign(W1, out=S2)
     S2 *= L1
     dW1 += S2
     # ∂L/∂b₁ = 𝟏ᵀ δ₁
-    np.matmul(ones, dZ1, out=db1)
+    np.dot(ones, dZ1, out=db1)
     return L
 
 
@@ -323,13 +323,13 @@ def _sgd_epoch(params, spare, ws, X_data, Y_data, order, lr):
         X_data.take(idx, axis=0, out=X, mode="clip")
         Y_data.take(idx, axis=0, out=Y, mode="clip")
         # Z₁ = X W₁ + b₁
-        np.matmul(X, W1, out=Z1)
+        np.dot(X, W1, out=Z1)
         Z1 += b1
         # A₁ = f(Z₁)
         np.logaddexp(0, Z1, out=A1)
         A1 -= 0.6931471805599453
         # Z₂ = A₁ W₂ + b₂
-        np.matmul(A1, W2, out=Z2)
+        np.dot(A1, W2, out=Z2)
         Z2 += b2
         # J = (1/N) Σ [log(cosh(Y − Ŷ))]
         np.subtract(Y, Yhat, out=S1)
@@ -350,32 +350,32 @@ def _sgd_epoch(params, spare, ws, X_data, Y_data, order, lr):
         dZ2 *= lr / N
         # ∂L/∂W₂ = A₁ᵀ δ₂ + λ₁ sign(W₂)
         # W₂ ← W₂ − η ∂L/∂W₂, into the other set of parameters
-        np.matmul(A1.T, dZ2, out=W2_next)
+        np.dot(A1.T, dZ2, out=W2_next)
         np.sign(W2, out=S3)
         S3 *= L1 * lr
         W2_next += S3
         np.subtract(W2, W2_next, out=W2_next)
         # ∂L/∂b₂ = 𝟏ᵀ δ₂
         # b₂ ← b₂ − η ∂L/∂b₂, into the other set of parameters
-        np.matmul(ones, dZ2, out=b2_next)
+        np.dot(ones, dZ2, out=b2_next)
         np.subtract(b2, b2_next, out=b2_next)
         # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − exp(−A₁)/2)
-        np.matmul(dZ2, W2.T, out=dZ1)
+        np.dot(dZ2, W2.T, out=dZ1)
         np.negative(A1, out=S4)
         np.exp(S4, out=S4)
         S4 /= 2
-        np.subtract(1, S4, out=S4)
+        np.subtract(1.0, S4, out=S4)
         dZ1 *= S4
         # ∂L/∂W₁ = Xᵀ δ₁ + λ₁ sign(W₁)
         # W₁ ← W₁ − η ∂L/∂W₁, into the other set of parameters
-        np.matmul(X.T, dZ1, out=W1_next)
+        np.dot(X.T, dZ1, out=W1_next)
         np.sign(W1, out=S2)
         S2 *= L1 * lr
         W1_next += S2
         np.subtract(W1, W1_next, out=W1_next)
         # ∂L/∂b₁ = 𝟏ᵀ δ₁
         # b₁ ← b₁ − η ∂L/∂b₁, into the other set of parameters
-        np.matmul(ones, dZ1, out=b1_next)
+        np.dot(ones, dZ1, out=b1_next)
         np.subtract(b1, b1_next, out=b1_next)
         # the new parameters are the current ones for the next batch
         W1, b1, W1_next, b1_next = W1_next, b1_next, W1, b1
@@ -518,7 +518,7 @@ def train(
         update, slots = _UPDATES[optimizer]
         grads = {name: np.empty_like(p) for name, p in params.items()}
         state = {name: [np.zeros_like(p) for _ in range(slots)] for name, p in params.items()}
-    spare = {name: p.copy() for name, p in params.items()}
+    spare = {name: np.empty_like(p) for name, p in params.items()}  # written before read
     hp = {"momentum": momentum, "beta1": beta1, "beta2": beta2, "eps": eps, "alpha": alpha}
     rng = np.random.default_rng(seed)
     history = {"loss": []}
@@ -558,12 +558,10 @@ def train(
                     )
                     break
                 history["loss"].append(total / n)
-                report = f"epoch {epoch}/{epochs}  loss {total / n:.6g}"
                 if X_val is not None:
                     history["val_loss"].append(loss(current, X_val, Y_val))
-                    report += f"  val_loss {history['val_loss'][-1]:.6g}"
                 if verbose:
-                    print(report, file=sys.stderr)
+                    print(_report(epoch, epochs, history), file=sys.stderr)
     finally:  # params get the last parameters with a finite loss (also when interrupted)
         finite = spare if stopped and t > 0 else current
         if finite is not params:
@@ -573,6 +571,14 @@ def train(
         history["stopped"] = stopped
         print(f"train: {stopped}", file=sys.stderr)
     return history
+
+
+def _report(epoch, epochs, history):
+    """The progress line of an epoch."""
+    report = f"epoch {epoch}/{epochs}  loss {history['loss'][-1]:.6g}"
+    if "val_loss" in history:
+        report += f"  val_loss {history['val_loss'][-1]:.6g}"
+    return report
 
 
 # ----------------------------------------------------------------------------------------

@@ -243,6 +243,7 @@ def _workspace(n, dtype):
         "X": np.empty((n, 20), dtype),  # the batch
         "Y": np.empty((n, 5), dtype),  # its targets
         "Z1": np.empty((n, 32), dtype),
+        "mask1": np.empty((n, 32), bool),  # [Z₁ > 0] = [A₁ > 0], relu′ kept for the backward
         "Z2": np.empty((n, 5), dtype),
         "Yhat": np.empty((n, 5), dtype),
         "S1": np.empty((n, 5), dtype),  # scratch
@@ -251,7 +252,6 @@ def _workspace(n, dtype):
         "S3": np.empty((32, 5), dtype),  # scratch
         "ones": np.ones((n,), dtype),  # 𝟏, for the sums 𝟏ᵀ δ
         "dZ1": np.empty((n, 32), dtype),
-        "M1": np.empty((n, 32), bool),  # mask
         "S4": np.empty((20, 32), dtype),  # scratch
     }
     ws["A1"] = ws["Z1"]  # computed in place: Z₁ is not needed again
@@ -266,17 +266,19 @@ def _step(params, grads, ws):
     W1, b1 = params["W1"], params["b1"]
     W2, b2 = params["W2"], params["b2"]
     dW1, db1, dW2, db2 = grads["W1"], grads["b1"], grads["W2"], grads["b2"]
-    X, Y, Z1, A1, Z2, Yhat = ws["X"], ws["Y"], ws["Z1"], ws["A1"], ws["Z2"], ws["Yhat"]
-    S1, S2, dZ2, S3, ones, dZ1 = ws["S1"], ws["S2"], ws["dZ2"], ws["S3"], ws["ones"], ws["dZ1"]
-    M1, S4 = ws["M1"], ws["S4"]
+    X, Y, Z1, A1, mask1, Z2 = ws["X"], ws["Y"], ws["Z1"], ws["A1"], ws["mask1"], ws["Z2"]
+    Yhat, S1, S2, dZ2, S3, ones = ws["Yhat"], ws["S1"], ws["S2"], ws["dZ2"], ws["S3"], ws["ones"]
+    dZ1, S4 = ws["dZ1"], ws["S4"]
     N = X.shape[0]
     # Z₁ = X W₁ + b₁
-    np.matmul(X, W1, out=Z1)
+    np.dot(X, W1, out=Z1)
     Z1 += b1
     # A₁ = relu(Z₁)
-    np.maximum(Z1, 0, out=A1)
+    #   as Z₁ ⊙ [Z₁ > 0], the mask kept for relu′
+    np.greater(Z1, 0.0, out=mask1)
+    np.multiply(Z1, mask1, out=A1)
     # Z₂ = A₁ W₂ + b₂
-    np.matmul(A1, W2, out=Z2)
+    np.dot(A1, W2, out=Z2)
     Z2 += b2
     # Ŷ = σ(Z₂)
     _sigmoid(Z2, out=Yhat)
@@ -292,21 +294,20 @@ def _step(params, grads, ws):
     np.subtract(Yhat, Y, out=dZ2)
     dZ2 /= N
     # ∂L/∂W₂ = A₁ᵀ δ₂ + λ₂ W₂
-    np.matmul(A1.T, dZ2, out=dW2)
+    np.dot(A1.T, dZ2, out=dW2)
     np.multiply(W2, L2, out=S3)
     dW2 += S3
     # ∂L/∂b₂ = 𝟏ᵀ δ₂
-    np.matmul(ones, dZ2, out=db2)
+    np.dot(ones, dZ2, out=db2)
     # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ [A₁ > 0]
-    np.matmul(dZ2, W2.T, out=dZ1)
-    np.greater(A1, 0, out=M1)
-    dZ1 *= M1
+    np.dot(dZ2, W2.T, out=dZ1)
+    dZ1 *= mask1
     # ∂L/∂W₁ = Xᵀ δ₁ + λ₂ W₁
-    np.matmul(X.T, dZ1, out=dW1)
+    np.dot(X.T, dZ1, out=dW1)
     np.multiply(W1, L2, out=S4)
     dW1 += S4
     # ∂L/∂b₁ = 𝟏ᵀ δ₁
-    np.matmul(ones, dZ1, out=db1)
+    np.dot(ones, dZ1, out=db1)
     return L
 
 
@@ -324,27 +325,29 @@ def _sgd_epoch(params, spare, ws, X_data, Y_data, order, lr):
     W2, b2 = params["W2"], params["b2"]
     W1_next, b1_next = spare["W1"], spare["b1"]
     W2_next, b2_next = spare["W2"], spare["b2"]
-    X, Y, Z1, A1, Z2, Yhat = ws["X"], ws["Y"], ws["Z1"], ws["A1"], ws["Z2"], ws["Yhat"]
-    S1, S2, dZ2, S3, ones, dZ1 = ws["S1"], ws["S2"], ws["dZ2"], ws["S3"], ws["ones"], ws["dZ1"]
-    M1, S4 = ws["M1"], ws["S4"]
+    X, Y, Z1, A1, mask1, Z2 = ws["X"], ws["Y"], ws["Z1"], ws["A1"], ws["mask1"], ws["Z2"]
+    Yhat, S1, S2, dZ2, S3, ones = ws["Yhat"], ws["S1"], ws["S2"], ws["dZ2"], ws["S3"], ws["ones"]
+    dZ1, S4 = ws["dZ1"], ws["S4"]
     size = N = X.shape[0]
     total = 0.0
     for start in range(0, len(order), size):
         idx = order[start : start + size]
         if len(idx) < size:  # the last, smaller batch: the first rows of each array
             N = len(idx)
-            X, Y, Z1, A1, Z2, Yhat, S1 = X[:N], Y[:N], Z1[:N], A1[:N], Z2[:N], Yhat[:N], S1[:N]
-            S2, dZ2, ones, dZ1, M1 = S2[:N], dZ2[:N], ones[:N], dZ1[:N], M1[:N]
+            X, Y, Z1, A1, mask1, Z2 = X[:N], Y[:N], Z1[:N], A1[:N], mask1[:N], Z2[:N]
+            Yhat, S1, S2, dZ2, ones, dZ1 = Yhat[:N], S1[:N], S2[:N], dZ2[:N], ones[:N], dZ1[:N]
         # mode="clip": the indices are in range, and "raise" would copy through a buffer
         X_data.take(idx, axis=0, out=X, mode="clip")
         Y_data.take(idx, axis=0, out=Y, mode="clip")
         # Z₁ = X W₁ + b₁
-        np.matmul(X, W1, out=Z1)
+        np.dot(X, W1, out=Z1)
         Z1 += b1
         # A₁ = relu(Z₁)
-        np.maximum(Z1, 0, out=A1)
+        #   as Z₁ ⊙ [Z₁ > 0], the mask kept for relu′
+        np.greater(Z1, 0.0, out=mask1)
+        np.multiply(Z1, mask1, out=A1)
         # Z₂ = A₁ W₂ + b₂
-        np.matmul(A1, W2, out=Z2)
+        np.dot(A1, W2, out=Z2)
         Z2 += b2
         # Ŷ = σ(Z₂)
         _sigmoid(Z2, out=Yhat)
@@ -366,27 +369,26 @@ def _sgd_epoch(params, spare, ws, X_data, Y_data, order, lr):
         dZ2 *= lr / N
         # ∂L/∂W₂ = A₁ᵀ δ₂ + λ₂ W₂
         # W₂ ← W₂ − η ∂L/∂W₂, into the other set of parameters
-        np.matmul(A1.T, dZ2, out=W2_next)
+        np.dot(A1.T, dZ2, out=W2_next)
         np.multiply(W2, (L2 * lr), out=S3)
         W2_next += S3
         np.subtract(W2, W2_next, out=W2_next)
         # ∂L/∂b₂ = 𝟏ᵀ δ₂
         # b₂ ← b₂ − η ∂L/∂b₂, into the other set of parameters
-        np.matmul(ones, dZ2, out=b2_next)
+        np.dot(ones, dZ2, out=b2_next)
         np.subtract(b2, b2_next, out=b2_next)
         # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ [A₁ > 0]
-        np.matmul(dZ2, W2.T, out=dZ1)
-        np.greater(A1, 0, out=M1)
-        dZ1 *= M1
+        np.dot(dZ2, W2.T, out=dZ1)
+        dZ1 *= mask1
         # ∂L/∂W₁ = Xᵀ δ₁ + λ₂ W₁
         # W₁ ← W₁ − η ∂L/∂W₁, into the other set of parameters
-        np.matmul(X.T, dZ1, out=W1_next)
+        np.dot(X.T, dZ1, out=W1_next)
         np.multiply(W1, (L2 * lr), out=S4)
         W1_next += S4
         np.subtract(W1, W1_next, out=W1_next)
         # ∂L/∂b₁ = 𝟏ᵀ δ₁
         # b₁ ← b₁ − η ∂L/∂b₁, into the other set of parameters
-        np.matmul(ones, dZ1, out=b1_next)
+        np.dot(ones, dZ1, out=b1_next)
         np.subtract(b1, b1_next, out=b1_next)
         # the new parameters are the current ones for the next batch
         W1, b1, W1_next, b1_next = W1_next, b1_next, W1, b1
@@ -529,7 +531,7 @@ def train(
         update, slots = _UPDATES[optimizer]
         grads = {name: np.empty_like(p) for name, p in params.items()}
         state = {name: [np.zeros_like(p) for _ in range(slots)] for name, p in params.items()}
-    spare = {name: p.copy() for name, p in params.items()}
+    spare = {name: np.empty_like(p) for name, p in params.items()}  # written before read
     hp = {"momentum": momentum, "beta1": beta1, "beta2": beta2, "eps": eps, "alpha": alpha}
     rng = np.random.default_rng(seed)
     history = {"loss": []}
@@ -570,14 +572,11 @@ def train(
                     )
                     break
                 history["loss"].append(total / n)
-                report = f"epoch {epoch}/{epochs}  loss {total / n:.6g}"
                 if X_val is not None:
                     history["val_loss"].append(loss(current, X_val, Y_val))
-                    report += f"  val_loss {history['val_loss'][-1]:.6g}"
                     history["val_accuracy"].append(_accuracy(current, X_val, Y_val))
-                    report += f"  val_accuracy {history['val_accuracy'][-1]:.4f}"
                 if verbose:
-                    print(report, file=sys.stderr)
+                    print(_report(epoch, epochs, history), file=sys.stderr)
     finally:  # params get the last parameters with a finite loss (also when interrupted)
         finite = spare if stopped and t > 0 else current
         if finite is not params:
@@ -587,6 +586,15 @@ def train(
         history["stopped"] = stopped
         print(f"train: {stopped}", file=sys.stderr)
     return history
+
+
+def _report(epoch, epochs, history):
+    """The progress line of an epoch."""
+    report = f"epoch {epoch}/{epochs}  loss {history['loss'][-1]:.6g}"
+    if "val_loss" in history:
+        report += f"  val_loss {history['val_loss'][-1]:.6g}"
+        report += f"  val_accuracy {history['val_accuracy'][-1]:.4f}"
+    return report
 
 
 # ----------------------------------------------------------------------------------------

@@ -244,12 +244,12 @@ def _step(params, grads, ws):
     S1, dZ2, ones, dZ1, S2 = ws["S1"], ws["dZ2"], ws["ones"], ws["dZ1"], ws["S2"]
     N = X.shape[0]
     # Z₁ = X W₁ + b₁
-    np.matmul(X, W1, out=Z1)
+    np.dot(X, W1, out=Z1)
     Z1 += b1
     # A₁ = tanh(Z₁)
     np.tanh(Z1, out=A1)
     # Z₂ = A₁ W₂ + b₂
-    np.matmul(A1, W2, out=Z2)
+    np.dot(A1, W2, out=Z2)
     Z2 += b2
     # L = (1/N) Σ [(Ŷ − Y)²/2]
     np.subtract(Yhat, Y, out=S1)
@@ -260,18 +260,18 @@ def _step(params, grads, ws):
     np.subtract(Yhat, Y, out=dZ2)
     dZ2 /= N
     # ∂L/∂W₂ = A₁ᵀ δ₂
-    np.matmul(A1.T, dZ2, out=dW2)
+    np.dot(A1.T, dZ2, out=dW2)
     # ∂L/∂b₂ = 𝟏ᵀ δ₂
-    np.matmul(ones, dZ2, out=db2)
+    np.dot(ones, dZ2, out=db2)
     # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − A₁²)
-    np.matmul(dZ2, W2.T, out=dZ1)
+    np.dot(dZ2, W2.T, out=dZ1)
     np.square(A1, out=S2)
-    np.subtract(1, S2, out=S2)
+    np.subtract(1.0, S2, out=S2)
     dZ1 *= S2
     # ∂L/∂W₁ = Xᵀ δ₁
-    np.matmul(X.T, dZ1, out=dW1)
+    np.dot(X.T, dZ1, out=dW1)
     # ∂L/∂b₁ = 𝟏ᵀ δ₁
-    np.matmul(ones, dZ1, out=db1)
+    np.dot(ones, dZ1, out=db1)
     return L
 
 
@@ -303,12 +303,12 @@ def _sgd_epoch(params, spare, ws, X_data, Y_data, order, lr):
         X_data.take(idx, axis=0, out=X, mode="clip")
         Y_data.take(idx, axis=0, out=Y, mode="clip")
         # Z₁ = X W₁ + b₁
-        np.matmul(X, W1, out=Z1)
+        np.dot(X, W1, out=Z1)
         Z1 += b1
         # A₁ = tanh(Z₁)
         np.tanh(Z1, out=A1)
         # Z₂ = A₁ W₂ + b₂
-        np.matmul(A1, W2, out=Z2)
+        np.dot(A1, W2, out=Z2)
         Z2 += b2
         # L = (1/N) Σ [(Ŷ − Y)²/2]
         np.subtract(Yhat, Y, out=S1)
@@ -325,24 +325,24 @@ def _sgd_epoch(params, spare, ws, X_data, Y_data, order, lr):
         dZ2 *= lr / N
         # ∂L/∂W₂ = A₁ᵀ δ₂
         # W₂ ← W₂ − η ∂L/∂W₂, into the other set of parameters
-        np.matmul(A1.T, dZ2, out=W2_next)
+        np.dot(A1.T, dZ2, out=W2_next)
         np.subtract(W2, W2_next, out=W2_next)
         # ∂L/∂b₂ = 𝟏ᵀ δ₂
         # b₂ ← b₂ − η ∂L/∂b₂, into the other set of parameters
-        np.matmul(ones, dZ2, out=b2_next)
+        np.dot(ones, dZ2, out=b2_next)
         np.subtract(b2, b2_next, out=b2_next)
         # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − A₁²)
-        np.matmul(dZ2, W2.T, out=dZ1)
+        np.dot(dZ2, W2.T, out=dZ1)
         np.square(A1, out=S2)
-        np.subtract(1, S2, out=S2)
+        np.subtract(1.0, S2, out=S2)
         dZ1 *= S2
         # ∂L/∂W₁ = Xᵀ δ₁
         # W₁ ← W₁ − η ∂L/∂W₁, into the other set of parameters
-        np.matmul(X.T, dZ1, out=W1_next)
+        np.dot(X.T, dZ1, out=W1_next)
         np.subtract(W1, W1_next, out=W1_next)
         # ∂L/∂b₁ = 𝟏ᵀ δ₁
         # b₁ ← b₁ − η ∂L/∂b₁, into the other set of parameters
-        np.matmul(ones, dZ1, out=b1_next)
+        np.dot(ones, dZ1, out=b1_next)
         np.subtract(b1, b1_next, out=b1_next)
         # the new parameters are the current ones for the next batch
         W1, b1, W1_next, b1_next = W1_next, b1_next, W1, b1
@@ -485,7 +485,7 @@ def train(
         update, slots = _UPDATES[optimizer]
         grads = {name: np.empty_like(p) for name, p in params.items()}
         state = {name: [np.zeros_like(p) for _ in range(slots)] for name, p in params.items()}
-    spare = {name: p.copy() for name, p in params.items()}
+    spare = {name: np.empty_like(p) for name, p in params.items()}  # written before read
     hp = {"momentum": momentum, "beta1": beta1, "beta2": beta2, "eps": eps, "alpha": alpha}
     rng = np.random.default_rng(seed)
     history = {"loss": []}
@@ -525,12 +525,10 @@ def train(
                     )
                     break
                 history["loss"].append(total / n)
-                report = f"epoch {epoch}/{epochs}  loss {total / n:.6g}"
                 if X_val is not None:
                     history["val_loss"].append(loss(current, X_val, Y_val))
-                    report += f"  val_loss {history['val_loss'][-1]:.6g}"
                 if verbose:
-                    print(report, file=sys.stderr)
+                    print(_report(epoch, epochs, history), file=sys.stderr)
     finally:  # params get the last parameters with a finite loss (also when interrupted)
         finite = spare if stopped and t > 0 else current
         if finite is not params:
@@ -540,6 +538,14 @@ def train(
         history["stopped"] = stopped
         print(f"train: {stopped}", file=sys.stderr)
     return history
+
+
+def _report(epoch, epochs, history):
+    """The progress line of an epoch."""
+    report = f"epoch {epoch}/{epochs}  loss {history['loss'][-1]:.6g}"
+    if "val_loss" in history:
+        report += f"  val_loss {history['val_loss'][-1]:.6g}"
+    return report
 
 
 # ----------------------------------------------------------------------------------------

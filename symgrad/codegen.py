@@ -8,7 +8,7 @@ Two lowerings of the same IR trees, both annotated with the formula each stateme
   its result — ``dZ1 = (dZ2 @ W2.T) * (1 - A1**2)`` — for ``forward``, ``loss`` and
   ``loss_and_grad``;
 * :class:`StepLowering` writes the same equation as ufunc calls into preallocated buffers —
-  ``np.matmul(dZ2, W2.T, out=dZ1)``, ``np.square(A1, out=S1)``, … — for the training step,
+  ``np.dot(dZ2, W2.T, out=dZ1)``, ``np.square(A1, out=S1)``, … — for the training step,
   which then allocates nothing per batch.
 
 The scalar SymPy bodies of elementwise maps are first rewritten into overflow-free forms
@@ -827,6 +827,8 @@ class StepLowering:
         self.shiftable: set[str] = set()  # Z's that a softmax may shift in place (z − max)
         self.shifted: set[str] = set()  # … and did
         self.notes: list[str] = []  # comment lines for the statement being lowered
+        self.masks: dict[sp.Basic, str] = {}  # condition → a mask buffer holding it
+        self.in_place_ok: set[str] = set()  # targets whose lines may run in place (A = Z)
         self.counts = {"float": 0, "bool": 0}
 
     # -- buffers -------------------------------------------------------------------------
@@ -901,7 +903,7 @@ class StepLowering:
                 self.emit(f"np.copyto({dest}, {node.name})")
         elif isinstance(node, MatMul):
             with self.operand(node.a) as a, self.operand(node.b) as b:
-                self.emit(f"np.matmul({a}, {b}, out={dest})")
+                self.emit(f"np.dot({a}, {b}, out={dest})")
         elif isinstance(node, BiasAdd):
             self.emit_into(node.a, dest)
             with self.operand(node.b) as b:
@@ -942,7 +944,7 @@ class StepLowering:
         elif isinstance(node, ColSum):  # 𝟏ᵀ A, as a matrix product (BLAS, no reduction)
             ones = self.buffer("ones", (node.x.shape[0],), "ones", note="𝟏, for the sums 𝟏ᵀ δ")
             with self.operand(node.x) as x:
-                self.emit(f"np.matmul({ones}, {x}, out={dest})")
+                self.emit(f"np.dot({ones}, {x}, out={dest})")
         elif isinstance(node, RowSum):
             with self.operand(node.x) as x:
                 self.emit(f"np.add.reduce({x}, axis=1, keepdims=True, out={dest})")
@@ -953,6 +955,8 @@ class StepLowering:
         elif isinstance(node, Elementwise):
             if node.fn.expr == X_SYM:
                 self.emit_into(node.x, dest)
+            elif stabilize(node.fn.expr) == sp.Max(X_SYM, 0) and self.simple(node.x):
+                self.relu_into(self.simple(node.x), dest, node.shape)
             else:
                 self.map_into(Map(node.fn.expr, ((X_SYM, node.x),)), dest)
         elif isinstance(node, Map):
@@ -985,6 +989,20 @@ class StepLowering:
         else:
             self.emit_into(b, dest)
             self.emit(f"np.{ufunc}({sa}, {dest}, out={dest})")
+
+    def relu_into(self, z: str, dest: str, shape) -> None:
+        """relu(z) = z ⊙ [z > 0]: the mask is kept, it is relu′ = [A > 0] of the backward
+        pass (one pass there instead of two), and multiplying by it is cheaper than
+        np.maximum(z, 0)."""
+        layer = naming.layer_of(dest)
+        name = f"mask{layer}" if layer is not None else f"mask_{dest}"
+        note = f"[{naming.text(z)} > 0] = [{naming.text(dest)} > 0], relu′ kept for the backward"
+        mask = self.buffer(name, shape, "bool", note=note)
+        self.emit(f"np.greater({z}, 0.0, out={mask})")
+        self.emit(f"np.multiply({z}, {mask}, out={dest})")
+        self.masks[sp.StrictGreaterThan(sp.Symbol(dest), 0)] = mask
+        self.notes.append(f"  as {naming.text(z)} ⊙ [{naming.text(z)} > 0], the mask kept for relu′")
+        self.in_place_ok.add(dest)
 
     def softmax_into(self, node: Softmax, dest: str) -> None:
         z = self.simple(node.x)
@@ -1069,6 +1087,8 @@ class StepLowering:
         """The source of a symbol or a number; None for anything to compute."""
         if isinstance(e, sp.Symbol):
             return e.name
+        if e.is_Integer:  # 1.0, not 1: numpy takes a float operand faster
+            return f"{int(e)}.0"
         if e.is_number:
             return NumpyPrinter().doprint(e)
         return None
@@ -1200,6 +1220,8 @@ class StepLowering:
                 else:
                     self.mul_into(f, dest)
             self.scale_by(coef, dest)
+        elif _indicator(e) in self.masks:  # a mask the forward pass kept
+            self.emit(f"{dest} *= {self.masks[_indicator(e)]}")
         elif _indicator(e) is not None:
             with self.scratch(self.shape, "bool") as m:
                 self.cond_into(_indicator(e), m)
@@ -1450,11 +1472,11 @@ def lower_step(
             continue
         step.emit_into(rhs, target)
         lines = step.take()
-        if (  # one ufunc call, whose input is not needed again: computed in place
+        if (  # one ufunc call (or relu), whose input is not needed again: computed in place
             isinstance(rhs, Elementwise)
             and isinstance(rhs.x, Sym)
             and rhs.x.name not in needed_later
-            and len(lines) == 1
+            and (len(lines) == 1 or target in step.in_place_ok)
         ):
             buffer.alias = rhs.x.name
             buffer.note = f"computed in place: {naming.text(rhs.x.name)} is not needed again"

@@ -543,7 +543,7 @@ def test_backward_statements_carry_their_formulas() -> None:
     ]:
         assert f"    {comment}\n    {code}\n" in grad
     step = src[src.index("def _step"):src.index("def _sgd")]
-    assert "    # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − A₁²)\n    np.matmul(dZ2, W2.T, out=dZ1)\n" in step
+    assert "    # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − A₁²)\n    np.dot(dZ2, W2.T, out=dZ1)\n" in step
     assert src.startswith(codegen.MARKER)
     assert "  δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − A₁²)" in src.split('"""')[1]  # the docstring
 
