@@ -245,7 +245,7 @@ def _workspace(n, dtype):
         "Yhat": np.empty((n, 10), dtype),
         "max2": np.empty((n, 1), dtype),  # row maxima of Z2
         "sum2": np.empty((n, 1), dtype),  # row sums of exp(Z2 - max2)
-        "ones": np.ones((n,), dtype),  # 𝟏, for the sums 𝟏ᵀ δ
+        "ones": np.ones((n,), dtype),  # 𝟏, for the sums over the batch
         "S1": np.empty((n, 1), dtype),  # scratch
         "dZ2": np.empty((n, 10), dtype),
         "dZ1": np.empty((n, 32), dtype),
@@ -305,85 +305,134 @@ def _step(params, grads, ws):
     return L
 
 
-def _sgd_epoch(params, spare, ws, X_data, Y_data, order, lr):
-    """One epoch of plain SGD, θ ← θ − η ∂L/∂θ, over the rows of X_data, Y_data taken in
-    order, in batches of ws's size (the last may be smaller): _step with the update fused in.
+def _sgd_workspace(n, dtype):
+    """The arrays of _sgd_epoch for a batch of n rows. Every batch value but X is kept
+    transposed, one column per sample (Z1T holds Z₁ᵀ); a row of ones sits under each hidden
+    value that feeds a next layer, so that layer's bias rides in its product."""
+    ws = {
+        "X": np.empty((n, 64), dtype),  # the batch, one row per sample
+        "YT": np.empty((10, n), dtype),  # its targets, one column per sample
+        "Z2T": np.empty((10, n), dtype),
+        "A1Tx": np.ones((33, n), dtype),  # [A₁ᵀ; 𝟏ᵀ]: a row of ones for the next bias
+        "YhatT": np.empty((10, n), dtype),
+        "max2": np.empty((n,), dtype),  # the maxima of the columns of Z2T
+        "sum2": np.empty((n,), dtype),  # the column sums of exp(Z2T - max2)
+        "ones2": np.ones((10,), dtype),  # 𝟏, for the column sums of Z2T
+        "ones": np.ones((n,), dtype),  # 𝟏, for the sums over the batch
+        "S1": np.empty((n,), dtype),  # scratch
+        "dZ2T": np.empty((10, n), dtype),
+        "dZ1T": np.empty((32, n), dtype),
+        "S2": np.empty((32, n), dtype),  # scratch
+    }
+    ws["Z1T"] = ws["A1Tx"][:32]  # its rows above the ones
+    ws["A1T"] = ws["Z1T"]  # computed in place: Z₁ is not needed again
+    return ws
 
-    η rides in the δ's (η δ = η ∂L/∂Z), so the products give η ∂L/∂θ directly; it is
-    written into the array of the other set of parameters, then θ − η ∂L/∂θ over it: params
-    and spare take turns as the current set. A batch whose loss is not finite stops the
-    epoch before its update. Returns the sum of the batch losses times their rows, the
-    number of updates made, and the last batch loss.
+
+def _sgd_blocks(params):
+    """The parameters as _sgd_epoch keeps them: [Wₗ; bₗ] in one array (Wbₗ) for each layer
+    whose input carries a row of ones, the others as they are."""
+    blocks = {
+        "W1": params["W1"],
+        "b1": params["b1"],
+        "Wb2": np.vstack((params["W2"], params["b2"])),
+    }
+    return blocks
+
+
+def _sgd_params(blocks):
+    """The parameters in a set from _sgd_blocks, by name (views of the blocks)."""
+    params = {
+        "W1": blocks["W1"],
+        "b1": blocks["b1"],
+        "W2": blocks["Wb2"][:-1],
+        "b2": blocks["Wb2"][-1],
+    }
+    return params
+
+
+def _sgd_epoch(params, spare, ws, last, X_data, YT_data, order, lr):
+    """One epoch of plain SGD, θ ← θ − η ∂L/∂θ, over the rows of X_data and the columns of
+    YT_data (the targets, transposed) taken in order, in batches of ws's size and a last,
+    smaller one in last: the statements of _step, transposed, with the update fused in.
+
+    In the transposed layout (see _sgd_workspace) the row-wise softmax reduces along whole
+    rows of memory and δ Wᵀ becomes (W δᵀ)ᵀ, BLAS's faster form. η rides in the δ's (η δ =
+    η ∂L/∂Z), so the products give η ∂L/∂θ directly, into the other set of parameters, and
+    θ − η ∂L/∂θ over it: params and spare (sets from _sgd_blocks) take turns as the current
+    one. A batch whose loss is not finite stops the epoch before its update. Returns the sum
+    of the batch losses times their rows, the number of updates and the last batch loss.
     """
     W1, b1 = params["W1"], params["b1"]
-    W2, b2 = params["W2"], params["b2"]
     W1_next, b1_next = spare["W1"], spare["b1"]
-    W2_next, b2_next = spare["W2"], spare["b2"]
-    X, Y, Z1, A1, Z2, Yhat = ws["X"], ws["Y"], ws["Z1"], ws["A1"], ws["Z2"], ws["Yhat"]
-    max2, sum2, ones, S1, dZ2 = ws["max2"], ws["sum2"], ws["ones"], ws["S1"], ws["dZ2"]
-    dZ1, S2 = ws["dZ1"], ws["S2"]
+    Wb2, Wb2_next = params["Wb2"], spare["Wb2"]
+    W2, W2_next = Wb2[:-1], Wb2_next[:-1]  # their weight rows
+    X, YT, Z1T, A1T, Z2T, A1Tx = ws["X"], ws["YT"], ws["Z1T"], ws["A1T"], ws["Z2T"], ws["A1Tx"]
+    YhatT, max2, sum2, ones2, ones = ws["YhatT"], ws["max2"], ws["sum2"], ws["ones2"], ws["ones"]
+    S1, dZ2T, dZ1T, S2 = ws["S1"], ws["dZ2T"], ws["dZ1T"], ws["S2"]
     size = N = X.shape[0]
     total = 0.0
     for start in range(0, len(order), size):
         idx = order[start : start + size]
-        if len(idx) < size:  # the last, smaller batch: the first rows of each array
+        if len(idx) < size:  # the last, smaller batch: its own arrays
+            X, YT, Z1T, A1T, Z2T = last["X"], last["YT"], last["Z1T"], last["A1T"], last["Z2T"]
+            A1Tx, YhatT, max2, sum2 = last["A1Tx"], last["YhatT"], last["max2"], last["sum2"]
+            ones2, ones, S1, dZ2T = last["ones2"], last["ones"], last["S1"], last["dZ2T"]
+            dZ1T, S2 = last["dZ1T"], last["S2"]
             N = len(idx)
-            X, Y, Z1, A1, Z2, Yhat, max2 = X[:N], Y[:N], Z1[:N], A1[:N], Z2[:N], Yhat[:N], max2[:N]
-            sum2, ones, S1, dZ2, dZ1, S2 = sum2[:N], ones[:N], S1[:N], dZ2[:N], dZ1[:N], S2[:N]
         # mode="clip": the indices are in range, and "raise" would copy through a buffer
         X_data.take(idx, axis=0, out=X, mode="clip")
-        Y_data.take(idx, axis=0, out=Y, mode="clip")
+        YT_data.take(idx, axis=1, out=YT, mode="clip")
         # Z₁ = X W₁ + b₁
-        np.dot(X, W1, out=Z1)
-        Z1 += b1
+        #   computed as Z₁ᵀ = W₁ᵀ Xᵀ + b₁, transposed
+        np.dot(W1.T, X.T, out=Z1T)
+        Z1T += b1[:, None]
         # A₁ = tanh(Z₁)
-        np.tanh(Z1, out=A1)
+        np.tanh(Z1T, out=A1T)
         # Z₂ = A₁ W₂ + b₂
-        np.dot(A1, W2, out=Z2)
-        Z2 += b2
+        #   computed as Z₂ᵀ = [W₂; b₂]ᵀ [A₁ᵀ; 𝟏ᵀ], the bias in the product
+        np.dot(Wb2.T, A1Tx, out=Z2T)
         # Ŷ = softmax(Z₂)
         #   Z₂ − max in place: only the loss reads Z₂ again, unchanged
-        np.maximum.reduce(Z2, axis=1, keepdims=True, out=max2)
-        Z2 -= max2
-        np.exp(Z2, out=Yhat)
-        np.add.reduce(Yhat, axis=1, keepdims=True, out=sum2)
-        Yhat /= sum2
+        np.maximum.reduce(Z2T, axis=0, out=max2)
+        Z2T -= max2
+        np.exp(Z2T, out=YhatT)
+        np.dot(ones2, YhatT, out=sum2)
+        YhatT /= sum2
         # L = (1/N) Σ [−Y ⊙ log(Ŷ)]
         #   computed as (1/N) Σ Y ⊙ (logsumexp(Z₂) − Z₂): stable for any logits
         #   here Σ log s − Σ Y ⊙ (Z₂ − max), s = Σₖ exp(Z₂ − max) per row
-        L = (np.vdot(ones, np.log(sum2, out=S1)) - np.vdot(Y, Z2)) / N
+        L = (np.vdot(ones, np.log(sum2, out=S1)) - np.vdot(YT, Z2T)) / N
         batch_loss = float(L)
         if not -np.inf < batch_loss < np.inf:  # NaN or ±∞: stop before this update
             return total, start // size, batch_loss
         total += batch_loss * N
         # δ₂ = ∂L/∂Z₂ = (Ŷ − Y)/N
         #   times η: the δ's carry the learning rate, the products give η ∂L/∂θ
-        np.subtract(Yhat, Y, out=dZ2)
-        dZ2 *= lr / N
+        np.subtract(YhatT, YT, out=dZ2T)
+        dZ2T *= lr / N
         # ∂L/∂W₂ = A₁ᵀ δ₂
-        # W₂ ← W₂ − η ∂L/∂W₂, into the other set of parameters
-        np.dot(A1.T, dZ2, out=W2_next)
-        np.subtract(W2, W2_next, out=W2_next)
         # ∂L/∂b₂ = 𝟏ᵀ δ₂
-        # b₂ ← b₂ − η ∂L/∂b₂, into the other set of parameters
-        np.dot(ones, dZ2, out=b2_next)
-        np.subtract(b2, b2_next, out=b2_next)
+        #   together [A₁ 𝟏]ᵀ δ: one product for [∂L/∂W₂; ∂L/∂b₂]
+        # [W₂; b₂] ← [W₂; b₂] − η [∂L/∂W₂; ∂L/∂b₂], into the other set of parameters
+        np.dot(A1Tx, dZ2T.T, out=Wb2_next)
+        np.subtract(Wb2, Wb2_next, out=Wb2_next)
         # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − A₁²)
-        np.dot(dZ2, W2.T, out=dZ1)
-        np.square(A1, out=S2)
+        np.dot(W2, dZ2T, out=dZ1T)
+        np.square(A1T, out=S2)
         np.subtract(1.0, S2, out=S2)
-        dZ1 *= S2
+        dZ1T *= S2
         # ∂L/∂W₁ = Xᵀ δ₁
         # W₁ ← W₁ − η ∂L/∂W₁, into the other set of parameters
-        np.dot(X.T, dZ1, out=W1_next)
+        np.dot(X.T, dZ1T.T, out=W1_next)
         np.subtract(W1, W1_next, out=W1_next)
         # ∂L/∂b₁ = 𝟏ᵀ δ₁
         # b₁ ← b₁ − η ∂L/∂b₁, into the other set of parameters
-        np.dot(ones, dZ1, out=b1_next)
+        np.dot(dZ1T, ones, out=b1_next)
         np.subtract(b1, b1_next, out=b1_next)
         # the new parameters are the current ones for the next batch
         W1, b1, W1_next, b1_next = W1_next, b1_next, W1, b1
-        W2, b2, W2_next, b2_next = W2_next, b2_next, W2, b2
+        Wb2, W2, Wb2_next, W2_next = Wb2_next, W2_next, Wb2, W2
     return total, -(-len(order) // size), batch_loss
 
 
@@ -515,28 +564,34 @@ def train(
         raise ValueError(f"need X of shape (N, {INPUTS}) and Y of shape (N, {OUTPUTS}), N > 0")
     size = min(batch_size, n)
     batches = -(-n // size)
-    full = _workspace(size, dtype)
     fused = optimizer == "sgd"  # _sgd_epoch; the other optimizers: _step, then the update
-    if not fused:
+    if fused:
+        full = _sgd_workspace(size, dtype)
+        last = _sgd_workspace(n % size, dtype) if n % size else full
+        targets = np.ascontiguousarray(Y.T)  # one column per sample
+        current = _sgd_blocks(params)
+    else:
+        full = _workspace(size, dtype)
         last = _workspace(n % size, dtype) if n % size else full
         update, slots = _UPDATES[optimizer]
         grads = {name: np.empty_like(p) for name, p in params.items()}
         state = {name: [np.zeros_like(p) for _ in range(slots)] for name, p in params.items()}
-    spare = {name: np.empty_like(p) for name, p in params.items()}  # written before read
+        current = params
+    spare = {name: np.empty_like(p) for name, p in current.items()}  # written before read
     hp = {"momentum": momentum, "beta1": beta1, "beta2": beta2, "eps": eps, "alpha": alpha}
     rng = np.random.default_rng(seed)
     history = {"loss": []}
     if X_val is not None:
         history["val_loss"] = []
         history["val_accuracy"] = []
-    current, t, stopped = params, 0, None
+    t, stopped = 0, None
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(1, epochs + 1):
                 order = rng.permutation(n)
                 if fused:
                     total, steps, batch_loss = _sgd_epoch(
-                        current, spare, full, X, Y, order, learning_rate
+                        current, spare, full, last, X, targets, order, learning_rate
                     )
                     t += steps
                     if steps % 2:
@@ -564,14 +619,16 @@ def train(
                     break
                 history["loss"].append(total / n)
                 if X_val is not None:
-                    history["val_loss"].append(loss(current, X_val, Y_val))
-                    history["val_accuracy"].append(_accuracy(current, X_val, Y_val))
+                    latest = _sgd_params(current) if fused else current
+                    history["val_loss"].append(loss(latest, X_val, Y_val))
+                    history["val_accuracy"].append(_accuracy(latest, X_val, Y_val))
                 if verbose:
                     print(_report(epoch, epochs, history), file=sys.stderr)
     finally:  # params get the last parameters with a finite loss (also when interrupted)
         finite = spare if stopped and t > 0 else current
-        if finite is not params:
-            for name, p in params.items():
+        finite = _sgd_params(finite) if fused else finite
+        for name, p in params.items():
+            if finite[name] is not p:
                 np.copyto(p, finite[name])
     if stopped:
         history["stopped"] = stopped

@@ -223,7 +223,7 @@ def _workspace(n, dtype):
         "Z2": np.empty((n, 1), dtype),
         "S1": np.empty((n, 1), dtype),  # scratch
         "dZ2": np.empty((n, 1), dtype),
-        "ones": np.ones((n,), dtype),  # 𝟏, for the sums 𝟏ᵀ δ
+        "ones": np.ones((n,), dtype),  # 𝟏, for the sums over the batch
         "dZ1": np.empty((n, 16), dtype),
         "S2": np.empty((n, 16), dtype),  # scratch
     }
@@ -275,43 +275,91 @@ def _step(params, grads, ws):
     return L
 
 
-def _sgd_epoch(params, spare, ws, X_data, Y_data, order, lr):
-    """One epoch of plain SGD, θ ← θ − η ∂L/∂θ, over the rows of X_data, Y_data taken in
-    order, in batches of ws's size (the last may be smaller): _step with the update fused in.
+def _sgd_workspace(n, dtype):
+    """The arrays of _sgd_epoch for a batch of n rows. Every batch value but X is kept
+    transposed, one column per sample (Z1T holds Z₁ᵀ); a row of ones sits under each hidden
+    value that feeds a next layer, so that layer's bias rides in its product."""
+    ws = {
+        "X": np.empty((n, 8), dtype),  # the batch, one row per sample
+        "YT": np.empty((n,), dtype),  # its targets, one column per sample
+        "Z2T": np.empty((n,), dtype),
+        "A1Tx": np.ones((17, n), dtype),  # [A₁ᵀ; 𝟏ᵀ]: a row of ones for the next bias
+        "S1": np.empty((n,), dtype),  # scratch
+        "dZ2T": np.empty((n,), dtype),
+        "dZ1T": np.empty((16, n), dtype),
+        "S2": np.empty((16, n), dtype),  # scratch
+        "ones": np.ones((n,), dtype),  # 𝟏, for the sums over the batch
+    }
+    ws["Z1T"] = ws["A1Tx"][:16]  # its rows above the ones
+    ws["A1T"] = ws["Z1T"]  # computed in place: Z₁ is not needed again
+    ws["YhatT"] = ws["Z2T"]  # Ŷ = Z₂: the same array
+    return ws
 
-    η rides in the δ's (η δ = η ∂L/∂Z), so the products give η ∂L/∂θ directly; it is
-    written into the array of the other set of parameters, then θ − η ∂L/∂θ over it: params
-    and spare take turns as the current set. A batch whose loss is not finite stops the
-    epoch before its update. Returns the sum of the batch losses times their rows, the
-    number of updates made, and the last batch loss.
+
+def _sgd_blocks(params):
+    """The parameters as _sgd_epoch keeps them: [Wₗ; bₗ] in one array (Wbₗ) for each layer
+    whose input carries a row of ones, the others as they are."""
+    blocks = {
+        "W1": params["W1"],
+        "b1": params["b1"],
+        "Wb2": np.vstack((params["W2"], params["b2"])),
+    }
+    return blocks
+
+
+def _sgd_params(blocks):
+    """The parameters in a set from _sgd_blocks, by name (views of the blocks)."""
+    params = {
+        "W1": blocks["W1"],
+        "b1": blocks["b1"],
+        "W2": blocks["Wb2"][:-1],
+        "b2": blocks["Wb2"][-1],
+    }
+    return params
+
+
+def _sgd_epoch(params, spare, ws, last, X_data, YT_data, order, lr):
+    """One epoch of plain SGD, θ ← θ − η ∂L/∂θ, over the rows of X_data and the columns of
+    YT_data (the targets, transposed) taken in order, in batches of ws's size and a last,
+    smaller one in last: the statements of _step, transposed, with the update fused in.
+
+    In the transposed layout (see _sgd_workspace) the row-wise softmax reduces along whole
+    rows of memory and δ Wᵀ becomes (W δᵀ)ᵀ, BLAS's faster form. η rides in the δ's (η δ =
+    η ∂L/∂Z), so the products give η ∂L/∂θ directly, into the other set of parameters, and
+    θ − η ∂L/∂θ over it: params and spare (sets from _sgd_blocks) take turns as the current
+    one. A batch whose loss is not finite stops the epoch before its update. Returns the sum
+    of the batch losses times their rows, the number of updates and the last batch loss.
     """
     W1, b1 = params["W1"], params["b1"]
-    W2, b2 = params["W2"], params["b2"]
     W1_next, b1_next = spare["W1"], spare["b1"]
-    W2_next, b2_next = spare["W2"], spare["b2"]
-    X, Y, Z1, A1, Z2, Yhat = ws["X"], ws["Y"], ws["Z1"], ws["A1"], ws["Z2"], ws["Yhat"]
-    S1, dZ2, ones, dZ1, S2 = ws["S1"], ws["dZ2"], ws["ones"], ws["dZ1"], ws["S2"]
+    Wb2, Wb2_next = params["Wb2"], spare["Wb2"]
+    W2, W2_next = Wb2[:-1], Wb2_next[:-1]  # their weight rows
+    X, YT, Z1T, A1T, Z2T, A1Tx = ws["X"], ws["YT"], ws["Z1T"], ws["A1T"], ws["Z2T"], ws["A1Tx"]
+    YhatT, S1, dZ2T, dZ1T, S2 = ws["YhatT"], ws["S1"], ws["dZ2T"], ws["dZ1T"], ws["S2"]
+    ones = ws["ones"]
     size = N = X.shape[0]
     total = 0.0
     for start in range(0, len(order), size):
         idx = order[start : start + size]
-        if len(idx) < size:  # the last, smaller batch: the first rows of each array
+        if len(idx) < size:  # the last, smaller batch: its own arrays
+            X, YT, Z1T, A1T, Z2T = last["X"], last["YT"], last["Z1T"], last["A1T"], last["Z2T"]
+            A1Tx, YhatT, S1, dZ2T = last["A1Tx"], last["YhatT"], last["S1"], last["dZ2T"]
+            dZ1T, S2, ones = last["dZ1T"], last["S2"], last["ones"]
             N = len(idx)
-            X, Y, Z1, A1, Z2, Yhat, S1 = X[:N], Y[:N], Z1[:N], A1[:N], Z2[:N], Yhat[:N], S1[:N]
-            dZ2, ones, dZ1, S2 = dZ2[:N], ones[:N], dZ1[:N], S2[:N]
         # mode="clip": the indices are in range, and "raise" would copy through a buffer
         X_data.take(idx, axis=0, out=X, mode="clip")
-        Y_data.take(idx, axis=0, out=Y, mode="clip")
+        YT_data.take(idx, axis=1, out=YT, mode="clip")
         # Z₁ = X W₁ + b₁
-        np.dot(X, W1, out=Z1)
-        Z1 += b1
+        #   computed as Z₁ᵀ = W₁ᵀ Xᵀ + b₁, transposed
+        np.dot(W1.T, X.T, out=Z1T)
+        Z1T += b1[:, None]
         # A₁ = tanh(Z₁)
-        np.tanh(Z1, out=A1)
+        np.tanh(Z1T, out=A1T)
         # Z₂ = A₁ W₂ + b₂
-        np.dot(A1, W2, out=Z2)
-        Z2 += b2
+        #   computed as Z₂ᵀ = [W₂; b₂]ᵀ [A₁ᵀ; 𝟏ᵀ], the bias in the product
+        np.dot(Wb2.T, A1Tx, out=Z2T)
         # L = (1/N) Σ [(Ŷ − Y)²/2]
-        np.subtract(Yhat, Y, out=S1)
+        np.subtract(YhatT, YT, out=S1)
         np.square(S1, out=S1)
         S1 /= 2
         L = S1.sum() / N
@@ -321,32 +369,30 @@ def _sgd_epoch(params, spare, ws, X_data, Y_data, order, lr):
         total += batch_loss * N
         # δ₂ = ∂L/∂Z₂ = (Ŷ − Y)/N
         #   times η: the δ's carry the learning rate, the products give η ∂L/∂θ
-        np.subtract(Yhat, Y, out=dZ2)
-        dZ2 *= lr / N
+        np.subtract(YhatT, YT, out=dZ2T)
+        dZ2T *= lr / N
         # ∂L/∂W₂ = A₁ᵀ δ₂
-        # W₂ ← W₂ − η ∂L/∂W₂, into the other set of parameters
-        np.dot(A1.T, dZ2, out=W2_next)
-        np.subtract(W2, W2_next, out=W2_next)
         # ∂L/∂b₂ = 𝟏ᵀ δ₂
-        # b₂ ← b₂ − η ∂L/∂b₂, into the other set of parameters
-        np.dot(ones, dZ2, out=b2_next)
-        np.subtract(b2, b2_next, out=b2_next)
+        #   together [A₁ 𝟏]ᵀ δ: one product for [∂L/∂W₂; ∂L/∂b₂]
+        # [W₂; b₂] ← [W₂; b₂] − η [∂L/∂W₂; ∂L/∂b₂], into the other set of parameters
+        np.dot(A1Tx, dZ2T.T, out=Wb2_next)
+        np.subtract(Wb2, Wb2_next, out=Wb2_next)
         # δ₁ = ∂L/∂Z₁ = (δ₂ W₂ᵀ) ⊙ (1 − A₁²)
-        np.dot(dZ2, W2.T, out=dZ1)
-        np.square(A1, out=S2)
+        np.dot(W2, dZ2T, out=dZ1T)
+        np.square(A1T, out=S2)
         np.subtract(1.0, S2, out=S2)
-        dZ1 *= S2
+        dZ1T *= S2
         # ∂L/∂W₁ = Xᵀ δ₁
         # W₁ ← W₁ − η ∂L/∂W₁, into the other set of parameters
-        np.dot(X.T, dZ1, out=W1_next)
+        np.dot(X.T, dZ1T.T, out=W1_next)
         np.subtract(W1, W1_next, out=W1_next)
         # ∂L/∂b₁ = 𝟏ᵀ δ₁
         # b₁ ← b₁ − η ∂L/∂b₁, into the other set of parameters
-        np.dot(ones, dZ1, out=b1_next)
+        np.dot(dZ1T, ones, out=b1_next)
         np.subtract(b1, b1_next, out=b1_next)
         # the new parameters are the current ones for the next batch
         W1, b1, W1_next, b1_next = W1_next, b1_next, W1, b1
-        W2, b2, W2_next, b2_next = W2_next, b2_next, W2, b2
+        Wb2, W2, Wb2_next, W2_next = Wb2_next, W2_next, Wb2, W2
     return total, -(-len(order) // size), batch_loss
 
 
@@ -478,27 +524,33 @@ def train(
         raise ValueError(f"need X of shape (N, {INPUTS}) and Y of shape (N, {OUTPUTS}), N > 0")
     size = min(batch_size, n)
     batches = -(-n // size)
-    full = _workspace(size, dtype)
     fused = optimizer == "sgd"  # _sgd_epoch; the other optimizers: _step, then the update
-    if not fused:
+    if fused:
+        full = _sgd_workspace(size, dtype)
+        last = _sgd_workspace(n % size, dtype) if n % size else full
+        targets = np.ascontiguousarray(Y.T)  # one column per sample
+        current = _sgd_blocks(params)
+    else:
+        full = _workspace(size, dtype)
         last = _workspace(n % size, dtype) if n % size else full
         update, slots = _UPDATES[optimizer]
         grads = {name: np.empty_like(p) for name, p in params.items()}
         state = {name: [np.zeros_like(p) for _ in range(slots)] for name, p in params.items()}
-    spare = {name: np.empty_like(p) for name, p in params.items()}  # written before read
+        current = params
+    spare = {name: np.empty_like(p) for name, p in current.items()}  # written before read
     hp = {"momentum": momentum, "beta1": beta1, "beta2": beta2, "eps": eps, "alpha": alpha}
     rng = np.random.default_rng(seed)
     history = {"loss": []}
     if X_val is not None:
         history["val_loss"] = []
-    current, t, stopped = params, 0, None
+    t, stopped = 0, None
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(1, epochs + 1):
                 order = rng.permutation(n)
                 if fused:
                     total, steps, batch_loss = _sgd_epoch(
-                        current, spare, full, X, Y, order, learning_rate
+                        current, spare, full, last, X, targets, order, learning_rate
                     )
                     t += steps
                     if steps % 2:
@@ -526,13 +578,15 @@ def train(
                     break
                 history["loss"].append(total / n)
                 if X_val is not None:
-                    history["val_loss"].append(loss(current, X_val, Y_val))
+                    latest = _sgd_params(current) if fused else current
+                    history["val_loss"].append(loss(latest, X_val, Y_val))
                 if verbose:
                     print(_report(epoch, epochs, history), file=sys.stderr)
     finally:  # params get the last parameters with a finite loss (also when interrupted)
         finite = spare if stopped and t > 0 else current
-        if finite is not params:
-            for name, p in params.items():
+        finite = _sgd_params(finite) if fused else finite
+        for name, p in params.items():
+            if finite[name] is not p:
                 np.copyto(p, finite[name])
     if stopped:
         history["stopped"] = stopped

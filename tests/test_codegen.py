@@ -255,6 +255,46 @@ def test_fused_sgd_is_sgd_on_loss_and_grad(case) -> None:
             assert np.max(np.abs(params[name] - expected[name])) <= rtol * scale, name
 
 
+@pytest.mark.parametrize(
+    ("hidden", "output", "loss", "pen"),
+    [("relu", "softmax", "cross_entropy", 0.0), ("tanh", "identity", "mse", 0.05),
+     (("relu", "gelu"), "sigmoid", "binary_cross_entropy", 0.05)],
+)
+def test_fused_sgd_in_rows_is_sgd_on_loss_and_grad(hidden, output, loss, pen) -> None:
+    """A first layer holding most of the work keeps _sgd_epoch's batch in rows (the other
+    layout of the fused step): the same check as above, on such a network."""
+    depth = 1 if isinstance(hidden, str) else len(hidden)
+    b = built(hidden, output, loss, l1=pen, l2=2 * pen, sizes=(300, 256, *[4] * (depth - 1), 3))
+    assert not codegen.transposed_layout(b.derivation)
+    assert "Y_data.take(idx, axis=0" in b.source
+    rng = np.random.default_rng(4)
+    params64 = b.module.init_params(seed=4)
+    X64 = rng.standard_normal((10, 300))
+    Y64 = targets(b.spec, rng, 10)
+    for dtype, rtol in ((np.float64, 1e-10), (np.float32, 1e-4)):
+        params = {k: v.astype(dtype) for k, v in params64.items()}
+        X, Y = X64.astype(dtype), Y64.astype(dtype)
+        expected, losses = _sgd_reference(b.module, params, X, Y, 2, 4, 0.05, seed=3)
+        history = b.module.train(params, X, Y, epochs=2, batch_size=4, learning_rate=0.05,
+                                 optimizer="sgd", seed=3, verbose=False)
+        assert history["loss"] == pytest.approx(losses, rel=rtol)
+        for name in params:
+            scale = np.max(np.abs(expected[name])) + 1e-30
+            assert np.max(np.abs(params[name] - expected[name])) <= rtol * scale, name
+
+
+def test_sgd_layout_follows_the_work_of_the_first_layer() -> None:
+    def derivation(sizes):
+        layers = tuple(Layer(u, "relu") for u in sizes[1:-1]) + (Layer(sizes[-1], "softmax"),)
+        return derive(Spec("net", sizes[0], layers, loss="cross_entropy"))
+
+    assert not codegen.transposed_layout(derivation((784, 256, 128, 10)))  # W1: rows
+    assert codegen.transposed_layout(derivation((512, 512, 512, 512, 512, 10)))  # W3
+    assert codegen.transposed_layout(derivation((64, 32, 10)))  # digits: small
+    src = built("tanh", "softmax", "cross_entropy").source
+    assert "YT_data.take(idx, axis=1" in src and "np.dot(Wb2.T, A1Tx, out=Z2T)" in src
+
+
 def test_float32_in_float32_out() -> None:
     b = built("tanh", "softmax", "cross_entropy", l1=0.01, l2=0.01)
     params = b.module.init_params(seed=0, dtype=np.float32)
