@@ -323,7 +323,7 @@ def _sgd_blocks(params):
     blocks = {
         "W1": params["W1"],
         "b1": params["b1"],
-        "Wb2": np.vstack((params["W2"], params["b2"])),
+        "Wb2": np.concatenate((params["W2"], params["b2"][None])),
     }
     return blocks
 
@@ -561,20 +561,24 @@ def train(
     batches = -(-n // size)
     fused = optimizer == "sgd"  # _sgd_epoch; the other optimizers: _step, then the update
     if fused:
-        full = _sgd_workspace(size, dtype)
-        last = _sgd_workspace(n % size, dtype) if n % size else full
+        arrays = _sgd_workspace
         targets = np.ascontiguousarray(Y.T)  # one column per sample
         current = _sgd_blocks(params)
     else:
-        full = _workspace(size, dtype)
-        last = _workspace(n % size, dtype) if n % size else full
+        arrays = _workspace
         update, slots = _UPDATES[optimizer]
         grads = {name: np.empty_like(p) for name, p in params.items()}
         state = {name: [np.zeros_like(p) for _ in range(slots)] for name, p in params.items()}
         current = params
     spare = {name: np.empty_like(p) for name, p in current.items()}  # written before read
+    full = _kept((arrays, size, dtype), lambda: arrays(size, dtype))
+    last = _kept((arrays, n % size, dtype), lambda: arrays(n % size, dtype)) if n % size else full
     hp = {"momentum": momentum, "beta1": beta1, "beta2": beta2, "eps": eps, "alpha": alpha}
-    rng = np.random.default_rng(seed)
+    if isinstance(seed, int):  # the same draws every call: reuse the generator, reset
+        rng, seeded = _kept(("rng", seed), lambda: _seeded(seed))
+        rng.bit_generator.state = seeded
+    else:  # None (fresh entropy), a SeedSequence, …
+        rng = np.random.default_rng(seed)
     history = {"loss": []}
     if X_val is not None:
         history["val_loss"] = []
@@ -623,10 +627,35 @@ def train(
         for name, p in params.items():
             if finite[name] is not p:
                 np.copyto(p, finite[name])
+    _KEPT.clear()  # what the next call may reuse: this call's
+    _KEPT[arrays, size, dtype] = full
+    _KEPT[arrays, len(last["X"]), dtype] = last
+    if isinstance(seed, int):
+        _KEPT["rng", seed] = rng, seeded
     if stopped:
         history["stopped"] = stopped
         print(f"train: {stopped}", file=sys.stderr)
     return history
+
+
+_KEPT = {}  # the workspaces and generator of train()'s last call, for the next (see _kept)
+
+
+def _kept(key, make):
+    """What train() kept under key at the end of its last call, else make().
+
+    Seeding a generator and allocating the workspace cost about as much as an epoch of a
+    small network, which train(..., epochs=1) in a loop would pay at every call. An object
+    is taken out while in use: calls running at the same time never share one.
+    """
+    kept = _KEPT.pop(key, None)
+    return make() if kept is None else kept
+
+
+def _seeded(seed):
+    """np.random.default_rng(seed) and its state as seeded."""
+    rng = np.random.default_rng(seed)
+    return rng, rng.bit_generator.state
 
 
 def _report(epoch, epochs, history):

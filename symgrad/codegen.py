@@ -2034,7 +2034,7 @@ def _sgd_context(sgd: SgdLowered, sizes: dict[sp.Symbol, int]) -> dict[str, Any]
             unpack.append(f'    {k}, {k}_next = params["{k}"], spare["{k}"]')
             unpack.append(f"    {w}, {w}_next = {k}[:-1], {k}_next[:-1]  # their weight rows")
             swap.append(f"        {k}, {w}, {k}_next, {w}_next = {k}_next, {w}_next, {k}, {w}")
-            blocks.append((f'"{k}"', f'np.vstack((params["{w}"], params["{b}"]))', ""))
+            blocks.append((f'"{k}"', f'np.concatenate((params["{w}"], params["{b}"][None]))', ""))
             views += [(f'"{w}"', f'blocks["{k}"][:-1]', ""), (f'"{b}"', f'blocks["{k}"][-1]', "")]
         else:
             unpack.append(f'    {w}, {b} = params["{w}"], params["{b}"]')

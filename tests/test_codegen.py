@@ -471,6 +471,43 @@ def test_training_is_seeded_and_reports(capsys) -> None:
     assert not np.array_equal(params["W1"], p1["W1"])
 
 
+def test_calls_reuse_generator_and_arrays_safely() -> None:
+    """train() keeps its workspaces and seeded generator for the next call: the same seed
+    still gives the same run, seed=None fresh orders, and calls from several threads at
+    once the results of the same calls one after the other."""
+    import threading
+
+    b = built("tanh", "softmax", "cross_entropy")
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((37, 3)), rng.integers(0, 3, 37)
+
+    def run(seed, optimizer="sgd", out=None):
+        params = b.module.init_params(seed=1)
+        history = b.module.train(params, X, y, epochs=3, batch_size=8, learning_rate=0.1,
+                                 seed=seed, optimizer=optimizer, verbose=False)
+        if out is not None:
+            out.append((seed, optimizer, params, history))
+        return params, history
+
+    first = {(seed, opt): run(seed, opt) for seed in (2, 3) for opt in ("sgd", "adam")}
+    for (seed, opt), (params, history) in first.items():  # again, from the kept objects
+        p, h = run(seed, opt)
+        assert h == history and all(np.array_equal(p[k], params[k]) for k in p)
+    assert run(None)[1] != run(None)[1]
+    results: list = []
+    threads = [threading.Thread(target=run, args=(seed, opt, results))
+               for _ in range(3) for seed in (2, 3) for opt in ("sgd", "adam")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == len(threads)
+    for seed, opt, params, history in results:
+        expected_params, expected_history = first[seed, opt]
+        assert history == expected_history
+        assert all(np.array_equal(params[k], expected_params[k]) for k in params)
+
+
 @pytest.mark.parametrize(("optimizer", "learning_rate"), [("sgd", 1e6), ("momentum", 1e6)])
 def test_non_finite_loss_stops_and_keeps_finite_parameters(capsys, optimizer,
                                                            learning_rate) -> None:
