@@ -142,7 +142,7 @@ def timer_cost(k: int = 20_000) -> tuple[float, float]:
 
 def category(site: dict[str, Any]) -> str:
     code = site["code"]
-    if "matmul(" in code or " @ " in code:
+    if "matmul(" in code or "np.dot(" in code or " @ " in code:
         return "matmul"
     if "np.take(" in code:
         return "batch gather"
