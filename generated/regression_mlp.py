@@ -105,15 +105,21 @@ def init_params(seed=0, dtype=np.float64):
     """Initial parameters: W1 Glorot-uniform, W2 Glorot-uniform weights, zero biases.
 
     Drawn from np.random.default_rng(seed) in float64, then cast to dtype, so float32 and
-    float64 start from the same values.
+    float64 start from the same values. A layer's W and b are views of one array [W; b], the
+    form in which train() updates them (parameters made otherwise are copied into it).
     """
     rng = np.random.default_rng(seed)
-    return {
-        "W1": _glorot(rng, 8, 16, dtype),
-        "b1": np.zeros(16, dtype=dtype),
-        "W2": _glorot(rng, 16, 1, dtype),
-        "b2": np.zeros(1, dtype=dtype),
-    }
+    params = {}
+    params["W1"], params["b1"] = _with_bias(_glorot(rng, 8, 16, dtype))
+    params["W2"], params["b2"] = _with_bias(_glorot(rng, 16, 1, dtype))
+    return params
+
+
+def _with_bias(W):
+    """W and a zero bias b, as views of one array [W; b]."""
+    block = np.zeros((W.shape[0] + 1, W.shape[1]), W.dtype)
+    block[:-1] = W
+    return block[:-1], block[-1]
 
 
 def forward(params, X):
@@ -302,9 +308,24 @@ def _sgd_blocks(params):
     blocks = {
         "W1": params["W1"],
         "b1": params["b1"],
-        "Wb2": np.concatenate((params["W2"], params["b2"][None])),
+        "Wb2": _block(params["W2"], params["b2"]),
     }
     return blocks
+
+
+def _block(W, b):
+    """[W; b] as one array: the one W and b are views of (see init_params), else a copy."""
+    block = W.base
+    if (
+        block is not None
+        and b.base is block
+        and block.shape == (W.shape[0] + 1, W.shape[1])
+        and block.strides == W.strides
+        and W.ctypes.data == block.ctypes.data
+        and b.ctypes.data == block[-1].ctypes.data
+    ):
+        return block
+    return np.concatenate((W, b[None]))
 
 
 def _sgd_params(blocks):
@@ -590,7 +611,7 @@ def train(
         finite = spare if stopped and t > 0 else current
         finite = _sgd_params(finite) if fused else finite
         for name, p in params.items():
-            if finite[name] is not p:
+            if not np.may_share_memory(finite[name], p):  # else p is already it
                 np.copyto(p, finite[name])
     _KEPT.clear()  # what the next call may reuse: this call's
     _KEPT[arrays, size, dtype] = full

@@ -2034,7 +2034,7 @@ def _sgd_context(sgd: SgdLowered, sizes: dict[sp.Symbol, int]) -> dict[str, Any]
             unpack.append(f'    {k}, {k}_next = params["{k}"], spare["{k}"]')
             unpack.append(f"    {w}, {w}_next = {k}[:-1], {k}_next[:-1]  # their weight rows")
             swap.append(f"        {k}, {w}, {k}_next, {w}_next = {k}_next, {w}_next, {k}, {w}")
-            blocks.append((f'"{k}"', f'np.concatenate((params["{w}"], params["{b}"][None]))', ""))
+            blocks.append((f'"{k}"', f'_block(params["{w}"], params["{b}"])', ""))
             views += [(f'"{w}"', f'blocks["{k}"][:-1]', ""), (f'"{b}"', f'blocks["{k}"][-1]', "")]
         else:
             unpack.append(f'    {w}, {b} = params["{w}"], params["{b}"]')
@@ -2158,8 +2158,7 @@ def module_context(d: Derivation) -> dict[str, Any]:
         helpers.add(kind)
         kinds.append(f"W{l} {'He-normal' if kind == 'he' else 'Glorot-uniform'}")
         n_in, n_out = spec.sizes[l - 1], spec.sizes[l]
-        init.append((f'"W{l}"', f"_{kind}(rng, {n_in}, {n_out}, dtype)"))
-        init.append((f'"b{l}"', f"np.zeros({n_out}, dtype=dtype)"))
+        init.append((str(l), f"_{kind}(rng, {n_in}, {n_out}, dtype)"))
 
     layers = [params[i : i + 2] for i in range(0, len(params), 2)]
     param_unpack = [line for pair in layers for line in _unpack(pair, "params")]

@@ -283,6 +283,28 @@ def test_fused_sgd_in_rows_is_sgd_on_loss_and_grad(hidden, output, loss, pen) ->
             assert np.max(np.abs(params[name] - expected[name])) <= rtol * scale, name
 
 
+@pytest.mark.parametrize("rows", [36, 40])  # an odd and an even number of updates
+def test_sgd_on_parameters_made_by_init_params_or_not(rows) -> None:
+    """init_params makes each W and b views of one array [W; b], which train() updates in
+    place; separate arrays are copied into such blocks and back: the same training."""
+    b = built(("tanh", "relu"), "softmax", "cross_entropy", l2=0.01, sizes=(3, 5, 4, 3))
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((rows, 3)), rng.integers(0, 3, rows)
+    blocked = b.module.init_params(seed=2)
+    assert blocked["W2"].base is blocked["b2"].base is not None
+    separate = {k: v.copy() for k, v in blocked.items()}
+    arrays = {k: v for k, v in separate.items()}
+    runs = []
+    for params in (blocked, separate):
+        runs.append(b.module.train(params, X, y, epochs=1, batch_size=4, learning_rate=0.1,
+                                   verbose=False))
+    assert runs[0] == runs[1]
+    for k in blocked:
+        np.testing.assert_array_equal(blocked[k], separate[k])
+        assert separate[k] is arrays[k]  # updated in place, not replaced
+    assert not np.array_equal(blocked["W2"], b.module.init_params(seed=2)["W2"])
+
+
 def test_sgd_layout_follows_the_work_of_the_first_layer() -> None:
     def derivation(sizes):
         layers = tuple(Layer(u, "relu") for u in sizes[1:-1]) + (Layer(sizes[-1], "softmax"),)
