@@ -342,8 +342,8 @@ def _block(W, b):
         and b.base is block
         and block.shape == (W.shape[0] + 1, W.shape[1])
         and block.strides == W.strides
-        and W.ctypes.data == block.ctypes.data
-        and b.ctypes.data == block[-1].ctypes.data
+        and not np.may_share_memory(W, block[-1])  # W = block[:-1], not block[1:]
+        and np.may_share_memory(b, block[-1])
     ):
         return block
     return np.concatenate((W, b[None]))

@@ -303,6 +303,11 @@ def test_sgd_on_parameters_made_by_init_params_or_not(rows) -> None:
         np.testing.assert_array_equal(blocked[k], separate[k])
         assert separate[k] is arrays[k]  # updated in place, not replaced
     assert not np.array_equal(blocked["W2"], b.module.init_params(seed=2)["W2"])
+    block = np.array(np.arange(12.0).reshape(4, 3))  # owns its memory, as in init_params
+    assert b.module._block(block[:-1], block[-1]) is block
+    for W, bias in ((block[1:], block[0]), (block[:-1], block[-2]), (block[:-1], block[-1].copy())):
+        joined = b.module._block(W, bias)
+        assert joined is not block and np.array_equal(joined, np.vstack((W, bias)))
 
 
 def test_sgd_layout_follows_the_work_of_the_first_layer() -> None:
