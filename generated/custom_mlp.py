@@ -259,7 +259,7 @@ def _step(params, grads, ws):
     np.dot(X, W1, out=Z1)
     Z1 += b1
     # A₁ = f(Z₁)
-    np.logaddexp(0, Z1, out=A1)
+    np.logaddexp(0.0, Z1, out=A1)
     A1 -= 0.6931471805599453
     # Z₂ = A₁ W₂ + b₂
     np.dot(A1, W2, out=Z2)
@@ -397,7 +397,7 @@ def _sgd_epoch(params, spare, ws, last, X_data, YT_data, order, lr):
         np.dot(W1.T, X.T, out=Z1T)
         Z1T += b1[:, None]
         # A₁ = f(Z₁)
-        np.logaddexp(0, Z1T, out=A1T)
+        np.logaddexp(0.0, Z1T, out=A1T)
         A1T -= 0.6931471805599453
         # Z₂ = A₁ W₂ + b₂
         #   computed as Z₂ᵀ = [W₂; b₂]ᵀ [A₁ᵀ; 𝟏ᵀ], the bias in the product

@@ -290,7 +290,7 @@ def _step(params, grads, ws):
     Yhat /= sum2
     # L = (1/N) Σ [−Y ⊙ log(Ŷ)]
     #   computed as (1/N) Σ Y ⊙ (logsumexp(Z₂) − Z₂): stable for any logits
-    #   here Σ log s − Σ Y ⊙ (Z₂ − max), s = Σₖ exp(Z₂ − max) per row
+    #   here (Σ log s − Σ Y ⊙ (Z₂ − max))/N, s = Σₖ exp(Z₂ − max) per sample
     L = (np.vdot(ones, np.log(sum2, out=S1)) - np.vdot(Y, Z2)) / N
     # δ₂ = ∂L/∂Z₂ = (Ŷ − Y)/N
     np.subtract(Yhat, Y, out=dZ2)
@@ -422,7 +422,7 @@ def _sgd_epoch(params, spare, ws, last, X_data, YT_data, order, lr):
         YhatT /= sum2
         # L = (1/N) Σ [−Y ⊙ log(Ŷ)]
         #   computed as (1/N) Σ Y ⊙ (logsumexp(Z₂) − Z₂): stable for any logits
-        #   here Σ log s − Σ Y ⊙ (Z₂ − max), s = Σₖ exp(Z₂ − max) per row
+        #   here (Σ log s − Σ Y ⊙ (Z₂ − max))/N, s = Σₖ exp(Z₂ − max) per sample
         L = (np.vdot(ones, np.log(sum2, out=S1)) - np.vdot(YT, Z2T)) / N
         batch_loss = float(L)
         if not -np.inf < batch_loss < np.inf:  # NaN or ±∞: stop before this update

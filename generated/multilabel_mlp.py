@@ -290,7 +290,7 @@ def _step(params, grads, ws):
     _sigmoid(Z2, out=Yhat)
     # J = (1/N) Σ [−Y ⊙ log(Ŷ) − log(1 − Ŷ) ⊙ (1 − Y)]
     #   computed as (1/N) Σ [softplus(Z₂) − Y ⊙ Z₂]: stable for any logits
-    np.logaddexp(0, Z2, out=S1)
+    np.logaddexp(0.0, Z2, out=S1)
     np.multiply(Y, Z2, out=S2)
     S1 -= S2
     J = S1.sum() / N
@@ -425,7 +425,7 @@ def _sgd_epoch(params, spare, ws, last, X_data, YT_data, order, lr):
         _sigmoid(Z2T, out=YhatT)
         # J = (1/N) Σ [−Y ⊙ log(Ŷ) − log(1 − Ŷ) ⊙ (1 − Y)]
         #   computed as (1/N) Σ [softplus(Z₂) − Y ⊙ Z₂]: stable for any logits
-        np.logaddexp(0, Z2T, out=S1)
+        np.logaddexp(0.0, Z2T, out=S1)
         np.multiply(YT, Z2T, out=S2)
         S1 -= S2
         J = S1.sum() / N

@@ -1439,7 +1439,7 @@ class StepLowering:
         if src is None:
             self.into(arg, dest)
             src = dest
-        prefix = "0, " if name == "softplus" else ""
+        prefix = "0.0, " if name == "softplus" else ""
         self.emit(f"{call}({prefix}{src}, out={dest})")
 
     def piecewise_into(self, e: sp.Piecewise, dest: str) -> None:
@@ -1525,7 +1525,9 @@ class StepLowering:
         ones = self.buffer("ones", (N,), "ones", note="𝟏, for the sums over the batch")
         log = self.acquire(self.buffers[sm].shape)  # held to the end of the statement
         zt = naming.text(self.base(z))
-        self.notes.append(f"  here Σ log s − Σ Y ⊙ ({zt} − max), s = Σₖ exp({zt} − max) per row")
+        self.notes.append(
+            f"  here (Σ log s − Σ Y ⊙ ({zt} − max))/N, s = Σₖ exp({zt} − max) per sample"
+        )
         return f"(np.vdot({ones}, np.log({sm}, out={log})) - np.vdot({y}, {z}))"
 
 
