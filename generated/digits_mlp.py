@@ -600,11 +600,10 @@ def train(
     full = _kept((arrays, size, dtype), lambda: arrays(size, dtype))
     last = _kept((arrays, n % size, dtype), lambda: arrays(n % size, dtype)) if n % size else full
     hp = {"momentum": momentum, "beta1": beta1, "beta2": beta2, "eps": eps, "alpha": alpha}
-    if isinstance(seed, int):  # the same draws every call: reuse the generator, reset
-        rng, seeded = _kept(("rng", seed), lambda: _seeded(seed))
-        rng.bit_generator.state = seeded
+    if isinstance(seed, int):  # the same orders at every call: kept from the last one
+        rng, first, after = _kept(("rng", seed, n), lambda: _seeded(seed, n))
     else:  # None (fresh entropy), a SeedSequence, …
-        rng = np.random.default_rng(seed)
+        rng, first, after = np.random.default_rng(seed), None, None
     history = {"loss": []}
     if X_val is not None:
         history["val_loss"] = []
@@ -613,7 +612,12 @@ def train(
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(1, epochs + 1):
-                order = rng.permutation(n)
+                if epoch == 1 and first is not None:
+                    order = first
+                else:
+                    if epoch == 2 and after is not None:
+                        rng.bit_generator.state = after  # as after drawing first
+                    order = rng.permutation(n)
                 if fused:
                     total, steps, batch_loss = _sgd_epoch(
                         current, spare, full, last, X, targets, order, learning_rate
@@ -658,32 +662,35 @@ def train(
     _KEPT.clear()  # what the next call may reuse: this call's
     _KEPT[arrays, size, dtype] = full
     _KEPT[arrays, len(last["X"]), dtype] = last
-    if isinstance(seed, int):
-        _KEPT["rng", seed] = rng, seeded
+    if first is not None:
+        _KEPT["rng", seed, n] = rng, first, after
     if stopped:
         history["stopped"] = stopped
         print(f"train: {stopped}", file=sys.stderr)
     return history
 
 
-_KEPT = {}  # the workspaces and generator of train()'s last call, for the next (see _kept)
+_KEPT = {}  # train()'s workspaces, generator and first order, for the next call (_kept)
 
 
 def _kept(key, make):
     """What train() kept under key at the end of its last call, else make().
 
-    Seeding a generator and allocating the workspace cost about as much as an epoch of a
-    small network, which train(..., epochs=1) in a loop would pay at every call. An object
-    is taken out while in use: calls running at the same time never share one.
+    Seeding a generator, drawing the first order and allocating the workspace cost about as
+    much as an epoch of a small network, which train(..., epochs=1) in a loop would pay at
+    every call. An object is taken out while in use: calls running at once never share one.
     """
     kept = _KEPT.pop(key, None)
     return make() if kept is None else kept
 
 
-def _seeded(seed):
-    """np.random.default_rng(seed) and its state as seeded."""
+def _seeded(seed, n):
+    """np.random.default_rng(seed), its first permutation of n rows (read-only: kept for
+    later calls) and its state after drawing it."""
     rng = np.random.default_rng(seed)
-    return rng, rng.bit_generator.state
+    first = rng.permutation(n)
+    first.setflags(write=False)
+    return rng, first, rng.bit_generator.state
 
 
 def _report(epoch, epochs, history):
