@@ -25,20 +25,18 @@ from __future__ import annotations
 
 import ast
 import difflib
-import inspect
 import math
 import operator
-import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from decimal import Decimal
-from types import FrameType, MappingProxyType
-from typing import Any
+from types import MappingProxyType
 
 import sympy
 
+from symgrad.budget import OutOfTime as _OutOfTime
+from symgrad.budget import deadline as _deadline
 from symgrad.errors import SymgradError
 
 __all__ = ["validate", "parse_scalar", "SCALAR_FUNCTIONS"]
@@ -449,68 +447,6 @@ def _first_line(exc: Exception) -> str:
 
 
 _NON_FINITE = (sympy.zoo, sympy.nan, sympy.oo, -sympy.oo)
-
-
-_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
-
-
-class _OutOfTime(BaseException):
-    """Raised inside SymPy by the deadline tracer (BaseException: not swallowed by SymPy)."""
-
-
-# mpmath functions with bare ``except:`` clauses (mpmath 1.3); SymPy has none.
-_SWALLOWING = frozenset({"convert", "from_float", "isint", "_compare", "_hurwitz_reflection"})
-
-
-def _can_interrupt(frame: FrameType) -> bool:
-    """Whether an exception raised at the start of ``frame`` surely propagates to us.
-
-    Only plain SymPy or mpmath functions qualify: not generators (a finalizer may resume
-    them), not foreign code (gc callbacks) and not below an mpmath function that has a
-    bare ``except:``.
-    """
-    if frame.f_code.co_flags & _GENERATOR_FLAGS:
-        return False
-    if not frame.f_globals.get("__name__", "").startswith(("sympy.", "mpmath.")):
-        return False
-    caller: FrameType | None = frame
-    while caller is not None:
-        if caller.f_code.co_name in _SWALLOWING and caller.f_globals.get("__name__", "").startswith(
-            "mpmath"
-        ):
-            return False
-        caller = caller.f_back
-    return True
-
-
-@contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """Abort the Python code run in this block (in this thread) after ``seconds``.
-
-    SymPy's automatic evaluation (assumptions, Piecewise conditions, ...) has no useful
-    cost bound, so a call-event tracer raises :class:`_OutOfTime` once time is up (a
-    raising tracer is removed by Python, so it must be raised where nothing swallows it).
-    An existing tracer (debugger, coverage) keeps receiving its events and is restored.
-    """
-    previous = sys.gettrace()
-    end = time.perf_counter() + seconds
-    calls = 0
-
-    def tracer(frame: FrameType, event: str, arg: object) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls >= 32:  # read the clock every 32 calls; every call once time is up
-            if time.perf_counter() <= end:
-                calls = 0
-            elif _can_interrupt(frame):
-                raise _OutOfTime
-        return previous(frame, event, arg) if previous is not None else None
-
-    sys.settrace(tracer)
-    try:
-        yield
-    finally:
-        sys.settrace(previous)
 
 
 _warm = False

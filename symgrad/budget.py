@@ -1,0 +1,121 @@
+"""Budgets: every piece of work whose cost SymPy does not bound runs under one of these.
+
+One mechanism for the whole package (hardening issue, class 4): a computation that may
+take unbounded time (``simplify``, ``expand``, building a hostile expression, a proof)
+runs inside :func:`deadline`, or through :func:`within`, which turns running out of time
+(or out of stack, or out of memory) into one clear refusal::
+
+    symgrad: error: <where>: too complex to simplify in 5 s: <what was being done>
+
+Callers that can do without the result (a prettier form, an optional proof step) catch
+:data:`EXHAUSTED` themselves and keep what they have.
+
+The limits in force are named here, so the README can list them and tests can lower them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, TypeVar
+
+from symgrad.errors import SymgradError
+
+__all__ = [
+    "EXHAUSTED",
+    "OutOfTime",
+    "SIMPLIFY_SECONDS",
+    "deadline",
+    "within",
+]
+
+T = TypeVar("T")
+
+#: seconds allowed for one simplification (an activation's derivative, a printed form)
+SIMPLIFY_SECONDS = 5.0
+
+
+class OutOfTime(BaseException):
+    """Raised inside SymPy by the deadline tracer (BaseException: not swallowed by SymPy)."""
+
+
+#: what a budgeted computation may raise when it runs out of something
+EXHAUSTED = (OutOfTime, RecursionError, MemoryError)
+
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+# mpmath functions with bare ``except:`` clauses (mpmath 1.3); SymPy has none.
+_SWALLOWING = frozenset({"convert", "from_float", "isint", "_compare", "_hurwitz_reflection"})
+
+
+def _can_interrupt(frame: FrameType) -> bool:
+    """Whether an exception raised at the start of ``frame`` surely propagates to us.
+
+    Only plain SymPy or mpmath functions qualify: not generators (a finalizer may resume
+    them), not foreign code (gc callbacks) and not below an mpmath function that has a
+    bare ``except:``.
+    """
+    if frame.f_code.co_flags & _GENERATOR_FLAGS:
+        return False
+    if not frame.f_globals.get("__name__", "").startswith(("sympy.", "mpmath.")):
+        return False
+    caller: FrameType | None = frame
+    while caller is not None:
+        if caller.f_code.co_name in _SWALLOWING and caller.f_globals.get("__name__", "").startswith(
+            "mpmath"
+        ):
+            return False
+        caller = caller.f_back
+    return True
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Abort the Python code run in this block (in this thread) after ``seconds``.
+
+    SymPy's automatic evaluation (assumptions, Piecewise conditions, ...) has no useful
+    cost bound, so a call-event tracer raises :class:`OutOfTime` once time is up (a
+    raising tracer is removed by Python, so it must be raised where nothing swallows it).
+    An existing tracer (debugger, coverage) keeps receiving its events and is restored.
+    """
+    previous = sys.gettrace()
+    end = time.perf_counter() + seconds
+    calls = 0
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls >= 32:  # read the clock every 32 calls; every call once time is up
+            if time.perf_counter() <= end:
+                calls = 0
+            elif _can_interrupt(frame):
+                raise OutOfTime
+        return previous(frame, event, arg) if previous is not None else None
+
+    sys.settrace(tracer)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
+
+
+
+def within(seconds: float, where: str, what: str, fn: Callable[..., T], *args: Any,
+           verb: str = "simplify", **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` within ``seconds``, or one clear :class:`SymgradError`.
+
+    ``where`` is the place in the user's input (``"spec.toml: [[layer]] 2: activation"``),
+    ``what`` the thing being worked on; the message says which budget was exceeded.
+    """
+    try:
+        with deadline(seconds):
+            return fn(*args, **kwargs)
+    except OutOfTime:
+        raise SymgradError(where, f"too complex to {verb} in {seconds:g} s: {what}") from None
+    except RecursionError:
+        raise SymgradError(where, f"too deeply nested to {verb}: {what}") from None
+    except MemoryError:
+        raise SymgradError(where, f"too large to {verb} (out of memory): {what}") from None
