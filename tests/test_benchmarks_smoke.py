@@ -113,10 +113,7 @@ def test_full_central_difference_on_a_known_gradient(bench):
 
 def test_profile_generated_tiny(bench, tmp_path):
     tb, pg = bench["training_bench"], bench["profile_generated"]
-    try:
-        res = pg.profile_generated(tb.tiny_workload(), tmp_path, epochs=1)
-    except tb.Skipped as e:
-        pytest.skip(str(e))
+    res = pg.profile_generated(tb.tiny_workload(), tmp_path, epochs=1)  # Skipped is a failure here
     assert res["matmul_s"] > 0 and "matmul" in res["by_category"]
     assert res["statements"] and all(r["seconds"] >= 0 for r in res["statements"])
     assert _table_rows(pg.format_profile(res))
