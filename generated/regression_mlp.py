@@ -287,11 +287,11 @@ def _sgd_workspace(n, dtype):
     value that feeds a next layer, so that layer's bias rides in its product."""
     ws = {
         "X": np.empty((n, 8), dtype),  # the batch, one row per sample
-        "YT": np.empty((n,), dtype),  # its targets, one column per sample
-        "Z2T": np.empty((n,), dtype),
+        "YT": np.empty((1, n), dtype),  # its targets, one column per sample
+        "Z2T": np.empty((1, n), dtype),
         "A1Tx": np.ones((17, n), dtype),  # [A₁ᵀ; 𝟏ᵀ]: a row of ones for the next bias
-        "S1": np.empty((n,), dtype),  # scratch
-        "dZ2T": np.empty((n,), dtype),
+        "S1": np.empty((1, n), dtype),  # scratch
+        "dZ2T": np.empty((1, n), dtype),
         "dZ1T": np.empty((16, n), dtype),
         "S2": np.empty((16, n), dtype),  # scratch
         "ones": np.ones((n,), dtype),  # 𝟏, for the sums over the batch

@@ -943,8 +943,9 @@ class StepLowering:
         return name
 
     def key(self, shape, kind: str) -> tuple:
-        """Scratch is shared between equal concrete shapes (n₁ = n₂ = 512: one pool)."""
-        return tuple(sp.sympify(s).xreplace(self.sizes) for s in shape), kind
+        """Scratch is shared between equal array shapes (n₁ = n₂ = 512: one pool); a row
+        of the IR (a vector in the module) never shares with a width-1 matrix."""
+        return _array_shape(tuple(sp.sympify(s) for s in shape), self.sizes), kind
 
     def acquire(self, shape, kind: str = "float") -> str:
         key = self.key(shape, kind)
@@ -2069,15 +2070,19 @@ def _dict_lines(target: str, items: list[tuple[str, str]], indent: str = "    ")
     return [f"{indent}{target}{{", *(f'{indent}    "{k}": {v},' for k, v in items), f"{indent}}}"]
 
 
+def _array_shape(shape: tuple[sp.Expr, ...], sizes: dict[sp.Symbol, int]) -> tuple:
+    """The numpy shape of an IR shape at the spec's sizes (N stays the batch size). Only a
+    row that the IR declares one (a literal 1: a bias, 𝟏ᵀ, a row statistic) becomes a
+    vector; a width that happens to be 1 at these sizes (a single output, a 1-unit layer)
+    keeps its axis, so every batch value has the same number of dimensions whatever the
+    widths."""
+    if len(shape) == 2 and shape[0] == 1:
+        shape = shape[1:]  # a bias: a row in the IR, a vector here
+    return tuple(N if s == N else int(s.xreplace(sizes)) for s in shape)
+
+
 def _shape_code(shape: tuple[sp.Expr, ...], sizes: dict[sp.Symbol, int]) -> str:
-    dims = []
-    for s in shape:
-        if s == N:
-            dims.append("n")
-        else:
-            dims.append(str(int(s.xreplace(sizes))))
-    if len(dims) == 2 and dims[0] == "1":  # a bias: a row in the IR, a vector here
-        dims = dims[1:]
+    dims = ["n" if s == N else str(s) for s in _array_shape(shape, sizes)]
     return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
 
 
