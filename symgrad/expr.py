@@ -5,7 +5,8 @@ User expressions (activations, losses, hand derivations) never reach ``eval``, `
 
 * :func:`validate` runs ``ast.parse(text, mode="eval")`` after cheap pre-checks and checks
   size limits and an allow-list of node types. ``allow_matrix=True`` additionally admits
-  ``@``, ``.T`` and the keyword arguments ``axis=0|1|None`` / ``keepdims=True|False``.
+  ``@``, ``.T``, the keyword arguments ``axis=0|1|None`` / ``keepdims=True|False`` and the
+  numpy method spellings of :data:`MATRIX_METHODS` (``x.sum(axis=0)``, ``a.dot(b)``).
 * :func:`parse_scalar` builds SymPy for scalar expressions with :class:`ScalarBuilder`, an
   AST walker whose hooks (``binary``, ``power``, ``call``, ...) a matrix builder can override.
 
@@ -53,6 +54,11 @@ MAX_NUMBER_BITS = 1000  # any rational anywhere in a result (about 1e301)
 MAX_ROOT_BASE = 10**18  # numbers under a fractional power (see ScalarBuilder.check_root)
 TIME_LIMIT = 0.75  # seconds SymPy may spend building one expression (good input: ~0.01 s)
 NUMPY_PREFIXES = ("np", "numpy")
+#: numpy method spellings admitted in matrix expressions: ``x.NAME(args)`` means
+#: ``FUNCTION(x, args)``. Only these; any other attribute access is refused.
+MATRIX_METHODS = MappingProxyType(
+    {"sum": "sum", "mean": "mean", "dot": "dot", "transpose": "transpose"}
+)
 
 Builder = Callable[..., sympy.Expr]
 
@@ -204,6 +210,16 @@ def _is_numpy_attribute(node: ast.AST) -> bool:
     )
 
 
+def _is_method(node: ast.AST) -> bool:
+    """``x.NAME`` with NAME in :data:`MATRIX_METHODS` and x not numpy itself (``np.linalg``)."""
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr in MATRIX_METHODS
+        and not (isinstance(node.value, ast.Name) and node.value.id in NUMPY_PREFIXES)
+        and not _is_numpy_attribute(node.value)
+    )
+
+
 def _parse(text: str, where: str) -> tuple[ast.Expression, str]:
     """``ast.parse`` on one line (newlines become spaces); columns are 1-based in ``text``."""
     line = text.replace("\r", " ").replace("\n", " ")
@@ -327,6 +343,10 @@ class _Validator:
             name = func.id
         elif _is_numpy_attribute(func):
             name = func.attr
+        elif _is_method(func) and self.allow_matrix:  # x.sum(axis=0): the receiver is an argument
+            for keyword in node.keywords:
+                self.check_keyword(keyword)
+            return [(func.value, False), *((arg, False) for arg in node.args)]
         elif isinstance(func, ast.Attribute):
             raise self.refuse("attribute access is not allowed")
         else:
