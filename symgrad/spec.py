@@ -15,8 +15,10 @@ Python API::
 from __future__ import annotations
 
 import difflib
+import keyword
 import math
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from functools import cached_property
@@ -51,15 +53,50 @@ def _check_int(value: Any, where: str, lo: int, hi: int) -> int:
     return value
 
 
-def _check_float(value: Any, where: str, lo: float, hi: float = math.inf, *, open_lo=False) -> float:
+def _check_float(value: Any, where: str, lo: float, hi: float = math.inf, *, open_lo=False,
+                 open_hi=False, why: str = "") -> float:
+    """value as a float in [lo, hi] (open at an end where asked); ``why`` says what the
+    value at an open end would do."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SymgradError(where, f"must be a number, got {value!r}")
     value = float(value)
-    if not math.isfinite(value) or value < lo or (open_lo and value == lo) or value > hi:
+    if (not math.isfinite(value) or value < lo or (open_lo and value == lo) or value > hi
+            or (open_hi and value == hi)):
         bound = f"> {lo}" if open_lo else f">= {lo}"
-        upper = f" and <= {hi}" if math.isfinite(hi) else ""
-        raise SymgradError(where, f"must be a finite number {bound}{upper}, got {value!r}")
+        upper = (f" and {'<' if open_hi else '<='} {hi}") if math.isfinite(hi) else ""
+        because = f" ({why})" if why and value in (lo, hi) else ""  # at an open end
+        raise SymgradError(where, f"must be a finite number {bound}{upper}, got {value!r}{because}")
     return value
+
+
+# Names a network may not take: its module would shadow one that the generated file imports
+# (numpy; argparse and sys are in the standard library) or any standard-library module.
+IMPORTED_MODULES = ("numpy", "argparse", "sys")
+RESERVED_NAMES = frozenset(sys.stdlib_module_names) | {"numpy", "symgrad"}
+
+
+def _check_name(name: Any, where: str) -> None:
+    """A network name that makes an importable module that shadows nothing."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise SymgradError(
+            where,
+            f"{name!r} is not a module name; use lower-case letters, digits and _ "
+            "(not starting with a digit)",
+        )
+    suggestion = f"choose another name, e.g. '{name}_net'"
+    if keyword.iskeyword(name):
+        raise SymgradError(where, f"'{name}' is a Python keyword, so `import {name}` cannot "
+                                  f"load the generated module; {suggestion}")
+    if name in RESERVED_NAMES:
+        if name in IMPORTED_MODULES:
+            why = (f"the generated {name}.py imports {name}, so it would import itself "
+                   "instead")
+        elif name == "symgrad":
+            why = "a symgrad.py would shadow symgrad itself for scripts beside it"
+        else:
+            why = (f"'{name}' is a standard-library module, and a {name}.py would shadow it "
+                   "for every script in its directory")
+        raise SymgradError(where, f"{why}; {suggestion}")
 
 
 def _parse(text: str, names: dict, where: str):
@@ -134,13 +171,17 @@ class Training:
             object.__setattr__(self, "learning_rate", DEFAULT_LR[self.optimizer])
         _check_float(self.learning_rate, f"{w}.learning_rate", 0.0, 1e6, open_lo=True)
         _check_int(self.batch_size, f"{w}.batch_size", 1, 10**9)
-        _check_int(self.epochs, f"{w}.epochs", 0, 10**7)
+        _check_int(self.epochs, f"{w}.epochs", 1, 10**7)
         _check_int(self.seed, f"{w}.seed", 0, 2**32 - 1)
-        _check_float(self.momentum, f"{w}.momentum", 0.0, 1.0)
-        _check_float(self.beta1, f"{w}.beta1", 0.0, 1.0)
-        _check_float(self.beta2, f"{w}.beta2", 0.0, 1.0)
-        _check_float(self.eps, f"{w}.eps", 0.0, 1.0, open_lo=True)
-        _check_float(self.alpha, f"{w}.alpha", 0.0, 1.0)
+        _check_float(self.momentum, f"{w}.momentum", 0.0, 1.0, open_hi=True,
+                     why="with momentum 1 the velocity never decays")
+        for beta in ("beta1", "beta2"):
+            _check_float(getattr(self, beta), f"{w}.{beta}", 0.0, 1.0, open_hi=True,
+                         why=f"{beta} = 1 makes Adam's bias correction 1 - {beta}**t zero")
+        _check_float(self.eps, f"{w}.eps", 0.0, 1.0, open_lo=True,
+                     why="eps keeps the update's denominator away from zero")
+        _check_float(self.alpha, f"{w}.alpha", 0.0, 1.0, open_hi=True,
+                     why="with alpha 1 RMSprop's average of squared gradients stays 0")
 
 
 @dataclass(frozen=True)
@@ -163,12 +204,7 @@ class Spec:
 
     def __post_init__(self) -> None:
         src = self.source
-        if not isinstance(self.name, str) or not NAME_RE.match(self.name):
-            raise SymgradError(
-                f"{src}: network.name",
-                f"{self.name!r} is not a module name; use lower-case letters, digits and _ "
-                "(not starting with a digit)",
-            )
+        _check_name(self.name, f"{src}: network.name")
         _check_int(self.inputs, f"{src}: network.inputs", 1, MAX_UNITS)
         object.__setattr__(self, "layers", tuple(self.layers))
         if not self.layers:
@@ -313,20 +349,23 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> Spec:
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read and validate a TOML spec."""
-    path = Path(path)
+    """Read and validate a TOML spec (a regular UTF-8 file of at most 1 MiB)."""
+    from symgrad.files import SPEC_BYTES, read_text
+
+    text = read_text(path, str(path), SPEC_BYTES, what="spec")
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SymgradError(str(path), "no such file") from None
-    except OSError as e:
-        raise SymgradError(str(path), f"cannot read: {e.strerror}") from None
-    if len(raw) > 1_000_000:
-        raise SymgradError(str(path), "spec file is larger than 1 MB")
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise SymgradError(str(path), "not UTF-8 text") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SymgradError(str(path), f"invalid TOML: {e}") from None
     return spec_from_dict(data, source=str(path))
+
+
+def as_spec(spec_or_path: Spec | str | Path) -> Spec:
+    """The one coercion at every public entry point: a :class:`Spec` as it is, a path
+    (``str`` or ``os.PathLike``) read by :func:`load_spec`."""
+    if isinstance(spec_or_path, Spec):
+        return spec_or_path
+    if isinstance(spec_or_path, str | os.PathLike):
+        return load_spec(spec_or_path)
+    raise TypeError(f"expected a symgrad.Spec or the path of a TOML spec, got "
+                    f"{type(spec_or_path).__name__}")

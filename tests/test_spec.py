@@ -90,6 +90,24 @@ EXPECTED = [
      "symgrad: error: net.toml: regularization.l2: must be a finite number >= 0.0, got -1.0"),
     ("[network\n", "symgrad: error: net.toml: invalid TOML: Expected ']' at the end of a table "
      "declaration (at line 1, column 9)"),
+    (spec_text() + "\n[training]\noptimizer = \"adam\"\nbeta1 = 1.0\n",
+     "symgrad: error: net.toml: training.beta1: must be a finite number >= 0.0 and < 1.0, got "
+     "1.0 (beta1 = 1 makes Adam's bias correction 1 - beta1**t zero)"),
+    (spec_text() + "\n[training]\neps = 0.0\n",
+     "symgrad: error: net.toml: training.eps: must be a finite number > 0.0 and <= 1.0, got 0.0 "
+     "(eps keeps the update's denominator away from zero)"),
+    (spec_text() + "\n[training]\nlearning_rate = inf\n",
+     "symgrad: error: net.toml: training.learning_rate: must be a finite number > 0.0 and <= "
+     "1000000.0, got inf"),
+    (spec_text() + "\n[training]\nepochs = 0\n",
+     "symgrad: error: net.toml: training.epochs: must be between 1 and 10000000, got 0"),
+    (spec_text().replace('name = "net"', 'name = "numpy"'),
+     "symgrad: error: net.toml: network.name: the generated numpy.py imports numpy, so it would "
+     "import itself instead; choose another name, e.g. 'numpy_net'"),
+    (spec_text().replace('name = "net"', 'name = "pickle"'),
+     "symgrad: error: net.toml: network.name: 'pickle' is a standard-library module, and a "
+     "pickle.py would shadow it for every script in its directory; choose another name, e.g. "
+     "'pickle_net'"),
     (spec_text().split("[[layer]]")[0],
      "symgrad: error: net.toml: layer: no [[layer]] tables; add one per dense layer, in order"),
 ]
@@ -197,3 +215,48 @@ def test_fuzz_spec_text(tmp_path_factory, text):
         load_spec(path)
     except SymgradError as e:
         assert "\n" not in e.one_line()
+
+
+# --------------------------------------------------------------------------
+# The classes behind the examples: every hyper-parameter at the edge, every shadowing name
+# --------------------------------------------------------------------------
+
+_RANGES = {  # field: the allowed interval, as [lo, hi), (lo, hi] ...
+    "beta1": "[0, 1)", "beta2": "[0, 1)", "momentum": "[0, 1)", "alpha": "[0, 1)",
+    "eps": "(0, 1]", "learning_rate": "(0, 1000000]",
+}  # fmt: skip
+
+
+def _inside(interval: str, v) -> bool:
+    lo, hi = (float(t) for t in interval[1:-1].split(","))
+    if isinstance(v, bool) or v != v:
+        return False
+    return (lo <= v if interval[0] == "[" else lo < v) and (v <= hi if interval[-1] == "]"
+                                                          else v < hi)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(sorted(_RANGES)), st.sampled_from(["sgd", "adam", "rmsprop"]),
+       st.sampled_from([0, 1, 0.0, 1.0, 0.5, -1e-9, 1e-300, 2.0, 1e7, float("nan"),
+                        float("inf"), -float("inf"), True]))
+def test_training_hyperparameters_are_checked_at_the_edge(name, optimizer, value):
+    if _inside(_RANGES[name], value):
+        assert getattr(Training(optimizer, **{name: value}), name) == value
+        return
+    with pytest.raises(SymgradError) as e:
+        Training(optimizer, **{name: value})
+    assert e.value.where == f"training.{name}" and "\n" not in e.value.one_line()
+
+
+_MODULE_NAMES = sorted(n for n in __import__("sys").stdlib_module_names if n.islower()
+                       and n.isidentifier() and not n.startswith("_"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([*_MODULE_NAMES, "numpy", "argparse", "sys", "class", "import"]))
+def test_a_name_that_would_shadow_a_module_is_refused_with_a_suggestion(name):
+    with pytest.raises(SymgradError) as e:
+        Spec(name, 2, (Layer(1),), loss="mse")
+    assert e.value.where == "<spec>: network.name"
+    assert e.value.what.endswith(f"; choose another name, e.g. '{name}_net'")
+    Spec(f"{name}_net", 2, (Layer(1),), loss="mse")  # the suggestion is accepted
