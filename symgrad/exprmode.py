@@ -33,10 +33,8 @@ import argparse
 import ast
 import difflib
 import keyword
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +43,11 @@ from types import MappingProxyType
 import numpy as np
 import sympy as sp
 
-from symgrad import naming
+from symgrad import budget, naming
 from symgrad.activations import ACTIVATIONS, expand_named, sigmoid, softplus
+from symgrad.budget import EXHAUSTED, deadline
 from symgrad.derive import Derivation, derive_graph, walk
 from symgrad.errors import SymgradError
-from symgrad.expr import _deadline, _OutOfTime
 from symgrad.graph import Assignment, Graph
 from symgrad.ops import (
     Add,
@@ -372,9 +370,18 @@ def _sigmoidize(e: sp.Expr) -> sp.Expr:
 SIMPLIFY_SECONDS = 2.0  # SymPy's share of the time for one elementwise body
 
 
+def _real_powers(e: sp.Expr) -> sp.Expr:
+    """|u^a| → |u|^a for real a (equal for real u; numpy's u**a is NaN for u < 0)."""
+    return e.replace(
+        lambda t: isinstance(t, sp.Abs) and t.args[0].is_Pow and t.args[0].exp.is_real is True,
+        lambda t: sp.Abs(t.args[0].base) ** t.args[0].exp)
+
+
+
 def tidy(e: sp.Expr) -> sp.Expr:
     """A scalar body in its shortest textbook form (σ, softplus recognised)."""
     e = e.replace(sp.Heaviside, lambda x, *_: sp.Piecewise((1, x > 0), (0, True)))
+    e = _real_powers(e)
     if e.has(sp.Piecewise):
         return sp.piecewise_fold(e)
     candidates = [e, _sigmoidize(e), sp.expand(e)]
@@ -385,12 +392,17 @@ def tidy(e: sp.Expr) -> sp.Expr:
         if swapped != e:
             candidates.append(sp.expand(swapped))
             candidates.append(sp.factor_terms(sp.expand(swapped)))
+    if e.has(sp.sign):  # sign(u)·u² + 2u|u| → 3u|u| (no case split where none is needed)
+        unsigned = sp.expand(e.replace(sp.sign, lambda x: sp.Abs(x) / x))
+        den = sp.together(unsigned).as_numer_denom()[1]
+        if not any(den.has(x) for x in (t.args[0] for t in e.atoms(sp.sign))):
+            candidates += [unsigned, sp.factor_terms(unsigned)]
     raw = expand_named(e)
     try:
-        with _deadline(SIMPLIFY_SECONDS):
+        with deadline(SIMPLIFY_SECONDS):
             simple = sp.simplify(raw)
             candidates += [simple, _sigmoidize(simple), _sigmoidize(sp.factor_terms(raw))]
-    except (_OutOfTime, RecursionError):  # SymPy may take too long: keep what we have
+    except EXHAUSTED:  # SymPy may take too long: keep what we have
         pass
     except Exception:  # noqa: BLE001 - or give up
         pass
@@ -448,21 +460,41 @@ def _order(node: Node) -> tuple:
 
 @dataclass
 class _Simplifier:
+    """Rewrites toward the printed normal form.
+
+    Termination: the rules split an elementwise body into matrix factors (``lower``:
+    u·g(u) → U ⊙ g(U)) and join factors that share an argument into one body
+    (``_Hadamard``: U ⊙ g(U) → one map, so SymPy may cancel S ⊙ 1/S).  Joining and
+    splitting are inverse rewrites, so the split form is the normal form: what ``lower``
+    builds is assembled as it stands (:meth:`product`), never handed back to the join.
+    A node met again while it is being rewritten (a cycle no rule should allow) is kept
+    as it is, and the whole pass runs within a budget (see :func:`simplify`).
+    """
+
     cache: dict = field(default_factory=dict)
+    active: set = field(default_factory=set)
 
     def __call__(self, node: Node) -> Node:
-        for _ in range(8):  # to a fixed point (each pass only shortens)
+        seen = {node}
+        for _ in range(8):  # to a fixed point
             new = self.node(node)
-            if new == node:
+            if new == node or new in seen:  # a fixed point, or a cycle of passes
                 return new
+            seen.add(new)
             node = new
         return node
 
     def node(self, n: Node) -> Node:
         if n in self.cache:
             return self.cache[n]
-        method = getattr(self, f"_{type(n).__name__}", None)
-        out = method(n) if method else self.children(n)
+        if n in self.active:  # re-entered: keep it (the visited set bounds any cycle)
+            return n
+        self.active.add(n)
+        try:
+            method = getattr(self, f"_{type(n).__name__}", None)
+            out = method(n) if method else self.children(n)
+        finally:
+            self.active.discard(n)
         self.cache[n] = out
         return out
 
@@ -564,7 +596,8 @@ class _Simplifier:
             pass
         return _scaled(c, MatMul(a, b))
 
-    def _Hadamard(self, n: Hadamard) -> Node:
+    def collect_factors(self, parts: list[Node]) -> tuple[sp.Expr, list[Node]]:
+        """The ⊙ factors of ``parts`` (simplified, flattened) and their scalar coefficient."""
         factors: list[Node] = []
         c = sp.S.One
 
@@ -582,8 +615,31 @@ class _Simplifier:
             else:
                 factors.append(x)
 
-        collect(n.a)
-        collect(n.b)
+        for x in parts:
+            collect(x)
+        return c, factors
+
+    @staticmethod
+    def assemble(c: sp.Expr, factors: list[Node], shape) -> Node:
+        """c · (f₁ ⊙ f₂ ⊙ …) in the order people write the factors, at ``shape``."""
+        if not factors:
+            return _full(c, shape)
+        factors = sorted(factors, key=_order)
+        out = factors[0]
+        for f in factors[1:]:
+            out = Hadamard(out, f)
+        if tuple(out.shape) != tuple(shape):
+            out = Broadcast(out, shape)
+        return _scaled(c, out)
+
+    def product(self, c: sp.Expr, factors: list[Node], shape) -> Node:
+        """The split form of an elementwise body (``lower``): factors simplified one by
+        one and assembled, without joining them again (the normal form)."""
+        k, flat = self.collect_factors(factors)
+        return self.assemble(c * k, flat, shape)
+
+    def _Hadamard(self, n: Hadamard) -> Node:
+        c, factors = self.collect_factors([n.a, n.b])
         if not factors:
             return _full(c, n.shape)
         # broadcasts of a scalar (a 1×1 value) become coefficients only when constant
@@ -607,13 +663,7 @@ class _Simplifier:
                 factors.append(lowered)
             if not factors:
                 return _full(c, n.shape)
-        factors.sort(key=_order)
-        out = factors[0]
-        for f in factors[1:]:
-            out = Hadamard(out, f)
-        if tuple(out.shape) != tuple(n.shape):
-            out = Broadcast(out, n.shape)
-        return _scaled(c, out)
+        return self.assemble(c, factors, n.shape)
 
     # --- sums
 
@@ -740,14 +790,14 @@ class _Simplifier:
             c, f = e.as_independent(*args, as_Add=False)
             plain = [x for x in sp.Mul.make_args(f) if x in args]
             others = [x for x in sp.Mul.make_args(f) if x not in args]
+            if plain and others and all(_is_denominator(x) for x in others):
+                # u/g(u) stays one quotient (2 w/(w² + 1)), not u ⊙ 1/g(u)
+                plain, others = [], [sp.Mul(*plain, *others)]
             if c != 1 or (plain and others) or len(plain) > 1:
                 factors = [args[x] for x in plain]
                 if others:
                     factors.append(self.lower(sp.Mul(*others), args, shape, note))
-                out = factors[0]
-                for x in factors[1:]:
-                    out = Hadamard(out, x)
-                return self.node(Scale(c, out) if c != 1 else out)
+                return self.product(c, factors, shape)
         if isinstance(e, sp.Piecewise):
             coefs = [v.as_independent(*args, as_Add=False)[0] for v, _ in e.args]
             if coefs and all(k == coefs[0] for k in coefs) and coefs[0] != 1 and coefs[0] != 0:
@@ -755,6 +805,10 @@ class _Simplifier:
                 return _scaled(coefs[0], self.lower(inner, args, shape, note))
         keep = tuple((t, a) for t, a in args.items() if t in used)
         return Map(e, keep, note)
+
+
+def _is_denominator(e: sp.Expr) -> bool:
+    return e.is_Pow and e.exp.is_number and e.exp.is_negative
 
 
 def _body(x: Node, args: dict[Node, sp.Symbol], shape) -> sp.Expr | None:
@@ -859,8 +913,16 @@ def _build_sum(items: list[tuple[sp.Expr, Node]]) -> Node:
 
 
 def simplify(node: Node) -> Node:
-    """``node`` rewritten toward the form a person writes (the value is unchanged)."""
-    return _Simplifier()(node)
+    """``node`` rewritten toward the form a person writes (the value is unchanged).
+
+    Within :data:`symgrad.budget.SIMPLIFY_SECONDS`: a gradient too large to tidy in
+    time (or too deep for the stack) is kept as swept, which is correct, only longer.
+    """
+    try:
+        with deadline(budget.SIMPLIFY_SECONDS):
+            return _Simplifier()(node)
+    except EXHAUSTED:
+        return node
 
 
 # --------------------------------------------------------------------------
@@ -1486,21 +1548,12 @@ def generate_expr(d: ExprDerivation, name: str = "expr") -> str:
     return env.get_template(TEMPLATE).render(**module_context(d, name))
 
 
-def write_module(path: Path, source: str, force: bool) -> None:
-    if path.exists() and not force:
-        head = path.read_text(errors="replace")[:2000]
-        if MARKER not in head:
-            raise SymgradError(str(path), "exists and was not generated by symgrad; use --force "
-                               "to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(source)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_module(path: Path, source: str, force: bool) -> bool:
+    """Write the module through symgrad's one write path (:mod:`symgrad.files`): checked
+    target, header with the hash of the body, atomic; returns whether the file changed."""
+    from symgrad import files
+
+    return files.write_text(path, files.stamp(source, "--expr"), force=force)
 
 
 # --------------------------------------------------------------------------
@@ -1701,8 +1754,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     d = derive_expr(_problem_from(args))
     out = Path(args.output or "generated/expr_module.py")
     name = re.sub(r"\W", "_", out.stem) or "expr"
-    write_module(out, generate_expr(d, name), args.force)
-    print(f"wrote {out}")
+    if write_module(out, generate_expr(d, name), args.force) and str(out) != "-":
+        print(f"symgrad: wrote {out}", file=sys.stderr)
+    elif str(out) != "-":
+        print(f"symgrad: {out} is up to date", file=sys.stderr)
     return 0
 
 
