@@ -30,7 +30,7 @@ from symgrad.activations import X as X_SYM
 from symgrad.errors import SymgradError
 from symgrad.losses import LOSSES, YHAT, Loss, Y, custom_loss, get_loss
 
-__all__ = ["Layer", "Spec", "Training", "OPTIMIZERS", "load_spec", "spec_from_dict"]
+__all__ = ["Layer", "Spec", "Training", "OPTIMIZERS", "as_spec", "load_spec", "spec_from_dict"]
 
 NAME_RE = re.compile(r"[a-z_][a-z0-9_]*\Z")
 MAX_UNITS = 1_000_000
@@ -365,7 +365,7 @@ def as_spec(spec_or_path: Spec | str | Path) -> Spec:
     (``str`` or ``os.PathLike``) read by :func:`load_spec`."""
     if isinstance(spec_or_path, Spec):
         return spec_or_path
-    if isinstance(spec_or_path, str | os.PathLike):
+    if isinstance(spec_or_path, str) or hasattr(spec_or_path, "__fspath__"):
         return load_spec(spec_or_path)
     raise TypeError(f"expected a symgrad.Spec or the path of a TOML spec, got "
                     f"{type(spec_or_path).__name__}")
