@@ -51,15 +51,16 @@ import sympy as sp
 
 from symgrad import naming
 from symgrad.activations import expand_named
+from symgrad.budget import EXHAUSTED, deadline
 from symgrad.cli import command
 from symgrad.crosscheck import explicit_env, tiny_sizes
 from symgrad.derive import Derivation, derive
 from symgrad.errors import SymgradError
 from symgrad.expr import (  # the parser's time limit, reused
+    MATRIX_METHODS,
     SCALAR_FUNCTIONS,
     ScalarBuilder,
-    _deadline,
-    _OutOfTime,
+    _is_method,
     _warm_up,
     parse_scalar,
     validate,
@@ -96,9 +97,13 @@ __all__ = [
     "DIAGNOSES",
 ]
 
-RTOL = 1e-8  # numeric agreement: max relative error per entry
+RTOL = 1e-8  # float64 screening: max relative error per entry (never decides "correct")
+PRECISION = 50  # decimal digits of the exact evaluation
+EXACT_RTOL = 10.0 ** -(PRECISION - 10)  # its tolerance: rounding at 50 digits, 10 digits spare
+EXACT_SECONDS = 5.0  # seconds SymPy may spend on the exact evaluation of the instances
 SYMBOLIC_BUDGET = 2.0  # seconds SymPy may spend on the symbolic proof
 INSTANCE_N = (3, 5, 4)  # batch sizes of the random instances (widths differ too)
+PROGRESS_AFTER = 1.0  # seconds: the command line reports each stage after this long
 
 DIAGNOSES = (
     "transposed", "factor", "sign", "shape", "activation-derivative", "layer",
@@ -620,6 +625,35 @@ class Network:
         sizes = {"N": n, **{f"n{str(l).translate(_SUB)}": w for l, w in enumerate(ws)}}
         return _Instance(env, sizes)
 
+    def exact(self, inst: _Instance) -> dict | None:
+        """The instance ``inst`` again at :data:`PRECISION` digits: the same data and
+        parameters (each float64 value is an exact binary fraction), every forward value
+        and cotangent by its equation in SymPy arithmetic (``Node.explicit`` on numbers).
+        None when a value is not a real finite number there (log of a negative, …)."""
+        env: dict = {k: v for k, v in inst.env.items() if isinstance(k, sp.Symbol)}
+        env[L2] = sp.Rational(repr(float(self.spec.l2)))
+        env[L1] = sp.Rational(repr(float(self.spec.l1)))
+        env[N] = sp.Integer(inst.env[N])
+        for s in self.d.graph.data + self.d.graph.params:
+            value = np.atleast_2d(inst.env[s.name])
+            env[s.name] = sp.Matrix(value.shape[0], value.shape[1],
+                                    lambda i, j, v=value: sp.Float(float(v[i, j]), PRECISION))
+        for eq in self.d.forward:
+            env[eq.target.name] = _evaluated(eq.rhs.explicit(env))
+        if "dYhat" not in self.steps:
+            env["dYhat"] = _evaluated(self.dyhat_generic.explicit(env))
+        for eq in self.d.steps:
+            env[eq.target.name] = _evaluated(eq.rhs.explicit(env))
+        return env
+
+    @cached_property
+    def exact_rtol(self) -> float:
+        """The exact evaluation's tolerance: :data:`EXACT_RTOL`, or looser where the
+        network holds a constant known to fewer digits (SELU's 17): 1000 units in its
+        last digit."""
+        digits = [_digits(f) for eq in (*self.d.forward, *self.d.steps) for f in _floats(eq.rhs)]
+        return max([EXACT_RTOL, *(1e3 * 10.0 ** -d for d in digits)])
+
     def sweep(self, env: dict, skip_derivative: int | None = None) -> None:
         """Every cotangent of the derivation into ``env``; with ``skip_derivative = l``,
         δ_l is replaced by ∂L/∂A_l (the chain without layer l's activation derivative)."""
@@ -699,6 +733,56 @@ def _instances(spec: Spec, seed: int) -> tuple[_Instance, ...]:
     return tuple(net.instance(k, seed) for k in range(len(INSTANCE_N)))
 
 
+@lru_cache(maxsize=32)
+def _exact_instances(spec: Spec, seed: int) -> tuple[dict, ...] | None:
+    """The random instances at :data:`PRECISION` digits, or None when that is not
+    possible (a value not real there) or takes over :data:`EXACT_SECONDS`."""
+    net = _network(spec)
+    try:
+        with deadline(EXACT_SECONDS):
+            envs = tuple(net.exact(inst) for inst in _instances(spec, seed))
+    except (*EXHAUSTED, _NotExact, NotImplementedError, TypeError, ValueError, ArithmeticError):
+        return None
+    return envs
+
+
+class _NotExact(Exception):
+    """A value of the exact evaluation is not a real finite number."""
+
+
+def _evaluated(m: sp.Matrix) -> sp.Matrix:
+    """Every entry of ``m`` as a number at :data:`PRECISION` digits (or :class:`_NotExact`)."""
+    out = m.evalf(PRECISION)
+    for v in out:
+        if not (isinstance(v, sp.Number) and v.is_finite):
+            raise _NotExact(str(v)[:40])
+    return out
+
+
+def _floats(node: Node) -> Iterator[sp.Float]:
+    """The inexact constants (SymPy Floats) in ``node``'s formulas, activations and loss."""
+    seen: set[int] = set()
+    stack: list[object] = [node]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, sp.Basic):
+            yield from item.atoms(sp.Float)
+        elif isinstance(item, Node):
+            stack.extend(item.children)
+            stack.extend(v for v in vars(item).values() if not isinstance(v, Node | str))
+        elif isinstance(item, tuple | list):
+            stack.extend(item)
+        elif hasattr(item, "expr"):  # an activation or a loss
+            stack.extend(getattr(item, k, None) for k in ("expr", "derivative"))
+
+
+def _digits(f: sp.Float) -> float:
+    return f._prec * math.log10(2)
+
+
 # --------------------------------------------------------------------------
 # Building a formula: safe AST -> matrix IR, shape-checked
 # --------------------------------------------------------------------------
@@ -722,6 +806,15 @@ _MATRIX_FUNCTIONS = (
 )
 _ARITH = {"multiply": ast.Mult(), "divide": ast.Div(), "add": ast.Add(), "subtract": ast.Sub()}
 _OPSYM = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**", ast.MatMult: "@"}
+
+
+def _as_function(node: ast.Call) -> ast.Call:
+    """``x.NAME(args, kw)`` as the call ``FUNCTION(x, args, kw)`` it means
+    (:data:`~symgrad.expr.MATRIX_METHODS`), at the same place in the source."""
+    func = node.func
+    assert isinstance(func, ast.Attribute)
+    name = ast.copy_location(ast.Name(MATRIX_METHODS[func.attr], ast.Load()), func)
+    return ast.copy_location(ast.Call(name, [func.value, *node.args], node.keywords), node)
 
 
 def _src(node: ast.AST, limit: int = 60) -> str:
@@ -753,9 +846,9 @@ class FormulaBuilder(ScalarBuilder):
         _warm_up()
         self._end = time.perf_counter() + self.time_limit
         try:
-            with _deadline(self.time_limit):
+            with deadline(self.time_limit):
                 return self.visit(tree.body)
-        except (_OutOfTime, RecursionError, MemoryError):
+        except EXHAUSTED:
             raise self.error(
                 f"expression is too complex (building it took over {self.time_limit:g} s); "
                 "simplify it"
@@ -878,6 +971,8 @@ class FormulaBuilder(ScalarBuilder):
 
     def visit_Call(self, node: ast.Call) -> Value:
         func = node.func
+        if _is_method(func):  # x.sum(axis=0) is sum(x, axis=0): one table, MATRIX_METHODS
+            return self.visit_Call(_as_function(node))
         if isinstance(func, ast.Name):
             name = label = func.id
         elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
@@ -1092,6 +1187,7 @@ class Verdict:
     wrt: str
     formula: str
     title: str
+    undecided: bool = False  # agrees on every instance, but not proved: not "correct"
     message: str = ""
     diagnosis: str | None = None
     factor: str | None = None  # for "factor"/"sign": the constant (N, 1/N, 2, 1/2, -1)
@@ -1105,7 +1201,7 @@ class Verdict:
 
     def text(self) -> str:
         lines = [self.title, f"  yours:     {self.formula.strip()}"]
-        verdict = "correct" if self.ok else "WRONG"
+        verdict = "correct" if self.ok else "not proved" if self.undecided else "WRONG"
         if not self.ok and self.diagnosis:
             verdict += f" ({self.diagnosis})"
         lines.append(f"  verdict:   {verdict}")
@@ -1165,6 +1261,36 @@ def _ratio(u: np.ndarray, c: np.ndarray) -> float | None:
     return r if _close(u, r * c) else None
 
 
+def _exact_relerr(u: sp.Matrix | None, c: sp.Matrix) -> float:
+    """:func:`_relerr`'s largest entry, in exact arithmetic (inf: no value or shapes differ)."""
+    if u is None:
+        return math.inf
+    if u.shape != c.shape:
+        if u.shape == (1, 1):
+            u = sp.ones(*c.shape) * u[0, 0]
+        elif u.rows * u.cols == c.rows * c.cols:
+            u = u.reshape(*c.shape)
+        else:
+            return math.inf
+    scale = max([abs(x) for x in (*u, *c)] + [sp.Integer(0)])
+    floor = max(scale * sp.Rational(1, 10**6), sp.Float(1e-300))
+    worst = 0.0
+    for a, b in zip(u, c, strict=True):
+        den = max(abs(a), abs(b), floor)
+        worst = max(worst, float(abs(a - b) / den))
+    return worst
+
+
+def _exact_ratio(u: sp.Matrix | None, c: sp.Matrix) -> sp.Float | None:
+    """r with u = r·c (least squares, exact arithmetic), or None."""
+    if u is None or u.shape != c.shape:
+        return None
+    cc = sum(x * x for x in c)
+    if cc == 0:
+        return None
+    return sp.Float(sum(a * b for a, b in zip(u, c, strict=True)) / cc, PRECISION)
+
+
 def _name_constant(r: float) -> str | None:
     """2, 1/2, -1, 3/2 …: a small rational close to r, as text."""
     f = Fraction(r).limit_denominator(12)
@@ -1200,25 +1326,36 @@ _FACTOR_WORDS = {
 
 
 def verify(spec: Spec, wrt: str, formula: str, seed: int = 0, *,
-           symbolic: bool = True, budget: float = SYMBOLIC_BUDGET) -> Verdict:
+           symbolic: bool = True, budget: float = SYMBOLIC_BUDGET,
+           progress: Callable[[str], None] | None = None) -> Verdict:
     """Check the hand-derived ∂L/∂``wrt`` written as ``formula`` (numpy syntax).
 
     Raises :class:`SymgradError` for bad input (unknown names, syntax, constructs the
     safe parser refuses); a wrong formula — including one whose shapes cannot
-    match — is a :class:`Verdict` with ``ok == False``.
+    match — is a :class:`Verdict` with ``ok == False``; so is one that agrees on every
+    instance but could not be proved (``undecided``).  ``symbolic=False`` skips the
+    proof: the exact evaluation then decides alone.  ``progress(stage)`` is called as
+    each stage starts.
     """
     net = _network(spec)
     target = net.target(wrt)
     tree = validate(formula, where="formula", allow_matrix=True)
-    return _Check(net, target, formula, tree, seed, symbolic, budget).run()
+    return _Check(net, target, formula, tree, seed, symbolic, budget, progress).run()
 
 
 class _Check:
     def __init__(self, net: Network, target: Target, formula: str, tree: ast.Expression,
-                 seed: int, symbolic: bool, budget: float) -> None:
+                 seed: int, symbolic: bool, budget: float,
+                 progress: Callable[[str], None] | None = None) -> None:
         self.net, self.target, self.formula, self.tree = net, target, formula, tree
+        self.progress = progress or (lambda stage: None)
+        self.progress("evaluating the network on random instances")
         self.instances = _instances(net.spec, seed)
         self.correct_values = [i.env[target.cot] for i in self.instances]
+        self.progress(f"evaluating them again at {PRECISION} digits")
+        exact = _exact_instances(net.spec, seed)
+        self.exact_envs = exact
+        self.exact_values = None if exact is None else [e[target.cot] for e in exact]
         self.symbolic, self.budget = symbolic, budget
         prefix = "np." if any(isinstance(n, ast.Name) and n.id == "np" for n in ast.walk(tree)) \
             else "numpy." if any(isinstance(n, ast.Name) and n.id == "numpy"
@@ -1261,6 +1398,41 @@ class _Check:
             out.append(v)
         return out
 
+    def exact(self, term: Term) -> list[sp.Matrix | None] | None:
+        """``term`` on each instance at :data:`PRECISION` digits (None: no exact
+        evaluation for this network; an entry None: not a real number for this term)."""
+        if self.exact_envs is None:
+            return None
+        out: list[sp.Matrix | None] = []
+        try:
+            with deadline(EXACT_SECONDS):
+                for env in self.exact_envs:
+                    try:
+                        out.append(_evaluated(term.node.explicit(env)))
+                    except (_NotExact, TypeError, ValueError, ArithmeticError):
+                        out.append(None)
+        except (*EXHAUSTED, NotImplementedError):
+            return None
+        return out
+
+    def exact_errors(self, term: Term, values=None) -> list[float] | None:
+        """Max relative error per instance at :data:`PRECISION` digits, as
+        :func:`_relerr` (inf where the term is not a number or the shapes differ)."""
+        values = self.exact(term) if values is None else values
+        if values is None or self.exact_values is None:
+            return None
+        return [_exact_relerr(u, c) for u, c in zip(values, self.exact_values, strict=True)]
+
+    def agrees(self, term: Term) -> bool:
+        """The one test of equality, for the user's formula, a repaired one ("fixed:")
+        and the suggested one ("correct:"): float64 within :data:`RTOL` on every
+        instance, and at :data:`PRECISION` digits within the network's exact tolerance
+        where the exact evaluation is available."""
+        if not self.fits(term.shape, self.target.shape) or not self.matches(self.values(term)):
+            return False
+        errs = self.exact_errors(term)
+        return errs is None or max(errs) <= self.net.exact_rtol
+
     def matches(self, values, correct=None) -> bool:
         correct = self.correct_values if correct is None else correct
         return all(_close(u, c) for u, c in zip(values, correct, strict=True))
@@ -1288,10 +1460,34 @@ class _Check:
         sizes = "; ".join(i.text() for i in self.instances)
         worst = max(errs)
         if worst <= RTOL:
-            v.ok = True
-            v.numeric = (f"equal on {len(values)} random instances ({sizes}), max relative "
-                         f"error {worst:.1e} (float64, tolerance {RTOL:g})")
-            v.symbolic = self.prove(term) if self.symbolic else "not attempted"
+            exact = self.exact(term)
+            exact_errs = self.exact_errors(term, exact)
+            tol = self.net.exact_rtol
+            if exact_errs is not None and max(exact_errs) > tol:
+                return self.near_miss(values, exact, exact_errs, worst, sizes)
+            if exact_errs is None:
+                evidence = (f"agrees on {len(values)} random instances ({sizes}) to {worst:.1e} "
+                            f"(float64 only: no exact evaluation here)")
+            else:
+                evidence = (f"equal on {len(values)} random instances ({sizes}): max relative "
+                            f"error {worst:.1e} in float64, {max(exact_errs):.1e} at "
+                            f"{PRECISION} digits (tolerance {tol:.0e})")
+            v.numeric = evidence
+            if self.symbolic:
+                self.progress("proving it on a tiny instance")
+                proved, v.symbolic = self.prove(term)
+            else:
+                proved, v.symbolic = False, "not attempted"
+            # the rule (module docstring): proved, or no proof asked for and exact agreement
+            v.ok = proved or (not self.symbolic and exact_errs is not None)
+            if not v.ok:
+                v.undecided = True
+                agreement = max(exact_errs) if exact_errs is not None else worst
+                why = ("the symbolic check was over its budget" if "budget" in v.symbolic
+                       else "the symbolic check was not attempted" if not self.symbolic
+                       else "SymPy could not decide the symbolic check")
+                v.message = (f"not proved: agrees numerically to {agreement:.1e} on "
+                             f"{len(values)} instances; {why}")
             return v
         bad = sum(e > RTOL for e in errs)
         v.numeric = (f"differs on {bad} of {len(values)} random instances ({sizes}), "
@@ -1299,6 +1495,27 @@ class _Check:
         v.symbolic = "not needed (the numbers differ)"
         v.counterexample = self.counterexample(values)
         return self.diagnose(term, values)
+
+    def near_miss(self, values, exact, exact_errs, worst, sizes) -> Verdict:
+        """Equal in float64 (within :data:`RTOL`), different at :data:`PRECISION` digits:
+        a formula off by a tiny factor or term, e.g. ``X.T @ dZ1 * 1.000000001``."""
+        v, t = self.verdict, self.target
+        bad = sum(e > self.net.exact_rtol for e in exact_errs)
+        v.numeric = (f"differs on {bad} of {len(values)} random instances ({sizes}) at "
+                     f"{PRECISION} digits, max relative error {max(exact_errs):.2g} (float64 "
+                     f"agrees to {worst:.1e}, which its screening tolerance {RTOL:g} cannot "
+                     "tell apart)")
+        v.symbolic = "not needed (the numbers differ)"
+        ratios = [_exact_ratio(u, c) for u, c in zip(exact, self.exact_values, strict=True)]
+        if None not in ratios and all(abs(r - ratios[0]) <= self.net.exact_rtol * abs(ratios[0])
+                                      for r in ratios):
+            r = f"{float(ratios[0]):.15g}"
+            return self.found("factor", f"off by a constant factor {r}: yours = {r} × "
+                              f"{t.partial}, a relative error of {float(ratios[0] - 1):.1e}",
+                              factor=r)
+        v.message = (f"close but not equal: yours differs from {t.partial} by up to "
+                     f"{max(exact_errs):.1e} (relative)")
+        return v
 
     def counterexample(self, values) -> str:
         for inst, u, c in zip(self.instances, values, self.correct_values, strict=True):
@@ -1482,11 +1699,13 @@ class _Check:
 
     # --- symbolic proof
 
-    def prove(self, term: Term) -> str:
+    def prove(self, term: Term) -> tuple[bool, str]:
+        """(proved, the evidence line): each entry's difference is 0 on the tiny
+        explicit instance, within ``budget`` seconds (building the instance included)."""
         t0 = time.perf_counter()
-        env, groups, sizes = self.net.explicit
         try:
-            with _deadline(self.budget):
+            with deadline(self.budget):
+                env, groups, sizes = self.net.explicit
                 mine = term.node.explicit(env)
                 ref = env[self.target.cot]
                 if mine.shape != ref.shape:
@@ -1494,13 +1713,14 @@ class _Check:
                 count = 0
                 for a, b in zip(mine, ref, strict=True):
                     if not _prove_entry(a - b, groups):
-                        return (f"not decided (SymPy could not reduce an entry's difference "
-                                f"to 0 at {_sizes_text(sizes)})")
+                        return False, (f"not decided (SymPy could not reduce an entry's "
+                                       f"difference to 0 at {_sizes_text(sizes)})")
                     count += 1
-        except (_OutOfTime, RecursionError):
-            return f"not decided (over the {self.budget:g} s budget at {_sizes_text(sizes)})"
-        return (f"proved at {_sizes_text(sizes)}: every entry's difference is 0 "
-                f"({count} entries, {time.perf_counter() - t0:.2f} s)")
+        except EXHAUSTED:
+            return False, (f"not decided (over the {self.budget:g} s budget at "
+                           f"{_sizes_text(sizes)})")
+        return True, (f"proved at {_sizes_text(sizes)}: every entry's difference is 0 "
+                      f"({count} entries, {time.perf_counter() - t0:.2f} s)")
 
 
 def _sizes_text(sizes: tuple[int, ...]) -> str:
@@ -1534,12 +1754,14 @@ def _axis_edits(tree: ast.Expression) -> Iterator[tuple[str, list[Edit]]]:
             continue
         f = node.func
         name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", "")
-        if name not in ("sum", "mean") or not node.args:
+        args = [f.value, *node.args] if _is_method(f) else node.args  # x.sum(…) is sum(x, …)
+        if name not in ("sum", "mean") or not args:
             continue
         axis = next((k.value for k in node.keywords if k.arg == "axis"), None)
-        if axis is None and len(node.args) == 2:
-            axis = node.args[1]
+        if axis is None and len(args) == 2:
+            axis = args[1]
         label = _src(node)
+        sep = ", " if node.args or node.keywords else ""
         if isinstance(axis, ast.Constant) and axis.value in (0, 1):
             other = str(1 - axis.value)
             yield (f"{label} sums over the wrong axis (use axis={other})",
@@ -1547,7 +1769,7 @@ def _axis_edits(tree: ast.Expression) -> Iterator[tuple[str, list[Edit]]]:
         elif axis is None:
             for other in ("0", "1"):
                 yield (f"{label} sums over everything (use axis={other})",
-                       [(node.end_col_offset - 1, node.end_col_offset - 1, f", axis={other}")])
+                       [(node.end_col_offset - 1, node.end_col_offset - 1, f"{sep}axis={other}")])
 
 
 def _apply(source: str, edits: list[Edit]) -> str:
@@ -1699,9 +1921,9 @@ def verify_scalar(expr: str, wrt: str, formula: str, seed: int = 0, *,
 
 def _simplest(e: sp.Expr, budget: float) -> sp.Expr:
     try:
-        with _deadline(budget):
+        with deadline(budget):
             s = sp.simplify(e)
-    except (_OutOfTime, RecursionError):
+    except EXHAUSTED:
         return e
     return s if sp.count_ops(s) < sp.count_ops(e) else e
 
@@ -1711,14 +1933,14 @@ def _prove_scalar(d: sp.Expr, x: sp.Symbol, budget: float) -> tuple[bool, str]:
     t0 = time.perf_counter()
     note = ""
     try:
-        with _deadline(budget):
+        with deadline(budget):
             if d.has(sp.Heaviside):
                 d = d.rewrite(sp.Piecewise)
             if d.has(sp.Piecewise):
                 ok, note = _piecewise_zero(sp.piecewise_fold(d), x)
             else:
                 ok = _zero(d)
-    except (_OutOfTime, RecursionError):
+    except EXHAUSTED:
         return False, f"not decided (over the {budget:g} s budget)"
     if ok:
         return True, f"proved: simplify(yours − diff) = 0{note} ({time.perf_counter() - t0:.2f} s)"
