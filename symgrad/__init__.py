@@ -5,17 +5,20 @@ nor numpy, so ``symgrad --version`` and the command line start quickly; the firs
 of a name imports the module that defines it.
 
     import symgrad
-    from symgrad.derive import derive
-    spec = symgrad.load_spec("examples/digits.toml")
-    print(derive(spec).text())                 # the formulas
-    symgrad.generate(spec, "digits_mlp.py")    # the numpy module
-    print(symgrad.check_spec(spec).text())     # the gradient check
+    derivation = symgrad.derive("examples/digits.toml")   # a path or a Spec, everywhere
+    print(derivation.text(steps=True))                   # the formulas, step by step
+    symgrad.generate("examples/digits.toml", "digits_mlp.py")
+    print(symgrad.check_spec("examples/digits.toml").text())
+    symgrad.verify("examples/digits.toml", "W1", "X.T @ dZ1").ok
 
-``derive`` and ``verify`` are imported from their modules (``symgrad.derive``,
-``symgrad.verify``): as attributes of the package those names are the modules.
+``symgrad.derive`` and ``symgrad.verify`` are the functions; their modules are
+``sys.modules["symgrad.derive"]`` (``from symgrad.derive import derive_graph`` as usual):
+the package keeps the function when the import system binds the submodule.
 """
 
 import importlib as _importlib
+import sys as _sys
+import types as _types
 import typing as _typing
 
 __version__ = "0.1.0"
@@ -30,6 +33,7 @@ _API: dict[str, str] = {
     "Training": "symgrad.spec",
     "check_module": "symgrad.check",
     "check_spec": "symgrad.check",
+    "derive": "symgrad.derive",
     "digits_split": "symgrad.datasets",
     "generate": "symgrad.codegen",
     "generate_source": "symgrad.codegen",
@@ -38,6 +42,7 @@ _API: dict[str, str] = {
     "load_spec": "symgrad.spec",
     "prove": "symgrad.crosscheck",
     "spec_from_dict": "symgrad.spec",
+    "verify": "symgrad.verify",
 }
 
 __all__ = [
@@ -50,6 +55,7 @@ __all__ = [
     "__version__",
     "check_module",
     "check_spec",
+    "derive",
     "digits_split",
     "generate",
     "generate_source",
@@ -58,6 +64,7 @@ __all__ = [
     "load_spec",
     "prove",
     "spec_from_dict",
+    "verify",
 ]  # __version__ and the names of _API (tests/test_exported_members.py holds both)
 
 if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
@@ -65,9 +72,27 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names l
     from symgrad.codegen import generate, generate_source, load_module
     from symgrad.crosscheck import prove
     from symgrad.datasets import digits_split, load_digits
-    from symgrad.derive import Derivation
+    from symgrad.derive import Derivation, derive
     from symgrad.errors import SymgradError
     from symgrad.spec import Layer, Spec, Training, load_spec, spec_from_dict
+    from symgrad.verify import verify
+
+
+# API functions named like the submodule defining them: the attribute is the function
+_FUNCTIONS_OVER_MODULES = frozenset({"derive", "verify"})
+
+
+class _Package(_types.ModuleType):
+    """The package module: importing ``symgrad.derive`` (the submodule) does not replace
+    the function ``symgrad.derive`` (the import system binds a submodule by setattr)."""
+
+    def __setattr__(self, name: str, value: _typing.Any) -> None:
+        if name in _FUNCTIONS_OVER_MODULES and isinstance(value, _types.ModuleType):
+            return  # the submodule stays reachable as sys.modules["symgrad.<name>"]
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> _typing.Any:

@@ -26,10 +26,13 @@ from typing import Any, TypeVar
 from symgrad.errors import SymgradError
 
 __all__ = [
+    "COMMAND_SECONDS",
+    "CommandTimeout",
     "EXHAUSTED",
     "OutOfTime",
     "SIMPLIFY_SECONDS",
     "deadline",
+    "command_budget",
     "within",
 ]
 
@@ -119,3 +122,101 @@ def within(seconds: float, where: str, what: str, fn: Callable[..., T], *args: A
         raise SymgradError(where, f"too deeply nested to {verb}: {what}") from None
     except MemoryError:
         raise SymgradError(where, f"too large to {verb} (out of memory): {what}") from None
+
+
+# ==========================================================================================
+# The backstop of a whole command (symgrad.cli.main)
+# ==========================================================================================
+
+#: wall-clock seconds one command may run (environment SYMGRAD_TIMEOUT; 0 turns it off)
+COMMAND_SECONDS = 600.0
+#: the share of physical memory one command may address (environment SYMGRAD_MEMORY_GB
+#: gives an absolute limit in GiB; 0 turns it off), and never less than MEMORY_FLOOR bytes
+MEMORY_FRACTION = 0.75
+MEMORY_FLOOR = 2 << 30
+
+
+class CommandTimeout(BaseException):
+    """The whole command ran past :data:`COMMAND_SECONDS` (raised by SIGALRM in the main
+    thread; a BaseException, so nothing on the way swallows it)."""
+
+
+def _env_number(name: str, default: float) -> float:
+    import os
+
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def command_seconds() -> float:
+    return _env_number("SYMGRAD_TIMEOUT", COMMAND_SECONDS)
+
+
+def memory_limit() -> int:
+    """Bytes of address space one command may use (0: no limit)."""
+    import os
+
+    gib = _env_number("SYMGRAD_MEMORY_GB", -1.0)
+    if gib >= 0:
+        return int(gib * (1 << 30))
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+    return max(int(MEMORY_FRACTION * physical), MEMORY_FLOOR)
+
+
+def memory_text() -> str:
+    limit = memory_limit()
+    if not limit:
+        return "no limit set"
+    return f"the limit is {limit / (1 << 30):.1f} GiB of address space; SYMGRAD_MEMORY_GB changes it"
+
+
+@contextmanager
+def command_budget() -> Iterator[None]:
+    """Run one command under a wall-clock limit (SIGALRM; :class:`CommandTimeout`) and an
+    address-space limit (RLIMIT_AS, so that running out is a MemoryError, reported in one
+    line, rather than the system's out-of-memory killer). Both are restored on exit; where
+    they cannot be set (another thread, no SIGALRM, a handler already installed, no
+    ``resource``) the command runs without them."""
+    import signal
+    import threading
+
+    seconds = command_seconds()
+    timer = (seconds > 0 and hasattr(signal, "setitimer")
+             and threading.current_thread() is threading.main_thread()
+             and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None))
+    previous_handler = None
+    if timer:
+        def expire(signum, frame):
+            signal.setitimer(signal.ITIMER_REAL, 1.0)  # again in 1 s, should it be swallowed
+            raise CommandTimeout(f"stopped after {seconds:g} s, the time limit of one command "
+                                 "(SYMGRAD_TIMEOUT=SECONDS changes it)")
+
+        previous_handler = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    limits = None
+    try:
+        import resource
+
+        wanted = memory_limit()
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if wanted and (soft == resource.RLIM_INFINITY or soft > wanted) and (
+                hard == resource.RLIM_INFINITY or hard >= wanted):
+            resource.setrlimit(resource.RLIMIT_AS, (wanted, hard))
+            limits = (soft, hard)
+    except (ImportError, ValueError, OSError):
+        limits = None
+    try:
+        yield
+    finally:
+        if timer:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_handler)
+        if limits is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, limits)

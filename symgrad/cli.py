@@ -1,14 +1,29 @@
-"""The ``symgrad`` command line (contract: DESIGN.md, "Command line").
+"""The ``symgrad`` command line, and its error contract.
 
-Each subcommand is a small function taking the parsed arguments and returning an
-exit code: 0 success, 1 a check or verification failed, 2 bad input — reported
-as one line ``symgrad: error: <where>: <what>``, never a traceback.
+Each subcommand is a small function taking the parsed arguments and returning an exit
+code. :func:`main` holds the contract for all of them:
+
+* 0 success; 1 a check or verification failed;
+* 2 bad input (spec, expression, file, argument) — one line
+  ``symgrad: error: <where>: <what>``, never a traceback; running out of the command's
+  time or memory budget is reported the same way;
+* 3 a bug of ours — one line ``symgrad: internal error: <Type>: <message> (please
+  report; SYMGRAD_DEBUG=1 shows the traceback)``.
+
+Status lines ("symgrad: wrote …") go to stderr, data (formulas, tables, a module written
+to ``-o -``) to stdout. Output that cannot encode Unicode (``PYTHONIOENCODING=cp1252``, a
+Windows console) gets ASCII forms (δ₁ → d1, ⊙ → *, ᵀ → ^T) instead of an encoding error.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
+import difflib
+import os
+import re
 import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +34,12 @@ __all__ = ["main", "build_parser"]
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
+DESCRIPTION = ("Derive backpropagation formulas symbolically, generate a numpy training "
+               "module, and check gradients (including ones derived by hand).")
+EPILOG = ("exit status: 0 success; 1 a check or verification failed; 2 bad input, one line "
+          "'symgrad: error: WHERE: WHAT'; 3 an internal error, one line (SYMGRAD_DEBUG=1 "
+          "shows the traceback). Run 'symgrad COMMAND --help' for the options of a command.")
+
 
 def command(name: str):
     def register(fn):
@@ -28,11 +49,65 @@ def command(name: str):
     return register
 
 
+# ==========================================================================================
+# argparse, following the one-line convention
+# ==========================================================================================
+
+
+def _where(prog: str) -> str:
+    """``symgrad derive`` → ``derive``; the top-level parser → ``command line``."""
+    sub = prog.split(" ", 1)[1] if " " in prog else ""
+    return sub or "command line"
+
+
+def _suggest(value: str, choices) -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors follow our one-line convention (exit 2)."""
+    """argparse, but usage errors are one line ``symgrad: error: <where>: <what>`` (exit 2),
+    with a "did you mean" where one fits, and no abbreviated options."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401
-        raise SymgradError(self.prog, message)
+        m = re.match(r"argument (?P<arg>[^:]+): (?P<what>.*)\Z", message, re.S)
+        if m:
+            raise SymgradError(f"{_where(self.prog)} {m['arg']}".replace("command line ", ""),
+                               m["what"])
+        m = re.match(r"unrecognized arguments: (?P<args>.*)\Z", message, re.S)
+        if m:
+            raise self._unrecognized(m["args"].split())
+        raise SymgradError(_where(self.prog), message)
+
+    def _check_value(self, action, value):
+        if action.choices is None or value in action.choices:
+            return
+        choices = list(action.choices)
+        hint = _suggest(value, choices)
+        if isinstance(action, argparse._SubParsersAction):
+            raise SymgradError(str(value), f"not a command{hint}; the commands are "
+                               f"{', '.join(choices)} (symgrad --help)")
+        name = "/".join(action.option_strings) or action.metavar or action.dest
+        where = f"{_where(self.prog)} {name}".replace("command line ", "")
+        raise SymgradError(where, f"invalid choice {value!r}{hint}; choose from "
+                           f"{', '.join(map(str, choices))}")
+
+    def _unrecognized(self, extras: list[str]) -> SymgradError:
+        first = extras[0]
+        hint = _suggest(first.split("=", 1)[0], self._option_string_actions) if (
+            first.startswith("-")) else ""
+        what = "unrecognized argument" + ("s " if len(extras) > 1 else " ") + " ".join(extras)
+        return SymgradError(_where(self.prog), f"{what}{hint}")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and " " in self.prog and not getattr(self, "_mixing", False):
+            raise self._unrecognized(extras)  # a subcommand's own options are known
+        return namespace, extras
 
 
 class _IntermixedParser(_Parser):
@@ -45,53 +120,85 @@ class _IntermixedParser(_Parser):
             return super().parse_known_args(args, namespace)
         self._mixing = True
         try:
-            return self.parse_known_intermixed_args(args, namespace)
+            namespace, extras = self.parse_known_intermixed_args(args, namespace)
         finally:
             self._mixing = False
+        if extras:
+            raise self._unrecognized(extras)
+        return namespace, extras
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="symgrad", description=__doc__.splitlines()[0])
-    p.add_argument("--version", action="version", version=f"symgrad {__version__}")
+    p = _Parser(prog="symgrad", description=DESCRIPTION, epilog=EPILOG)
+    p.add_argument("-V", "--version", action="version", version=f"symgrad {__version__}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    d = sub.add_parser("derive", help="print the backpropagation formulas of a network")
+    d = sub.add_parser("derive", help="print the backpropagation formulas of a network",
+                       description="Print the forward equations, the backward chain "
+                       "(δ_L, each ∂L/∂W_l, ∂L/∂b_l, δ_(l-1)) and the gradient-descent update "
+                       "of a network spec, or the gradient of an expression (--expr).")
     d.add_argument("spec", nargs="?", help="network spec (TOML)")
-    d.add_argument("--format", choices=("text", "latex", "markdown"), default="text")
-    d.add_argument("--steps", action="store_true", help="show each chain-rule step")
+    d.add_argument("--format", choices=("text", "latex", "markdown"), default="text",
+                   help="output format (default: text)")
+    d.add_argument("--steps", action="store_true",
+                   help="show each chain-rule step and the scalar derivatives SymPy found")
     d.add_argument("--prove", action="store_true",
                    help="also prove the formulas by scalar expansion on a tiny instance")
 
-    g = sub.add_parser("generate", help="write a numpy training module")
-    g.add_argument("spec", nargs="?")
-    g.add_argument("-o", "--output", help="output path (default generated/<name>.py)")
-    g.add_argument("--force", action="store_true", help="overwrite a file symgrad did not write")
+    g = sub.add_parser("generate", help="write a numpy training module",
+                       description="Write a standalone numpy module for a network spec (or "
+                       "an expression, --expr). An existing file is replaced only when "
+                       "symgrad wrote it and it was not edited since, or with --force.")
+    g.add_argument("spec", nargs="?", help="network spec (TOML)")
+    g.add_argument("-o", "--output", metavar="PATH",
+                   help="output file (default: generated/<name>.py; '-' for standard output)")
+    g.add_argument("--force", action="store_true",
+                   help="overwrite a file that symgrad did not write, or that was edited")
 
-    c = sub.add_parser("check", help="gradient check of a spec or a generated module")
+    c = sub.add_parser("check", help="gradient check of a spec or a generated module",
+                       description="Compare a module's loss_and_grad with differences of its "
+                       "own loss (float64, random data) and print a table; exit 1 on a "
+                       "failure.")
     c.add_argument("target", help="SPEC.toml or MODULE.py")
     c.add_argument("--method", choices=("central", "complex", "directional", "taylor"),
-                   default="central")
+                   default="central", help="how to differentiate numerically "
+                   "(default: central)")
     c.add_argument("--tol", type=float, default=None,
                    help="max relative error allowed (taylor: the minimum observed order)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--directions", type=int, default=8, help="directional: how many")
+    c.add_argument("--seed", type=int, default=0,
+                   help="seed of the random parameters and data (default: 0)")
+    c.add_argument("--directions", type=int, default=8,
+                   help="directional: how many random directions per parameter (default: 8)")
 
-    v = sub.add_parser("verify", help="verify a gradient derived by hand")
+    v = sub.add_parser("verify", help="verify a gradient derived by hand",
+                       description="Check a gradient you derived, written in numpy syntax, "
+                       "numerically on random instances and symbolically on a tiny one; "
+                       "exit 1 when it is wrong, with a diagnosis and the correct formula.")
     v.__class__ = _IntermixedParser
     v.add_argument("spec", nargs="?", help="network spec (TOML)")
     v.add_argument("--wrt", required=True, help="W1, b2, Z1, A1, … (or x with --expr)")
     v.add_argument("--expr", help="scalar mode: a function of the --wrt variable; with --shape, "
                    "a matrix expression")
     _expr_options(v, wrt=False)
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--seed", type=int, default=0,
+                   help="seed of the random instances (default: 0)")
     v.add_argument("formula", help="your gradient, in numpy syntax")
 
     _expr_options(d)
     _expr_options(g)
 
-    m = sub.add_parser("demo", help="the whole mission on the digits data set")
-    m.add_argument("--out", default="demo-out", help="directory for the plot and report")
-    m.add_argument("--epochs", type=int, default=None)
+    m = sub.add_parser("demo", help="the whole mission on the digits data set",
+                       description="Derive, generate, check and train a network on the "
+                       "embedded UCI digits; write the module, a plot and a report into "
+                       "--out (files there that symgrad did not write are kept unless "
+                       "--force).")
+    m.add_argument("--out", default="demo-out", metavar="DIR",
+                   help="directory for the module, the plot and the report (default: demo-out)")
+    m.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default: the spec's, 100)")
+    m.add_argument("--force", action="store_true",
+                   help="overwrite files in DIR that symgrad did not write, or that were edited")
     return p
 
 
@@ -138,6 +245,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
     if args.prove:
         from symgrad.crosscheck import prove
 
+        sys.stdout.flush()
         report = prove(spec)
         sys.stdout.write("\n" + report.text())
         return 0 if report.ok else 1
@@ -151,26 +259,140 @@ def _missing(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+# ==========================================================================================
+# Output that cannot encode Unicode: ASCII forms
+# ==========================================================================================
+
+_ASCII = {
+    "δ": "d", "∂": "d", "⊙": "*", "ᵀ": "^T", "𝟏": "1", "−": "-", "→": "->", "←": "<-",
+    "Σ": "sum", "λ": "lambda", "η": "eta", "σ": "sigma", "½": "1/2", "‖": "||", "×": "x",
+    "…": "...", "≤": "<=", "≥": ">=", "≠": "!=", "≈": "~", "·": "*", "√": "sqrt", "∘": " o ", "′": "'", "″": "''",
+    "⁻": "^-", "²": "^2", "³": "^3", "ε": "eps", "γ": "gamma", "β": "beta", "μ": "mu",
+    "α": "alpha", "π": "pi", "∇": "grad", "ℓ": "l", "Ŷ": "Yhat", "ŷ": "yhat", "—": "--",
+    "–": "-", "’": "'", "‘": "'", "“": '"', "”": '"', "█": "#", "▏": "|", "▎": "|", "▍": "|",
+    "▌": "|", "▋": "|", "▊": "|", "▉": "|", "✓": "ok", "✗": "x", "∞": "inf", "⌊": "floor(",
+    "⌋": ")", "∈": " in ", "∑": "sum", "𝔼": "E", "⟨": "<", "⟩": ">", "⋅": "*",
+}
+
+
+def _ascii_form(ch: str) -> str:
+    if ch in _ASCII:
+        return _ASCII[ch]
+    if "₀" <= ch <= "₉":
+        return chr(ord(ch) - ord("₀") + ord("0"))
+    if ch in "⁰¹⁴⁵⁶⁷⁸⁹":
+        return "^" + unicodedata.normalize("NFKC", ch)
+    plain = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+    return plain if plain and plain.isascii() else "?"
+
+
+def _ascii_errors(e: UnicodeError) -> tuple[str, int]:
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    return "".join(_ascii_form(ch) for ch in e.object[e.start:e.end]), e.end
+
+
+codecs.register_error("symgrad-ascii", _ascii_errors)
+
+
+def _robust_streams() -> None:
+    """stdout/stderr that cannot encode our symbols degrade to ASCII forms, never raise."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        try:
+            "δ₁⊙ᵀ𝟏−→Ŷ".encode(encoding)
+        except UnicodeEncodeError:
+            pass
+        except LookupError:
+            encoding = "ascii"
+        else:
+            continue
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="symgrad-ascii")
+            except (ValueError, OSError, TypeError):
+                pass
+
+
+# ==========================================================================================
+# main: the error contract
+# ==========================================================================================
+
+
+def _internal(e: BaseException) -> str:
+    message = " ".join(str(e).split())
+    if len(message) > 300:
+        message = message[:297] + "..."
+    detail = f": {message}" if message else ""
+    return (f"symgrad: internal error: {type(e).__name__}{detail} (please report; "
+            "SYMGRAD_DEBUG=1 shows the traceback)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    """Run one command; return its exit status (0, 1, 2 or 3, as the module docstring says)."""
+    from symgrad import budget
+
+    _robust_streams()
+    name = "symgrad"
     try:
+        parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
-        run = _expr_mode(args)
-        if run is not None:
+        name = args.command
+        with budget.command_budget():
+            run = _expr_mode(args)
+            if run is None:
+                _load_command(args.command)
+                run = COMMANDS.get(args.command, _missing(args.command))
             return run(args)
-        _load_command(args.command)
-        return COMMANDS.get(args.command, _missing(args.command))(args)
     except SymgradError as e:
-        print(e.one_line(), file=sys.stderr)
+        _report(e.one_line())
+        return 2
+    except budget.CommandTimeout as e:
+        _report(f"symgrad: error: {name}: {e}")
+        return 2
+    except MemoryError:
+        _report(f"symgrad: error: {name}: out of memory ({budget.memory_text()}); the input is "
+                "too large for this machine")
         return 2
     except KeyboardInterrupt:
-        print("symgrad: interrupted", file=sys.stderr)
+        _report("symgrad: interrupted")
         return 130
     except BrokenPipeError:
+        _silence_stdout()
         return 0
+    except SystemExit:
+        raise
+    except Exception as e:  # a bug of ours: one line, the traceback on request
+        if os.environ.get("SYMGRAD_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        _report(_internal(e))
+        return 3
+
+
+def _report(line: str) -> None:
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe (``symgrad derive … | head``), let the interpreter exit quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 COMMAND_MODULES = {

@@ -38,7 +38,7 @@ from symgrad.activations import X as X_SYM
 from symgrad.derive import Derivation, derive
 from symgrad.losses import YHAT, Loss, Y
 from symgrad.ops import L1, L2, Exp, Map, N
-from symgrad.spec import Spec
+from symgrad.spec import Spec, as_spec
 
 __all__ = ["Claim", "Report", "prove", "prove_structure", "prove_activation", "prove_fusion"]
 
@@ -151,7 +151,7 @@ def abstract_function(name: str) -> type[sp.Function]:
 
 
 def _rederive(d: Derivation, fns: dict[int, Activation], ell: Loss) -> Derivation:
-    from symgrad import derive as derive_mod
+    from symgrad.derive import derive_graph
     from symgrad.graph import Assignment, Graph
     from symgrad.ops import Elementwise, MeanLoss
 
@@ -166,7 +166,7 @@ def _rederive(d: Derivation, fns: dict[int, Activation], ell: Loss) -> Derivatio
             rhs = replace(rhs, loss=ell)
         new.append(Assignment(a.target, rhs))
     graph = Graph(d.spec, tuple(new), d.graph.params, d.graph.data)
-    return derive_mod.derive_graph(graph)
+    return derive_graph(graph)
 
 
 def prove_structure(spec: Spec) -> Claim:
@@ -380,6 +380,7 @@ def spot_check(spec: Spec, d_small: Derivation, sizes) -> Claim:
 def prove(spec: Spec, spot: bool = True) -> Report:
     """All the claims behind ``derive``'s formulas for ``spec`` (``spot``: also the
     independent numeric spot check of the fully concrete formulas)."""
+    spec = as_spec(spec)
     report = Report(spec)
     report.claims.append(prove_structure(spec))
     seen = set()

@@ -33,7 +33,7 @@ from symgrad.ops import (
     Sym,
     add,
 )
-from symgrad.spec import Spec
+from symgrad.spec import Spec, as_spec
 
 __all__ = ["Derivation", "Equation", "Fusion", "FUSIONS", "derive", "substitute", "walk"]
 
@@ -199,7 +199,7 @@ PENALTY_RULES = ("SqNormHalf", "AbsSum")
 
 def derive(spec: Spec) -> Derivation:
     """Derive the backpropagation formulas of ``spec`` by the reverse sweep."""
-    return derive_graph(build_graph(spec))
+    return derive_graph(build_graph(as_spec(spec)))
 
 
 def derive_graph(graph: Graph) -> Derivation:

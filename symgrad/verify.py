@@ -90,7 +90,7 @@ from symgrad.ops import (
 )
 from symgrad.printing import TextScalarPrinter
 from symgrad.printing import text as textbook
-from symgrad.spec import Spec, load_spec
+from symgrad.spec import Spec, as_spec, load_spec
 
 __all__ = [
     "Verdict", "verify", "verify_scalar", "NumpyPrinter", "numpy_text", "FormulaBuilder",
@@ -1337,7 +1337,7 @@ def verify(spec: Spec, wrt: str, formula: str, seed: int = 0, *,
     proof: the exact evaluation then decides alone.  ``progress(stage)`` is called as
     each stage starts.
     """
-    net = _network(spec)
+    net = _network(as_spec(spec))
     target = net.target(wrt)
     tree = validate(formula, where="formula", allow_matrix=True)
     return _Check(net, target, formula, tree, seed, symbolic, budget, progress).run()

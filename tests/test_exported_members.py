@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import symgrad
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +24,7 @@ PUBLIC = [
     "__version__",
     "check_module",
     "check_spec",
+    "derive",
     "digits_split",
     "generate",
     "generate_source",
@@ -30,6 +33,7 @@ PUBLIC = [
     "load_spec",
     "prove",
     "spec_from_dict",
+    "verify",
 ]
 
 
@@ -84,13 +88,33 @@ def test_import_is_quick() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_derive_and_verify_are_modules() -> None:
-    """Their functions are imported from them (``from symgrad import derive as
-    derive_mod`` in the code base expects the module)."""
-    from symgrad import derive as derive_mod
-    from symgrad import verify as verify_mod
-    from symgrad.derive import derive
-    from symgrad.verify import verify
+def test_derive_and_verify_are_functions() -> None:
+    """``symgrad.derive(spec)`` and ``symgrad.verify(...)`` are the functions, also after
+    their submodules are imported (the import system binds a submodule on its package);
+    the modules stay reachable through sys.modules and ``from symgrad.derive import …``."""
+    code = (
+        "import sys, types, symgrad, symgrad.derive, symgrad.verify\n"
+        "from symgrad.derive import derive_graph\n"
+        "from symgrad import derive, verify\n"
+        "for f in (symgrad.derive, symgrad.verify, derive, verify):\n"
+        "    assert isinstance(f, types.FunctionType), f\n"
+        "assert symgrad.derive is sys.modules['symgrad.derive'].derive\n"
+        "assert symgrad.verify is sys.modules['symgrad.verify'].verify\n"
+        "print(derive_graph.__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    assert out.stdout.strip() == "symgrad.derive"
 
-    assert derive_mod.derive is derive and verify_mod.verify is verify
-    assert "derive" not in symgrad.__all__ and "verify" not in symgrad.__all__
+
+def test_entry_points_take_a_path_or_a_spec() -> None:
+    """One coercion (symgrad.spec.as_spec) at every public entry point."""
+    path = REPO / "examples" / "digits.toml"
+    spec = symgrad.load_spec(path)
+    assert symgrad.derive(str(path)).text() == symgrad.derive(spec).text()
+    assert symgrad.generate_source(path) == symgrad.generate_source(spec)
+    assert symgrad.verify(str(path), "b2", "sum(dZ2, axis=0)", symbolic=False).ok
+    assert symgrad.prove(path, spot=False).ok
+    with pytest.raises(TypeError, match="expected a symgrad.Spec or the path of a TOML spec, "
+                                        "got int"):
+        symgrad.derive(3)
