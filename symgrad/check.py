@@ -5,6 +5,20 @@
 
 The module is untrusted (DESIGN, "The generated module"): its ``loss_and_grad`` is compared
 with numbers computed from its ``loss`` alone, never with anything it says about itself.
+
+**Isolation.**  A MODULE.py is imported in a separate process (symgrad.sandbox) that only
+*evaluates*: ``loss`` and ``loss_and_grad`` at points this process chooses, sent back as
+float64 numbers with a plain description of what the module returned.  Everything else is
+decided here: whether a value is a real number of the right shape and dtype, the finite
+differences, the tolerances, the table and the verdict.  The module can print, exit, hang,
+fork or rewrite ``symgrad.check`` in its own process; it cannot reach these.  The process
+runs under :data:`TIME_LIMIT` seconds for the whole check (then it and everything it
+started are killed) and an address-space limit of :data:`MEMORY_LIMIT` bytes.  When no
+report comes back (the process exited, died, timed out or sent garbage) the check fails
+(exit 1) with one line saying what happened.  A module *object* passed to
+:func:`check_module` (trusted: the caller imported it) and the module generated in memory
+for a SPEC are served in-process by the same :class:`symgrad.sandbox.Session`.
+
 For a SPEC the module is generated in memory and checked the same way; its loss is also
 compared with the derivation's equations evaluated numerically (``Node.numeric``), and the
 complex step, where it applies, differentiates the derivation rather than the module.
@@ -29,6 +43,19 @@ Methods (float64 throughout; data, parameters and directions drawn from ``--seed
   r(h) = |L(θ + h v) − L(θ) − h ⟨∇L, v⟩| must fall like h² (order 2); a wrong gradient
   leaves a first-order term, r ~ h (order 1).  No step size to tune.
 
+**Size.**  Entry by entry (``central``, ``complex``) costs a few loss evaluations per entry,
+each costing ~N × (number of parameters) multiply-adds.  When all entries together would
+cost more than :data:`FULL_WORK`, every parameter with more than :data:`SAMPLE_ENTRIES`
+entries is checked at a sample of them — the :data:`TOP_ENTRIES` largest |∂L/∂θ_j| claimed
+and the rest drawn at random — plus K random directions (which mix every entry), and the
+table says so ("central, 64 of 200,704 entries" and "directional, 8 directions").  Sizes are
+bounded before anything is allocated (:data:`MAX_NUMBERS` for X, Y and the parameters
+together).  On a terminal, progress is shown on stderr once a check takes over a second.
+
+**Domain.**  A module constant ``DOMAIN = "positive"`` (expression modules of functions like
+``y log x``) makes the parameters uniform in [0.5, 1.5]; without it, a loss that is not
+finite at the real starting point is tried at such a positive point, and the header says so.
+
 Relative error (DESIGN): |a − n| / max(|a|, |n|, 10⁻¹²).  An entry also agrees when
 |a − n| is within the difference's own rounding error (its *resolution*, ~ 12 ε |L| / h):
 an entry far smaller than its neighbours (|∂L/∂θ_j| ~ 10⁻⁸) has no meaningful relative
@@ -39,12 +66,14 @@ table's maximum.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
 import math
+import os
+import select
+import signal
+import subprocess
 import sys
 import time
-import uuid
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -57,6 +86,7 @@ import sympy as sp
 
 from symgrad.cli import command
 from symgrad.errors import SymgradError
+from symgrad.sandbox import MAGIC, Session
 
 __all__ = [
     "DEFAULT_TOL",
@@ -76,6 +106,23 @@ DEFAULT_TOL = {"central": 1e-6, "complex": 1e-12, "directional": 1e-6, "taylor":
 LOSS_TOL = 1e-10
 """Max relative difference of two evaluations of the same loss (module vs derivation)."""
 
+TIME_LIMIT = 120.0
+"""Seconds a MODULE.py's process may take for the whole check (import included)."""
+
+MEMORY_LIMIT = 4 << 30
+"""Address space of a MODULE.py's process, in bytes (``resource.RLIMIT_AS``)."""
+
+MAX_NUMBERS = 20_000_000
+"""X, Y and the parameters together, in float64 numbers (160 MB): larger is refused."""
+
+FULL_WORK = 1e10
+"""Multiply-adds (entries × 4 evaluations × N × parameters) up to which every entry of
+every parameter is checked; beyond it, large parameters are sampled."""
+
+SAMPLE_ENTRIES = 64
+TOP_ENTRIES = 8
+PROGRESS_AFTER = 1.0  # seconds before progress is shown (on a terminal)
+
 EPS = float(np.finfo(np.float64).eps)
 FLOOR = 1e-12  # the denominator floor of the relative error (DESIGN)
 STEPS = (1e-3, 1e-4, 1e-5, 1e-6)  # central: the first one used unless it disagrees
@@ -86,7 +133,7 @@ SAMPLES = 64  # rows of random data
 TAYLOR_H0 = 0.1
 TAYLOR_HALVINGS = 24
 TAYLOR_TAIL = 3  # orders of the smallest resolved steps that decide
-MAX_PARAMS = 50_000_000
+BATCH = 512  # loss evaluations per request
 MODULE_NAMES = ("INPUTS", "OUTPUTS", "PARAM_SHAPES", "loss", "loss_and_grad")
 
 
@@ -101,7 +148,8 @@ class Row:
 
     ``error`` is the max relative error (for ``taylor``, the smallest observed order);
     ``worst`` names the entry (``[2, 3]``) or direction (``v3``) where it occurs;
-    ``detail`` shows the values there when the row fails.
+    ``detail`` shows the values there when the row fails; ``coverage`` says what was
+    compared when it was not every entry ("64 of 200,704 entries", "8 directions").
     """
 
     name: str
@@ -113,6 +161,7 @@ class Row:
     detail: str = ""
     below_resolution: int = 0  # entries compared absolutely (see the module docstring)
     smaller_steps: int = 0  # entries that needed a smaller step than the first (kinks)
+    coverage: str = ""
 
     @property
     def error_text(self) -> str:
@@ -120,10 +169,21 @@ class Row:
             return "—" if math.isnan(self.error) else f"order {self.error:.2f}"
         return "nan" if math.isnan(self.error) else f"{self.error:.1e}"
 
+    @property
+    def method_text(self) -> str:
+        return f"{self.method}, {self.coverage}" if self.coverage else self.method
+
+    @property
+    def by_direction(self) -> bool:
+        return self.worst.startswith("v")
+
 
 @dataclass
 class CheckReport:
-    """The outcome of a check: ``rows`` per parameter, ``ok``, ``text()`` for people."""
+    """The outcome of a check: ``rows`` per parameter, ``ok``, ``text()`` for people.
+
+    ``failure`` says what happened when no report could be produced (the module's process
+    exited, died or timed out); the check then failed."""
 
     target: str
     method: str  # the method used (central after a complex-step fallback)
@@ -134,10 +194,12 @@ class CheckReport:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    failure: str = ""
+    domain: str = ""  # "" (real) or why the parameters are positive
 
     @property
     def ok(self) -> bool:
-        return bool(self.rows) and all(r.ok for r in self.rows)
+        return not self.failure and bool(self.rows) and all(r.ok for r in self.rows)
 
     @property
     def failed(self) -> list[Row]:
@@ -149,17 +211,33 @@ class CheckReport:
                 return r
         raise KeyError(name)
 
+    def header(self) -> tuple[str, ...]:
+        """The column titles, true to the rows: a Taylor row holds an order, the others a
+        relative error; an entry or a direction is where the worst one is."""
+        orders = {r.method == "taylor" for r in self.rows}
+        error = ("min order" if orders == {True} else
+                 "order / max rel. error" if orders == {True, False} else "max rel. error")
+        kinds = {r.by_direction for r in self.rows if r.worst != "—"}
+        worst = ("worst direction" if kinds == {True} else
+                 "worst entry / direction" if kinds == {True, False} else "worst entry")
+        return ("parameter", "shape", error, worst, "method", "result")
+
     def text(self) -> str:
+        if self.failure:
+            return f"symgrad check {self.target}: FAILED: {self.failure}\n"
         tol = f"min order {self.tol:g}" if self.method == "taylor" else f"tol {self.tol:g}"
+        domain = f", positive inputs ({self.domain})" if self.domain else ""
         lines = [
             f"symgrad check {self.target}: {_METHOD_TITLES[self.method]}, {tol}, "
-            f"seed {self.seed}, N = {self.samples}, float64"
+            f"seed {self.seed}, N = {self.samples}, float64{domain}"
         ]
         lines += [f"note: {n}" for n in self.notes]
-        header = ("parameter", "shape", "max rel. error", "worst entry", "method", "result")
+        header = self.header()
+        mixed = "/" in header[2]
         cells = [
-            (r.name, _shape_text(r.shape), r.error_text, r.worst, r.method,
-             "pass" if r.ok else "FAIL")
+            (r.name, _shape_text(r.shape),
+             r.error_text if not mixed or r.method == "taylor" else f"rel. {r.error_text}",
+             r.worst, r.method_text, "pass" if r.ok else "FAIL")
             for r in self.rows
         ]
         widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
@@ -169,7 +247,7 @@ class CheckReport:
             if r.detail:
                 lines.append(f"  {r.detail}")
         for r in self.rows:
-            one, many = ("direction", "directions") if r.method == "directional" else ("entry", "entries")
+            one, many = ("direction", "directions") if r.by_direction else ("entry", "entries")
             if r.below_resolution:
                 lines.append(
                     f"note: {r.name}: "
@@ -213,54 +291,357 @@ def _index_text(shape: tuple[int, ...], flat: int) -> str:
 
 
 # ==========================================================================================
+# Evaluators: the module in a separate process, or (trusted) in this one
+# ==========================================================================================
+
+
+class _NoReport(Exception):
+    """The module's process gave no report (exited, died, timed out, sent garbage)."""
+
+
+def _clean(text: Any, limit: int = 200) -> str:
+    """A string from the module's process, made one printable line of bounded length."""
+    text = "".join(c if c.isprintable() else "?" for c in " ".join(str(text).split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Local:
+    """A trusted module object, served in this process by the same Session."""
+
+    def __init__(self, module: ModuleType):
+        self.session = Session(module, MAX_NUMBERS)
+
+    def call(self, op: str, header: dict | None = None, arrays: dict | None = None,
+             what: str = "") -> tuple[dict, dict[str, np.ndarray]]:
+        arrays = {k: np.array(v, dtype=np.float64) for k, v in (arrays or {}).items()}
+        reply, out = self.session.handle({"op": op, **(header or {})}, arrays)
+        return reply, {k: np.array(v, dtype=np.float64) for k, v in out.items()}
+
+    def close(self) -> None:
+        pass
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return f"signal {number} ({signal.Signals(number).name})"
+    except ValueError:
+        return f"signal {number}"
+
+
+class _Isolated:
+    """``python -m symgrad.sandbox MODULE.py`` in its own session, under a deadline."""
+
+    def __init__(self, path: Path, where: str, time_limit: float, memory_limit: int):
+        self.where, self.time_limit = where, time_limit
+        self.deadline = time.monotonic() + time_limit
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        debug = bool(os.environ.get("SYMGRAD_DEBUG"))
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "symgrad.sandbox", str(path.resolve()),
+                 str(int(memory_limit)), str(MAX_NUMBERS)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=None if debug else subprocess.DEVNULL, env=env,
+                start_new_session=True, close_fds=True)
+        except OSError as e:
+            raise _NoReport(f"could not start the checking process ({e}); no gradient was "
+                            "checked") from None
+        self.doing = "import"
+        hello = self._receive()[0]
+        if "import_error" in hello:
+            self.close()
+            raise SymgradError(where, _clean(hello["import_error"]))
+        if hello.get("ready") is not True:
+            self._malformed()
+        self.doing = ""
+
+    # -- the conversation -----------------------------------------------------------------
+
+    def call(self, op: str, header: dict | None = None, arrays: dict | None = None,
+             what: str = "") -> tuple[dict, dict[str, np.ndarray]]:
+        self.doing = what or op
+        arrays = arrays or {}
+        head = {"op": op, **(header or {}),
+                "arrays": [[k, list(np.shape(a))] for k, a in arrays.items()]}
+        text = json.dumps(head).encode()
+        data = [MAGIC, len(text).to_bytes(8, "big"), text]
+        data += [np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays.values()]
+        try:
+            self.proc.stdin.write(b"".join(data))
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._died()
+        return self._receive()
+
+    def _read(self, n: int) -> bytes:
+        fd = self.proc.stdout.fileno()
+        parts, got = [], 0
+        while got < n:
+            left = self.deadline - time.monotonic()
+            ready = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
+            if not ready:
+                self._timed_out()
+            chunk = os.read(fd, min(n - got, 1 << 20))
+            if not chunk:
+                self._died()
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+    def _receive(self) -> tuple[dict, dict[str, np.ndarray]]:
+        if self._read(4) != MAGIC:
+            self._malformed()
+        size = int.from_bytes(self._read(8), "big")
+        if size > 64 << 20:
+            self._malformed()
+        try:
+            header = json.loads(self._read(size))
+            shapes = [(str(k), tuple(int(n) for n in s)) for k, s in header.pop("arrays", [])]
+            if not isinstance(header, dict) or any(n < 0 for _, s in shapes for n in s):
+                raise ValueError
+        except (ValueError, TypeError, RecursionError, AttributeError):
+            self._malformed()
+        if sum(math.prod(s) for _, s in shapes) > 4 * MAX_NUMBERS:
+            self._malformed()
+        arrays = {}
+        for key, shape in shapes:
+            raw = self._read(8 * math.prod(shape))
+            arrays[key] = np.frombuffer(raw, dtype="<f8").reshape(shape).astype(np.float64)
+        return header, arrays
+
+    # -- the ways it ends without a report ------------------------------------------------
+
+    def _during(self) -> str:
+        return "during import" if self.doing == "import" else f"while {self.doing}"
+
+    def _ending(self) -> str:
+        return ("no gradient was checked" if self.doing == "import"
+                else "the check did not finish")
+
+    def _died(self):
+        try:
+            code = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
+        self.close()
+        how = ("closed its output" if code is None else
+               f"exited with status {code}" if code >= 0 else f"was killed by {_signal_name(-code)}")
+        raise _NoReport(f"module {how} {self._during()}; {self._ending()}")
+
+    def _timed_out(self):
+        self.close()
+        raise _NoReport(f"module did not answer within the time limit of {self.time_limit:g} s "
+                        f"({self._during()}); it was stopped and {self._ending()}")
+
+    def _malformed(self):
+        self.close()
+        raise _NoReport(f"module's process sent a malformed reply {self._during()}; "
+                        f"{self._ending()}")
+
+    def close(self) -> None:
+        """Ask the process to quit, then kill its whole session (what it forked too)."""
+        proc = self.proc
+        if proc.poll() is None:
+            try:
+                text = json.dumps({"op": "quit"}).encode()
+                proc.stdin.write(MAGIC + len(text).to_bytes(8, "big") + text)
+                proc.stdin.flush()
+                proc.wait(timeout=0.5)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the pgid is its pid
+        except (ProcessLookupError, PermissionError):
+            pass
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+# ==========================================================================================
 # The problem: a loss, its claimed gradient, a point and data
 # ==========================================================================================
 
 
+class _Progress:
+    """One live line on stderr (a terminal only), once the check has taken over a second."""
+
+    def __init__(self, start: float, stream=None):
+        self.start = start
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.shown = 0
+        self.last = 0.0
+
+    def __call__(self, text: str) -> None:
+        if not self.live:
+            return
+        now = time.perf_counter()
+        if now - self.start < PROGRESS_AFTER or now - self.last < 0.1:
+            return
+        self.last = now
+        line = f"symgrad check: {text} ({now - self.start:.1f} s)"
+        self.stream.write("\r" + line.ljust(self.shown))
+        self.stream.flush()
+        self.shown = len(line)
+
+    def done(self) -> None:
+        if self.shown:
+            self.stream.write("\r" + " " * self.shown + "\r")
+            self.stream.flush()
+            self.shown = 0
+
+
+@dataclass
+class _Claim:
+    """What loss_and_grad returned for one parameter: its description, and the values as
+    float64 when they were real numbers."""
+
+    info: dict[str, Any]
+    values: np.ndarray | None
+
+
 @dataclass
 class Problem:
-    """What every method needs: the module's ``loss`` as a function of the parameters, the
-    gradient its ``loss_and_grad`` claims at ``params`` (for data X, Y), and for the complex
-    step a loss that accepts complex parameters."""
+    """What every method needs: the module's ``loss`` at points chosen here (through an
+    evaluator), the gradient its ``loss_and_grad`` claims at ``params`` (for data X, Y),
+    and for a spec's complex step the derivation's loss at complex parameters."""
 
     where: str
     params: dict[str, np.ndarray]
     X: np.ndarray
     Y: np.ndarray
-    loss: Callable[[dict[str, np.ndarray]], float]
-    grads: dict[str, Any]  # as loss_and_grad returned them
+    evaluator: Any
+    grads: dict[str, _Claim] = field(default_factory=dict)
     complex_loss: Callable[[dict[str, np.ndarray]], complex] | None = None
+    module_complex: bool = False  # the complex step through the module's own loss
     rows: list[Row] = field(default_factory=list)  # the loss-value rows
     notes: list[str] = field(default_factory=list)
+    domain: str = ""
+    progress: Callable[[str], None] = lambda text: None
+    _directions: int = 0
+    _vectors: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def samples(self) -> int:
         return self.X.shape[0]
 
+    @property
+    def size(self) -> int:
+        return sum(v.size for v in self.params.values())
 
-def _call(where: str, what: str, fn: Callable, *args):
-    """Call a function of the untrusted module; what it raises is bad input (exit 2)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return fn(*args)
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - anything the module raises
-        raise SymgradError(where, f"{what} raised {_exception(e)}") from None
+    def losses(self, points: list[tuple[str, str, int, float]]) -> np.ndarray:
+        """The module's loss at base + t e_j (``entry``, j) or base + t v (``direction``, id)."""
+        out = np.empty(len(points))
+        for start in range(0, len(points), BATCH):
+            chunk = points[start:start + BATCH]
+            reply, arrays = self.evaluator.call("losses", {"points": chunk}, what="evaluating loss")
+            values = self._values(reply, arrays, len(chunk))
+            for i, info in enumerate(reply["kinds"]):
+                _check_real(self.where, "loss", info, values[i])
+            out[start:start + len(chunk)] = values[:, 0]
+        return out
+
+    def complex_losses(self, points: list[tuple[str, str, int, float]]) -> np.ndarray:
+        """Im L(base + i h e_j) or Im L(base + i h v), by the derivation or the module."""
+        if self.complex_loss is not None:
+            out = np.empty(len(points))
+            for i, (name, kind, index, h) in enumerate(points):
+                params = {k: v.astype(np.complex128) for k, v in self.params.items()}
+                if kind == "entry":
+                    params[name].reshape(-1)[index] += 1j * h
+                else:
+                    params[name] = params[name] + 1j * h * self._vectors[index]
+                out[i] = self.complex_loss(params).imag
+            return out
+        out = np.empty(len(points))
+        for start in range(0, len(points), BATCH):
+            chunk = points[start:start + BATCH]
+            reply, arrays = self.evaluator.call("losses", {"points": chunk, "complex": True},
+                                                what="evaluating loss at complex parameters")
+            values = self._values(reply, arrays, len(chunk))
+            for info in reply["kinds"]:
+                if not (info.get("type") == "complex"
+                        or str(info.get("dtype", "")).startswith("complex")) or info.get("size") != 1:
+                    raise SymgradError(self.where, "loss returned a real number at complex "
+                                       "parameters")
+            out[start:start + len(chunk)] = values[:, 1]
+        return out
+
+    def _values(self, reply: dict, arrays: dict, n: int) -> np.ndarray:
+        if "raised" in reply:
+            raise SymgradError(self.where, _clean(reply["raised"]))
+        values = arrays.get("values")
+        kinds = reply.get("kinds")
+        if values is None or values.shape != (n, 2) or not isinstance(kinds, list) \
+                or len(kinds) != n or not all(isinstance(k, dict) for k in kinds):
+            raise _NoReport("module's process sent a malformed reply while evaluating loss; "
+                            "the check did not finish")
+        return values
+
+    def direction(self, name: str, v: np.ndarray) -> int:
+        """Send a direction for ``name`` once; its id for ``losses``."""
+        self._directions += 1
+        self._vectors[self._directions] = v
+        self.evaluator.call("direction", {"id": self._directions, "name": name}, {"v": v},
+                            what="receiving a direction")
+        return self._directions
+
+    def loss_at_base(self) -> float:
+        name = next(iter(self.params))
+        return float(self.losses([(name, "entry", 0, 0.0)])[0])
 
 
-def _exception(e: BaseException) -> str:
-    message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return type(e).__name__ + (f": {message}" if message else "")
+def _check_real(where: str, what: str, info: dict, number: Any) -> None:
+    """A loss is a real number: a Python int or float, or a numpy real scalar or size-1
+    array; complex numbers, booleans, strings, lists are refused (bad input)."""
+    kind, dtype = info.get("type"), str(info.get("dtype", ""))
+    text = _clean(info.get("repr", "?"), 60)
+    if kind in ("int", "float") or (kind in ("numpy", "ndarray") and info.get("size") == 1
+                                    and dtype[:3] in ("flo", "int", "uin")):
+        return
+    if kind == "complex" or dtype.startswith("complex"):
+        raise SymgradError(where, f"{what} returned {text}, a complex number; a loss is real")
+    raise SymgradError(where, f"{what} returned {text}, not a number")
 
 
-def _scalar(where: str, what: str, value: Any) -> float:
-    try:
-        v = np.asarray(value)
-        if v.size != 1 or not np.issubdtype(v.dtype, np.number):
-            raise TypeError
-        return float(v.reshape(()).real)
-    except (TypeError, ValueError):
-        raise SymgradError(where, f"{what} returned {_short(value)}, not a number") from None
+def _decode(value: Any) -> Any:
+    """The Python value of sandbox.plain()'s JSON form."""
+    if not isinstance(value, dict) or len(value) != 1:
+        return _Opaque("?")
+    (kind, v), = value.items()
+    if kind in ("int", "bool", "float", "str"):
+        return {"int": int, "bool": bool, "float": float, "str": str}[kind](v)
+    if kind == "list":
+        return [_decode(x) for x in v]
+    if kind == "tuple":
+        return tuple(_decode(x) for x in v)
+    if kind == "dict":
+        out = {}
+        for k, x in v:
+            key = _decode(k)
+            if not isinstance(key, str | int | float | bool | tuple):
+                key = _Opaque(repr(key))
+            out[key] = _decode(x)
+        return out
+    return _Opaque(_clean(v, 60))
+
+
+class _Opaque:
+    """A value the module holds that is not plain data: only its repr travels."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 def _short(value: Any) -> str:
@@ -272,19 +653,35 @@ def _positive_int(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= 1
 
 
-def _interface(module: ModuleType, where: str) -> tuple[int, int, dict[str, tuple[int, ...]]]:
-    """INPUTS, OUTPUTS and PARAM_SHAPES of an untrusted module, validated."""
-    missing = [name for name in MODULE_NAMES if not hasattr(module, name)]
+@dataclass(frozen=True)
+class _Interface:
+    inputs: int
+    outputs: int
+    shapes: dict[str, tuple[int, ...]]
+    init: bool
+    domain: str | None  # None when the module does not say
+
+
+def _interface(evaluator, where: str, samples: int) -> _Interface:
+    """INPUTS, OUTPUTS, PARAM_SHAPES (and DOMAIN) of an untrusted module, validated, and
+    the sizes bounded before anything is allocated."""
+    reply, _ = evaluator.call("interface", what="reading the module's constants")
+    try:
+        present, callable_ = dict(reply["present"]), dict(reply["callable"])
+    except (KeyError, TypeError, ValueError):
+        raise _NoReport("module's process sent a malformed reply; no gradient was checked") from None
+    missing = [name for name in MODULE_NAMES if not present.get(name)]
     if missing:
         raise SymgradError(where, f"not a symgrad module: no {', '.join(missing)}")
     for name in ("loss", "loss_and_grad"):
-        if not callable(getattr(module, name)):
+        if not callable_.get(name):
             raise SymgradError(where, f"not a symgrad module: {name} is not a function")
+    values = {name: _decode(reply.get(name)) for name in ("INPUTS", "OUTPUTS", "PARAM_SHAPES")}
     for name in ("INPUTS", "OUTPUTS"):
-        if not _positive_int(getattr(module, name)):
+        if not _positive_int(values[name]):
             raise SymgradError(where, f"not a symgrad module: {name} must be a positive integer, "
-                               f"not {_short(getattr(module, name))}")
-    raw = module.PARAM_SHAPES
+                               f"not {_short(values[name])}")
+    raw = values["PARAM_SHAPES"]
     if not (isinstance(raw, dict) and raw and all(
         isinstance(name, str) and isinstance(shape, tuple | list) and shape
         and all(_positive_int(n) for n in shape) for name, shape in raw.items()
@@ -292,36 +689,51 @@ def _interface(module: ModuleType, where: str) -> tuple[int, int, dict[str, tupl
         raise SymgradError(where, "not a symgrad module: PARAM_SHAPES must map parameter names "
                            "to shapes (tuples of positive integers)")
     shapes = {name: tuple(int(n) for n in shape) for name, shape in raw.items()}
+    inputs, outputs = int(values["INPUTS"]), int(values["OUTPUTS"])
     total = sum(math.prod(s) for s in shapes.values())
-    if total > MAX_PARAMS or module.INPUTS * SAMPLES > MAX_PARAMS:
-        raise SymgradError(where, f"too large to check ({total} parameters)")
-    return int(module.INPUTS), int(module.OUTPUTS), shapes
+    numbers = samples * (inputs + outputs) + total
+    if numbers > MAX_NUMBERS:
+        raise SymgradError(where, f"too large to check: X and Y ({samples} samples × "
+                           f"{inputs:,} inputs and {outputs:,} outputs) and {total:,} parameters "
+                           f"are {numbers:,} numbers; the limit is {MAX_NUMBERS:,}")
+    domain = None
+    if present.get("DOMAIN"):
+        domain = _decode(reply.get("DOMAIN"))
+        if domain not in ("positive", "real"):
+            raise SymgradError(where, f"DOMAIN must be 'positive' or 'real', not {_short(domain)}")
+    return _Interface(inputs, outputs, shapes, bool(callable_.get("init_params")), domain)
 
 
-def _initial(module: ModuleType, where: str, shapes: dict[str, tuple[int, ...]], seed: int,
+def _initial(evaluator, where: str, iface: _Interface, seed: int,
              rng: np.random.Generator) -> dict[str, np.ndarray]:
     """init_params(seed) if the module has it, else random weights; biases moved off zero
     (a generic point, not the symmetric start)."""
     params: dict[str, np.ndarray] = {}
-    init = getattr(module, "init_params", None)
-    if callable(init):
-        raw = _call(where, "init_params", init, seed)
-        if not isinstance(raw, dict):
-            raise SymgradError(where, f"init_params returned {_short(raw)}, not a dict of arrays")
+    shapes = iface.shapes
+    if iface.init:
+        reply, arrays = evaluator.call("init_params", {"seed": seed}, what="calling init_params")
+        if "raised" in reply:
+            raise SymgradError(where, _clean(reply["raised"]))
+        value = reply.get("value") or {}
+        if value.get("type") != "dict" or not isinstance(value.get("items"), dict):
+            raise SymgradError(where, f"init_params returned {_clean(value.get('repr', '?'), 40)}, "
+                               "not a dict of arrays")
+        items = value["items"]
         for name, shape in shapes.items():
-            if name not in raw:
+            if name not in items:
                 raise SymgradError(where, f"init_params returned no {name}, which PARAM_SHAPES "
                                    "lists")
-            try:
-                value = np.array(raw[name], dtype=np.float64)
-            except (TypeError, ValueError):
-                raise SymgradError(where, f"init_params returned {name} = {_short(raw[name])}, "
-                                   "not an array") from None
-            if value.shape != shape:
+            info = items[name]
+            data = arrays.get(str(info.get("data")))
+            if data is None:
+                raise SymgradError(where, f"init_params returned {name} = "
+                                   f"{_clean(info.get('repr', '?'), 40)}, not an array of real "
+                                   "numbers")
+            if data.shape != shape:
                 raise SymgradError(where, f"init_params returned {name} of shape "
-                                   f"{_shape_text(value.shape)}; PARAM_SHAPES says "
+                                   f"{_shape_text(data.shape)}; PARAM_SHAPES says "
                                    f"{_shape_text(shape)}")
-            params[name] = value
+            params[name] = data
     for name, shape in shapes.items():
         if name not in params:
             scale = 1 / math.sqrt(shape[0]) if len(shape) > 1 else 0.5
@@ -329,6 +741,11 @@ def _initial(module: ModuleType, where: str, shapes: dict[str, tuple[int, ...]],
         elif len(shape) == 1 or not np.any(params[name]):
             params[name] = params[name] + 0.1 * rng.standard_normal(shape)
     return params
+
+
+def _positive(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([seed, 2])  # a stream apart from the data's and directions'
+    return {name: rng.uniform(0.5, 1.5, shape) for name, shape in shapes.items()}
 
 
 def _targets(kind: str, n: int, outputs: int, rng: np.random.Generator) -> np.ndarray:
@@ -341,37 +758,58 @@ def _targets(kind: str, n: int, outputs: int, rng: np.random.Generator) -> np.nd
     return rng.standard_normal((n, outputs))
 
 
-def _problem(module: ModuleType, where: str, seed: int, samples: int,
-             targets: str = "one-hot") -> Problem:
+def _setup(evaluator, X, Y, params) -> None:
+    arrays = {"X": X, "Y": Y, **{f"p:{k}": v for k, v in params.items()}}
+    evaluator.call("setup", {"names": list(params)}, arrays, what="receiving the data")
+
+
+def _problem(evaluator, where: str, seed: int, samples: int, targets: str = "one-hot",
+             progress: Callable[[str], None] | None = None) -> Problem:
     """Random data and parameters (seeded) and the module's claims there."""
-    inputs, outputs, shapes = _interface(module, where)
+    iface = _interface(evaluator, where, samples)
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((samples, inputs))
-    Y = _targets(targets, samples, outputs, rng)
-    params = _initial(module, where, shapes, seed, rng)
+    X = rng.standard_normal((samples, iface.inputs))
+    Y = _targets(targets, samples, iface.outputs, rng)
+    domain = ""
+    if iface.domain == "positive":
+        params, domain = _positive(iface.shapes, seed), "DOMAIN = 'positive'"
+    else:
+        params = _initial(evaluator, where, iface, seed, rng)
+    problem = Problem(where, params, X, Y, evaluator, domain=domain)
+    if progress is not None:
+        problem.progress = progress
+    _setup(evaluator, X, Y, params)
+    if iface.domain is None:
+        L0 = problem.loss_at_base()
+        if not math.isfinite(L0):
+            positive = _positive(iface.shapes, seed)
+            _setup(evaluator, X, Y, positive)
+            problem.params = positive
+            if math.isfinite(problem.loss_at_base()):
+                problem.domain = f"the loss is {L0} at a real point"
+            else:  # no better: back to the real point, whose rows will say nan
+                problem.params = params
+                _setup(evaluator, X, Y, params)
 
-    def copies(p: dict[str, np.ndarray]) -> tuple:
-        # a module that writes into its arguments cannot disturb the check
-        return {k: v.copy() for k, v in p.items()}, X.copy(), Y.copy()
-
-    def loss(p: dict[str, np.ndarray]) -> float:
-        return _scalar(where, "loss", _call(where, "loss", module.loss, *copies(p)))
-
-    out = _call(where, "loss_and_grad", module.loss_and_grad, *copies(params))
-    if not (isinstance(out, tuple | list) and len(out) == 2 and isinstance(out[1], dict)):
-        raise SymgradError(where, f"loss_and_grad returned {_short(out)}, not (loss, gradients)")
-    value = _scalar(where, "loss_and_grad", out[0])
-    problem = Problem(where, params, X, Y, loss, dict(out[1]))
-    problem.rows.append(_value_row("loss", value, loss(params), "loss()",
+    reply, arrays = evaluator.call("loss_and_grad", what="calling loss_and_grad")
+    if "raised" in reply:
+        raise SymgradError(where, _clean(reply["raised"]))
+    out = reply.get("value") or {}
+    if out.get("type") != "pair":
+        raise SymgradError(where, f"loss_and_grad returned {_clean(out.get('repr', '?'), 40)}, "
+                           "not (loss, gradients)")
+    try:
+        re, im, info = out["loss"]
+        value = float(re)
+        grads = {str(k): _Claim(dict(v), arrays.get(str(v.get("data"))))
+                 for k, v in dict(out["grads"]).items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise _NoReport("module's process sent a malformed reply while calling loss_and_grad; "
+                        "the check did not finish") from None
+    _check_real(where, "loss_and_grad", dict(info), value)
+    problem.grads = grads
+    problem.rows.append(_value_row("loss", value, problem.loss_at_base(), "loss()",
                                    "loss_and_grad's loss", "loss()'s"))
-
-    def complex_loss(p: dict[str, np.ndarray]) -> complex:
-        value = np.asarray(_call(where, "loss", module.loss, *copies(p)))
-        if value.size != 1 or not np.iscomplexobj(value):
-            raise SymgradError(where, "loss returned a real number at complex parameters")
-        return complex(value.reshape(()))
-
-    problem.complex_loss = complex_loss
     return problem
 
 
@@ -388,35 +826,6 @@ def _value_row(name: str, a: float, n: float, method: str, a_name: str, n_name: 
 # ==========================================================================================
 
 
-def _import(path: Path) -> ModuleType:
-    """Import a module file (with its directory on sys.path, as ``python MODULE.py`` has)."""
-    where = str(path)
-    name = f"_symgrad_checked_{path.stem}_{uuid.uuid4().hex[:8]}"
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise SymgradError(where, "cannot import: not a Python module")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # as importlib's recipe has it (dataclasses look it up)
-        directory = str(path.parent.resolve())
-        sys.path.insert(0, directory)
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            sys.modules.pop(name, None)
-            raise
-        finally:
-            if directory in sys.path:
-                sys.path.remove(directory)
-    except SymgradError:
-        raise
-    except SyntaxError as e:
-        raise SymgradError(where, f"cannot import: SyntaxError: {e.msg} (line {e.lineno})") from None
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - anything the module does on import
-        raise SymgradError(where, f"cannot import: {_exception(e)}") from None
-    return module
-
-
 def _resolve(target: str | Path) -> tuple[str, Path]:
     path = Path(target)
     where = str(target)
@@ -425,6 +834,8 @@ def _resolve(target: str | Path) -> tuple[str, Path]:
     if not path.exists():
         raise SymgradError(where, "no such file")
     if path.suffix == ".py":
+        if not path.is_file():
+            raise SymgradError(where, "not a regular file")
         return "module", path
     if path.suffix == ".toml":
         return "spec", path
@@ -466,9 +877,15 @@ class _Entry:
     retried: bool = False
 
 
-def _differentiate(f: Callable[[float], float], a: float, tol: float, scale: float,
+def _stencils(h: float, two_point: bool) -> list[list[float]]:
+    """The steps evaluated at one h, in the order they are needed."""
+    return [[h, -h], [2 * h, -2 * h]] if two_point else [[h, -h, 2 * h, -2 * h]]
+
+
+def _differentiate(f: Callable[[np.ndarray], np.ndarray], a: float, tol: float, scale: float,
                    steps: tuple[float, ...] = STEPS, two_point: bool = False) -> _Entry:
-    """f′(0) by central differences, against the claim a.
+    """f′(0) by central differences, against the claim a; ``f`` maps an array of steps to
+    the values there.
 
     At each step h (× scale) the five-point difference
     (8 (f(h) − f(−h)) − (f(2h) − f(−2h))) / 12h — with ``two_point``, first the cheaper
@@ -480,13 +897,15 @@ def _differentiate(f: Callable[[float], float], a: float, tol: float, scale: flo
     best: _Entry | None = None
     for i, h in enumerate(steps):
         h *= scale
-        fp1, fm1 = f(h), f(-h)
-        for stencil in ("two", "five") if two_point else ("five",):
-            if stencil == "two":
+        values: list[float] = []
+        for stencil in _stencils(h, two_point):
+            values += [float(x) for x in f(np.array(stencil))]
+            if len(values) == 2:
+                fp1, fm1 = values
                 n = (fp1 - fm1) / (2 * h)
                 resolution = ULPS * EPS * max(abs(fp1), abs(fm1)) / h
             else:
-                fp2, fm2 = f(2 * h), f(-2 * h)
+                fp1, fm1, fp2, fm2 = values
                 n = (8 * (fp1 - fm1) - (fp2 - fm2)) / (12 * h)
                 resolution = ULPS * EPS * max(abs(fp1), abs(fm1), abs(fp2), abs(fm2)) * 1.5 / h
             ok, resolved = _agree(a, n, tol, resolution)
@@ -500,9 +919,11 @@ def _differentiate(f: Callable[[float], float], a: float, tol: float, scale: flo
 
 
 def _entry_row(name: str, shape, a: np.ndarray, entries: list[_Entry], method: str,
-               a_name: str, n_name: str, label: Callable[[int], str] | None = None) -> Row:
+               a_name: str, n_name: str, label: Callable[[int], str] | None = None,
+               coverage: str = "") -> Row:
     """One row from per-entry results: the max relative error over the entries that were
-    compared relatively (or failed), where it occurs, and the values there if it fails."""
+    compared relatively (or failed), where it occurs, and the values there if it fails.
+    ``a`` holds the claims of the compared entries, ``label(k)`` names the k-th."""
     label = label or (lambda j: _index_text(shape, j))
     counted = [j for j, e in enumerate(entries) if e.resolved or not e.ok]
     worst = max(counted, key=lambda j: (math.isnan(entries[j].rel), entries[j].rel if
@@ -511,7 +932,7 @@ def _entry_row(name: str, shape, a: np.ndarray, entries: list[_Entry], method: s
     detail = ""
     if failing:
         assert worst is not None
-        unit = "directions" if method == "directional" else "entries"
+        unit = "entries" if label(worst).startswith("[") else "directions"
         more = f" ({len(failing)} {unit} fail)" if len(failing) > 1 else ""
         where = label(worst)
         where = f"{name}{where}" if where.startswith("[") else f"{name} along {where}"
@@ -522,29 +943,41 @@ def _entry_row(name: str, shape, a: np.ndarray, entries: list[_Entry], method: s
         "—" if worst is None else label(worst), method, not failing, detail,
         below_resolution=sum(1 for e in entries if e.ok and not e.resolved),
         smaller_steps=sum(1 for e in entries if e.ok and e.retried),
+        coverage=coverage,
     )
 
 
 def _claimed(problem: Problem, name: str, shape: tuple[int, ...],
              method: str) -> tuple[np.ndarray | None, Row | None]:
-    """The module's gradient for ``name`` as a flat float64 array, or a failing row."""
-    if name not in problem.grads:
-        return None, Row(name, shape, math.nan, "—", method, False,
-                         f"{name}: loss_and_grad returned no gradient for it")
-    try:
-        g = np.asarray(problem.grads[name])
-        if np.iscomplexobj(g):
-            g = g.real
-        g = np.asarray(g, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None, Row(name, shape, math.nan, "—", method, False,
-                         f"{name}: loss_and_grad returned {_short(problem.grads[name])}, "
-                         "not an array")
-    if g.shape != shape:
-        return None, Row(name, shape, math.nan, "—", method, False,
-                         f"{name}: loss_and_grad's gradient has the shape {_shape_text(g.shape)}, "
-                         f"the parameter {_shape_text(shape)}")
-    return g.reshape(-1), None
+    """The module's gradient for ``name`` as a flat float64 array, or a failing row: it
+    must be a numpy array of float64 (the parameters' dtype, DESIGN) and their shape."""
+
+    def fail(why: str) -> tuple[None, Row]:
+        return None, Row(name, shape, math.nan, "—", method, False, f"{name}: {why}")
+
+    claim = problem.grads.get(name)
+    if claim is None:
+        return fail("loss_and_grad returned no gradient for it")
+    info = claim.info
+    kind, dtype = info.get("type"), _clean(info.get("dtype", ""), 20)
+    got = tuple(info["shape"]) if isinstance(info.get("shape"), list) else None
+    if kind in ("list", "tuple") and dtype:
+        return fail(f"loss_and_grad returned a Python {kind} (of {dtype} values), not a numpy "
+                    "array of float64 like the parameter")
+    if kind != "ndarray" or got is None:
+        return fail(f"loss_and_grad returned {_clean(info.get('repr', '?'), 40)}, not an array")
+    if dtype.startswith("complex"):
+        return fail(f"loss_and_grad returned {dtype} values; the gradient of a real loss is "
+                    "real (float64, like the parameter)")
+    if dtype != "float64":
+        return fail(f"loss_and_grad returned {dtype} values; the parameter is float64, and "
+                    "a gradient has the parameter's dtype")
+    if got != shape:
+        return fail(f"loss_and_grad's gradient has the shape {_shape_text(got)}, "
+                    f"the parameter {_shape_text(shape)}")
+    if claim.values is None or claim.values.shape != shape:
+        return fail(f"loss_and_grad returned {_clean(info.get('repr', '?'), 40)}, not an array")
+    return claim.values.reshape(-1), None
 
 
 # ------------------------------------------------------------------------------------------
@@ -552,58 +985,129 @@ def _claimed(problem: Problem, name: str, shape: tuple[int, ...],
 # ------------------------------------------------------------------------------------------
 
 
+def _plan(problem: Problem, evaluations: int = 4) -> dict[str, bool]:
+    """Which parameters are sampled (True) rather than checked entry by entry."""
+    work = evaluations * problem.samples * problem.size * problem.size
+    return {name: work > FULL_WORK and theta.size > SAMPLE_ENTRIES
+            for name, theta in problem.params.items()}
+
+
+def _sample(rng: np.random.Generator, a: np.ndarray) -> np.ndarray:
+    """SAMPLE_ENTRIES flat indices: the TOP_ENTRIES largest |a_j| (non-finite ones first)
+    and the rest at random, in increasing order."""
+    size = a.size
+    magnitude = np.where(np.isfinite(a), np.abs(a), np.inf)
+    chosen = list(np.argsort(-magnitude, kind="stable")[:TOP_ENTRIES])
+    taken = set(int(j) for j in chosen)
+    for j in rng.choice(size, size=min(size, SAMPLE_ENTRIES), replace=False):
+        if len(chosen) >= SAMPLE_ENTRIES:
+            break
+        if int(j) not in taken:
+            taken.add(int(j))
+            chosen.append(j)
+    return np.sort(np.array(chosen, dtype=np.int64))
+
+
+def _coverage(indices: np.ndarray | None, size: int) -> str:
+    return "" if indices is None else f"{len(indices)} of {size:,} entries"
+
+
+def _finite_differences(problem: Problem, name: str, indices: np.ndarray, a: np.ndarray,
+                        tol: float, what: str) -> list[_Entry]:
+    """Central differences at the given entries: the first step of every entry in batches
+    of requests, then the adaptive retries (smaller steps) entry by entry."""
+    flat = problem.params[name].reshape(-1)
+    scales = [max(1.0, abs(float(flat[j]))) for j in indices]
+    caches: list[dict[float, float]] = [{} for _ in indices]
+    chunk = max(1, BATCH // 4)
+    for start in range(0, len(indices), chunk):
+        points, owners = [], []
+        for k in range(start, min(start + chunk, len(indices))):
+            for t in _stencils(STEPS[0] * scales[k], False)[0]:
+                points.append((name, "entry", int(indices[k]), t))
+                owners.append((k, t))
+        for (k, t), value in zip(owners, problem.losses(points), strict=True):
+            caches[k][t] = float(value)
+        problem.progress(f"{name}: {what} {min(start + chunk, len(indices))} of {len(indices)}")
+    entries = []
+    for k, j in enumerate(indices):
+        cache = caches[k]
+
+        def f(ts: np.ndarray, j=int(j), cache=cache) -> np.ndarray:
+            missing = [float(t) for t in ts if float(t) not in cache]
+            if missing:
+                points = [(name, "entry", j, t) for t in missing]
+                cache.update(zip(missing, map(float, problem.losses(points)), strict=True))
+            return np.array([cache[float(t)] for t in ts])
+
+        entries.append(_differentiate(f, float(a[j]), tol, scales[k]))
+    return entries
+
+
 def _central(problem: Problem, tol: float, rng, directions: int) -> list[Row]:
     rows = []
+    plan = _plan(problem)
     for name, theta in problem.params.items():
         a, bad = _claimed(problem, name, theta.shape, "central")
         if bad:
             rows.append(bad)
             continue
-        flat = theta.reshape(-1)
-        entries = []
-        for j in range(flat.size):
-            x = float(flat[j])
-
-            def f(d: float, flat=flat, j=j, x=x) -> float:
-                flat[j] = x + d
-                try:
-                    return problem.loss(problem.params)
-                finally:
-                    flat[j] = x
-
-            entries.append(_differentiate(f, float(a[j]), tol, max(1.0, abs(x))))
-        rows.append(_entry_row(name, theta.shape, a, entries, "central",
-                               "loss_and_grad", "finite differences"))
+        indices = _sample(rng, a) if plan[name] else None
+        chosen = np.arange(theta.size) if indices is None else indices
+        entries = _finite_differences(problem, name, chosen, a, tol, "entry")
+        rows.append(_entry_row(name, theta.shape, a[chosen], entries, "central",
+                               "loss_and_grad", "finite differences",
+                               label=lambda k, c=chosen, s=theta.shape: _index_text(s, int(c[k])),
+                               coverage=_coverage(indices, theta.size)))
+        if indices is not None:
+            rows.append(_directional_row(problem, name, a, tol, rng, directions,
+                                         coverage=f"{directions} directions"))
     return rows
 
 
 def _complex(problem: Problem, tol: float, rng, directions: int) -> list[Row]:
-    assert problem.complex_loss is not None
-    cparams = {k: v.astype(np.complex128) for k, v in problem.params.items()}
     rows = []
-    for name, theta in cparams.items():
+    plan = _plan(problem)
+    for name, theta in problem.params.items():
         a, bad = _claimed(problem, name, theta.shape, "complex")
         if bad:
             rows.append(bad)
             continue
-        flat = theta.reshape(-1)
-        n = np.empty(flat.size)
-        for j in range(flat.size):
-            x = flat[j]
-            flat[j] = x + 1j * COMPLEX_STEP
-            try:
-                n[j] = problem.complex_loss(cparams).imag / COMPLEX_STEP
-            finally:
-                flat[j] = x
+        indices = _sample(rng, a) if plan[name] else None
+        chosen = np.arange(theta.size) if indices is None else indices
+        n = np.empty(len(chosen))
+        for start in range(0, len(chosen), BATCH):
+            part = chosen[start:start + BATCH]
+            n[start:start + len(part)] = problem.complex_losses(
+                [(name, "entry", int(j), COMPLEX_STEP) for j in part]) / COMPLEX_STEP
+            problem.progress(f"{name}: entry {start + len(part)} of {len(chosen)}")
         # Im L and the module's gradient are both sums with rounding ~ ε Σ|terms|;
         # the largest entry of the parameter's gradient stands for Σ|terms|.
         resolution = 64 * EPS * float(np.max(np.abs(a), initial=0.0))
         entries = []
-        for j in range(flat.size):
-            ok, resolved = _agree(float(a[j]), float(n[j]), tol, resolution)
-            entries.append(_Entry(float(n[j]), _rel(float(a[j]), float(n[j])), ok, resolved))
-        rows.append(_entry_row(name, theta.shape, a, entries, "complex",
-                               "loss_and_grad", "complex step"))
+        for k, j in enumerate(chosen):
+            ok, resolved = _agree(float(a[j]), float(n[k]), tol, resolution)
+            entries.append(_Entry(float(n[k]), _rel(float(a[j]), float(n[k])), ok, resolved))
+        rows.append(_entry_row(name, theta.shape, a[chosen], entries, "complex",
+                               "loss_and_grad", "complex step",
+                               label=lambda k, c=chosen, s=theta.shape: _index_text(s, int(c[k])),
+                               coverage=_coverage(indices, theta.size)))
+        if indices is not None:
+            entries, claims = [], []
+            for _ in range(directions):
+                v = _unit(rng, theta.shape)
+                claim = float(a @ v.reshape(-1))
+                k = problem.direction(name, v)
+                ref = float(problem.complex_losses([(name, "direction", k, COMPLEX_STEP)])[0]
+                            / COMPLEX_STEP)
+                res = 64 * EPS * float(np.abs(a) @ np.abs(v.reshape(-1)))
+                ok, resolved = _agree(claim, ref, tol, res)
+                entries.append(_Entry(ref, _rel(claim, ref), ok, resolved))
+                claims.append(claim)
+            rows.append(_entry_row(name, theta.shape, np.array(claims), entries, "complex",
+                                   "⟨loss_and_grad, v⟩", "complex step",
+                                   label=lambda k: f"v{k + 1}",
+                                   coverage=f"{directions} directions"))
     return rows
 
 
@@ -612,40 +1116,42 @@ def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _along(problem: Problem, name: str, v: np.ndarray) -> Callable[[float], float]:
-    theta = problem.params[name]
-    base = theta.copy()
+def _along(problem: Problem, name: str, v: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """t ↦ L(θ + t v) for an array of t (v sent to the evaluator once)."""
+    k = problem.direction(name, v)
 
-    def f(t: float) -> float:
-        params = dict(problem.params)
-        params[name] = base + t * v
-        return problem.loss(params)
+    def f(ts: np.ndarray) -> np.ndarray:
+        return problem.losses([(name, "direction", k, float(t)) for t in ts])
 
     return f
+
+
+def _directional_row(problem: Problem, name: str, a: np.ndarray, tol: float, rng,
+                     directions: int, coverage: str = "") -> Row:
+    theta = problem.params[name]
+    entries, claims = [], []
+    for k in range(directions):
+        v = _unit(rng, theta.shape)
+        claim = float(a @ v.reshape(-1))
+        entries.append(_differentiate(_along(problem, name, v), claim, tol, 1.0,
+                                      DIRECTIONAL_STEPS, two_point=True))
+        claims.append(claim)
+        problem.progress(f"{name}: direction {k + 1} of {directions}")
+    return _entry_row(name, theta.shape, np.array(claims), entries, "directional",
+                      "⟨loss_and_grad, v⟩", "finite differences",
+                      label=lambda k: f"v{k + 1}", coverage=coverage)
 
 
 def _directional(problem: Problem, tol: float, rng, directions: int) -> list[Row]:
     rows = []
     for name, theta in problem.params.items():
         a, bad = _claimed(problem, name, theta.shape, "directional")
-        if bad:
-            rows.append(bad)
-            continue
-        entries, claims = [], []
-        for _ in range(directions):
-            v = _unit(rng, theta.shape)
-            claim = float(a @ v.reshape(-1))
-            entries.append(_differentiate(_along(problem, name, v), claim, tol, 1.0,
-                                          DIRECTIONAL_STEPS, two_point=True))
-            claims.append(claim)
-        rows.append(_entry_row(name, theta.shape, np.array(claims), entries, "directional",
-                               "⟨loss_and_grad, v⟩", "finite differences",
-                               label=lambda k: f"v{k + 1}"))
+        rows.append(bad if bad else _directional_row(problem, name, a, tol, rng, directions))
     return rows
 
 
 def _taylor(problem: Problem, tol: float, rng, directions: int) -> list[Row]:
-    L0 = problem.loss(problem.params)
+    L0 = problem.loss_at_base()
     floor = 1e3 * ULPS * EPS * max(abs(L0), 1e-300)  # remainders below this are rounding
     rows = []
     for name, theta in problem.params.items():
@@ -660,6 +1166,7 @@ def _taylor(problem: Problem, tol: float, rng, directions: int) -> list[Row]:
             claim = float(a @ v.reshape(-1))
             f = _along(problem, name, v)
             order, text = _observed_order(f, L0, claim, floor)
+            problem.progress(f"{name}: direction {k + 1} of {directions}")
             if math.isnan(order):
                 linear += 1
                 continue
@@ -678,21 +1185,22 @@ def _taylor(problem: Problem, tol: float, rng, directions: int) -> list[Row]:
     return rows
 
 
-def _observed_order(f: Callable[[float], float], L0: float, claim: float,
+def _observed_order(f: Callable[[np.ndarray], np.ndarray], L0: float, claim: float,
                     floor: float) -> tuple[float, str]:
     """The order p of r(h) = |f(h) − f(0) − h claim| ~ hᵖ over the smallest steps whose
-    remainder is above rounding; nan when no remainder is."""
+    remainder is above rounding; nan when no remainder is.  All steps are evaluated in
+    one request; the scan stops after two successive remainders at rounding level."""
+    steps = TAYLOR_H0 / 2.0 ** np.arange(TAYLOR_HALVINGS + 1)
+    values = f(steps)
     hs, rs = [], []
-    h = TAYLOR_H0
     below = 0
-    for _ in range(TAYLOR_HALVINGS + 1):
-        r = abs(f(h) - L0 - h * claim)  # nan or inf (a large step overflowing) never pairs
-        hs.append(h)
+    for h, value in zip(steps, values, strict=True):
+        r = abs(float(value) - L0 - float(h) * claim)  # nan/inf (overflow) never pairs
+        hs.append(float(h))
         rs.append(r)
         below = below + 1 if r < floor else 0
         if below == 2:
             break
-        h /= 2
     orders = [
         math.log2(rs[i] / rs[i + 1])
         for i in range(len(rs) - 1)
@@ -826,6 +1334,8 @@ def _not_analytic(spec) -> str:
     return ""
 
 
+
+
 # ==========================================================================================
 # The API
 # ==========================================================================================
@@ -852,49 +1362,76 @@ def check_spec(spec, method: str = "central", tol: float | None = None, seed: in
     derivation = derive(spec)
     module = load_module(generate_source(derivation))
     kind = "custom" if spec.loss_expr is not None else spec.loss_fn.name
-    problem = _problem(module, spec.source, seed, samples, targets=kind)
-    reference = _derivation_loss(derivation, problem.params, problem.X, problem.Y)
-    problem.rows.append(_value_row("loss", problem.loss(problem.params), reference, "derivation",
-                                   "the module's loss", "the derivation's"))
-    problem.complex_loss = None
-    if method == "complex":
-        reason = _not_analytic(spec)
-        if reason:
-            problem.notes.append(_fallback(reason, tol))
-        else:
-            problem.complex_loss = _derivation_complex_loss(derivation, problem.X, problem.Y)
-    return _run(problem, method, tol, seed, directions, start)
+    progress = _Progress(start)
+    try:
+        problem = _problem(_Local(module), spec.source, seed, samples, targets=kind,
+                           progress=progress)
+        reference = _derivation_loss(derivation, problem.params, problem.X, problem.Y)
+        problem.rows.append(_value_row("loss", problem.loss_at_base(), reference, "derivation",
+                                       "the module's loss", "the derivation's"))
+        if method == "complex":
+            reason = _not_analytic(spec)
+            if reason:
+                problem.notes.append(_fallback(reason, tol))
+            else:
+                problem.complex_loss = _derivation_complex_loss(derivation, problem.X, problem.Y)
+        return _run(problem, method, tol, seed, directions, start)
+    finally:
+        progress.done()
 
 
 def check_module(module_or_path: ModuleType | str | Path, method: str = "central",
                  tol: float | None = None, seed: int = 0, directions: int = 8,
-                 samples: int = SAMPLES) -> CheckReport:
+                 samples: int = SAMPLES, *, time_limit: float | None = None,
+                 memory_limit: int | None = None) -> CheckReport:
     """Check an untrusted module (a path or an imported module): its ``loss_and_grad``
     against differences of its own ``loss``.  Sizes come from INPUTS, OUTPUTS and
     PARAM_SHAPES, parameters from ``init_params(seed)`` when it has one; X is standard
-    normal and Y one-hot rows (valid targets for every built-in loss)."""
+    normal and Y one-hot rows (valid targets for every built-in loss).
+
+    A path is imported in a separate process, under ``time_limit`` seconds for the whole
+    check (default :data:`TIME_LIMIT`) and ``memory_limit`` bytes of address space (default
+    :data:`MEMORY_LIMIT`); when it gives no report the returned report has ``failure`` set
+    (and ``ok`` false).  A module object is trusted and evaluated in this process."""
     start = time.perf_counter()
     _options(method, tol, seed, directions, samples)
+    if time_limit is not None and not (isinstance(time_limit, int | float)
+                                       and math.isfinite(time_limit) and time_limit > 0):
+        raise SymgradError("check: time limit", f"must be a positive number, not {time_limit!r}")
+    progress = _Progress(start)
     if isinstance(module_or_path, ModuleType):
-        module = module_or_path
-        where = getattr(module, "__file__", None) or module.__name__
+        where = getattr(module_or_path, "__file__", None) or module_or_path.__name__
+        evaluator: Any = _Local(module_or_path)
     else:
         kind, path = _resolve(module_or_path)
         if kind != "module":
             raise SymgradError(str(module_or_path), "not a module (.py); check_spec checks specs")
-        module, where = _import(path), str(module_or_path)
-    problem = _problem(module, where, seed, samples)
-    if method == "complex":
-        reason = _module_complex_reason(problem)
-        if reason:
-            problem.notes.append(_fallback(reason, tol))
-            problem.complex_loss = None
-        else:
-            problem.notes.append("complex step through the module's own loss, which is assumed "
-                                 "analytic (no relu, |·|, max)")
-    else:
-        problem.complex_loss = None
-    return _run(problem, method, tol, seed, directions, start)
+        where = str(module_or_path)
+        evaluator = None
+    try:
+        if evaluator is None:
+            evaluator = _Isolated(path, where, TIME_LIMIT if time_limit is None else time_limit,
+                                  MEMORY_LIMIT if memory_limit is None else memory_limit)
+        problem = _problem(evaluator, where, seed, samples, progress=progress)
+        if method == "complex":
+            problem.module_complex = True
+            reason = _module_complex_reason(problem)
+            if reason:
+                problem.notes.append(_fallback(reason, tol))
+                problem.module_complex = False
+            else:
+                problem.notes.append("complex step through the module's own loss, which is "
+                                     "assumed analytic (no relu, |·|, max)")
+        return _run(problem, method, tol, seed, directions, start)
+    except _NoReport as e:
+        report = CheckReport(where, method, method, DEFAULT_TOL[method] if tol is None else tol,
+                             seed, samples, failure=str(e))
+        report.seconds = time.perf_counter() - start
+        return report
+    finally:
+        progress.done()
+        if evaluator is not None:
+            evaluator.close()
 
 
 def _options(method: str, tol: float | None, seed: int, directions: int, samples: int) -> None:
@@ -920,11 +1457,9 @@ def _fallback(reason: str, tol: float | None) -> str:
 def _module_complex_reason(problem: Problem) -> str:
     """Why the module's loss cannot carry the complex step ("" when it can): it raises,
     or drops the imaginary part (a generated module returns ``float(L)``)."""
-    assert problem.complex_loss is not None
-    params = {k: v.astype(np.complex128) for k, v in problem.params.items()}
-    params[next(iter(params))].reshape(-1)[0] += 1j * COMPLEX_STEP
+    name = next(iter(problem.params))
     try:
-        value = problem.complex_loss(params)
+        value = problem.complex_losses([(name, "entry", 0, COMPLEX_STEP)])[0]
     except SymgradError as e:  # the module's loss may refuse complex input
         return f"the module's {e.what}"
     if not np.isfinite(value):
@@ -934,12 +1469,13 @@ def _module_complex_reason(problem: Problem) -> str:
 
 def _run(problem: Problem, method: str, tol: float | None, seed: int, directions: int,
          start: float) -> CheckReport:
-    used = "central" if method == "complex" and problem.complex_loss is None else method
+    complex_ok = problem.complex_loss is not None or problem.module_complex
+    used = "central" if method == "complex" and not complex_ok else method
     tol = DEFAULT_TOL[used] if tol is None else float(tol)
     rng = np.random.default_rng([seed, 1])  # directions: a stream apart from the data's
     rows = _METHODS[used](problem, tol, rng, directions)
     report = CheckReport(problem.where, used, method, tol, seed, problem.samples,
-                         rows + problem.rows, list(problem.notes))
+                         rows + problem.rows, list(problem.notes), domain=problem.domain)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -951,10 +1487,18 @@ def _run(problem: Problem, method: str, tol: float | None, seed: int, directions
 
 @command("check")
 def cmd_check(args: argparse.Namespace) -> int:
-    """symgrad check SPEC|MODULE.py: print the table; exit 0 all pass, 1 a failure."""
+    """symgrad check SPEC|MODULE.py: print the table; exit 0 all pass, 1 a failure (or no
+    report from the module's process: one line saying what happened)."""
     kind, _ = _resolve(args.target)
-    run = check_spec if kind == "spec" else check_module
-    report = run(args.target, method=args.method, tol=args.tol, seed=args.seed,
-                 directions=args.directions)
+    if kind == "spec":
+        report = check_spec(args.target, method=args.method, tol=args.tol, seed=args.seed,
+                            directions=args.directions)
+    else:
+        report = check_module(args.target, method=args.method, tol=args.tol, seed=args.seed,
+                              directions=args.directions,
+                              time_limit=getattr(args, "time_limit", None))
+    if report.failure:
+        print(f"symgrad: check failed: {report.target}: {report.failure}", file=sys.stderr)
+        return 1
     sys.stdout.write(report.text())
     return 0 if report.ok else 1

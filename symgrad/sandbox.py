@@ -1,0 +1,362 @@
+"""The untrusted side of ``symgrad check MODULE.py``: a separate process that only evaluates.
+
+``symgrad check`` runs ``python -m symgrad.sandbox MODULE.py MEMORY_LIMIT`` and talks to it
+over its stdin/stdout (which the module never sees: before the module is imported, file
+descriptors 0 and 1 are pointed at /dev/null and the protocol keeps private duplicates).
+Here the module is imported and its ``loss`` and ``loss_and_grad`` are called **at points
+the parent chooses**; what comes back is numbers (float64 arrays) and plain descriptions
+of what the module returned (its type, dtype, shape).  Every decision — is this a real
+number, the right shape, finite; the finite differences, the tolerances, the table and the
+verdict — is made in the parent (symgrad.check), which also enforces the time limit and
+kills this process (and anything it started: it runs in its own session) at the end.
+This process limits its own address space (``resource.RLIMIT_AS``) before the import.
+
+The same :class:`Session` serves a trusted module object in-process (``check_module(module)``,
+``check_spec``), so both paths produce the same descriptions and get the same validation.
+
+numpy and the standard library only: the child starts quickly and imports nothing of the
+parent's state.  Wire format, both ways: ``MAGIC``, an 8-byte big-endian length, a JSON
+header of that length, then the arrays the header lists (``"arrays": [[key, shape], ...]``)
+as little-endian float64, C order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MAGIC", "Session", "describe_array", "describe_scalar", "plain", "main"]
+
+MAGIC = b"SGC1"
+MAX_ITEMS = 10_000  # plain(): items of a container described
+MAX_DEPTH = 6
+REPR = 60  # characters of a repr kept
+
+
+# ==========================================================================================
+# Describing what the module returned (numbers travel; everything else is described)
+# ==========================================================================================
+
+
+def short(value: Any) -> str:
+    try:
+        text = " ".join(repr(value).split())
+    except Exception:  # noqa: BLE001 - a hostile __repr__
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= REPR else text[: REPR - 3] + "..."
+
+
+def exception_text(e: BaseException) -> str:
+    try:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    except Exception:  # noqa: BLE001
+        message = ""
+    return type(e).__name__ + (f": {message}" if message else "")
+
+
+def _kind(value: Any) -> str:
+    """A coarse type name the parent validates against."""
+    if isinstance(value, bool | np.bool_):
+        return "bool"
+    if isinstance(value, np.ndarray):
+        return "ndarray"
+    if isinstance(value, np.generic):
+        return "numpy"
+    for name, types in (("int", int), ("float", float), ("complex", complex), ("str", str),
+                        ("list", list), ("tuple", tuple), ("dict", dict)):
+        if isinstance(value, types):
+            return name
+    return "none" if value is None else "object"
+
+
+def plain(value: Any, depth: int = 0) -> Any:
+    """A JSON form of a constant (INPUTS, PARAM_SHAPES, DOMAIN, ...) that keeps its type."""
+    kind = _kind(value)
+    if depth > MAX_DEPTH:
+        return {"other": "<too deeply nested>"}
+    if kind == "bool":
+        return {"bool": bool(value)}
+    if kind == "int" or (kind == "numpy" and np.issubdtype(value.dtype, np.integer)):
+        v = int(value)
+        return {"int": v} if abs(v) < 2**62 else {"other": short(value)}
+    if kind == "float":
+        return {"float": float(value)}
+    if kind == "str":
+        return {"str": value[:200]}
+    if kind in ("list", "tuple"):
+        return {kind: [plain(v, depth + 1) for v in list(value)[:MAX_ITEMS]]}
+    if kind == "dict":
+        return {"dict": [[plain(k, depth + 1), plain(v, depth + 1)]
+                         for k, v in list(value.items())[:MAX_ITEMS]]}
+    return {"other": short(value)}
+
+
+def describe_scalar(value: Any) -> tuple[complex, dict[str, Any]]:
+    """(the number, {type, dtype, size, repr}); the number is nan where there is none."""
+    kind = _kind(value)
+    info: dict[str, Any] = {"type": kind, "repr": short(value)}
+    number: complex = complex(np.nan)
+    try:
+        if kind in ("int", "float", "complex", "numpy", "ndarray", "bool"):
+            a = np.asarray(value)
+            info["dtype"], info["size"] = str(a.dtype), int(a.size)
+            if a.size == 1 and a.dtype.kind in "biufc":
+                number = complex(a.reshape(()).item())
+    except Exception:  # noqa: BLE001 - whatever the value does
+        pass
+    return number, info
+
+
+def describe_array(value: Any, key: str, out: dict[str, np.ndarray],
+                   limit: int) -> dict[str, Any]:
+    """{type, dtype, shape, repr}; the values as float64 in ``out[key]`` when they are real
+    numbers (dtype kind i, u or f) and at most ``limit`` of them."""
+    kind = _kind(value)
+    info: dict[str, Any] = {"type": kind, "repr": short(value)}
+    if kind not in ("ndarray", "numpy", "list", "tuple", "int", "float", "complex"):
+        return info
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a = np.asarray(value)
+        info["dtype"], info["shape"] = str(a.dtype), [int(n) for n in a.shape]
+        if a.dtype.kind in "iuf" and a.size <= limit:
+            out[key] = np.ascontiguousarray(a, dtype="<f8")
+            info["data"] = key
+    except Exception:  # noqa: BLE001 - ragged lists, hostile __array__
+        pass
+    return info
+
+
+# ==========================================================================================
+# One session: a module, the data and base point the parent sent, and the calls
+# ==========================================================================================
+
+
+class Session:
+    """Serves the parent's requests for one module (``handle``); never raises for what the
+    module does: a raise becomes ``{"raised": "<op> raised <Error>: <message>"}``."""
+
+    def __init__(self, module: Any, limit: int = 50_000_000):
+        self.module = module
+        self.limit = limit
+        self.X = self.Y = None
+        self.base: dict[str, np.ndarray] = {}
+        self.directions: dict[int, tuple[str, np.ndarray]] = {}
+
+    def handle(self, header: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
+        op = header.get("op")
+        method = getattr(self, f"op_{op}", None)
+        if method is None:
+            return {"protocol": f"unknown request {op!r}"}, {}
+        return method(header, arrays)
+
+    def _call(self, what: str, fn: Any, *args: Any) -> tuple[Any, str]:
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                return fn(*args), ""
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - anything the module raises
+            return None, f"{what} raised {exception_text(e)}"
+
+    # -- requests --------------------------------------------------------------------------
+
+    def op_interface(self, header: dict, arrays: dict) -> tuple[dict, dict]:
+        m = self.module
+        names = ("INPUTS", "OUTPUTS", "PARAM_SHAPES", "DOMAIN", "loss", "loss_and_grad",
+                 "init_params")
+        present = {n: hasattr(m, n) for n in names}
+        reply: dict[str, Any] = {"present": present,
+                                 "callable": {n: callable(getattr(m, n, None)) for n in names}}
+        for n in ("INPUTS", "OUTPUTS", "PARAM_SHAPES", "DOMAIN"):
+            if present[n]:
+                reply[n] = plain(getattr(m, n))
+        return reply, {}
+
+    def op_init_params(self, header: dict, arrays: dict) -> tuple[dict, dict]:
+        raw, raised = self._call("init_params", self.module.init_params, int(header["seed"]))
+        if raised:
+            return {"raised": raised}, {}
+        if not isinstance(raw, dict):
+            return {"value": {"type": _kind(raw), "repr": short(raw)}}, {}
+        out: dict[str, np.ndarray] = {}
+        items = {str(k): describe_array(v, f"p{i}", out, self.limit)
+                 for i, (k, v) in enumerate(list(raw.items())[:MAX_ITEMS])}
+        return {"value": {"type": "dict", "items": items}}, out
+
+    def op_setup(self, header: dict, arrays: dict) -> tuple[dict, dict]:
+        self.X, self.Y = arrays["X"], arrays["Y"]
+        self.base = {name: arrays[f"p:{name}"] for name in header["names"]}
+        self.directions.clear()
+        return {"ok": True}, {}
+
+    def _copies(self, params: dict[str, np.ndarray]) -> tuple:
+        # a module that writes into its arguments cannot disturb the next evaluation
+        return {k: v.copy() for k, v in params.items()}, self.X.copy(), self.Y.copy()
+
+    def op_loss_and_grad(self, header: dict, arrays: dict) -> tuple[dict, dict]:
+        out, raised = self._call("loss_and_grad", self.module.loss_and_grad,
+                                 *self._copies(self.base))
+        if raised:
+            return {"raised": raised}, {}
+        if not (isinstance(out, tuple | list) and len(out) == 2 and isinstance(out[1], dict)):
+            return {"value": {"type": _kind(out), "repr": short(out)}}, {}
+        number, info = describe_scalar(out[0])
+        found: dict[str, np.ndarray] = {}
+        grads = {str(k): describe_array(v, f"g{i}", found, self.limit)
+                 for i, (k, v) in enumerate(list(out[1].items())[:MAX_ITEMS])}
+        return {"value": {"type": "pair", "loss": [number.real, number.imag, info],
+                          "grads": grads}}, found
+
+    def op_direction(self, header: dict, arrays: dict) -> tuple[dict, dict]:
+        self.directions[int(header["id"])] = (header["name"], arrays["v"])
+        return {"ok": True}, {}
+
+    def _point(self, name: str, kind: str, index: int, t: complex,
+               dtype: type) -> dict[str, np.ndarray]:
+        params = {k: v.astype(dtype) if dtype is not np.float64 else v for k, v in self.base.items()}
+        if kind == "entry":
+            theta = params[name].astype(dtype, copy=True)
+            theta.reshape(-1)[index] += t
+        else:
+            _, v = self.directions[index]
+            theta = params[name] + t * v
+        params[name] = theta
+        return params
+
+    def op_losses(self, header: dict, arrays: dict) -> tuple[dict, dict]:
+        """loss at base + t e_j (``entry``) or base + t v (``direction``), for each point;
+        ``complex``: t = i h (the complex step)."""
+        complex_step = bool(header.get("complex"))
+        dtype = np.complex128 if complex_step else np.float64
+        values = np.full((len(header["points"]), 2), np.nan)
+        kinds: list[Any] = []
+        for i, (name, kind, index, t) in enumerate(header["points"]):
+            step = 1j * t if complex_step else t
+            value, raised = self._call("loss", self.module.loss,
+                                       *self._copies(self._point(name, kind, index, step, dtype)))
+            if raised:
+                return {"raised": raised}, {}
+            number, info = describe_scalar(value)
+            values[i] = number.real, number.imag
+            kinds.append(info)
+        return {"kinds": kinds}, {"values": values}
+
+
+# ==========================================================================================
+# The child process
+# ==========================================================================================
+
+
+class Channel:
+    """Length-prefixed JSON headers and float64 arrays over two file descriptors."""
+
+    def __init__(self, read_fd: int, write_fd: int):
+        self.read_fd, self.write_fd = read_fd, write_fd
+
+    def send(self, header: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+        arrays = arrays or {}
+        header = {**header, "arrays": [[k, list(a.shape)] for k, a in arrays.items()]}
+        text = json.dumps(header).encode()
+        chunks = [MAGIC, len(text).to_bytes(8, "big"), text]
+        chunks += [np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays.values()]
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self.write_fd, view):]
+
+    def _read(self, n: int) -> bytes:
+        parts, got = [], 0
+        while got < n:
+            chunk = os.read(self.read_fd, min(n - got, 1 << 20))
+            if not chunk:
+                raise EOFError
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+    def receive(self) -> tuple[dict, dict[str, np.ndarray]]:
+        if self._read(4) != MAGIC:
+            raise EOFError
+        header = json.loads(self._read(int.from_bytes(self._read(8), "big")))
+        arrays = {}
+        for key, shape in header.get("arrays", []):
+            n = int(np.prod(shape, dtype=np.int64))
+            arrays[key] = np.frombuffer(self._read(8 * n), dtype="<f8").reshape(shape).copy()
+        return header, arrays
+
+
+def load(path: Path) -> Any:
+    """Import a module file with its directory on sys.path (as ``python MODULE.py`` has)."""
+    import importlib.util
+
+    name = f"_symgrad_checked_{path.stem}_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError("not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as importlib's recipe has it (dataclasses look it up)
+    sys.path.insert(0, str(path.parent.resolve()))
+    spec.loader.exec_module(module)
+    return module
+
+
+def import_error(e: BaseException) -> str:
+    if isinstance(e, SyntaxError):
+        return f"cannot import: SyntaxError: {e.msg} (line {e.lineno})"
+    return f"cannot import: {exception_text(e)}"
+
+
+def _limit_resources(memory: int) -> None:
+    import resource
+
+    for which, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_CORE, 0)):
+        try:
+            _, hard = resource.getrlimit(which)
+            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.setrlimit(which, (value, hard))
+        except (ValueError, OSError):  # pragma: no cover - a platform without the limit
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    path, memory, limit = (argv or sys.argv[1:])[:3]
+    read_fd, write_fd = os.dup(0), os.dup(1)  # private (not inherited by what the module starts)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    sys.stdin = open(os.devnull)  # noqa: SIM115 - for the life of the process
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    channel = Channel(read_fd, write_fd)
+    _limit_resources(int(memory))
+    try:
+        module = load(Path(path))
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - anything the module does on import
+        channel.send({"import_error": import_error(e)})
+        return 0
+    session = Session(module, int(limit))
+    channel.send({"ready": True})
+    while True:
+        try:
+            header, arrays = channel.receive()
+        except (EOFError, OSError, ValueError):
+            return 0
+        if header.get("op") == "quit":
+            return 0
+        try:
+            reply, out = session.handle(header, arrays)
+        except MemoryError:
+            reply, out = {"raised": f"{header.get('op')} ran out of memory (limit "
+                          f"{int(memory) >> 20} MiB)"}, {}
+        channel.send(reply, out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
