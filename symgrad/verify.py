@@ -51,7 +51,7 @@ import sympy as sp
 
 from symgrad import naming
 from symgrad.activations import expand_named
-from symgrad.budget import EXHAUSTED, deadline
+from symgrad.budget import EXHAUSTED, SIMPLIFY_SECONDS, deadline, within
 from symgrad.cli import command
 from symgrad.crosscheck import explicit_env, tiny_sizes
 from symgrad.derive import Derivation, derive
@@ -205,12 +205,17 @@ class NumpyPrinter:
     """Matrix-level IR (and scalar SymPy) as numpy syntax, the way a person writes it:
     ``X.T @ dZ1``, ``sum(dZ1, axis=0)``, ``(dZ2 @ W2.T) * (1 - A1**2)``.
 
-    The output is accepted by the safe parser, so a printed formula verifies.
+    The output is accepted by the safe parser and means in numpy what the IR means: a
+    column sum is 1-D (``sum(x, axis=0)``, a row wherever it broadcasts) except where a
+    1-D vector would change the meaning — transposed, or on the right of ``@`` — where it
+    keeps its dimension (``keepdims=True``; always, with ``keepdims=True`` here).
+    ``verify`` still checks every formula it prints (:meth:`_Check.suggestion`).
     ``prefix="np."`` writes numpy's functions as ``np.sum``, ``np.tanh``, …
     """
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str = "", keepdims: bool = False) -> None:
         self.prefix = prefix
+        self.keepdims = keepdims
 
     def doprint(self, item: Node | sp.Basic) -> str:
         return (self.node(item) if isinstance(item, Node) else self.scalar(item, {}))[0]
@@ -238,18 +243,25 @@ class NumpyPrinter:
         return self.scalar(n.value, {})
 
     def _node_Transpose(self, n):
-        return self.wrap(self.node(n.x), POSTFIX) + ".T", POSTFIX
+        return self.wrap(self.two_d(n.x), POSTFIX) + ".T", POSTFIX
+
+    def two_d(self, n: Node) -> tuple[str, int]:
+        """``n`` printed so that numpy sees a 2-D array (``.T`` of a 1-D one is a no-op)."""
+        if isinstance(n, ColSum):
+            return f"{self.fn('sum')}({self.node(n.x)[0]}, axis=0, keepdims=True)", ATOM
+        return self.node(n)
 
     def product(self, a: Node, op: str, b: Node) -> tuple[str, int]:
         """a @ b or a * b; a product of the other kind inside is bracketed, as people
         write (dZ2 @ W2.T) * (1 - A1**2) although Python would not need it."""
         other = Hadamard if op == "@" else MatMul
         left = self.node(a)
+        right = self.two_d(b) if op == "@" else self.node(b)
         left_s = f"({left[0]})" if isinstance(a, other) else self.wrap(left, MUL)
         # ⊙ is associative: A * (B * C) is written A * B * C
         chain = op == "*" and (isinstance(b, Hadamard) or (
             isinstance(b, Map) and isinstance(b.expr, sp.Mul)))
-        right_s = self.wrap(self.node(b), MUL if chain else MUL + 1)
+        right_s = self.wrap(right, MUL if chain else MUL + 1)
         return f"{left_s} {op} {right_s}", MUL
 
     def _node_MatMul(self, n):
@@ -287,6 +299,8 @@ class NumpyPrinter:
         return f"{head} / {self.wrap(self.scalar(den, {}), MUL + 1)}", MUL
 
     def _node_ColSum(self, n):
+        if self.keepdims:
+            return self.two_d(n)
         return f"{self.fn('sum')}({self.node(n.x)[0]}, axis=0)", ATOM
 
     def _node_RowSum(self, n):
@@ -493,6 +507,7 @@ class Network:
             node = steps["d" + a].rhs if "d" + a in steps else self.dyhat_generic
             t[a] = Target(a, "d" + a, node, m[a][1], "A", l)
         self.targets = t
+        self.suggestions: dict[tuple, str] = {}  # verified numpy spellings (_Check.suggestion)
 
     # --- names
 
@@ -1326,7 +1341,7 @@ _FACTOR_WORDS = {
 
 
 def verify(spec: Spec, wrt: str, formula: str, seed: int = 0, *,
-           symbolic: bool = True, budget: float = SYMBOLIC_BUDGET,
+           symbolic: bool = True, budget: float | None = None,
            progress: Callable[[str], None] | None = None) -> Verdict:
     """Check the hand-derived ∂L/∂``wrt`` written as ``formula`` (numpy syntax).
 
@@ -1337,6 +1352,9 @@ def verify(spec: Spec, wrt: str, formula: str, seed: int = 0, *,
     proof: the exact evaluation then decides alone.  ``progress(stage)`` is called as
     each stage starts.
     """
+    budget = SYMBOLIC_BUDGET if budget is None else budget
+    if progress:
+        progress("deriving the network's gradients")
     net = _network(as_spec(spec))
     target = net.target(wrt)
     tree = validate(formula, where="formula", allow_matrix=True)
@@ -1348,6 +1366,7 @@ class _Check:
                  seed: int, symbolic: bool, budget: float,
                  progress: Callable[[str], None] | None = None) -> None:
         self.net, self.target, self.formula, self.tree = net, target, formula, tree
+        self.seed = seed
         self.progress = progress or (lambda stage: None)
         self.progress("evaluating the network on random instances")
         self.instances = _instances(net.spec, seed)
@@ -1367,12 +1386,35 @@ class _Check:
         self.verdict = Verdict(
             ok=False, wrt=t.name, formula=formula,
             title=f"verify {t.partial} — {net.describe()}",
-            correct=NumpyPrinter(prefix).doprint(t.node),
             textbook=f"{t.display} = {textbook(t.node)}" if t.family != "Z"
             else f"{t.display} = {t.partial} = {textbook(t.node)}",
         )
         if net.d.assumptions and t.family in ("Z", "W", "b", "A") and t.name != "Yhat":
             self.verdict.notes += [f"the derivation assumes {a}" for a in net.d.assumptions]
+        self.verdict.correct = self.suggestion()
+        if not self.verdict.correct:
+            self.verdict.notes.append("no numpy spelling of the correct formula passed this "
+                                      "check; the textbook form is the reference")
+
+    def suggestion(self) -> str:
+        """The correct formula in numpy syntax — only a spelling that this same check
+        accepts (parsed, shape-checked and :meth:`agrees`), so "correct:" never shows a
+        formula that verify would reject; "" when no spelling passes."""
+        key = (self.target.name, self.prefix, self.seed)
+        cache = self.net.suggestions
+        if key not in cache:
+            cache[key] = ""
+            for printer in (NumpyPrinter(self.prefix), NumpyPrinter(self.prefix, keepdims=True)):
+                text = printer.doprint(self.target.node)
+                try:
+                    term = self.build(validate(text, where="correct formula", allow_matrix=True),
+                                      text)
+                except (_ShapeError, SymgradError):
+                    continue
+                if self.agrees(term):
+                    cache[key] = text
+                    break
+        return cache[key]
 
     # --- helpers
 
@@ -1653,7 +1695,7 @@ class _Check:
                 term = self.build(validate(fixed, where="formula", allow_matrix=True))
             except (_ShapeError, SymgradError):
                 continue
-            if not self.fits(term.shape, self.target.shape) or not self.matches(self.values(term)):
+            if not self.agrees(term):  # the same test as for the user's formula
                 continue
             if code == "layer":
                 what = f"correct up to one layer: {what}"
@@ -1871,8 +1913,9 @@ def _rational_zero(e: sp.Expr, fold: bool = True) -> bool:
 
 
 def verify_scalar(expr: str, wrt: str, formula: str, seed: int = 0, *,
-                  budget: float = SYMBOLIC_BUDGET) -> Verdict:
+                  budget: float | None = None) -> Verdict:
     """Check that ``formula`` is d(``expr``)/d(``wrt``) for scalar expressions."""
+    budget = SYMBOLIC_BUDGET if budget is None else budget
     name = (wrt or "").strip()
     if (not name.isidentifier() or keyword.iskeyword(name) or name in ("pi", "e")
             or name in SCALAR_FUNCTIONS):
@@ -1880,7 +1923,7 @@ def verify_scalar(expr: str, wrt: str, formula: str, seed: int = 0, *,
     x = sp.Symbol(name, real=True)
     f = parse_scalar(expr, {name: x}, where="--expr")
     g = parse_scalar(formula, {name: x}, where="formula")
-    correct = sp.diff(f, x)
+    correct = within(SIMPLIFY_SECONDS, "--expr", expr, sp.diff, f, x, verb="differentiate")
     pretty = _simplest(correct, budget / 2)
     d = f"d/d{name} ({' '.join(expr.split())})"
     v = Verdict(
@@ -1888,10 +1931,19 @@ def verify_scalar(expr: str, wrt: str, formula: str, seed: int = 0, *,
         correct=numpy_text(pretty),
         textbook=f"{d} = {TextScalarPrinter({x: name}, elementwise=False).doprint(pretty)}",
     )
-    points = _sample(x, [f, g, correct], seed)
+    try:
+        with deadline(EXACT_SECONDS):
+            points = _sample(x, [f, g, correct], seed)
+    except EXHAUSTED:
+        raise SymgradError("formula", f"too complex to evaluate in {EXACT_SECONDS:g} s: "
+                           f"{' '.join(formula.split())[:60]}") from None
     shown = ", ".join(f"{p:g}" for p, _ in points)
-    bad = [(p, gv, cv) for p, (_, gv, cv) in points
-           if abs(gv - cv) > 1e-9 * max(abs(gv), abs(cv), 1e-12)]
+    digits = [_digits(c) for e in (f, g) for c in e.atoms(sp.Float)]
+    tol = max([SCALAR_RTOL, *(1e3 * 10.0 ** -d for d in digits)])
+    v.correct = _checked_scalar([pretty, correct], x, points, tol)
+    errors = [_scalar_relerr(gv, cv) for _, (_, gv, cv) in points]
+    bad = [(p, float(gv), float(cv)) for (p, (_, gv, cv)), err in zip(points, errors, strict=True)
+           if err > tol]
     if bad:
         p, gv, cv = bad[0]
         v.numeric = f"differs at {len(bad)} of {len(points)} points ({name} = {shown})"
@@ -1899,8 +1951,10 @@ def verify_scalar(expr: str, wrt: str, formula: str, seed: int = 0, *,
         v.counterexample = f"at {name} = {p:g}: yours {gv:.10g}, correct {cv:.10g}"
         ratios = [gv / cv for _, (_, gv, cv) in points if abs(cv) > 1e-12]
         c = None
-        if len(ratios) >= 3 and all(abs(r - ratios[0]) <= 1e-9 * abs(ratios[0]) for r in ratios):
-            c = _name_constant(ratios[0])
+        if len(ratios) >= 3 and all(abs(r - ratios[0]) <= tol * abs(ratios[0]) for r in ratios):
+            c = _name_constant(float(ratios[0]))
+            if c is not None and abs(sp.Rational(c) - ratios[0]) > tol * abs(ratios[0]):
+                c = f"{float(ratios[0]):.15g}"  # 1.000000001, not "1"
         if c == "-1":
             v.diagnosis, v.factor = "sign", "-1"
             v.message = f"the sign is wrong: yours = −{d}"
@@ -1910,13 +1964,45 @@ def verify_scalar(expr: str, wrt: str, formula: str, seed: int = 0, *,
         else:
             v.message = "no simple diagnosis fits; compare with the correct derivative below"
         return v
-    v.numeric = (f"equal at {len(points)} points ({name} = {shown})" if points
+    worst = max(errors, default=0.0)
+    v.numeric = (f"equal at {len(points)} points ({name} = {shown}): max relative error "
+                 f"{worst:.1e} at {SCALAR_DIGITS} digits (tolerance {tol:.0e})" if points
                  else "no sample point where both sides are real and finite")
     proved, v.symbolic = _prove_scalar(g - correct, x, budget)
-    v.ok = proved or len(points) >= 3
+    v.ok = proved  # the rule of the module docstring: numbers alone never make "correct"
     if not v.ok:
-        v.message = "could not be decided: too few sample points and no symbolic proof"
+        v.undecided = True
+        v.message = (f"not proved: agrees numerically to {worst:.1e} on {len(points)} points; "
+                     + ("the symbolic check was over its budget" if "budget" in v.symbolic
+                        else "SymPy could not decide the symbolic check"))
     return v
+
+
+def _checked_scalar(forms: list[sp.Expr], x: sp.Symbol, points, tol: float) -> str:
+    """The first form whose numpy spelling, parsed back, equals the derivative at every
+    sample point (the same test as the user's formula); "" when none does."""
+    for form in forms:
+        text = numpy_text(form)
+        try:
+            back = parse_scalar(text, {x.name: x}, where="correct formula")
+            with deadline(EXACT_SECONDS):
+                values = [back.xreplace({x: sp.Float(repr(p), SCALAR_DIGITS)}).evalf(SCALAR_DIGITS)
+                          for p, _ in points]
+        except (SymgradError, *EXHAUSTED, TypeError, ValueError, ArithmeticError):
+            continue
+        if all(isinstance(b, sp.Number) and _scalar_relerr(b, cv) <= tol
+               for b, (_, (_, _, cv)) in zip(values, points, strict=True)):
+            return text
+    return ""
+
+
+SCALAR_DIGITS = 30  # scalar mode evaluates at this many digits
+SCALAR_RTOL = 10.0 ** -(SCALAR_DIGITS - 10)
+
+
+def _scalar_relerr(a: sp.Expr, b: sp.Expr) -> float:
+    den = max(abs(a), abs(b), sp.Float(1e-30))
+    return float(abs(a - b) / den)
 
 
 def _simplest(e: sp.Expr, budget: float) -> sp.Expr:
@@ -1983,14 +2069,12 @@ def _sample(x: sp.Symbol, exprs: list[sp.Expr], seed: int):
         vals = []
         for e in exprs:
             try:
-                z = complex(e.xreplace({x: sp.Float(repr(p), 30)}).evalf(30))
+                z = e.xreplace({x: sp.Float(repr(p), SCALAR_DIGITS)}).evalf(SCALAR_DIGITS)
             except (TypeError, ValueError, ZeroDivisionError, OverflowError):
                 break
-            if not (math.isfinite(z.real) and math.isfinite(z.imag)) or abs(z.imag) > 1e-12 * max(
-                1.0, abs(z.real)
-            ):
+            if not (isinstance(z, sp.Number) and z.is_finite):  # complex, nan, zoo, symbolic
                 break
-            vals.append(z.real)
+            vals.append(z)
         else:
             out.append((p, tuple(vals)))
         if len(out) >= 10:
@@ -2003,8 +2087,25 @@ def _sample(x: sp.Symbol, exprs: list[sp.Expr], seed: int):
 # --------------------------------------------------------------------------
 
 
+class _Progress:
+    """Reports each stage on stderr once the command has run :data:`PROGRESS_AFTER` s."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        if elapsed >= PROGRESS_AFTER:
+            sys.stderr.write(f"symgrad verify: {stage} … ({elapsed:.1f} s so far)\n")
+            sys.stderr.flush()
+
+
 @command("verify")
 def cmd_verify(args: argparse.Namespace) -> int:
+    wrt = args.wrt if isinstance(args.wrt, str) else ",".join(args.wrt or [])
+    if "," in wrt:
+        raise SymgradError("--wrt", "verify checks one gradient at a time")
+    args.wrt = wrt
     if args.expr is not None:
         if args.spec is not None:
             raise SymgradError("verify", "give a network SPEC or --expr \"…\", not both")
@@ -2014,7 +2115,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise SymgradError(
                 "verify", "missing SPEC (a network spec), or use --expr \"…\" for a scalar function"
             )
-        verdict = verify(load_spec(args.spec), args.wrt, args.formula, seed=args.seed)
+        verdict = verify(load_spec(args.spec), args.wrt, args.formula, seed=args.seed,
+                         progress=_Progress())
     sys.stdout.write(verdict.text())
     return 0 if verdict.ok else 1
 
