@@ -71,7 +71,7 @@ def _check_float(value: Any, where: str, lo: float, hi: float = math.inf, *, ope
 
 # Names a network may not take: its module would shadow one that the generated file imports
 # (numpy; argparse and sys are in the standard library) or any standard-library module.
-IMPORTED_MODULES = ("numpy", "argparse", "sys")
+IMPORTED_MODULES = ("numpy", "argparse", "os", "sys", "tempfile")
 RESERVED_NAMES = frozenset(sys.stdlib_module_names) | {"numpy", "symgrad"}
 
 
