@@ -206,7 +206,8 @@ def _expr_options(p: argparse.ArgumentParser, wrt: bool = True) -> None:
     """Expression mode (symgrad.exprmode): --expr EXPR --shape NAME=R,C … --wrt NAME[,NAME]."""
     if wrt:
         p.add_argument("--expr", help="a scalar matrix expression in numpy syntax, instead of SPEC")
-        p.add_argument("--wrt", help="with --expr: the name(s) to differentiate, comma-separated")
+        p.add_argument("--wrt", action="append", metavar="NAME[,NAME…]",
+                       help="with --expr: the name(s) to differentiate (comma lists and repeats add up)")
     p.add_argument("--shape", action="append", metavar="NAME=R,C",
                    help="with --expr: the shape of a name (sizes: numbers or symbols like N, d)")
 

@@ -306,7 +306,8 @@ class ExprProblem:
 
 def parse_problem(text: str, shape_items: Sequence[str], wrt: str | Sequence[str]) -> ExprProblem:
     shapes = parse_shapes(shape_items)
-    names = [w.strip() for w in (wrt.split(",") if isinstance(wrt, str) else wrt) if w.strip()]
+    items = [wrt] if isinstance(wrt, str) else list(wrt)  # --wrt U,V and --wrt U --wrt V
+    names = [w.strip() for item in items for w in item.split(",") if w.strip()]
     if not names:
         raise SymgradError("--wrt", "name the variable(s) to differentiate, e.g. --wrt w")
     for w in names:
