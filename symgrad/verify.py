@@ -605,12 +605,14 @@ class Network:
     # --- numeric instances
 
     def instance_sizes(self, k: int) -> tuple[int, list[int]]:
-        """Batch size and widths of instance ``k``: all pairwise distinct, none square."""
+        """Batch size and widths of instance ``k``: pairwise distinct and none equal to N
+        up to 8 layers; beyond, the same 16 sizes repeat (neighbours still differ), so the
+        cost does not grow with depth faster than linearly, and never with the spec's widths."""
         n = INSTANCE_N[k % len(INSTANCE_N)]
-        pool = [v for v in range(2, self.L + 9) if v != n]
+        pool = [v for v in range(2, min(self.L, 8) + 9) if v != n]
         rng = np.random.default_rng(1000 + k)
         rng.shuffle(pool)
-        return n, pool[: self.L + 1]
+        return n, [pool[i % len(pool)] for i in range(self.L + 1)]
 
     def instance(self, k: int, seed: int) -> _Instance:
         n, ws = self.instance_sizes(k)
