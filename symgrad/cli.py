@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="symgrad", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("-V", "--version", action="version", version=f"symgrad {__version__}",
                    help="print the version and exit")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
+                           help="the command to run ('symgrad COMMAND --help' for its options)")
 
     d = sub.add_parser("derive", help="print the backpropagation formulas of a network",
                        description="Print the forward equations, the backward chain "
