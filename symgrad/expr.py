@@ -221,8 +221,10 @@ def _is_method(node: ast.AST) -> bool:
 
 
 def _parse(text: str, where: str) -> tuple[ast.Expression, str]:
-    """``ast.parse`` on one line (newlines become spaces); columns are 1-based in ``text``."""
-    line = text.replace("\r", " ").replace("\n", " ")
+    """``ast.parse`` on one line (newlines become spaces, a ``#`` comment runs to the end of
+    its line, as in Python); columns are 1-based in ``text``."""
+    lines = text.replace("\r", " ").split("\n")
+    line = " ".join(part.split("#", 1)[0].ljust(len(part)) for part in lines)
     source = line.lstrip(" \t\f")
     shift = len(line) - len(source)
     try:
@@ -382,7 +384,7 @@ def validate(text: str, *, where: str, allow_matrix: bool = False) -> ast.Expres
     """
     if not isinstance(text, str):
         raise _fail(where, f"expected an expression string, got {type(text).__name__}")
-    if not text.strip():
+    if not text.strip() or all(not t.split("#", 1)[0].strip() for t in text.splitlines()):
         raise _fail(where, "empty expression")
     if len(text) > MAX_LENGTH:
         raise _fail(where, f"expression is too long ({len(text)} characters, at most {MAX_LENGTH})")

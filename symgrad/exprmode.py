@@ -95,7 +95,14 @@ __all__ = [
 WHERE = "expr"
 MAX_NAMES = 32
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_RESERVED = {"np", "numpy", "e", "pi", "value", "grad", "check", "value_and_grad"}
+_RESERVED = {"np", "numpy", "value", "grad", "check", "value_and_grad", "main",
+             "random_arguments", "sigmoid", "softplus", "softmax", "logsumexp", "erf"}
+_CONSTANTS = {  # names the expression language gives a value
+    "e": "'e' is Euler's number (2.718…) in expressions, so it cannot name an array or a size; "
+         "choose another name (e.g. err)",
+    "pi": "'pi' is π (3.14159…) in expressions, so it cannot name an array or a size; "
+          "choose another name",
+}
 _COEF_NAMES = {"lam": "λ", "lambda_": "λ", "lmbda": "λ", "sigma": "σ", "mu": "μ", "alpha": "α",
                "beta": "β", "gamma": "γ", "delta": "δ", "tau": "τ", "eta": "η", "rho": "ρ"}
 
@@ -126,8 +133,11 @@ def parse_shapes(items: Sequence[str]) -> dict[str, tuple[sp.Expr, sp.Expr]]:
         name = name.strip()
         if not eq or not _NAME.match(name) or keyword.iskeyword(name):
             raise SymgradError(where, "expected NAME=ROWS,COLS, e.g. X=N,d or w=d,1")
+        if name in _CONSTANTS:
+            raise SymgradError(where, _CONSTANTS[name])
         if name in _RESERVED:
-            raise SymgradError(where, f"'{name}' is reserved; choose another name")
+            raise SymgradError(where, f"'{name}' is reserved (a name of the generated module); "
+                               "choose another name")
         parts = [p.strip() for p in dims.split(",")]
         if len(parts) == 1 and parts[0]:
             parts.append("1")  # a column vector
@@ -139,6 +149,8 @@ def parse_shapes(items: Sequence[str]) -> dict[str, tuple[sp.Expr, sp.Expr]]:
                 if not 1 <= int(p) <= 10**6:
                     raise SymgradError(where, f"size {p} must be between 1 and 1000000")
                 out.append(sp.Integer(int(p)))
+            elif p in _CONSTANTS:
+                raise SymgradError(where, _CONSTANTS[p])
             elif _NAME.match(p) and not keyword.iskeyword(p) and p not in _RESERVED:
                 out.append(_size_symbol(p))
             else:
@@ -316,6 +328,9 @@ def parse_problem(text: str, shape_items: Sequence[str], wrt: str | Sequence[str
     if len(set(names)) != len(names):
         raise SymgradError("--wrt", "a name is repeated")
     space = Space(shapes, tuple(names))
+    from symgrad.expr import validate
+
+    text = ast.unparse(validate(text, where=WHERE, allow_matrix=True))  # one line, no comments
     root = build(text, space)
     missing = [w for w in names if w not in root.syms()]
     if missing:
@@ -1504,6 +1519,34 @@ def _templates_dir() -> Path:
     raise FileNotFoundError(TEMPLATE)
 
 
+def input_domain(problem: ExprProblem) -> str:
+    """``"positive"`` when f needs positive inputs (a log, a root or a fractional power of
+    something not positive for every real input), else ``"real"``; the generated module's
+    ``DOMAIN``, which its own check() and ``symgrad check`` draw from.  A function that is
+    not finite at a real draw (found numerically) is ``"positive"`` too."""
+    for n in walk(problem.root):
+        if not isinstance(n, Map):
+            continue
+        subs = {s: sp.Dummy(nonnegative=True) if isinstance(a, SqNorm) else sp.Dummy(real=True)
+                for s, a in n.args}
+        body = expand_named(n.expr.replace(Exp, sp.exp)).xreplace(subs)
+        for t in sp.preorder_traversal(body):
+            if isinstance(t, sp.log) and t.args[0].is_positive is not True:
+                return "positive"
+            if t.is_Pow and t.exp.is_integer is not True and t.base.is_nonnegative is not True:
+                return "positive"
+
+    def finite(positive: bool) -> bool:
+        try:
+            with np.errstate(all="ignore"):
+                env = numeric_env(problem, 0, 0, positive=positive)
+                return bool(np.all(np.isfinite(np.asarray(problem.root.numeric(env), float))))
+        except (ArithmeticError, TypeError, ValueError):
+            return False
+
+    return "positive" if not finite(False) and finite(True) else "real"
+
+
 def module_context(d: ExprDerivation, name: str = "expr") -> dict:
     p = d.problem
     args = p.args
@@ -1557,6 +1600,7 @@ def module_context(d: ExprDerivation, name: str = "expr") -> dict:
         "helpers": helpers,
         "sizes": sizes,
         "shape_text": _display(p),
+        "domain": input_domain(p),
     }
 
 
