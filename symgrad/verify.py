@@ -12,11 +12,38 @@ wrong formula ("shape"), not a crash.
 
 The evidence is then
 
-* **numeric** — the formula and the derived gradient evaluated in float64 on three
-  random instances of different, pairwise distinct sizes (so a formula that only
-  type-checks for square matrices, or only holds for N = 1, fails);
+* **numeric** — the formula and the derived gradient evaluated on three random
+  instances of different, non-square sizes (bounded whatever the spec's widths and
+  depth), first in float64 (a screen: within :data:`RTOL` = 1e-8, used for the
+  diagnoses), then **exactly**: the same data at :data:`PRECISION` = 50 digits, every
+  value by SymPy arithmetic, compared within :data:`EXACT_RTOL` = 1e-40 — the rounding
+  of a 50-digit evaluation with 10 digits to spare (looser only where the network holds
+  a constant known to fewer digits: 1000 units in its last digit, e.g. 1e-14 for SELU's
+  17-digit constants). Within :data:`EXACT_SECONDS`; without it only the screen remains;
 * **symbolic** — on a tiny explicit instance (N = 2, widths 2..3, every entry a
-  SymPy symbol) the entrywise difference is reduced to 0 within a time budget.
+  SymPy symbol) the entrywise difference is reduced to 0 within
+  :data:`SYMBOLIC_BUDGET` seconds.
+
+The verdict rule:
+
+* **correct** (exit 0) — the symbolic proof succeeded (and the numbers agree); or no
+  proof was asked for (``symbolic=False``) and the exact evaluation agrees on every
+  instance. Numbers that agree never make "correct" on their own when a proof was
+  attempted, and a relative perturbation of 1e-9 (or 1e-30) cannot pass the exact
+  comparison.
+* **not proved** (exit 1, ``Verdict.undecided``) — the numbers agree but the proof was
+  over its budget or SymPy could not decide it: "not proved: agrees numerically to X on
+  K instances; the symbolic check was over its budget".
+* **WRONG** (exit 1) — the numbers differ (in float64, or only exactly: then a
+  constant factor such as 1.000000001 is named).
+
+Every formula printed as "correct:" or "fixed:" has passed this same check (parsed,
+shape-checked, equal in float64 and exactly) before it is printed; when no spelling
+passes, none is printed.  Hand formulas may use the numpy method spellings of
+:data:`symgrad.expr.MATRIX_METHODS` (``dZ1.sum(axis=0)``, ``X.T.dot(dZ1)``,
+``A.transpose()``, ``x.mean()``): each means its function (``sum(dZ1, axis=0)``); any
+other attribute access is refused.  The command line reports each stage on stderr
+once it has run :data:`PROGRESS_AFTER` seconds (on a terminal).
 
 For a wrong formula, a diagnosis is searched for among: transposed (as a whole, or
 one name), a constant factor (N, 1/N, 2, ½ …) or sign, a missing
@@ -26,7 +53,8 @@ cannot match.  The correct formula is printed in numpy syntax (:class:`NumpyPrin
 and in the textbook form.
 
 Scalar mode (:func:`verify_scalar`) checks d/dx of a one-variable function against
-``sympy.diff``.
+``sympy.diff``, with the same rule: values at :data:`SCALAR_DIGITS` = 30 digits within
+1e-20, "correct" only when proved.
 """
 
 from __future__ import annotations
@@ -103,7 +131,7 @@ EXACT_RTOL = 10.0 ** -(PRECISION - 10)  # its tolerance: rounding at 50 digits, 
 EXACT_SECONDS = 5.0  # seconds SymPy may spend on the exact evaluation of the instances
 SYMBOLIC_BUDGET = 2.0  # seconds SymPy may spend on the symbolic proof
 INSTANCE_N = (3, 5, 4)  # batch sizes of the random instances (widths differ too)
-PROGRESS_AFTER = 1.0  # seconds: the command line reports each stage after this long
+PROGRESS_AFTER = 1.5  # seconds: the command line reports each stage after this long
 
 DIAGNOSES = (
     "transposed", "factor", "sign", "shape", "activation-derivative", "layer",
@@ -2090,14 +2118,16 @@ def _sample(x: sp.Symbol, exprs: list[sp.Expr], seed: int):
 
 
 class _Progress:
-    """Reports each stage on stderr once the command has run :data:`PROGRESS_AFTER` s."""
+    """Reports each stage on stderr once the command has run :data:`PROGRESS_AFTER` s
+    (on a terminal: a log or a pipe gets the verdict alone)."""
 
-    def __init__(self) -> None:
+    def __init__(self, always: bool = False) -> None:
         self.start = time.perf_counter()
+        self.on = always or sys.stderr.isatty()
 
     def __call__(self, stage: str) -> None:
         elapsed = time.perf_counter() - self.start
-        if elapsed >= PROGRESS_AFTER:
+        if self.on and elapsed >= PROGRESS_AFTER:
             sys.stderr.write(f"symgrad verify: {stage} … ({elapsed:.1f} s so far)\n")
             sys.stderr.flush()
 
