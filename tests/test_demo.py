@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ from symgrad.cli import main
 from symgrad.codegen import load_module
 from symgrad.datasets import digits_split
 
+ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 FILES = ("digits.toml", "digits_mlp.py", "digits.npz", "params.npz", "training_curves.png",
          "report.md")
@@ -86,7 +89,7 @@ def test_training_time_is_reported(full) -> None:
 
 def test_files(full) -> None:
     _, stdout, _, out = full
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted((*FILES, demo.MANIFEST))
     png = (out / "training_curves.png").read_bytes()
     assert png.startswith(PNG) and len(png) > 20_000
     width, height = np.frombuffer(png[16:24], dtype=">u4")
@@ -162,20 +165,26 @@ def test_without_matplotlib_and_tqdm(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "after 2 epochs" in stdout
 
 
+def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(directory.iterdir())}
+
+
 def test_rerun_replaces_its_own_files(tmp_path: Path) -> None:
     assert run_cli("--out", str(tmp_path), "--epochs", "1")[0] == 0
     assert run_cli("--out", str(tmp_path), "--epochs", "1")[0] == 0
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files
+    hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert hidden == [demo.MANIFEST]  # no temporary files
 
 
-@pytest.mark.parametrize("args, where", [
-    (["--epochs", "0"], "demo: --epochs"),
-    (["--epochs", "x"], "symgrad"),
+@pytest.mark.parametrize("args, line", [
+    (["--epochs", "0"], "demo --epochs: must be at least 1, got 0"),
+    (["--epochs", "x"], "demo --epochs: invalid int value: 'x'"),
+    (["--ou", "x"], "demo: unrecognized arguments --ou x (did you mean --out?)"),
 ])
-def test_bad_arguments(args: list[str], where: str, tmp_path: Path, capsys) -> None:
-    assert main(["demo", "--out", str(tmp_path), *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"symgrad: error: {where}") and "\n" not in err
+def test_bad_arguments(args: list[str], line: str, tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--out", str(tmp_path / "out"), *args]) == 2
+    assert capsys.readouterr() == ("", f"symgrad: error: {line}\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_out_is_a_file(tmp_path: Path, capsys) -> None:
@@ -186,10 +195,70 @@ def test_out_is_a_file(tmp_path: Path, capsys) -> None:
         f"symgrad: error: {target}: exists and is not a directory; give --out a directory")
 
 
-def test_refuses_to_overwrite_a_module_it_did_not_write(tmp_path: Path) -> None:
-    mine = tmp_path / "digits_mlp.py"
-    mine.write_text("# my own work\n")
+def test_out_is_not_writable(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a non-root user sees 0o555
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr() == ("", f"symgrad: error: {tmp_path / 'out' / demo.SPEC}: cannot "
+                                   f"write: permission denied (the directory {tmp_path} is not "
+                                   "writable)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checks_every_target_before_writing_anything(tmp_path: Path, capsys) -> None:
+    """The user's files (and the demo's own, once edited) are listed, all of them, and
+    nothing in DIR changes; --force overwrites them."""
+    (tmp_path / "digits_mlp.py").write_text("# my own work\n")
+    (tmp_path / "report.md").write_text("my notes\n")
+    (tmp_path / "unrelated.txt").write_text("kept\n")
+    before = snapshot(tmp_path)
+    code, out, err = run_cli("--out", str(tmp_path), "--epochs", "1")
+    assert (code, out) == (2, "")
+    assert err == (f"symgrad: error: {tmp_path}: would overwrite digits_mlp.py, report.md, which "
+                   "symgrad did not write or which were edited since; use --force to "
+                   "overwrite, or --out another directory\n")
+    assert snapshot(tmp_path) == before
+    assert run_cli("--out", str(tmp_path), "--epochs", "1", "--force")[0] == 0
+    assert (tmp_path / "report.md").read_text(encoding="utf-8").startswith("# symgrad demo")
+    assert (tmp_path / "unrelated.txt").read_text() == "kept\n"
+    # the demo's own files, edited (as its output invites for digits.toml): kept
+    with open(tmp_path / "digits.toml", "a", encoding="utf-8") as fh:
+        fh.write("# my change\n")
+    before = snapshot(tmp_path)
     code, _, err = run_cli("--out", str(tmp_path), "--epochs", "1")
-    assert code == 2
-    assert err.strip().startswith(f"symgrad: error: {mine}: exists and was not generated")
-    assert mine.read_text() == "# my own work\n"
+    assert code == 2 and "would overwrite digits.toml, which symgrad did not write" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_suggestions_run_as_printed_and_are_safe(full) -> None:
+    """Each "what to try next" command runs, exactly as printed, from where the demo ran,
+    and writes nothing outside DIR (the repository's generated/digits_mlp.py included)."""
+    _, stdout, _, out = full
+    commands = [line.strip() for line in stdout.split("what to try next:\n")[1].splitlines()
+                if line.strip() and not line.strip().startswith("#")]
+    assert len(commands) == 5
+    tracked = (ROOT / "generated" / "digits_mlp.py").read_bytes()
+    cwd_before = sorted(os.listdir())
+    for cmd in commands:
+        proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (cmd, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert (ROOT / "generated" / "digits_mlp.py").read_bytes() == tracked
+    assert sorted(os.listdir()) == cwd_before
+    assert sorted(p.name for p in out.iterdir()) == sorted((*FILES, demo.MANIFEST))
+
+
+def test_symgrad_command_is_the_running_one(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """`symgrad` is printed only when it is the symgrad on PATH; else the path that was run."""
+    script = tmp_path / "venv" / "bin" / "symgrad"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(script), "demo"])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert demo.symgrad_command() == os.path.join("venv", "bin", "symgrad")
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")
+    assert demo.symgrad_command() == "symgrad"
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "symgrad" / "__main__.py")])
+    assert demo.symgrad_command() == f"{demo.python_command()} -m symgrad"
+    assert shlex.split(demo.python_command())[0] in ("python", "python3", sys.executable) or (
+        os.path.abspath(shlex.split(demo.python_command())[0]) == sys.executable)
