@@ -180,6 +180,22 @@ def test_the_two_commands_come_first() -> None:
     assert lines == ["make demo", "make test"]
 
 
+_UNITS = {"s": 1, "%": 0.01, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def test_the_budget_table_is_the_code() -> None:
+    """Each row `symgrad.MODULE.NAME` | VALUE of the README's budget table is the constant."""
+    import importlib
+
+    rows = re.findall(r"^\| `(symgrad\.\w+)\.(\w+)` \| ([\d,.]+) ?(s|%|KiB|MiB|GiB)? \|",
+                      README.read_text(encoding="utf-8"), re.M)
+    assert len(rows) >= 10
+    for module, name, number, unit in rows:
+        value = getattr(importlib.import_module(module), name)
+        documented = float(number.replace(",", "")) * _UNITS.get(unit, 1)
+        assert documented == pytest.approx(value, rel=1e-12), f"README: {module}.{name}"
+
+
 def test_the_matcher() -> None:
     assert matches(["a", ELLIPSIS, "d"], ["a", "b", "c", "d"])
     assert matches(["a", ELLIPSIS, "b"], ["a", "b"])
