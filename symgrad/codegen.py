@@ -875,6 +875,8 @@ class ArrayLowering:
         ref = next((n.name for n in names.values() if re.fullmatch(r"\w+", n.name)), None)
         printer = NumpyPrinter(helpers=self.helpers, dtype_ref=ref)
         body = stabilize(node.expr).xreplace(names)
+        if body.is_number:  # a constant spread to the map's shape (c 𝟏𝟏ᵀ), not a scalar
+            return f"np.full_like({next(iter(names.values())).name}, {printer.doprint(body)})", ATOM
         if body.is_Boolean or isinstance(body, sp.core.relational.Relational):
             return printer.doprint(body), REL
         temps = (sp.Symbol(t) for t in iter(self.temp, None))

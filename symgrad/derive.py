@@ -32,6 +32,7 @@ from symgrad.ops import (
     Sub,
     Sym,
     add,
+    filled,
 )
 from symgrad.spec import Spec, as_spec
 
@@ -114,6 +115,8 @@ def _elementwise_loss(producer: Assignment, loss: MeanLoss) -> Node | None:
         combined = sp.factor(sp.cancel(d * g))
         if combined.has(sp.Piecewise) or sp.count_ops(combined) >= sp.count_ops(d) + sp.count_ops(g):
             return None
+    if not combined.has(A_SYM, Y):  # ℓ affine in ŷ: c 𝟏𝟏ᵀ/N, a matrix like Ŷ
+        return filled(combined / N, producer.target)
     return Scale(1 / N, Map(combined, ((A_SYM, producer.target), (Y, loss.y)), note="fused"))
 
 

@@ -37,7 +37,7 @@ from symgrad.losses import YHAT, Loss, Y
 __all__ = [
     "N", "L1", "L2", "ONE", "Node", "Sym", "MatMul", "BiasAdd", "Elementwise", "Softmax",
     "MeanLoss", "SqNormHalf", "AbsSum", "Scale", "Add", "Transpose", "Hadamard", "Sub",
-    "Map", "ColSum", "RowSum", "Const", "add", "scale", "hadamard", "Env",
+    "Map", "ColSum", "RowSum", "Const", "add", "scale", "hadamard", "filled", "is_ones", "Env",
     "Broadcast", "Ones", "Eye", "Trace", "LogSumExp", "SqNorm",
 ]
 
@@ -220,8 +220,9 @@ class Elementwise(Node):
         return Map(self.fn.derivative, ((X_SYM, self.x),), note=f"{self.fn.name}′")
 
     def vjp(self, g, out):
-        if self.fn.derivative == 1:
-            return (g,)
+        d = self.fn.derivative
+        if d is not None and not d.has(X_SYM):  # f′ = c: the cotangent scaled, shape kept
+            return (g if d == 1 else hadamard(g, filled(d, self.x)),)
         return (hadamard(g, self.derivative(out)),)
 
     def explicit(self, env):
@@ -281,7 +282,12 @@ class MeanLoss(Node):
         return (self.yhat, self.y)
 
     def vjp(self, g, out):
-        d = Map(self.loss.derivative, ((YHAT, self.yhat), (Y, self.y)), note="ℓ′")
+        """A loss affine in ŷ has a constant ℓ′ = c: the cotangent is still an N×k
+        matrix, c 𝟏𝟏ᵀ/N (never the scalar c/N)."""
+        d = self.loss.derivative
+        if not d.has(YHAT, Y):
+            return scale(g, filled(d / N, self.yhat)), None
+        d = Map(d, ((YHAT, self.yhat), (Y, self.y)), note="ℓ′")
         return scale(g, Scale(1 / N, d)), None
 
     def explicit(self, env):
@@ -760,9 +766,26 @@ def scale(g: Node, x: Node) -> Node:
     return x if g.value == 1 else Scale(g.value, x)
 
 
+def filled(c: sp.Expr, like: Node) -> Node:
+    """The constant ``c`` spread to the shape of ``like``: c 𝟏𝟏ᵀ (a matrix, not a scalar).
+
+    It is the 𝟏𝟏ᵀ map scaled by c, so printers and lowerings see one form."""
+    ones = Map(sp.Integer(1), ((X_SYM, like),), note="𝟏𝟏ᵀ")
+    return ones if c == 1 else Scale(sp.sympify(c), ones)
+
+
+def is_ones(node: Node) -> bool:
+    """Whether ``node`` is the all-ones matrix 𝟏𝟏ᵀ (a constant map)."""
+    return isinstance(node, Map) and node.expr == 1
+
+
 def hadamard(a: Node, b: Node) -> Node:
-    if isinstance(b, Map) and b.expr == 1:
-        return a
+    """A ⊙ B, with A ⊙ 𝟏𝟏ᵀ = A and A ⊙ c𝟏𝟏ᵀ = c A (same shapes)."""
+    for x, y in ((a, b), (b, a)):
+        if is_ones(y):
+            return x
+        if isinstance(y, Scale) and is_ones(y.x):
+            return scale(Const(y.c), x)
     return Hadamard(a, b)
 
 

@@ -23,7 +23,7 @@ from symgrad import naming
 from symgrad.activations import X as X_SYM
 from symgrad.activations import expand_named
 from symgrad.losses import YHAT, Y
-from symgrad.ops import L1, L2, Map, N, Node, Sym
+from symgrad.ops import L1, L2, Map, N, Node, Sym, is_ones
 
 __all__ = ["TextPrinter", "LatexPrinter", "render", "text", "latex"]
 
@@ -274,6 +274,8 @@ class _MatrixPrinter(Printer):
         return self.scalar_printer(names)._print(node.expr)
 
     def _print_Map(self, node):
+        if is_ones(node):  # a constant spread to a matrix (ops.filled)
+            return self.ones
         return self.map_body(node)
 
     def _print_Sym(self, node):
@@ -299,7 +301,12 @@ class _MatrixPrinter(Printer):
             lead = "-"
         if den == 1:
             return lead + body
-        return self.fraction(lead + body, self.coef(den))
+        return self.fraction(lead + body, self.denominator(den))
+
+    def denominator(self, den: sp.Expr) -> str:
+        """A scalar denominator: N, or a product such as 4·N (a product of scalars,
+        never ⊙)."""
+        return self.scalar_printer(elementwise=False)._print(den)
 
 
 class TextPrinter(_MatrixPrinter):
@@ -309,9 +316,10 @@ class TextPrinter(_MatrixPrinter):
 
     scalar_printer = TextScalarPrinter
     minus = "−"
+    ones = "𝟏𝟏ᵀ"
 
     def fraction(self, top, bottom):
-        return f"{top}/{bottom}"
+        return f"{top}/{bottom}" if bottom.isalnum() else f"{top}/({bottom})"
 
     def _print_MatMul(self, node):
         return f"{self.paren(node.a, MATMUL)} {self.paren(node.b, MATMUL + 1)}"
@@ -351,6 +359,7 @@ class LatexPrinter(_MatrixPrinter):
 
     scalar_printer = LatexScalarPrinter
     name = staticmethod(naming.latex)
+    ones = r"\mathbf{1}\mathbf{1}^{\top}"
     minus = "-"
     lparen, rparen = r"\left(", r"\right)"
     fraction_body_prec = 0

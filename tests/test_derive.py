@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from symgrad.activations import ACTIVATIONS, A, X, expand_named
 from symgrad.derive import derive
@@ -175,3 +177,70 @@ def test_jupyter_rendering():
     assert d._repr_latex_().startswith("$$\\begin{aligned}")
     assert "\\delta_{1}" in d._repr_latex_()
     assert d._repr_markdown_() == d.markdown()
+
+
+# --------------------------------------------------------------------------
+# Losses affine in ŷ: ℓ′ is a constant, the cotangent still an N×k matrix
+# --------------------------------------------------------------------------
+
+
+def _affine_spec(loss_expr: str, output: str = "identity") -> Spec:
+    return Spec("affine", 3, (Layer(4, "tanh"), Layer(2, output)), loss=None, loss_expr=loss_expr)
+
+
+def _dz2(spec: Spec) -> str:
+    return next(text(e.rhs) for e in derive(spec).backward if e.target.name == "dZ2")
+
+
+@pytest.mark.parametrize("loss_expr,printed", [
+    ("yhat", "𝟏𝟏ᵀ/N"),
+    ("yhat - y", "𝟏𝟏ᵀ/N"),
+    ("2*yhat + 3", "2 𝟏𝟏ᵀ/N"),
+    ("3*yhat - y**2", "3 𝟏𝟏ᵀ/N"),
+    ("-yhat/4", "-𝟏𝟏ᵀ/(4·N)"),
+    ("yhat*y", "Y/N"),
+])
+def test_loss_linear_in_yhat_gives_a_matrix_cotangent(loss_expr, printed):
+    assert _dz2(_affine_spec(loss_expr)) == printed
+    latex = derive(_affine_spec(loss_expr)).latex()
+    assert ("\\mathbf{1}\\mathbf{1}^{\\top}" in latex) == ("𝟏𝟏ᵀ" in printed)
+
+
+def test_loss_constant_in_yhat_is_refused():
+    from symgrad.errors import SymgradError
+
+    with pytest.raises(SymgradError, match="the loss does not depend on yhat"):
+        _affine_spec("y**2 + 1").loss_fn  # noqa: B018
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    a=st.sampled_from(["1", "2", "-0.5", "3/4"]),
+    rest=st.sampled_from(["", " - y", " + 3", " + y**2 - 1", " * y"]),
+    output=st.sampled_from(["identity", "tanh", "sigmoid"]),
+)
+def test_affine_losses_generate_modules_with_the_right_gradient(a, rest, output):
+    """The class: ℓ = a·ŷ (+ terms in y, constants; or a·ŷ·y) through derive and the
+    generated module, whose gradient must match central differences of its own loss."""
+    from symgrad.codegen import generate_source, load_module
+
+    spec = _affine_spec(f"{a}*yhat{rest}", output)
+    d = derive(spec)
+    m = load_module(generate_source(d))
+    rng = np.random.default_rng(0)
+    params = m.init_params(seed=1)
+    X, Y = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    _, grads = m.loss_and_grad(params, X, Y)
+    h = 1e-6
+    for name, theta in params.items():
+        assert grads[name].shape == theta.shape
+        flat = theta.reshape(-1)
+        for i in range(flat.size):
+            v = flat[i]
+            flat[i] = v + h
+            up = m.loss(params, X, Y)
+            flat[i] = v - h
+            down = m.loss(params, X, Y)
+            flat[i] = v
+            fd = (up - down) / (2 * h)
+            assert abs(grads[name].reshape(-1)[i] - fd) < 1e-6 * max(1.0, abs(fd)), (name, i)
