@@ -73,6 +73,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,6 +121,7 @@ FULL_WORK = 1e10
 every parameter is checked; beyond it, large parameters are sampled."""
 
 SAMPLE_ENTRIES = 64
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 TOP_ENTRIES = 8
 PROGRESS_AFTER = 1.0  # seconds before progress is shown (on a terminal)
 
@@ -337,6 +339,8 @@ class _Isolated:
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        for name in THREAD_VARIABLES:  # small products (N rows): one BLAS thread is as fast,
+            env.setdefault(name, "1")  # and does not collapse when the cores are busy
         debug = bool(os.environ.get("SYMGRAD_DEBUG"))
         try:
             self.proc = subprocess.Popen(
@@ -426,9 +430,11 @@ class _Isolated:
         except subprocess.TimeoutExpired:
             code = None
         self.close()
-        how = ("closed its output" if code is None else
-               f"exited with status {code}" if code >= 0 else f"was killed by {_signal_name(-code)}")
-        raise _NoReport(f"module {how} {self._during()}; {self._ending()}")
+        during = self._during()
+        how = (f"closed its output {during}" if code is None else
+               f"exited {during} with status {code}" if code >= 0 else
+               f"was killed by {_signal_name(-code)} {during}")
+        raise _NoReport(f"module {how}; {self._ending()}")
 
     def _timed_out(self):
         self.close()
@@ -985,11 +991,16 @@ def _claimed(problem: Problem, name: str, shape: tuple[int, ...],
 # ------------------------------------------------------------------------------------------
 
 
-def _plan(problem: Problem, evaluations: int = 4) -> dict[str, bool]:
+def _large(size: int, samples: int) -> bool:
+    """Whether checking all ``size`` entries (about 4 loss evaluations each, each ~ N ×
+    size multiply-adds) would cost more than FULL_WORK."""
+    return 4 * samples * size * size > FULL_WORK
+
+
+def _plan(problem: Problem) -> dict[str, bool]:
     """Which parameters are sampled (True) rather than checked entry by entry."""
-    work = evaluations * problem.samples * problem.size * problem.size
-    return {name: work > FULL_WORK and theta.size > SAMPLE_ENTRIES
-            for name, theta in problem.params.items()}
+    large = _large(problem.size, problem.samples)
+    return {name: large and theta.size > SAMPLE_ENTRIES for name, theta in problem.params.items()}
 
 
 def _sample(rng: np.random.Generator, a: np.ndarray) -> np.ndarray:
@@ -1360,11 +1371,22 @@ def check_spec(spec, method: str = "central", tol: float | None = None, seed: in
             raise SymgradError(str(spec), "not a spec (.toml); check_module checks modules")
         spec = load_spec(path)
     derivation = derive(spec)
-    module = load_module(generate_source(derivation))
+    source = generate_source(derivation)
+    module = load_module(source)
     kind = "custom" if spec.loss_expr is not None else spec.loss_fn.name
     progress = _Progress(start)
+    size = sum(math.prod(s) for s in module.PARAM_SHAPES.values())
+    evaluator: Any = None
+    scratch = None
     try:
-        problem = _problem(_Local(module), spec.source, seed, samples, targets=kind,
+        if _large(size, samples):  # evaluated as a MODULE.py is: one BLAS thread, a deadline
+            scratch = tempfile.TemporaryDirectory(prefix="symgrad-check-")
+            path = Path(scratch.name) / f"{spec.name}.py"
+            path.write_text(source, encoding="utf-8")
+            evaluator = _Isolated(path, str(spec.source), TIME_LIMIT, MEMORY_LIMIT)
+        else:
+            evaluator = _Local(module)
+        problem = _problem(evaluator, spec.source, seed, samples, targets=kind,
                            progress=progress)
         reference = _derivation_loss(derivation, problem.params, problem.X, problem.Y)
         problem.rows.append(_value_row("loss", problem.loss_at_base(), reference, "derivation",
@@ -1376,8 +1398,18 @@ def check_spec(spec, method: str = "central", tol: float | None = None, seed: in
             else:
                 problem.complex_loss = _derivation_complex_loss(derivation, problem.X, problem.Y)
         return _run(problem, method, tol, seed, directions, start)
+    except _NoReport as e:
+        report = CheckReport(str(spec.source), method, method,
+                             DEFAULT_TOL[method] if tol is None else tol, seed, samples,
+                             failure=str(e))
+        report.seconds = time.perf_counter() - start
+        return report
     finally:
         progress.done()
+        if evaluator is not None:
+            evaluator.close()
+        if scratch is not None:
+            scratch.cleanup()
 
 
 def check_module(module_or_path: ModuleType | str | Path, method: str = "central",
