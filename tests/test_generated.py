@@ -68,8 +68,10 @@ def test_committed_module_runs(spec_path: Path) -> None:
     assert {k: (g.shape, g.dtype) for k, g in grads.items()} == {
         k: (p.shape, np.dtype(np.float32)) for k, p in params.items()
     }
-    history = m.train(params, X, Y, epochs=3, batch_size=16, verbose=False)
-    assert len(history["loss"]) == 3 and all(np.isfinite(history["loss"]))
+    for optimizer in m.OPTIMIZERS:  # each of them, whatever the widths (regression: 1 output)
+        history = m.train(params, X, Y, epochs=3, batch_size=16, optimizer=optimizer,
+                          verbose=False)
+        assert len(history["loss"]) == 3 and all(np.isfinite(history["loss"])), optimizer
 
 
 def test_generated_dir_is_ruff_clean() -> None:
