@@ -281,6 +281,8 @@ def write_bytes(path: str | os.PathLike, data: bytes, where: str | None = None, 
         return True
     path = Path(path)
     where = str(path) if where is None else where
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))  # write the file the link names, keep the link
     exists = check_target(path, where, force=force, owner_check=owner_check)
     if exists:
         try:

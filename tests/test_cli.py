@@ -179,6 +179,15 @@ def test_dash_is_standard_output(tmp_path: Path, capsys, monkeypatch) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_symlink_target_writes_the_file_it_names(tmp_path: Path) -> None:
+    real = tmp_path / "real.py"
+    assert main(["generate", *EXPR, "-o", str(real)]) == 0
+    (tmp_path / "link.py").symlink_to("real.py")
+    assert main(["generate", str(DIGITS), "-o", str(tmp_path / "link.py")]) == 0
+    assert (tmp_path / "link.py").is_symlink() and real.read_text() == digits_source()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.py", "real.py"]
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_status_goes_to_stderr_in_both_modes(mode: str, tmp_path: Path, capsys) -> None:
     target = tmp_path / "m.py"
