@@ -218,7 +218,7 @@ class CheckReport:
         relative error; an entry or a direction is where the worst one is."""
         orders = {r.method == "taylor" for r in self.rows}
         error = ("min order" if orders == {True} else
-                 "order / max rel. error" if orders == {True, False} else "max rel. error")
+                 "min order / rel. error" if orders == {True, False} else "max rel. error")
         kinds = {r.by_direction for r in self.rows if r.worst != "—"}
         worst = ("worst direction" if kinds == {True} else
                  "worst entry / direction" if kinds == {True, False} else "worst entry")
@@ -352,6 +352,7 @@ class _Isolated:
         except OSError as e:
             raise _NoReport(f"could not start the checking process ({e}); no gradient was "
                             "checked") from None
+        os.set_blocking(self.proc.stdin.fileno(), False)
         self.doing = "import"
         hello = self._receive()[0]
         if "import_error" in hello:
@@ -372,12 +373,24 @@ class _Isolated:
         text = json.dumps(head).encode()
         data = [MAGIC, len(text).to_bytes(8, "big"), text]
         data += [np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays.values()]
-        try:
-            self.proc.stdin.write(b"".join(data))
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            self._died()
+        self._write(b"".join(data))
         return self._receive()
+
+    def _write(self, data: bytes) -> None:
+        """All of ``data`` to the process, or out of time (a stopped process never reads)."""
+        fd = self.proc.stdin.fileno()
+        view = memoryview(data)
+        while view:
+            left = self.deadline - time.monotonic()
+            ready = select.select([], [fd], [], max(left, 0))[1] if left > 0 else []
+            if not ready:
+                self._timed_out()
+            try:
+                view = view[os.write(fd, view[: 1 << 16]):]
+            except BlockingIOError:
+                continue
+            except OSError:  # BrokenPipeError: it is gone
+                self._died()
 
     def _read(self, n: int) -> bytes:
         fd = self.proc.stdout.fileno()
@@ -452,8 +465,7 @@ class _Isolated:
         if proc.poll() is None:
             try:
                 text = json.dumps({"op": "quit"}).encode()
-                proc.stdin.write(MAGIC + len(text).to_bytes(8, "big") + text)
-                proc.stdin.flush()
+                os.write(proc.stdin.fileno(), MAGIC + len(text).to_bytes(8, "big") + text)
                 proc.wait(timeout=0.5)
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 pass

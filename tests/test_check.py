@@ -310,6 +310,29 @@ def test_report_table_and_determinism():
     assert check_spec(ROOT / "examples" / "regression.toml", seed=4).text() != a.text()
 
 
+@pytest.mark.parametrize("method, error, worst", [
+    ("central", "max rel. error", "worst entry"),
+    ("complex", "max rel. error", "worst entry"),
+    ("directional", "max rel. error", "worst direction"),
+    ("taylor", "min order / rel. error", "worst direction"),
+])
+def test_column_titles_say_what_the_column_holds(method, error, worst):
+    """taylor rows hold an order, loss rows a relative error: a column holding both says
+    so in its title and in every cell."""
+    report = check_spec(ROOT / "examples" / "regression.toml", method=method, directions=2)
+    lines = report.text().splitlines()
+    assert [c.strip() for c in lines[1].split("  ") if c.strip()] == [
+        "parameter", "shape", error, worst, "method", "result"]
+    for name in ("W1", "b1", "W2", "b2"):
+        cell = table_row(report.text(), name)[2]
+        if method == "taylor":
+            assert cell.startswith("order ") and 1.8 <= float(cell.split()[1]) <= 2.2
+        else:
+            assert float(cell) <= DEFAULT_TOL[method]
+    loss = table_row(report.text(), "loss", "loss()")[2]
+    assert loss == ("rel. 0.0e+00" if method == "taylor" else "0.0e+00")
+
+
 def test_public_surface():
     assert set(check.__all__) == {"DEFAULT_TOL", "LOSS_TOL", "METHODS", "CheckReport", "Row",
                                   "check_module", "check_spec", "cmd_check"}

@@ -463,3 +463,30 @@ def test_the_process_is_gone_after_a_normal_check(tmp_path):
                   ".write(str(os.getpid()))\n")
     assert check_module(path).ok
     assert gone(int(pidfile.read_text()))
+
+
+def test_a_generated_expression_module_of_positive_inputs(capsys, tmp_path):
+    """``sum(y*log(x)) - sum(x)``: its own check() passes at positive inputs, and so does
+    ``symgrad check`` (no false FAIL with nan at a real point)."""
+    path = tmp_path / "ylogx_expr.py"
+    assert main(["generate", "--expr", "sum(y*log(x)) - sum(x)", "--shape", "x=n,1",
+                 "--shape", "y=n,1", "--wrt", "x", "-o", str(path)]) == 0
+    capsys.readouterr()
+    code, out, err = run(capsys, path)
+    assert (code, err) == (0, ""), out
+    assert ", positive inputs (" in out.splitlines()[0]
+    assert cells(out, "x")[-2:] == ["central", "pass"]
+
+
+def test_a_module_that_stops_itself(tmp_path):
+    """SIGSTOP: it neither reads nor answers; the deadline still holds (reads and writes)."""
+    path = module(tmp_path, "stopper", suffix='''
+import os, signal
+
+def loss_and_grad(p, X, Y):
+    os.kill(os.getpid(), signal.SIGSTOP)
+''')
+    report = check_module(path, time_limit=3)
+    assert report.failure == ("module did not answer within the time limit of 3 s (while "
+                              "calling loss_and_grad); it was stopped and the check did not "
+                              "finish")
