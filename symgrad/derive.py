@@ -268,8 +268,10 @@ def derive_graph(graph: Graph) -> Derivation:
         else:
             backprop(a.rhs, g, a.target, "")
     # values whose cotangent was completed by the last assignments (Z1)
+    # (and parameters whose other uses had a zero cotangent: x ⊙ heaviside(x))
+    by_name = {p.name: p for p in graph.params}
     for name in list(cot):
-        emit(Sym(name, _shape_of(graph, name), "value"))
+        emit(by_name[name] if name in by_name else Sym(name, _shape_of(graph, name), "value"))
 
     backward = _inline(steps, keep={naming.cotangent(p) for p in params})
     return Derivation(spec, graph, forward, steps, backward, fusions, assumptions)

@@ -427,7 +427,23 @@ def _cases(e: sp.Expr) -> sp.Expr:
         return e
     except Exception:  # noqa: BLE001 - SymPy could not: keep the first-match form
         return e
-    return out if not out.has(sp.nan, sp.zoo) else e
+    if out.has(sp.nan, sp.zoo):
+        return e
+    a = sp.Wild("a")
+    out = out.replace(a / sp.Abs(a), sp.sign(a))  # no 0/0 at the kink
+    return out.replace(lambda t: isinstance(t, sp.Piecewise), _known_signs)
+
+
+def _known_signs(pw: sp.Piecewise) -> sp.Piecewise:
+    """sign(u) → ±1 in a case whose condition is u > 0 or u < 0."""
+    pieces = []
+    for value, cond in pw.args:
+        if isinstance(cond, sp.StrictGreaterThan | sp.StrictLessThan) and cond.rhs == 0:
+            value = value.subs(sp.sign(cond.lhs), 1 if isinstance(cond, sp.StrictGreaterThan) else -1)
+        pieces.append((value, cond))
+    if all(v == old for (v, _), (old, _) in zip(pieces, pw.args, strict=True)):
+        return pw
+    return sp.Piecewise(*pieces, evaluate=False)  # keep the exclusive conditions
 
 
 def tidy(e: sp.Expr) -> sp.Expr:
@@ -1549,7 +1565,8 @@ def input_domain(problem: ExprProblem) -> str:
                 for s, a in n.args}
         body = expand_named(n.expr.replace(Exp, sp.exp)).xreplace(subs)
         for t in sp.preorder_traversal(body):
-            if isinstance(t, sp.log) and t.args[0].is_positive is not True:
+            if isinstance(t, sp.log) and not (t.args[0].is_positive
+                                              or sp.together(t.args[0]).is_positive):
                 return "positive"
             if t.is_Pow and t.exp.is_integer is not True and t.base.is_nonnegative is not True:
                 return "positive"
