@@ -139,7 +139,7 @@ class Outputs:
     def check(self) -> None:
         """Refuse, in one line and before writing anything, what must not be written."""
         out = self.out
-        if out.exists() and not out.is_dir():
+        if os.path.lexists(out) and not os.path.isdir(out):
             raise SymgradError(str(out), "exists and is not a directory; give --out a directory")
         refused: list[str] = []
 

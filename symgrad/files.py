@@ -243,7 +243,7 @@ def check_target(path: str | os.PathLike, where: str | None = None, *, force: bo
             raise SymgradError(where, "is not a regular file (a FIFO, device or socket); "
                                "symgrad writes only regular files")
     parent = _existing_ancestor(path)
-    if not parent.is_dir():
+    if not os.path.isdir(parent):
         raise SymgradError(where, f"cannot write: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise SymgradError(where, f"cannot write: permission denied (the directory {parent} "
@@ -281,7 +281,7 @@ def write_bytes(path: str | os.PathLike, data: bytes, where: str | None = None, 
         return True
     path = Path(path)
     where = str(path) if where is None else where
-    if path.is_symlink():
+    if os.path.islink(path):  # (os.path: False, not an error, for an impossible name)
         path = Path(os.path.realpath(path))  # write the file the link names, keep the link
     exists = check_target(path, where, force=force, owner_check=owner_check)
     if exists:

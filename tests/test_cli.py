@@ -135,6 +135,39 @@ def test_generate_refuses_bad_targets_in_both_modes(mode: str, tmp_path: Path, c
                 f"symgrad: error: {target}: {what}", tmp_path)
 
 
+PARTS = ("out", "n" * 300, "a_file", "fifo", "a_dir", "new dir", "ünïcode", ".", "")
+
+
+@settings(max_examples=30, deadline=None)
+@given(parts=st.lists(st.sampled_from(PARTS), min_size=1, max_size=3),
+       suffix=st.sampled_from(("", ".py", ".toml")))
+def test_any_path_is_written_or_refused_in_one_line(parts: list[str], suffix: str) -> None:
+    """Whatever the path (long names, files as directories, FIFOs, directories, new
+    directories, odd characters): generate either writes symgrad's module there, or exits
+    2 with one line and leaves everything as it was; reading it as a spec is one line."""
+    import contextlib
+    import io
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "a_file").write_text("mine\n")
+        (root / "a_dir").mkdir()
+        os.mkfifo(root / "fifo")
+        target = str(root / "/".join(parts)) + suffix
+        for argv in (["generate", str(DIGITS), "-o", target], ["derive", target]):
+            before = snapshot(root)
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(argv)
+            if code == 0 and argv[0] == "generate":
+                assert err.getvalue() == f"symgrad: wrote {target}\n"
+                assert symgrad.codegen.is_generated(target)
+                continue
+            assert code == 2, (argv, err.getvalue())
+            assert re.fullmatch(r"symgrad: error: [^\n]+\n", err.getvalue()), err.getvalue()
+            assert out.getvalue() == "" and snapshot(root) == before
+
+
 @pytest.mark.parametrize("failure, what", [
     (errno.ENOSPC, "no space left on the device"),
     (errno.EFBIG, "the file is larger than the limit on file sizes (ulimit -f)"),
