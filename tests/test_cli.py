@@ -427,6 +427,40 @@ def test_mistyped_commands(name: str, position: int, char: str) -> None:
                               "derive, generate, check, verify, demo (symgrad --help)\n")
 
 
+ARGV_TOKENS = (
+    "derive", "generate", "check", "verify", "deriv", "gen", "x.toml", "x.py", "--format",
+    "--steps", "--step", "--prove", "-o", "--output", "--force", "--method", "central",
+    "complex", "--tol", "--seed", "--directions", "--wrt", "W1", "--shape", "w=3,1", "-1",
+    "1e9", "nan", "x", "-", "--", "=", "--tol=1", "--format=html", "-V", "-h", "--bogus", "",
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(argv=st.lists(st.sampled_from(ARGV_TOKENS), max_size=6))
+def test_any_argv_is_one_line_or_success(argv: list[str]) -> None:
+    """Any command line: help or version (exit 0), or exit 2 with one line; never a
+    traceback, an internal error or the doubled ``symgrad: error: symgrad`` prefix."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # --help, --version
+            code = e.code
+    if code == 0:
+        assert err.getvalue() == "" and out.getvalue()
+        return
+    assert code == 2, (argv, err.getvalue())
+    if not argv:  # no command: the help, and exit 2
+        assert out.getvalue().startswith("usage: symgrad")
+        return
+    line = err.getvalue()
+    assert re.fullmatch(r"symgrad: error: [^\n]+\n", line), (argv, line)
+    assert not line.startswith("symgrad: error: symgrad"), line
+
+
 def test_help_is_for_users(capsys) -> None:
     parser = build_parser()
     texts = [parser.format_help()]
