@@ -344,7 +344,7 @@ class _Isolated:
         debug = bool(os.environ.get("SYMGRAD_DEBUG"))
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "symgrad.sandbox", str(path.resolve()),
+                [sys.executable, "-P", "-m", "symgrad.sandbox", str(path.resolve()),
                  str(int(memory_limit)), str(MAX_NUMBERS)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=None if debug else subprocess.DEVNULL, env=env,
@@ -630,24 +630,35 @@ def _check_real(where: str, what: str, info: dict, number: Any) -> None:
     raise SymgradError(where, f"{what} returned {text}, not a number")
 
 
+def _dict(value: Any) -> dict:
+    """A reply's part that should be a dict (a hostile process may send anything)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _decode(value: Any) -> Any:
-    """The Python value of sandbox.plain()'s JSON form."""
+    """The Python value of sandbox.plain()'s JSON form (an opaque stand-in for anything
+    else a hostile process sends)."""
+    try:
+        return _decode_plain(value)
+    except (TypeError, ValueError, AttributeError, RecursionError):
+        return _Opaque("?")
+
+
+def _decode_plain(value: Any) -> Any:
     if not isinstance(value, dict) or len(value) != 1:
         return _Opaque("?")
     (kind, v), = value.items()
     if kind in ("int", "bool", "float", "str"):
         return {"int": int, "bool": bool, "float": float, "str": str}[kind](v)
     if kind == "list":
-        return [_decode(x) for x in v]
+        return [_decode_plain(x) for x in v]
     if kind == "tuple":
-        return tuple(_decode(x) for x in v)
+        return tuple(_decode_plain(x) for x in v)
     if kind == "dict":
         out = {}
         for k, x in v:
-            key = _decode(k)
-            if not isinstance(key, str | int | float | bool | tuple):
-                key = _Opaque(repr(key))
-            out[key] = _decode(x)
+            key = _decode_plain(k)
+            out[key if isinstance(key, str | int | float | bool) else repr(key)] = _decode_plain(x)
         return out
     return _Opaque(_clean(v, 60))
 
@@ -732,7 +743,7 @@ def _initial(evaluator, where: str, iface: _Interface, seed: int,
         reply, arrays = evaluator.call("init_params", {"seed": seed}, what="calling init_params")
         if "raised" in reply:
             raise SymgradError(where, _clean(reply["raised"]))
-        value = reply.get("value") or {}
+        value = _dict(reply.get("value"))
         if value.get("type") != "dict" or not isinstance(value.get("items"), dict):
             raise SymgradError(where, f"init_params returned {_clean(value.get('repr', '?'), 40)}, "
                                "not a dict of arrays")
@@ -741,7 +752,7 @@ def _initial(evaluator, where: str, iface: _Interface, seed: int,
             if name not in items:
                 raise SymgradError(where, f"init_params returned no {name}, which PARAM_SHAPES "
                                    "lists")
-            info = items[name]
+            info = _dict(items[name])
             data = arrays.get(str(info.get("data")))
             if data is None:
                 raise SymgradError(where, f"init_params returned {name} = "
@@ -812,19 +823,19 @@ def _problem(evaluator, where: str, seed: int, samples: int, targets: str = "one
     reply, arrays = evaluator.call("loss_and_grad", what="calling loss_and_grad")
     if "raised" in reply:
         raise SymgradError(where, _clean(reply["raised"]))
-    out = reply.get("value") or {}
+    out = _dict(reply.get("value"))
     if out.get("type") != "pair":
         raise SymgradError(where, f"loss_and_grad returned {_clean(out.get('repr', '?'), 40)}, "
                            "not (loss, gradients)")
     try:
         re, im, info = out["loss"]
         value = float(re)
-        grads = {str(k): _Claim(dict(v), arrays.get(str(v.get("data"))))
+        grads = {str(k): _Claim(_dict(v), arrays.get(str(_dict(v).get("data"))))
                  for k, v in dict(out["grads"]).items()}
     except (KeyError, TypeError, ValueError, AttributeError):
         raise _NoReport("module's process sent a malformed reply while calling loss_and_grad; "
                         "the check did not finish") from None
-    _check_real(where, "loss_and_grad", dict(info), value)
+    _check_real(where, "loss_and_grad", _dict(info), value)
     problem.grads = grads
     problem.rows.append(_value_row("loss", value, problem.loss_at_base(), "loss()",
                                    "loss_and_grad's loss", "loss()'s"))
@@ -978,7 +989,9 @@ def _claimed(problem: Problem, name: str, shape: tuple[int, ...],
         return fail("loss_and_grad returned no gradient for it")
     info = claim.info
     kind, dtype = info.get("type"), _clean(info.get("dtype", ""), 20)
-    got = tuple(info["shape"]) if isinstance(info.get("shape"), list) else None
+    shape_info = info.get("shape")
+    got = (tuple(shape_info) if isinstance(shape_info, list) and len(shape_info) <= 32
+           and all(isinstance(n, int) for n in shape_info) else None)
     if kind in ("list", "tuple") and dtype:
         return fail(f"loss_and_grad returned a Python {kind} (of {dtype} values), not a numpy "
                     "array of float64 like the parameter")

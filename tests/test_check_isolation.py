@@ -490,3 +490,59 @@ def loss_and_grad(p, X, Y):
     assert report.failure == ("module did not answer within the time limit of 3 s (while "
                               "calling loss_and_grad); it was stopped and the check did not "
                               "finish")
+
+
+def test_sibling_imports_work_and_cwd_cannot_shadow_numpy(capsys, tmp_path, monkeypatch):
+    """The module's directory is on its sys.path (as for ``python MODULE.py``); a numpy.py
+    in the working directory or beside the module does not replace numpy."""
+    (tmp_path / "helper.py").write_text("SCALE = 1.0\n")
+    (tmp_path / "numpy.py").write_text("raise ImportError('shadowed')\n")
+    path = module(tmp_path, "sibling", prefix="import helper\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, path.name)
+    assert (code, err) == (0, ""), out
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=False)
+    | st.sampled_from(["float64", "complex128", "ndarray", "list", "dict", "pair", "g0", "p0",
+                       "W1", "positive"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["value", "type", "items", "loss", "grads", "kinds", "present",
+                         "callable", "raised", "ok", "dtype", "shape", "data", "size",
+                         "repr", "W1", "INPUTS", "PARAM_SHAPES", "int", "tuple", "ready"]),
+        inner, max_size=5),
+    max_leaves=12)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(op=st.sampled_from(["interface", "init_params", "loss_and_grad", "losses"]),
+       reply=st.dictionaries(st.sampled_from(["value", "kinds", "present", "callable", "raised",
+                                              "grads", "loss"]), JSON, max_size=3))
+def test_forged_replies_never_pass_and_never_crash(capsys, tmp_path, op, reply):
+    """The module replaces the child's request handler and answers ``op`` with anything:
+    the parent refuses it (exit 2 or 1, one line) and never passes the doubled gradient."""
+    import json
+
+    path = module(tmp_path, "forger", prefix=f'''
+import json as _json
+import symgrad.sandbox as _sb
+_REPLY = _json.loads({json.dumps(json.dumps(reply))})
+_handle = _sb.Session.handle
+
+
+def _forged(self, header, arrays):
+    if header.get("op") == {op!r}:
+        return _REPLY, {{}}
+    return _handle(self, header, arrays)
+
+
+_sb.Session.handle = _forged
+''', suffix=DOUBLED)
+    code, out, err = run(capsys, path)
+    assert code in (1, 2), out
+    if out:  # a table: the doubled gradient is named
+        assert code == 1 and out.splitlines()[-1].startswith("FAILED: ")
+    else:
+        assert err.count("\n") == 1 and err.startswith(("symgrad: error: ",
+                                                        "symgrad: check failed: "))
