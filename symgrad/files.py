@@ -305,6 +305,7 @@ def write_bytes(path: str | os.PathLike, data: bytes, where: str | None = None, 
         os.chmod(tmp, mode)
         os.replace(tmp, path)
         tmp = None
+        _sync_directory(path.parent)
     except OSError as e:
         reason = _WRITE_ERRORS.get(e.errno, e.strerror or str(e))
         raise SymgradError(where, f"cannot write: {reason}; nothing was written") from None
@@ -314,6 +315,20 @@ def write_bytes(path: str | os.PathLike, data: bytes, where: str | None = None, 
         if previous is not None:
             signal.signal(signal.SIGXFSZ, previous)
     return True
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the rename durable (best effort: not every system can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _ignore_file_size_signal():
