@@ -397,9 +397,12 @@ class _Isolated:
         parts, got = [], 0
         while got < n:
             left = self.deadline - time.monotonic()
-            ready = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
-            if not ready:
+            if left <= 0:
                 self._timed_out()
+            if not select.select([fd], [], [], min(left, 0.25))[0]:
+                if self.proc.poll() is not None:  # gone, while a fork holds the pipe open
+                    self._died()
+                continue
             chunk = os.read(fd, min(n - got, 1 << 20))
             if not chunk:
                 self._died()

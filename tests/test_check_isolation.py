@@ -230,7 +230,7 @@ def loss(p, X, Y):
 
 
 def test_a_hang_at_import_is_stopped(capsys, tmp_path):
-    path = module(tmp_path, "hang", prefix="while True:\n    pass\n")
+    path = module(tmp_path, "hang", prefix="import time\ntime.sleep(600)\n")
     report = check_module(path, time_limit=2)
     assert not report.ok and not report.rows
     assert report.failure == ("module did not answer within the time limit of 2 s (during "
@@ -546,3 +546,22 @@ _sb.Session.handle = _forged
     else:
         assert err.count("\n") == 1 and err.startswith(("symgrad: error: ",
                                                         "symgrad: check failed: "))
+
+
+def test_an_exit_is_seen_while_a_fork_holds_the_pipe(capsys, tmp_path):
+    """The output pipe stays open in a lingering fork: the exit is still reported as an exit
+    (not as a timeout after the whole time limit)."""
+    path = module(tmp_path, "fork_exit", prefix='''
+import os, time
+if os.fork() == 0:
+    time.sleep(600)
+    os._exit(0)
+''', suffix='''
+
+def loss(p, X, Y):
+    os._exit(4)
+''')
+    start = time.monotonic()
+    no_report(capsys, path, "module exited while evaluating loss with status 4; the check "
+              "did not finish")
+    assert time.monotonic() - start < 60
