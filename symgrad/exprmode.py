@@ -1263,6 +1263,24 @@ def _norms(node: Map, show) -> Map:
     return Map(expr, tuple(args), node.note)
 
 
+def shown(g: Node) -> Node:
+    """A gradient as printed: a value spread to the variable's shape shows its 𝟏
+    (∂/∂X sum(X w) = 𝟏 wᵀ, not wᵀ), as an operand of a product does."""
+    if isinstance(g, Add):
+        return Add(tuple(shown(t) for t in g.terms))
+    if isinstance(g, Sub):
+        return Sub(shown(g.a), shown(g.b))
+    c, inner = _coefficient(g)
+    if c != 1 and isinstance(inner, Add | Sub):
+        return Scale(c, shown(inner))
+    if isinstance(inner, Broadcast) and _const_value(inner) is None:
+        (r, k), (xr, xk) = inner.shape, inner.x.shape
+        if (xr == 1 and r != 1) or (xk == 1 and k != 1):
+            spread = _Spread(inner.x, inner.shape)
+            return spread if c == 1 else Scale(c, spread)
+    return g
+
+
 def text(node: Node, problem: ExprProblem | None = None) -> str:
     return ExprTextPrinter(_coef_names(problem, False))._print(node)
 
@@ -1399,17 +1417,46 @@ class ExprNumpyPrinter(NumpyPrinter):
         return f"softmax({self.node(n.x)[0]})", ATOM
 
 
+def _broadcast_shapes(*shapes: tuple) -> tuple:
+    out: tuple = ()
+    for shape in shapes:
+        if len(shape) > len(out):
+            out, shape = shape, out
+        if shape:
+            out = tuple(b if a == 1 else a for a, b in zip(out, shape, strict=True))
+    return out
+
+
+def numpy_shape(n: Node) -> tuple:
+    """The shape numpy gives the printed code of ``n`` (``()`` for a numpy scalar), which
+    is smaller than ``n.shape`` where a broadcast is left to numpy's rules."""
+    if isinstance(n, Broadcast):
+        return numpy_shape(n.x)
+    if isinstance(n, Const | SqNorm | Trace) or (isinstance(n, LogSumExp) and n.axis is None):
+        return ()
+    if isinstance(n, Scale | Softmax):
+        return numpy_shape(n.x)
+    if isinstance(n, Transpose):
+        return tuple(reversed(numpy_shape(n.x)))
+    if isinstance(n, Add):
+        return _broadcast_shapes(*(numpy_shape(t) for t in n.terms))
+    if isinstance(n, Sub | Hadamard):
+        return _broadcast_shapes(numpy_shape(n.a), numpy_shape(n.b))
+    if isinstance(n, Map):
+        return _broadcast_shapes(*(numpy_shape(a) for _, a in n.args))
+    return tuple(n.shape)  # names, products (operands spread), sums kept 2-D, I
+
+
 def _needs_spread(g: Node) -> bool:
-    """Whether numpy may compute ``g`` at a smaller shape than its own (a constant, a
-    broadcast, a 1×1 value): then the code is spread to the variable's shape."""
-    return (isinstance(g, Broadcast | Const | Eye) or tuple(g.shape) == (1, 1)
-            or _const_value(g) is not None or isinstance(_coefficient(g)[1], Broadcast | Eye))
+    """Whether numpy computes ``g``'s code at a smaller shape than ``g``'s own (a
+    constant, a broadcast left to numpy): then the code is spread to the variable's shape."""
+    return numpy_shape(g) != tuple(g.shape)
 
 
 def gradient_code(g: Node, wrt: str) -> str:
     """∂f/∂wrt as one numpy expression of exactly wrt's shape (the printed line)."""
     code = numpy_code(g)
-    if not _needs_spread(g) or isinstance(_coefficient(g)[1], Eye):
+    if not _needs_spread(g):
         return code
     k = _const_value(g)
     if k is not None:
@@ -1442,7 +1489,7 @@ def render(d: ExprDerivation, fmt: str, steps: bool = False) -> str:
     if fmt == "latex":
         lines = [r"\begin{aligned}", rf"f &= {latex(p.root, p)} \\"]
         for w, g in d.gradients.items():
-            lines.append(rf"\frac{{\partial f}}{{\partial {naming.latex(w)}}} &= {latex(g, p)} \\")
+            lines.append(rf"\frac{{\partial f}}{{\partial {naming.latex(w)}}} &= {latex(shown(g), p)} \\")
         lines.append(r"\end{aligned}")
         return "\n".join(lines) + "\n"
     md = fmt == "markdown"
@@ -1452,10 +1499,10 @@ def render(d: ExprDerivation, fmt: str, steps: bool = False) -> str:
     lines += ["", "### Gradients" if md else "Gradients"]
     for w, g in d.gradients.items():
         if md:
-            lines.append(f"$$\\frac{{\\partial f}}{{\\partial {naming.latex(w)}}} = {latex(g, p)}$$")
+            lines.append(f"$$\\frac{{\\partial f}}{{\\partial {naming.latex(w)}}} = {latex(shown(g), p)}$$")
             lines.append(f"numpy: `{gradient_code(g, w)}`")
         else:
-            lines.append(f"  ∂f/∂{naming.text(w)} = {text(g, p)}")
+            lines.append(f"  ∂f/∂{naming.text(w)} = {text(shown(g), p)}")
             lines.append(f"      numpy: {gradient_code(g, w)}")
     if steps:
         lines += ["", "### Chain rule, as swept" if md else "Chain rule (reverse sweep), before simplification"]
@@ -1601,7 +1648,7 @@ def module_context(d: ExprDerivation, name: str = "expr") -> dict:
     grads = []
     for (w, g), e in zip(d.gradients.items(), exprs, strict=True):
         grads.append({
-            "name": w, "var": f"d_{w}", "formula": text(g, p), "code": numpy_code(e),
+            "name": w, "var": f"d_{w}", "formula": text(shown(g), p), "code": numpy_code(e),
             # a constant or a 1×1 value may come out of numpy as a scalar: give it w's shape
             "spread": _needs_spread(g),
         })
@@ -1833,7 +1880,7 @@ def verify_expr(problem: ExprProblem, wrt: str, formula: str, seed: int = 0) -> 
     partial = f"∂f/∂{naming.text(wrt)}"
     head = [f"{partial} for f = {ast.unparse(ast.parse(problem.text, mode='eval'))}",
             f"  yours:   {formula}"]
-    fix = [f"  correct: {gradient_code(correct, wrt)}", f"           = {text(correct, problem)}"]
+    fix = [f"  correct: {gradient_code(correct, wrt)}", f"           = {text(shown(correct), problem)}"]
     shape = tuple(mine.shape)
     if shape != tuple(target) and not (shape == (1, 1)):
         if shape == (target[1], target[0]):

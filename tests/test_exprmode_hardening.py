@@ -253,6 +253,9 @@ CATALOGUE = [
     ("sum(sum(X, axis=1)**2)", ["X=n,m"], "X",
      "2 * np.sum(X, axis=1, keepdims=True) * np.ones_like(X)"),
     ("sum(X)", ["X=n,m"], "X", "np.ones_like(X)"),
+    ("sum(sum(X, axis=1)**2) + sum(X)", ["X=n,m"], "X",
+     "(2 * np.sum(X, axis=1, keepdims=True) + 1) * np.ones_like(X)"),
+    ("sum(X @ w) + sum(X * X)", ["X=N,d", "w=d,1"], "X", "w.T + 2 * X"),
     ("sum(mean(X @ W, axis=0)**2)", ["X=5,3", "W=3,2"], "W", None),
     ("sum(logsumexp(X @ W, axis=1)) / N - sum(Y * (X @ W)) / N", ["X=N,d", "W=d,k", "Y=N,k"],
      "W", None),
@@ -280,6 +283,14 @@ def test_printed_numpy_line_runs_and_matches_the_module(expr, shapes, wrt, line,
         assert f"correct: {printed}" not in verdict.text()
     if line is not None:
         assert gradient_code(d.gradients[wrt], wrt) == line
+
+
+def test_a_spread_gradient_shows_its_ones(capsys):
+    argv = ["derive", "--expr", "sum(X @ w)", "--shape", "X=N,d", "--shape", "w=d,1",
+            "--wrt", "X"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "∂f/∂X = 𝟏 wᵀ\n      numpy: w.T * np.ones_like(X)\n" in out
 
 
 def test_derive_prints_the_same_line_and_names_its_helpers(capsys):
