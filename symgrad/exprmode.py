@@ -1827,6 +1827,7 @@ def write_module(path: Path, source: str, force: bool) -> bool:
 # --------------------------------------------------------------------------
 
 RTOL = 1e-8
+EXACT = 1e-12  # numeric agreement that counts as exact when no proof decides
 
 
 @dataclass
@@ -1913,9 +1914,17 @@ def verify_expr(problem: ExprProblem, wrt: str, formula: str, seed: int = 0) -> 
     if problem is not full:
         rows.append(f"    ({_sizes_note(full, problem)}; the same text at those sizes)")
     if max(errors) <= RTOL:
-        proof = _prove(full, wrt, formula)
-        return ExprVerdict(True, [f"CORRECT: {partial} = {formula}", *head[1:], "  evidence:",
-                                  *rows, f"    symbolic: {proof}"])
+        proved, proof = _prove(full, wrt, formula)
+        evidence = ["  evidence:", *rows, f"    symbolic: {proof}"]
+        if proved is False:  # close in floating point, yet another formula
+            return ExprVerdict(False, [f"WRONG: {partial} differs from your formula (by less "
+                                       f"than {RTOL:g} relative at the random points)",
+                                       *head, *evidence, *fix])
+        if proved is None and max(errors) > EXACT:
+            return ExprVerdict(False, [f"NOT DECIDED: {partial} agrees within {RTOL:g} but not "
+                                       "exactly, and the proof did not decide", *head,
+                                       *evidence, *fix])
+        return ExprVerdict(True, [f"CORRECT: {partial} = {formula}", *head[1:], *evidence])
     diag = ""
     if ratios and np.allclose(ratios, ratios[0], rtol=1e-6) and abs(ratios[0]) > 1e-12:
         r = ratios[0]
@@ -2056,27 +2065,32 @@ def _signed_terms(node: Node, sign: int = 1) -> list[tuple[int, Node]]:
     return [(sign, node)]
 
 
-def _prove(problem: ExprProblem, wrt: str, formula: str, seconds: float = 5.0) -> str:
+def _prove(problem: ExprProblem, wrt: str, formula: str,
+           seconds: float = 5.0) -> tuple[bool | None, str]:
     """``formula`` against the derived ∂f/∂wrt, expanded on a tiny instance (concrete sizes
-    reduced as for :func:`prove`), within ``seconds``."""
+    reduced as for :func:`prove`), within ``seconds``: (True proved | False differs |
+    None undecided, the evidence in words)."""
     small = reduced(problem, PROOF_SIZE)
     env = explicit_env(small)
+    sizes = ", ".join(f"{s}={v}" for s, v in env.items()
+                      if isinstance(s, sp.Symbol) and isinstance(v, int))
+    if small is not problem:
+        sizes = ", ".join(x for x in (sizes, _sizes_note(problem, small)) if x)
     try:
         with deadline(seconds):
             a = build(formula, small.space, where="formula", scalar=False)
             b = derive_expr(small).gradients[wrt]
             diff = expand(a.explicit(env)) - expand(b.explicit(env))
-            if all(is_zero(e) is True for e in diff):
-                sizes = ", ".join(f"{s}={v}" for s, v in env.items()
-                                  if isinstance(s, sp.Symbol) and isinstance(v, int))
-                if small is not problem:
-                    sizes = ", ".join(x for x in (sizes, _sizes_note(problem, small)) if x)
-                return f"proved equal entry by entry on a tiny instance ({sizes or 'as given'})"
+            verdicts = [is_zero(e) for e in diff]
     except EXHAUSTED:
-        return f"not decided (over the {seconds:g} s budget; numeric evidence only)"
+        return None, f"not decided (over the {seconds:g} s budget; numeric evidence only)"
     except Exception:  # noqa: BLE001 - a proof is extra evidence
-        pass
-    return "not decided (numeric evidence only)"
+        return None, "not decided (numeric evidence only)"
+    if all(v is True for v in verdicts):
+        return True, f"proved equal entry by entry on a tiny instance ({sizes or 'as given'})"
+    if any(v is False for v in verdicts) and small is problem:
+        return False, f"DIFFERS entry by entry on a tiny instance ({sizes or 'as given'})"
+    return None, "not decided (numeric evidence only)"
 
 
 # --------------------------------------------------------------------------

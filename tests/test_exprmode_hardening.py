@@ -362,3 +362,12 @@ def test_module_declares_its_domain(expr, shapes, wrt, domain, tmp_path):
     if domain == "positive":  # what check() draws is what DOMAIN says
         assert all(np.all(np.asarray(a) > 0) for a in args.values())
     assert np.isfinite(module.value(**args)) and _check(module) <= 1e-6
+
+
+@pytest.mark.parametrize("formula,head", [
+    ("2 * X * 1.000000001", "WRONG: ∂f/∂X differs from your formula (by less than 1e-08"),
+    ("2 * X", "CORRECT: ∂f/∂X = 2 * X"),
+])
+def test_verify_needs_more_than_agreement_within_tolerance(formula, head):
+    verdict = verify_expr(parse_problem("sum(X**2)", ["X=n,m"], "X"), "X", formula)
+    assert verdict.text().startswith(head) and verdict.ok == head.startswith("CORRECT")
