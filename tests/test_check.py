@@ -476,6 +476,31 @@ def test_directional_on_a_784_256_128_10_network(tmp_path):
     print(f"directional check of 784-256-128-10, N = 64: {elapsed:.2f} s")
 
 
+def test_a_large_spec_is_sampled_and_evaluated_in_its_own_process(monkeypatch):
+    """120-60-2: all 7,382 entries would cost over FULL_WORK; W1 and W2 are sampled (64
+    entries, the largest claimed among them, plus 8 directions), b1 and b2 checked whole;
+    the module runs in the evaluating process (one BLAS thread, the time limit)."""
+    started = []
+    real = check._Isolated.__init__
+
+    def spy(self, *args, **kwargs):
+        started.append(args[0].name)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(check._Isolated, "__init__", spy)
+    spec = Spec("wide", 120, (Layer(60, "tanh"), Layer(2, "identity")), loss="mse")
+    report = check_spec(spec)
+    assert report.ok, report.text()
+    assert started == ["wide.py"]
+    assert [(r.name, r.method_text) for r in report.rows] == [
+        ("W1", "central, 64 of 7,200 entries"), ("W1", "directional, 8 directions"),
+        ("b1", "central"),
+        ("W2", "central, 64 of 120 entries"), ("W2", "directional, 8 directions"),
+        ("b2", "central"), ("loss", "loss()"), ("loss", "derivation")]
+    small = check_spec(ROOT / "examples" / "regression.toml")
+    assert started == ["wide.py"] and all(not r.coverage for r in small.rows)
+
+
 def test_finite_difference_helpers():
     """The five-point difference is exact for quartics; the resolution rule compares tiny
     entries absolutely."""

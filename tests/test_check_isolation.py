@@ -565,3 +565,11 @@ def loss(p, X, Y):
     no_report(capsys, path, "module exited while evaluating loss with status 4; the check "
               "did not finish")
     assert time.monotonic() - start < 60
+
+
+def test_reading_stdin_at_import_gets_nothing(capsys, tmp_path):
+    """stdin is not the protocol: the module reads /dev/null."""
+    path = module(tmp_path, "reader", prefix="input()\n")
+    code, out, err = run(capsys, path)
+    assert (code, out) == (2, "")
+    assert err == f"symgrad: error: {path}: cannot import: EOFError: EOF when reading a line\n"
