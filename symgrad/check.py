@@ -330,6 +330,14 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def _ready(fd: int, events: int, seconds: float) -> bool:
+    """Whether ``fd`` is ready (or closed at the other end) within ``seconds``; poll, not
+    select, which fails for descriptors past 1024."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(max(0, int(seconds * 1000) + 1)))
+
+
 class _Isolated:
     """``python -m symgrad.sandbox MODULE.py`` in its own session, under a deadline."""
 
@@ -382,8 +390,7 @@ class _Isolated:
         view = memoryview(data)
         while view:
             left = self.deadline - time.monotonic()
-            ready = select.select([], [fd], [], max(left, 0))[1] if left > 0 else []
-            if not ready:
+            if left <= 0 or not _ready(fd, select.POLLOUT, left):
                 self._timed_out()
             try:
                 view = view[os.write(fd, view[: 1 << 16]):]
@@ -399,7 +406,7 @@ class _Isolated:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 self._timed_out()
-            if not select.select([fd], [], [], min(left, 0.25))[0]:
+            if not _ready(fd, select.POLLIN, min(left, 0.25)):
                 if self.proc.poll() is not None:  # gone, while a fork holds the pipe open
                     self._died()
                 continue

@@ -315,8 +315,10 @@ def import_error(e: BaseException) -> str:
 
 
 def _limit_resources(memory: int) -> None:
-    import resource
-
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
     for which, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_CORE, 0)):
         try:
             _, hard = resource.getrlimit(which)
