@@ -160,10 +160,12 @@ class Outputs:
 
     def write(self, name: str, data: bytes) -> Path:
         path = self.out / name
-        files.write_bytes(path, data, force=True)
         self.recorded[name] = _sha256(data)
         manifest = {"symgrad": symgrad.__version__, "files": dict(sorted(self.recorded.items()))}
-        files.write_text(self.out / MANIFEST, json.dumps(manifest, indent=1) + "\n", force=True)
+        with files.uninterrupted():  # the file and its record, or neither
+            files.write_bytes(path, data, force=True)
+            files.write_text(self.out / MANIFEST, json.dumps(manifest, indent=1) + "\n",
+                             force=True)
         return path
 
 

@@ -33,7 +33,8 @@ import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import symgrad
@@ -49,6 +50,7 @@ __all__ = [
     "read_bytes",
     "read_text",
     "stamp",
+    "uninterrupted",
     "write_bytes",
     "write_text",
 ]
@@ -315,6 +317,22 @@ def write_bytes(path: str | os.PathLike, data: bytes, where: str | None = None, 
         if previous is not None:
             signal.signal(signal.SIGXFSZ, previous)
     return True
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold SIGINT and SIGALRM (Ctrl-C, the command's time budget) until the block is done:
+    for writes that belong together (a file and the record of it). Delivered after."""
+    held = {getattr(signal, name) for name in ("SIGINT", "SIGALRM") if hasattr(signal, name)}
+    if not hasattr(signal, "pthread_sigmask") or (
+            threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _sync_directory(directory: Path) -> None:

@@ -229,6 +229,35 @@ def test_checks_every_target_before_writing_anything(tmp_path: Path, capsys) -> 
     assert snapshot(tmp_path) == before
 
 
+def test_stopped_by_the_command_budget_leaves_only_whole_files(tmp_path: Path, capsys,
+                                                               monkeypatch) -> None:
+    """SYMGRAD_TIMEOUT stops a demo that would not finish, in one line, wherever it is;
+    what it wrote is whole and recorded, so the next run replaces it."""
+    import hashlib
+    import json
+    import time
+
+    def train_for_ever(*args, **kwargs):
+        while True:
+            time.sleep(0.05)
+
+    monkeypatch.setattr(demo, "train_with_progress", train_for_ever)  # never finishes
+    monkeypatch.setenv("SYMGRAD_TIMEOUT", "0.5")
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "1"]) == 2
+    assert capsys.readouterr().err.endswith(
+        "symgrad: error: demo: stopped after 0.5 s, the time limit of one command "
+        "(SYMGRAD_TIMEOUT=SECONDS changes it)\n")
+    names = {p.name for p in tmp_path.iterdir()}
+    assert not [n for n in names if n.endswith(".tmp")]
+    if demo.MANIFEST in names:
+        recorded = json.loads((tmp_path / demo.MANIFEST).read_text())["files"]
+        for name, digest in recorded.items():
+            assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == digest
+    monkeypatch.delenv("SYMGRAD_TIMEOUT")
+    monkeypatch.undo()
+    assert run_cli("--out", str(tmp_path), "--epochs", "1")[0] == 0
+
+
 def test_suggestions_run_as_printed_and_are_safe(full) -> None:
     """Each "what to try next" command runs, exactly as printed, from where the demo ran,
     and writes nothing outside DIR (the repository's generated/digits_mlp.py included)."""
