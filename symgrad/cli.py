@@ -327,8 +327,9 @@ def _internal(e: BaseException) -> str:
     if len(message) > 300:
         message = message[:297] + "..."
     detail = f": {message}" if message else ""
-    return (f"symgrad: internal error: {type(e).__name__}{detail} (please report; "
+    line = (f"symgrad: internal error: {type(e).__name__}{detail} (please report; "
             "SYMGRAD_DEBUG=1 shows the traceback)")
+    return "".join(c if c.isprintable() else "?" for c in line)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,12 @@ def test_read_refuses_what_is_not_a_regular_file(tmp_path: Path, capsys) -> None
             f"symgrad: error: {tmp_path / 'none.toml'}: no such file", tmp_path)
 
 
+def test_a_name_with_control_characters_is_still_one_line(tmp_path: Path, capsys) -> None:
+    odd = tmp_path / "two\nlines\x1b[31m.toml"
+    refused(capsys, ["derive", str(odd)],
+            f"symgrad: error: {tmp_path}/two lines?[31m.toml: no such file", tmp_path)
+
+
 def test_read_checks_the_size_before_reading(tmp_path: Path, capsys) -> None:
     huge = tmp_path / "huge.toml"
     with open(huge, "wb") as fh:  # 3 GB, sparse: refused from its size, never read
