@@ -1042,6 +1042,8 @@ def derive_expr(problem: ExprProblem) -> ExprDerivation:
         for w in problem.wrt:
             if eq.target.name == naming.cotangent(w):
                 raw[w] = eq.rhs
+    for w in problem.wrt:  # f depends on w only through zero derivatives (heaviside(w))
+        raw.setdefault(w, _full(sp.S.Zero, space.matrices[w][1]))
     gradients = {w: simplify(raw[w]) for w in problem.wrt}
     facts = []
     for n in walk(problem.root):
