@@ -394,3 +394,15 @@ def test_module_declares_its_domain(expr, shapes, wrt, domain, tmp_path):
 def test_verify_needs_more_than_agreement_within_tolerance(formula, head):
     verdict = verify_expr(parse_problem("sum(X**2)", ["X=n,m"], "X"), "X", formula)
     assert verdict.text().startswith(head) and verdict.ok == head.startswith("CORRECT")
+
+
+@settings(max_examples=5, deadline=None)
+@given(rows=st.integers(2, 10**6), cols=st.integers(1, 10))  # X 1×1 would be a scalar
+def test_prove_cost_does_not_grow_with_the_sizes(rows, cols):
+    """The class: a proof by expansion is at tiny sizes whatever the concrete sizes."""
+    from symgrad.exprmode import prove
+
+    problem = parse_problem("sum(tanh(X @ w)) + norm(w)**2", [f"X={rows},{cols}",
+                                                               f"w={cols},1"], "w")
+    ok, lines = prove(derive_expr(problem))
+    assert ok and lines[0].startswith("∂f/∂w: proved equal to the entrywise derivative")
