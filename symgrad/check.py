@@ -868,16 +868,17 @@ def _value_row(name: str, a: float, n: float, method: str, a_name: str, n_name: 
 def _resolve(target: str | Path) -> tuple[str, Path]:
     path = Path(target)
     where = str(target)
-    if path.is_dir():
+    if os.path.isdir(path):
         raise SymgradError(where, "is a directory; give a spec (.toml) or a module (.py)")
-    if not path.exists():
-        raise SymgradError(where, "no such file")
     if path.suffix == ".py":
-        if not path.is_file():
-            raise SymgradError(where, "not a regular file")
+        from symgrad.files import check_readable
+
+        check_readable(path, where, what="module")  # regular, bounded: before it is imported
         return "module", path
     if path.suffix == ".toml":
-        return "spec", path
+        return "spec", path  # load_spec reads it through the one read path
+    if not os.path.exists(path):
+        raise SymgradError(where, "no such file")
     raise SymgradError(where, "not a spec (.toml) or a module (.py)")
 
 

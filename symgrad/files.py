@@ -44,6 +44,7 @@ __all__ = [
     "MODULE_BYTES",
     "SPEC_BYTES",
     "STDOUT",
+    "check_readable",
     "check_target",
     "header",
     "ownership",
@@ -96,15 +97,12 @@ def _open_error(where: str, e: OSError, verb: str = "read") -> SymgradError:
     return SymgradError(where, f"cannot {verb}: {e.strerror or e}")
 
 
-def read_bytes(path: str | os.PathLike, where: str | None = None, limit: int = MODULE_BYTES,
-               what: str = "file") -> bytes:
-    """The bytes of the regular file ``path``, at most ``limit`` of them, or one clear error.
+def _open_checked(path: str | os.PathLike, where: str, limit: int, what: str) -> int:
+    """A descriptor of the regular file ``path`` of at most ``limit`` bytes, or one error.
 
-    The file is opened without blocking (a FIFO has no writer to wait for), its type and
-    size are checked on the open descriptor before anything is read, and at most
-    ``limit + 1`` bytes are read, so a file growing meanwhile is refused too.
+    Opened without blocking (a FIFO has no writer to wait for); the type and size are
+    checked on the open descriptor, before anything is read.
     """
-    where = str(path) if where is None else where
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
@@ -121,6 +119,30 @@ def read_bytes(path: str | os.PathLike, where: str | None = None, limit: int = M
                                f"{_size(limit)}")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_readable(path: str | os.PathLike, where: str | None = None, limit: int = MODULE_BYTES,
+                   what: str = "file") -> None:
+    """The checks of :func:`read_bytes` without the reading (for a file another process
+    or the import system will read): a regular file of at most ``limit`` bytes."""
+    os.close(_open_checked(path, str(path) if where is None else where, limit, what))
+
+
+def read_bytes(path: str | os.PathLike, where: str | None = None, limit: int = MODULE_BYTES,
+               what: str = "file") -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them, or one clear error.
+
+    The file is opened without blocking (a FIFO has no writer to wait for), its type and
+    size are checked on the open descriptor before anything is read, and at most
+    ``limit + 1`` bytes are read, so a file growing meanwhile is refused too.
+    """
+    where = str(path) if where is None else where
+    fd = _open_checked(path, where, limit, what)
+    try:
         chunks, left = [], limit + 1
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 20))

@@ -150,7 +150,8 @@ PARTS = ("out", "n" * 300, "a_file", "fifo", "a_dir", "new dir", "ünïcode", ".
 def test_any_path_is_written_or_refused_in_one_line(parts: list[str], suffix: str) -> None:
     """Whatever the path (long names, files as directories, FIFOs, directories, new
     directories, odd characters): generate either writes symgrad's module there, or exits
-    2 with one line and leaves everything as it was; reading it as a spec is one line."""
+    2 with one line and leaves everything as it was; reading it (check, derive) before is
+    one line too."""
     import contextlib
     import io
 
@@ -160,7 +161,8 @@ def test_any_path_is_written_or_refused_in_one_line(parts: list[str], suffix: st
         (root / "a_dir").mkdir()
         os.mkfifo(root / "fifo")
         target = str(root / "/".join(parts)) + suffix
-        for argv in (["generate", str(DIGITS), "-o", target], ["derive", target]):
+        for argv in (["check", target], ["derive", target],
+                     ["generate", str(DIGITS), "-o", target]):
             before = snapshot(root)
             out, err = io.StringIO(), io.StringIO()
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
