@@ -76,7 +76,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # noqa: D401
         m = re.match(r"argument (?P<arg>[^:]+): (?P<what>.*)\Z", message, re.S)
         if m:
-            raise SymgradError(f"{_where(self.prog)} {m['arg']}".replace("command line ", ""),
+            raise SymgradError(f"{_where(self.prog)}: {m['arg']}".replace("command line: ", ""),
                                m["what"])
         m = re.match(r"unrecognized arguments: (?P<args>.*)\Z", message, re.S)
         if m:
@@ -92,7 +92,7 @@ class _Parser(argparse.ArgumentParser):
             raise SymgradError(str(value), f"not a command{hint}; the commands are "
                                f"{', '.join(choices)} (symgrad --help)")
         name = "/".join(action.option_strings) or action.metavar or action.dest
-        where = f"{_where(self.prog)} {name}".replace("command line ", "")
+        where = f"{_where(self.prog)}: {name}".replace("command line: ", "")
         raise SymgradError(where, f"invalid choice {value!r}{hint}; choose from "
                            f"{', '.join(map(str, choices))}")
 

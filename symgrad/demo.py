@@ -366,7 +366,7 @@ def run_demo(out: str | Path = "demo-out", epochs: int | None = None, *,
     from symgrad.spec import load_spec
 
     if epochs is not None and epochs < 1:
-        raise SymgradError("demo --epochs", f"must be at least 1, got {epochs}")
+        raise SymgradError("demo: --epochs", f"must be at least 1, got {epochs}")
     out = Path(out)
     outputs = Outputs(out, force)
     outputs.check()

@@ -420,7 +420,7 @@ def test_bad_options(capsys, args, message):
 def test_bad_method_is_a_usage_error(capsys):
     code, out, err = run(capsys, ROOT / "examples" / "regression.toml", "--method", "forward")
     assert (code, out) == (2, "")
-    assert err.startswith("symgrad: error: check --method: invalid choice 'forward'")
+    assert err.startswith("symgrad: error: check: --method: invalid choice 'forward'")
     assert err.count("\n") == 1
 
 

@@ -407,13 +407,13 @@ def test_usage_errors(tmp_path: Path, capsys, monkeypatch) -> None:
         (["deriv", "x.toml"], f"deriv: not a command (did you mean derive?); the commands are "
                               f"{commands} (symgrad --help)"),
         (["derive", "--format", "txt", "x.toml"],
-         "derive --format: invalid choice 'txt' (did you mean text?); choose from text, latex, "
+         "derive: --format: invalid choice 'txt' (did you mean text?); choose from text, latex, "
          "markdown"),
         (["derive", "--step", "x.toml"], "derive: unrecognized argument --step (did you mean "
                                          "--steps?)"),
         (["check", "x.py", "--meth", "central"],
          "check: unrecognized arguments --meth central (did you mean --method?)"),
-        (["check", "x.py", "--tol", "small"], "check --tol: invalid float value: 'small'"),
+        (["check", "x.py", "--tol", "small"], "check: --tol: invalid float value: 'small'"),
         (["check"], "check: the following arguments are required: target"),
         (["verify", str(DIGITS), "--wrt", "W1", "X.T @ dZ1", "--sed", "1"],
          "verify: unrecognized arguments --sed 1 (did you mean --seed?)"),

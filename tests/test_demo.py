@@ -177,8 +177,8 @@ def test_rerun_replaces_its_own_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args, line", [
-    (["--epochs", "0"], "demo --epochs: must be at least 1, got 0"),
-    (["--epochs", "x"], "demo --epochs: invalid int value: 'x'"),
+    (["--epochs", "0"], "demo: --epochs: must be at least 1, got 0"),
+    (["--epochs", "x"], "demo: --epochs: invalid int value: 'x'"),
     (["--ou", "x"], "demo: unrecognized arguments --ou x (did you mean --out?)"),
 ])
 def test_bad_arguments(args: list[str], line: str, tmp_path: Path, capsys) -> None:

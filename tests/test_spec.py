@@ -150,7 +150,7 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert main(["derive"]) == 2
     assert capsys.readouterr().err == "symgrad: error: derive: give a SPEC or --expr EXPR\n"
     assert main(["derive", "a.toml", "--format", "html"]) == 2
-    assert capsys.readouterr().err.startswith("symgrad: error: derive --format: invalid choice")
+    assert capsys.readouterr().err.startswith("symgrad: error: derive: --format: invalid choice")
     binary = tmp_path / "bin.toml"
     binary.write_bytes(b"\xff\xfe\x00")
     assert main(["derive", str(binary)]) == 2
