@@ -210,10 +210,12 @@ def test_checks_every_target_before_writing_anything(tmp_path: Path, capsys) -> 
     (tmp_path / "digits_mlp.py").write_text("# my own work\n")
     (tmp_path / "report.md").write_text("my notes\n")
     (tmp_path / "unrelated.txt").write_text("kept\n")
+    (tmp_path / demo.MANIFEST).write_text("[1, 2]\n")  # not ours, though named so
     before = snapshot(tmp_path)
     code, out, err = run_cli("--out", str(tmp_path), "--epochs", "1")
     assert (code, out) == (2, "")
-    assert err == (f"symgrad: error: {tmp_path}: would overwrite digits_mlp.py, report.md, which "
+    assert err == (f"symgrad: error: {tmp_path}: would overwrite digits_mlp.py, report.md, "
+                   f"{demo.MANIFEST}, which "
                    "symgrad did not write or which were edited since; use --force to "
                    "overwrite, or --out another directory\n")
     assert snapshot(tmp_path) == before
