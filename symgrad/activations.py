@@ -18,10 +18,13 @@ accepted once :func:`output_form_holds` proves it.
 from __future__ import annotations
 
 import difflib
+import time
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import sympy as sp
+
+from symgrad import budget
 
 __all__ = [
     "ACTIVATIONS",
@@ -107,14 +110,33 @@ class Activation:
     init: str = "glorot"  # weight initialisation that suits it: "he" or "glorot"
 
     @cached_property
+    def raw_derivative(self) -> sp.Expr | None:
+        """f′(x) exactly as ``diff`` returns it: always correct, never simplified.
+
+        The one step that cannot fall back; :meth:`resolve` bounds it."""
+        return None if self.expr is None else sp.diff(self.expr, X)
+
+    @property
+    def _forms(self) -> tuple[sp.Expr | None, sp.Expr | None]:
+        return _derivative_forms(self)
+
+    @property
     def derivative(self) -> sp.Expr | None:
         """f′(x) in textbook form (None for the row-wise softmax)."""
-        return None if self.expr is None else textbook(sp.diff(self.expr, X))
+        return self._forms[0]
 
-    @cached_property
+    @property
     def output_derivative(self) -> sp.Expr | None:
-        """f′ in terms of a = f(x), where one exists."""
-        return None if self.expr is None else find_output_form(self, sp.diff(self.expr, X))
+        """f′ in terms of a = f(x), where one exists (and was found in the budget)."""
+        return self._forms[1]
+
+    def resolve(self, where: str) -> Activation:
+        """Compute the derivative forms now, so that an activation too complex for even
+        the plain derivative is refused as ``<where>: too complex to simplify in 5 s``."""
+        if self.expr is not None:
+            budget.within(budget.SIMPLIFY_SECONDS, where, self.name, lambda: self.raw_derivative)
+            _ = self._forms
+        return self
 
     @property
     def is_rowwise(self) -> bool:
@@ -129,6 +151,34 @@ class Activation:
 
     def __call__(self, arg: sp.Expr) -> sp.Expr:
         return self.expr.xreplace({X: arg})
+
+
+@lru_cache(maxsize=1024)
+def _derivative_forms(act: Activation) -> tuple[sp.Expr | None, sp.Expr | None]:
+    """(textbook f′, f′ in terms of a) of ``act``, found within one shared budget of
+    :data:`~symgrad.budget.SIMPLIFY_SECONDS`: a search that runs out keeps the plain
+    derivative (and no output form), since simpler forms are optional.  Cached by
+    value: the same activation re-parsed (``Spec.with_sizes``) is not searched again."""
+    d = act.raw_derivative
+    if d is None:
+        return None, None
+    end = time.perf_counter() + budget.SIMPLIFY_SECONDS
+    tidy = optional(end, textbook, d, default=d)
+    if act.hint is not None:  # a declared hint is proved, never skipped
+        return tidy, find_output_form(act, d)
+    return tidy, optional(end, find_output_form, act, d, default=None)
+
+
+def optional(end: float, fn, *args, default):
+    """``fn(*args)`` if it finishes before the clock time ``end``, else ``default``."""
+    left = end - time.perf_counter()
+    if left <= 0:
+        return default
+    try:
+        with budget.deadline(left):
+            return fn(*args)
+    except budget.EXHAUSTED:
+        return default
 
 
 def textbook(d: sp.Expr) -> sp.Expr:

@@ -201,8 +201,15 @@ PENALTY_RULES = ("SqNormHalf", "AbsSum")
 
 
 def derive(spec: Spec) -> Derivation:
-    """Derive the backpropagation formulas of ``spec`` by the reverse sweep."""
-    return derive_graph(build_graph(as_spec(spec)))
+    """Derive the backpropagation formulas of ``spec`` by the reverse sweep.
+
+    Each activation and the loss are differentiated first, within
+    :data:`symgrad.budget.SIMPLIFY_SECONDS` (past it, one line naming the layer)."""
+    spec = as_spec(spec)
+    for layer in spec.layers:
+        layer.fn.resolve(f"{layer.where}.activation")
+    spec.loss_fn.resolve(f"{spec.source}: loss.{'expr' if spec.loss_expr is not None else 'kind'}")
+    return derive_graph(build_graph(spec))
 
 
 def derive_graph(graph: Graph) -> Derivation:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import sympy as sp
+
+from symgrad import budget
 
 __all__ = ["LOSSES", "Loss", "YHAT", "Y", "custom_loss", "get_loss"]
 
@@ -33,13 +35,22 @@ class Loss:
     outputs: tuple[str, ...] | None = None
 
     @cached_property
+    def raw_derivative(self) -> sp.Expr:
+        """∂ℓ/∂ŷ exactly as ``diff`` returns it (always correct)."""
+        return sp.diff(self.expr, YHAT)
+
+    @property
     def derivative(self) -> sp.Expr:
-        """∂ℓ/∂ŷ, tidied (Abs′ = sign, Piecewise folded)."""
-        d = sp.diff(self.expr, YHAT)
-        if d.has(sp.Piecewise):
-            return sp.piecewise_fold(d)
-        simplified = sp.factor_terms(sp.simplify(d))
-        return min((d, simplified), key=sp.count_ops)
+        """∂ℓ/∂ŷ, tidied (Abs′ = sign, Piecewise folded) within
+        :data:`~symgrad.budget.SIMPLIFY_SECONDS`; past it, the plain derivative."""
+        return _tidy_derivative(self)
+
+    def resolve(self, where: str) -> Loss:
+        """Compute ∂ℓ/∂ŷ now; a loss too complex for even the plain derivative is
+        refused as ``<where>: too complex to simplify in 5 s``."""
+        budget.within(budget.SIMPLIFY_SECONDS, where, self.text, lambda: self.raw_derivative)
+        _ = self.derivative
+        return self
 
     @property
     def analytic(self) -> bool:
@@ -47,6 +58,20 @@ class Loss:
 
     def __call__(self, yhat: sp.Expr, y: sp.Expr) -> sp.Expr:
         return self.expr.xreplace({YHAT: yhat, Y: y})
+
+
+@lru_cache(maxsize=256)
+def _tidy_derivative(loss: Loss) -> sp.Expr:
+    """Cached by value: a re-parsed equal loss is not simplified again."""
+    d = loss.raw_derivative
+    try:
+        with budget.deadline(budget.SIMPLIFY_SECONDS):
+            if d.has(sp.Piecewise):
+                return sp.piecewise_fold(d)
+            simplified = sp.factor_terms(sp.simplify(d))
+            return min((d, simplified), key=sp.count_ops)
+    except budget.EXHAUSTED:
+        return d
 
 
 _r = YHAT - Y
