@@ -30,6 +30,8 @@ __all__ = [
     "CommandTimeout",
     "EXHAUSTED",
     "OutOfTime",
+    "PROOF_LAYERS",
+    "PROOF_STEP_SECONDS",
     "SIMPLIFY_SECONDS",
     "deadline",
     "command_budget",
@@ -220,3 +222,16 @@ def command_budget() -> Iterator[None]:
             import resource
 
             resource.setrlimit(resource.RLIMIT_AS, limits)
+
+
+# ==========================================================================================
+# The proof (symgrad derive --prove, symgrad.crosscheck)
+# ==========================================================================================
+
+#: layers the scalar-expansion proof expands, once runs of like layers are shortened to
+#: three (first, one middle, last: every layer between is an instance of the middle one);
+#: a network with more is refused in one line (derive and generate have no such limit)
+PROOF_LAYERS = 6
+#: seconds one simplifying step of the proof (an activation's, the loss's derivative, a
+#: fusion) may take; past it the step is "not proved" (exit 1)
+PROOF_STEP_SECONDS = 60.0

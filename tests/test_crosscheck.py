@@ -7,7 +7,7 @@ import pytest
 
 from symgrad.activations import ACTIVATIONS
 from symgrad.cli import main
-from symgrad.crosscheck import prove, spot_check, tiny_sizes
+from symgrad.crosscheck import instances, prove, shorten, spot_check, tiny_sizes
 from symgrad.derive import derive
 from symgrad.spec import Layer, Spec
 
@@ -88,3 +88,63 @@ def test_cli_prove(capsys):
     out = capsys.readouterr().out
     assert "all formulas proved" in out
     assert "[proved] softmax∘cross-entropy" in out
+
+
+# --------------------------------------------------------------------------
+# Depth: the proof at tiny sizes, runs of like layers shortened, a bound on the rest
+# --------------------------------------------------------------------------
+
+
+def _write(tmp_path, widths, acts, loss="mse"):
+    text = f'[network]\nname = "deep"\ninputs = {widths[0]}\n'
+    for w, a in zip(widths[1:], acts, strict=True):
+        text += f'\n[[layer]]\nunits = {w}\nactivation = "{a}"\n'
+    path = tmp_path / "deep.toml"
+    path.write_text(text + f'\n[loss]\nkind = "{loss}"\n', encoding="utf-8")
+    return path
+
+
+def test_200_layers_derive_generate_and_prove(tmp_path, capsys):
+    """The spec's deepest network: every command works, the proof in a 3-layer network
+    whose formulas the other 197 layers are shown to repeat."""
+    path = _write(tmp_path, [784] + [3] * 199 + [10], ["tanh"] * 199 + ["softmax"],
+                  "cross_entropy")
+    assert main(["derive", str(path), "--prove"]) == 0
+    captured = capsys.readouterr()
+    assert "[proved] layers 1–200 repeat the formulas of a 4-layer network" in captured.out
+    assert "all formulas proved" in captured.out
+    assert "symgrad: proving the chain rule …" in captured.err  # live progress
+    out = tmp_path / "deep.py"
+    assert main(["generate", str(path), "-o", str(out)]) == 0
+    assert "dZ200" in out.read_text(encoding="utf-8")
+
+
+def test_shortened_layers_map_to_the_layer_they_repeat():
+    spec = Spec("s", 2, tuple(Layer(2, a) for a in
+                              ["relu"] * 5 + ["tanh"] * 2 + ["sigmoid"] * 4), loss="mse")
+    short, where = shorten(spec)
+    assert [l.activation for l in short.layers] == ["relu"] * 3 + ["tanh"] * 2 + ["sigmoid"] * 3
+    assert where == [1, 2, 2, 2, 3, 4, 5, 6, 7, 7, 8]
+    d, ds = derive(spec), derive(short)
+    assert instances(d, ds, where) == ""
+    # a wrong correspondence is caught: a relu layer taken for the tanh one, the first
+    # layer (whose input is X) for a middle one
+    assert instances(d, ds, [1, 2, 4, 2, 3, 4, 5, 6, 7, 7, 8]) == "A3 does not repeat the proved A4"
+    assert instances(d, ds, [2, 2, 2, 2, 3, 4, 5, 6, 7, 7, 8]) != ""
+
+
+def test_a_network_over_the_proof_depth_is_refused_in_one_line(tmp_path, capsys):
+    acts = ["tanh", "relu"] * 4
+    path = _write(tmp_path, [3] * 9, acts)
+    assert main(["derive", str(path), "--prove"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"symgrad: error: {path}: --prove: 8 layers to expand (after shortening runs "
+                   "of like layers) is over the proof's limit of 6; derive and generate have no "
+                   "such limit\n")
+
+
+def test_prove_takes_a_path_and_reports_each_step():
+    steps = []
+    report = prove("examples/regression.toml", progress=steps.append)
+    assert report.ok, report.text()
+    assert steps[0] == "the chain rule" and steps[-1] == "the concrete formulas at a random point"
