@@ -493,7 +493,10 @@ def instances(long: Derivation, short: Derivation, where: list[int]) -> str:
 
 
 def _progress(what: str) -> None:
-    print(f"symgrad: proving {what} …", file=sys.stderr, flush=True)
+    """Each step as it starts, on stderr when it is a terminal (as ``check`` shows its
+    progress): a step of the proof can take seconds."""
+    if sys.stderr.isatty():
+        print(f"symgrad: proving {what} …", file=sys.stderr, flush=True)
 
 
 def prove(spec: Spec | str, spot: bool = True,
@@ -506,7 +509,7 @@ def prove(spec: Spec | str, spot: bool = True,
     them, so the cost stops growing with depth.  A network still over
     :data:`~symgrad.budget.PROOF_LAYERS` layers is refused in one line; a step over
     :data:`~symgrad.budget.PROOF_STEP_SECONDS` is "not proved".  ``progress`` is told
-    each step as it starts (on stderr by default)."""
+    each step as it starts (by default, on stderr when it is a terminal)."""
     spec = as_spec(spec)
     say = progress or (lambda what: None)
     short, where = shorten(spec)

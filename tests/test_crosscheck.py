@@ -113,7 +113,6 @@ def test_200_layers_derive_generate_and_prove(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "[proved] layers 1–200 repeat the formulas of a 4-layer network" in captured.out
     assert "all formulas proved" in captured.out
-    assert "symgrad: proving the chain rule …" in captured.err  # live progress
     out = tmp_path / "deep.py"
     assert main(["generate", str(path), "-o", str(out)]) == 0
     assert "dZ200" in out.read_text(encoding="utf-8")
