@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from symgrad import naming
+from symgrad import budget, naming
 from symgrad.activations import A as A_SYM
 from symgrad.graph import Assignment, Graph, build_graph
 from symgrad.losses import YHAT, Y
@@ -112,7 +112,11 @@ def _elementwise_loss(producer: Assignment, loss: MeanLoss) -> Node | None:
     if g == 1:
         combined = d
     else:
-        combined = sp.factor(sp.cancel(d * g))
+        try:  # a simpler fused form is optional: past the budget, the plain chain
+            with budget.deadline(budget.SIMPLIFY_SECONDS):
+                combined = sp.factor(sp.cancel(d * g))
+        except budget.EXHAUSTED:
+            return None
         if combined.has(sp.Piecewise) or sp.count_ops(combined) >= sp.count_ops(d) + sp.count_ops(g):
             return None
     if not combined.has(A_SYM, Y):  # ℓ affine in ŷ: c 𝟏𝟏ᵀ/N, a matrix like Ŷ

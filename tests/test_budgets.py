@@ -178,3 +178,16 @@ def test_cli_refuses_in_one_line_when_even_the_derivative_is_over(
     assert captured.out == ""
     assert captured.err == (f"symgrad: error: {path}: layer[1].activation: too complex to "
                             f"simplify in 1e-09 s: {activation}\n")
+
+
+@pytest.mark.parametrize("activation", [LOGLOG, ABS7])
+def test_prove_of_a_hard_activation_ends_within_its_budgets(monkeypatch, activation):
+    """Every step either proves or says it ran out; the derivative is never left wrong."""
+    from symgrad.crosscheck import prove
+
+    monkeypatch.setattr(budget, "SIMPLIFY_SECONDS", 0.2)
+    spec = Spec("h", 2, (Layer(2, activation), Layer(1, "identity")), loss="mse")
+    report = prove(spec, progress=None)
+    assert report.ok, report.text()
+    spot = report.claims[-1]
+    assert spot.skipped == (spot.detail == "not done: over the budget of 0.2 s")
