@@ -3,7 +3,11 @@ each valid output activation (and softmax before mse), plus L1/L2 penalties."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from symgrad.activations import ACTIVATIONS
 from symgrad.cli import main
@@ -147,3 +151,20 @@ def test_prove_takes_a_path_and_reports_each_step():
     report = prove("examples/regression.toml", progress=steps.append)
     assert report.ok, report.text()
     assert steps[0] == "the chain rule" and steps[-1] == "the concrete formulas at a random point"
+
+
+@settings(max_examples=8, deadline=None)
+@given(acts=st.lists(st.sampled_from(["tanh", "relu", "identity", "sigmoid"]), min_size=1,
+                     max_size=12),
+       out=st.sampled_from([("softmax", "cross_entropy"), ("identity", "mse"),
+                            ("sigmoid", "binary_cross_entropy")]),
+       l2=st.sampled_from([0.0, 0.1]))
+def test_every_layer_of_a_long_network_repeats_a_proved_one(acts, out, l2):
+    """Shortening is sound for any sequence of layers: each equation of the long network
+    is the equation of its layer in the short one, indices shifted (nothing unmatched)."""
+    spec = Spec("s", 3, (*(Layer(3, a) for a in acts), Layer(3, out[0])), loss=out[1], l2=l2)
+    short, where = shorten(spec)
+    assert len(where) == len(spec.layers) and len(short.layers) <= len(spec.layers)
+    assert all(len(list(run)) <= 3 for _, run in itertools.groupby(
+        layer.activation for layer in short.layers))
+    assert instances(derive(spec), derive(short), where) == ""
