@@ -135,12 +135,12 @@ def test_shortened_layers_map_to_the_layer_they_repeat():
 
 
 def test_a_network_over_the_proof_depth_is_refused_in_one_line(tmp_path, capsys):
-    acts = ["tanh", "relu"] * 4
-    path = _write(tmp_path, [3] * 9, acts)
+    acts = ["tanh", "relu"] * 5
+    path = _write(tmp_path, [3] * 11, acts)
     assert main(["derive", str(path), "--prove"]) == 2
     err = capsys.readouterr().err
-    assert err == (f"symgrad: error: {path}: --prove: 8 layers to expand (after shortening runs "
-                   "of like layers) is over the proof's limit of 6; derive and generate have no "
+    assert err == (f"symgrad: error: {path}: --prove: 10 layers to expand (after shortening runs "
+                   "of like layers) is over the proof's limit of 8; derive and generate have no "
                    "such limit\n")
 
 
@@ -166,3 +166,24 @@ def test_every_layer_of_a_long_network_repeats_a_proved_one(acts, out, l2):
     assert all(len(list(run)) <= 3 for _, run in itertools.groupby(
         layer.activation for layer in short.layers))
     assert instances(derive(spec), derive(short), where) == ""
+
+
+@pytest.mark.parametrize("acts,out,loss,l1", [
+    (["tanh", "relu"], "softmax", "cross_entropy", 0.1),
+    (["sigmoid"], "identity", "huber", 0.0),
+])
+def test_the_memoized_derivative_is_sympys(acts, out, loss, l1):
+    """crosscheck.derivative (one visit per distinct subexpression) gives what sp.diff
+    gives, entry by entry, on the abstract loss the structure proof differentiates."""
+    import sympy as sp
+
+    from symgrad import crosscheck as cc
+
+    spec = Spec("m", 2, (*(Layer(2, a) for a in acts), Layer(3, out)), loss=loss, l1=l1)
+    sizes = tiny_sizes(spec)
+    d = cc.abstract_spec_derivation(spec, sizes)
+    env = cc.evaluate(d, cc.explicit_env(d, sizes))
+    L = env["L"][0, 0]
+    for p in d.graph.params:
+        for w in env[p.name]:
+            assert sp.expand(cc._opaque(cc.derivative(L, w) - sp.diff(L, w))) == 0, (p.name, w)
