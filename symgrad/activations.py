@@ -162,7 +162,7 @@ def _derivative_forms(act: Activation) -> tuple[sp.Expr | None, sp.Expr | None]:
     d = act.raw_derivative
     if d is None:
         return None, None
-    end = time.perf_counter() + budget.SIMPLIFY_SECONDS
+    end = budget.optional_end(budget.SIMPLIFY_SECONDS)
     tidy = optional(end, textbook, d, default=d)
     if act.hint is not None:  # a declared hint is proved, never skipped
         return tidy, find_output_form(act, d)

@@ -35,6 +35,8 @@ __all__ = [
     "SIMPLIFY_SECONDS",
     "deadline",
     "command_budget",
+    "optional_end",
+    "shared_budget",
     "within",
 ]
 
@@ -235,3 +237,28 @@ PROOF_LAYERS = 8
 #: seconds one simplifying step of the proof (an activation's, the loss's derivative, a
 #: fusion) may take; past it the step is "not proved" (exit 1)
 PROOF_STEP_SECONDS = 60.0
+
+
+# ==========================================================================================
+# One clock for the optional work of one command (simpler forms of derivatives)
+# ==========================================================================================
+
+_SHARED_ENDS: list[float] = []  # clock times by which optional work must end (innermost last)
+
+
+@contextmanager
+def shared_budget(seconds: float) -> Iterator[None]:
+    """Optional work started inside (the textbook form of every activation's and the
+    loss's derivative) shares one clock of ``seconds``, so that a spec with several hard
+    activations costs about one budget, not one per layer."""
+    _SHARED_ENDS.append(time.perf_counter() + seconds)
+    try:
+        yield
+    finally:
+        _SHARED_ENDS.pop()
+
+
+def optional_end(seconds: float) -> float:
+    """The clock time by which optional work started now must end: ``seconds`` from now,
+    or the end of the enclosing :func:`shared_budget` if that comes first."""
+    return min([time.perf_counter() + seconds, *_SHARED_ENDS])

@@ -11,6 +11,7 @@ proves them, like every other formula, by scalar expansion.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -112,8 +113,11 @@ def _elementwise_loss(producer: Assignment, loss: MeanLoss) -> Node | None:
     if g == 1:
         combined = d
     else:
+        left = budget.optional_end(budget.SIMPLIFY_SECONDS) - time.perf_counter()
         try:  # a simpler fused form is optional: past the budget, the plain chain
-            with budget.deadline(budget.SIMPLIFY_SECONDS):
+            if left <= 0:
+                return None
+            with budget.deadline(left):
                 combined = sp.factor(sp.cancel(d * g))
         except budget.EXHAUSTED:
             return None
@@ -210,10 +214,12 @@ def derive(spec: Spec) -> Derivation:
     Each activation and the loss are differentiated first, within
     :data:`symgrad.budget.SIMPLIFY_SECONDS` (past it, one line naming the layer)."""
     spec = as_spec(spec)
-    for layer in spec.layers:
-        layer.fn.resolve(f"{layer.where}.activation")
-    spec.loss_fn.resolve(f"{spec.source}: loss.{'expr' if spec.loss_expr is not None else 'kind'}")
-    return derive_graph(build_graph(spec))
+    with budget.shared_budget(budget.SIMPLIFY_SECONDS):  # simpler forms: one budget in all
+        for layer in spec.layers:
+            layer.fn.resolve(f"{layer.where}.activation")
+        spec.loss_fn.resolve(
+            f"{spec.source}: loss.{'expr' if spec.loss_expr is not None else 'kind'}")
+        return derive_graph(build_graph(spec))
 
 
 def derive_graph(graph: Graph) -> Derivation:

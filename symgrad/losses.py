@@ -7,6 +7,7 @@ Conventions).  SymPy computes ∂ℓ/∂ŷ from the declaration.
 from __future__ import annotations
 
 import difflib
+import time
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -64,8 +65,11 @@ class Loss:
 def _tidy_derivative(loss: Loss) -> sp.Expr:
     """Cached by value: a re-parsed equal loss is not simplified again."""
     d = loss.raw_derivative
+    left = budget.optional_end(budget.SIMPLIFY_SECONDS) - time.perf_counter()
+    if left <= 0:
+        return d
     try:
-        with budget.deadline(budget.SIMPLIFY_SECONDS):
+        with budget.deadline(left):
             if d.has(sp.Piecewise):
                 return sp.piecewise_fold(d)
             simplified = sp.factor_terms(sp.simplify(d))

@@ -206,3 +206,15 @@ def test_prove_of_a_hard_activation_ends_within_its_budgets(monkeypatch, activat
     assert report.ok, report.text()
     spot = report.claims[-1]
     assert spot.skipped == (spot.detail == "not done: over the budget of 0.2 s")
+
+
+def test_hard_activations_in_several_layers_share_one_budget():
+    """The optional work of one derive shares one clock (budget.shared_budget): each
+    layer still gets a correct derivative, simplified or not."""
+    with simplify_budget(1.0):  # the plain derivative of SUM24 alone takes 0.1-0.3 s
+        spec = Spec("h", 2, (Layer(2, LOGLOG), Layer(2, ABS7), Layer(2, SUM24),
+                             Layer(1, "identity")), loss="mse")
+        derive(spec)
+        for layer in spec.layers[:3]:
+            fn = layer.fn
+            assert assert_derivative_right(fn.expr, fn.derivative, fn.output_derivative) >= 2
