@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "an expression, --expr). An existing file is replaced only when "
                        "symgrad wrote it and it was not edited since, or with --force.")
     g.add_argument("spec", nargs="?", help="network spec (TOML)")
-    g.add_argument("-o", "--output", metavar="PATH",
+    g.add_argument("-o", "--output", metavar="PATH", type=_output_path,
                    help="output file (default: generated/<name>.py; '-' for standard output)")
     g.add_argument("--force", action="store_true",
                    help="overwrite a file that symgrad did not write, or that was edited")
@@ -201,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--force", action="store_true",
                    help="overwrite files in DIR that symgrad did not write, or that were edited")
     return p
+
+
+def _output_path(value: str) -> str:
+    """-o PATH: a file ('-' for stdout); ``out/`` or ``out/.`` would be taken for the file
+    ``out`` by pathlib, so they are refused here, for both generate modes."""
+    from symgrad.files import names_a_directory
+
+    if not value:
+        raise argparse.ArgumentTypeError("empty; give the path of the file to write")
+    if value != "-" and names_a_directory(value):
+        raise argparse.ArgumentTypeError(f"{value!r} names a directory; give the path of the "
+                                         "file to write")
+    return value
 
 
 def _expr_options(p: argparse.ArgumentParser, wrt: bool = True) -> None:

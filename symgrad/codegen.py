@@ -2293,11 +2293,11 @@ def generate(spec: Spec | str | Path, path: str | Path | None = None, force: boo
     from symgrad.spec import as_spec
 
     spec = as_spec(spec)
-    path = Path(path) if path is not None else Path("generated") / f"{spec.name}.py"
-    if str(path) != files.STDOUT:
-        files.check_target(path, force=force)
-    files.write_text(path, generate_source(spec), force=force)
-    return path
+    target = path if path is not None else Path("generated") / f"{spec.name}.py"
+    if str(target) != files.STDOUT:
+        files.check_target(target, force=force)  # the text as given: "out/" is a directory
+    files.write_text(target, generate_source(spec), force=force)
+    return Path(target)
 
 
 def load_module(source_or_path: str | Path, name: str | None = None) -> ModuleType:
@@ -2326,12 +2326,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from symgrad import files
 
     spec = load_spec(args.spec)
-    target = Path(args.output) if args.output else Path("generated") / f"{spec.name}.py"
+    target = args.output or Path("generated") / f"{spec.name}.py"
     if str(target) == files.STDOUT:
         files.write_text(target, generate_source(spec))
         return 0
     files.check_target(target, force=args.force)  # before the (slow) generation
     changed = files.write_text(target, generate_source(spec), force=args.force)
-    print(f"symgrad: wrote {target}" if changed else f"symgrad: {target} is up to date",
+    print(f"symgrad: wrote {Path(target)}" if changed else f"symgrad: {Path(target)} is up to date",
           file=sys.stderr)
     return 0

@@ -47,6 +47,7 @@ __all__ = [
     "check_readable",
     "check_target",
     "header",
+    "names_a_directory",
     "ownership",
     "read_bytes",
     "read_text",
@@ -239,6 +240,21 @@ def _existing_ancestor(path: Path) -> Path:
     return parent
 
 
+def names_a_directory(path: str | os.PathLike) -> bool:
+    """Whether the text of ``path`` can only name a directory (``out/``, ``out/.``, ``..``),
+    which :class:`pathlib.Path` would silently turn into the file ``out``."""
+    raw = os.fsdecode(os.fspath(path))
+    seps = tuple({os.sep, os.altsep or os.sep, "/"})
+    last = raw.rstrip("".join(seps)).rsplit(seps[0], 1)[-1] if raw else ""
+    return raw.endswith(seps) or last in (".", "..") or Path(raw).name in ("", ".", "..")
+
+
+def _refuse_directory_syntax(path: str | os.PathLike, where: str | None) -> None:
+    if str(path) != STDOUT and names_a_directory(path):
+        raise SymgradError(str(path) if where is None else where,
+                           "names a directory; give the path of the file to write")
+
+
 def check_target(path: str | os.PathLike, where: str | None = None, *, force: bool = False,
                  owner_check: Callable[[Path], str | None] | None = ownership) -> bool:
     """Refuse (one :class:`SymgradError`) a target symgrad must not write; nothing is written.
@@ -246,6 +262,7 @@ def check_target(path: str | os.PathLike, where: str | None = None, *, force: bo
     Returns whether the file exists. ``owner_check(path)`` says why an existing file may
     not be replaced (None: it may); it is skipped with ``force``.
     """
+    _refuse_directory_syntax(path, where)
     path = Path(path)
     where = str(path) if where is None else where
     if any(len(os.fsencode(part)) > _name_max(_existing_ancestor(path)) for part in path.parts):
@@ -303,6 +320,7 @@ def write_bytes(path: str | os.PathLike, data: bytes, where: str | None = None, 
             data.decode("utf-8"))
         sys.stdout.flush()
         return True
+    _refuse_directory_syntax(path, where)
     path = Path(path)
     where = str(path) if where is None else where
     if os.path.islink(path):  # (os.path: False, not an error, for an impossible name)

@@ -141,7 +141,7 @@ def test_generate_refuses_bad_targets_in_both_modes(mode: str, tmp_path: Path, c
                 f"symgrad: error: {target}: {what}", tmp_path)
 
 
-PARTS = ("out", "n" * 300, "a_file", "fifo", "a_dir", "new dir", "ünïcode", ".", "")
+PARTS = ("out", "n" * 300, "a_file", "fifo", "a_dir", "new dir", "ünïcode", ".", "..", "")
 
 
 @settings(max_examples=30, deadline=None)
@@ -160,7 +160,7 @@ def test_any_path_is_written_or_refused_in_one_line(parts: list[str], suffix: st
         (root / "a_file").write_text("mine\n")
         (root / "a_dir").mkdir()
         os.mkfifo(root / "fifo")
-        target = str(root / "/".join(parts)) + suffix
+        target = f"{root}/{'/'.join(parts)}{suffix}"  # inside root, whatever the parts
         for argv in (["check", target], ["derive", target],
                      ["generate", str(DIGITS), "-o", target]):
             before = snapshot(root)
@@ -168,8 +168,8 @@ def test_any_path_is_written_or_refused_in_one_line(parts: list[str], suffix: st
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 code = main(argv)
             if code == 0 and argv[0] == "generate":
-                assert err.getvalue() == f"symgrad: wrote {target}\n"
-                assert symgrad.codegen.is_generated(target)
+                assert err.getvalue() == f"symgrad: wrote {Path(target)}\n"
+                assert symgrad.codegen.is_generated(target)  # the path as given names it
                 continue
             assert code == 2, (argv, err.getvalue())
             assert re.fullmatch(r"symgrad: error: [^\n]+\n", err.getvalue()), err.getvalue()
@@ -219,6 +219,21 @@ def test_dash_is_standard_output(tmp_path: Path, capsys, monkeypatch) -> None:
     code, out, err = run(capsys, "generate", str(DIGITS), "-o", "-")
     assert (code, err) == (0, "") and out == generate_source(DIGITS)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["new/", "new/.", "a_dir/..", ".", ""])
+def test_a_path_that_names_a_directory_is_refused(mode: str, name: str, tmp_path: Path,
+                                                  capsys, monkeypatch) -> None:
+    """pathlib would turn ``new/`` or ``new/.`` into the file ``new``: refused as given."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_dir").mkdir()
+    what = (f"{name!r} names a directory; give the path of the file to write" if name
+            else "empty; give the path of the file to write")
+    refused(capsys, ["generate", *MODES[mode], "-o", name],
+            f"symgrad: error: generate: -o/--output: {what}", tmp_path)
+    with pytest.raises(symgrad.SymgradError, match="names a directory"):
+        symgrad.generate(DIGITS, name or ".")
 
 
 def test_a_symlink_target_writes_the_file_it_names(tmp_path: Path) -> None:
