@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # SymPy and matplotlib up front doubled the time of the set-up.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-compile -e '.[test,demo]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-compile -e '.[test,demo,notebook]'
 	touch $(STAMP)
 
 test: $(STAMP)
