@@ -189,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     _expr_options(d)
     _expr_options(g)
 
+    gr = sub.add_parser("graph", help="draw the computational graph (and the backward pass)",
+                        description="Draw a network's computational graph as lectures do: "
+                        "each forward value (X, Z_l, A_l, Ŷ, L) with its formula and shape; "
+                        "with --backward the cotangents (δ's), the rule on each edge and a + "
+                        "where a value feeds two consumers. DOT needs no program; .svg and "
+                        ".png are rendered by Graphviz's dot (apt-get install graphviz).")
+    gr.add_argument("spec", nargs="?", help="network spec (TOML)")
+    gr.add_argument("-o", "--output", metavar="FILE", type=_output_path,
+                    help="write the picture to FILE.svg, FILE.png or FILE.dot, replacing it "
+                    "(default: DOT on standard output)")
+    gr.add_argument("--backward", action="store_true",
+                    help="also draw the backward pass: each cotangent, the rule on each edge, "
+                    "the fan-out sums")
+    _expr_options(gr)
+
     m = sub.add_parser("demo", help="the whole mission on the digits data set",
                        description="Derive, generate, check and train a network on the "
                        "embedded UCI digits; write the module, a plot and a report into "
@@ -200,6 +215,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training epochs (default: the spec's, 100)")
     m.add_argument("--force", action="store_true",
                    help="overwrite files in DIR that symgrad did not write, or that were edited")
+
+    ex = sub.add_parser("exercise", help="write a backpropagation worksheet and its answer key",
+                        description="Write a worksheet of K questions (derive ∂L/∂W_l, δ_l, "
+                        "∂L/∂b_l, ∂L/∂A_l) about a network spec or a random network, its answer "
+                        "key (NAME.key.md, each answer checked by verify) and NAME.toml, which "
+                        "'symgrad grade' reads. Files that symgrad exercise did not write are "
+                        "kept unless --force.")
+    ex.add_argument("spec", nargs="?", help="network spec (TOML); or --random")
+    ex.add_argument("--random", action="store_true",
+                    help="a random network instead of SPEC (the same for the same --seed)")
+    ex.add_argument("--seed", type=int, default=0,
+                    help="seed of the random network and of the choice of questions (default: 0)")
+    ex.add_argument("--count", type=int, default=None, metavar="K",
+                    help="how many questions (default: 4, or all when the network offers fewer)")
+    ex.add_argument("--depth", type=int, default=None, metavar="D",
+                    help="with --random: the number of layers (default: 2)")
+    ex.add_argument("--activations", default=None, metavar="A,B,…",
+                    help="with --random: the hidden layers' activations to draw from "
+                    "(default: tanh,sigmoid,relu)")
+    ex.add_argument("-o", "--output", default="sheet.md", metavar="SHEET",
+                    help="the worksheet, SHEET.md or SHEET.tex; the key and SHEET.toml go "
+                    "beside it (default: sheet.md)")
+    ex.add_argument("--format", choices=("markdown", "latex"), default=None,
+                    help="markdown (with LaTeX math) or latex, a printable .tex document "
+                    "(default: from -o's suffix)")
+    ex.add_argument("--force", action="store_true",
+                    help="overwrite files that symgrad exercise did not write, or that were edited")
+
+    gd = sub.add_parser("grade", help="grade a student's (or a class's) answers to a worksheet",
+                        description="Grade answers (numpy syntax, one per question: a TOML "
+                        "file with [answers] q1 = \"…\", or a text file of lines 'q1: …') with "
+                        "verify's evidence and diagnosis per question, a score and a next step; "
+                        "exit 0 when all are right, 1 otherwise. A folder of answer files is "
+                        "graded into one table.")
+    gd.add_argument("sheet", help="the worksheet's .toml (written by symgrad exercise)")
+    gd.add_argument("answers", help="an answer file (.txt or .toml), or a folder of them")
+    gd.add_argument("--csv", metavar="FILE",
+                    help="also write the grades as CSV to FILE (replacing it)")
+    gd.add_argument("--reveal", action="store_true",
+                    help="also print the correct formula of each wrong answer")
     return p
 
 
@@ -416,6 +471,9 @@ COMMAND_MODULES = {
     "check": "symgrad.check",
     "verify": "symgrad.verify",
     "demo": "symgrad.demo",
+    "graph": "symgrad.picture",
+    "exercise": "symgrad.exercise",
+    "grade": "symgrad.exercise",
 }
 
 
