@@ -76,7 +76,7 @@ from symgrad.ops import (
     Transpose,
 )
 from symgrad.printing import text
-from symgrad.spec import DEFAULT_LR, OPTIMIZERS, Spec, load_spec
+from symgrad.spec import DEFAULT_LR, OPTIMIZERS, Spec, check_module_path, load_spec
 
 __all__ = [
     "MARKER",
@@ -2224,6 +2224,7 @@ def module_context(d: Derivation) -> dict[str, Any]:
         **sgd,
         "classifier": classifier,
         "targets": _targets(spec),
+        "probabilities": spec.loss_fn.name == "cross_entropy",  # rows of Y summing to 1
         "targets_doc": (
             "Y may hold one-hot rows or integer class labels."
             if classifier == "class"
@@ -2295,6 +2296,7 @@ def generate(spec: Spec | str | Path, path: str | Path | None = None, force: boo
     spec = as_spec(spec)
     target = path if path is not None else Path("generated") / f"{spec.name}.py"
     if str(target) != files.STDOUT:
+        check_module_path(target)  # numpy.py would import itself
         files.check_target(target, force=force)  # the text as given: "out/" is a directory
     files.write_text(target, generate_source(spec), force=force)
     return Path(target)
@@ -2330,6 +2332,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if str(target) == files.STDOUT:
         files.write_text(target, generate_source(spec))
         return 0
+    check_module_path(target)  # numpy.py would import itself
     files.check_target(target, force=args.force)  # before the (slow) generation
     changed = files.write_text(target, generate_source(spec), force=args.force)
     print(f"symgrad: wrote {Path(target)}" if changed else f"symgrad: {Path(target)} is up to date",

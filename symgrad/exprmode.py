@@ -1820,7 +1820,10 @@ def write_module(path: Path, source: str, force: bool) -> bool:
     """Write the module through symgrad's one write path (:mod:`symgrad.files`): checked
     target, header with the hash of the body, atomic; returns whether the file changed."""
     from symgrad import files
+    from symgrad.spec import check_module_path
 
+    if str(path) != files.STDOUT:
+        check_module_path(path)  # random.py would import itself
     return files.write_text(path, files.stamp(source, "--expr"), force=force)
 
 
@@ -2119,8 +2122,12 @@ def cmd_derive(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    d = derive_expr(_problem_from(args))
+    from symgrad.spec import check_module_path
+
     out = Path(args.output or "generated/expr_module.py")
+    if str(out) != "-":
+        check_module_path(out)  # before the derivation: random.py would import itself
+    d = derive_expr(_problem_from(args))
     name = re.sub(r"\W", "_", out.stem) or "expr"
     if write_module(out, generate_expr(d, name), args.force) and str(out) != "-":
         print(f"symgrad: wrote {out}", file=sys.stderr)

@@ -30,7 +30,8 @@ from symgrad.activations import X as X_SYM
 from symgrad.errors import SymgradError
 from symgrad.losses import LOSSES, YHAT, Loss, Y, custom_loss, get_loss
 
-__all__ = ["Layer", "Spec", "Training", "OPTIMIZERS", "as_spec", "load_spec", "spec_from_dict"]
+__all__ = ["Layer", "Spec", "Training", "OPTIMIZERS", "as_spec", "check_module_path", "load_spec",
+           "spec_from_dict"]
 
 NAME_RE = re.compile(r"[a-z_][a-z0-9_]*\Z")
 MAX_UNITS = 1_000_000
@@ -87,16 +88,34 @@ def _check_name(name: Any, where: str) -> None:
     if keyword.iskeyword(name):
         raise SymgradError(where, f"'{name}' is a Python keyword, so `import {name}` cannot "
                                   f"load the generated module; {suggestion}")
-    if name in RESERVED_NAMES:
-        if name in IMPORTED_MODULES:
-            why = (f"the generated {name}.py imports {name}, so it would import itself "
-                   "instead")
-        elif name == "symgrad":
-            why = "a symgrad.py would shadow symgrad itself for scripts beside it"
-        else:
-            why = (f"'{name}' is a standard-library module, and a {name}.py would shadow it "
-                   "for every script in its directory")
+    why = _shadowed(name)
+    if why:
         raise SymgradError(where, f"{why}; {suggestion}")
+
+
+def _shadowed(name: str) -> str:
+    """Why a module file ``<name>.py`` would shadow a module it or its neighbours import
+    (numpy, symgrad, the standard library), or "" when it shadows nothing."""
+    if name not in RESERVED_NAMES:
+        return ""
+    if name in IMPORTED_MODULES:
+        return f"the generated {name}.py imports {name}, so it would import itself instead"
+    if name == "symgrad":
+        return "a symgrad.py would shadow symgrad itself for scripts beside it"
+    return (f"'{name}' is a standard-library module, and a {name}.py would shadow it for "
+            "every script in its directory")
+
+
+def check_module_path(path: str | Path) -> None:
+    """Refuse (one :class:`SymgradError`) a file to write a generated module to whose name
+    shadows a module: ``-o numpy.py`` would import itself, ``-o random.py`` would hide the
+    standard library's random. The rule of ``[network].name``, applied to the file's stem
+    (what Python imports); other names (``my-net.py``) can still be run as scripts."""
+    target = Path(path)
+    why = _shadowed(target.stem) if target.suffix == ".py" else ""
+    if why:
+        raise SymgradError(str(path), f"{why}; choose another file name, e.g. "
+                                      f"{target.with_name(target.stem + '_net.py')}")
 
 
 def _parse(text: str, names: dict, where: str):

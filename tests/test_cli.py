@@ -37,7 +37,13 @@ from symgrad.codegen import generate_source
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "examples" / "digits.toml"
 EXPR = ["--expr", "sum(w * w)", "--shape", "w=3,1", "--wrt", "w"]
-COMMAND_NAMES = ("derive", "generate", "check", "verify", "demo")
+def _command_names() -> tuple[str, ...]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return tuple(sub.choices)
+
+
+COMMAND_NAMES = _command_names()  # derive, generate, check, verify, demo, … in --help order
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, int, bytes | None]]:
@@ -420,7 +426,7 @@ def test_output_that_is_not_utf8_gets_ascii_forms(encoding: str) -> None:
 
 def test_usage_errors(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    commands = "derive, generate, check, verify, demo"
+    commands = ", ".join(COMMAND_NAMES)
     for argv, line in [
         (["deriv", "x.toml"], f"deriv: not a command (did you mean derive?); the commands are "
                               f"{commands} (symgrad --help)"),
@@ -455,7 +461,7 @@ def test_mistyped_commands(name: str, position: int, char: str) -> None:
     close = difflib.get_close_matches(typo, COMMAND_NAMES, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]}?)" if close else ""
     assert err.getvalue() == (f"symgrad: error: {typo}: not a command{hint}; the commands are "
-                              "derive, generate, check, verify, demo (symgrad --help)\n")
+                              f"{', '.join(COMMAND_NAMES)} (symgrad --help)\n")
 
 
 ARGV_TOKENS = (

@@ -146,6 +146,7 @@ def test_width_one_trains_through_the_script(tmp_path, shape, kind, labels, opti
     assert proc.stderr.count("\n") == 3 and proc.stderr.startswith("epoch 1/3  loss ")
     params = m.load_params(tmp_path / "p")  # written as p.npz, read back under either name
     assert (tmp_path / "p.npz").exists() and params["W1"].dtype == np.float32
+    assert proc.stdout.splitlines()[0] == "saved the trained parameters to p.npz"
     assert np.isfinite(m.loss(params, X, Y))
 
 
@@ -208,6 +209,40 @@ BAD_CALLS = [  # (call on the digits module m with params p, X (20, 64), labels 
      TypeError, "X must hold real numbers, not <U1"),
     (lambda m, p, X, y: m.train(p, X, y, X_val=X),
      ValueError, "X_val and Y_val go together: give both or neither"),
+    # F5: init_params's and train's dtype and seed, save_params's target
+    (lambda m, p, X, y: m.init_params(dtype=np.int32),
+     TypeError, "dtype must be float32 or float64, not int32"),
+    (lambda m, p, X, y: m.init_params(dtype=bool),
+     TypeError, "dtype must be float32 or float64, not bool"),
+    (lambda m, p, X, y: m.init_params(dtype=np.complex128),
+     TypeError, "dtype must be float32 or float64, not complex128"),
+    (lambda m, p, X, y: m.init_params(dtype="f9"),
+     TypeError, "dtype must be float32 or float64, not 'f9'"),
+    (lambda m, p, X, y: m.init_params(seed="a"),
+     TypeError, "seed must be a whole number >= 0, None or a numpy SeedSequence or Generator, "
+                "not 'a'"),
+    (lambda m, p, X, y: m.train(p, X, y, seed=1.5),
+     TypeError, "seed must be a whole number >= 0, None or a numpy SeedSequence or Generator, "
+                "not 1.5"),
+    (lambda m, p, X, y: m.check_gradients(seed=-1),
+     ValueError, "seed must be a whole number >= 0, None or a numpy SeedSequence or Generator, "
+                 "not -1"),
+    (lambda m, p, X, y: m.save_params(p, "/nonexistent-dir/x"),
+     FileNotFoundError, "/nonexistent-dir/x: cannot write: no directory /nonexistent-dir"),
+    (lambda m, p, X, y: m.save_params(p, "/"),
+     IsADirectoryError, "/: a directory; give the path of a file to write, e.g. /params.npz"),
+    (lambda m, p, X, y: m.save_params(p, "/dev/null"),
+     OSError, "/dev/null: not a regular file; give the path of an .npz file to write"),
+    # F4: cross-entropy targets are distributions over the classes (the fused gradient's rule)
+    (lambda m, p, X, y: m.loss_and_grad(p, X, np.eye(10)[y] * 2),
+     ValueError, "Y row 0 sums to 2, not 1; cross-entropy takes rows of class probabilities "
+                 "(one-hot or soft labels summing to 1) or integer class labels"),
+    (lambda m, p, X, y: m.train(p, X, np.eye(10)[y] - np.eye(10)[(y + 1) % 10] / 2),
+     ValueError, "Y row 0 has a negative entry (-0.5); cross-entropy takes rows of class "
+                 "probabilities (>= 0, summing to 1) or integer class labels"),
+    (lambda m, p, X, y: m.train(p, X, y, X_val=X, Y_val=np.eye(10)[y] * 0.5),
+     ValueError, "Y_val row 0 sums to 0.5, not 1; cross-entropy takes rows of class "
+                 "probabilities (one-hot or soft labels summing to 1) or integer class labels"),
 ]  # fmt: skip
 
 
@@ -259,6 +294,73 @@ def test_every_bad_argument_is_named(digits, function, draw):
     with pytest.raises((ValueError, TypeError)) as e:
         getattr(digits, function)(*call, **kwargs)
     assert str(e.value).startswith(name) and "\n" not in str(e.value)
+
+
+LAYOUTS = {  # another memory layout of a parameter, the same values
+    "C": lambda v: v.copy(),
+    "Fortran": np.asfortranarray,
+    "transposed copy": lambda v: np.ascontiguousarray(v.T).T,
+    "strided view": lambda v: np.repeat(v, 2, axis=0)[::2],
+    "reversed view": lambda v: v[::-1].copy()[::-1],
+    "unaligned": lambda v: np.frombuffer(b"\0" + v.tobytes(), v.dtype, offset=1).reshape(v.shape),
+}
+
+
+def _relayout(v: np.ndarray, layout: str) -> np.ndarray:
+    out = LAYOUTS[layout](v.copy())  # a copy: v (a view of init_params's [W; b]) stays apart
+    if not out.flags.writeable:  # frombuffer of bytes: make it writable, keep it unaligned
+        raw = bytearray(out.nbytes + 1)
+        out = np.frombuffer(raw, v.dtype, offset=1, count=v.size).reshape(v.shape)
+        out[...] = v
+    return out
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(layouts=st.lists(st.sampled_from(sorted(LAYOUTS)), min_size=4, max_size=4),
+       optimizer=st.sampled_from(OPTIMIZERS), dtype=st.sampled_from((np.float32, np.float64)),
+       kind=st.sampled_from(("classes", "regression")))
+def test_any_memory_layout_of_params_trains_in_place(layouts, optimizer, dtype, kind):
+    """F3: train() updates params of any layout in place (copy, update, write back), with
+    the numbers it gives C-contiguous ones."""
+    m = module(3, 4, 2, kind)
+    X, Y = data(m, kind, "one-hot", n=9)
+    reference = m.init_params(seed=2, dtype=dtype)
+    params = {k: _relayout(v, layout) for (k, v), layout in zip(reference.items(), layouts, strict=True)}
+    arrays = dict(params)
+    assert all(np.array_equal(params[k], reference[k]) for k in params)
+    options = {"epochs": 2, "batch_size": 4, "optimizer": optimizer, "verbose": False}
+    expected = m.train(reference, X, Y, **options)
+    history = m.train(params, X, Y, **options)
+    assert history == expected
+    for k in params:
+        assert params[k] is arrays[k]  # in place: the caller's arrays, updated
+        np.testing.assert_array_equal(params[k], reference[k], err_msg=k)
+
+
+def test_cross_entropy_takes_distributions_and_its_gradient_is_right():
+    """F4: soft labels (rows summing to 1, within √ε in float32) are accepted and their
+    gradient is the loss's; rows that are not distributions are refused, naming the row."""
+    m = module(3, 4, 3, "classes")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((5, 3))
+    Y = rng.dirichlet(np.ones(3), size=5)
+    params = m.init_params(seed=0)
+    _, grads = m.loss_and_grad(params, X, Y)
+    for k, p in params.items():
+        flat, h = p.reshape(-1), 1e-6
+        for i in range(flat.size):
+            flat[i] += h
+            up = m.loss(params, X, Y)
+            flat[i] -= 2 * h
+            down = m.loss(params, X, Y)
+            flat[i] += h
+            assert abs(grads[k].reshape(-1)[i] - (up - down) / (2 * h)) < 1e-7, (k, i)
+    m.loss(m.init_params(dtype=np.float32), X, Y.astype(np.float32) * (1 + 1e-6))
+    for scale, row in ((2.0, 0), (1 + 1e-6, 3)):  # float64: 1e-6 off is not rounding
+        bad = Y.copy()
+        bad[row] *= scale
+        with pytest.raises(ValueError, match=rf"^Y row {row} sums to [0-9.]+, not 1; "):
+            m.loss(params, X, bad)
 
 
 def test_load_and_save_params(digits, tmp_path):
@@ -319,7 +421,12 @@ def test_script_errors_are_one_line(tmp_path):
         ("cols.npz",): "X has 7 columns; this network takes 8",
         ("d.npz", "--batch-size", "0"): "batch_size must be a whole number >= 1, not 0",
         ("d.npz", "--learning-rat", "0.5"): "unrecognized arguments: --learning-rat 0.5",
-        ("d.npz", "--save", "nodir/p.npz"): f"nodir/p.npz: cannot write in {tmp_path}/nodir",
+        ("d.npz", "--save", "nodir/p.npz"): f"nodir/p.npz: cannot write: no directory "
+                                            f"{tmp_path}/nodir",
+        ("d.npz", "--save", str(tmp_path)): f"{tmp_path}: a directory; give the path of a file "
+                                            f"to write, e.g. {tmp_path}/params.npz",
+        ("d.npz", "--save", "out/"): "out/: a directory; give the path of a file to write, "
+                                     "e.g. out/params.npz",
     }
     for args, message in cases.items():
         proc = run_script(path, "train", *args, cwd=tmp_path)

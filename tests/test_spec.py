@@ -261,3 +261,34 @@ def test_a_name_that_would_shadow_a_module_is_refused_with_a_suggestion(name):
     assert e.value.where == "<spec>: network.name"
     assert e.value.what.endswith(f"; choose another name, e.g. '{name}_net'")
     Spec(f"{name}_net", 2, (Layer(1),), loss="mse")  # the suggestion is accepted
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(st.sampled_from([*_MODULE_NAMES, "numpy", "symgrad"]), st.booleans())
+def test_an_output_file_that_would_shadow_a_module_is_refused(tmp_path_factory, name, expr):
+    """F10: the rule of [network].name holds for the stem of ``-o FILE.py``, in both generate
+    modes, before anything is derived or written; the suggested name is accepted."""
+    import contextlib
+    import io
+
+    from symgrad.codegen import generate
+    from symgrad.spec import check_module_path
+
+    tmp = tmp_path_factory.mktemp("out")
+    target = tmp / f"{name}.py"
+    spec = write(tmp, spec_text())
+    args = (["generate", "--expr", "sum(X**2)", "--shape", "X=2,2", "--wrt", "X"] if expr
+            else ["generate", str(spec)])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main([*args, "-o", str(target)]) == 2
+    assert err.getvalue().count("\n") == 1 and err.getvalue().startswith(
+        f"symgrad: error: {target}: ")
+    assert err.getvalue().endswith(f"; choose another file name, e.g. {tmp}/{name}_net.py\n")
+    assert sorted(p.name for p in tmp.iterdir()) == ["net.toml"]  # nothing written
+    check_module_path(tmp / f"{name}_net.py")
+    check_module_path(tmp / f"{name}.txt")  # not a module Python imports
+    with pytest.raises(SymgradError, match="so it would import itself instead"):
+        check_module_path("dir/numpy.py")
+    with pytest.raises(SymgradError, match="; choose another file name"):  # the Python API
+        generate(spec, target)
