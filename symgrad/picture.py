@@ -6,7 +6,7 @@
 The picture is drawn FROM the engine's graph (:mod:`symgrad.graph`): one node per
 forward value (X, Z₁, A₁, …, Ŷ, L) with its formula and shape, one per parameter and
 data matrix, and an edge from every input to its consumer. With ``backward`` the
-cotangent flow is added: below each value its cotangent (δ_l = ∂L/∂Z_l, ∂L/∂W_l, …),
+cotangent flow is added: beside each value its cotangent (δ_l = ∂L/∂Z_l, ∂L/∂W_l, …),
 and an edge from the consumer's cotangent to the input's, labelled with the part it
 contributes and the op's vector-Jacobian rule (from the op's docstring, so the picture
 reads the same rules as the derivation). Where a value feeds two consumers (a weight
@@ -36,6 +36,7 @@ import re
 import shutil
 import subprocess
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -338,7 +339,7 @@ class _Drawing:
         self.graph, self.text, self.name, self.sizes = graph, text, name, sizes
         self.loss_name = loss_name
         self.dot = gv.Digraph(name=re.sub(r"\W", "_", title) or "graph")
-        self.dot.attr(rankdir="LR", label=title, labelloc="t", fontname="DejaVu Sans",
+        self.dot.attr(rankdir="TB", label=title, labelloc="t", fontname="DejaVu Sans",
                       fontsize="14", nodesep="0.3", ranksep="0.6")
         self.dot.attr("node", fontname="DejaVu Sans", fontsize="11")
         self.dot.attr("edge", fontname="DejaVu Sans", fontsize="10", arrowsize="0.7")
@@ -395,7 +396,7 @@ class _Drawing:
         for name in order:
             if name not in parts:
                 continue
-            with self.dot.subgraph() as column:  # the cotangent below its value
+            with self.dot.subgraph() as column:  # the cotangent beside its value
                 column.attr(rank="same")
                 if name == loss.name:
                     self.node(f"g_{name}", self.label(f"∂{self.loss_name}/∂{self.name(name)} = 1",
@@ -422,8 +423,9 @@ class _Drawing:
 
 
 def bar(name: str) -> str:
-    """The adjoint's name: u₁ → ū₁ (a combining macron on the first letter)."""
-    return name[:1] + "\u0304" + name[1:]
+    """The adjoint's name: u₁ → ū₁ (a macron on the first letter; precomposed where
+    Unicode has the letter, so that fonts draw it well)."""
+    return unicodedata.normalize("NFC", name[:1] + "\u0304") + name[1:]
 
 
 def _leaves(node: Node):

@@ -88,7 +88,7 @@ def test_backward_expression_variable_used_twice():
     """x appears twice in xᵀ A x: two parts, one + node."""
     src = draw_expr(*EXPRS["quadratic"], backward=True).source
     assert _edges_into(src, "s_x") == ['"g_%f"', '"g_%u1"']
-    assert "g_x [label=\"∂f/∂x = A u\u0304₁ᵀ + u₁ᵀ\\nn × 1\"" in src
+    assert "g_x [label=\"∂f/∂x = A \u016b₁ᵀ + u₁ᵀ\\nn × 1\"" in src
 
 
 def test_fusion_skips_yhat_and_says_so(pictures):
