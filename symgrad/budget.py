@@ -195,7 +195,15 @@ def command_budget() -> Iterator[None]:
              and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None))
     previous_handler = None
     if timer:
+        import time
+
+        end = time.monotonic() + seconds
+
         def expire(signum, frame):
+            early = end - time.monotonic()
+            if early > 0:  # not our timer: a SIGALRM another process sent (a checked module)
+                signal.setitimer(signal.ITIMER_REAL, early)
+                return
             signal.setitimer(signal.ITIMER_REAL, 1.0)  # again in 1 s, should it be swallowed
             raise CommandTimeout(f"stopped after {seconds:g} s, the time limit of one command "
                                  "(SYMGRAD_TIMEOUT=SECONDS changes it)")

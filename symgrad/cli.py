@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the random parameters and data (default: 0)")
     c.add_argument("--directions", type=int, default=8,
                    help="directional: how many random directions per parameter (default: 8)")
+    c.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="MODULE.py: seconds its process may take for the whole check "
+                   "(default: 120); past it the check fails")
 
     v = sub.add_parser("verify", help="verify a gradient derived by hand",
                        description="Check a gradient you derived, written in numpy syntax, "

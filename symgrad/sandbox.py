@@ -328,8 +328,84 @@ def _limit_resources(memory: int) -> None:
             pass
 
 
+NOBODY = 65534  # the unprivileged uid and gid the process takes when started as root
+_PR_SET_PDEATHSIG, _PR_SET_KEEPCAPS, _PR_SET_NO_NEW_PRIVS = 1, 8, 38
+_CAP_VERSION_3 = 0x20080522
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+
+
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def _keep_file_access(libc: Any) -> None:
+    """After setuid from root with PR_SET_KEEPCAPS: keep only the capabilities that read and
+    write files as before (the module and the Python installation may sit in directories
+    only root can enter); CAP_KILL, CAP_SYS_PTRACE and the rest are gone."""
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    keep = (1 << _CAP_DAC_OVERRIDE) | (1 << _CAP_DAC_READ_SEARCH)
+    data = (Data * 2)(Data(keep, keep, 0), Data(0, 0, 0))
+    libc.capset(ctypes.byref(Header(_CAP_VERSION_3, 0)), data)  # failure: no file access kept
+
+
+def isolate(parent: int) -> str:
+    """Before the module is imported: take away its means to act on the ``parent`` (the
+    ``symgrad check`` process).  Returns what was done, for SYMGRAD_DEBUG.
+
+    * Started as root: become ``nobody`` (uid and gid 65534, no supplementary groups), so
+      ``kill`` (SIGSTOP, SIGALRM, SIGINT …) and ``ptrace`` of the parent are refused; the
+      file access of root is kept (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) and nothing
+      else, and no_new_privs stops a set-uid program from giving the rest back.
+    * Linux: die with the parent (PR_SET_PDEATHSIG, SIGKILL), so a killed ``check`` leaves
+      no process behind; if the parent is already gone, exit now.
+    A module run by an ordinary user keeps that user's uid and can still signal its parent
+    (README, "check": what remains)."""
+    import signal
+
+    done = []
+    libc = None
+    if sys.platform.startswith("linux"):
+        try:
+            libc = _libc()
+        except OSError:  # pragma: no cover - no C library to load
+            libc = None
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        try:
+            if libc is not None:
+                libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            done.append(f"uid {NOBODY}")
+            if libc is not None:
+                _keep_file_access(libc)
+        except OSError:  # a container that forbids it: run as we are
+            pass
+    if libc is not None:
+        # after the uid change, which clears the death signal; no_new_privs likewise
+        libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            done.append("dies with its parent")
+    if parent and os.getppid() != parent:  # the parent died before the death signal was set
+        os._exit(0)
+    return ", ".join(done)
+
+
 def main(argv: list[str] | None = None) -> int:
-    path, memory, limit = (argv or sys.argv[1:])[:3]
+    args = (argv or sys.argv[1:])
+    path, memory, limit = args[:3]
+    parent = int(args[3]) if len(args) > 3 else 0
     read_fd, write_fd = os.dup(0), os.dup(1)  # private (not inherited by what the module starts)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
@@ -337,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdin = open(os.devnull)  # noqa: SIM115 - for the life of the process
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     channel = Channel(read_fd, write_fd)
+    isolate(parent)
     _limit_resources(int(memory))
     try:
         module = load(Path(path))

@@ -573,3 +573,120 @@ def test_reading_stdin_at_import_gets_nothing(capsys, tmp_path):
     code, out, err = run(capsys, path)
     assert (code, out) == (2, "")
     assert err == f"symgrad: error: {path}: cannot import: EOFError: EOF when reading a line\n"
+
+
+# ------------------------------------------------------------------------------------------
+# The module cannot act on the check's own process (F7): signals, a killed check
+# ------------------------------------------------------------------------------------------
+
+SIGNALS = ("SIGSTOP", "SIGALRM", "SIGINT", "SIGTERM")
+
+
+@pytest.mark.parametrize("name", SIGNALS)
+def test_a_module_that_signals_its_parent(tmp_path, name):
+    """Run as root (the sandbox becomes nobody): the kill is refused at import, one line,
+    exit 2.  As another user the kill lands (README, "check": what remains): SIGSTOP stops
+    the check until it is continued, a SIGALRM before the deadline is not taken for the
+    time limit, SIGINT and SIGTERM end it with a failure status (never 0)."""
+    import signal
+    import subprocess
+    import sys
+
+    path = module(tmp_path, "signals_parent",
+                  suffix=f"\nimport os, signal\nos.kill(os.getppid(), signal.{name})\n")
+    proc = subprocess.Popen([sys.executable, "-m", "symgrad", "check", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while True:  # a stopped check is continued (as a user's shell would)
+        try:
+            out, err = proc.communicate(timeout=2)
+            break
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGCONT)
+    if os.geteuid() == 0:
+        assert (proc.returncode, out) == (2, "")
+        assert err == (f"symgrad: error: {path}: cannot import: PermissionError: [Errno 1] "
+                       "Operation not permitted\n")
+    elif name in ("SIGSTOP", "SIGALRM"):
+        assert (proc.returncode, err) == (0, ""), out
+        assert out.endswith("ok: 5 of 5 checks passed\n")
+    else:
+        assert (proc.returncode, out, err) == ((130, "", "symgrad: interrupted\n")
+                                              if name == "SIGINT" else (-15, "", ""))
+
+
+def test_the_module_dies_with_a_killed_check(tmp_path):
+    """SIGKILL to ``symgrad check`` (nothing of it runs again) takes the module's process
+    with it (PR_SET_PDEATHSIG), also when the module ignores SIGTERM and SIGHUP."""
+    import signal
+    import subprocess
+    import sys
+
+    pidfile = tmp_path / "pid"
+    path = module(tmp_path, "outlive", suffix=f'''
+import os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+open({str(pidfile)!r} + ".tmp", "w").write(str(os.getpid()))
+os.rename({str(pidfile)!r} + ".tmp", {str(pidfile)!r})
+time.sleep(60)
+''')
+    proc = subprocess.Popen([sys.executable, "-m", "symgrad", "check", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        if pidfile.exists():
+            break
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for _ in range(200):
+        if gone(child):
+            break
+        time.sleep(0.05)
+    assert gone(child)
+
+
+def test_a_sigalrm_before_the_deadline_is_not_the_command_timeout():
+    """The command's time limit is a monotonic deadline: a SIGALRM that another process sends
+    (a checked module, as a non-root user) before it is ignored, and the timer stays armed."""
+    import signal
+
+    from symgrad import budget
+
+    with budget.command_budget():
+        os.kill(os.getpid(), signal.SIGALRM)
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 0
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_loss_not_finite_at_the_check_point_is_its_own_verdict(capsys, tmp_path, value):
+    """Not a gradient FAIL with nan in every row: one row, and the reason (F16)."""
+    path = module(tmp_path, "overflow", suffix=f'''
+_finite = loss
+
+
+def loss(p, X, Y):
+    return float("{value}") * _finite(p, X, Y)
+''')
+    code, out, err = run(capsys, path)
+    assert (code, err) == (1, "")
+    assert out.splitlines()[1:] == [
+        "parameter  shape  max rel. error  worst entry  method  result",
+        "loss       ()     nan             —            loss()  FAIL",
+        f"  loss: loss() is {value} at the check point (seed 0, and at a point of positive "
+        "parameters); no gradient was compared (a different --seed, or parameters where the "
+        "loss is finite)",
+        "FAILED: the loss is not finite at the check point; no gradient was checked",
+    ]
+
+
+def test_a_sampled_parameter_says_what_it_can_miss(tmp_path):
+    path = tmp_path / "wide_note.py"
+    path.write_text(WIDE)
+    report = check_module(path)
+    note = report.row("W1", "directional").note
+    assert note.startswith("W1: 64 of 7,200 entries compared (the 8 largest claimed, 56 at "
+                           "random) and 8 random directions; one wrong entry outside them is "
+                           "caught when it is off by more than about ")
+    assert f"note: {note}" in report.text().splitlines()
+    assert report.row("b1").note == ""
