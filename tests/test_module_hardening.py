@@ -337,6 +337,24 @@ def test_any_memory_layout_of_params_trains_in_place(layouts, optimizer, dtype, 
         np.testing.assert_array_equal(params[k], reference[k], err_msg=k)
 
 
+def test_params_that_share_memory_are_refused_by_train(digits):
+    """F3: two parameters in one memory would overwrite each other when train() writes
+    them back; W and b as views of init_params's [W; b] are apart."""
+    X, y = np.random.default_rng(0).standard_normal((6, 64)), np.arange(6)
+    p = digits.init_params()
+    for q in ({**p, "b2": p["b1"][:10]}, {**p, "b2": p["W1"][3, :10]},
+              {**p, "b2": p["W2"][0]}):
+        before = {k: v.copy() for k, v in q.items()}
+        with pytest.raises(ValueError, match=r"^params\['\w+'\] shares memory with "
+                                             r"params\['\w+'\], and train\(\) updates"):
+            digits.train(q, X, y, epochs=1, verbose=False)
+        assert all(np.array_equal(before[k], q[k]) for k in q)
+        digits.loss_and_grad(q, X, y)  # only train() writes into params
+    interleaved = np.zeros(64)  # b1 and b2 interleaved in one buffer: apart, trainable
+    q = {**p, "b1": interleaved[0::2], "b2": interleaved[1:21:2]}
+    assert "stopped" not in digits.train(q, X, y, epochs=1, verbose=False)
+
+
 def test_cross_entropy_takes_distributions_and_its_gradient_is_right():
     """F4: soft labels (rows summing to 1, within √ε in float32) are accepted and their
     gradient is the loss's; rows that are not distributions are refused, naming the row."""
