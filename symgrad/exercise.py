@@ -572,13 +572,14 @@ def write_worksheet(ws: Worksheet, output: str | Path, fmt: str | None = None, *
 # ==========================================================================================
 
 
-def _table(value, where: str, allowed: set[str]) -> dict:
+def _table(value, where: str, allowed: set[str], top: bool = False) -> dict:
+    """``value`` as a table with only ``allowed`` keys (``top``: the file's top level)."""
     if not isinstance(value, dict):
         raise SymgradError(where, f"must be a table, got {type(value).__name__}")
     for key in value:
         if key not in allowed:
-            raise SymgradError(f"{where}.{key}", f"unknown key; allowed keys: "
-                               f"{', '.join(sorted(allowed))}")
+            raise SymgradError(f"{where}: {key}" if top else f"{where}.{key}",
+                               f"unknown key; allowed keys: {', '.join(sorted(allowed))}")
     return value
 
 
@@ -594,10 +595,10 @@ def load_sheet(path: str | Path) -> Worksheet:
     """The worksheet a ``sheet.toml`` describes (one :class:`SymgradError` line for a bad one)."""
     src = str(path)
     data = _read_toml(path, "worksheet")
-    _table(data, src, {"sheet", "question", "spec"})
     if "spec" not in data:
         raise SymgradError(f"{src}: [spec]", "missing; this is not a worksheet written by "
                            "symgrad exercise (it has no [spec] table)")
+    _table(data, src, {"sheet", "question", "spec"}, top=True)
     sheet = _table(data.get("sheet", {}), f"{src}: [sheet]",
                    {"title", "worksheet", "key", "seed", "random"})
     spec = spec_from_dict(_table(data["spec"], f"{src}: [spec]",
@@ -646,7 +647,12 @@ def load_answers(path: str | Path, ws: Worksheet) -> Answers:
     student = Path(path).stem
     answers: dict[str, str] = {}
     if Path(path).suffix == ".toml":
-        data = _table(_read_toml(path, "answer file"), src, {"student", "answers"})
+        data = _read_toml(path, "answer file")
+        stray = [k for k in data if _ID.match(k)]
+        if stray:
+            raise SymgradError(f"{src}: {stray[0]}", f"put the answers in an [answers] table "
+                               f"([answers] then {stray[0]} = \"…\")")
+        _table(data, src, {"student", "answers"}, top=True)
         if "student" in data:
             if not isinstance(data["student"], str) or not data["student"].strip():
                 raise SymgradError(f"{src}: student", "must be a non-empty string")
@@ -748,10 +754,10 @@ class Result:
             return out
         if v.message:
             out.append(f"diagnosis: {v.message}")
+        if v.numeric:
+            out.append(f"evidence:  {v.numeric}")
         if v.counterexample:
             out.append(f"differs:   {v.counterexample}")
-        elif v.numeric:
-            out.append(f"evidence:  {v.numeric}")
         out.append(f"next step: {NEXT_STEP.get(v.diagnosis or '', NO_DIAGNOSIS)}")
         if reveal and v.correct:
             out.append(f"correct:   {v.correct}")
