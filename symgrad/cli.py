@@ -237,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--activations", default=None, metavar="A,B,…",
                     help="with --random: the hidden layers' activations to draw from "
                     "(default: tanh,sigmoid,relu)")
-    ex.add_argument("-o", "--output", default="sheet.md", metavar="SHEET",
+    ex.add_argument("-o", "--output", default=None, metavar="SHEET",
                     help="the worksheet, SHEET.md or SHEET.tex; the key and SHEET.toml go "
-                    "beside it (default: sheet.md)")
+                    "beside it (default: sheet.md, or sheet.tex with --format latex)")
     ex.add_argument("--format", choices=("markdown", "latex"), default=None,
                     help="markdown (with LaTeX math) or latex, a printable .tex document "
                     "(default: from -o's suffix)")
@@ -345,6 +345,8 @@ _ASCII = {
     "–": "-", "’": "'", "‘": "'", "“": '"', "”": '"', "█": "#", "▏": "|", "▎": "|", "▍": "|",
     "▌": "|", "▋": "|", "▊": "|", "▉": "|", "✓": "ok", "✗": "x", "∞": "inf", "⌊": "floor(",
     "⌋": ")", "∈": " in ", "∑": "sum", "𝔼": "E", "⟨": "<", "⟩": ">", "⋅": "*",
+    "⊤": "^T", "¬": "not ", "±": "+/-", "∓": "-/+", "∧": " and ", "∨": " or ", "↔": "<->",
+    "↦": "|->", "\u0302": "hat",
 }
 
 
@@ -355,6 +357,10 @@ def _ascii_form(ch: str) -> str:
         return chr(ord(ch) - ord("₀") + ord("0"))
     if ch in "⁰¹⁴⁵⁶⁷⁸⁹":
         return "^" + unicodedata.normalize("NFKC", ch)
+    name = unicodedata.name(ch, "")
+    if name.startswith("GREEK ") and " LETTER " in name:  # θ → theta, Θ → Theta
+        word = name.rsplit(" ", 1)[1].lower()
+        return word.title() if " CAPITAL " in name else word
     plain = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
     return plain if plain and plain.isascii() else "?"
 

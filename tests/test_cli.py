@@ -419,6 +419,31 @@ def test_output_that_is_not_utf8_gets_ascii_forms(encoding: str) -> None:
         assert line + "\n" in text
 
 
+def test_every_character_symgrad_can_print_has_an_ascii_form() -> None:
+    """The class of F14: one fallback for every format.  Whatever symgrad prints comes from
+    its sources (string literals, the printers' tables), so every non-ASCII character in
+    them must degrade to a real ASCII form, never to '?'."""
+    from symgrad.cli import _ascii_form
+
+    sources = [*(ROOT / "symgrad").glob("*.py"), *(ROOT / "templates").glob("*")]
+    chars = {c for path in sources for c in path.read_text(encoding="utf-8") if ord(c) > 127}
+    forms = {c: _ascii_form(c) for c in sorted(chars)}
+    assert {c: f for c, f in forms.items() if f == "?" or not f.isascii() or not f} == {}
+    assert (forms["⊤"], forms["θ"], forms["Σ"]) == ("^T", "theta", "sum")
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "latex"])
+def test_markdown_and_latex_degrade_like_text(capfd, fmt: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "symgrad", "derive", str(DIGITS), "--format",
+                           fmt], cwd=ROOT, capture_output=True, timeout=120,
+                          env=dict(os.environ, PYTHONIOENCODING="ascii"))
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    text = proc.stdout.decode("ascii")
+    assert "?" not in text  # no character replaced by '?'
+    if fmt == "markdown":
+        assert "Notation: * elementwise product, ^T transpose, 1 the column of N ones" in text
+
+
 # ==========================================================================================
 # argparse: one line, no doubled prefix, did you mean, no abbreviations, help everywhere
 # ==========================================================================================
