@@ -17,6 +17,7 @@ accepted once :func:`output_form_holds` proves it.
 
 from __future__ import annotations
 
+import cmath
 import difflib
 import time
 from dataclasses import dataclass
@@ -190,13 +191,35 @@ def textbook(d: sp.Expr) -> sp.Expr:
     derivative did not have is refused.
     """
     if d.has(sp.Piecewise):
-        return sp.piecewise_fold(d)
+        return fold(d)
     d = d.subs(X * sp.sign(X), sp.Abs(X))  # x·sign(x) = |x| for real x
     candidates = [d, sp.factor_terms(d)]
     simplified = sp.simplify(d)
     if not (simplified.has(sp.cosh, sp.sinh) and not d.has(sp.cosh, sp.sinh)):
         candidates.append(simplified)
     return min(candidates, key=sp.count_ops)
+
+
+#: at most this many branches from folding a Piecewise out of sums and products (a sum of
+#: k where() terms folds into 2^k branches); past it each where() stays where it stands
+FOLD_BRANCHES = 16
+
+
+def fold_branches(expr: sp.Expr) -> int:
+    """An upper bound on the branches of ``piecewise_fold(expr)`` (found without folding):
+    the product of the pieces of every Piecewise in it, counted up to FOLD_BRANCHES + 1."""
+    count = 1
+    for pw in expr.atoms(sp.Piecewise):
+        count *= len(pw.args)
+        if count > FOLD_BRANCHES:
+            break
+    return count
+
+
+def fold(expr: sp.Expr) -> sp.Expr:
+    """``piecewise_fold(expr)`` when it gives a few branches; else ``expr`` as it is (the
+    same function: every Piecewise then stays where it stands, never 2^k branches)."""
+    return sp.piecewise_fold(expr) if fold_branches(expr) <= FOLD_BRANCHES else expr
 
 
 def output_form_holds(act: Activation, form: sp.Expr) -> bool:
@@ -263,22 +286,39 @@ def find_output_form(act: Activation, d: sp.Expr) -> sp.Expr | None:
     form = sp.simplify(expand_named(d).xreplace({X: sols[0]}))
     if form.has(X) or sp.count_ops(form) > 2 * sp.count_ops(d) + 4:
         return None
+    if _new_heads(form, expand_named(d)):  # erf(erf(x)) → erfinv(a): no numpy form
+        return None
     return form if output_form_holds_quick(act, form) else None
+
+
+def _new_heads(form: sp.Expr, d: sp.Expr) -> set[type]:
+    """The functions of an inverted form that the derivative itself does not use (the
+    inverse SymPy's solve brought in: erfinv, LambertW, …): such a form is not kept, the
+    derivative in x is (it has a numpy form wherever f has)."""
+    def heads(e):
+        return {type(f) for f in e.atoms(sp.Function)}
+    return heads(form) - heads(d)
 
 
 def output_form_holds_quick(act: Activation, form: sp.Expr) -> bool:
     """Numeric spot-check of an inverted form (solve may pick a branch)."""
     d = sp.diff(act.expr, X)
+    checked = 0
     for v in (-1.3, -0.4, 0.2, 0.7, 1.9):
         try:
             a = complex(act.expr.subs(X, v).evalf())
             lhs = complex(d.subs(X, v).evalf())
             rhs = complex(form.subs(A, a).evalf())
+        except (OverflowError, ZeroDivisionError):  # e^e^e^e^e^x: no number at this point
+            continue
         except (TypeError, ValueError):
             return False
+        if not all(cmath.isfinite(z) for z in (a, lhs, rhs)):
+            continue
         if abs(lhs - rhs) > 1e-9 * max(1.0, abs(lhs)):
             return False
-    return True
+        checked += 1
+    return checked >= 3
 
 
 # --------------------------------------------------------------------------

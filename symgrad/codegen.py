@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -43,9 +44,9 @@ from sympy.codegen.cfunctions import expm1, log1p
 from sympy.printing.numpy import NumPyPrinter
 
 import symgrad
-from symgrad import naming
+from symgrad import budget, naming
 from symgrad.activations import X as X_SYM
-from symgrad.activations import sigmoid, softplus
+from symgrad.activations import fold, sigmoid, softplus
 from symgrad.cli import command
 from symgrad.derive import Derivation, Equation, derive, transform
 from symgrad.errors import SymgradError
@@ -403,18 +404,54 @@ def _numbers(expr: sp.Expr) -> sp.Expr:
     return _bottom_up(expr, rule)
 
 
+def heaviside_piecewise(u: sp.Expr) -> sp.Expr:
+    """H(u) by the left rule: [u > 0], 0 at the kink (relu′(0) = 0, as the frameworks)."""
+    return sp.Piecewise((1, u > 0), (0, True))
+
+
+def lowerable(expr: sp.Expr) -> sp.Expr:
+    """The heads a derivative can produce that numpy has no function for, in the ones it
+    has: Heaviside(u) → [u > 0] (the left rule: 0 at the kink), DiracDelta → 0 (its value
+    almost everywhere, and the left rule's at the kink).  The one set of these rules: both
+    of codegen's lowerings (through :func:`stabilize`) and expression mode's printer use it.
+    """
+    if expr.has(sp.Heaviside):
+        expr = expr.replace(sp.Heaviside, lambda u, *_: heaviside_piecewise(u))
+    if expr.has(sp.DiracDelta):
+        expr = expr.replace(sp.DiracDelta, lambda *_: sp.S.Zero)
+    return expr
+
+
 def stabilize(expr: sp.Expr) -> sp.Expr:
     """The same function, in forms that do not overflow or cancel in floating point.
 
+    Heaviside and DiracDelta are first written in numpy's terms (:func:`lowerable`);
     σ and softplus are recognized however they were written; e^u − 1 becomes expm1;
     a Piecewise's unused branch is clamped so that it cannot overflow; relu becomes max.
+
+    The rewriting is SymPy work without a cost bound: it runs within
+    :data:`~symgrad.budget.SIMPLIFY_SECONDS`, past which the plain (correct, maybe less
+    stable) form is kept; a Piecewise is folded only into a few branches.
     """
+    return _stabilize(lowerable(expr))
+
+
+@lru_cache(maxsize=4096)
+def _stabilize(expr: sp.Expr) -> sp.Expr:
+    try:
+        with budget.deadline(budget.SIMPLIFY_SECONDS):
+            return _stable_forms(expr)
+    except budget.EXHAUSTED:
+        return expr
+
+
+def _stable_forms(expr: sp.Expr) -> sp.Expr:
     expr = _numbers(expr)
     expr = _logistic(expr)
     expr = _exp_via_sigmoid(expr)
     expr = _expm1(expr)
     if expr.has(sp.Piecewise):
-        expr = sp.piecewise_fold(expr)
+        expr = fold(expr)
         expr = _relu(expr)
         expr = _clamp_branches(expr)
     return expr
@@ -467,12 +504,24 @@ def _is_negative(term: sp.Expr) -> bool:
     return bool(term.as_coeff_Mul()[0].is_negative)
 
 
+def _is_condition(e: sp.Basic) -> bool:
+    """A truth value (a relation, ∧, ∨, ¬), not a number."""
+    return isinstance(e, sp.core.relational.Relational | sp.logic.boolalg.Boolean) and not (
+        isinstance(e, sp.Expr))
+
+
 def _indicator(e: sp.Expr) -> sp.Basic | None:
     """The condition c of an Iverson bracket Piecewise((1, c), (0, True)), else None."""
     if isinstance(e, sp.Piecewise) and len(e.args) == 2 and e.args[1] == (0, sp.true):
         if e.args[0].expr == 1:
             return e.args[0].cond
     return None
+
+
+def no_numpy_form(name: str) -> SymgradError:
+    """The refusal of a function that no lowering rule and no numpy function covers."""
+    return SymgradError("generate", f"the derivative contains {name}(…), which has no numpy "
+                        "form; rewrite the activation or loss without it")
 
 
 class NumpyPrinter(NumPyPrinter):
@@ -621,7 +670,7 @@ class NumpyPrinter(NumPyPrinter):
         known = self.known_functions.get(name)
         if known and known.startswith("numpy."):
             return self._call(self._module_format(known), *e.args)
-        raise SymgradError("generate", f"no numpy form for the function {name}(…)")
+        raise no_numpy_form(name)
 
     _print_Abs = _print_sign = _print_sigmoid = _print_erf = _print_Function
 
@@ -753,8 +802,9 @@ class ArrayLowering:
             lines = self._assign(target, node)
             if lines is not None:
                 break
-        if lines is None:
-            raise SymgradError("generate", f"cannot fit the statement for {target} on lines")
+        if lines is None:  # every map hoisted and still too long: one long line
+            self.temps, self.prelude = start, []
+            lines = [f"{target} = {self.expr(node, 0)}  # noqa: E501"]
         return Statement(tuple(self.prelude + lines), comments)
 
     def _assign(self, target: str, node: Node) -> list[str] | None:
@@ -767,7 +817,18 @@ class ArrayLowering:
         return [line] if _fits(line, self.indent) else None
 
     def scalar_assign(self, name: str, e: sp.Expr, printer: NumpyPrinter) -> None:
-        """``name = e`` on the prelude, hoisting e's largest parts until each line fits."""
+        """``name = e`` on the prelude, hoisting e's largest parts until each line fits.
+
+        Always succeeds: a sum or product of parts that are already names is split into
+        runs of its terms (each a temporary); a line that still cannot fit (one name longer
+        than a line) is kept whole, marked ``# noqa: E501``."""
+        lengths: dict[sp.Basic, int] = {}  # printed lengths of parts, across the rounds
+
+        def length(p: sp.Basic) -> int:
+            if p not in lengths:
+                lengths[p] = len(printer.doprint(p))
+            return lengths[p]
+
         while True:
             line = f"{name} = {printer.doprint(e)}"
             if _fits(line, self.indent):
@@ -779,11 +840,34 @@ class ArrayLowering:
                 and not (isinstance(p, sp.Mul) and _is_negative(p) and (-p).is_Atom)
             ]
             if not parts:
-                raise SymgradError("generate", f"cannot split the expression for {name}")
-            part = max(parts, key=lambda p: (len(printer.doprint(p)), sp.default_sort_key(p)))
+                run = self._run(e, printer)
+                if run is None:
+                    self.prelude.append(f"{line}  # noqa: E501")
+                    return
+                temp = self.temp()
+                self.scalar_assign(temp, e.func(*run), printer)
+                rest = [a for a in e.args if a not in run]
+                e = e.func(sp.Symbol(temp), *rest)
+                continue
+            longest = max(length(p) for p in parts)
+            part = max((p for p in parts if length(p) == longest), key=sp.default_sort_key)
             temp = self.temp()
             self.scalar_assign(temp, part, printer)
             e = e.xreplace({part: sp.Symbol(temp)})
+
+    def _run(self, e: sp.Basic, printer: NumpyPrinter) -> list | None:
+        """The longest leading run of the operands of a sum or product (of names) that
+        fits on one line as ``tN = …``, when it is shorter than all of them; else None."""
+        if not isinstance(e, sp.Add | sp.Mul) or len(e.args) < 3:
+            return None
+        args = sorted(e.args, key=sp.default_sort_key)
+        run: list = []
+        for a in args[:-1]:
+            if run and not _fits(f"t{self.temps} = {printer.doprint(e.func(*run, a))}",
+                                 self.indent):
+                break
+            run.append(a)
+        return run if len(run) >= 2 else None
 
     def temp(self) -> str:
         self.temps += 1
@@ -1236,9 +1320,14 @@ class StepLowering:
             saved, self.shape = self.shape, shape
             subs: dict[sp.Symbol, sp.Symbol] = {}
             for sym, sub in replacements:
-                buf = self.acquire(shape)
-                held.append(buf)
-                self.into(sub.xreplace(subs), buf)
+                if _is_condition(sub):  # a condition shared by pieces: a mask
+                    buf = self.acquire(shape, "bool")
+                    held.append(buf)
+                    self.cond_into(sub.xreplace(subs), buf)
+                else:
+                    buf = self.acquire(shape)
+                    held.append(buf)
+                    self.into(sub.xreplace(subs), buf)
                 subs[sym] = sp.Symbol(buf)
             yield reduced.xreplace(subs), saved
         finally:
@@ -1434,7 +1523,7 @@ class StepLowering:
         else:
             known = NumpyPrinter().known_functions.get(name, "")
             if not known.startswith("numpy.") or len(e.args) != 1:
-                raise SymgradError("generate", f"no numpy form for the function {name}(…)")
+                raise no_numpy_form(name)
             call = "np." + known.split(".", 1)[1]
         (arg,) = e.args
         src = self.name(arg)
@@ -1460,7 +1549,10 @@ class StepLowering:
                   "==": "equal", "!=": "not_equal"}
 
     def cond_into(self, c: sp.Basic, mask: str) -> None:
-        if c is sp.true or c is sp.false:
+        if isinstance(c, sp.Symbol):  # a mask computed above (a shared condition)
+            if c.name != mask:
+                self.emit(f"np.copyto({mask}, {c.name})")
+        elif c is sp.true or c is sp.false:
             self.emit(f"{mask}.fill({c is sp.true})")
         elif isinstance(c, sp.core.relational.Relational):
             with self.value(c.lhs) as a, self.value(c.rhs) as b:

@@ -44,8 +44,9 @@ import numpy as np
 import sympy as sp
 
 from symgrad import budget, naming
-from symgrad.activations import ACTIVATIONS, expand_named, sigmoid, softplus
+from symgrad.activations import ACTIVATIONS, expand_named, fold, sigmoid, softplus
 from symgrad.budget import EXHAUSTED, deadline
+from symgrad.codegen import lowerable
 from symgrad.derive import Derivation, derive_graph, walk
 from symgrad.errors import SymgradError
 from symgrad.graph import Assignment, Graph
@@ -86,6 +87,7 @@ from symgrad.verify import (
 )
 from symgrad.verify import _MATRIX_FUNCTIONS as MATRIX_FUNCTIONS
 from symgrad.verify import MUL as NP_MUL
+from symgrad.verify import UNARY as NP_UNARY
 
 __all__ = [
     "ExprProblem", "ExprDerivation", "parse_problem", "derive_expr", "simplify",
@@ -453,7 +455,7 @@ def tidy(e: sp.Expr) -> sp.Expr:
     if e.has(sp.Max, sp.Min) and e.has(sp.Piecewise):  # max(0, 1 − u) [u < 1] → (1 − u) [u < 1]
         e = e.replace(lambda t: isinstance(t, sp.Max | sp.Min), lambda t: t.rewrite(sp.Piecewise))
     if e.has(sp.Piecewise):
-        e = sp.piecewise_fold(e)
+        e = fold(e)  # a few branches, never 2^k
         if any(len(t.args) > 2 for t in e.atoms(sp.Piecewise)):  # a middle case: exclusive
             e = _cases(e)
         return e
@@ -1337,10 +1339,8 @@ class ExprNumpyPrinter(NumpyPrinter):
             for a in args[1:]:
                 out = f"{fn}({out}, {a})"
             return out, ATOM
-        if isinstance(e, sp.Heaviside):  # the left rule: 0 at the kink
-            return self.scalar(sp.Piecewise((1, e.args[0] > 0), (0, True)), names)
-        if isinstance(e, sp.DiracDelta):  # zero almost everywhere (the left rule's value)
-            return "0.0", ATOM
+        if isinstance(e, sp.Heaviside | sp.DiracDelta):  # codegen's rules: the left rule
+            return self.scalar(lowerable(e), names)
         if e is sp.pi:
             return "np.pi", ATOM
         if e is sp.E:
@@ -1363,9 +1363,16 @@ class ExprNumpyPrinter(NumpyPrinter):
     def _scalar_piecewise(self, pieces, names):
         (value, cond), rest = pieces[0], pieces[1:]
         if cond is sp.true or not rest:
-            return self.scalar(value, names)
+            return self._branch(value, names)
         other = self._scalar_piecewise(rest, names)[0]
-        return self.where(cond, self.scalar(value, names)[0], other, names), ATOM
+        return self.where(cond, self._branch(value, names)[0], other, names), ATOM
+
+    def _branch(self, value, names):
+        """A case's value; a whole number as a float literal (``np.where(X > 0, 1.0,
+        0.0)``): an indicator is a float array, never int64."""
+        if isinstance(value, sp.Integer):
+            return f"{float(value)!r}", (NP_UNARY if value < 0 else ATOM)
+        return self.scalar(value, names)
 
     def where(self, cond, yes: str, no: str, names) -> str:
         """``where`` on a condition; ∧, ∨ and ¬ as nested ``where`` (no ``&``, which the

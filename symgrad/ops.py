@@ -229,7 +229,9 @@ class Elementwise(Node):
         return self.x.explicit(env).applyfunc(self.fn)
 
     def numeric(self, env):
-        return _lambdified(self.fn.expr, (X_SYM,))(self.x.numeric(env))
+        x = self.x.numeric(env)
+        out = _lambdified(self.fn.expr, (X_SYM,))(x)  # a constant f gives a scalar: spread it
+        return np.broadcast_to(out, x.shape).astype(np.result_type(out, x), copy=True)
 
 
 @dataclass(frozen=True, eq=True)

@@ -149,8 +149,8 @@ def iverson_terms(pw: sp.Piecewise) -> list[tuple[sp.Expr, sp.Basic]]:
     for value, cond in pw.args:
         if cond is sp.true:
             cond = sp.And(*[sp.Not(p) for p in previous]) if previous else sp.true
-            if len(previous) == 1:
-                cond = previous[0].negated
+            if cond.has(sp.Not):  # ¬(a ∧ b) → ¬a ∨ ¬b: relations negated, no ¬ left
+                cond = cond.to_nnf()
         if value != 0:
             terms.append((value, cond))
         previous.append(cond if cond is not sp.true else cond)
