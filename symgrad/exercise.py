@@ -926,6 +926,8 @@ def cmd_exercise(args: argparse.Namespace) -> int:
     if not args.random and (args.depth is not None or args.activations is not None):
         raise SymgradError("exercise", "--depth and --activations go with --random")
     acts = DEFAULT_ACTIVATIONS if args.activations is None else tuple(args.activations.split(","))
+    if args.output is None:
+        args.output = "sheet" + FORMATS[args.format or "markdown"]
     fmt, _ = _targets(args.output, args.format)  # refuse a bad -o before deriving anything
     ws = worksheet(None if args.random else args.spec, seed=args.seed, count=args.count,
                    depth=2 if args.depth is None else args.depth, activations=acts)

@@ -86,9 +86,9 @@ def test_markdown_worksheet_is_golden(tmp_path, capsys) -> None:
     assert listing(tmp_path) == before
 
 
-def test_latex_worksheet_is_golden(tmp_path, capsys) -> None:
-    code, _, _ = run(capsys, "exercise", "--random", "--seed", 3, "--format", "latex",
-                     "-o", tmp_path / "sheet.tex")
+def test_latex_worksheet_is_golden(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # without -o: sheet.tex (the format's suffix) in the cwd
+    code, _, _ = run(capsys, "exercise", "--random", "--seed", 3, "--format", "latex")
     assert code == 0
     assert sorted(listing(tmp_path)) == ["sheet.key.tex", "sheet.tex", "sheet.toml"]
     for name in ("sheet.tex", "sheet.key.tex"):
