@@ -89,6 +89,45 @@ class Report:
         lines.append(f"  {verdict}")
         return "\n".join(lines) + "\n"
 
+    # -- display (symgrad.display): Jupyter, and a one-line repr --------------------------
+
+    @property
+    def verdict_text(self) -> str:
+        return "all formulas proved" if self.ok else "SOME FORMULAS ARE NOT PROVED"
+
+    @staticmethod
+    def _mark(c: Claim) -> tuple[str, str]:
+        """(display class, word) of a claim."""
+        return (("undecided", "skipped") if c.skipped else ("pass", "proved") if c.ok
+                else ("fail", "FAILED"))
+
+    def _rows(self) -> list[tuple[str, str, str, str]]:
+        return [(c.what, c.detail, f"{c.seconds:.2f} s", self._mark(c)[1]) for c in self.claims]
+
+    def _repr_html_(self) -> str:
+        from symgrad import display as h
+
+        kind = "pass" if self.ok else "fail"
+        title = (f"{h.badge(kind, self.verdict_text)} "
+                 f"{h.escape(f'Proof by scalar expansion ({self.spec.name})')}")
+        marks = [self._mark(c)[0] for c in self.claims]
+        return h.panel(kind, title, h.table(("claim", "detail", "time", "result"),
+                                            self._rows(), marks), what="proof")
+
+    def _repr_markdown_(self) -> str:
+        from symgrad import display as h
+
+        return (f"**{self.verdict_text}** — Proof by scalar expansion "
+                f"({h.md_escape(self.spec.name)})\n\n"
+                + h.md_table(("claim", "detail", "time", "result"), self._rows()) + "\n")
+
+    def __repr__(self) -> str:
+        from symgrad.display import short_repr
+
+        proved = sum(c.ok and not c.skipped for c in self.claims)
+        return short_repr("Report", f"{self.spec.name}:", self.verdict_text,
+                          f"({proved} of {len(self.claims)} claims proved)")
+
 
 def _timed(what: str, fn) -> Claim:
     t0 = time.perf_counter()

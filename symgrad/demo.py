@@ -13,12 +13,10 @@
             message when it is missing) and DIR/report.md (the derivation in LaTeX, the
             check, the proof and the result; renders on GitHub).
 
-Training drives the generated ``train()`` one epoch at a time (``verbose=False``) so the
-bar can show the loss and the held-out accuracy; it passes one ``numpy.random.Generator``
-as the seed of every call, so the epochs see the same shuffles as one call
-``train(params, X, Y, seed=SEED)`` would, and for SGD (no optimizer state) the result is
-identical to it: ``python DIR/digits_mlp.py train DIR/digits.npz`` reproduces it with
-numpy alone.
+Training is one call of the generated ``train()``, whose ``progress`` callback updates a
+``tqdm.auto`` bar (a widget in a notebook) with the loss and the held-out accuracy; the
+result is that of ``train(params, X, Y, seed=SEED)``, so ``python DIR/digits_mlp.py train
+DIR/digits.npz`` reproduces it with numpy alone.
 """
 
 from __future__ import annotations
@@ -178,9 +176,11 @@ class Outputs:
 
 
 def _progress_bar(total: int):
-    """A tqdm bar on stderr, or None when tqdm (the ``demo`` extra) is not installed."""
+    """A ``tqdm.auto`` bar (a widget in a notebook, on stderr in a terminal), or None when
+    tqdm (the ``demo`` extra) is not installed."""
     try:
-        from tqdm import tqdm
+        import tqdm as _package  # noqa: F401  (first: a cached tqdm.auto is not an install)
+        from tqdm.auto import tqdm
     except ImportError:
         return None
     return tqdm(total=total, unit="epoch", desc="train", file=sys.stderr, dynamic_ncols=True,
@@ -189,37 +189,30 @@ def _progress_bar(total: int):
 
 def train_with_progress(module, params: dict[str, np.ndarray], data: dict[str, np.ndarray],
                         *, epochs: int, seed: int) -> tuple[dict[str, Any], float]:
-    """Train ``params`` in place with the module's ``train()``; return (history, seconds).
+    """Train ``params`` in place with one call of the module's ``train()``; return
+    (history, seconds).
 
-    With SGD, one epoch per call (a shared Generator as the seed keeps the shuffles of a
-    single call), updating a progress bar; an optimizer with state (momentum, Adam, …)
-    would lose it between calls, so it gets one call and the module's own progress line.
+    The bar is updated by ``train``'s ``progress`` callback after each epoch, so any
+    optimizer keeps its state and the result is that of ``train(params, X, Y, seed=SEED)``;
+    without tqdm, the module's own progress lines.
     """
     X, Y, X_val, Y_val = data["X_train"], data["Y_train"], data["X_test"], data["Y_test"]
-    bar = _progress_bar(epochs) if module.OPTIMIZER == "sgd" else None
+    bar = _progress_bar(epochs)
+    start = time.perf_counter()
     if bar is None:
-        start = time.perf_counter()
         history = module.train(params, X, Y, epochs=epochs, seed=seed, X_val=X_val,
                                Y_val=Y_val, verbose=True)
         return history, time.perf_counter() - start
-    rng = np.random.default_rng(seed)  # train() calls default_rng(rng): the same Generator
-    history: dict[str, Any] = {"loss": [], "val_loss": [], "val_accuracy": []}
-    seconds = 0.0
+
+    def progress(epoch: int, total: int, loss: float, val: dict[str, float] | None) -> None:
+        bar.set_postfix_str(f"loss {loss:.4f}, held-out accuracy {val['val_accuracy']:.2%}",
+                            refresh=False)
+        bar.update(1)
+
     with bar:
-        for _ in range(epochs):
-            start = time.perf_counter()
-            h = module.train(params, X, Y, epochs=1, seed=rng, X_val=X_val, Y_val=Y_val,
-                             verbose=False)
-            seconds += time.perf_counter() - start
-            for key in ("loss", "val_loss", "val_accuracy"):
-                history[key] += h[key]
-            if "stopped" in h:
-                history["stopped"] = h["stopped"]
-                break
-            bar.set_postfix_str(f"loss {h['loss'][-1]:.4f}, held-out accuracy "
-                                f"{h['val_accuracy'][-1]:.2%}", refresh=False)
-            bar.update(1)
-    return history, seconds
+        history = module.train(params, X, Y, epochs=epochs, seed=seed, X_val=X_val,
+                               Y_val=Y_val, progress=progress)
+    return history, time.perf_counter() - start
 
 
 # ==========================================================================================

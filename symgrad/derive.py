@@ -154,7 +154,8 @@ class Derivation:
     """Forward equations, the backward chain and the update, for one spec.
 
     Renders itself: ``text()``, ``latex()``, ``markdown()``; in Jupyter through
-    ``_repr_latex_`` / ``_repr_markdown_``.
+    ``_repr_latex_`` / ``_repr_markdown_``.  ``show_steps`` (``derive(spec, steps=True)``)
+    is the default of their ``steps``: each chain-rule step and the scalar derivatives.
     """
 
     spec: Spec
@@ -164,6 +165,7 @@ class Derivation:
     backward: list[Equation]  # the same with single-use intermediates inlined
     fusions: list[str] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
+    show_steps: bool = False  # the default of steps= in text(), latex(), markdown(), Jupyter
 
     @property
     def gradients(self) -> dict[str, Node]:
@@ -178,20 +180,22 @@ class Derivation:
     def param_names(self) -> list[str]:
         return [p.name for p in self.graph.params]
 
-    def text(self, steps: bool = False) -> str:
+    def text(self, steps: bool | None = None) -> str:
         from symgrad.printing import render
 
-        return render(self, "text", steps=steps)
+        return render(self, "text", steps=self._steps(steps))
 
-    def latex(self, steps: bool = False) -> str:
+    def latex(self, steps: bool | None = None) -> str:
+        """LaTeX for a document or ``IPython.display.Latex``: display math per section,
+        titled by bold inline math (no ``%`` comment lines, which a notebook shows as text)."""
+        from symgrad.display import derivation_latex
+
+        return derivation_latex(self, self._steps(steps))
+
+    def markdown(self, steps: bool | None = None) -> str:
         from symgrad.printing import render
 
-        return render(self, "latex", steps=steps)
-
-    def markdown(self, steps: bool = False) -> str:
-        from symgrad.printing import render
-
-        return render(self, "markdown", steps=steps)
+        return render(self, "markdown", steps=self._steps(steps))
 
     def __str__(self) -> str:
         return self.text()
@@ -199,27 +203,44 @@ class Derivation:
     def _repr_latex_(self) -> str:
         from symgrad.printing import render
 
+        if self.show_steps:
+            return self.latex(steps=True)
         return render(self, "jupyter-latex")
 
     def _repr_markdown_(self) -> str:
         return self.markdown()
 
+    def _steps(self, steps: bool | None) -> bool:
+        return self.show_steps if steps is None else bool(steps)
+
+    def __repr__(self) -> str:
+        from symgrad.display import short_repr
+        from symgrad.printing import _network_line
+
+        return short_repr("Derivation", _network_line(self),
+                          f"({len(self.backward)} backward equations"
+                          + (", with steps)" if self.show_steps else ")"))
+
 
 PENALTY_RULES = ("SqNormHalf", "AbsSum")
 
 
-def derive(spec: Spec) -> Derivation:
+def derive(spec: Spec, steps: bool = False) -> Derivation:
     """Derive the backpropagation formulas of ``spec`` by the reverse sweep.
 
     Each activation and the loss are differentiated first, within
-    :data:`symgrad.budget.SIMPLIFY_SECONDS` (past it, one line naming the layer)."""
+    :data:`symgrad.budget.SIMPLIFY_SECONDS` (past it, one line naming the layer).
+    ``steps``: the derivation shows each chain-rule step by default (its ``text()``,
+    ``latex()``, ``markdown()`` and its display in Jupyter), as ``derive --steps``."""
     spec = as_spec(spec)
     with budget.shared_budget(budget.SIMPLIFY_SECONDS):  # simpler forms: one budget in all
         for layer in spec.layers:
             layer.fn.resolve(f"{layer.where}.activation")
         spec.loss_fn.resolve(
             f"{spec.source}: loss.{'expr' if spec.loss_expr is not None else 'kind'}")
-        return derive_graph(build_graph(spec))
+        d = derive_graph(build_graph(spec))
+    d.show_steps = bool(steps)
+    return d
 
 
 def derive_graph(graph: Graph) -> Derivation:

@@ -1030,6 +1030,20 @@ class ExprDerivation:
     def __str__(self) -> str:
         return self.text()
 
+    # -- display (symgrad.display): Jupyter, and a one-line repr --------------------------
+
+    def _repr_latex_(self) -> str:
+        return "$$" + self.latex().strip() + "$$"
+
+    def _repr_markdown_(self) -> str:
+        return self.markdown()
+
+    def __repr__(self) -> str:
+        from symgrad.display import short_repr
+
+        return short_repr("ExprDerivation", f"f = {self.problem.text}",
+                          f"(∂f/∂{', ∂f/∂'.join(self.gradients)})")
+
 
 def derive_expr(problem: ExprProblem) -> ExprDerivation:
     """The gradients of ``problem`` by the reverse sweep, then simplified."""
@@ -1849,6 +1863,75 @@ class ExprVerdict:
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
+
+    # -- display (symgrad.display): Jupyter, and a one-line repr --------------------------
+
+    @property
+    def kind(self) -> str:
+        """The display class: pass, fail or undecided (``NOT DECIDED``)."""
+        head = self.lines[0] if self.lines else ""
+        return "pass" if self.ok else "undecided" if head.startswith("NOT DECIDED") else "fail"
+
+    def _parts(self) -> tuple[str, str, list[tuple[str, list[str]]]]:
+        """(verdict word, the rest of the first line, [(label, lines)]) from ``lines``: a
+        label is a line ``  label: text``; deeper lines continue it."""
+        head = self.lines[0] if self.lines else ""
+        word, _, rest = head.partition(": ")
+        items: list[tuple[str, list[str]]] = []
+        for line in self.lines[1:]:
+            label, sep, value = line.strip().partition(":")
+            if line.startswith("  ") and not line.startswith("   ") and sep:
+                items.append((label, [value.strip()] if value.strip() else []))
+            elif not line.startswith(" "):
+                items.append(("", [line]))
+            elif items:
+                items[-1][1].append(line.strip())
+        return word, rest, items
+
+    def _code(self, label: str) -> str:
+        for key, values in self._parts()[2]:
+            if key == label and values:
+                return values[0]
+        return ""
+
+    def _repr_html_(self) -> str:
+        from symgrad import display as h
+
+        word, rest, items = self._parts()
+        sides = [(label, self._code(label)) for label in ("yours", "correct")]
+        sides = [(label, code) for label, code in sides if code]
+        table = ('<table class="symgrad-table symgrad-sides"><thead><tr>'
+                 + "".join(f"<th>{label}</th>" for label, _ in sides) + "</tr></thead><tbody><tr>"
+                 + "".join(f"<td>$${h.formula_latex(c)}$$</td>" for _, c in sides) + "</tr><tr>"
+                 + "".join(f"<td><code>{h.escape(c)}</code></td>" for _, c in sides)
+                 + "</tr></tbody></table>")
+        shown = [(k, v) for k, v in items if k not in ("yours",)]
+        evidence = h.definitions(
+            (k or "expression", "<br>".join(h.escape(x) for x in v)) for k, v in shown if v)
+        title = f"{h.badge(self.kind, word)} {h.escape(rest)}"
+        return h.panel(self.kind, title, table, evidence, what="verdict")
+
+    def _repr_markdown_(self) -> str:
+        from symgrad import display as h
+
+        word, rest, items = self._parts()
+        yours, correct = self._code("yours"), self._code("correct")
+        lines = [f"**{h.md_escape(word)}** — {h.md_escape(rest)}", "",
+                 "| yours | correct |", "|---|---|",
+                 f"| $${h.formula_latex(yours)}$$ | "
+                 + (f"$${h.formula_latex(correct)}$$ |" if correct else " |"),
+                 f"| `{yours}` | " + (f"`{correct}` |" if correct else " |"), ""]
+        for k, v in items:
+            if k != "yours" and v:
+                lines.append(f"- **{h.md_escape(k or 'expression')}**: "
+                             + "; ".join(h.md_escape(x) for x in v))
+        return "\n".join(lines) + "\n"
+
+    def __repr__(self) -> str:
+        from symgrad.display import short_repr
+
+        word = self._parts()[0]
+        return short_repr("ExprVerdict", word, f"yours = {self._code('yours')}")
 
 
 def _relerr(a: np.ndarray, b: np.ndarray) -> float:

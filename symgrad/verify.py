@@ -1271,6 +1271,62 @@ class Verdict:
     def __str__(self) -> str:
         return self.text()
 
+    # -- display (symgrad.display): Jupyter, and a one-line repr --------------------------
+
+    @property
+    def verdict_text(self) -> str:
+        """``correct``, ``not proved`` or ``WRONG (<diagnosis>)``, as ``text()`` says it."""
+        verdict = "correct" if self.ok else "not proved" if self.undecided else "WRONG"
+        return verdict + (f" ({self.diagnosis})" if not self.ok and self.diagnosis else "")
+
+    @property
+    def kind(self) -> str:
+        """The display class: pass, fail or undecided."""
+        return "pass" if self.ok else "undecided" if self.undecided else "fail"
+
+    def _evidence(self) -> list[tuple[str, str]]:
+        """(label, text) of the evidence, in the order ``text()`` prints it."""
+        items = [("diagnosis", self.message), ("fixed", self.fix or ""),
+                 ("differs", self.counterexample or ""), ("numeric", self.numeric),
+                 ("symbolic", self.symbolic), ("textbook", self.textbook)]
+        return [(k, v) for k, v in items if v] + [("note", n) for n in self.notes]
+
+    def _repr_html_(self) -> str:
+        from symgrad import display as h
+
+        sides = [("yours", self.formula.strip()), ("correct", self.correct or self.textbook)]
+        head = [label for label, _ in sides]
+        math = [f"$${h.formula_latex(f) if label == 'yours' or self.correct else ''}$$"
+                if f else "" for label, f in sides]
+        if not self.correct and self.textbook:
+            math[1] = f"<code>{h.escape(self.textbook)}</code>"
+        side_by_side = ('<table class="symgrad-table symgrad-sides"><thead><tr>'
+                        + "".join(f"<th>{label}</th>" for label in head) + "</tr></thead><tbody><tr>"
+                        + "".join(f"<td>{m}</td>" for m in math) + "</tr><tr>"
+                        + "".join(f"<td><code>{h.escape(f)}</code></td>" for _, f in sides)
+                        + "</tr></tbody></table>")
+        evidence = h.definitions((k, h.escape(v)) for k, v in self._evidence())
+        title = f"{h.badge(self.kind, self.verdict_text)} {h.escape(self.title)}"
+        return h.panel(self.kind, title, side_by_side, evidence, what="verdict")
+
+    def _repr_markdown_(self) -> str:
+        from symgrad import display as h
+
+        yours = f"$${h.formula_latex(self.formula)}$$"
+        correct = f"$${h.formula_latex(self.correct)}$$" if self.correct else ""
+        lines = [f"**{h.md_escape(self.verdict_text)}** — {h.md_escape(self.title)}", "",
+                 "| yours | correct |", "|---|---|", f"| {yours} | {correct} |",
+                 f"| `{self.formula.strip()}` | `{self.correct}` |" if self.correct
+                 else f"| `{self.formula.strip()}` | |", ""]
+        lines += [f"- **{k}**: {h.md_escape(v)}" for k, v in self._evidence()]
+        return "\n".join(lines) + "\n"
+
+    def __repr__(self) -> str:
+        from symgrad.display import short_repr
+
+        return short_repr("Verdict", f"{self.wrt}:", self.verdict_text,
+                          f"yours = {self.formula.strip()}")
+
 
 # --------------------------------------------------------------------------
 # Numeric comparison
