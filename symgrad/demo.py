@@ -474,7 +474,7 @@ def python_command() -> str:
     for name in ("python", "python3"):
         if _on_path(name, sys.executable):
             return name
-    return shlex.quote(_shown(sys.executable))
+    return _argument(_shown(sys.executable))
 
 
 def symgrad_command() -> str:
@@ -483,18 +483,25 @@ def symgrad_command() -> str:
     ``.venv/bin/symgrad``); ``python -m symgrad`` when run that way or from Python."""
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
     if Path(argv0).name in ("symgrad", "symgrad.exe") and os.path.exists(argv0):
-        return "symgrad" if _on_path("symgrad", argv0) else shlex.quote(_shown(argv0))
+        return "symgrad" if _on_path("symgrad", argv0) else _argument(_shown(argv0))
     beside = Path(sys.executable).with_name("symgrad")
     if beside.is_file() and _on_path("symgrad", str(beside)):
         return "symgrad"
     return f"{python_command()} -m symgrad"
 
 
+def _argument(path: Path | str) -> str:
+    """A path as one word of a printed command: quoted for the shell, and never read as an
+    option (``-dash/digits.toml`` → ``./-dash/digits.toml``)."""
+    text = str(path)
+    return shlex.quote(os.path.join(os.curdir, text) if text.startswith("-") else text)
+
+
 def next_steps(out: Path) -> list[tuple[str, str]]:
     """What to try next: (what, command), each safe to run as printed (it writes only into
     ``out``, and only a file symgrad wrote there)."""
     sg, py = symgrad_command(), python_command()
-    spec, module, data = (shlex.quote(str(out / name)) for name in (SPEC, MODULE, DATA))
+    spec, module, data = (_argument(out / name) for name in (SPEC, MODULE, DATA))
     return [
         ("each chain-rule step, and the scalar derivatives SymPy found",
          f"{sg} derive {spec} --steps"),

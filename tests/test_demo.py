@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from symgrad import demo
 from symgrad.cli import main
@@ -293,3 +295,40 @@ def test_symgrad_command_is_the_running_one(monkeypatch: pytest.MonkeyPatch, tmp
     assert demo.symgrad_command() == f"{demo.python_command()} -m symgrad"
     assert shlex.split(demo.python_command())[0] in ("python", "python3", sys.executable) or (
         os.path.abspath(shlex.split(demo.python_command())[0]) == sys.executable)
+
+
+DIR_NAMES = st.text(alphabet=st.sampled_from(list("-ab $'\"./_")), min_size=1, max_size=12) \
+    .filter(lambda s: s.strip("./") and not s.startswith("/"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(out=DIR_NAMES)
+def test_every_suggestion_reads_its_paths_as_paths(out: str) -> None:
+    """The class of F9: for any --out DIR (a leading '-', spaces, quotes, '$'), each printed
+    command, split as the shell splits it, gives each path to the program as that path and
+    never as an option: symgrad's own parser reads the spec, -o and the check target back
+    exactly; python gets the module and train the data as plain arguments."""
+    from symgrad.cli import build_parser
+
+    parser = build_parser()
+    spec, module, data = (str(Path(out) / n) for n in (demo.SPEC, demo.MODULE, demo.DATA))
+    sg = shlex.split(demo.symgrad_command())
+    for _, cmd in demo.next_steps(Path(out)):
+        words = shlex.split(cmd)
+        if words[:len(sg)] == sg:
+            args = parser.parse_args(words[len(sg):])
+            target = "target" if args.command == "check" else "spec"
+            assert os.path.normpath(getattr(args, target)) == os.path.normpath(spec)
+            if args.command == "generate":
+                assert os.path.normpath(args.output) == os.path.normpath(module)
+        else:  # python MODULE train DATA
+            assert words[0] == shlex.split(demo.python_command())[0] and words[2] == "train"
+            assert not words[1].startswith("-") and not words[3].startswith("-")
+            assert os.path.normpath(words[1]) == os.path.normpath(module)
+            assert os.path.normpath(words[3]) == os.path.normpath(data)
+
+
+def test_a_dash_directory_is_printed_as_dot_slash() -> None:
+    steps = [cmd for _, cmd in demo.next_steps(Path("-dash"))]
+    assert steps[0].endswith(" derive ./-dash/digits.toml --steps")
+    assert steps[-1].endswith(" generate ./-dash/digits.toml -o ./-dash/digits_mlp.py")
