@@ -9,8 +9,9 @@ from the helpers here, and keeps a one-line ``repr()`` (:func:`short_repr`):
   in MathJax and in a LaTeX document: no ``%``, no raw ``_``);
 * :func:`formula_latex`: a formula in numpy syntax (``X.T @ dZ1``) as LaTeX
   (``X^{\\top} \\delta_{1}``), from its ``ast`` alone (no evaluation);
-* :func:`badge` (a verdict coloured by its class: ``symgrad-pass``, ``symgrad-fail``,
-  ``symgrad-undecided``), :func:`table`, :func:`panel`, :func:`md_table`;
+* :func:`badge` (a verdict coloured by its classes: ``symgrad-badge`` and one of
+  ``symgrad-pass``, ``symgrad-fail``, ``symgrad-undecided``), :func:`table`, :func:`panel`,
+  :func:`md_table`;
 * :func:`derivation_latex`: a derivation's LaTeX with no comment lines, so that
   ``IPython.display.Latex(d.latex())`` shows no ``% Forward`` as text.
 
@@ -46,13 +47,13 @@ STYLE = (
     "<style>"
     ".symgrad{font-family:system-ui,sans-serif;line-height:1.4;margin:.3em 0}"
     ".symgrad-title{font-weight:600;margin-bottom:.3em}"
-    ".symgrad-verdict{display:inline-block;padding:.05em .5em;border-radius:.6em;"
+    ".symgrad-badge{display:inline-block;padding:.05em .5em;border-radius:.6em;"
     "font-weight:700;color:#fff}"
     ".symgrad-pass{background:#1a7f37}.symgrad-fail{background:#cf222e}"
     ".symgrad-undecided{background:#9a6700}"
     ".symgrad-table{border-collapse:collapse;margin:.3em 0}"
     ".symgrad-table th,.symgrad-table td{border:1px solid #d0d7de;padding:.15em .5em;"
-    "text-align:left}"
+    "text-align:left}.symgrad-table td:nth-last-child(-n+2){white-space:nowrap}"
     ".symgrad-table td.symgrad-pass,.symgrad-table td.symgrad-fail{color:#fff;font-weight:700}"
     ".symgrad dt{font-weight:600}.symgrad dd{margin:0 0 .3em 1.5em}"
     "</style>"
@@ -280,7 +281,7 @@ def badge(kind: str, label: str) -> str:
     """The verdict, coloured by its class ``symgrad-<kind>`` (pass, fail, undecided)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}")
-    return f'<span class="symgrad-verdict symgrad-{kind}">{escape(label)}</span>'
+    return f'<span class="symgrad-badge symgrad-{kind}">{escape(label)}</span>'
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]],

@@ -134,8 +134,8 @@ def wrong():
 def test_wrong_verdict_html(wrong) -> None:
     div = panel(wrong._repr_html_(), "verdict")
     assert div.attrs["data-verdict"] == "fail"
-    badge = div.find_all("span", "symgrad-verdict")
-    assert len(badge) == 1 and badge[0].classes() == ["symgrad-verdict", "symgrad-fail"]
+    badge = div.find_all("span", "symgrad-badge")
+    assert len(badge) == 1 and badge[0].classes() == ["symgrad-badge", "symgrad-fail"]
     assert badge[0].text == "WRONG (factor)"
     title = div.find_all("div", "symgrad-title")[0].text
     assert title == "WRONG (factor) " + wrong.title
@@ -169,7 +169,7 @@ def test_correct_verdict_is_green() -> None:
     v = symgrad.verify(DIGITS, "W1", "X.T @ dZ1")
     div = panel(v._repr_html_(), "verdict")
     assert div.attrs["data-verdict"] == "pass"
-    assert [s.classes() for s in div.find_all("span")] == [["symgrad-verdict", "symgrad-pass"]]
+    assert [s.classes() for s in div.find_all("span")] == [["symgrad-badge", "symgrad-pass"]]
     assert rows(div.find_all("table")[0])[0] == [r"$$X^{\top} \delta_{1}$$"] * 2
     assert "differs" not in [dt.text for dt in div.find_all("dt")]
     assert_short(v, "<Verdict W1: correct yours = X.T @ dZ1>")
@@ -184,7 +184,7 @@ def test_undecided_and_escaping() -> None:
     source = v._repr_html_()
     div = panel(source, "verdict")
     assert div.attrs["data-verdict"] == "undecided"
-    assert div.find_all("span")[0].classes() == ["symgrad-verdict", "symgrad-undecided"]
+    assert div.find_all("span")[0].classes() == ["symgrad-badge", "symgrad-undecided"]
     assert "<b>" not in source and "verify &lt;b&gt;&amp;" in source
     assert div.find_all("div", "symgrad-title")[0].text == "not proved verify <b>&"
     assert_short(v, "<Verdict W1: not proved")
@@ -204,7 +204,7 @@ def test_check_report_html_table(tmp_path) -> None:
     marks = [tr.find_all("td")[-1].classes() for tr in table.find_all("tbody")[0].find_all("tr")]
     assert marks == [["symgrad-pass"]] * len(report.rows)
     assert div.find_all("strong")[0].text == report.text().splitlines()[-1]
-    assert div.find_all("span")[0].classes() == ["symgrad-verdict", "symgrad-pass"]
+    assert div.find_all("span")[0].classes() == ["symgrad-badge", "symgrad-pass"]
     assert_short(report, "<CheckReport ")
     assert repr(report).endswith(f": central ok: {len(report.rows)} of {len(report.rows)} checks passed>")
     md = report._repr_markdown_()
