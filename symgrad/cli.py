@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "exit 1 when it is wrong, with a diagnosis and the correct formula.")
     v.__class__ = _IntermixedParser
     v.add_argument("spec", nargs="?", help="network spec (TOML)")
-    v.add_argument("--wrt", required=True, help="W1, b2, Z1, A1, … (or x with --expr)")
+    v.add_argument("--wrt", required=True, action=_OneName, metavar="NAME",
+                   help="the one name your formula is the gradient for: W1, b2, Z1, A1, … "
+                   "(or x with --expr)")
     v.add_argument("--expr", help="scalar mode: a function of the --wrt variable; with --shape, "
                    "a matrix expression")
     _expr_options(v, wrt=False)
@@ -258,7 +260,37 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write the grades as CSV to FILE (replacing it)")
     gd.add_argument("--reveal", action="store_true",
                     help="also print the correct formula of each wrong answer")
+
+    eg = sub.add_parser("examples", help="copy the example specs, the tutorial notebook and "
+                        "the exercise sheet into a folder",
+                        description="Copy the examples that ship with symgrad (the network "
+                        "specs the README's tour uses, the tutorial notebook, an exercise "
+                        "sheet and its students' answers) out of the installed package into "
+                        "DIR. A file there that is not already symgrad's copy is kept unless "
+                        "--force.")
+    eg.add_argument("directory", nargs="?", default="examples", metavar="DIR",
+                    help="the folder to copy them into, created when missing (default: "
+                    "examples, the README's paths)")
+    eg.add_argument("--force", action="store_true",
+                    help="overwrite files in DIR that differ from symgrad's examples")
     return p
+
+
+class _OneName(argparse.Action):
+    """verify --wrt: one formula answers one name, so a second --wrt or a comma list is
+    refused in one line (derive and generate accumulate them), in every verify mode."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = [n.strip() for n in str(values).split(",") if n.strip()]
+        previous = getattr(namespace, self.dest, None)
+        if previous:
+            given.insert(0, previous)
+        if len(given) != 1:
+            raise argparse.ArgumentError(
+                self, "name the gradient your formula is for, e.g. --wrt W1" if not given else
+                f"verify checks one gradient at a time, and you gave {', '.join(given)}; one "
+                "formula answers one name: run verify once per name")
+        setattr(namespace, self.dest, given[0])
 
 
 def _output_path(value: str) -> str:
@@ -483,6 +515,7 @@ COMMAND_MODULES = {
     "graph": "symgrad.picture",
     "exercise": "symgrad.exercise",
     "grade": "symgrad.exercise",
+    "examples": "symgrad.examples",
 }
 
 

@@ -1962,6 +1962,17 @@ def _values(node: Node, env: dict, shape) -> np.ndarray:
     return np.broadcast_to(v, dims)
 
 
+def _numpy_shape(formula: str, space: Space) -> tuple:
+    """The numpy shape of ``formula`` (``sum(X, axis=0)`` is 1-D, (n,)), which the tree's
+    2-D shape does not keep."""
+    from symgrad.expr import validate
+
+    source = ast.unparse(validate(formula, where="formula", allow_matrix=True))
+    builder = ExprBuilder(space, where="formula", source=source)  # type: ignore[arg-type]
+    value = builder.build(ast.parse(source, mode="eval"))
+    return tuple(value.shape) if isinstance(value, Term) else ()
+
+
 def verify_expr(problem: ExprProblem, wrt: str, formula: str, seed: int = 0) -> ExprVerdict:
     """Is ``formula`` (numpy syntax over the same names) ∂f/∂``wrt``?"""
     if wrt not in problem.wrt:
@@ -1979,6 +1990,13 @@ def verify_expr(problem: ExprProblem, wrt: str, formula: str, seed: int = 0) -> 
     fix = [f"  correct: {gradient_code(correct, wrt)}", f"           = {text(shown(correct), problem)}"]
     shape = tuple(mine.shape)
     if shape != tuple(target) and not (shape == (1, 1)):
+        given = _numpy_shape(formula, problem.space)  # a 1-D array is kept 1×n inside
+        if len(given) == 1 and len(target) == 2:
+            return ExprVerdict(False, [
+                f"WRONG: your formula is 1-D, shape {_shape_text(given)}"
+                + (" (.T leaves a 1-D array as it is)" if ".T" in formula else "")
+                + f", but {partial} is {_shape_text(target)}, shape "
+                f"({', '.join(map(str, target))})", *head, *fix])
         if shape == (target[1], target[0]):
             return ExprVerdict(False, ["WRONG: your formula is transposed "
                                        f"(it is {_shape_text(shape)}; {partial} is {_shape_text(target)})",

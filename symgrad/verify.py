@@ -1462,6 +1462,7 @@ class _Check:
         self.exact_envs = exact
         self.exact_values = None if exact is None else [e[target.cot] for e in exact]
         self.symbolic, self.budget = symbolic, budget
+        self.differs: tuple[int, str, str] | None = None  # prove(): an exact difference
         prefix = "np." if any(isinstance(n, ast.Name) and n.id == "np" for n in ast.walk(tree)) \
             else "numpy." if any(isinstance(n, ast.Name) and n.id == "numpy"
                                  for n in ast.walk(tree)) else ""
@@ -1606,6 +1607,14 @@ class _Check:
                 proved, v.symbolic = self.prove(term)
             else:
                 proved, v.symbolic = False, "not attempted"
+            if self.differs is not None:  # an exact, nonzero difference: decided
+                k, constant, at = self.differs
+                v.ok = False
+                v.message = (f"yours − {self.target.partial} is the constant {constant} "
+                             f"(entry by entry on a tiny instance, {at}): a stray term; the "
+                             f"numbers agree to {max(exact_errs or [worst]):.1e} only because "
+                             "it is tiny")
+                return v
             # the rule (module docstring): proved, or no proof asked for and exact agreement
             v.ok = proved or (not self.symbolic and exact_errs is not None)
             if not v.ok:
@@ -1839,8 +1848,14 @@ class _Check:
                 if mine.shape != ref.shape:
                     mine = mine.reshape(*ref.shape)
                 count = 0
-                for a, b in zip(mine, ref, strict=True):
+                for k, (a, b) in enumerate(zip(mine, ref, strict=True)):
                     if not _prove_entry(a - b, groups):
+                        constant = _constant_difference(a - b, groups)
+                        if constant is not None and self.net.exact_rtol <= EXACT_RTOL:
+                            self.differs = (k, constant, _sizes_text(sizes))
+                            return False, (f"DIFFERS at {_sizes_text(sizes)}: entry "
+                                           f"{_flat_index(k, ref.shape)}'s difference is "
+                                           f"exactly {constant}, not 0")
                         return False, (f"not decided (SymPy could not reduce an entry's "
                                        f"difference to 0 at {_sizes_text(sizes)})")
                     count += 1
@@ -1849,6 +1864,25 @@ class _Check:
                            f"{_sizes_text(sizes)})")
         return True, (f"proved at {_sizes_text(sizes)}: every entry's difference is 0 "
                       f"({count} entries, {time.perf_counter() - t0:.2f} s)")
+
+
+def _flat_index(k: int, shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(map(str, np.unravel_index(k, shape))) + "]"
+
+
+def _constant_difference(e: sp.Expr, groups: list[dict]) -> str | None:
+    """The nonzero number an entry's difference reduces to, with every definition unfolded
+    and expanded (``X.T @ dZ1 + 1e-45``: 1e-45, which no tolerance of an evaluation at
+    fixed precision can tell from 0, but which is decidably not 0); None otherwise."""
+    for defs in reversed(groups):
+        e = e.xreplace(defs)
+    if not e.is_number:
+        e = sp.expand(e)
+    if e.is_number and e.is_zero is False:
+        value = complex(sp.N(e, 17))
+        return (f"{value.real:g}" if value.imag == 0 and value.real != 0 and
+                math.isfinite(value.real) else str(sp.N(e, 3)))
+    return None
 
 
 def _sizes_text(sizes: tuple[int, ...]) -> str:

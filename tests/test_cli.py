@@ -539,3 +539,32 @@ def test_help_is_for_users(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["-V"])
     assert exit_.value.code == 0 and capsys.readouterr().out == f"symgrad {symgrad.__version__}\n"
+
+
+@pytest.mark.parametrize("argv, given", [
+    ([str(DIGITS), "--wrt", "W1", "--wrt", "b1", "X.T @ dZ1"], "W1, b1"),
+    ([str(DIGITS), "--wrt", "W1,b1", "X.T @ dZ1"], "W1, b1"),
+    (["--expr", "x**2", "--wrt", "x", "--wrt", "y", "2*x"], "x, y"),
+    (["--expr", "sum(X @ w)", "--shape", "X=3,2", "--shape", "w=2,1", "--wrt", "w", "--wrt",
+      "X", "sum(X, axis=0, keepdims=True).T"], "w, X"),
+])
+def test_verify_refuses_a_second_wrt_in_every_mode(capsys, argv, given) -> None:
+    """F11: one formula answers one name; a repeated --wrt (or a comma list) is refused in
+    one line in network, scalar and matrix mode, never silently reduced to the last one."""
+    assert main(["verify", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"symgrad: error: verify: --wrt: verify checks one gradient at a "
+                          f"time, and you gave {given}; one formula answers one name: run "
+                          "verify once per name\n")
+
+
+def test_check_time_limit_option(capsys, tmp_path: Path) -> None:
+    module = tmp_path / "slow_import.py"
+    module.write_text("import time\ntime.sleep(30)\n")
+    assert main(["check", str(module), "--time-limit", "1"]) == 1
+    assert capsys.readouterr().err == (
+        f"symgrad: check failed: {module}: module did not answer within the time limit of 1 s "
+        "(during import); it was stopped and no gradient was checked\n")
+    assert main(["check", str(module), "--time-limit", "0"]) == 2
+    assert capsys.readouterr().err == ("symgrad: error: check: time limit: must be a positive "
+                                       "number, not 0.0\n")

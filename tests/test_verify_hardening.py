@@ -258,3 +258,37 @@ def test_progress_goes_to_stderr_after_its_delay(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert re.fullmatch(r"symgrad verify: proving it on a tiny instance … \(\d+\.\d s so far\)\n",
                         err)
+
+
+# --------------------------------------------------------------------------
+# A difference that is exactly a nonzero number is decided: WRONG, not "not proved"
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("net, wrt, formula, constant", [
+    ("tanh", "W1", "X.T @ dZ1 + 1e-45", "1e-45"),
+    ("tanh", "b1", "sum(dZ1, axis=0) - 1e-60", "-1e-60"),
+    ("sigmoid", "W2", "A1.T @ dZ2 + 0.01 * W2 + 1e-300", "1e-300"),
+])
+def test_an_offset_below_every_tolerance_is_wrong(net, wrt, formula, constant):
+    """Below the exact evaluation's tolerance (50 digits, 1e-40 relative), but the proof's
+    entry difference reduces to that number: decidably not 0."""
+    v = verify(NETWORKS[net], wrt, formula)
+    assert (v.ok, v.undecided) == (False, False), v.text()
+    assert "verdict:   WRONG\n" in v.text()
+    assert v.symbolic.startswith("DIFFERS at N=2 ")
+    assert v.symbolic.endswith(f"'s difference is exactly {constant}, not 0")
+    assert v.message.startswith(f"yours − {v.title.split()[1]} is the constant {constant} ")
+
+
+def test_a_1d_formula_is_called_1d_not_transposed(capsys):
+    """``sum(X, axis=0).T`` is numpy's 1-D (20,) (.T does nothing to it), not a 1×20 row."""
+    base = ["verify", "--expr", "sum(X @ w)", "--shape", "X=30,20", "--shape", "w=20,1",
+            "--wrt", "w"]
+    assert main([*base, "sum(X, axis=0).T"]) == 1
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "WRONG: your formula is 1-D, shape (20,) (.T leaves a 1-D array as it is), but ∂f/∂w "
+        "is 20×1, shape (20, 1)")
+    assert main([*base, "sum(X, axis=0, keepdims=True)"]) == 1
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "WRONG: your formula is transposed (it is 1×20; ∂f/∂w is 20×1)")
