@@ -11,7 +11,12 @@ with numbers computed from its ``loss`` alone, never with anything it says about
 float64 numbers with a plain description of what the module returned.  Everything else is
 decided here: whether a value is a real number of the right shape and dtype, the finite
 differences, the tolerances, the table and the verdict.  The module can print, exit, hang,
-fork or rewrite ``symgrad.check`` in its own process; it cannot reach these.  The process
+fork or rewrite ``symgrad.check`` (or the sandbox's own evaluating code) in its own
+process; it cannot reach these.  So a pass means: the module's gradient matches differences
+of its own loss *as its process reported them* — it catches wrong gradients, and is no
+proof against a module built to deceive (which could as well define a consistent loss).
+Started as root, that process becomes ``nobody`` before the import (it cannot signal or
+trace this one); on Linux it dies with this one (symgrad.sandbox.isolate).  The process
 runs under :data:`TIME_LIMIT` seconds for the whole check (then it and everything it
 started are killed) and an address-space limit of :data:`MEMORY_LIMIT` bytes.  When no
 report comes back (the process exited, died, timed out or sent garbage) the check fails
