@@ -133,9 +133,9 @@ class Activation:
 
     def resolve(self, where: str) -> Activation:
         """Compute the derivative forms now, so that an activation too complex for even
-        the plain derivative is refused as ``<where>: too complex to simplify in 5 s``."""
+        the plain derivative is refused as ``<where>: too complex to simplify in 20 s``."""
         if self.expr is not None:
-            budget.within(budget.SIMPLIFY_SECONDS, where, self.name, lambda: self.raw_derivative)
+            budget.within(budget.DERIVATIVE_SECONDS, where, self.name, lambda: self.raw_derivative)
             _ = self._forms
         return self
 

@@ -32,6 +32,7 @@ __all__ = [
     "OutOfTime",
     "PROOF_LAYERS",
     "PROOF_STEP_SECONDS",
+    "DERIVATIVE_SECONDS",
     "SIMPLIFY_SECONDS",
     "deadline",
     "command_budget",
@@ -44,6 +45,10 @@ T = TypeVar("T")
 
 #: seconds allowed for one simplification (an activation's derivative, a printed form)
 SIMPLIFY_SECONDS = 5.0
+
+#: seconds allowed for the plain derivative of a user's activation or loss (needed: past it,
+#: the spec is refused); generous, since a plain ``diff`` is cheap unless the text is hostile
+DERIVATIVE_SECONDS = 20.0
 
 
 class OutOfTime(BaseException):

@@ -49,8 +49,8 @@ class Loss:
 
     def resolve(self, where: str) -> Loss:
         """Compute ∂ℓ/∂ŷ now; a loss too complex for even the plain derivative is
-        refused as ``<where>: too complex to simplify in 5 s``."""
-        budget.within(budget.SIMPLIFY_SECONDS, where, self.text, lambda: self.raw_derivative)
+        refused as ``<where>: too complex to simplify in 20 s``."""
+        budget.within(budget.DERIVATIVE_SECONDS, where, self.text, lambda: self.raw_derivative)
         _ = self.derivative
         return self
 

@@ -187,6 +187,7 @@ def test_cli_refuses_in_one_line_when_even_the_derivative_is_over(
         tmp_path, capsys, monkeypatch, activation):
     """No usable derivative within the budget: exit 2 and exactly one line."""
     monkeypatch.setattr(budget, "SIMPLIFY_SECONDS", 1e-9)
+    monkeypatch.setattr(budget, "DERIVATIVE_SECONDS", 1e-9)
     path = _spec_file(tmp_path, activation)
     assert main(["derive", str(path)]) == 2
     captured = capsys.readouterr()
