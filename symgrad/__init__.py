@@ -10,6 +10,7 @@ of a name imports the module that defines it.
     symgrad.generate("examples/digits.toml", "digits_mlp.py")
     print(symgrad.check_spec("examples/digits.toml").text())
     symgrad.verify("examples/digits.toml", "W1", "X.T @ dZ1").ok
+    symgrad.draw("examples/digits.toml", backward=True).save("backward.svg")
 
 ``symgrad.derive`` and ``symgrad.verify`` are the functions; their modules are
 ``sys.modules["symgrad.derive"]`` (``from symgrad.derive import derive_graph`` as usual):
@@ -28,6 +29,7 @@ _API: dict[str, str] = {
     "CheckReport": "symgrad.check",
     "Derivation": "symgrad.derive",
     "Layer": "symgrad.spec",
+    "Picture": "symgrad.picture",
     "Spec": "symgrad.spec",
     "SymgradError": "symgrad.errors",
     "Training": "symgrad.spec",
@@ -35,6 +37,8 @@ _API: dict[str, str] = {
     "check_spec": "symgrad.check",
     "derive": "symgrad.derive",
     "digits_split": "symgrad.datasets",
+    "draw": "symgrad.picture",
+    "draw_expr": "symgrad.picture",
     "generate": "symgrad.codegen",
     "generate_source": "symgrad.codegen",
     "load_digits": "symgrad.datasets",
@@ -49,6 +53,7 @@ __all__ = [
     "CheckReport",
     "Derivation",
     "Layer",
+    "Picture",
     "Spec",
     "SymgradError",
     "Training",
@@ -57,6 +62,8 @@ __all__ = [
     "check_spec",
     "derive",
     "digits_split",
+    "draw",
+    "draw_expr",
     "generate",
     "generate_source",
     "load_digits",
@@ -74,6 +81,7 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names l
     from symgrad.datasets import digits_split, load_digits
     from symgrad.derive import Derivation, derive
     from symgrad.errors import SymgradError
+    from symgrad.picture import Picture, draw, draw_expr
     from symgrad.spec import Layer, Spec, Training, load_spec, spec_from_dict
     from symgrad.verify import verify
 

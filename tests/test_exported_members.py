@@ -18,6 +18,7 @@ PUBLIC = [
     "CheckReport",
     "Derivation",
     "Layer",
+    "Picture",
     "Spec",
     "SymgradError",
     "Training",
@@ -26,6 +27,8 @@ PUBLIC = [
     "check_spec",
     "derive",
     "digits_split",
+    "draw",
+    "draw_expr",
     "generate",
     "generate_source",
     "load_digits",
@@ -115,6 +118,10 @@ def test_entry_points_take_a_path_or_a_spec() -> None:
     assert symgrad.generate_source(path) == symgrad.generate_source(spec)
     assert symgrad.verify(str(path), "b2", "sum(dZ2, axis=0)", symbolic=False).ok
     assert symgrad.prove(path, spot=False).ok
+    picture = symgrad.draw(path, backward=True)
+    assert isinstance(picture, symgrad.Picture) and picture.source.startswith("digraph")
+    assert picture.source == symgrad.draw(spec, backward=True).source
+    assert symgrad.draw_expr("sum(x * x)", ["x=n,1"], ["x"]).source.startswith("digraph")
     with pytest.raises(TypeError, match="expected a symgrad.Spec or the path of a TOML spec, "
                                         "got int"):
         symgrad.derive(3)
