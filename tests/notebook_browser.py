@@ -5,6 +5,7 @@ README's screenshot of the verify cell::
 
     .venv/bin/python tests/notebook_browser.py --html /tmp/tutorial.html
     .venv/bin/python tests/notebook_browser.py --screenshot docs/notebook-verify.png
+    .venv/bin/python tests/notebook_browser.py --strip    # before committing the notebook
 
 Nothing here needs the network or a Jupyter installation outside the virtual environment:
 
@@ -257,6 +258,38 @@ def typeset_count(dom: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+def stripped(nb):
+    """A copy of ``nb`` as it is committed: no outputs, execution counts or timings, the
+    notebook's metadata only the default Python kernel (cell ids and tags kept)."""
+    import nbformat
+
+    clean = copy.deepcopy(nb)
+    clean.metadata = nbformat.from_dict({"kernelspec": dict(KERNELSPEC),
+                                         "language_info": {"name": "python"}})
+    for cell in clean.cells:
+        cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    return clean
+
+
+def strip(path: Path = NOTEBOOK) -> bool:
+    """Strip ``path`` in place (as :func:`stripped`); True when that changed it."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    clean = stripped(nb)
+    text = nbformat.writes(clean) + "\n"
+    if text == path.read_text(encoding="utf-8"):
+        return False
+    path.write_text(text, encoding="utf-8")
+    return True
+
+
 def only(nb, tags: list[str]):
     """A copy of ``nb`` holding only the cells tagged with one of ``tags``, in order."""
     part = copy.deepcopy(nb)
@@ -271,10 +304,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="write a PNG of the verify cells (intro, wrong verdict) here")
     parser.add_argument("--width", type=int, default=1000, help="screenshot width in pixels")
     parser.add_argument("--height", type=int, default=900, help="screenshot height in pixels")
+    parser.add_argument("--strip", action="store_true",
+                        help="strip the notebook's outputs in place (as committed), and stop")
     args = parser.parse_args(argv)
+    if args.strip:
+        print(f"{NOTEBOOK}: {'stripped' if strip() else 'already stripped'}")
+        return 0
     nb = execute()
     with tempfile.TemporaryDirectory(prefix="symgrad-page-") as tmp:
-        page = args.html or Path(tmp) / "tutorial.html"
+        page = (args.html or Path(tmp) / "tutorial.html").resolve()
         page.write_text(to_html(nb), encoding="utf-8")
         dom = dump_dom(page)
         print(f"{page}: {typeset_count(dom)} formulas typeset")

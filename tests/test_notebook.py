@@ -34,9 +34,12 @@ def _stdout(outputs) -> str:
 
 
 def test_committed_notebook_has_no_outputs():
-    raw = json.loads(nbb.NOTEBOOK.read_text(encoding="utf-8"))
-    nb = nbformat.reads(json.dumps(raw), as_version=4)
+    text = nbb.NOTEBOOK.read_text(encoding="utf-8")
+    raw = json.loads(text)
+    nb = nbformat.reads(text, as_version=4)
     nbformat.validate(nb)
+    # what `python tests/notebook_browser.py --strip` writes, byte for byte
+    assert nbformat.writes(nbb.stripped(nb)) + "\n" == text
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert len(code) >= 8
     for cell in code:
