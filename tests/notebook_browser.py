@@ -133,6 +133,8 @@ def execute(notebook: Path = NOTEBOOK, timeout: int = 120):
             kernel_name=KERNEL_NAME,
             kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernels)]),
             connection_file=str(Path(tmp) / "connection.json"),
+            # Unix sockets in the temporary folder: no TCP port open on this machine
+            transport="ipc", ip=str(Path(tmp) / "kernel"),
         )
         client = nbclient.NotebookClient(
             nb, km=km, kernel_name=KERNEL_NAME, timeout=timeout, startup_timeout=60,
