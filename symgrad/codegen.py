@@ -748,6 +748,17 @@ def formula(target: Sym, rhs: Node) -> str:
     return f"{lhs} = {text(rhs)}"
 
 
+def _cse(body: sp.Expr, symbols: Iterator[sp.Symbol]) -> tuple[list, sp.Expr]:
+    """``cse(body)`` within :data:`~symgrad.budget.SIMPLIFY_SECONDS`; past it, no common
+    subexpressions (the same values, computed where they stand)."""
+    try:
+        with budget.deadline(budget.SIMPLIFY_SECONDS):
+            replacements, (reduced,) = sp.cse([body], symbols=symbols, order="canonical")
+    except budget.EXHAUSTED:
+        return [], body
+    return replacements, reduced
+
+
 def _fits(line: str, indent: int) -> bool:
     return indent + len(line) <= LINE_LENGTH
 
@@ -964,7 +975,7 @@ class ArrayLowering:
         if body.is_Boolean or isinstance(body, sp.core.relational.Relational):
             return printer.doprint(body), REL
         temps = (sp.Symbol(t) for t in iter(self.temp, None))
-        replacements, (reduced,) = sp.cse([body], symbols=temps, order="canonical")
+        replacements, reduced = _cse(body, temps)
         for sym, sub in replacements:
             self.scalar_assign(sym.name, sub, printer)
         if self.hoist and not reduced.is_Atom:
@@ -1316,7 +1327,7 @@ class StepLowering:
             body = stabilize(node.expr).xreplace(names)
             shape = node.shape
             temps = (sp.Symbol(f"_cse{i}") for i in itertools.count())
-            replacements, (reduced,) = sp.cse([body], symbols=temps, order="canonical")
+            replacements, reduced = _cse(body, temps)
             saved, self.shape = self.shape, shape
             subs: dict[sp.Symbol, sp.Symbol] = {}
             for sym, sub in replacements:
