@@ -52,7 +52,7 @@ STYLE = (
     ".symgrad-pass{background:#1a7f37}.symgrad-fail{background:#cf222e}"
     ".symgrad-undecided{background:#9a6700}"
     ".symgrad-table{border-collapse:collapse;margin:.3em 0}"
-    ".symgrad-table th,.symgrad-table td{border:1px solid #d0d7de;padding:.15em .5em;"
+    "table.symgrad-table th,table.symgrad-table td{border:1px solid #d0d7de;padding:.15em .5em;"
     "text-align:left}.symgrad-table td:nth-last-child(-n+2){white-space:nowrap}"
     ".symgrad-table td.symgrad-pass,.symgrad-table td.symgrad-fail{color:#fff;font-weight:700}"
     ".symgrad dt{font-weight:600}.symgrad dd{margin:0 0 .3em 1.5em}"
