@@ -14,8 +14,8 @@
             check, the proof and the result; renders on GitHub).
 
 Training is one call of the generated ``train()``, whose ``progress`` callback updates a
-``tqdm.auto`` bar (a widget in a notebook) with the loss and the held-out accuracy; the
-result is that of ``train(params, X, Y, seed=SEED)``, so ``python DIR/digits_mlp.py train
+tqdm bar (a widget in a notebook, when ipywidgets is there) with the loss and the
+held-out accuracy; the result is that of ``train(params, X, Y, seed=SEED)``, so ``python DIR/digits_mlp.py train
 DIR/digits.npz`` reproduces it with numpy alone.
 """
 
@@ -175,12 +175,30 @@ class Outputs:
 # ==========================================================================================
 
 
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (IPython's ZMQ shell), without importing IPython."""
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    shell = get_ipython() if callable(get_ipython) else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def _progress_bar(total: int):
-    """A ``tqdm.auto`` bar (a widget in a notebook, on stderr in a terminal), or None when
-    tqdm (the ``demo`` extra) is not installed."""
+    """A tqdm bar: in a notebook ``tqdm.notebook``'s widget, only when it can make one
+    (ipywidgets importable; else tqdm would warn and draw on stderr, pink), on stderr in a
+    terminal; None without tqdm (the ``demo`` extra) or, in a notebook, without ipywidgets:
+    then ``train()``'s own progress (in a notebook, a line on stdout every tenth of the
+    epochs)."""
     try:
-        import tqdm as _package  # noqa: F401  (first: a cached tqdm.auto is not an install)
-        from tqdm.auto import tqdm
+        import tqdm as _package  # noqa: F401  (first: a cached tqdm.notebook is not an install)
+
+        if _in_notebook():
+            from tqdm import notebook
+
+            if getattr(notebook, "IProgress", None) is None:
+                return None
+            tqdm = notebook.tqdm
+        else:
+            from tqdm.std import tqdm
     except ImportError:
         return None
     return tqdm(total=total, unit="epoch", desc="train", file=sys.stderr, dynamic_ncols=True,

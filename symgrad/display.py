@@ -78,6 +78,7 @@ _MATH_CHARS = {
     "⊙": r"\odot ", "ᵀ": r"^{\top}", "−": "-", "×": r"\times ", "≤": r"\le ", "≥": r"\ge ",
     "_": r"\_", "%": r"\%", "#": r"\#", "$": r"\$", "&": r"\&", "{": r"\{", "}": r"\}",
     "\\": r"\backslash ", "^": r"\wedge ", "~": r"\sim ", "·": r"\cdot ", "𝟏": r"\mathbf{1}",
+    "′": "'",
 }
 _SUBSCRIPTS = str.maketrans("₀₁₂₃₄₅₆₇₈₉", "0123456789")
 
@@ -166,6 +167,14 @@ class _Latex:
         s, p = self.show(node)
         return rf"\left({s}\right)" if p < at_least else s
 
+    def factor(self, node: ast.AST, at_least: int) -> str:
+        """An operand of ⊙: bracketed below ``at_least``, and also when it is a product
+        shown by juxtaposition (``A @ B``, ``c X``, ``𝟏ᵀ x``) — in Python ``@`` and ``*``
+        bind equally, left to right, and a reader of ``δ₂ W₂ᵀ ⊙ Y`` cannot know which
+        is meant, so ``(dZ2 @ W2.T) * Y`` shows as ``(δ₂ W₂ᵀ) ⊙ Y``."""
+        s, p = self.show(node)
+        return rf"\left({s}\right)" if p < at_least or p == MATMUL else s
+
     def scalar(self, node: ast.AST) -> bool:
         if isinstance(node, ast.Constant):
             return True
@@ -216,7 +225,7 @@ class _Latex:
             if self.scalar(b) and not self.scalar(a):
                 return rf"{self.paren(a, MATMUL)} \cdot {self.paren(b, POW)}", MATMUL
             sign = r"\cdot" if self.scalar(a) else r"\odot"
-            return rf"{self.paren(a, MUL)} {sign} {self.paren(b, MUL + 1)}", MUL
+            return rf"{self.factor(a, MUL)} {sign} {self.factor(b, MUL + 1)}", MUL
         if isinstance(op, ast.Div):
             return rf"\frac{{{self.show(a)[0]}}}{{{self.show(b)[0]}}}", ATOM
         if isinstance(op, ast.Pow):
@@ -342,10 +351,12 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 def derivation_latex(d, steps: bool = False) -> str:
     """The sections of a derivation as display math, each titled by an inline-math bold
     line (``\\(\\textbf{Forward}\\)``) instead of a ``%`` comment: a LaTeX document and
-    ``IPython.display.Latex`` both show titles, and no comment text."""
+    ``IPython.display.Latex`` both show titles, and no comment text.  The network line
+    above them is display math (``\\[\\text{…}\\]``), so that it does not run into the
+    first title: inline pieces separated by a newline share a line in both renderers."""
     from symgrad.printing import _latex_sections, _network_line
 
-    out = [inline_math(math_text(_network_line(d)))]
+    out = [r"\[" + math_text(_network_line(d)) + r"\]"]  # display: its own line
     for title, block in _latex_sections(d, steps):
         out.append(inline_math(_bold_title(title)))
         out.append(r"\[" + "\n" + block + "\n" + r"\]")
@@ -359,3 +370,90 @@ def _bold_title(title: str) -> str:
     parts = title.split("$")
     return "".join(part if i % 2 else (r"\textbf{" + part + "}" if part else "")
                    for i, part in enumerate(parts))
+
+
+# --------------------------------------------------------------------------
+# Graded worksheets (symgrad.exercise)
+# --------------------------------------------------------------------------
+
+_GRADE_KINDS = {"right": "pass", "wrong": "fail", "invalid": "fail", "circular": "fail",
+                "blank": "undecided"}
+
+
+def _result_kind(r) -> str:
+    return _GRADE_KINDS.get(r.status, "fail")
+
+
+def grade_repr(g) -> str:
+    """``<Grade bob: 3/4 q1 right, q2 WRONG …>``: the score first, on one line."""
+    marks = ", ".join(f"{r.question.id} {'right' if r.right else r.status}" for r in g.results)
+    return short_repr("Grade", f"{g.student}:", f"{g.score}/{g.total}", marks)
+
+
+def grade_html(g, reveal: bool = False) -> str:
+    """One student's grade: the score badge, then a table with a row per question
+    (question, the answer as typed and as LaTeX, a verdict badge, the feedback)."""
+    kind = "pass" if g.ok else "fail"
+    title = (f"{badge(kind, f'{g.score}/{g.total}')} {escape(g.student)} "
+             f"<code>{escape(g.source)}</code>")
+    rows = []
+    for r in g.results:
+        answer = (f"$${formula_latex(r.answer)}$$<code>{escape(r.answer.strip())}</code>"
+                  if r.answer.strip() else "—")
+        feedback = "<br>".join(escape(" ".join(line.split()))
+                               for line in r.lines(reveal) if not line.startswith("yours:"))
+        rows.append(f"<tr><td>{escape(r.question.id)}</td><td>{escape(r.question.text)}</td>"
+                    f"<td>{answer}</td><td>{badge(_result_kind(r), r.label)}</td>"
+                    f"<td>{feedback}</td></tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("", "question", "yours", "verdict", "feedback"))
+    body = (f'<table class="symgrad-table symgrad-grade"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>"
+            f"<p><strong>score: {g.score}/{g.total}</strong></p>")
+    return panel(kind, title, body, what="grade")
+
+
+def grade_markdown(g, reveal: bool = False) -> str:
+    out = [f"**{g.score}/{g.total}** — {md_escape(g.student)} ({md_escape(g.source)})", "",
+           "| | question | yours | verdict | feedback |", "|---|---|---|---|---|"]
+    for r in g.results:
+        answer = f"`{r.answer.strip()}`".replace("|", "\\|") if r.answer.strip() else "—"
+        feedback = "<br>".join(md_escape(" ".join(line.split()))
+                               for line in r.lines(reveal) if not line.startswith("yours:"))
+        out.append(f"| {md_escape(r.question.id)} | {md_escape(r.question.text)} | "
+                   f"{answer} | **{md_escape(r.label)}** | {feedback} |")
+    out += ["", f"**score: {g.score}/{g.total}**"]
+    return "\n".join(out) + "\n"
+
+
+def class_repr(c) -> str:
+    scores = " ".join(f"{g.student} {g.score}/{g.total}" for g in c.grades)
+    extra = f"{len(c.unreadable)} unreadable" if c.unreadable else ""
+    return short_repr("ClassGrades", f"{len(c.grades)} graded:", extra, scores)
+
+
+def class_html(c) -> str:
+    """A class's grades: a row per student (a badge per question, the score), then the
+    files that could not be read."""
+    ids = [q.id for q in c.sheet.questions]
+    head = "".join(f"<th>{escape(h)}</th>" for h in ("student", *ids, "score"))
+    rows = []
+    for g in c.grades:
+        cells = "".join(f"<td>{badge(_result_kind(r), r.label.replace('WRONG', 'wrong'))}</td>"
+                        for r in g.results)
+        score = badge("pass" if g.ok else "fail", f"{g.score}/{g.total}")
+        rows.append(f"<tr><td>{escape(g.student)}</td>{cells}<td>{score}</td></tr>")
+    for name, _why in c.unreadable:
+        rows.append(f"<tr><td>{escape(name)}</td>" + "<td>—</td>" * len(ids)
+                    + "<td>unreadable</td></tr>")
+    kind = "pass" if c.ok else "fail"
+    right = sum(g.ok for g in c.grades)
+    title = f"{badge(kind, f'{right}/{len(c.grades)} all right')} class grades"
+    body = [f'<table class="symgrad-table symgrad-class"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>"]
+    scores = [g.score for g in c.grades]
+    if scores:
+        body.append(f"<p>{len(scores)} graded, mean score {sum(scores) / len(scores):.2g} of "
+                    f"{len(ids)}; all right: {right}</p>")
+    body += [f"<p>{escape(name)} could not be read: {escape(why)}</p>"
+             for name, why in c.unreadable]
+    return panel(kind, title, *body, what="class")

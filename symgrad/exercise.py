@@ -793,6 +793,21 @@ class Grade:
         out.append(f"score: {self.score}/{self.total}")
         return "\n".join(out) + "\n"
 
+    def _repr_html_(self) -> str:
+        from symgrad import display
+
+        return display.grade_html(self)
+
+    def _repr_markdown_(self) -> str:
+        from symgrad import display
+
+        return display.grade_markdown(self)
+
+    def __repr__(self) -> str:
+        from symgrad import display
+
+        return display.grade_repr(self)
+
 
 def _circular(tree: ast.AST, q: Question) -> str | None:
     used = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} & q.forbidden)
@@ -860,6 +875,19 @@ class ClassGrades:
     @property
     def ok(self) -> bool:
         return not self.unreadable and all(g.ok for g in self.grades)
+
+    def _repr_html_(self) -> str:
+        from symgrad import display
+
+        return display.class_html(self)
+
+    def _repr_markdown_(self) -> str:
+        return class_table(self)[0]
+
+    def __repr__(self) -> str:
+        from symgrad import display
+
+        return display.class_repr(self)
 
 
 def grade_folder(ws: Worksheet | str | Path, folder: str | Path) -> ClassGrades:

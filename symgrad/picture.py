@@ -307,10 +307,13 @@ class Picture:
         return files.write_bytes(path, data, where, owner_check=None)
 
     def _repr_svg_(self) -> str | None:
+        """The SVG, scaled down to the output cell's width when it is wider (its viewBox
+        kept, its natural size otherwise): ``max-width:100%; height:auto`` on the root."""
         try:
-            return self.render("svg").decode("utf-8")
+            svg = self.render("svg").decode("utf-8")
         except SymgradError:
             return None  # no dot: the notebook falls back to repr
+        return fit_width(svg)
 
     def __repr__(self) -> str:
         kind = "forward and backward" if self.backward else "forward"
@@ -319,6 +322,12 @@ class Picture:
 
     def __str__(self) -> str:
         return self.source
+
+
+def fit_width(svg: str) -> str:
+    """``svg`` with ``style="max-width:100%;height:auto"`` on its root element, so that a
+    notebook (or a page) shows it no wider than its column; a saved file keeps dot's size."""
+    return re.sub(r"<svg\b", '<svg style="max-width:100%;height:auto"', svg, count=1)
 
 
 def picture_format(path: str | Path, where: str | None = None) -> str:

@@ -580,11 +580,22 @@ def _latex_sections(d, steps: bool) -> list[tuple[str, str]]:
     upd = [s.replace(r" \leftarrow ", r" &\leftarrow ") for s in _update_lines(d, lp, r"\leftarrow", r"\eta")]
     sections.append(("Update (gradient descent, learning rate $\\eta$)", _latex_block(upd)))
     if steps:
-        rows = [rf"{_lhs(eq.target, lp, 'latex')} &= {lp._print(eq.rhs)}" for eq in d.steps]
+        rows = []
+        for eq in d.steps:  # each step, then the rule it applies (as the text form prints)
+            rows.append(rf"{_lhs(eq.target, lp, 'latex')} &= {lp._print(eq.rhs)}")
+            note = _rule_note(eq, d)
+            if note:
+                rows.append(r"&\qquad \text{by } " + _math_text(note))
         sections.append(("Chain rule, step by step", _latex_block(rows)))
         facts = [f.replace(" = ", " &= ", 1) for f in scalar_facts(d, "latex")]
         sections.append(("Scalar derivatives found by SymPy", _latex_block(facts)))
     return sections
+
+
+def _math_text(text: str) -> str:
+    from symgrad.display import math_text
+
+    return math_text(text)
 
 
 def _render_latex(d, steps: bool) -> str:

@@ -312,10 +312,11 @@ def test_derive_with_steps() -> None:
 
 def test_latex_titles_are_inline_math() -> None:
     lines = symgrad.derive(DIGITS).latex().splitlines()
+    # the network line is display math: inline, it ran into "Forward" on one line
+    assert lines[0] == (r"\[\text{digits}\_\text{mlp: 64 }\to \text{ 32 tanh }\to \text{ 10 "
+                        r"softmax; loss cross}\_\text{entropy}\]")
     titles = [line for line in lines if line.startswith(r"\(")]
     assert titles == [
-        r"\(\text{digits}\_\text{mlp: 64 }\to \text{ 32 tanh }\to \text{ 10 softmax; loss cross}"
-        r"\_\text{entropy}\)",
         r"\(\textbf{Forward}\)", r"\(\textbf{Backward}\)",
         r"\(\textbf{Update (gradient descent, learning rate }\eta\textbf{)}\)",
         r"\(\text{softmax}\circ \text{cross-entropy uses: each row of Y sums to 1 (one-hot "
@@ -337,7 +338,18 @@ def test_latex_titles_are_inline_math() -> None:
     ("sum(Yhat - Y, axis=0) / N", r"\frac{\mathbf{1}^{\top} \left(\hat{Y} - Y\right)}{N}"),
     ("dZ1.sum(axis=0)", r"\mathbf{1}^{\top} \delta_{1}"),
     ("X.sum(axis=1)", r"X \mathbf{1}"),
-    ("dZ2 @ W2.T * (1 - A1**2)", r"\delta_{2} W_{2}^{\top} \odot \left(1 - {A_{1}}^{2}\right)"),
+    # @ and * bind equally in Python, left to right: a product operand of ⊙ is bracketed
+    ("dZ2 @ W2.T * (1 - A1**2)",
+     r"\left(\delta_{2} W_{2}^{\top}\right) \odot \left(1 - {A_{1}}^{2}\right)"),
+    ("(1 - A1**2) * (dZ2 @ W2.T)",
+     r"\left(1 - {A_{1}}^{2}\right) \odot \left(\delta_{2} W_{2}^{\top}\right)"),
+    ("dZ2 @ (W2.T * A1)", r"\delta_{2} \left(W_{2}^{\top} \odot A_{1}\right)"),
+    ("dZ2 @ W2.T * A1 * (1 - A1)",
+     r"\left(\delta_{2} W_{2}^{\top}\right) \odot A_{1} \odot \left(1 - A_{1}\right)"),
+    ("A * (B * C)", r"A \odot \left(B \odot C\right)"),
+    ("2 * dZ1 * A1", r"\left(2 \delta_{1}\right) \odot A_{1}"),
+    ("sum(dZ1, axis=0) * b1", r"\left(\mathbf{1}^{\top} \delta_{1}\right) \odot b_{1}"),
+    ("dA1 * A1.T", r"\frac{\partial L}{\partial A_{1}} \odot A_{1}^{\top}"),
     ("np.exp(-Z1) * dA1", r"\exp\left(-Z_{1}\right) \odot \frac{\partial L}{\partial A_{1}}"),
     ("np.where(Z1 > 0, dA1, 0)",
      r"\operatorname{where}\left(Z_{1} > 0, \frac{\partial L}{\partial A_{1}}, 0\right)"),
@@ -417,16 +429,23 @@ class FakeBar:
         self.closed = True
 
 
-def test_one_bar_in_a_notebook(module, capsys, monkeypatch) -> None:
-    """In a Jupyter kernel (IPython's ZMQ shell) the default is one tqdm.auto bar."""
+def fake_notebook(monkeypatch, widgets: bool = True) -> None:
+    """A Jupyter kernel (IPython's ZMQ shell) and a tqdm whose tqdm.notebook makes FakeBars
+    (with ipywidgets: its IProgress is set; without: None, as tqdm.notebook leaves it)."""
     shell = type("ZMQInteractiveShell", (), {})()
     monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
     tqdm = types.ModuleType("tqdm")
-    auto = types.ModuleType("tqdm.auto")
-    auto.tqdm = FakeBar
-    tqdm.auto = auto
+    notebook = types.ModuleType("tqdm.notebook")
+    notebook.tqdm = FakeBar
+    notebook.IProgress = object if widgets else None
+    tqdm.notebook = notebook
     monkeypatch.setitem(sys.modules, "tqdm", tqdm)
-    monkeypatch.setitem(sys.modules, "tqdm.auto", auto)
+    monkeypatch.setitem(sys.modules, "tqdm.notebook", notebook)
+
+
+def test_one_bar_in_a_notebook(module, capsys, monkeypatch) -> None:
+    """In a Jupyter kernel (IPython's ZMQ shell) the default is one tqdm.notebook bar."""
+    fake_notebook(monkeypatch)
     FakeBar.made.clear()
     X, y = data(module)
     history = module.train(module.init_params(0), X, y, epochs=4, X_val=X[:8], Y_val=y[:8])
@@ -438,3 +457,84 @@ def test_one_bar_in_a_notebook(module, capsys, monkeypatch) -> None:
     assert capsys.readouterr() == ("", "")  # no line per epoch
     module.train(module.init_params(0), X, y, epochs=1, verbose=False)
     assert len(FakeBar.made) == 1  # verbose=False: no bar either
+
+
+def test_demo_bar_in_a_notebook(monkeypatch) -> None:
+    from symgrad.demo import _progress_bar
+
+    fake_notebook(monkeypatch)
+    FakeBar.made.clear()
+    assert isinstance(_progress_bar(5), FakeBar) and FakeBar.made[0].kwargs["total"] == 5
+    fake_notebook(monkeypatch, widgets=False)
+    assert _progress_bar(5) is None  # train()'s own lines instead of a bar on stderr
+
+
+NO_WIDGETS = """
+import sys, types, warnings
+warnings.simplefilter("error")  # tqdm's TqdmWarning (IProgress not found) fails the run
+sys.modules["ipywidgets"] = None  # tqdm installed, ipywidgets not
+shell = type("ZMQInteractiveShell", (), {})()
+sys.modules["IPython"] = types.SimpleNamespace(get_ipython=lambda: shell)
+import numpy as np
+from symgrad.codegen import load_module
+from symgrad.demo import _progress_bar
+import tqdm
+assert _progress_bar(20) is None
+m = load_module(sys.argv[1])
+rng = np.random.default_rng(0)
+X, y = rng.standard_normal((40, m.INPUTS)), rng.integers(0, m.OUTPUTS, 40)
+m.train(m.init_params(0), X, y, epochs=%d, X_val=X[:8], Y_val=y[:8])
+"""
+
+
+@pytest.mark.parametrize("epochs, shown", [(20, list(range(2, 21, 2))), (7, list(range(1, 8))),
+                                           (25, [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 25])])
+def test_notebook_without_ipywidgets(epochs, shown) -> None:
+    """tqdm without ipywidgets in a notebook: no widget is possible, and tqdm would warn and
+    draw on stderr (pink); train() prints a line every max(1, epochs // 10) epochs and the
+    last, on stdout, and nothing on stderr, with warnings as errors."""
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-c", NO_WIDGETS % epochs,
+                          str(ROOT / "generated" / "digits_mlp.py")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    lines = run.stdout.splitlines()
+    assert [int(line.split()[1].split("/")[0]) for line in lines] == shown
+    assert all(re.fullmatch(rf"epoch \d+/{epochs}  loss \S+  val_loss \S+  val_accuracy "
+                            r"\d\.\d{4}", line) for line in lines), lines
+
+
+# --------------------------------------------------------------------------
+# Steps with their rules in LaTeX and Markdown; the picture's width
+# --------------------------------------------------------------------------
+
+GOLDEN = ROOT / "tests" / "golden"
+
+
+@pytest.mark.parametrize("name, render", [("digits_steps.tex", lambda d: d.latex()),
+                                          ("digits_steps.md", lambda d: d.markdown())])
+def test_steps_with_rules_are_golden(name, render) -> None:
+    """Every step is followed by the rule it applies, as the text form prints it."""
+    import os
+
+    out = render(symgrad.derive(DIGITS, steps=True))
+    if os.environ.get("SYMGRAD_UPDATE_GOLDEN"):
+        (GOLDEN / name).write_text(out, encoding="utf-8")
+    assert out == (GOLDEN / name).read_text(encoding="utf-8")
+    rules = re.findall(r"^&\\qquad \\text\{by \} (.*?)(?: \\\\)?$", out, flags=re.M)
+    assert len(rules) == 7 and rules[1] == (
+        r"\text{C = A B: }\partial \text{L/}\partial \text{A = G B}^{\top}\text{, }\partial "
+        r"\text{L/}\partial \text{B = A}^{\top}\text{ G}")
+    assert "%" not in out.replace(r"\%", "")
+
+
+def test_svg_fits_the_cell() -> None:
+    from symgrad.picture import fit_width
+
+    svg = '<?xml version="1.0"?>\n<svg width="963pt" height="529pt" viewBox="0 0 962 529">' \
+          "<g><svg></svg></g></svg>"
+    assert fit_width(svg) == ('<?xml version="1.0"?>\n<svg style="max-width:100%;height:auto" '
+                              'width="963pt" height="529pt" viewBox="0 0 962 529"><g><svg></svg>'
+                              "</g></svg>")

@@ -161,8 +161,9 @@ KNOWN = {  # question → (answer, status label, the diagnosis line or problem l
          "diagnosis: missing activation-derivative factor: yours is ∂L/∂Z₁ without the factor ⊙ "
          "[A₁ > 0] (numpy: * where(A1 > 0, 1, 0)) of layer 1 (relu′), i.e. with ∂L/∂A₁ where "
          "δ₁ = ∂L/∂A₁ ⊙ relu′(Z₁) belongs"),
-        ("(dZ2 @ W2.T) * (Z1 > 0)", "invalid",
-         "problem:   comparisons are only allowed as the first argument of where(cond, a, b)"),
+        ("(dZ2 @ W2.T) * (Z1 > 0)", "right", None),
+        ("(dZ2 @ W2.T) * (Z1 > 0).astype(float)", "invalid",
+         "problem:   attribute access is not allowed"),
     ],
     "q4": [
         ("sum(dZ1, axis=0)", "right", None),
@@ -371,3 +372,47 @@ def test_bad_input_is_one_line(tmp_path, capsys, argv, line) -> None:
     assert (code, out) == (2, "")
     assert err == "symgrad: error: " + line.format(**fill) + "\n"
     assert listing(tmp_path) == before
+
+
+# --------------------------------------------------------------------------
+# In a notebook: a Grade and a ClassGrades display themselves, with a short repr
+# --------------------------------------------------------------------------
+
+
+def test_grade_displays_itself() -> None:
+    from html.parser import HTMLParser
+
+    g = exercise.grade(EXAMPLE / "sheet.toml", EXAMPLE / "answers" / "cy.toml")
+    assert repr(g) == "<Grade Cy: 1/4 q1 right, q2 wrong, q3 circular, q4 blank>"
+    html = g._repr_html_()
+    badges = re.findall(r'<span class="symgrad-badge symgrad-(\w+)">([^<]*)</span>', html)
+    assert badges == [("fail", "1/4"), ("pass", "right"), ("fail", "WRONG (missing-term)"),
+                      ("fail", "circular"), ("undecided", "blank")]
+    rows = re.findall(r"<tr><td>(q\d)</td><td>([^<]*)</td>", html)
+    assert [r[0] for r in rows] == ["q1", "q2", "q3", "q4"]
+    for r in g.results:  # the feedback a student acts on, each line
+        for line in r.lines():
+            if not line.startswith("yours:"):
+                assert " ".join(line.split()).replace("&", "&amp;").replace("<", "&lt;") \
+                    .replace(">", "&gt;").replace("'", "&#x27;").replace('"', "&quot;") in html
+    assert "<strong>score: 1/4</strong>" in html and "Result(" not in html
+    HTMLParser().feed(html)
+    md = g._repr_markdown_()
+    assert md.splitlines()[0] == f"**1/4** — Cy ({EXAMPLE / 'answers' / 'cy.toml'})"
+    assert md.count("\n| q") == 4 and "**WRONG (missing-term)**" in md
+    assert md.rstrip().endswith("**score: 1/4**") and "Question(" not in md
+
+
+def test_class_grades_display_themselves() -> None:
+    c = exercise.grade_folder(EXAMPLE / "sheet.toml", EXAMPLE / "answers")
+    assert repr(c) == "<ClassGrades 4 graded: ada 4/4 bob 0/4 Cy 1/4 Dee 2/4>"
+    assert len(repr(c)) < 120
+    html = c._repr_html_()
+    rows = re.findall(r"<tr><td>([^<]*)</td>(.*?)</tr>", html)
+    assert [name for name, _ in rows] == ["ada", "bob", "Cy", "Dee"]
+    marks = [re.findall(r"symgrad-(pass|fail|undecided)\">([^<]*)<", cells) for _, cells in rows]
+    assert marks[0] == [("pass", "right")] * 4 + [("pass", "4/4")]
+    assert marks[3] == [("pass", "right"), ("pass", "right"), ("fail", "invalid"),
+                        ("fail", "wrong (axis)"), ("fail", "2/4")]
+    assert "4 graded, mean score 1.8 of 4; all right: 1" in html and "Grade(" not in html
+    assert c._repr_markdown_() == exercise.class_table(c)[0]
