@@ -398,13 +398,13 @@ def grade_html(g, reveal: bool = False) -> str:
              f"<code>{escape(g.source)}</code>")
     rows = []
     for r in g.results:
-        answer = (f"$${formula_latex(r.answer)}$$<code>{escape(r.answer.strip())}</code>"
+        answer = (f"$${formula_latex(r.answer)}$$<br><code>{escape(r.answer.strip())}</code>"
                   if r.answer.strip() else "—")
         feedback = "<br>".join(escape(" ".join(line.split()))
                                for line in r.lines(reveal) if not line.startswith("yours:"))
         rows.append(f"<tr><td>{escape(r.question.id)}</td><td>{escape(r.question.text)}</td>"
                     f"<td>{answer}</td><td>{badge(_result_kind(r), r.label)}</td>"
-                    f"<td>{feedback}</td></tr>")
+                    f'<td style="white-space:normal">{feedback}</td></tr>')
     head = "".join(f"<th>{h}</th>" for h in ("", "question", "yours", "verdict", "feedback"))
     body = (f'<table class="symgrad-table symgrad-grade"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>"
