@@ -4,7 +4,10 @@ User expressions (activations, losses, hand derivations) never reach ``eval``, `
 ``sympify`` or ``parse_expr``. Parsing has two stages so other modes can reuse them:
 
 * :func:`validate` runs ``ast.parse(text, mode="eval")`` after cheap pre-checks and checks
-  size limits and an allow-list of node types. ``allow_matrix=True`` additionally admits
+  size limits and an allow-list of node types. A comparison (one of ``< <= > >=``, not
+  chained) is an operand like any other: as the first argument of ``where`` it is the
+  condition, elsewhere it is the Iverson bracket ``[a > b]`` (1 where true, 0 elsewhere),
+  as numpy multiplies a boolean array (so ``x * (x > 0)`` is relu and ``(x > 0)`` relu′). ``allow_matrix=True`` additionally admits
   ``@``, ``.T``, the keyword arguments ``axis=0|1|None`` / ``keepdims=True|False`` and the
   numpy method spellings of :data:`MATRIX_METHODS` (``x.sum(axis=0)``, ``a.dot(b)``).
 * :func:`parse_scalar` builds SymPy for scalar expressions with :class:`ScalarBuilder`, an
@@ -17,7 +20,7 @@ of at most 12 digits, finite float literals with ``|v| <= 1e12``. Building (SymP
 as it goes, sometimes at absurd cost): numeric exponents within ``|p| <= 64``; constants
 (no free symbols) finite, real and within 1e300; no number anywhere beyond about 1e300;
 ``exp`` of a constant within 700; numbers under a fractional power below 1e18 with a
-denominator dividing 12; no where/relu/heaviside inside a condition. What these miss is
+denominator dividing 12; no where/relu/heaviside or comparison inside a condition. What these miss is
 cut off after ``TIME_LIMIT`` seconds ("expression is too complex"). A single long C-level
 integer operation inside SymPy cannot be interrupted, so the limit is best effort.
 """
@@ -72,6 +75,11 @@ def _relu(x: sympy.Expr) -> sympy.Expr:
 
 def _heaviside(x: sympy.Expr) -> sympy.Expr:
     return sympy.Piecewise((1, x > 0), (0, True))
+
+
+def _iverson(relation: sympy.Basic) -> sympy.Expr:
+    """A comparison used as a number: ``[relation]``, 1 where it holds and 0 elsewhere."""
+    return sympy.Piecewise((1, relation), (0, True))
 
 
 def _where(cond: sympy.Basic, a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
@@ -268,12 +276,11 @@ class _Validator:
         return _fail(self.where, what)
 
     def run(self, tree: ast.Expression) -> None:
-        stack: list[tuple[ast.AST, bool]] = [(tree.body, False)]  # (node, comparison allowed)
+        stack: list[ast.AST] = [tree.body]
         while stack:
-            node, comparison_ok = stack.pop()
-            stack.extend(reversed(self.check(node, comparison_ok)))
+            stack.extend(reversed(self.check(stack.pop())))
 
-    def check(self, node: ast.AST, comparison_ok: bool) -> list[tuple[ast.AST, bool]]:
+    def check(self, node: ast.AST) -> list[ast.AST]:
         """Refuse ``node`` or return its children to check next."""
         if isinstance(node, ast.Name):
             return []
@@ -283,20 +290,20 @@ class _Validator:
         if isinstance(node, ast.UnaryOp):
             if not isinstance(node.op, ast.UAdd | ast.USub):
                 raise self.refuse(f"operator '{_OPERATORS[type(node.op)]}' is not allowed")
-            return [(node.operand, False)]
+            return [node.operand]
         if isinstance(node, ast.BinOp):
             self.check_operator(node.op)
-            return [(node.left, False), (node.right, False)]
+            return [node.left, node.right]
         if isinstance(node, ast.Compare):
-            self.check_comparison(node, comparison_ok)
-            return [(node.left, False), (node.comparators[0], False)]
+            self.check_comparison(node)
+            return [node.left, node.comparators[0]]
         if isinstance(node, ast.Call):
             return self.check_call(node)
         if isinstance(node, ast.Attribute):
             if _is_numpy_attribute(node):
                 return []
             if node.attr == "T" and self.allow_matrix:
-                return [(node.value, False)]
+                return [node.value]
             if node.attr == "T":
                 raise self.refuse("transpose '.T' is only allowed in matrix expressions")
         raise self.refuse(_REFUSED.get(type(node), f"{type(node).__name__} is not allowed"))
@@ -328,34 +335,28 @@ class _Validator:
             raise self.refuse("operator '^' is not allowed (write ** for powers)")
         raise self.refuse(f"operator '{_OPERATORS[type(op)]}' is not allowed")
 
-    def check_comparison(self, node: ast.Compare, comparison_ok: bool) -> None:
-        if not comparison_ok:
-            raise self.refuse(
-                "comparisons are only allowed as the first argument of where(cond, a, b)"
-            )
+    def check_comparison(self, node: ast.Compare) -> None:
         if len(node.ops) > 1:
             raise self.refuse("chained comparisons are not allowed (compare two values)")
         if type(node.ops[0]) not in _COMPARISONS:
             symbol = _OPERATORS[type(node.ops[0])]
             raise self.refuse(f"comparison '{symbol}' is not allowed (use <, <=, > or >=)")
 
-    def check_call(self, node: ast.Call) -> list[tuple[ast.AST, bool]]:
+    def check_call(self, node: ast.Call) -> list[ast.AST]:
         func = node.func
-        if isinstance(func, ast.Name):
-            name = func.id
-        elif _is_numpy_attribute(func):
-            name = func.attr
+        if isinstance(func, ast.Name) or _is_numpy_attribute(func):
+            pass
         elif _is_method(func) and self.allow_matrix:  # x.sum(axis=0): the receiver is an argument
             for keyword in node.keywords:
                 self.check_keyword(keyword)
-            return [(func.value, False), *((arg, False) for arg in node.args)]
+            return [func.value, *node.args]
         elif isinstance(func, ast.Attribute):
             raise self.refuse("attribute access is not allowed")
         else:
             raise self.refuse("only named functions can be called, e.g. exp(x)")
         for keyword in node.keywords:
             self.check_keyword(keyword)
-        return [(arg, name == "where" and i == 0) for i, arg in enumerate(node.args)]
+        return list(node.args)
 
     def check_keyword(self, keyword: ast.keyword) -> None:
         if keyword.arg is None:
@@ -378,8 +379,8 @@ class _Validator:
 def validate(text: str, *, where: str, allow_matrix: bool = False) -> ast.Expression:
     """Parse ``text`` with ``ast`` and check limits and allowed constructs; return the tree.
 
-    Names and function names are *not* checked here (each mode has its own tables);
-    comparisons are accepted only as the first argument of a call to ``where``.
+    Names and function names are *not* checked here (each mode has its own tables); a
+    comparison (``< <= > >=``, not chained) is accepted wherever an operand is.
     Raises :class:`SymgradError` (``where`` names the place) for any bad input.
     """
     if not isinstance(text, str):
@@ -803,6 +804,19 @@ class ScalarBuilder:
             )
 
     def visit_Compare(self, node: ast.Compare) -> sympy.Basic:
+        """A comparison used as a number: the Iverson bracket (see :func:`_iverson`)."""
+        relation = self.condition(node)
+        if relation.has(sympy.Piecewise):  # as in a where() condition: unbounded folding
+            raise self.error(
+                f"the comparison {_source(node)} cannot contain where(), relu(), heaviside() "
+                "or a comparison; rewrite it without nesting them"
+            )
+        return self.remember(node, _iverson(relation), None)
+
+    def condition(self, node: ast.Compare) -> sympy.Basic:
+        """The relation ``a < b`` (…) itself: the first argument of ``where``."""
+        if time.perf_counter() > self._end:
+            raise _OutOfTime
         left, right = self.visit(node.left), self.visit(node.comparators[0])
         relation = _COMPARISONS.get(type(node.ops[0]))
         if relation is None:
@@ -834,13 +848,15 @@ class ScalarBuilder:
             raise self.error(
                 f"the first argument of {label}() must be a comparison, e.g. {label}(x > 0, x, 0)"
             )
-        args = [self.visit(arg) for arg in node.args]
+        args = [self.condition(arg) if name == "where" and i == 0 else self.visit(arg)
+                for i, arg in enumerate(node.args)]  # type: ignore[arg-type]
         if name in _CONDITIONAL and args[0].has(sympy.Piecewise):
             # SymPy folds a Piecewise inside a condition into every branch combination,
             # with unbounded cost (it has taken minutes on 200-character inputs).
             raise self.error(
                 f"the {'condition' if name == 'where' else 'argument'} of {label}() cannot "
-                "contain where(), relu() or heaviside(); rewrite it without nesting them"
+                "contain where(), relu(), heaviside() or a comparison; rewrite it without "
+                "nesting them"
             )
         estimate = self.estimate(node, self.float_functions.get(name), args)
         return self.remember(node, self.call(name, label, args), estimate)

@@ -89,6 +89,7 @@ from symgrad.expr import (  # the parser's time limit, reused
     SCALAR_FUNCTIONS,
     ScalarBuilder,
     _is_method,
+    _iverson,
     _warm_up,
     parse_scalar,
     validate,
@@ -699,14 +700,16 @@ class Network:
         digits = [_digits(f) for eq in (*self.d.forward, *self.d.steps) for f in _floats(eq.rhs)]
         return max([EXACT_RTOL, *(1e3 * 10.0 ** -d for d in digits)])
 
-    def sweep(self, env: dict, skip_derivative: int | None = None) -> None:
+    def sweep(self, env: dict, skip_derivative: int | None = None,
+              factor: Callable[[dict], np.ndarray] | None = None) -> None:
         """Every cotangent of the derivation into ``env``; with ``skip_derivative = l``,
-        δ_l is replaced by ∂L/∂A_l (the chain without layer l's activation derivative)."""
+        δ_l is replaced by ∂L/∂A_l (the chain without layer l's activation derivative),
+        or by ∂L/∂A_l ⊙ ``factor(env)`` (another derivative in its place)."""
         for eq in self.d.steps:
             name = eq.target.name
             if skip_derivative is not None and name == f"dZ{skip_derivative}":
                 a = "dYhat" if skip_derivative == self.L else f"dA{skip_derivative}"
-                env[name] = env[a]
+                env[name] = env[a] if factor is None else env[a] * factor(env)
             else:
                 env[name] = eq.rhs.numeric(env)
         env.setdefault("dYhat", self.dyhat_generic.numeric(env))
@@ -1006,8 +1009,16 @@ class FormulaBuilder(ScalarBuilder):
         return self.elementwise(fn, [left, right], text)
 
     def visit_Compare(self, node: ast.Compare) -> Value:
+        """``Z1 > 0`` as a number: the elementwise Iverson bracket (1.0 where true, 0.0
+        elsewhere), as numpy multiplies a boolean array; so ``dA1 * (Z1 > 0)`` is relu′."""
         if self._matrix_free(node):
             return super().visit_Compare(node)
+        return self.elementwise(_iverson, [self.condition(node)], _src(node))
+
+    def condition(self, node: ast.Compare) -> Value:
+        """The comparison itself (a boolean Map): the first argument of where()."""
+        if self._matrix_free(node):
+            return super().condition(node)
         left, right = self.visit(node.left), self.visit(node.comparators[0])
         relation = {ast.Lt: sp.Lt, ast.LtE: sp.Le, ast.Gt: sp.Gt, ast.GtE: sp.Ge}[type(node.ops[0])]
         return self.elementwise(relation, [left, right], _src(node), boolean=True)
@@ -1042,7 +1053,8 @@ class FormulaBuilder(ScalarBuilder):
             raise self.error(
                 f"the first argument of {label}() must be a comparison, e.g. {label}(Z1 > 0, dA1, 0)"
             )
-        args = [self.visit(a) for a in node.args]
+        args = [self.condition(a) if name == "where" and i == 0 else self.visit(a)
+                for i, a in enumerate(node.args)]  # type: ignore[arg-type]
         return self.elementwise(
             lambda *xs: self.call(name, label, list(xs)), args, _src(node)
         )
@@ -1746,7 +1758,32 @@ class _Check:
                     f"{factor} of layer {l} ({fn.name}′), i.e. with {a} where δ{sub} = "
                     f"{a} ⊙ {fn.name}′(Z{sub}) belongs",
                 )
+            found = self.relu_mask(l, values, factor)
+            if found:
+                return found
         return None
+
+    def relu_mask(self, l: int, values, factor: str) -> Verdict | None:
+        """Layer ``l`` is not relu, but yours uses relu′, the mask [Z_l > 0] (numpy:
+        ``(Z1 > 0)``), as its activation derivative."""
+        fn = self.net.spec.layers[l - 1].fn
+        if fn.name == "relu" or fn.is_rowwise or f"Z{l}" not in self.instances[0].env:
+            return None
+        alt = []
+        for inst in self.instances:
+            env = dict(inst.env)
+            with np.errstate(all="ignore"):
+                self.net.sweep(env, skip_derivative=l,
+                               factor=lambda e: (np.asarray(e[f"Z{l}"]) > 0).astype(float))
+            alt.append(env[self.target.cot])
+        if not self.matches(values, alt):
+            return None
+        sub = str(l).translate(_SUB)
+        return self.found(
+            "activation-derivative",
+            f"wrong activation derivative: yours uses relu′ (the 0/1 mask [Z{sub} > 0]) for "
+            f"layer {l}, but layer {l} is {fn.name}: use {factor}",
+        )
 
     def other_gradient(self, term: Term) -> Verdict | None:
         t = self.target

@@ -11,6 +11,7 @@ from types import FrameType
 import pytest
 import sympy
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from strategies import EXPR_NAMES, expression_strings
 
 from symgrad.errors import SymgradError
@@ -219,10 +220,12 @@ ROOTS = "a number under a fractional power must be below 1e18 and the denominato
         ("x // 2", "operator '//' is not allowed"),
         ("x ^ 2", "operator '^' is not allowed (write ** for powers)"),
         ("x @ y", "operator '@' (matrix product) is only allowed in matrix expressions"),
-        ("x > 0", "comparisons are only allowed as the first argument of where(cond, a, b)"),
-        ("exp(x > 0)", "comparisons are only allowed as the first argument of where(cond, a, b)"),
-        ("where(1, x > 0, 2)",
-         "comparisons are only allowed as the first argument of where(cond, a, b)"),
+        ("(heaviside(x) > 0) * x", "the comparison heaviside(x) > 0 cannot contain where(), "
+         "relu(), heaviside() or a comparison; rewrite it without nesting them"),
+        ("relu(x > 0)", "the argument of relu() cannot contain where(), relu(), heaviside() "
+         "or a comparison; rewrite it without nesting them"),
+        ("0 < x < 1", "chained comparisons are not allowed (compare two values)"),
+        ("x * (x == 0)", "comparison '==' is not allowed (use <, <=, > or >=)"),
         ("where(0 < x < 1, x, 0)", "chained comparisons are not allowed (compare two values)"),
         ("where(x == 0, 1, x)", "comparison '==' is not allowed (use <, <=, > or >=)"),
         ("where(x is y, 1, x)", "comparison 'is' is not allowed (use <, <=, > or >=)"),
@@ -254,10 +257,10 @@ ROOTS = "a number under a fractional power must be below 1e18 and the denominato
         ("exp(999999 * log(x))",
          "exp(999999*log(x)) is out of range (exp(k*log(u)) is u**k, and k must be at most 64"
          " in absolute value)"),
-        ("relu(relu(x))", "the argument of relu() cannot contain where(), relu() or heaviside();"
-         " rewrite it without nesting them"),
+        ("relu(relu(x))", "the argument of relu() cannot contain where(), relu(), heaviside() "
+         "or a comparison; rewrite it without nesting them"),
         ("where(heaviside(x) > 0, x, 0)", "the condition of where() cannot contain where(),"
-         " relu() or heaviside(); rewrite it without nesting them"),
+         " relu(), heaviside() or a comparison; rewrite it without nesting them"),
         ("e ** (x - 800)", f"e**(x - 800) is out of range {EXP}"),
         ("where(x < y, 999999999999, 0.5) ** 46",
          "a number in where(x < y, 999999999999, 0.5) ** 46 is too large (over 1e300)"),
@@ -456,3 +459,57 @@ def test_fuzz_parse_scalar(text: str) -> None:
     else:
         assert isinstance(result, sympy.Basic)
     assert time.perf_counter() - start < 1.0
+
+
+# --- comparisons as numbers (the Iverson bracket) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("x > 0", sympy.Piecewise((1, x > 0), (0, True))),
+        ("x * (x > 0)", x * sympy.Piecewise((1, x > 0), (0, True))),
+        ("(x >= y) + (y < 1)",
+         sympy.Piecewise((1, x >= y), (0, True)) + sympy.Piecewise((1, y < 1), (0, True))),
+        ("exp(x <= 2)", sympy.exp(sympy.Piecewise((1, x <= 2), (0, True)))),
+        ("where(x > 0, y > 1, 0)", sympy.Piecewise((sympy.Piecewise((1, y > 1), (0, True)),
+                                                     x > 0), (0, True))),
+        ("(1 > 0) * x", x),
+        ("(1 < 0) + x", x),
+    ],
+)
+def test_comparison_is_the_iverson_bracket(text: str, expected: sympy.Basic) -> None:
+    result = parse(text)
+    assert result == expected
+
+
+def _with_operand(template: str, operand: str) -> str:
+    return template.replace("@", f"({operand})", 1).replace("@", "y")
+
+
+_OPERAND_PLACES = (
+    "@", "@ + 1", "2 * @", "@ / 3", "@ ** 2", "-@", "exp(@)", "maximum(@, @)",
+    "where(x > 0, @, 0)", "where(x > 0, 1, @)", "np.tanh(@) - @", "(@) * (@)",
+)
+_COMPARISON_OPS = st.sampled_from(("<", "<=", ">", ">="))
+_SIDES = st.sampled_from(("x", "y", "0", "1.5", "x + y", "exp(y)", "2 * x"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(_OPERAND_PLACES), _SIDES, _COMPARISON_OPS, _SIDES, st.booleans())
+def test_comparisons_anywhere_an_operand_is(place, left, op, right, matrix) -> None:
+    text = _with_operand(place, f"{left} {op} {right}")
+    validate(text, where=WHERE, allow_matrix=matrix)
+    result = parse(text)
+    assert isinstance(result, sympy.Basic)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(_OPERAND_PLACES), st.lists(st.tuples(_COMPARISON_OPS, _SIDES),
+                                                  min_size=2, max_size=4), _SIDES,
+       st.booleans())
+def test_chained_comparisons_are_refused(place, chain, first, matrix) -> None:
+    operand = first + "".join(f" {op} {side}" for op, side in chain)
+    with pytest.raises(SymgradError) as info:
+        validate(_with_operand(place, operand), where=WHERE, allow_matrix=matrix)
+    assert info.value.what == "chained comparisons are not allowed (compare two values)"

@@ -410,3 +410,51 @@ def test_exported_members():
         "Verdict", "verify", "verify_scalar", "NumpyPrinter", "numpy_text", "FormulaBuilder",
         "DIAGNOSES",
     }
+
+
+# --------------------------------------------------------------------------
+# Comparisons as numbers: numpy's boolean mask (Z1 > 0) is relu′
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("formula", [
+    "(dZ2 @ W2.T) * (Z1 > 0)", "dZ2 @ W2.T * (Z1 > 0)", "(dZ2 @ W2.T) * (A1 > 0)",
+    "dA1 * (0 < Z1)", "where(Z1 > 0, dA1, 0) * (A1 > 0)",
+])
+def test_comparison_mask_is_relu_derivative(formula):
+    v = verify(NETWORKS["relu"], "Z1", formula)
+    assert v.ok and v.symbolic.startswith("proved"), v.text()
+
+
+def test_comparison_mask_at_zero_is_not_called_wrong():
+    """[Z1 >= 0] differs from relu′ (relu′(0) = 0) only at 0: never WRONG on random data."""
+    v = verify(NETWORKS["relu"], "Z1", "dA1 * (Z1 >= 0)", budget=0.5)
+    assert v.numeric.startswith("equal on 3 random instances") and v.diagnosis is None
+
+
+@pytest.mark.parametrize(("wrt", "formula"), [
+    ("Z1", "(dZ2 @ W2.T) * (A1 > 0)"), ("Z1", "dA1 * (Z1 > 0)"),
+    ("W1", "X.T @ ((dZ2 @ W2.T) * (Z1 > 0))"),
+])
+def test_relu_mask_on_a_tanh_layer_is_diagnosed(wrt, formula):
+    v = verify(TANH, wrt, formula)
+    assert not v.ok and v.diagnosis == "activation-derivative"
+    assert v.message == (
+        "wrong activation derivative: yours uses relu′ (the 0/1 mask [Z₁ > 0]) for layer 1, "
+        "but layer 1 is tanh: use the factor ⊙ (1 − A₁²) (numpy: * (1 - A1**2))")
+
+
+def test_comparison_mask_cli(tmp_path, capsys):
+    digits = Path(__file__).resolve().parents[1] / "examples" / "digits.toml"
+    assert main(["verify", str(digits), "--wrt", "Z1", "(dZ2 @ W2.T) * (A1 > 0)"]) == 1
+    assert "verdict:   WRONG (activation-derivative)" in capsys.readouterr().out
+    relu = tmp_path / "relu.toml"
+    relu.write_text(digits.read_text(encoding="utf-8").replace('"tanh"', '"relu"'),
+                    encoding="utf-8")
+    assert main(["verify", str(relu), "--wrt", "Z1", "(dZ2 @ W2.T) * (Z1 > 0)"]) == 0
+    assert "verdict:   correct" in capsys.readouterr().out
+
+
+def test_comparison_in_scalar_mode():
+    assert verify_scalar("x * (x > 0)", "x", "x > 0").ok
+    assert verify_scalar("maximum(x, 0)", "x", "(x > 0) * 1.0").ok
