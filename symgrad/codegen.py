@@ -2190,10 +2190,23 @@ def _shape_code(shape: tuple[sp.Expr, ...], sizes: dict[sp.Symbol, int]) -> str:
     return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
 
 
+COMMENT_LENGTH = 300  # a formula shown in the module (comment or docstring line) is cut here
+_CUT = " … (formula too long to show; see `symgrad derive`)"
+
+
+def shown(line: str) -> str:
+    """line as the module shows a formula: whole up to :data:`COMMENT_LENGTH` characters,
+    else cut to that length with a note (``symgrad derive`` prints it whole). Every comment
+    and docstring line of the module passes here."""
+    if len(line) <= COMMENT_LENGTH:
+        return line
+    return line[: COMMENT_LENGTH - len(_CUT)].rstrip() + _CUT
+
+
 def _code_lines(statements: list[Statement], indent: str = "    ") -> list[str]:
     out = []
     for s in statements:
-        out += [f"{indent}# {c}".rstrip() for c in s.comments]
+        out += [f"{indent}# {shown(c)}".rstrip() for c in s.comments]
         out += [f"{indent}{line}" if line else "" for line in s.code]
     return out
 
@@ -2207,7 +2220,7 @@ def _docstring(d: Derivation) -> str:
         "statement of loss_and_grad and of the training step carries the formula it computes.",
         "",
     ]
-    lines += [line.rstrip() for line in d.text().rstrip().splitlines()]
+    lines += [shown(line.rstrip()) for line in d.text().rstrip().splitlines()]
     lines += [
         "",
         "Interface: INPUTS, OUTPUTS, PARAM_SHAPES, init_params, forward, loss, loss_and_grad,",

@@ -6,7 +6,10 @@
 - Every public function checks its arguments at the boundary: a bad one is a ValueError
   or TypeError whose message names it, says what was expected and what was given; the
   script prints one line ``<module>: error: …`` and exits 2.
-- save_params is atomic and agrees with load_params on the ".npz" suffix.
+- save_params is atomic and agrees with load_params on the ".npz" suffix; both refuse
+  names the network does not have, in one message.
+- float32/float64 params of either byte order are taken (native inside; train() writes
+  back into the caller's arrays); a formula shown in the module is at most 300 characters.
 - "keeps the last finite parameters" holds for the last update and across calls.
 
 Modules are generated once per network shape (``module``); networks are tiny.
@@ -27,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from symgrad.codegen import generate_source, load_module
+from symgrad.codegen import generate_source, load_module, shown
 from symgrad.spec import Layer, Spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -392,6 +395,7 @@ def test_load_and_save_params(digits, tmp_path):
     np.savez(tmp_path / "nan.npz", **{k: np.full(v.shape, np.nan) for k, v in p.items()})
     np.savez(tmp_path / "partial.npz", W1=p["W1"], b1=p["b1"])
     np.savez(tmp_path / "objects.npz", W1=np.array([None] * 3, dtype=object))
+    np.savez(tmp_path / "extra.npz", **p, extra=np.array([None], dtype=object), more=p["b1"])
     (tmp_path / "text.npz").write_text("not numpy")
     cases = {
         "one.npy": (ValueError, "one.npy: an .npy file (one array); this takes an .npz file "
@@ -401,6 +405,9 @@ def test_load_and_save_params(digits, tmp_path):
         "partial.npz": (ValueError, "partial.npz has no W2, b2; this network's parameters are "
                                     "W1, b1, W2, b2"),
         "objects.npz": (ValueError, "objects.npz: W1 cannot be read as an array of numbers"),
+        # named, unread (an object array would not load), as save_params refuses them
+        "extra.npz": (ValueError, "extra.npz has 'extra', 'more', which this network does not "
+                                  "have; its parameters are W1, b1, W2, b2"),
         "text.npz": (ValueError, "text.npz: not an .npz file (np.savez writes one)"),
         "missing": (FileNotFoundError, "missing: no such file"),
     }
@@ -408,6 +415,71 @@ def test_load_and_save_params(digits, tmp_path):
         with pytest.raises(error) as e:
             digits.load_params(tmp_path / name)
         assert str(e.value) == f"{tmp_path}/{message}", name
+
+
+def test_save_and_load_refuse_the_same_extra_names(digits, tmp_path):
+    """M4: what save_params refuses, load_params refuses, with the same message."""
+    p = digits.init_params(seed=0)
+    np.savez(tmp_path / "extra.npz", **p, b3=p["b2"])
+    with pytest.raises(ValueError) as saved:
+        digits.save_params({**p, "b3": p["b2"]}, tmp_path / "never.npz")
+    with pytest.raises(ValueError) as loaded:
+        digits.load_params(tmp_path / "extra.npz")
+    tail = "has 'b3', which this network does not have; its parameters are W1, b1, W2, b2"
+    assert str(saved.value) == f"params {tail}"
+    assert str(loaded.value) == f"{tmp_path / 'extra.npz'} {tail}"
+    assert not (tmp_path / "never.npz").exists()
+
+
+@pytest.mark.parametrize("dtype", ["f4", "f8"])
+@pytest.mark.parametrize("order", ["<", ">", "="])
+def test_params_of_any_byte_order(tmp_path, dtype, order):
+    """M5: float32/float64 params in either byte order (">f8") give the native numbers;
+    train() updates the caller's arrays in place, keeping their dtype, with every optimizer."""
+    m = module(3, 4, 2, "classes")
+    X, Y = data(m, "classes", "integer", n=9)
+    given = np.dtype(order + dtype)
+    reference = m.init_params(seed=2, dtype=dtype)
+    params = {k: v.astype(given) for k, v in reference.items()}
+    assert m.init_params(seed=2, dtype=given)["W1"].dtype == reference["W1"].dtype  # native
+    assert m.loss(params, X, Y) == m.loss(reference, X, Y)
+    np.testing.assert_array_equal(m.predict(params, X), m.predict(reference, X))
+    loaded = m.load_params(m.save_params(params, tmp_path / "p"))
+    assert all(np.array_equal(loaded[k], reference[k]) and loaded[k].dtype.isnative
+               for k in params)
+    for optimizer in OPTIMIZERS:
+        options = {"epochs": 2, "batch_size": 4, "optimizer": optimizer, "verbose": False}
+        arrays = dict(params)
+        assert m.train(params, X, Y, **options) == m.train(reference, X, Y, **options)
+        for k in params:
+            assert params[k] is arrays[k] and params[k].dtype == given, (optimizer, k)
+            np.testing.assert_array_equal(params[k], reference[k], err_msg=f"{optimizer} {k}")
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.text(min_size=0, max_size=700))
+def test_a_shown_formula_is_cut_at_300_characters(line):
+    """M2: a formula line is shown whole up to 300 characters, else its start and a note."""
+    out = shown(line)
+    if len(line) <= 300:
+        assert out == line
+    else:
+        head, note = out.split(" … (", 1)
+        assert note == "formula too long to show; see `symgrad derive`)"
+        assert len(out) <= 300 and line.startswith(head)
+
+
+def test_long_formulas_are_cut_in_the_module():
+    """M2: a long activation's δ formula (a 10-factor product's derivative) is cut in the
+    comments and the docstring; the code still computes it."""
+    act = "*".join(f"(x+{10**6 + i})" for i in range(1, 11))
+    text = generate_source(Spec("long_net", 3, (Layer(4, act), Layer(2, "identity")), loss="mse"))
+    comments = [line.strip() for line in text.splitlines() if line.strip().startswith("# δ₁")]
+    assert comments and all(len(c) <= 302 and c.endswith("see `symgrad derive`)")
+                            for c in comments)
+    docstring = text.split('"""')[1].splitlines()
+    assert all(len(line) <= 300 for line in docstring)
+    assert sum("formula too long to show" in line for line in docstring) == 1
 
 
 def test_save_params_is_atomic(digits, tmp_path, monkeypatch):
