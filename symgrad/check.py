@@ -16,7 +16,9 @@ process; it cannot reach these.  So a pass means: the module's gradient matches 
 of its own loss *as its process reported them* — it catches wrong gradients, and is no
 proof against a module built to deceive (which could as well define a consistent loss).
 Started as root, that process becomes ``nobody`` before the import (it cannot signal or
-trace this one); on Linux it dies with this one (symgrad.sandbox.isolate).  The process
+trace this one, and reads but cannot write root's files); on Linux it dies with this one
+and is a subreaper, so what the module forks (setsid or not) is killed with it
+(symgrad.sandbox.isolate, kill_descendants).  The process
 runs under :data:`TIME_LIMIT` seconds for the whole check (then it and everything it
 started are killed) and an address-space limit of :data:`MEMORY_LIMIT` bytes.  When no
 report comes back (the process exited, died, timed out or sent garbage) the check fails
@@ -92,7 +94,7 @@ import sympy as sp
 
 from symgrad.cli import command
 from symgrad.errors import SymgradError
-from symgrad.sandbox import MAGIC, Session
+from symgrad.sandbox import MAGIC, Session, kill_descendants
 
 __all__ = [
     "DEFAULT_TOL",
@@ -113,6 +115,7 @@ LOSS_TOL = 1e-10
 """Max relative difference of two evaluations of the same loss (module vs derivation)."""
 
 TIME_LIMIT = 120.0
+MAX_TIME_LIMIT = 86_400.0  # --time-limit: at most a day (poll()'s milliseconds, time's range)
 """Seconds a MODULE.py's process may take for the whole check (import included)."""
 
 MEMORY_LIMIT = 4 << 30
@@ -170,9 +173,12 @@ class Row:
     smaller_steps: int = 0  # entries that needed a smaller step than the first (kinks)
     coverage: str = ""
     note: str = ""  # printed under the table (what a sampled check can miss)
+    not_finite: bool = False  # the claimed gradient has an inf or nan: nothing to compare
 
     @property
     def error_text(self) -> str:
+        if self.not_finite:
+            return "not finite"
         if self.method == "taylor":
             return "—" if math.isnan(self.error) else f"order {self.error:.2f}"
         return "nan" if math.isnan(self.error) else f"{self.error:.1e}"
@@ -541,6 +547,8 @@ class _Isolated:
                 proc.wait(timeout=0.5)
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 pass
+        if proc.poll() is None:  # still the subreaper of all it started (setsid or not)
+            kill_descendants(proc.pid)
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # its own session: the pgid is its pid
         except (ProcessLookupError, PermissionError):
@@ -1091,7 +1099,15 @@ def _claimed(problem: Problem, name: str, shape: tuple[int, ...],
                     f"the parameter {_shape_text(shape)}")
     if claim.values is None or claim.values.shape != shape:
         return fail(f"loss_and_grad returned {_clean(info.get('repr', '?'), 40)}, not an array")
-    return claim.values.reshape(-1), None
+    flat = claim.values.reshape(-1)
+    bad = np.flatnonzero(~np.isfinite(flat))
+    if bad.size:  # whatever the differences say there (they may be inf too): nothing compares
+        j = int(bad[0])
+        more = f" ({bad.size} entries are not finite)" if bad.size > 1 else ""
+        return None, Row(name, shape, math.nan, _index_text(shape, j), method, False,
+                         f"{name}{_index_text(shape, j)}: the gradient is not finite "
+                         f"(loss_and_grad {flat[j]:g}){more}", not_finite=True)
+    return flat, None
 
 
 # ------------------------------------------------------------------------------------------
@@ -1480,18 +1496,20 @@ def _not_analytic(spec) -> str:
 
 
 def check_spec(spec, method: str = "central", tol: float | None = None, seed: int = 0,
-               directions: int = 8, samples: int = SAMPLES) -> CheckReport:
+               directions: int = 8, samples: int = SAMPLES, *,
+               time_limit: float | None = None) -> CheckReport:
     """Generate the module of ``spec`` (a :class:`~symgrad.spec.Spec` or a TOML path) in
     memory and check it as :func:`check_module` does; also compare its loss with the
     derivation's forward equations evaluated numerically (a ``loss`` row, method
     ``derivation``).  The complex step, where the spec is analytic, differentiates the
-    derivation's equations at complex parameters."""
+    derivation's equations at complex parameters.  With ``time_limit`` the generated module
+    is evaluated in a separate process under it, as a MODULE.py is."""
     from symgrad.codegen import generate_source, load_module
     from symgrad.derive import derive
     from symgrad.spec import load_spec
 
     start = time.perf_counter()
-    _options(method, tol, seed, directions, samples)
+    _options(method, tol, seed, directions, samples, time_limit)
     if isinstance(spec, str | Path):
         kind, path = _resolve(spec)
         if kind != "spec":
@@ -1506,11 +1524,12 @@ def check_spec(spec, method: str = "central", tol: float | None = None, seed: in
     evaluator: Any = None
     scratch = None
     try:
-        if _large(size, samples):  # evaluated as a MODULE.py is: one BLAS thread, a deadline
+        if _large(size, samples) or time_limit is not None:  # as a MODULE.py: a deadline
             scratch = tempfile.TemporaryDirectory(prefix="symgrad-check-")
             path = Path(scratch.name) / f"{spec.name}.py"
             path.write_text(source, encoding="utf-8")
-            evaluator = _Isolated(path, str(spec.source), TIME_LIMIT, MEMORY_LIMIT)
+            evaluator = _Isolated(path, str(spec.source),
+                                  TIME_LIMIT if time_limit is None else time_limit, MEMORY_LIMIT)
         else:
             evaluator = _Local(module)
         problem = _problem(evaluator, spec.source, seed, samples, targets=kind,
@@ -1555,10 +1574,7 @@ def check_module(module_or_path: ModuleType | str | Path, method: str = "central
     :data:`MEMORY_LIMIT`); when it gives no report the returned report has ``failure`` set
     (and ``ok`` false).  A module object is trusted and evaluated in this process."""
     start = time.perf_counter()
-    _options(method, tol, seed, directions, samples)
-    if time_limit is not None and not (isinstance(time_limit, int | float)
-                                       and math.isfinite(time_limit) and time_limit > 0):
-        raise SymgradError("check: time limit", f"must be a positive number, not {time_limit!r}")
+    _options(method, tol, seed, directions, samples, time_limit)
     progress = _Progress(start)
     if isinstance(module_or_path, ModuleType):
         where = getattr(module_or_path, "__file__", None) or module_or_path.__name__
@@ -1595,7 +1611,8 @@ def check_module(module_or_path: ModuleType | str | Path, method: str = "central
             evaluator.close()
 
 
-def _options(method: str, tol: float | None, seed: int, directions: int, samples: int) -> None:
+def _options(method: str, tol: float | None, seed: int, directions: int, samples: int,
+             time_limit: float | None = None) -> None:
     if method not in METHODS:
         raise SymgradError("check", f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if tol is not None and not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
@@ -1606,6 +1623,11 @@ def _options(method: str, tol: float | None, seed: int, directions: int, samples
         raise SymgradError("check: --directions", f"must be between 1 and 10000, not {directions!r}")
     if not isinstance(samples, int) or not 1 <= samples <= 100_000:
         raise SymgradError("check: samples", f"must be between 1 and 100000, not {samples!r}")
+    if time_limit is not None and not (isinstance(time_limit, int | float)
+                                       and not isinstance(time_limit, bool)
+                                       and 0 < time_limit <= MAX_TIME_LIMIT):
+        raise SymgradError("check: --time-limit", f"must be a number of seconds in "
+                           f"(0, {MAX_TIME_LIMIT:g}], not {time_limit!r}")
 
 
 def _fallback(reason: str, tol: float | None) -> str:
@@ -1654,7 +1676,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     kind, _ = _resolve(args.target)
     if kind == "spec":
         report = check_spec(args.target, method=args.method, tol=args.tol, seed=args.seed,
-                            directions=args.directions)
+                            directions=args.directions,
+                            time_limit=getattr(args, "time_limit", None))
     else:
         report = check_module(args.target, method=args.method, tol=args.tol, seed=args.seed,
                               directions=args.directions,

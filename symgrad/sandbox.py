@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAGIC", "Session", "describe_array", "describe_scalar", "plain", "main"]
+__all__ = ["MAGIC", "Session", "describe_array", "describe_scalar", "kill_descendants", "plain",
+           "main"]
 
 MAGIC = b"SGC1"
 MAX_ITEMS = 10_000  # plain(): items of a container described
@@ -329,9 +330,57 @@ def _limit_resources(memory: int) -> None:
 
 
 NOBODY = 65534  # the unprivileged uid and gid the process takes when started as root
-_PR_SET_PDEATHSIG, _PR_SET_KEEPCAPS, _PR_SET_NO_NEW_PRIVS = 1, 8, 38
+_PR_SET_PDEATHSIG, _PR_SET_KEEPCAPS, _PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 1, 8, 36, 38
 _CAP_VERSION_3 = 0x20080522
-_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+_CAP_DAC_READ_SEARCH = 2
+
+
+def _descendants(root: int) -> list[int]:
+    """The live (not zombie) processes below ``root``, from /proc/*/stat's ppid links."""
+    parents: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # pragma: no cover - no /proc
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()  # after "(comm)", which may hold spaces
+        if len(fields) > 1 and fields[0] not in (b"Z", b"X"):
+            parents[int(entry)] = int(fields[1])
+    below, frontier = [], {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier}
+        below += sorted(frontier)
+    return below
+
+
+def kill_descendants(root: int, rounds: int = 100) -> None:
+    """SIGKILL every process below ``root`` (what the module forked, setsid or not), again
+    until none is left: ``root`` is a subreaper (isolate), so an orphan whose parent was
+    killed meanwhile reparents to it and is found in the next round."""
+    import signal
+
+    for _ in range(rounds):
+        pids = _descendants(root)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:  # gone, or not ours
+                pass
+        if root == os.getpid():  # reap them (a subreaper's orphans are its children)
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+            except ChildProcessError:
+                pass
 
 
 def _libc() -> Any:
@@ -342,9 +391,11 @@ def _libc() -> Any:
 
 
 def _keep_file_access(libc: Any) -> None:
-    """After setuid from root with PR_SET_KEEPCAPS: keep only the capabilities that read and
-    write files as before (the module and the Python installation may sit in directories
-    only root can enter); CAP_KILL, CAP_SYS_PTRACE and the rest are gone."""
+    """After setuid from root with PR_SET_KEEPCAPS: keep only CAP_DAC_READ_SEARCH — read any
+    file and enter any directory (the module and the Python installation may sit where only
+    root can enter), write nothing nobody could not (no CAP_DAC_OVERRIDE: the module must
+    not rewrite symgrad's sources or anything else root owns); CAP_KILL, CAP_SYS_PTRACE and
+    the rest are gone."""
     import ctypes
 
     class Header(ctypes.Structure):
@@ -354,7 +405,7 @@ def _keep_file_access(libc: Any) -> None:
         _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
                     ("inheritable", ctypes.c_uint32)]
 
-    keep = (1 << _CAP_DAC_OVERRIDE) | (1 << _CAP_DAC_READ_SEARCH)
+    keep = 1 << _CAP_DAC_READ_SEARCH
     data = (Data * 2)(Data(keep, keep, 0), Data(0, 0, 0))
     libc.capset(ctypes.byref(Header(_CAP_VERSION_3, 0)), data)  # failure: no file access kept
 
@@ -364,11 +415,14 @@ def isolate(parent: int) -> str:
     ``symgrad check`` process).  Returns what was done, for SYMGRAD_DEBUG.
 
     * Started as root: become ``nobody`` (uid and gid 65534, no supplementary groups), so
-      ``kill`` (SIGSTOP, SIGALRM, SIGINT …) and ``ptrace`` of the parent are refused; the
-      file access of root is kept (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) and nothing
-      else, and no_new_privs stops a set-uid program from giving the rest back.
+      ``kill`` (SIGSTOP, SIGALRM, SIGINT …) and ``ptrace`` of the parent are refused; root's
+      reading of files is kept (CAP_DAC_READ_SEARCH), not its writing (CAP_DAC_OVERRIDE)
+      nor anything else, and no_new_privs stops a set-uid program from giving it back.
     * Linux: die with the parent (PR_SET_PDEATHSIG, SIGKILL), so a killed ``check`` leaves
-      no process behind; if the parent is already gone, exit now.
+      no process behind; if the parent is already gone, exit now.  And be a subreaper
+      (PR_SET_CHILD_SUBREAPER): what the module forks stays below this process even after
+      setsid and a double fork, so :func:`kill_descendants` (here before exiting, in the
+      parent on a timeout or kill) finds and ends all of it.
     A module run by an ordinary user keeps that user's uid and can still signal its parent
     (README, "check": what remains)."""
     import signal
@@ -395,6 +449,8 @@ def isolate(parent: int) -> str:
     if libc is not None:
         # after the uid change, which clears the death signal; no_new_privs likewise
         libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0:
+            done.append("subreaper")
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
             done.append("dies with its parent")
     if parent and os.getppid() != parent:  # the parent died before the death signal was set
@@ -437,5 +493,13 @@ def main(argv: list[str] | None = None) -> int:
         channel.send(reply, out)
 
 
+def run(argv: list[str] | None = None) -> int:
+    """main(), then end whatever the module started (it may have forked and left)."""
+    try:
+        return main(argv)
+    finally:
+        kill_descendants(os.getpid())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run())

@@ -509,3 +509,23 @@ def test_finite_difference_helpers():
     assert check._agree(1e-15, 3e-15, 1e-6, 1e-12) == (True, False)
     assert check._agree(1e-3, 1.01e-3, 1e-6, 1e-12) == (False, False)
     assert math.isnan(check._rel(np.nan, 1.0))
+
+
+@pytest.mark.parametrize("value", ["2.2e6", "1e7", "1e300", "86400.5", "0", "-1", "nan", "inf"])
+def test_a_time_limit_outside_a_day_is_one_line(capsys, value):
+    """poll()'s milliseconds and time's range overflowed past ~25 days (exit 3): refused."""
+    for target in (ROOT / "examples" / "regression.toml", ROOT / "generated" / "regression_mlp.py"):
+        assert main(["check", str(target), "--time-limit", value]) == 2
+        out, err = capsys.readouterr()
+        assert (out, err) == ("", "symgrad: error: check: --time-limit: must be a number of "
+                              f"seconds in (0, 86400], not {float(value)!r}\n")
+
+
+def test_the_time_limit_applies_to_a_spec(capsys):
+    """On a SPEC the generated module is evaluated under it, as a MODULE.py is."""
+    spec = ROOT / "examples" / "regression.toml"
+    assert main(["check", str(spec), "--time-limit", "0.001"]) == 1
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"symgrad: check failed: {spec}: module did not answer within "
+                          "the time limit of 0.001 s (during import); it was stopped and no "
+                          "gradient was checked\n")

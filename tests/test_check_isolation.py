@@ -88,6 +88,15 @@ def no_report(capsys, path: Path, what: str) -> None:
     assert err == f"symgrad: check failed: {path}: {what}\n"
 
 
+def public(tmp_path: Path) -> Path:
+    """A directory the module may write in: as root it runs as nobody, who writes nothing
+    of root's (tmp_path is root's, 0700)."""
+    folder = tmp_path / "public"
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o777)
+    return folder
+
+
 def gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -212,7 +221,7 @@ for k in _c.DEFAULT_TOL:
 
 
 def test_a_sleeping_loss_is_stopped_at_the_time_limit(capsys, tmp_path, monkeypatch):
-    pidfile = tmp_path / "pid"
+    pidfile = public(tmp_path) / "pid"
     path = module(tmp_path, "sleeper", prefix=f'''
 import os, time
 open({str(pidfile)!r}, "w").write(str(os.getpid()))
@@ -241,7 +250,7 @@ def test_a_hang_at_import_is_stopped(capsys, tmp_path):
 def test_a_module_that_forks(capsys, tmp_path):
     """The fork lingers, holding the pipes: the check still finishes, passes on the
     numbers, and the fork is killed with the session."""
-    pidfile = tmp_path / "fork"
+    pidfile = public(tmp_path) / "fork"
     path = module(tmp_path, "forker", prefix=f'''
 import os, time
 pid = os.fork()
@@ -258,6 +267,94 @@ open({str(pidfile)!r}, "w").write(str(pid))
             break
         time.sleep(0.1)
     assert gone(pid) or _zombie(pid)
+
+
+DAEMON = '''
+import os, time
+r, w = os.pipe()
+if os.fork() == 0:  # a daemon: its own session, then a grandchild (the child exits)
+    os.setsid()
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(300)
+        os._exit(0)
+    os.write(w, str(pid).encode())
+    os._exit(0)
+open({pidfile!r}, "w").write(os.read(r, 20).decode())
+'''
+
+
+@pytest.mark.parametrize("hang", [False, True])
+def test_no_process_of_the_module_outlives_the_check(tmp_path, hang):
+    """setsid and a double fork (no death signal, another session): the sandbox is a
+    subreaper, so the grandchild stays below it and is killed when the check ends, whether
+    the sandbox quits (it kills what is below it) or is stopped at the time limit (the
+    parent kills every descendant first)."""
+    pidfile = public(tmp_path) / "daemon"
+    suffix = "\nimport time\ndef loss(p, X, Y):\n    time.sleep(600)\n" if hang else ""
+    path = module(tmp_path, "daemon", prefix=DAEMON.format(pidfile=str(pidfile)),
+                  suffix=suffix)
+    report = check_module(path, time_limit=3 if hang else None)
+    assert report.ok is not hang
+    if hang:
+        assert report.failure.startswith("module did not answer within the time limit of 3 s")
+    pid = int(pidfile.read_text())
+    assert gone(pid) or _zombie(pid)  # killed before check_module returned
+
+
+def test_the_module_reads_anywhere_but_writes_nothing_of_root(tmp_path):
+    """As root the sandbox keeps CAP_DAC_READ_SEARCH only: the module imports from a 0700
+    directory, but cannot open a root-owned 0600 file for writing nor create a file in a
+    root-owned 0755 directory (so it cannot rewrite symgrad's sources)."""
+    secret, shared = tmp_path / "secret", tmp_path / "shared"
+    secret.write_text("root's\n")
+    secret.chmod(0o600)
+    shared.mkdir()
+    shared.chmod(0o755)
+    private = tmp_path / "private"
+    private.mkdir()
+    private.chmod(0o700)
+    symgrad_file = Path(check.__file__)
+    path = module(private, "writer", suffix=f'''
+for _path, _mode in (({str(secret)!r}, "a"), ({str(shared / "new")!r}, "w"),
+                     ({str(symgrad_file)!r}, "ab")):
+    try:
+        open(_path, _mode).close()
+    except PermissionError:
+        pass
+    else:
+        raise RuntimeError("wrote " + _path)
+''')
+    if _can_drop_to_nobody():
+        report = check_module(path)
+        assert report.ok, report.text()
+    else:  # the module runs as this user, who owns these files (README: what remains)
+        with pytest.raises(SymgradError) as e:
+            check_module(path)
+        assert e.value.what == f"cannot import: RuntimeError: wrote {secret}"
+    assert secret.read_text() == "root's\n" or not _can_drop_to_nobody()
+    assert not (shared / "new").exists() or not _can_drop_to_nobody()
+
+
+@pytest.mark.parametrize("method", ["central", "directional"])
+@pytest.mark.parametrize("value", ["-np.inf", "np.inf", "np.nan"])
+def test_a_gradient_that_is_not_finite_is_its_own_verdict(capsys, tmp_path, method, value):
+    """Not "nan FAIL" (an inf against differences that may be inf too): the row says it."""
+    path = module(tmp_path, "not_finite", suffix=f'''
+_honest = loss_and_grad
+
+
+def loss_and_grad(p, X, Y):
+    L, grads = _honest(p, X, Y)
+    grads["W1"][0, 1] = {value}
+    return L, grads
+''')
+    code, out, err = run(capsys, path, "--method", method)
+    assert (code, err) == (1, "")
+    assert cells(out, "W1") == ["W1", "(3, 4)", "not finite", "[0, 1]", method, "FAIL"]
+    shown = {"-np.inf": "-inf", "np.inf": "inf", "np.nan": "nan"}[value]
+    assert f"\n  W1[0, 1]: the gradient is not finite (loss_and_grad {shown})\n" in out
+    assert out.endswith("FAILED: W1 (1 of 5 checks)\n")
 
 
 def _zombie(pid: int) -> bool:
@@ -458,7 +555,7 @@ def progress_len(text: str) -> int:
 
 
 def test_the_process_is_gone_after_a_normal_check(tmp_path):
-    pidfile = tmp_path / "pid"
+    pidfile = public(tmp_path) / "pid"
     path = module(tmp_path, "pid", prefix=f"import os\nopen({str(pidfile)!r}, 'w')"
                   ".write(str(os.getpid()))\n")
     assert check_module(path).ok
@@ -633,7 +730,7 @@ def test_the_module_dies_with_a_killed_check(tmp_path):
     import subprocess
     import sys
 
-    pidfile = tmp_path / "pid"
+    pidfile = public(tmp_path) / "pid"
     path = module(tmp_path, "outlive", suffix=f'''
 import os, signal, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
