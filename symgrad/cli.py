@@ -202,11 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
                         ".png are rendered by Graphviz's dot (apt-get install graphviz).")
     gr.add_argument("spec", nargs="?", help="network spec (TOML)")
     gr.add_argument("-o", "--output", metavar="FILE", type=_output_path,
-                    help="write the picture to FILE.svg, FILE.png or FILE.dot, replacing it "
-                    "(default: DOT on standard output)")
+                    help="write the picture to FILE.svg, FILE.png or FILE.dot (default: DOT on "
+                    "standard output); a picture symgrad graph wrote is replaced, any other "
+                    "file kept unless --force")
     gr.add_argument("--backward", action="store_true",
                     help="also draw the backward pass: each cotangent, the rule on each edge, "
                     "the fan-out sums")
+    gr.add_argument("--force", action="store_true",
+                    help="overwrite a file that symgrad graph did not write, or that was edited "
+                    "(never the SPEC itself)")
     _expr_options(gr)
 
     m = sub.add_parser("demo", help="the whole mission on the digits data set",
@@ -257,7 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("sheet", help="the worksheet's .toml (written by symgrad exercise)")
     gd.add_argument("answers", help="an answer file (.txt or .toml), or a folder of them")
     gd.add_argument("--csv", metavar="FILE",
-                    help="also write the grades as CSV to FILE (replacing it)")
+                    help="also write the grades as CSV to FILE; an existing FILE is kept "
+                    "unless it already holds these grades, or --force (never one of grade's "
+                    "own inputs)")
+    gd.add_argument("--force", action="store_true",
+                    help="overwrite an existing --csv FILE with different content")
     gd.add_argument("--reveal", action="store_true",
                     help="also print the correct formula of each wrong answer")
 

@@ -33,7 +33,7 @@ import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,6 +46,7 @@ __all__ = [
     "STDOUT",
     "check_readable",
     "check_target",
+    "content_digest",
     "header",
     "names_a_directory",
     "ownership",
@@ -184,6 +185,13 @@ def _digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:16]
 
 
+def content_digest(body: bytes) -> str:
+    """The hash a symgrad header records for ``body`` (16 hex digits of its SHA-256): for
+    writers whose files carry their mark elsewhere than a module's first line (a picture's
+    comment or PNG text chunk)."""
+    return _digest(body)
+
+
 def header(source: str, body: str) -> str:
     """The first line of a generated file whose other lines are ``body``."""
     source = " ".join(str(source).split()).replace(";", ",") or "<spec>"
@@ -255,12 +263,26 @@ def _refuse_directory_syntax(path: str | os.PathLike, where: str | None) -> None
                            "names a directory; give the path of the file to write")
 
 
+def _same_input(st: os.stat_result, inputs: Iterable[str | os.PathLike]) -> str | None:
+    for given in inputs:
+        try:
+            other = os.stat(given)
+        except (OSError, ValueError):
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return str(given)
+    return None
+
+
 def check_target(path: str | os.PathLike, where: str | None = None, *, force: bool = False,
-                 owner_check: Callable[[Path], str | None] | None = ownership) -> bool:
+                 owner_check: Callable[[Path], str | None] | None = ownership,
+                 inputs: Iterable[str | os.PathLike] = ()) -> bool:
     """Refuse (one :class:`SymgradError`) a target symgrad must not write; nothing is written.
 
     Returns whether the file exists. ``owner_check(path)`` says why an existing file may
-    not be replaced (None: it may); it is skipped with ``force``.
+    not be replaced (None: it may); it is skipped with ``force``. A target that is one of
+    ``inputs`` (the same file: device and inode, whatever the name or link) is refused
+    always, ``force`` or not: a command never writes over what it reads.
     """
     _refuse_directory_syntax(path, where)
     path = Path(path)
@@ -283,6 +305,11 @@ def check_target(path: str | os.PathLike, where: str | None = None, *, force: bo
         if not stat.S_ISREG(st.st_mode):
             raise SymgradError(where, "is not a regular file (a FIFO, device or socket); "
                                "symgrad writes only regular files")
+        same = _same_input(st, inputs)
+        if same is not None:
+            raise SymgradError(where, f"is the same file as the input {same}; a command never "
+                               "writes over its own input, even with --force: give another "
+                               "file")
     parent = _existing_ancestor(path)
     if not os.path.isdir(parent):
         raise SymgradError(where, f"cannot write: {parent} is not a directory")
@@ -309,7 +336,8 @@ _WRITE_ERRORS = {
 
 def write_bytes(path: str | os.PathLike, data: bytes, where: str | None = None, *,
                 force: bool = False,
-                owner_check: Callable[[Path], str | None] | None = ownership) -> bool:
+                owner_check: Callable[[Path], str | None] | None = ownership,
+                inputs: Iterable[str | os.PathLike] = ()) -> bool:
     """Write ``data`` to ``path`` atomically after :func:`check_target`; ``-`` is stdout.
 
     Returns whether the file changed (an identical file is left alone, its time included).
@@ -325,7 +353,7 @@ def write_bytes(path: str | os.PathLike, data: bytes, where: str | None = None, 
     where = str(path) if where is None else where
     if os.path.islink(path):  # (os.path: False, not an error, for an impossible name)
         path = Path(os.path.realpath(path))  # write the file the link names, keep the link
-    exists = check_target(path, where, force=force, owner_check=owner_check)
+    exists = check_target(path, where, force=force, owner_check=owner_check, inputs=inputs)
     if exists:
         try:
             if read_bytes(path, where, limit=max(len(data), 1)) == data:
@@ -402,6 +430,8 @@ def _ignore_file_size_signal():
 
 def write_text(path: str | os.PathLike, text: str, where: str | None = None, *,
                force: bool = False,
-               owner_check: Callable[[Path], str | None] | None = ownership) -> bool:
+               owner_check: Callable[[Path], str | None] | None = ownership,
+               inputs: Iterable[str | os.PathLike] = ()) -> bool:
     """:func:`write_bytes` of ``text`` in UTF-8."""
-    return write_bytes(path, text.encode("utf-8"), where, force=force, owner_check=owner_check)
+    return write_bytes(path, text.encode("utf-8"), where, force=force, owner_check=owner_check,
+                       inputs=inputs)

@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import unicodedata
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -299,12 +300,16 @@ class Picture:
     def render(self, fmt: str = "svg") -> bytes:
         return render(self.source, fmt)
 
-    def save(self, path: str | Path, where: str | None = None) -> bool:
+    def save(self, path: str | Path, where: str | None = None, *, force: bool = False,
+             inputs=()) -> bool:
         """Write the picture; its format comes from the extension (.svg, .png, .dot).
-        An existing file of that name is replaced, as ``dot -o`` does."""
+        The file carries symgrad's mark with the hash of its content (:func:`marked`), so
+        a picture symgrad wrote, unedited, is replaced; any other existing file is kept
+        unless ``force``, and one of ``inputs`` (the spec drawn) always."""
         fmt = picture_format(path, where)
         data = self.source.encode("utf-8") if fmt == "dot" else self.render(fmt)
-        return files.write_bytes(path, data, where, owner_check=None)
+        return files.write_bytes(path, marked(data, fmt), where, force=force,
+                                 owner_check=picture_ownership, inputs=inputs)
 
     def _repr_svg_(self) -> str | None:
         """The SVG, scaled down to the output cell's width when it is wider (its viewBox
@@ -322,6 +327,88 @@ class Picture:
 
     def __str__(self) -> str:
         return self.source
+
+
+# ------------------------------------------------------------------------------------------
+# The mark of a picture symgrad wrote: the hash of the rest of the file, as a generated
+# module's header records it (symgrad.files), in the place each format allows
+# ------------------------------------------------------------------------------------------
+
+MARK = "symgrad graph; sha256 {digest}; replaced by symgrad graph unless edited"
+_MARK_RE = re.compile(rb"symgrad graph; sha256 (?P<digest>[0-9a-f]{16}); "
+                      rb"replaced by symgrad graph unless edited")
+_PNG = b"\x89PNG\r\n\x1a\n"
+_PNG_KEY = b"symgrad"
+_IHDR_END = len(_PNG) + 4 + 4 + 13 + 4  # the signature, then IHDR: length, type, data, CRC
+
+
+def _mark(body: bytes) -> str:
+    return MARK.format(digest=files.content_digest(body))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return (len(data).to_bytes(4, "big") + kind + data
+            + zlib.crc32(kind + data).to_bytes(4, "big"))
+
+
+def marked(data: bytes, fmt: str) -> bytes:
+    """``data`` (a picture in ``fmt``) with symgrad's mark, which records the SHA-256 of
+    ``data``: DOT a first ``//`` comment line; SVG an XML comment line after the XML
+    declaration (which must come first); PNG a tEXt chunk right after IHDR."""
+    mark = _mark(data).encode("ascii")
+    if fmt == "png":
+        if not data.startswith(_PNG) or data[12:16] != b"IHDR":
+            return data  # pragma: no cover - dot's PNG always starts so
+        chunk = _png_chunk(b"tEXt", _PNG_KEY + b"\0" + mark)
+        return data[:_IHDR_END] + chunk + data[_IHDR_END:]
+    if fmt == "svg":
+        first, nl, rest = data.partition(b"\n")
+        if first.startswith(b"<?xml"):
+            return first + nl + b"<!-- " + mark + b" -->\n" + rest
+        return b"<!-- " + mark + b" -->\n" + data
+    return b"// " + mark + b"\n" + data
+
+
+def _unmarked(data: bytes) -> tuple[bytes, bytes] | None:
+    """(the mark, the picture without it), or None when ``data`` has no mark where
+    :func:`marked` puts one."""
+    if data.startswith(_PNG):
+        head = data[_IHDR_END:_IHDR_END + 8]
+        if len(head) < 8 or head[4:] != b"tEXt":
+            return None
+        end = _IHDR_END + 12 + int.from_bytes(head[:4], "big")
+        text = data[_IHDR_END + 8:end - 4]
+        if not text.startswith(_PNG_KEY + b"\0") or len(data) < end:
+            return None
+        return text[len(_PNG_KEY) + 1:], data[:_IHDR_END] + data[end:]
+    lines = data.split(b"\n", 2)
+    for k in (0, 1) if data.startswith(b"<?xml") else (0,):
+        if k >= len(lines) - 1:
+            break
+        line = lines[k]
+        for left, right in ((b"// ", b""), (b"<!-- ", b" -->")):
+            if line.startswith(left) and line.endswith(right):
+                rest = b"\n".join(lines[k + 1:])
+                return line[len(left):len(line) - len(right)], (
+                    lines[0] + b"\n" + rest if k == 1 else rest)
+    return None
+
+
+def picture_ownership(path: Path) -> str | None:
+    """None when ``path`` is a picture symgrad graph wrote and nobody edited since (its
+    mark's hash still matches); else why it is kept."""
+    try:
+        data = files.read_bytes(path, limit=files.MODULE_BYTES)
+    except SymgradError:
+        data = b""
+    found = _unmarked(data)
+    m = _MARK_RE.fullmatch(found[0]) if found else None
+    if m is None:
+        return "exists and was not written by symgrad graph; use --force to overwrite"
+    if m["digest"].decode() != files.content_digest(found[1]):
+        return ("was edited after symgrad graph wrote it; use --force to overwrite, or -o "
+                "elsewhere")
+    return None
 
 
 def fit_width(svg: str) -> str:
@@ -524,7 +611,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
     if out == files.STDOUT:
         sys.stdout.write(picture.source)
         return 0
-    picture.save(out)
+    picture.save(out, force=args.force,
+                 inputs=() if args.spec is None else (args.spec,))
     print(f"symgrad: wrote {out}", file=sys.stderr)
     return 0
 

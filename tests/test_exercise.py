@@ -314,21 +314,21 @@ SHEET = EXAMPLE / "sheet.toml"
     (["exercise", "{spec}", "--depth", "3", "-o", "{d}/s.md"],
      "exercise: --depth and --activations go with --random"),
     (["exercise", "{spec}", "--count", "8", "-o", "{d}/s.md"],
-     "--count: must be between 1 and 7 (the questions this network offers), got 8"),
+     "exercise: --count: must be between 1 and 7 (the questions this network offers), got 8"),
     (["exercise", "--random", "--depth", "9", "-o", "{d}/s.md"],
-     "--depth: must be between 1 and 6 layers, got 9"),
+     "exercise: --depth: must be between 1 and 6 layers, got 9"),
     (["exercise", "--random", "--seed", "-1", "-o", "{d}/s.md"],
-     "--seed: must be an integer between 0 and 4294967295, got -1"),
+     "exercise: --seed: must be an integer between 0 and 4294967295, got -1"),
     (["exercise", "--random", "--activations", "tanh,sigmod", "-o", "{d}/s.md"],
-     "--activations: unknown activation 'sigmod' (did you mean 'sigmoid'?); the built-ins are "
+     "exercise: --activations: unknown activation 'sigmod' (did you mean 'sigmoid'?); the built-ins are "
      "{acts}"),
     (["exercise", "--random", "-o", "{d}/s.txt"],
-     "-o: '{d}/s.txt': the worksheet's name must end in .md (the key and the .toml are "
+     "exercise: -o: '{d}/s.txt': the worksheet's name must end in .md (the key and the .toml are "
      "written beside it)"),
     (["exercise", "--random", "--format", "latex", "-o", "{d}/s.md"],
-     "-o: '{d}/s.md' ends in .md, but --format latex writes a .tex file"),
+     "exercise: -o: '{d}/s.md' ends in .md, but --format latex writes a .tex file"),
     (["exercise", "--random", "-o", "-"],
-     "-o: exercise writes three files (the sheet, its key and a .toml); give the worksheet's "
+     "exercise: -o: exercise writes three files (the sheet, its key and a .toml); give the worksheet's "
      "path, e.g. sheet.md"),
     (["exercise", "--random", "-o", "{d}/mine.md"],
      "{d}/mine.key.md: exists and was not written by symgrad exercise; use --force to overwrite"),
@@ -372,6 +372,78 @@ def test_bad_input_is_one_line(tmp_path, capsys, argv, line) -> None:
     assert (code, out) == (2, "")
     assert err == "symgrad: error: " + line.format(**fill) + "\n"
     assert listing(tmp_path) == before
+
+
+def test_a_deep_networks_key_is_accepted_unproved(tmp_path, capsys, monkeypatch) -> None:
+    """40 tanh layers: the exact evaluation is over its budget, so verify (asked for no
+    proof) says "not proved" with exact float64 agreement: the key is the derivation and
+    is written (it was exit 3, "the answer key's W23 … did not verify")."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("symgrad.verify"), "EXACT_SECONDS", 0.5)  # over it either way; sooner
+    spec = tmp_path / "deep40.toml"
+    spec.write_text('[network]\nname = "deep40"\ninputs = 3\n'
+                    + '[[layer]]\nunits = 3\nactivation = "tanh"\n' * 40
+                    + '[loss]\nkind = "mse"\n', encoding="utf-8")
+    code, out, err = run(capsys, "exercise", spec, "--count", 2, "-o", tmp_path / "deep.md")
+    assert (code, out) == (0, "")
+    assert err.startswith("symgrad: wrote ")
+    key = (tmp_path / "deep.key.md").read_text(encoding="utf-8")
+    assert "numpy: `dZ23 @ W23.T`" in key and "numpy: `A21.T @ dZ22`" in key
+
+
+# --------------------------------------------------------------------------
+# grade --csv writes like every writer: never over its own inputs, nor over a file it did
+# not write (a CSV has no room for a mark: only the same grades again) unless --force
+# --------------------------------------------------------------------------
+
+GOOD = "q1: (Yhat - Y) / N\n"
+
+
+@pytest.mark.parametrize(("target", "force", "line"), [
+    ("good.txt", True, "grade: --csv: is the same file as the input {d}/good.txt; a command "
+     "never writes over its own input, even with --force: give another file"),
+    ("sheet.toml", True, "grade: --csv: is the same file as the input {d}/sheet.toml; a "
+     "command never writes over its own input, even with --force: give another file"),
+    ("class/ada.txt", True, "grade: --csv: is the same file as the input {d}/class/ada.txt; a "
+     "command never writes over its own input, even with --force: give another file"),
+    ("link.csv", True, "grade: --csv: is the same file as the input {d}/sheet.toml; a "
+     "command never writes over its own input, even with --force: give another file"),
+    ("mine.csv", False, "grade: --csv: {d}/mine.csv exists and does not hold these grades; "
+     "use --force to overwrite it, or --csv elsewhere"),
+])
+def test_grade_csv_refusals(tmp_path, capsys, target, force, line) -> None:
+    shutil.copyfile(SHEET, tmp_path / "sheet.toml")
+    (tmp_path / "good.txt").write_text(GOOD, encoding="utf-8")
+    (tmp_path / "class").mkdir()
+    (tmp_path / "class" / "ada.txt").write_text(GOOD, encoding="utf-8")
+    (tmp_path / "mine.csv").write_text("my,data\n", encoding="utf-8")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "sheet.toml")
+    answers = tmp_path / ("class" if target.startswith("class") else "good.txt")
+    before = listing(tmp_path)
+    code, out, err = run(capsys, "grade", tmp_path / "sheet.toml", answers, "--csv",
+                         tmp_path / target, *(["--force"] if force else []))
+    assert code == 2
+    assert err == "symgrad: error: " + line.format(d=tmp_path) + "\n"
+    assert listing(tmp_path) == before
+
+
+def test_grade_csv_rewrites_its_own_grades_and_force(tmp_path, capsys) -> None:
+    (tmp_path / "good.txt").write_text(GOOD, encoding="utf-8")
+    csv_path = tmp_path / "g.csv"
+    argv = ["grade", SHEET, tmp_path / "good.txt", "--csv", csv_path]
+    assert run(capsys, *argv)[0] == 1
+    first = csv_path.read_bytes()
+    assert first.startswith(b"student,q1,q2,q3,q4,score,total,file\n")
+    assert run(capsys, *argv)[0] == 1  # the same grades again: rewritten (unchanged)
+    assert csv_path.read_bytes() == first
+    (tmp_path / "good.txt").write_text(GOOD + "q2: W1\n", encoding="utf-8")
+    code, _, err = run(capsys, *argv)
+    assert (code, csv_path.read_bytes()) == (2, first)
+    assert err == (f"symgrad: error: grade: --csv: {csv_path} exists and does not hold these "
+                   "grades; use --force to overwrite it, or --csv elsewhere\n")
+    assert run(capsys, *argv, "--force")[0] == 1
+    assert csv_path.read_bytes() != first
 
 
 # --------------------------------------------------------------------------

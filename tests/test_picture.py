@@ -14,8 +14,9 @@ import pytest
 
 from symgrad.cli import main
 from symgrad.derive import derive
+from symgrad.files import content_digest
 from symgrad.ops import add
-from symgrad.picture import Picture, draw, draw_expr, sweep
+from symgrad.picture import Picture, draw, draw_expr, marked, picture_ownership, sweep
 from symgrad.printing import text
 from symgrad.spec import load_spec
 
@@ -134,11 +135,14 @@ def test_cli_stdout_and_files(tmp_path, capsys):
     assert capsys.readouterr().out == (GOLDEN / "custom_backward.dot").read_text(encoding="utf-8")
     dot = tmp_path / "g.dot"
     assert main(["graph", spec, "-o", str(dot)]) == 0
-    assert dot.read_text(encoding="utf-8") == (GOLDEN / "custom.dot").read_text(encoding="utf-8")
+    first, body = dot.read_text(encoding="utf-8").split("\n", 1)
+    assert body == (GOLDEN / "custom.dot").read_text(encoding="utf-8")
+    assert first == f"// symgrad graph; sha256 {content_digest(body.encode())}; replaced by " \
+        "symgrad graph unless edited"
     png = tmp_path / "g.png"
     assert main(["graph", spec, "--backward", "-o", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["graph", spec, "-o", str(png)]) == 0  # a picture is replaced, as dot -o does
+    assert main(["graph", spec, "-o", str(png)]) == 0  # symgrad's own picture is replaced
     svg = tmp_path / "g.svg"
     assert main(["graph", "--expr", "x.T @ A @ x", "--shape", "x=n,1", "--shape", "A=n,n",
                  "--wrt", "x", "-o", str(svg)]) == 0
@@ -161,6 +165,77 @@ def test_cli_errors(argv, message, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == message
+
+
+def _png_chunks(data: bytes):
+    """(type, data, CRC ok) of each chunk of a PNG."""
+    import zlib
+
+    at, out = 8, []
+    while at < len(data):
+        n = int.from_bytes(data[at:at + 4], "big")
+        kind, body = data[at + 4:at + 8], data[at + 8:at + 8 + n]
+        crc = int.from_bytes(data[at + 8 + n:at + 12 + n], "big")
+        out.append((kind, body, zlib.crc32(kind + body) == crc))
+        at += 12 + n
+    return out
+
+
+def test_pictures_carry_a_mark_and_are_replaced_only_unedited(tmp_path, capsys) -> None:
+    """graph -o writes like every writer (the mark records the hash of the rest): its own
+    unedited picture is replaced; an edited one, or a user's file, is kept unless --force;
+    the SPEC drawn never, --force or not (it was replaced, exit 0)."""
+    spec = str(ROOT / "examples" / "custom.toml")
+    for suffix in (".dot", ".svg", ".png"):
+        out = tmp_path / f"g{suffix}"
+        assert main(["graph", spec, "-o", str(out)]) == 0
+        assert picture_ownership(out) is None
+        assert main(["graph", spec, "--backward", "-o", str(out)]) == 0  # its own: replaced
+        assert picture_ownership(out) is None
+        data = out.read_bytes()
+        out.write_bytes(data.replace(b"digraph" if suffix == ".dot" else b"IDAT", b"XXXXX", 1)
+                        if suffix != ".svg" else data.replace(b"<svg", b"<svg id='x'", 1))
+        edited = out.read_bytes()
+        capsys.readouterr()
+        assert main(["graph", spec, "-o", str(out)]) == 2
+        assert capsys.readouterr().err == (f"symgrad: error: {out}: was edited after symgrad "
+                                           "graph wrote it; use --force to overwrite, or -o "
+                                           "elsewhere\n")
+        assert out.read_bytes() == edited
+        user = tmp_path / f"mine{suffix}"
+        user.write_text("user\n", encoding="utf-8")
+        assert main(["graph", spec, "-o", str(user)]) == 2
+        assert capsys.readouterr().err == (f"symgrad: error: {user}: exists and was not "
+                                           "written by symgrad graph; use --force to "
+                                           "overwrite\n")
+        assert user.read_text(encoding="utf-8") == "user\n"
+        assert main(["graph", spec, "-o", str(user), "--force"]) == 0
+        assert picture_ownership(user) is None
+        capsys.readouterr()
+    chunks = _png_chunks((tmp_path / "mine.png").read_bytes())
+    assert [c[0] for c in chunks[:2]] == [b"IHDR", b"tEXt"] and all(c[2] for c in chunks)
+    assert chunks[1][1].startswith(b"symgrad\0symgrad graph; sha256 ")
+    svg = (tmp_path / "mine.svg").read_text(encoding="utf-8").splitlines()
+    assert svg[0].startswith("<?xml") and svg[1].startswith("<!-- symgrad graph; sha256 ")
+    own = tmp_path / "spec.dot"
+    shutil.copyfile(spec, own)
+    (tmp_path / "link.svg").symlink_to(own)
+    for target in (own, tmp_path / "link.svg"):
+        assert main(["graph", str(own), "-o", str(target), "--force"]) == 2
+        assert capsys.readouterr().err == (
+            f"symgrad: error: {target}: is the same file as the input {own}; a command never "
+            "writes over its own input, even with --force: give another file\n")
+    assert own.read_bytes() == Path(spec).read_bytes()
+
+
+def test_marked_dot_and_svg_still_render() -> None:
+    """The mark is a comment each format ignores: dot reads marked DOT; SVG keeps its XML
+    declaration first."""
+    from symgrad.picture import render
+
+    pic = draw(str(ROOT / "examples" / "custom.toml"))
+    source = marked(pic.source.encode(), "dot").decode()
+    assert render(source, "svg") == pic.render("svg")
 
 
 def test_missing_dot_is_one_line(tmp_path, capsys, monkeypatch):
