@@ -172,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--directions", type=int, default=8,
                    help="directional: how many random directions per parameter (default: 8)")
     c.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
-                   help="MODULE.py: seconds its process may take for the whole check "
-                   "(default: 120); past it the check fails")
+                   help="seconds the module's process may take for the whole check, for a "
+                   "MODULE.py or the module generated from a SPEC (default: 120, at most 86400); "
+                   "past it the check fails")
 
     v = sub.add_parser("verify", help="verify a gradient derived by hand",
                        description="Check a gradient you derived, written in numpy syntax, "
