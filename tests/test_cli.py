@@ -566,5 +566,5 @@ def test_check_time_limit_option(capsys, tmp_path: Path) -> None:
         f"symgrad: check failed: {module}: module did not answer within the time limit of 1 s "
         "(during import); it was stopped and no gradient was checked\n")
     assert main(["check", str(module), "--time-limit", "0"]) == 2
-    assert capsys.readouterr().err == ("symgrad: error: check: time limit: must be a positive "
-                                       "number, not 0.0\n")
+    assert capsys.readouterr().err == ("symgrad: error: check: --time-limit: must be a number "
+                                       "of seconds in (0, 86400], not 0.0\n")
