@@ -1547,11 +1547,7 @@ def check_spec(spec, method: str = "central", tol: float | None = None, seed: in
                 problem.complex_loss = _derivation_complex_loss(derivation, problem.X, problem.Y)
         return _run(problem, method, tol, seed, directions, start)
     except _NoReport as e:
-        report = CheckReport(str(spec.source), method, method,
-                             DEFAULT_TOL[method] if tol is None else tol, seed, samples,
-                             failure=str(e))
-        report.seconds = time.perf_counter() - start
-        return report
+        return _no_report(str(spec.source), e, method, tol, seed, samples, start)
     finally:
         progress.done()
         if evaluator is not None:
@@ -1601,14 +1597,20 @@ def check_module(module_or_path: ModuleType | str | Path, method: str = "central
                                      "assumed analytic (no relu, |·|, max)")
         return _run(problem, method, tol, seed, directions, start)
     except _NoReport as e:
-        report = CheckReport(where, method, method, DEFAULT_TOL[method] if tol is None else tol,
-                             seed, samples, failure=str(e))
-        report.seconds = time.perf_counter() - start
-        return report
+        return _no_report(where, e, method, tol, seed, samples, start)
     finally:
         progress.done()
         if evaluator is not None:
             evaluator.close()
+
+
+def _no_report(where: str, e: Exception, method: str, tol: float | None, seed: int,
+               samples: int, start: float) -> CheckReport:
+    """The report of a check whose module gave no answer (died, timed out, exited)."""
+    report = CheckReport(where, method, method, DEFAULT_TOL[method] if tol is None else tol,
+                         seed, samples, failure=str(e))
+    report.seconds = time.perf_counter() - start
+    return report
 
 
 def _options(method: str, tol: float | None, seed: int, directions: int, samples: int,
