@@ -797,8 +797,10 @@ class ArrayLowering:
     temporaries, so every line fits and the file is already ruff-formatted.
     """
 
-    def __init__(self, indent: int = 4, helpers: set[str] | None = None):
+    def __init__(self, indent: int = 4, helpers: set[str] | None = None,
+                 sizes: dict[sp.Symbol, int] | None = None):
         self.indent = indent
+        self.sizes = sizes or {}
         self.helpers = helpers if helpers is not None else set()
         self.temps = 0
         self.prelude: list[str] = []
@@ -890,7 +892,16 @@ class ArrayLowering:
         s, prec = self._expr(node)
         return s if prec >= at_least else f"({s})"
 
+    ATOM, MUL, ADD, REL = ATOM, MUL, ADD, REL  # the precedences an op's numpy() returns
+
+    def size(self, e: sp.Expr) -> str:
+        """A width as code: its value where the sizes are known, else its printed form."""
+        e = sp.sympify(e).xreplace(self.sizes) if self.sizes else sp.sympify(e)
+        return str(int(e)) if e.is_Integer else NumpyPrinter().doprint(e)
+
     def _expr(self, node: Node) -> tuple[str, int]:
+        if node.declares("numpy"):  # the op's own readable form
+            return node.numpy(self)
         if isinstance(node, Sym):
             return node.name, ATOM
         if isinstance(node, Const):
@@ -1028,6 +1039,10 @@ class StepLowering:
         self.in_place_ok: set[str] = set()  # targets whose lines may run in place (A = Z)
         self.counts = {"float": 0, "bool": 0}
 
+    def size(self, e: sp.Expr) -> str:
+        """A width as code (its value: the step is lowered for one spec's sizes)."""
+        return str(int(sp.sympify(e).xreplace(self.sizes)))
+
     def base(self, name: str) -> str:
         """The name of the value a buffer holds: Z1 for Z1T."""
         return name.removesuffix(self.suffix) if self.suffix else name
@@ -1050,6 +1065,9 @@ class StepLowering:
             return pool.pop()
         self.counts[kind] += 1
         name = f"{'S' if kind == 'float' else 'M'}{self.counts[kind]}"
+        while name in self.buffers:  # a name the network's values already hold (a mask M3)
+            self.counts[kind] += 1
+            name = f"{'S' if kind == 'float' else 'M'}{self.counts[kind]}"
         return self.buffer(name, shape, kind, note="scratch" if kind == "float" else "mask")
 
     def release(self, name: str) -> None:
@@ -1100,7 +1118,9 @@ class StepLowering:
 
     def emit_into(self, node: Node, dest: str) -> None:
         """Compute the matrix expression ``node`` into the buffer ``dest``."""
-        if isinstance(node, Sym):
+        if node.declares("into"):  # the op's own in-place form
+            node.into(self, dest)
+        elif isinstance(node, Sym):
             if node.name != dest:
                 self.emit(f"np.copyto({dest}, {node.name})")
         elif isinstance(node, MatMul):

@@ -13,7 +13,11 @@ __all__ = ["cotangent", "primal", "text", "latex", "layer_of"]
 
 _SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 _NAME = re.compile(r"(d?)([A-Za-z]+?)(\d*)\Z")
-_COT = re.compile(r"d([A-Z][A-Za-z]*|b)\d*\Z")
+_COT = re.compile(r"d([A-Z][A-Za-z]*|b|gamma|beta)\d*\Z")
+# per-layer names of the normalization layers: base → (text, LaTeX); σ² carries its index
+# before the square (var3 → σ₃²)
+_GREEK = {"gamma": ("γ", r"\gamma"), "beta": ("β", r"\beta"), "mu": ("μ", r"\mu"),
+          "var": ("σ", r"\sigma"), "Xhat": ("X̂", r"\hat{X}"), "Yhat": ("Ŷ", r"\hat{Y}")}
 
 
 def cotangent(name: str) -> str:
@@ -41,15 +45,14 @@ def _split(name: str) -> tuple[bool, str, str]:
 
 
 def text(name: str) -> str:
-    """Unicode display: Z1 → Z₁, Yhat → Ŷ, dZ1 → δ₁, dA1 → ∂L/∂A₁."""
+    """Unicode display: Z1 → Z₁, Yhat → Ŷ, dZ1 → δ₁, dA1 → ∂L/∂A₁; the normalization
+    layers' gamma3 → γ₃, beta3 → β₃, mu3 → μ₃, var3 → σ₃², Xhat3 → X̂₃."""
     if name == "L":
         return "L"
     is_cot, base, idx = _split(name)
-    if base == "Yhat":
-        base_txt = "Ŷ"
-    else:
-        base_txt = base
-    primal_txt = base_txt + idx.translate(_SUB)
+    greek = base == "Yhat" or bool(idx)  # a layer's own name (an expression's mu stays mu)
+    base_txt = _GREEK[base][0] if greek and base in _GREEK else base
+    primal_txt = base_txt + idx.translate(_SUB) + ("²" if greek and base == "var" else "")
     if not is_cot:
         return primal_txt
     if base == "Z":
@@ -60,8 +63,11 @@ def text(name: str) -> str:
 def latex(name: str) -> str:
     """LaTeX display: Z1 → Z_{1}, Yhat → \\hat{Y}, dZ1 → \\delta_{1}."""
     is_cot, base, idx = _split(name)
-    base_tex = r"\hat{Y}" if base == "Yhat" else base
+    greek = base == "Yhat" or bool(idx)
+    base_tex = _GREEK[base][1] if greek and base in _GREEK else base
     primal_tex = f"{base_tex}_{{{idx}}}" if idx else base_tex
+    if greek and base == "var":
+        primal_tex += "^{2}"
     if not is_cot:
         return primal_tex
     if base == "Z":

@@ -232,8 +232,17 @@ class _MatrixPrinter(Printer):
 
     scalar_printer: type
     name = staticmethod(naming.text)
+    form = "text"  # the op method that gives a node's form in this printer (text, latex)
+    ATOM, POSTFIX, MATMUL, HADAMARD, SCALE, ADD = ATOM, POSTFIX, MATMUL, HADAMARD, SCALE, ADD
+
+    def emptyPrinter(self, node):  # noqa: N802 - SymPy's name; a node without _print_<Class>
+        if isinstance(node, Node) and node.declares(self.form):
+            return getattr(node, self.form)(self)  # the op's own printed form
+        return super().emptyPrinter(node)
 
     def prec(self, node: Node) -> int:
+        if isinstance(node, Node) and node.precedence is not None:
+            return node.precedence
         return {
             "Sym": ATOM, "Const": ATOM, "Transpose": POSTFIX, "ColSum": MATMUL,
             "MatMul": MATMUL, "Hadamard": HADAMARD, "Scale": SCALE, "Add": ADD, "Sub": ADD,
@@ -359,6 +368,7 @@ class LatexPrinter(_MatrixPrinter):
 
     scalar_printer = LatexScalarPrinter
     name = staticmethod(naming.latex)
+    form = "latex"
     ones = r"\mathbf{1}\mathbf{1}^{\top}"
     minus = "-"
     lparen, rparen = r"\left(", r"\right)"

@@ -14,6 +14,7 @@ Python API::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import keyword
 import math
@@ -129,17 +130,87 @@ def _parse(text: str, names: dict, where: str):
 # --------------------------------------------------------------------------
 
 
+# The layer types and the keys each takes (besides type); DESIGN.md "Layers beyond dense".
+LAYER_KEYS: dict[str, tuple[str, ...]] = {
+    "dense": ("units", "activation", "input"),
+    "batchnorm": ("eps", "momentum", "activation", "input"),
+    "layernorm": ("eps", "activation", "input"),
+    "dropout": ("p", "activation", "input"),
+    "add": ("inputs", "activation"),
+    "concat": ("inputs", "activation"),
+}
+LAYER_TYPES = tuple(LAYER_KEYS)
+PLANNED_TYPES = ("conv2d", "maxpool2d", "avgpool2d", "flatten")  # in DESIGN.md, not yet here
+MAX_INPUTS = 64
+
+
 @dataclass(frozen=True)
 class Layer:
-    """One dense layer: ``units`` outputs and an activation (a built-in name or an
-    expression in ``x``)."""
+    """One layer: by default dense (``units`` outputs); ``type`` names another kind
+    (batchnorm, layernorm, dropout, add, concat) with its keys. Every type takes an
+    ``activation`` (a built-in name or an expression in ``x``; default identity) and,
+    except add/concat (which name their ``inputs``), an ``input``: the name of the value
+    it reads (X or an earlier A_l; default the previous layer's output)."""
 
-    units: int
+    units: int | None = None
     activation: str = "identity"
     where: str = field(default="layer", compare=False, repr=False)
+    type: str = "dense"
+    input: str | None = None
+    inputs: tuple[str, ...] | None = None
+    eps: float = 1e-5
+    momentum: float = 0.1
+    p: float = 0.5
 
     def __post_init__(self) -> None:
-        _check_int(self.units, f"{self.where}.units", 1, MAX_UNITS)
+        w = self.where
+        if not isinstance(self.type, str) or self.type not in LAYER_KEYS:
+            if self.type in PLANNED_TYPES:
+                raise SymgradError(f"{w}.type", f"{self.type} layers are not available in this "
+                                                f"version; use one of {', '.join(LAYER_TYPES)}")
+            raise SymgradError(f"{w}.type", f"unknown layer type {self.type!r}"
+                                            f"{_suggest(str(self.type), LAYER_TYPES)}; use one of "
+                                            f"{', '.join(LAYER_TYPES)}")
+        if self.type == "dense":
+            if self.units is None:
+                raise SymgradError(f"{w}.units", "missing; give the number of units of this layer")
+            _check_int(self.units, f"{w}.units", 1, MAX_UNITS)
+        elif self.units is not None:
+            raise SymgradError(f"{w}.units", f"only dense layers take units; a {self.type} layer "
+                                             "has the width of its input" if self.type != "concat"
+                               else "only dense layers take units; a concat layer's width is the "
+                                    "sum of its inputs' widths")
+        if self.type in ("add", "concat"):
+            if self.input is not None:
+                raise SymgradError(f"{w}.input", f"a {self.type} layer names its values in "
+                                                 "inputs = [...], not input")
+            names = self.inputs
+            if (not isinstance(names, list | tuple) or len(names) < 2
+                    or not all(isinstance(n, str) for n in names)):
+                raise SymgradError(f"{w}.inputs", f"a {self.type} layer needs inputs = [\"NAME\", "
+                                                  "\"NAME\", ...]: at least two value names "
+                                                  "(X or earlier A1, A2, ...)")
+            if len(names) > MAX_INPUTS:
+                raise SymgradError(f"{w}.inputs", f"at most {MAX_INPUTS} inputs, got {len(names)}")
+            object.__setattr__(self, "inputs", tuple(names))
+        else:
+            if self.inputs is not None:
+                raise SymgradError(f"{w}.inputs", "only add and concat layers take inputs; use "
+                                                  "input = \"NAME\" for one value")
+            if self.input is not None and not isinstance(self.input, str):
+                raise SymgradError(f"{w}.input", f"must be a value name (X, A1, ...), got "
+                                                 f"{self.input!r}")
+        if self.type in ("batchnorm", "layernorm"):
+            object.__setattr__(self, "eps", _check_float(
+                self.eps, f"{w}.eps", 0.0, 1.0, open_lo=True,
+                why="eps keeps the division by the standard deviation finite"))
+        if self.type == "batchnorm":
+            object.__setattr__(self, "momentum", _check_float(self.momentum, f"{w}.momentum",
+                                                              0.0, 1.0))
+        if self.type == "dropout":
+            object.__setattr__(self, "p", _check_float(
+                self.p, f"{w}.p", 0.0, 1.0, open_hi=True,
+                why="p = 1 drops every value, and 1/(1 - p) is infinite"))
         if not isinstance(self.activation, str) or not self.activation.strip():
             raise SymgradError(
                 f"{self.where}.activation",
@@ -241,6 +312,15 @@ class Spec:
                 "give exactly one of kind = \"<built-in>\" or expr = \"<expression in yhat, y>\"",
             )
         _ = self.loss_fn
+        _ = self.graph_shape  # every reference and width, checked here
+        if self.training.batch_size < 2:
+            for layer in self.layers:
+                if layer.type == "batchnorm":
+                    raise SymgradError(
+                        f"{layer.where}.type",
+                        f"batchnorm needs at least 2 samples per batch in training, but "
+                        f"training.batch_size is {self.training.batch_size} (the batch variance "
+                        "of one sample is 0); raise batch_size")
         out = self.layers[-1].fn
         allowed = self.loss_fn.outputs
         if allowed is not None and out.name not in allowed:
@@ -267,14 +347,83 @@ class Spec:
                 f"{src}: loss.kind", f"{e.args[0]}; use one of {', '.join(LOSSES)} or expr = \"...\""
             ) from None
 
+    @cached_property
+    def graph_shape(self) -> tuple[tuple[int, ...], tuple[tuple[str, ...], ...]]:
+        """(widths, sources): the width of X and of each layer's output A_l, and the names
+        of the values each layer reads. Every reference is checked here, once."""
+        widths = [self.inputs]
+        sources: list[tuple[str, ...]] = []
+        used: set[str] = set()
+        for l, layer in enumerate(self.layers, 1):
+            earlier = ["X", *(f"A{k}" for k in range(1, l))]
+            names = layer.inputs if layer.inputs is not None else (
+                (layer.input,) if layer.input is not None else (earlier[-1],))
+            key = "inputs" if layer.inputs is not None else "input"
+            for name in names:
+                if name in earlier:
+                    continue
+                later = re.fullmatch(r"A(\d+)", name)
+                if later and int(later.group(1)) >= l:
+                    raise SymgradError(f"{layer.where}.{key}", (
+                        f"{name!r} is layer {int(later.group(1))}'s output, which is computed "
+                        f"{'by this layer' if int(later.group(1)) == l else 'later'}; a layer reads X "
+                        f"or an earlier output ({', '.join(earlier)})") if l > 1 else (
+                        f"{name!r} is computed later; the first layer can only read X"))
+                raise SymgradError(f"{layer.where}.{key}", (
+                    f"no value named {name!r}{_suggest(name, earlier)}; a layer reads X or an "
+                    f"earlier output ({', '.join(earlier)})"))
+            ws = [widths[0] if n == "X" else widths[int(n[1:])] for n in names]
+            if layer.type == "dense":
+                width = layer.units
+            elif layer.type == "add":
+                if len(set(ws)) > 1:
+                    listed = ", ".join(f"{n} ({w})" for n, w in zip(names, ws, strict=True))
+                    raise SymgradError(f"{layer.where}.inputs", (
+                        f"add needs values of one width, got {listed}; put a dense layer on the "
+                        "narrower path, or use concat"))
+                width = ws[0]
+            elif layer.type == "concat":
+                width = sum(ws)
+                if width > MAX_UNITS:
+                    raise SymgradError(f"{layer.where}.inputs",
+                                       f"the concatenation is {width} wide, at most {MAX_UNITS}")
+            else:
+                width = ws[0]
+            widths.append(width)
+            sources.append(tuple(names))
+            used.update(names)
+        for l in range(1, len(self.layers)):
+            if f"A{l}" not in used:
+                raise SymgradError(f"{self.layers[l - 1].where}", (
+                    f"A{l}, this layer's output, is read by no later layer, so it cannot reach "
+                    f"the loss; have a later layer read it (input = \"A{l}\" or inputs = "
+                    "[...]) or remove the layer"))
+        return tuple(widths), tuple(sources)
+
     @property
     def sizes(self) -> tuple[int, ...]:
-        """(inputs, units₁, …, units_L)."""
-        return (self.inputs, *(layer.units for layer in self.layers))
+        """(inputs, width₁, …, width_L): the width of X and of each layer's output."""
+        return self.graph_shape[0]
+
+    def sources(self, l: int) -> tuple[str, ...]:
+        """The names of the values layer ``l`` (1-based) reads: ("X",), ("A2",), …"""
+        return self.graph_shape[1][l - 1]
+
+    def fan_in(self, l: int) -> int:
+        """The width of layer ``l``'s (first) input."""
+        name = self.sources(l)[0]
+        return self.sizes[0] if name == "X" else self.sizes[int(name[1:])]
+
+    @property
+    def is_chain(self) -> bool:
+        """Dense layers only, each reading the previous one's output (the first wave's
+        networks; some fast paths are for these)."""
+        return all(layer.type == "dense" and layer.input in (None, "X" if l == 1 else f"A{l - 1}")
+                   for l, layer in enumerate(self.layers, 1))
 
     @property
     def outputs(self) -> int:
-        return self.layers[-1].units
+        return self.sizes[-1]
 
     @property
     def is_classifier(self) -> bool:
@@ -283,15 +432,33 @@ class Spec:
         )
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The trainable parameters in layer order: W_l, b_l (dense); gamma_l, beta_l
+        (batchnorm, layernorm)."""
         shapes: dict[str, tuple[int, ...]] = {}
-        for i, (n_in, n_out) in enumerate(zip(self.sizes, self.sizes[1:], strict=False), 1):
-            shapes[f"W{i}"] = (n_in, n_out)
-            shapes[f"b{i}"] = (n_out,)
+        for l, layer in enumerate(self.layers, 1):
+            if layer.type == "dense":
+                shapes[f"W{l}"] = (self.fan_in(l), self.sizes[l])
+                shapes[f"b{l}"] = (self.sizes[l],)
+            elif layer.type in ("batchnorm", "layernorm"):
+                shapes[f"gamma{l}"] = (self.sizes[l],)
+                shapes[f"beta{l}"] = (self.sizes[l],)
+        return shapes
+
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Batchnorm's running statistics mean_l, var_l (buffers, not parameters)."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for l, layer in enumerate(self.layers, 1):
+            if layer.type == "batchnorm":
+                shapes[f"mean{l}"] = (self.sizes[l],)
+                shapes[f"var{l}"] = (self.sizes[l],)
         return shapes
 
     def with_sizes(self, sizes: tuple[int, ...]) -> Spec:
-        """The same network with other widths (for tiny proofs and benchmarks)."""
-        layers = tuple(Layer(u, layer.activation) for u, layer in zip(sizes[1:], self.layers, strict=True))
+        """The same network with other widths (for tiny proofs and benchmarks): ``sizes``
+        gives X's width and each layer's; only those of X and of dense layers are used (the
+        other types' widths follow from their inputs)."""
+        layers = tuple(dataclasses.replace(layer, units=u if layer.type == "dense" else None)
+                       for u, layer in zip(sizes[1:], self.layers, strict=True))
         return Spec(self.name, sizes[0], layers, self.loss, self.loss_expr, self.l1, self.l2,
                     self.training, self.source)
 
@@ -302,7 +469,7 @@ class Spec:
 
 _TABLES = {
     "network": {"name", "inputs"},
-    "layer": {"units", "activation"},
+    "layer": {"type", *(key for keys in LAYER_KEYS.values() for key in keys)},
     "loss": {"kind", "expr"},
     "regularization": {"l1", "l2"},
     "training": {f.name for f in fields(Training) if f.name != "where"},
@@ -344,9 +511,17 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> Spec:
     for i, raw in enumerate(raw_layers, 1):
         where = f"{source}: layer[{i}]"
         raw = _check_keys(raw, _TABLES["layer"], where)
-        if "units" not in raw:
-            raise SymgradError(f"{where}.units", "missing; give the number of units of this layer")
-        layers.append(Layer(raw["units"], raw.get("activation", "identity"), where=where))
+        kind = raw.get("type", "dense")
+        if isinstance(kind, str) and kind in LAYER_KEYS:
+            allowed = {"type", *LAYER_KEYS[kind]}
+            for key in raw:
+                if key not in allowed:
+                    raise SymgradError(f"{where}.{key}", (
+                        f"a {kind} layer does not take {key}; its keys: "
+                        f"{', '.join(sorted(allowed))}"))
+        layers.append(Layer(raw.get("units"), raw.get("activation", "identity"), where=where,
+                            type=kind, input=raw.get("input"), inputs=raw.get("inputs"),
+                            **{k: raw[k] for k in ("eps", "momentum", "p") if k in raw}))
     loss_table = _check_keys(data.get("loss", {}), _TABLES["loss"], f"{source}: [loss]")
     if not loss_table:
         raise SymgradError(f"{source}: [loss]", "missing; add [loss] with kind = \"...\" or expr = \"...\"")

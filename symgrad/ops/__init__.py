@@ -1,0 +1,63 @@
+"""The ops: one class per op, each declaring every interpretation of itself (see
+:mod:`symgrad.ops.base` for the interface), in one module per family:
+
+* :mod:`~symgrad.ops.base` — the interface, leaves, and the generic algebra (maps, scaling,
+  products, sums) that every rule is written in,
+* :mod:`~symgrad.ops.reductions` — broadcasting and the sums over rows and columns, norms,
+* :mod:`~symgrad.ops.linear` — matrix products, bias rows, transposes, concatenation,
+* :mod:`~symgrad.ops.elementwise` — activations, softmax, log-sum-exp,
+* :mod:`~symgrad.ops.loss` — the mean data loss,
+* :mod:`~symgrad.ops.normalization` — batchnorm's and layernorm's standardization, dropout.
+
+A new op is one class in the module of its family, exported here.
+"""
+
+from symgrad.ops.base import (  # noqa: F401 - shared with the checks
+    L1,
+    L2,
+    ONE,
+    SCALAR,
+    Add,
+    Const,
+    Env,
+    Exp,
+    Hadamard,
+    Map,
+    N,
+    Node,
+    Scale,
+    Sym,
+    _coef,
+    _lambdified,
+    _size,
+    add,
+    filled,
+    hadamard,
+    is_ones,
+    scale,
+)
+from symgrad.ops.elementwise import Elementwise, LogSumExp, Softmax
+from symgrad.ops.linear import BiasAdd, ColSlice, Concat, MatMul, Transpose
+from symgrad.ops.loss import MeanLoss
+from symgrad.ops.normalization import Dropout, InvStd, Standardize
+from symgrad.ops.reductions import (
+    AbsSum,
+    Broadcast,
+    ColSum,
+    Eye,
+    Ones,
+    RowSum,
+    SqNorm,
+    SqNormHalf,
+    Sub,
+    Trace,
+)
+
+__all__ = [
+    "N", "L1", "L2", "ONE", "SCALAR", "Env", "Node", "Sym", "Const", "Exp", "Map", "Scale",
+    "Hadamard", "Add", "add", "scale", "hadamard", "filled", "is_ones",
+    "MatMul", "BiasAdd", "Transpose", "Concat", "ColSlice",
+    "Elementwise", "Softmax", "LogSumExp", "MeanLoss",
+    "Sub", "ColSum", "RowSum", "Broadcast", "Ones", "Eye", "Trace", "SqNorm", "SqNormHalf",
+    "AbsSum", "Standardize", "InvStd", "Dropout",
+]

@@ -1,0 +1,373 @@
+"""The algebra every rule is written in: the node interface, leaves, and the generic
+elementwise, scaling, product and sum nodes (with their smart constructors).
+
+Every op — forward layer or backward-only expression — is one class holding, together:
+
+* ``shape`` and ``children`` (the shape rule; the constructor is the forward formula),
+* ``vjp(g, out)``: the vector-Jacobian rule, given ``g = ∂L/∂out`` the cotangent of each
+  child (``None`` where none is needed), with the math in its docstring,
+* ``explicit(env)``: the expansion into an explicit SymPy matrix at concrete sizes (the
+  scalar-expansion proof), and ``numeric(env)``: the value with numpy (checks, verify),
+* ``text(p)`` / ``latex(p)``: its printed forms, given the printer ``p`` for its children
+  (``p.paren(child, p.MATMUL)``, ``p.name``, ``p.coef``), and ``precedence``,
+* ``numpy(lw)``: its readable numpy expression, given the lowering ``lw``
+  (``lw.expr(child, lw.MUL)``), returning ``(source, precedence)``, and
+  ``into(st, dest)``: the in-place form writing into the preallocated buffer ``dest``
+  (``st.operand(child)``, ``st.emit(line)``).
+
+Printers and lowerings ask the op (``node.text(p)``, ``node.numpy(lw)``); they do not branch
+on its type. Older ops still have their forms as ``_print_<Class>`` methods of the printers
+(the pattern SymPy's printers use) and branches of the lowerings; an op that declares a form
+here is found first.
+
+Shapes are (rows, cols) of SymPy expressions: X is N×n0, W1 is n0×n1 and a bias
+is kept as a 1×n row (stored as shape (n,) in generated code).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from symgrad.activations import X as X_SYM
+from symgrad.activations import sigmoid, softplus
+
+__all__ = ["N", "L1", "L2", "SCALAR", "ONE", "Env", "Node", "Sym", "Const", "Exp", "Map", "Scale",
+           "Hadamard", "Add", "scale", "filled", "is_ones", "hadamard", "add"]
+
+N = sp.Symbol("N", positive=True, integer=True)
+L1 = sp.Symbol("lambda_1", nonnegative=True)
+L2 = sp.Symbol("lambda_2", nonnegative=True)
+SCALAR = (sp.Integer(1), sp.Integer(1))
+
+Env = dict[str, Any]  # name -> matrix (sp.Matrix or np.ndarray); coefficients under their symbol
+
+
+class Node:
+    """A matrix-valued expression."""
+
+    children: tuple[Node, ...] = ()
+    shape: tuple[sp.Expr, sp.Expr]
+
+    @property
+    def is_scalar(self) -> bool:
+        return self.shape == SCALAR
+
+    def explicit(self, env: Env) -> sp.Matrix:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def numeric(self, env: Env) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def vjp(self, g: Node, out: Node | None) -> tuple[Node | None, ...]:  # pragma: no cover
+        raise NotImplementedError(f"{type(self).__name__} has no vjp")
+
+    # -- printed forms and lowerings (see the module docstring); an op declaring one is
+    #    found by the printers and lowerings before their own tables.
+    precedence: int | None = None  # the printers' precedence of text()/latex() (None: atom)
+
+    @property
+    def refs(self) -> tuple[Node, ...]:
+        """Named values the op reads but is not differentiated through (batchnorm's μ and
+        σ², whose paths its own rule covers; a dropout mask): dependencies, not children."""
+        return ()
+
+    def text(self, p) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} has no text form")
+
+    def latex(self, p) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} has no LaTeX form")
+
+    def numpy(self, lw) -> tuple[str, int]:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} has no numpy form")
+
+    def into(self, st, dest: str) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} has no in-place form")
+
+    def declares(self, form: str) -> bool:
+        """Whether this op's class declares ``form`` (text, latex, numpy, into) itself."""
+        return getattr(type(self), form) is not getattr(Node, form)
+
+    def syms(self) -> set[str]:
+        found: set[str] = set()
+        stack: list[Node] = [self]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, Sym):
+                found.add(node.name)
+            stack.extend(node.children)
+            stack.extend(node.refs)
+        return found
+
+
+def _coef(c: sp.Expr, env: Env) -> Any:
+    """A scalar coefficient with the environment's values substituted."""
+    subs = {s: env[s] for s in c.free_symbols if s in env}
+    return c.xreplace(subs) if subs else c
+
+
+def _size(d: sp.Expr, env: Env) -> int:
+    return int(d.xreplace({s: env[s] for s in d.free_symbols}))
+
+
+# --------------------------------------------------------------------------
+# Leaves
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=True)
+class Sym(Node):
+    """A named matrix: data (X, Y), a parameter (W1, b1), a forward value (Z1, A1)
+    or a cotangent (dZ1).  ``role`` is one of data, param, value, cotangent."""
+
+    name: str
+    shape: tuple[sp.Expr, sp.Expr]
+    role: str = "value"
+
+    def explicit(self, env: Env) -> sp.Matrix:
+        return env[self.name]
+
+    def numeric(self, env: Env) -> np.ndarray:
+        return env[self.name]
+
+
+@dataclass(frozen=True, eq=True)
+class Const(Node):
+    """A scalar constant (the seed cotangent ∂L/∂L = 1)."""
+
+    value: sp.Expr
+    shape: tuple[sp.Expr, sp.Expr] = SCALAR
+
+    def explicit(self, env: Env) -> sp.Matrix:
+        return sp.Matrix([[_coef(self.value, env)]])
+
+    def numeric(self, env: Env) -> np.ndarray:
+        return np.array([[float(_coef(self.value, env))]])
+
+    def vjp(self, g, out):
+        return ()
+
+
+ONE = Const(sp.Integer(1))
+
+
+class Exp(sp.Function):
+    """exp, kept as an opaque atom in explicit expansions: e^a·e^b stays a product,
+    so softmax entries are rational functions that ``cancel`` decides quickly."""
+
+    is_real = True
+
+    def fdiff(self, argindex=1):
+        return self
+
+    def _eval_evalf(self, prec):
+        return sp.exp(self.args[0]).evalf(prec)
+
+    def _eval_rewrite_as_exp(self, arg, **kwargs):
+        return sp.exp(arg)
+
+
+# --------------------------------------------------------------------------
+# Generic expressions: elementwise maps, scaling, products, sums
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=True)
+class Map(Node):
+    """A scalar SymPy expression applied elementwise: ``expr`` in the symbols of
+    ``args`` (pairs symbol → same-shape matrix), e.g. 1 − a² with a → A1."""
+
+    expr: sp.Expr
+    args: tuple[tuple[sp.Symbol, Node], ...]
+    note: str = ""
+
+    @property
+    def children(self):
+        return tuple(node for _, node in self.args)
+
+    @property
+    def shape(self):
+        return self.args[0][1].shape
+
+    def vjp(self, g, out):
+        """C = f(A, B, …) elementwise.   ∂L/∂A = G ⊙ ∂f/∂a(A, B, …), for each argument
+        (∂f/∂a by SymPy; a constant derivative c gives c·G)."""
+        grads = []
+        for s, _ in self.args:
+            d = sp.diff(self.expr, s)
+            if d == 0:
+                grads.append(None)
+            elif not (d.free_symbols & {t for t, _ in self.args}):
+                grads.append(scale(Const(d), g) if isinstance(g, Const) else (
+                    g if d == 1 else Scale(d, g)))
+            else:
+                grads.append(hadamard(g, Map(d, self.args, note=f"∂/∂{s}")))
+        return tuple(grads)
+
+    def explicit(self, env):
+        mats = [(s, node.explicit(env)) for s, node in self.args]
+        rows, cols = mats[0][1].shape
+        expr = self.expr.xreplace({s: _coef(s, env) for s in self.expr.free_symbols if s in env})
+        if expr.has(sp.Derivative):  # abstract f′: subs builds the Subs(…) that diff builds
+            return sp.Matrix(
+                rows, cols, lambda i, j: expr.subs({s: m[i, j] for s, m in mats}, simultaneous=True)
+            )
+        return sp.Matrix(rows, cols, lambda i, j: expr.xreplace({s: m[i, j] for s, m in mats}))
+
+    def numeric(self, env):
+        symbols = tuple(s for s, _ in self.args)
+        values = [node.numeric(env) for _, node in self.args]
+        out = _lambdified(self.expr, symbols)(*values)
+        return np.broadcast_to(out, values[0].shape).astype(values[0].dtype, copy=True)
+
+
+@dataclass(frozen=True, eq=True)
+class Scale(Node):
+    """C = c·A for a scalar symbol expression c (1/N, λ₂, …).   ∂L/∂A = c·G."""
+
+    c: sp.Expr
+    x: Node
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    def vjp(self, g, out):
+        return (scale(Const(self.c), g),)
+
+    def explicit(self, env):
+        return _coef(self.c, env) * self.x.explicit(env)
+
+    def numeric(self, env):
+        return float(_coef(self.c, env)) * self.x.numeric(env)
+
+
+@dataclass(frozen=True, eq=True)
+class Hadamard(Node):
+    """A ⊙ B (elementwise product)."""
+
+    a: Node
+    b: Node
+
+    @property
+    def children(self):
+        return (self.a, self.b)
+
+    @property
+    def shape(self):
+        return self.a.shape
+
+    def vjp(self, g, out):
+        """C = A ⊙ B.   ∂L/∂A = G ⊙ B,  ∂L/∂B = G ⊙ A."""
+        return hadamard(g, self.b), hadamard(g, self.a)
+
+    def explicit(self, env):
+        return self.a.explicit(env).multiply_elementwise(self.b.explicit(env))
+
+    def numeric(self, env):
+        return self.a.numeric(env) * self.b.numeric(env)
+
+
+@dataclass(frozen=True, eq=True)
+class Add(Node):
+    """C = A + B + …  (same shapes; a N×1 or 1×n term broadcasts).   ∂L/∂each = G."""
+
+    terms: tuple[Node, ...]
+
+    @property
+    def children(self):
+        return self.terms
+
+    @property
+    def shape(self):
+        return self.terms[0].shape
+
+    def vjp(self, g, out):
+        return tuple(g for _ in self.terms)
+
+    def explicit(self, env):
+        mats = [t.explicit(env) for t in self.terms]
+        out = mats[0]
+        for m in mats[1:]:
+            out = out + m
+        return out
+
+    def numeric(self, env):
+        return sum((t.numeric(env) for t in self.terms[1:]), self.terms[0].numeric(env))
+
+
+# --------------------------------------------------------------------------
+# Smart constructors: keep the derivation free of ×1 and ⊙1
+# --------------------------------------------------------------------------
+
+
+def scale(g: Node, x: Node) -> Node:
+    """g·x for a scalar cotangent g, folding constants (and dropping the seed 1)."""
+    if not isinstance(g, Const):
+        return Hadamard(g, x)
+    if isinstance(x, Const):
+        return Const(g.value * x.value)
+    if isinstance(x, Scale):
+        g, x = Const(g.value * x.c), x.x
+    return x if g.value == 1 else Scale(g.value, x)
+
+
+def filled(c: sp.Expr, like: Node) -> Node:
+    """The constant ``c`` spread to the shape of ``like``: c 𝟏𝟏ᵀ (a matrix, not a scalar).
+
+    It is the 𝟏𝟏ᵀ map scaled by c, so printers and lowerings see one form."""
+    ones = Map(sp.Integer(1), ((X_SYM, like),), note="𝟏𝟏ᵀ")
+    return ones if c == 1 else Scale(sp.sympify(c), ones)
+
+
+def is_ones(node: Node) -> bool:
+    """Whether ``node`` is the all-ones matrix 𝟏𝟏ᵀ (a constant map)."""
+    return isinstance(node, Map) and node.expr == 1
+
+
+def hadamard(a: Node, b: Node) -> Node:
+    """A ⊙ B, with A ⊙ 𝟏𝟏ᵀ = A and A ⊙ c𝟏𝟏ᵀ = c A (same shapes)."""
+    for x, y in ((a, b), (b, a)):
+        if is_ones(y):
+            return x
+        if isinstance(y, Scale) and is_ones(y.x):
+            return scale(Const(y.c), x)
+    return Hadamard(a, b)
+
+
+def add(terms: list[Node]) -> Node:
+    return terms[0] if len(terms) == 1 else Add(tuple(terms))
+
+
+# --------------------------------------------------------------------------
+# Numeric evaluation of scalar SymPy expressions (our own trees, never user text)
+# --------------------------------------------------------------------------
+
+
+def _np_sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _np_softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+_np_erf = np.vectorize(math.erf, otypes=[float])  # numpy has no erf; checks only
+
+
+@lru_cache(maxsize=512)
+def _lambdified(expr: sp.Expr, symbols: tuple[sp.Symbol, ...]):
+    modules = [{"sigmoid": _np_sigmoid, "softplus": _np_softplus, "erf": _np_erf}, "numpy"]
+    return sp.lambdify(symbols, expr, modules=modules)
+
+
+_ = (sigmoid, softplus)  # referenced by name in the lambdify module table

@@ -1,0 +1,186 @@
+"""Linear maps: matrix products, bias rows, transposes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+
+from symgrad.ops.base import Node
+from symgrad.ops.reductions import ColSum
+
+__all__ = ["MatMul", "BiasAdd", "Transpose", "Concat", "ColSlice"]
+
+
+@dataclass(frozen=True, eq=True)
+class MatMul(Node):
+    """C = A B.   ∂L/∂A = G Bᵀ,  ∂L/∂B = Aᵀ G."""
+
+    a: Node
+    b: Node
+
+    @property
+    def children(self):
+        return (self.a, self.b)
+
+    @property
+    def shape(self):
+        return (self.a.shape[0], self.b.shape[1])
+
+    def vjp(self, g, out):
+        return MatMul(g, Transpose(self.b)), MatMul(Transpose(self.a), g)
+
+    def explicit(self, env):
+        return self.a.explicit(env) * self.b.explicit(env)
+
+    def numeric(self, env):
+        return self.a.numeric(env) @ self.b.numeric(env)
+
+
+@dataclass(frozen=True, eq=True)
+class BiasAdd(Node):
+    """Z = A + 𝟏 b (b a 1×n row added to every row).   ∂L/∂A = G,  ∂L/∂b = 𝟏ᵀ G."""
+
+    a: Node
+    b: Node
+
+    @property
+    def children(self):
+        return (self.a, self.b)
+
+    @property
+    def shape(self):
+        return self.a.shape
+
+    def vjp(self, g, out):
+        return g, ColSum(g)
+
+    def explicit(self, env):
+        a, b = self.a.explicit(env), self.b.explicit(env)
+        return a + sp.ones(a.rows, 1) * b
+
+    def numeric(self, env):
+        return self.a.numeric(env) + self.b.numeric(env)
+
+
+@dataclass(frozen=True, eq=True)
+class Transpose(Node):
+    """Aᵀ."""
+
+    x: Node
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def shape(self):
+        return (self.x.shape[1], self.x.shape[0])
+
+    def vjp(self, g, out):
+        """C = Aᵀ.   ∂L/∂A = Gᵀ."""
+        return (Transpose(g),)
+
+    def explicit(self, env):
+        return self.x.explicit(env).T
+
+    def numeric(self, env):
+        return self.x.numeric(env).T
+
+
+@dataclass(frozen=True, eq=True)
+class Concat(Node):
+    """C = [A B …]: the columns of each term side by side (equal rows).
+
+    ∂L/∂A = G[:, 0:a], ∂L/∂B = G[:, a:a+b], …: each term gets its own columns of G."""
+
+    terms: tuple[Node, ...]
+
+    @property
+    def children(self):
+        return self.terms
+
+    @property
+    def shape(self):
+        return (self.terms[0].shape[0], sp.Add(*(t.shape[1] for t in self.terms)))
+
+    def bounds(self) -> list[tuple[sp.Expr, sp.Expr]]:
+        out, start = [], sp.Integer(0)
+        for t in self.terms:
+            out.append((start, start + t.shape[1]))
+            start = start + t.shape[1]
+        return out
+
+    def vjp(self, g, out):
+        return tuple(ColSlice(g, a, b) for a, b in self.bounds())
+
+    def explicit(self, env):
+        return sp.Matrix.hstack(*(t.explicit(env) for t in self.terms))
+
+    def numeric(self, env):
+        return np.concatenate([t.numeric(env) for t in self.terms], axis=1)
+
+    precedence = 100
+
+    def text(self, p):
+        return "[" + " ".join(p.paren(t, p.ATOM) for t in self.terms) + "]"
+
+    def latex(self, p):
+        return r"\begin{bmatrix} " + " & ".join(p._print(t) for t in self.terms) + r" \end{bmatrix}"
+
+    def numpy(self, lw):
+        return "np.concatenate((" + ", ".join(lw.expr(t, 0) for t in self.terms) + "), axis=1)", lw.ATOM
+
+    def into(self, st, dest):
+        for t, (a, b) in zip(self.terms, self.bounds(), strict=True):
+            with st.operand(t) as s:
+                st.emit(f"{dest}[:, {st.size(a)}:{st.size(b)}] = {s}")
+
+
+@dataclass(frozen=True, eq=True)
+class ColSlice(Node):
+    """G[:, a:b]: the columns a … b−1 (the cotangent of one term of a Concat).
+
+    ∂L/∂G is H placed in columns a … b−1 and zero elsewhere (not needed: backward-only)."""
+
+    x: Node
+    start: sp.Expr
+    stop: sp.Expr
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def shape(self):
+        return (self.x.shape[0], self.stop - self.start)
+
+    def vjp(self, g, out):  # pragma: no cover - backward-only
+        raise NotImplementedError("ColSlice is backward-only")
+
+    def explicit(self, env):
+        m = self.x.explicit(env)
+        a, b = (int(sp.sympify(e).xreplace({s: env[s] for s in sp.sympify(e).free_symbols}))
+                for e in (self.start, self.stop))
+        return m[:, a:b]
+
+    def numeric(self, env):
+        a, b = (int(sp.sympify(e).xreplace({s: env[s] for s in sp.sympify(e).free_symbols}))
+                for e in (self.start, self.stop))
+        return self.x.numeric(env)[:, a:b]
+
+    precedence = 100
+
+    def text(self, p):
+        return f"{p.paren(self.x, p.ATOM)}[:, {p.coef(self.start)}:{p.coef(self.stop)}]"
+
+    def latex(self, p):
+        return rf"{p.paren(self.x, p.ATOM)}_{{[:,\,{p.coef(self.start)}:{p.coef(self.stop)}]}}"
+
+    def numpy(self, lw):
+        return f"{lw.expr(self.x, lw.ATOM)}[:, {lw.size(self.start)}:{lw.size(self.stop)}]", lw.ATOM
+
+    def into(self, st, dest):
+        with st.operand(self.x) as x:
+            st.emit(f"np.copyto({dest}, {x}[:, {st.size(self.start)}:{st.size(self.stop)}])")

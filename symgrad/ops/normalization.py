@@ -1,0 +1,232 @@
+"""Normalization and noise: batchnorm's and layernorm's standardization, dropout.
+
+A batchnorm layer is, as assignments (axis 0: the statistics of each column, over the batch)::
+
+    μ = (1/N) 𝟏ᵀA                  σ² = (1/N) 𝟏ᵀ(A − 𝟏μ)²
+    X̂ = (A − 𝟏μ) ⊙ 𝟏(σ² + ε)^(−½)  (Standardize)
+    Z = X̂ ⊙ 𝟏γ + β                 (Hadamard with a broadcast row, BiasAdd)
+
+and a layernorm layer the same along each row (axis 1: the features of one sample). The
+affine part is ordinary algebra; :class:`Standardize` carries the compact rule of the whole
+standardization (its mean and variance paths folded in), which is the textbook's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+
+from symgrad.ops.base import Hadamard, Node, Scale, Sym, _size, hadamard
+from symgrad.ops.reductions import Broadcast, ColSum, RowSum, Sub
+
+__all__ = ["Standardize", "InvStd", "Dropout", "exact"]
+
+
+def exact(value: float) -> sp.Rational:
+    """A decimal hyperparameter (eps 1e-5, p 0.5) as the exact rational it names, for
+    the proofs."""
+    return sp.Rational(repr(float(value)))
+
+
+def _literal(value: float) -> str:
+    return repr(float(value))
+
+
+@dataclass(frozen=True, eq=True)
+class InvStd(Node):
+    """𝟏(σ² + ε)^(−½): the reciprocal standard deviation of each column (σ² a 1×n row),
+    spread down the rows; or of each row (σ² an N×1 column), spread across the columns.
+
+    Backward-only (it appears in Standardize's rule); it is never differentiated."""
+
+    var: Sym
+    eps: float
+    shape: tuple
+
+    @property
+    def children(self):
+        return ()
+
+    @property
+    def refs(self):
+        return (self.var,)
+
+    @property
+    def rowwise(self) -> bool:
+        """σ² is one value per row (layernorm)."""
+        return self.var.shape[1] == 1 and self.shape[1] != 1
+
+    def vjp(self, g, out):  # pragma: no cover - backward-only
+        raise NotImplementedError("InvStd is backward-only")
+
+    def explicit(self, env):
+        v = env[self.var.name]
+        r, c = (_size(d, env) for d in self.shape)
+        eps = exact(self.eps)
+        return sp.Matrix(r, c, lambda i, j: (v[i if v.rows > 1 else 0, j if v.cols > 1 else 0]
+                                             + eps) ** sp.Rational(-1, 2))
+
+    def numeric(self, env):
+        v = np.asarray(env[self.var.name])
+        shape = tuple(_size(d, env) for d in self.shape)
+        return np.broadcast_to(1.0 / np.sqrt(v + self.eps), shape)
+
+    precedence = 100  # an atom: 𝟏(σ² + ε)^(−½)
+
+    def text(self, p):
+        core = f"({p.name(self.var.name)} + ε)^(−½)"
+        return f"{core}𝟏ᵀ" if self.rowwise else f"𝟏{core}"
+
+    def latex(self, p):
+        core = rf"\left({p.name(self.var.name)} + \varepsilon\right)^{{-\frac{{1}}{{2}}}}"
+        return rf"{core}\mathbf{{1}}^{{\top}}" if self.rowwise else rf"\mathbf{{1}}{core}"
+
+    def numpy(self, lw):
+        return f"1 / np.sqrt({self.var.name} + {_literal(self.eps)})", lw.MUL
+
+    def into(self, st, dest):
+        st.emit(f"np.add({self.var.name}, {_literal(self.eps)}, out={dest})")
+        st.emit(f"np.sqrt({dest}, out={dest})")
+        st.emit(f"np.reciprocal({dest}, out={dest})")
+
+
+@dataclass(frozen=True, eq=True)
+class Standardize(Node):
+    """X̂ = (A − 𝟏μ) ⊙ 𝟏(σ² + ε)^(−½), μ and σ² the mean and biased variance of each column
+    (``axis=0``, batchnorm: over the N samples of the batch) or of each row (``axis=1``,
+    layernorm: over the n features of a sample; then 𝟏 sits on the other side).
+
+    With G = ∂L/∂X̂ and m the count averaged over (N, or n):
+
+        ∂L/∂A = (1/m) 𝟏(σ² + ε)^(−½) ⊙ (m G − 𝟏𝟏ᵀG − X̂ ⊙ 𝟏𝟏ᵀ(G ⊙ X̂))
+
+    — the direct path m G, the mean path −𝟏𝟏ᵀG and the variance path −X̂ ⊙ 𝟏𝟏ᵀ(G ⊙ X̂),
+    written in terms of the output X̂ (for layernorm 𝟏𝟏ᵀ multiplies from the right).
+    μ and σ² are read (``refs``), not differentiated through: the rule covers their paths."""
+
+    x: Node
+    mu: Sym
+    var: Sym
+    eps: float
+    axis: int = 0
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def refs(self):
+        return (self.mu, self.var)
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    @property
+    def count(self) -> sp.Expr:
+        """m: the number of values each statistic averages."""
+        return self.x.shape[self.axis]
+
+    def spread_sum(self, v: Node) -> Node:
+        """𝟏𝟏ᵀV (the column sums down every row) for axis 0, V𝟏𝟏ᵀ for axis 1."""
+        return Broadcast(ColSum(v) if self.axis == 0 else RowSum(v), self.shape)
+
+    def vjp(self, g, out):
+        xhat = self if out is None else out
+        m = self.count
+        inner = Sub(Sub(Scale(m, g), self.spread_sum(g)),
+                    Hadamard(xhat, self.spread_sum(hadamard(g, xhat))))
+        return (Scale(1 / m, Hadamard(InvStd(self.var, self.eps, self.shape), inner)),)
+
+    def explicit(self, env):
+        a, mu = self.x.explicit(env), env[self.mu.name]
+        inv = InvStd(self.var, self.eps, self.shape).explicit(env)
+        return sp.Matrix(a.rows, a.cols, lambda i, j: (
+            a[i, j] - mu[0 if mu.rows == 1 else i, 0 if mu.cols == 1 else j]) * inv[i, j])
+
+    def numeric(self, env):
+        a = self.x.numeric(env)
+        mu, var = np.asarray(env[self.mu.name]), np.asarray(env[self.var.name])
+        return (a - mu) / np.sqrt(var + self.eps)
+
+    precedence = 50  # a ⊙ product
+
+    def text(self, p):
+        mu = p.name(self.mu.name)
+        centred = (f"{p.paren(self.x, p.ADD)} − 𝟏{mu}" if self.axis == 0
+                   else f"{p.paren(self.x, p.ADD)} − {mu}𝟏ᵀ")
+        return f"({centred}) ⊙ {InvStd(self.var, self.eps, self.shape).text(p)}"
+
+    def latex(self, p):
+        mu = p.name(self.mu.name)
+        centred = (rf"{p.paren(self.x, p.ADD)} - \mathbf{{1}}{mu}" if self.axis == 0
+                   else rf"{p.paren(self.x, p.ADD)} - {mu}\mathbf{{1}}^{{\top}}")
+        return rf"\left({centred}\right) \odot {InvStd(self.var, self.eps, self.shape).latex(p)}"
+
+    def numpy(self, lw):
+        a = lw.expr(self.x, lw.ADD)
+        return (f"({a} - {self.mu.name}) / np.sqrt({self.var.name} + {_literal(self.eps)})",
+                lw.MUL)
+
+    def into(self, st, dest):
+        with st.operand(self.x) as a:
+            st.emit(f"np.subtract({a}, {self.mu.name}, out={dest})")
+        with st.scratch(self.var.shape) as inv:
+            InvStd(self.var, self.eps, self.var.shape).into(st, inv)
+            st.emit(f"{dest} *= {inv}")
+
+
+@dataclass(frozen=True, eq=True)
+class Dropout(Node):
+    """Z = A ⊙ M/(1 − p): M a 0/1 mask (each entry kept with probability 1 − p, drawn per
+    batch) and the survivors scaled by 1/(1 − p), so that E[Z] = A (inverted dropout, as
+    torch). ∂L/∂A = G ⊙ M/(1 − p): the same mask and the same factor."""
+
+    x: Node
+    mask: Sym
+    p: float
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def refs(self):
+        return (self.mask,)
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    @property
+    def keep(self) -> float:
+        return 1.0 - float(self.p)
+
+    def vjp(self, g, out):
+        return (Dropout(g, self.mask, self.p),)
+
+    def explicit(self, env):
+        a, m = self.x.explicit(env), env[self.mask.name]
+        return a.multiply_elementwise(m) / (1 - exact(self.p))
+
+    def numeric(self, env):
+        return self.x.numeric(env) * np.asarray(env[self.mask.name]) / self.keep
+
+    precedence = 40  # a scaled product
+
+    def text(self, p):
+        return f"{p.factor(self.x)} ⊙ {p.name(self.mask.name)}/(1 − {_literal(self.p)})"
+
+    def latex(self, p):
+        return (rf"\frac{{{p.factor(self.x)} \odot {p.name(self.mask.name)}}}"
+                rf"{{1 - {_literal(self.p)}}}")
+
+    def numpy(self, lw):
+        return f"{lw.expr(self.x, lw.MUL)} * {self.mask.name} / {_literal(self.keep)}", lw.MUL
+
+    def into(self, st, dest):
+        with st.operand(self.x) as a:
+            st.emit(f"np.multiply({a}, {self.mask.name}, out={dest})")
+        st.emit(f"{dest} /= {_literal(self.keep)}")

@@ -1,0 +1,292 @@
+"""Broadcasting and its dual, the reductions: sums over rows and columns, the
+subtraction of a broadcast column, identity and ones, trace and norms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+
+from symgrad.activations import X as X_SYM
+from symgrad.ops.base import SCALAR, Const, Hadamard, Map, Node, Scale, _size, scale
+
+__all__ = ["Sub", "ColSum", "RowSum", "Broadcast", "Ones", "Eye", "Trace", "SqNorm", "SqNormHalf",
+           "AbsSum"]
+
+
+@dataclass(frozen=True, eq=True)
+class Sub(Node):
+    """A − B, where B may be an N×1 column broadcast across A's columns."""
+
+    a: Node
+    b: Node
+
+    @property
+    def children(self):
+        return (self.a, self.b)
+
+    @property
+    def shape(self):
+        return self.a.shape
+
+    def vjp(self, g, out):
+        """C = A − B.   ∂L/∂A = G,  ∂L/∂B = −G (summed over the columns B is spread to)."""
+        gb = RowSum(g) if self.b.shape != self.a.shape and self.b.shape[1] == 1 else g
+        return g, Scale(sp.Integer(-1), gb)
+
+    def explicit(self, env):
+        a, b = self.a.explicit(env), self.b.explicit(env)
+        if b.cols == 1 and a.cols != 1:
+            b = b * sp.ones(1, a.cols)
+        return a - b
+
+    def numeric(self, env):
+        return self.a.numeric(env) - self.b.numeric(env)
+
+
+@dataclass(frozen=True, eq=True)
+class ColSum(Node):
+    """𝟏ᵀ A: the column sums, a 1×n row (∂L/∂b)."""
+
+    x: Node
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def shape(self):
+        return (sp.Integer(1), self.x.shape[1])
+
+    def vjp(self, g, out):
+        """c = 𝟏ᵀ A.   ∂L/∂A = 𝟏 g (the row g repeated down the rows)."""
+        return (Broadcast(g, self.x.shape),)
+
+    def explicit(self, env):
+        m = self.x.explicit(env)
+        return sp.ones(1, m.rows) * m
+
+    def numeric(self, env):
+        return self.x.numeric(env).sum(axis=0, keepdims=True)
+
+
+@dataclass(frozen=True, eq=True)
+class RowSum(Node):
+    """A 𝟏: the row sums, an N×1 column."""
+
+    x: Node
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def shape(self):
+        return (self.x.shape[0], sp.Integer(1))
+
+    def vjp(self, g, out):
+        """c = A 𝟏.   ∂L/∂A = g 𝟏ᵀ (the column g repeated across the columns)."""
+        return (Broadcast(g, self.x.shape),)
+
+    def explicit(self, env):
+        m = self.x.explicit(env)
+        return m * sp.ones(m.cols, 1)
+
+    def numeric(self, env):
+        return self.x.numeric(env).sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True, eq=True)
+class Broadcast(Node):
+    """A row, column or scalar repeated to a larger shape (numpy broadcasting).
+
+    ∂L/∂A = G summed over the repeated axes (𝟏ᵀG for a row, G𝟏 for a column)."""
+
+    x: Node
+    shape: tuple
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    def vjp(self, g, out):
+        (r, c), (xr, xc) = self.shape, self.x.shape
+        if xr == 1 and r != 1:
+            g = ColSum(g)
+        if xc == 1 and c != 1:
+            g = RowSum(g)
+        return (g,)
+
+    def numeric(self, env):
+        return np.broadcast_to(self.x.numeric(env), tuple(_size(d, env) for d in self.shape))
+
+    def explicit(self, env):
+        m = self.x.explicit(env)
+        r, c = (_size(d, env) for d in self.shape)
+        return sp.Matrix(r, c, lambda i, j: m[i if m.rows > 1 else 0, j if m.cols > 1 else 0])
+
+    # 𝟏μ (a row spread down the rows), μ𝟏ᵀ (a column across the columns), 𝟏𝟏ᵀG (the column
+    # sums spread back); numpy broadcasts, so the lowering is the operand itself
+    precedence = 100
+
+    def _sides(self) -> tuple[bool, bool]:
+        (r, c), (xr, xc) = self.shape, self.x.shape
+        return xr == 1 and r != 1, xc == 1 and c != 1
+
+    def text(self, p):
+        down, across = self._sides()
+        if isinstance(self.x, ColSum) and down and not across:
+            return f"𝟏𝟏ᵀ{p.paren(self.x.x, p.MATMUL + 1)}"
+        if isinstance(self.x, RowSum) and across and not down:
+            return f"{p.paren(self.x.x, p.MATMUL + 1)}𝟏𝟏ᵀ"
+        body = p.paren(self.x, p.ATOM)
+        return ("𝟏" if down else "") + body + ("𝟏ᵀ" if across else "")
+
+    def latex(self, p):
+        one, one_t = r"\mathbf{1}", r"\mathbf{1}^{\top}"
+        down, across = self._sides()
+        if isinstance(self.x, ColSum) and down and not across:
+            return f"{one}{one_t}{p.paren(self.x.x, p.MATMUL + 1)}"
+        if isinstance(self.x, RowSum) and across and not down:
+            return f"{p.paren(self.x.x, p.MATMUL + 1)}{one}{one_t}"
+        body = p.paren(self.x, p.ATOM)
+        return (one if down else "") + body + (one_t if across else "")
+
+    def numpy(self, lw):
+        return lw.expr(self.x, lw.ATOM), lw.ATOM
+
+    def into(self, st, dest):
+        with st.operand(self.x) as x:
+            st.emit(f"np.copyto({dest}, {x})")
+
+
+@dataclass(frozen=True, eq=True)
+class Ones(Node):
+    """A matrix of ones (``ones(N)``, ``ones_like(A1)``)."""
+
+    shape: tuple
+
+    def vjp(self, g, out):
+        return ()
+
+    def numeric(self, env):
+        return np.ones(tuple(_size(d, env) for d in self.shape))
+
+    def explicit(self, env):
+        return sp.ones(*(_size(d, env) for d in self.shape))
+
+
+@dataclass(frozen=True, eq=True)
+class Eye(Node):
+    """The n×n identity I."""
+
+    n: sp.Expr
+
+    @property
+    def shape(self):
+        return (self.n, self.n)
+
+    def vjp(self, g, out):
+        return ()
+
+    def numeric(self, env):
+        return np.eye(_size(self.n, env))
+
+    def explicit(self, env):
+        return sp.eye(_size(self.n, env))
+
+
+@dataclass(frozen=True, eq=True)
+class Trace(Node):
+    """t = tr(A) = Σ_i a_ii (A square).   ∂t/∂A = g·I."""
+
+    x: Node
+    shape: tuple[sp.Expr, sp.Expr] = SCALAR
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    def vjp(self, g, out):
+        eye = Eye(self.x.shape[0])
+        return (scale(g, eye) if isinstance(g, Const) else Hadamard(Broadcast(g, eye.shape), eye),)
+
+    def explicit(self, env):
+        return sp.Matrix([[self.x.explicit(env).trace()]])
+
+    def numeric(self, env):
+        return np.array([[np.trace(self.x.numeric(env))]])
+
+
+@dataclass(frozen=True, eq=True)
+class SqNorm(Node):
+    """s = ‖A‖²_F = Σ a_ij².   ∂s/∂A = 2g·A."""
+
+    x: Node
+    shape: tuple[sp.Expr, sp.Expr] = SCALAR
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    def vjp(self, g, out):
+        if isinstance(g, Const):
+            return (scale(Const(2 * g.value), self.x),)
+        return (Hadamard(Broadcast(Scale(sp.Integer(2), g), self.x.shape), self.x),)
+
+    def explicit(self, env):
+        return sp.Matrix([[sp.Add(*[v**2 for v in self.x.explicit(env)])]])
+
+    def numeric(self, env):
+        w = self.x.numeric(env)
+        return np.array([[np.sum(w * w)]])
+
+
+# --------------------------------------------------------------------------
+# Penalties
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=True)
+class SqNormHalf(Node):
+    """P = ½ ‖W‖²_F.   ∂P/∂W = W."""
+
+    x: Node
+    shape: tuple[sp.Expr, sp.Expr] = SCALAR
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    def vjp(self, g, out):
+        return (scale(g, self.x),)
+
+    def explicit(self, env):
+        w = self.x.explicit(env)
+        return sp.Matrix([[sp.Add(*[v**2 for v in w]) / 2]])
+
+    def numeric(self, env):
+        w = self.x.numeric(env)
+        return np.array([[np.sum(w * w) / 2]])
+
+
+@dataclass(frozen=True, eq=True)
+class AbsSum(Node):
+    """P = Σ |W_ij|.   ∂P/∂W = sign(W)  (0 at 0, the left rule)."""
+
+    x: Node
+    shape: tuple[sp.Expr, sp.Expr] = SCALAR
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    def vjp(self, g, out):
+        return (scale(g, Map(sp.sign(X_SYM), ((X_SYM, self.x),), note="sign")),)
+
+    def explicit(self, env):
+        return sp.Matrix([[sp.Add(*[sp.Abs(v) for v in self.x.explicit(env)])]])
+
+    def numeric(self, env):
+        return np.array([[np.sum(np.abs(self.x.numeric(env)))]])
