@@ -510,15 +510,9 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> Spec:
     layers = []
     for i, raw in enumerate(raw_layers, 1):
         where = f"{source}: layer[{i}]"
-        raw = _check_keys(raw, _TABLES["layer"], where)
-        kind = raw.get("type", "dense")
-        if isinstance(kind, str) and kind in LAYER_KEYS:
-            allowed = {"type", *LAYER_KEYS[kind]}
-            for key in raw:
-                if key not in allowed:
-                    raise SymgradError(f"{where}.{key}", (
-                        f"a {kind} layer does not take {key}; its keys: "
-                        f"{', '.join(sorted(allowed))}"))
+        kind = raw.get("type", "dense") if isinstance(raw, dict) else "dense"
+        known = isinstance(kind, str) and kind in LAYER_KEYS
+        raw = _check_keys(raw, {"type", *LAYER_KEYS[kind]} if known else _TABLES["layer"], where)
         layers.append(Layer(raw.get("units"), raw.get("activation", "identity"), where=where,
                             type=kind, input=raw.get("input"), inputs=raw.get("inputs"),
                             **{k: raw[k] for k in ("eps", "momentum", "p") if k in raw}))

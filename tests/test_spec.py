@@ -72,7 +72,7 @@ EXPECTED = [
      'expr = "<expression in yhat, y>"'),
     (spec_text().replace("units = 3", "unitz = 3"),
      "symgrad: error: net.toml: layer[1].unitz: unknown key (did you mean 'units'?); allowed "
-     "keys: activation, units"),
+     "keys: activation, input, type, units"),
     (spec_text().replace("units = 3", "units = 0"),
      "symgrad: error: net.toml: layer[1].units: must be between 1 and 1000000, got 0"),
     (spec_text().replace("units = 3", 'units = "3"'),
