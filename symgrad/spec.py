@@ -144,13 +144,99 @@ PLANNED_TYPES = ("conv2d", "maxpool2d", "avgpool2d", "flatten")  # in DESIGN.md,
 MAX_INPUTS = 64
 
 
+def _check_inputs(names: Any, kind: str, where: str) -> tuple[str, ...]:
+    """The value names of an add/concat layer: a list of at least two strings."""
+    does = "sums" if kind == "add" else "joins side by side"
+    if names is None:
+        raise SymgradError(where, f"missing; {_a(kind)} layer names the values it {does}: "
+                                  "inputs = [\"A1\", \"X\", ...]")
+    if isinstance(names, str):
+        raise SymgradError(where, f"must be a list of value names, got {names!r}; write "
+                                  f"inputs = [\"{names}\", ...] with at least two names")
+    if not isinstance(names, list | tuple):
+        raise SymgradError(where, f"must be a list of value names (inputs = [\"A1\", \"X\"]), "
+                                  f"got {names!r}")
+    for i, name in enumerate(names, 1):
+        if not isinstance(name, str):
+            raise SymgradError(f"{where}[{i}]", f"must be a value name in quotes (\"X\", "
+                                                f"\"A1\", ...), got {name!r}")
+    if len(names) < 2:
+        raise SymgradError(where, f"{_a(kind)} layer needs at least two values, got {len(names)}; "
+                                  "list them as inputs = [\"A1\", \"X\", ...]")
+    if len(names) > MAX_INPUTS:
+        raise SymgradError(where, f"at most {MAX_INPUTS} inputs, got {len(names)}")
+    return tuple(names)
+
+
+def _bad_reference(name: str, l: int, earlier: list[str], count: int) -> str:
+    """Why layer ``l`` of ``count`` cannot read the value ``name`` (not one of ``earlier``)."""
+    reads = ("the first layer can only read X" if l == 1
+             else f"a layer reads X or an earlier output ({', '.join(earlier)})")
+    own = re.fullmatch(r"A([1-9][0-9]*)", name)
+    k = int(own.group(1)) if own else 0
+    if k == l:
+        return f"{name!r} is this layer's own output; {reads}"
+    if l < k <= count:
+        return f"{name!r} is layer {k}'s output, which is computed later; {reads}"
+    hint = (f" (did you mean '{name.upper()}'?)" if name.upper() in earlier
+            else _suggest(name, earlier) if l > 1 else "")
+    return f"no value named {name!r}{hint}; {reads}"
+
+
+def _a(kind: str) -> str:
+    """The article for a layer type: "an add layer", "a dense layer"."""
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def _check_type(kind: Any, where: str) -> str:
+    """A layer type name (a string naming one of LAYER_TYPES), or one SymgradError."""
+    use = f"use one of {', '.join(LAYER_TYPES)}"
+    if not isinstance(kind, str):
+        raise SymgradError(where, f"must be a layer type name in quotes (type = \"dense\"), "
+                                  f"got {kind!r}; {use}")
+    if kind in PLANNED_TYPES:
+        raise SymgradError(where, f"{kind} layers are not available in this version; {use}")
+    if kind not in LAYER_KEYS:
+        raise SymgradError(where, f"unknown layer type {kind!r}{_suggest(kind, LAYER_TYPES)}; {use}")
+    return kind
+
+
+def _foreign_key(kind: str, key: str) -> str:
+    """What to say about ``key`` on a layer of type ``kind`` that does not take it."""
+    this = f"{_a(kind)} layer"
+    if key == "units":
+        return ("only dense layers take units; a concat layer's width is the sum of its "
+                "inputs' widths" if kind == "concat"
+                else f"only dense layers take units; {this} has the width of its input")
+    if key == "eps":
+        return f"only batchnorm and layernorm layers take eps; remove it from this {kind} layer"
+    if key == "momentum":
+        return ("only batchnorm layers take momentum (the running statistics' rate; layernorm "
+                "keeps none); remove it" if kind == "layernorm"
+                else f"only batchnorm layers take momentum; remove it from this {kind} layer")
+    if key == "p":
+        return (f"only dropout layers take p; to drop values, add a layer with type = "
+                f"\"dropout\" and p = ... after this {kind} layer")
+    if key == "input":
+        return f"{this} names its values in inputs = [\"A1\", \"X\", ...], not input"
+    if key == "inputs":
+        return "only add and concat layers take inputs; use input = \"NAME\" for one value"
+    raise AssertionError(key)  # pragma: no cover - LAYER_KEYS lists every key
+
+
+# The defaults of the keys only some types take (None on a Layer of another type).
+LAYER_DEFAULTS = {"eps": 1e-5, "momentum": 0.1, "p": 0.5}
+
+
 @dataclass(frozen=True)
 class Layer:
     """One layer: by default dense (``units`` outputs); ``type`` names another kind
     (batchnorm, layernorm, dropout, add, concat) with its keys. Every type takes an
     ``activation`` (a built-in name or an expression in ``x``; default identity) and,
     except add/concat (which name their ``inputs``), an ``input``: the name of the value
-    it reads (X or an earlier A_l; default the previous layer's output)."""
+    it reads (X or an earlier A_l; default the previous layer's output). ``eps``
+    (batchnorm, layernorm; 1e-5), ``momentum`` (batchnorm; 0.1) and ``p`` (dropout; 0.5)
+    are None on the types that do not take them; giving one there is an error."""
 
     units: int | None = None
     activation: str = "identity"
@@ -158,56 +244,37 @@ class Layer:
     type: str = "dense"
     input: str | None = None
     inputs: tuple[str, ...] | None = None
-    eps: float = 1e-5
-    momentum: float = 0.1
-    p: float = 0.5
+    eps: float | None = None
+    momentum: float | None = None
+    p: float | None = None
 
     def __post_init__(self) -> None:
         w = self.where
-        if not isinstance(self.type, str) or self.type not in LAYER_KEYS:
-            if self.type in PLANNED_TYPES:
-                raise SymgradError(f"{w}.type", f"{self.type} layers are not available in this "
-                                                f"version; use one of {', '.join(LAYER_TYPES)}")
-            raise SymgradError(f"{w}.type", f"unknown layer type {self.type!r}"
-                                            f"{_suggest(str(self.type), LAYER_TYPES)}; use one of "
-                                            f"{', '.join(LAYER_TYPES)}")
-        if self.type == "dense":
+        kind = _check_type(self.type, f"{w}.type")
+        takes = LAYER_KEYS[kind]
+        for key in ("units", "input", "inputs", "eps", "momentum", "p"):
+            if key not in takes and getattr(self, key) is not None:
+                raise SymgradError(f"{w}.{key}", _foreign_key(kind, key))
+        for key, default in LAYER_DEFAULTS.items():
+            if key in takes and getattr(self, key) is None:
+                object.__setattr__(self, key, default)
+        if kind == "dense":
             if self.units is None:
                 raise SymgradError(f"{w}.units", "missing; give the number of units of this layer")
             _check_int(self.units, f"{w}.units", 1, MAX_UNITS)
-        elif self.units is not None:
-            raise SymgradError(f"{w}.units", f"only dense layers take units; a {self.type} layer "
-                                             "has the width of its input" if self.type != "concat"
-                               else "only dense layers take units; a concat layer's width is the "
-                                    "sum of its inputs' widths")
-        if self.type in ("add", "concat"):
-            if self.input is not None:
-                raise SymgradError(f"{w}.input", f"a {self.type} layer names its values in "
-                                                 "inputs = [...], not input")
-            names = self.inputs
-            if (not isinstance(names, list | tuple) or len(names) < 2
-                    or not all(isinstance(n, str) for n in names)):
-                raise SymgradError(f"{w}.inputs", f"a {self.type} layer needs inputs = [\"NAME\", "
-                                                  "\"NAME\", ...]: at least two value names "
-                                                  "(X or earlier A1, A2, ...)")
-            if len(names) > MAX_INPUTS:
-                raise SymgradError(f"{w}.inputs", f"at most {MAX_INPUTS} inputs, got {len(names)}")
-            object.__setattr__(self, "inputs", tuple(names))
-        else:
-            if self.inputs is not None:
-                raise SymgradError(f"{w}.inputs", "only add and concat layers take inputs; use "
-                                                  "input = \"NAME\" for one value")
-            if self.input is not None and not isinstance(self.input, str):
-                raise SymgradError(f"{w}.input", f"must be a value name (X, A1, ...), got "
-                                                 f"{self.input!r}")
-        if self.type in ("batchnorm", "layernorm"):
+        if kind in ("add", "concat"):
+            object.__setattr__(self, "inputs", _check_inputs(self.inputs, kind, f"{w}.inputs"))
+        elif self.input is not None and not isinstance(self.input, str):
+            raise SymgradError(f"{w}.input", f"must be a value name in quotes (input = \"X\", "
+                                             f"input = \"A1\", ...), got {self.input!r}")
+        if kind in ("batchnorm", "layernorm"):
             object.__setattr__(self, "eps", _check_float(
                 self.eps, f"{w}.eps", 0.0, 1.0, open_lo=True,
                 why="eps keeps the division by the standard deviation finite"))
-        if self.type == "batchnorm":
+        if kind == "batchnorm":
             object.__setattr__(self, "momentum", _check_float(self.momentum, f"{w}.momentum",
                                                               0.0, 1.0))
-        if self.type == "dropout":
+        if kind == "dropout":
             object.__setattr__(self, "p", _check_float(
                 self.p, f"{w}.p", 0.0, 1.0, open_hi=True,
                 why="p = 1 drops every value, and 1/(1 - p) is infinite"))
@@ -314,10 +381,10 @@ class Spec:
         _ = self.loss_fn
         _ = self.graph_shape  # every reference and width, checked here
         if self.training.batch_size < 2:
-            for layer in self.layers:
+            for l, layer in enumerate(self.layers, 1):
                 if layer.type == "batchnorm":
                     raise SymgradError(
-                        f"{layer.where}.type",
+                        f"{self._where(l)}.type",
                         f"batchnorm needs at least 2 samples per batch in training, but "
                         f"training.batch_size is {self.training.batch_size} (the batch variance "
                         "of one sample is 0); raise batch_size")
@@ -359,33 +426,25 @@ class Spec:
             names = layer.inputs if layer.inputs is not None else (
                 (layer.input,) if layer.input is not None else (earlier[-1],))
             key = "inputs" if layer.inputs is not None else "input"
-            for name in names:
-                if name in earlier:
-                    continue
-                later = re.fullmatch(r"A(\d+)", name)
-                if later and int(later.group(1)) >= l:
-                    raise SymgradError(f"{layer.where}.{key}", (
-                        f"{name!r} is layer {int(later.group(1))}'s output, which is computed "
-                        f"{'by this layer' if int(later.group(1)) == l else 'later'}; a layer reads X "
-                        f"or an earlier output ({', '.join(earlier)})") if l > 1 else (
-                        f"{name!r} is computed later; the first layer can only read X"))
-                raise SymgradError(f"{layer.where}.{key}", (
-                    f"no value named {name!r}{_suggest(name, earlier)}; a layer reads X or an "
-                    f"earlier output ({', '.join(earlier)})"))
+            for i, name in enumerate(names, 1):
+                if name not in earlier:
+                    at = f"{key}[{i}]" if layer.inputs is not None else key
+                    raise SymgradError(f"{self._where(l)}.{at}", _bad_reference(name, l, earlier,
+                                                                               len(self.layers)))
             ws = [widths[0] if n == "X" else widths[int(n[1:])] for n in names]
             if layer.type == "dense":
                 width = layer.units
             elif layer.type == "add":
                 if len(set(ws)) > 1:
                     listed = ", ".join(f"{n} ({w})" for n, w in zip(names, ws, strict=True))
-                    raise SymgradError(f"{layer.where}.inputs", (
+                    raise SymgradError(f"{self._where(l)}.inputs", (
                         f"add needs values of one width, got {listed}; put a dense layer on the "
                         "narrower path, or use concat"))
                 width = ws[0]
             elif layer.type == "concat":
                 width = sum(ws)
                 if width > MAX_UNITS:
-                    raise SymgradError(f"{layer.where}.inputs",
+                    raise SymgradError(f"{self._where(l)}.inputs",
                                        f"the concatenation is {width} wide, at most {MAX_UNITS}")
             else:
                 width = ws[0]
@@ -394,11 +453,17 @@ class Spec:
             used.update(names)
         for l in range(1, len(self.layers)):
             if f"A{l}" not in used:
-                raise SymgradError(f"{self.layers[l - 1].where}", (
+                raise SymgradError(self._where(l), (
                     f"A{l}, this layer's output, is read by no later layer, so it cannot reach "
                     f"the loss; have a later layer read it (input = \"A{l}\" or inputs = "
                     "[...]) or remove the layer"))
         return tuple(widths), tuple(sources)
+
+    def _where(self, l: int) -> str:
+        """Where layer ``l`` (1-based) is: its TOML table, or for a Layer built in Python
+        (``where`` left at "layer") its position in this spec."""
+        where = self.layers[l - 1].where
+        return f"{self.source}: layer[{l}]" if where == "layer" else where
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -510,12 +575,18 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> Spec:
     layers = []
     for i, raw in enumerate(raw_layers, 1):
         where = f"{source}: layer[{i}]"
-        kind = raw.get("type", "dense") if isinstance(raw, dict) else "dense"
-        known = isinstance(kind, str) and kind in LAYER_KEYS
-        raw = _check_keys(raw, {"type", *LAYER_KEYS[kind]} if known else _TABLES["layer"], where)
+        if not isinstance(raw, dict):
+            raise SymgradError(where, f"must be a table, got {type(raw).__name__}")
+        kind = _check_type(raw.get("type", "dense"), f"{where}.type")
+        # a key of another type is refused by Layer with that key's own message
+        own = {"type", *LAYER_KEYS[kind]}
+        for key in raw:
+            if key not in _TABLES["layer"]:
+                raise SymgradError(f"{where}.{key}", f"unknown key{_suggest(key, own)}; "
+                                                     f"allowed keys: {', '.join(sorted(own))}")
         layers.append(Layer(raw.get("units"), raw.get("activation", "identity"), where=where,
                             type=kind, input=raw.get("input"), inputs=raw.get("inputs"),
-                            **{k: raw[k] for k in ("eps", "momentum", "p") if k in raw}))
+                            eps=raw.get("eps"), momentum=raw.get("momentum"), p=raw.get("p")))
     loss_table = _check_keys(data.get("loss", {}), _TABLES["loss"], f"{source}: [loss]")
     if not loss_table:
         raise SymgradError(f"{source}: [loss]", "missing; add [loss] with kind = \"...\" or expr = \"...\"")
