@@ -623,6 +623,7 @@ class Problem:
     rows: list[Row] = field(default_factory=list)  # the loss-value rows
     notes: list[str] = field(default_factory=list)
     domain: str = ""
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)  # passed along, not perturbed
     not_finite: bool = False  # the loss is not finite at the check point: nothing compared
     progress: Callable[[str], None] = lambda text: None
     _directions: int = 0
@@ -770,6 +771,8 @@ class _Interface:
     shapes: dict[str, tuple[int, ...]]
     init: bool
     domain: str | None  # None when the module does not say
+    buffers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # BUFFER_SHAPES
+    extended: bool = False  # the module has BUFFER_SHAPES (the interface of the new layers)
 
 
 def _interface(evaluator, where: str, samples: int) -> _Interface:
@@ -799,8 +802,9 @@ def _interface(evaluator, where: str, samples: int) -> _Interface:
         raise SymgradError(where, "not a symgrad module: PARAM_SHAPES must map parameter names "
                            "to shapes (tuples of positive integers)")
     shapes = {name: tuple(int(n) for n in shape) for name, shape in raw.items()}
+    buffers = _buffer_shapes(reply, present, where, shapes)
     inputs, outputs = int(values["INPUTS"]), int(values["OUTPUTS"])
-    total = sum(math.prod(s) for s in shapes.values())
+    total = sum(math.prod(s) for s in [*shapes.values(), *buffers.values()])
     numbers = samples * (inputs + outputs) + total
     if numbers > MAX_NUMBERS:
         raise SymgradError(where, f"too large to check: X and Y ({samples} samples × "
@@ -811,15 +815,39 @@ def _interface(evaluator, where: str, samples: int) -> _Interface:
         domain = _decode(reply.get("DOMAIN"))
         if domain not in ("positive", "real"):
             raise SymgradError(where, f"DOMAIN must be 'positive' or 'real', not {_short(domain)}")
-    return _Interface(inputs, outputs, shapes, bool(callable_.get("init_params")), domain)
+    return _Interface(inputs, outputs, shapes, bool(callable_.get("init_params")), domain,
+                      buffers, bool(present.get("BUFFER_SHAPES")))
+
+
+def _buffer_shapes(reply: dict, present: dict, where: str,
+                   shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """BUFFER_SHAPES of a module (DESIGN, "Layers beyond dense"), validated: values that
+    ``init_params`` returns beside the parameters (batchnorm's running statistics) and that
+    ``loss`` receives in the same dict, but that are not differentiated: {} without it."""
+    if not present.get("BUFFER_SHAPES"):
+        return {}
+    raw = _decode(reply.get("BUFFER_SHAPES"))
+    if not (isinstance(raw, dict) and all(
+        isinstance(name, str) and isinstance(shape, tuple | list) and shape
+        and all(_positive_int(n) for n in shape) for name, shape in raw.items()
+    )):
+        raise SymgradError(where, "not a symgrad module: BUFFER_SHAPES must map buffer names "
+                           "to shapes (tuples of positive integers)")
+    both = sorted(set(raw) & set(shapes))
+    if both:
+        raise SymgradError(where, f"not a symgrad module: {', '.join(both)} is in both "
+                           "PARAM_SHAPES and BUFFER_SHAPES; a buffer is not a parameter")
+    return {name: tuple(int(n) for n in shape) for name, shape in raw.items()}
 
 
 def _initial(evaluator, where: str, iface: _Interface, seed: int,
-             rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """init_params(seed) if the module has it, else random weights; biases moved off zero
-    (a generic point, not the symmetric start)."""
+             rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(parameters, buffers): init_params(seed) if the module has it, else random weights;
+    biases moved off zero (a generic point, not the symmetric start).  The buffers
+    (BUFFER_SHAPES) are init_params' own, unchanged (ones without init_params)."""
     params: dict[str, np.ndarray] = {}
-    shapes = iface.shapes
+    buffers: dict[str, np.ndarray] = {name: np.ones(shape) for name, shape in iface.buffers.items()}
+    shapes = {**iface.shapes, **iface.buffers}
     if iface.init:
         reply, arrays = evaluator.call("init_params", {"seed": seed}, what="calling init_params")
         if "raised" in reply:
@@ -843,14 +871,14 @@ def _initial(evaluator, where: str, iface: _Interface, seed: int,
                 raise SymgradError(where, f"init_params returned {name} of shape "
                                    f"{_shape_text(data.shape)}; PARAM_SHAPES says "
                                    f"{_shape_text(shape)}")
-            params[name] = data
-    for name, shape in shapes.items():
+            (buffers if name in iface.buffers else params)[name] = data
+    for name, shape in iface.shapes.items():
         if name not in params:
             scale = 1 / math.sqrt(shape[0]) if len(shape) > 1 else 0.5
             params[name] = scale * rng.standard_normal(shape)
         elif len(shape) == 1 or not np.any(params[name]):
             params[name] = params[name] + 0.1 * rng.standard_normal(shape)
-    return params
+    return params, buffers
 
 
 def _positive(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
@@ -868,14 +896,22 @@ def _targets(kind: str, n: int, outputs: int, rng: np.random.Generator) -> np.nd
     return rng.standard_normal((n, outputs))
 
 
-def _setup(evaluator, X, Y, params) -> None:
-    arrays = {"X": X, "Y": Y, **{f"p:{k}": v for k, v in params.items()}}
-    evaluator.call("setup", {"names": list(params)}, arrays, what="receiving the data")
+def _setup(evaluator, X, Y, params, buffers=None, keywords=None) -> None:
+    """The data, the base point and what else every loss call gets: the buffers (in the
+    parameters' dict, never perturbed) and the keywords (a spec's ``seed``)."""
+    buffers = buffers or {}
+    arrays = {"X": X, "Y": Y, **{f"p:{k}": v for k, v in params.items()},
+              **{f"b:{k}": v for k, v in buffers.items()}}
+    evaluator.call("setup", {"names": list(params), "buffers": list(buffers),
+                             "keywords": dict(keywords or {})}, arrays,
+                   what="receiving the data")
 
 
 def _problem(evaluator, where: str, seed: int, samples: int, targets: str = "one-hot",
-             progress: Callable[[str], None] | None = None) -> Problem:
-    """Random data and parameters (seeded) and the module's claims there."""
+             progress: Callable[[str], None] | None = None,
+             keywords: dict[str, int] | None = None) -> Problem:
+    """Random data and parameters (seeded) and the module's claims there; ``keywords`` go
+    to every call of loss and loss_and_grad (none: their defaults)."""
     iface = _interface(evaluator, where, samples)
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((samples, iface.inputs))
@@ -883,24 +919,31 @@ def _problem(evaluator, where: str, seed: int, samples: int, targets: str = "one
     domain = ""
     if iface.domain == "positive":
         params, domain = _positive(iface.shapes, seed), "DOMAIN = 'positive'"
+        buffers = {name: np.ones(shape) for name, shape in iface.buffers.items()}
     else:
-        params = _initial(evaluator, where, iface, seed, rng)
-    problem = Problem(where, params, X, Y, evaluator, domain=domain)
+        params, buffers = _initial(evaluator, where, iface, seed, rng)
+    problem = Problem(where, params, X, Y, evaluator, domain=domain, buffers=buffers)
+    if iface.extended and keywords is None:
+        problem.notes.append(_module_training_note(buffers))
     if progress is not None:
         problem.progress = progress
-    _setup(evaluator, X, Y, params)
+
+    def setup(params: dict[str, np.ndarray]) -> None:
+        _setup(evaluator, X, Y, params, buffers, keywords)
+
+    setup(params)
     L0 = problem.loss_at_base()
     tried = ""
     if iface.domain is None and not math.isfinite(L0):
         positive = _positive(iface.shapes, seed)
-        _setup(evaluator, X, Y, positive)
+        setup(positive)
         problem.params = positive
         if math.isfinite(problem.loss_at_base()):
             problem.domain = f"the loss is {L0} at a real point"
             L0 = problem.loss_at_base()
         else:  # no better: back to the real point
             problem.params = params
-            _setup(evaluator, X, Y, params)
+            setup(params)
             tried = ", and at a point of positive parameters"
     if not math.isfinite(L0):  # no difference means anything there: its own verdict
         problem.not_finite = True
@@ -930,6 +973,34 @@ def _problem(evaluator, where: str, seed: int, samples: int, targets: str = "one
     problem.rows.append(_value_row("loss", value, problem.loss_at_base(), "loss()",
                                    "loss_and_grad's loss", "loss()'s"))
     return problem
+
+
+def _module_training_note(buffers: dict[str, np.ndarray]) -> str:
+    """The note of a module with the extended interface (BUFFER_SHAPES): what its loss is a
+    function of."""
+    note = ("training mode: loss and loss_and_grad are called with their defaults "
+            "(training=True, seed=0), so any dropout masks are held fixed by that seed and "
+            "batch statistics are differentiated through")
+    if buffers:
+        note += f"; the buffers {', '.join(buffers)} are passed along, not perturbed"
+    return note
+
+
+def _training_note(spec, graph, seed: int) -> str:
+    """One line: what a spec's training-mode loss holds fixed (the dropout masks, by the
+    seed) and what it differentiates through (the batch statistics); "" when neither."""
+    parts = []
+    if graph.masks:
+        names = ", ".join(m.name for m, _ in graph.masks)
+        parts.append(f"dropout masks held fixed by the seed ({names} drawn from seed {seed}, "
+                     f"as loss(…, seed={seed}) draws them)")
+    norms = [f"{layer.type} {l}" for l, layer in enumerate(spec.layers, 1)
+             if layer.type in ("batchnorm", "layernorm")]
+    if norms:
+        rows = " (layernorm: of each row)" if any(n.startswith("layernorm") for n in norms) else ""
+        parts.append(f"batch statistics μ, σ² differentiated through ({', '.join(norms)})"
+                     + rows)
+    return "training mode: " + "; ".join(parts) if parts else ""
 
 
 def _value_row(name: str, a: float, n: float, method: str, a_name: str, n_name: str) -> Row:
@@ -1419,25 +1490,50 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a.real @ b.real - a.imag @ b.imag) + 1j * (a.real @ b.imag + a.imag @ b.real)
 
 
-def _derivation_env(spec, params: dict[str, np.ndarray], X, Y) -> dict:
+def training_masks(graph, samples: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """The dropout masks of one training-mode evaluation at ``seed``, as a generated module's
+    ``loss(params, X, Y, seed=seed)`` and ``loss_and_grad`` draw them: one generator
+    ``np.random.default_rng(seed)``, one uniform N×n matrix per dropout layer in layer order,
+    an entry kept (1.0) where it is at least p — so with probability 1 − p — and dropped
+    (0.0) elsewhere.  Held fixed, they make the loss a function of the parameters alone."""
+    from symgrad.ops import N, _size
+
+    rng = np.random.default_rng(seed)
+    sizes = {N: samples, **graph.sizes()}
+    out = {}
+    for mask, p in graph.masks:
+        shape = tuple(_size(d, sizes) for d in mask.shape)
+        out[mask.name] = (rng.random(shape) >= p).astype(np.float64)
+    return out
+
+
+def _derivation_env(derivation, params: dict[str, np.ndarray], X, Y, seed: int = 0) -> dict:
+    """The values a derivation's equations read: data, sizes (N and every width n_l), the
+    penalties' λ, the parameters as matrices (a vector as a 1×n row) and the dropout masks
+    of ``seed`` (:func:`training_masks`)."""
     from symgrad.ops import L1, L2, N
 
+    spec, graph = derivation.spec, derivation.graph
     env: dict[Any, Any] = {"X": X, "Y": Y, N: X.shape[0], L1: spec.l1, L2: spec.l2}
+    env.update(graph.sizes())
     for name, value in params.items():
         env[name] = value.reshape(1, -1) if value.ndim == 1 else value
+    env.update(training_masks(graph, X.shape[0], seed))
     return env
 
 
-def _derivation_loss(derivation, params, X, Y) -> float:
-    """The loss by the derivation's forward equations, ``Node.numeric`` each."""
-    env = _derivation_env(derivation.spec, params, X, Y)
+def _derivation_loss(derivation, params, X, Y, seed: int = 0) -> float:
+    """The loss by the derivation's forward equations, ``Node.numeric`` each (training mode:
+    batch statistics, the dropout masks of ``seed``)."""
+    env = _derivation_env(derivation, params, X, Y, seed)
     with np.errstate(all="ignore"):
         for eq in derivation.forward:
             env[eq.target.name] = eq.rhs.numeric(env)
     return float(np.asarray(env[derivation.graph.loss.name]).reshape(()))
 
 
-def _derivation_complex_loss(derivation, X, Y) -> Callable[[dict[str, np.ndarray]], complex]:
+def _derivation_complex_loss(derivation, X, Y,
+                             seed: int = 0) -> Callable[[dict[str, np.ndarray]], complex]:
     """The loss by the derivation's forward equations at complex parameters.
 
     Products, elementwise maps, softmax and the mean loss are evaluated here (σ, softplus
@@ -1450,7 +1546,7 @@ def _derivation_complex_loss(derivation, X, Y) -> Callable[[dict[str, np.ndarray
     from symgrad.ops import BiasAdd, Elementwise, MatMul, MeanLoss, Softmax
 
     def loss(params: dict[str, np.ndarray]) -> complex:
-        env = _derivation_env(derivation.spec, params, X, Y)
+        env = _derivation_env(derivation, params, X, Y, seed)
         for eq in derivation.forward:
             rhs = eq.rhs
             if isinstance(rhs, MatMul):
@@ -1532,10 +1628,16 @@ def check_spec(spec, method: str = "central", tol: float | None = None, seed: in
                                   TIME_LIMIT if time_limit is None else time_limit, MEMORY_LIMIT)
         else:
             evaluator = _Local(module)
+        graph = derivation.graph
         problem = _problem(evaluator, spec.source, seed, samples, targets=kind,
-                           progress=progress)
+                           progress=progress,
+                           keywords={"seed": seed} if graph.masks else {})
+        note = _training_note(spec, graph, seed)
+        if note:
+            problem.notes.insert(0, note)
         if not problem.not_finite:
-            reference = _derivation_loss(derivation, problem.params, problem.X, problem.Y)
+            reference = _derivation_loss(derivation, problem.params, problem.X, problem.Y,
+                                         seed)
             problem.rows.append(_value_row("loss", problem.loss_at_base(), reference,
                                            "derivation", "the module's loss",
                                            "the derivation's"))
@@ -1544,7 +1646,8 @@ def check_spec(spec, method: str = "central", tol: float | None = None, seed: in
             if reason:
                 problem.notes.append(_fallback(reason, tol))
             else:
-                problem.complex_loss = _derivation_complex_loss(derivation, problem.X, problem.Y)
+                problem.complex_loss = _derivation_complex_loss(derivation, problem.X,
+                                                                problem.Y, seed)
         return _run(problem, method, tol, seed, directions, start)
     except _NoReport as e:
         return _no_report(str(spec.source), e, method, tol, seed, samples, start)

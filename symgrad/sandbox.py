@@ -150,6 +150,8 @@ class Session:
         self.limit = limit
         self.X = self.Y = None
         self.base: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}  # passed along, never perturbed
+        self.keywords: dict[str, Any] = {}  # of every loss and loss_and_grad call
         self.directions: dict[int, tuple[str, np.ndarray]] = {}
 
     def handle(self, header: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
@@ -159,11 +161,11 @@ class Session:
             return {"protocol": f"unknown request {op!r}"}, {}
         return method(header, arrays)
 
-    def _call(self, what: str, fn: Any, *args: Any) -> tuple[Any, str]:
+    def _call(self, what: str, fn: Any, *args: Any, **keywords: Any) -> tuple[Any, str]:
         try:
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")
-                return fn(*args), ""
+                return fn(*args, **keywords), ""
         except (Exception, SystemExit) as e:  # noqa: BLE001 - anything the module raises
             return None, f"{what} raised {exception_text(e)}"
 
@@ -171,12 +173,12 @@ class Session:
 
     def op_interface(self, header: dict, arrays: dict) -> tuple[dict, dict]:
         m = self.module
-        names = ("INPUTS", "OUTPUTS", "PARAM_SHAPES", "DOMAIN", "loss", "loss_and_grad",
-                 "init_params")
+        names = ("INPUTS", "OUTPUTS", "PARAM_SHAPES", "BUFFER_SHAPES", "DOMAIN", "loss",
+                 "loss_and_grad", "init_params")
         present = {n: hasattr(m, n) for n in names}
         reply: dict[str, Any] = {"present": present,
                                  "callable": {n: callable(getattr(m, n, None)) for n in names}}
-        for n in ("INPUTS", "OUTPUTS", "PARAM_SHAPES", "DOMAIN"):
+        for n in ("INPUTS", "OUTPUTS", "PARAM_SHAPES", "BUFFER_SHAPES", "DOMAIN"):
             if present[n]:
                 reply[n] = plain(getattr(m, n))
         return reply, {}
@@ -195,16 +197,22 @@ class Session:
     def op_setup(self, header: dict, arrays: dict) -> tuple[dict, dict]:
         self.X, self.Y = arrays["X"], arrays["Y"]
         self.base = {name: arrays[f"p:{name}"] for name in header["names"]}
+        self.buffers = {name: arrays[f"b:{name}"] for name in header.get("buffers", [])}
+        self.keywords = {str(k): int(v) for k, v in dict(header.get("keywords", {})).items()}
         self.directions.clear()
         return {"ok": True}, {}
 
     def _copies(self, params: dict[str, np.ndarray]) -> tuple:
-        # a module that writes into its arguments cannot disturb the next evaluation
-        return {k: v.copy() for k, v in params.items()}, self.X.copy(), self.Y.copy()
+        # a module that writes into its arguments cannot disturb the next evaluation;
+        # the buffers (BUFFER_SHAPES: batchnorm's running statistics) travel in the same
+        # dict, as init_params returned them, and are never perturbed
+        values = {k: v.copy() for k, v in params.items()}
+        values.update((k, v.copy()) for k, v in self.buffers.items())
+        return values, self.X.copy(), self.Y.copy()
 
     def op_loss_and_grad(self, header: dict, arrays: dict) -> tuple[dict, dict]:
         out, raised = self._call("loss_and_grad", self.module.loss_and_grad,
-                                 *self._copies(self.base))
+                                 *self._copies(self.base), **self.keywords)
         if raised:
             return {"raised": raised}, {}
         if not (isinstance(out, tuple | list) and len(out) == 2 and isinstance(out[1], dict)):
@@ -242,7 +250,8 @@ class Session:
         for i, (name, kind, index, t) in enumerate(header["points"]):
             step = 1j * t if complex_step else t
             value, raised = self._call("loss", self.module.loss,
-                                       *self._copies(self._point(name, kind, index, step, dtype)))
+                                       *self._copies(self._point(name, kind, index, step, dtype)),
+                                       **self.keywords)
             if raised:
                 return {"raised": raised}, {}
             number, info = describe_scalar(value)
