@@ -13,6 +13,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "benchmarks"
@@ -43,20 +44,33 @@ def symgrad_env(bytecode: bool = False) -> dict[str, str]:
     return env
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
 def spec_toml(
     name: str,
     inputs: int,
-    layers: Sequence[tuple[int, str]],
+    layers: Sequence[tuple[int, str] | dict[str, Any]],
     *,
     loss: str = "cross_entropy",
     optimizer: str = "sgd",
     learning_rate: float = 0.01,
     batch_size: int = 32,
 ) -> str:
-    """A network spec in symgrad's TOML format (DESIGN.md, "Spec format")."""
+    """A network spec in symgrad's TOML format (DESIGN.md, "Spec format"). A layer is
+    ``(units, activation)`` (a dense layer) or the keys of its ``[[layer]]`` table
+    (``{"type": "batchnorm", "activation": "relu"}``, ``{"type": "add", "inputs": [...]}``)."""
     lines = ["[network]", f'name = "{name}"', f"inputs = {inputs}", ""]
-    for units, activation in layers:
-        lines += ["[[layer]]", f"units = {units}", f'activation = "{activation}"', ""]
+    for layer in layers:
+        if not isinstance(layer, dict):
+            units, activation = layer
+            layer = {"units": units, "activation": activation}
+        lines += ["[[layer]]", *(f"{k} = {_toml_value(v)}" for k, v in layer.items()), ""]
     lines += ["[loss]", f'kind = "{loss}"', ""]
     lines += [
         "[training]",
