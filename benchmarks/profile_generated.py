@@ -241,7 +241,7 @@ def format_profile(res: dict[str, Any], top: int = 14) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("workload", nargs="?", default="W1", choices=("W1", "W2", "W3"))
+    ap.add_argument("workload", nargs="?", default="W1", choices=("W1", "W2", "W3", "W6"))
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)

@@ -118,3 +118,133 @@ def test_profile_generated_tiny(bench, tmp_path):
     assert res["statements"] and all(r["seconds"] >= 0 for r in res["statements"])
     assert _table_rows(pg.format_profile(res))
     json.dumps(res)
+
+
+# --------------------------------------------------------------------------
+# W6 (issue 11): batchnorm and a residual skip
+# --------------------------------------------------------------------------
+
+
+def _bn_residual_loss(P, xb, yb, eps=1e-5):
+    """W6's training-mode loss, written plainly (float64): the reference."""
+    def bn(z, gamma, beta):
+        mu = z.mean(axis=0)
+        var = ((z - mu) ** 2).mean(axis=0)
+        return gamma * (z - mu) / np.sqrt(var + eps) + beta
+
+    a2 = np.maximum(bn(xb @ P["W1"] + P["b1"], P["gamma2"], P["beta2"]), 0)
+    a4 = np.maximum(bn(a2 @ P["W3"] + P["b3"], P["gamma4"], P["beta4"]), 0)
+    z = (a2 + a4) @ P["W6"] + P["b6"]
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-(yb * logp).sum(axis=1).mean())
+
+
+def test_w6_spec_is_the_issue_network(bench):
+    """W6's spec: dense 256 → batchnorm relu → dense 256 → batchnorm relu → add [A2, A4]
+    → dense 10 softmax; its parameters are those the hand-written contender trains."""
+    import tomllib
+
+    from symgrad.spec import spec_from_dict
+
+    tb = bench["training_bench"]
+    w = tb.make_workloads()["W6"]
+    assert (w.n, w.batch_size, w.sizes) == (12_000, 128, (784, 256, 256, 10))
+    assert w.title.startswith("W6: 784-256-BN-relu-256-BN-relu-(add skip)-10, softmax+CE")
+    spec = spec_from_dict(tomllib.loads(w.toml()))
+    assert [layer.type for layer in spec.layers] == [
+        "dense", "batchnorm", "dense", "batchnorm", "add", "dense"]
+    assert spec.layers[4].inputs == ("A2", "A4")
+    assert spec.param_shapes() == {
+        "W1": (784, 256), "b1": (256,), "gamma2": (256,), "beta2": (256,),
+        "W3": (256, 256), "b3": (256,), "gamma4": (256,), "beta4": (256,),
+        "W6": (256, 10), "b6": (10,)}
+    assert spec.buffer_shapes() == {"mean2": (256,), "var2": (256,), "mean4": (256,),
+                                    "var4": (256,)}
+    assert tb.make_workloads(quick=True)["W6"].n == 2_048
+
+
+def test_hand_written_bn_residual_gradient_and_running_statistics(bench):
+    """One step of the hand-written W6 (in-place batchnorm backward, η = 1) moves every
+    parameter by its gradient: central differences of the plain loss; the running
+    statistics follow torch (momentum 0.1, unbiased variance)."""
+    import dataclasses
+
+    tb = bench["training_bench"]
+    w = dataclasses.replace(tb.tiny_workloads()["T6"], learning_rate=1.0)
+    data = tb.make_data(w)
+    net = tb.NumpyBNResidual(w, data, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    for g in (*net.gamma, *net.beta):  # away from γ = 1, β = 0
+        g += rng.standard_normal(g.shape) * 0.3
+    P = {n: getattr(net, n) for n in ("W1", "b1", "W3", "b3", "W6", "b6")}
+    P.update(gamma2=net.gamma[0], beta2=net.beta[0], gamma4=net.gamma[1], beta4=net.beta[1])
+    X, Y = data.as_dtype(np.float64)
+    idx = np.arange(40, 40 + w.batch_size)
+    xb, yb = X[idx], Y[idx]
+    before = {k: v.copy() for k, v in P.items()}
+    numeric = {}
+    for k, v in P.items():
+        g, flat = np.zeros_like(v), v.reshape(-1)
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + 1e-6
+            plus = _bn_residual_loss(P, xb, yb)
+            flat[i] = old - 1e-6
+            minus = _bn_residual_loss(P, xb, yb)
+            flat[i] = old
+            g.reshape(-1)[i] = (plus - minus) / 2e-6
+        numeric[k] = g
+    net.step(idx, net.buf)
+    scale = max(float(np.abs(g).max()) for g in numeric.values())
+    for k in P:
+        np.testing.assert_allclose(before[k] - P[k], numeric[k], rtol=0, atol=1e-7 * scale,
+                                   err_msg=k)
+    z1 = xb @ before["W1"] + before["b1"]
+    np.testing.assert_allclose(net.running_mean[0], 0.1 * z1.mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(net.running_var[0], 0.9 + 0.1 * z1.var(axis=0, ddof=1),
+                               atol=1e-12)
+    # the last, partial batch runs on views of the same buffers
+    net.epoch()
+    assert all(np.isfinite(p).all() for p in P.values())
+
+
+def test_run_tiny_bn_residual_workload(bench, tmp_path, capsys):
+    """`run.py --tiny --workloads T6`: W6's shape through the runner, every numpy
+    contender and the generated module timed; an unknown workload is refused."""
+    out_json = tmp_path / "t6.json"
+    rc = bench["run"].main([
+        "--tiny", "--workloads", "T6", "--no-install", "--reps", "1", "--pause", "0",
+        "--no-derive", "--contenders", "numpy,generated", "--json", str(out_json),
+    ])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    (workload,) = json.loads(out_json.read_text(encoding="utf-8"))["workloads"]
+    assert workload["title"].startswith("T6: 16-8-BN-relu-8-BN-relu-(add skip)-4")
+    rows = {r["contender"]: r for r in workload["rows"]}
+    for name in ("GEMM floor", "hand-written numpy", "generated f32", "generated f64"):
+        assert rows[name].get("n") == 1 and rows[name]["median"] > 0, rows[name]
+    assert workload["table"] in printed
+    with pytest.raises(SystemExit, match="unknown workload 'W9'; use W1, W2, W3, W6"):
+        bench["run"].main(["--no-install", "--no-derive", "--workloads", "W9"])
+
+
+def test_w6_goals_state_jax_beside(bench):
+    """W6's goals: ≤ 1.5× the floor, faster than hand-written numpy and PyTorch eager;
+    JAX jit step's ratio stated beside them, no goal."""
+    run = bench["run"]
+    rows = [
+        {"contender": "GEMM floor", "times": [1.0, 1.0]},
+        {"contender": "generated f32", "times": [1.4, 1.2], "median": 1.3, "ratio_floor": 1.3},
+        {"contender": "hand-written numpy", "times": [2.0, 2.0]},
+        {"contender": "PyTorch eager", "times": [1.0, 1.0]},
+        {"contender": "JAX jit step", "times": [2.0, 1.0]},
+    ]
+    goals = run.evaluate_goals([{"workload": "W6", "rows": rows}])
+    text = run.format_goals(goals)
+    assert text.splitlines()[1:] == [
+        "  [ok    ] W6: ≤ 1.5× GEMM floor: 1.30×",
+        "  [ok    ] W6: faster than hand-written numpy: generated/hand-written numpy = 0.65",
+        "  [MISSED] W6: faster than PyTorch eager: generated/PyTorch eager = 1.30",
+        "  [info  ] W6: beside JAX jit step (no goal): generated/JAX jit step = 0.95",
+    ]
