@@ -122,6 +122,8 @@ class Concat(Node):
         return np.concatenate([t.numeric(env) for t in self.terms], axis=1)
 
     precedence = 100
+    rule = "concat"  # the rule's name and statement in derive --steps
+    law = "Z = [A B …], ∂L/∂A = G[:, 0:a], ∂L/∂B = G[:, a:a+b], … (each input its own columns of G)"
 
     def text(self, p):
         return "[" + " ".join(p.paren(t, p.ATOM) for t in self.terms) + "]"
@@ -176,7 +178,7 @@ class ColSlice(Node):
         return f"{p.paren(self.x, p.ATOM)}[:, {p.coef(self.start)}:{p.coef(self.stop)}]"
 
     def latex(self, p):
-        return rf"{p.paren(self.x, p.ATOM)}_{{[:,\,{p.coef(self.start)}:{p.coef(self.stop)}]}}"
+        return rf"{p.paren(self.x, p.ATOM)}[:,\,{p.coef(self.start)}:{p.coef(self.stop)}]"
 
     def numpy(self, lw):
         return f"{lw.expr(self.x, lw.ATOM)}[:, {lw.size(self.start)}:{lw.size(self.stop)}]", lw.ATOM

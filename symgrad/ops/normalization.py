@@ -153,6 +153,22 @@ class Standardize(Node):
 
     precedence = 50  # a ⊙ product
 
+    @property
+    def rule(self) -> str:
+        """The rule's name in ``derive --steps``."""
+        return "batchnorm (compact)" if self.axis == 0 else "layernorm (compact)"
+
+    @property
+    def law(self) -> str:
+        """The rule as ``derive --steps`` and the picture state it (G = ∂L/∂X̂)."""
+        if self.axis == 0:
+            return ("X̂ = (A − 𝟏μ) ⊙ 𝟏(σ² + ε)^(−½), ∂L/∂A = (1/N) 𝟏(σ² + ε)^(−½) ⊙ "
+                    "(N G − 𝟏𝟏ᵀG − X̂ ⊙ 𝟏𝟏ᵀ(G ⊙ X̂)) with G = ∂L/∂X̂ (the direct path, the "
+                    "mean's and the variance's)")
+        return ("X̂ = (A − μ𝟏ᵀ) ⊙ (σ² + ε)^(−½)𝟏ᵀ, ∂L/∂A = (1/n) (σ² + ε)^(−½)𝟏ᵀ ⊙ "
+                "(n G − G𝟏𝟏ᵀ − X̂ ⊙ (G ⊙ X̂)𝟏𝟏ᵀ) with G = ∂L/∂X̂, n the features of a row (the "
+                "direct path, the mean's and the variance's)")
+
     def text(self, p):
         mu = p.name(self.mu.name)
         centred = (f"{p.paren(self.x, p.ADD)} − 𝟏{mu}" if self.axis == 0
@@ -215,6 +231,8 @@ class Dropout(Node):
         return self.x.numeric(env) * np.asarray(env[self.mask.name]) / self.keep
 
     precedence = 40  # a scaled product
+    rule = "dropout"  # the rule's name and statement in derive --steps
+    law = "Z = A ⊙ M/(1 − p), ∂L/∂A = G ⊙ M/(1 − p) (the same mask, the same factor)"
 
     def text(self, p):
         return f"{p.factor(self.x)} ⊙ {p.name(self.mask.name)}/(1 − {_literal(self.p)})"
