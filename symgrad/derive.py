@@ -166,6 +166,8 @@ class Derivation:
     fusions: list[str] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
     show_steps: bool = False  # the default of steps= in text(), latex(), markdown(), Jupyter
+    #: the statement of each readable rule name in ``steps`` (an op's ``rule`` → its ``law``)
+    rules: dict[str, str] = field(default_factory=dict)
 
     @property
     def gradients(self) -> dict[str, Node]:
@@ -224,6 +226,20 @@ class Derivation:
 
 PENALTY_RULES = ("SqNormHalf", "AbsSum")
 
+#: the rule of an ``add`` layer's sum (the generic Add, named for the layer it computes)
+ADD_LAYER_RULE = ("add", "Z = A + B + …, ∂L/∂A = ∂L/∂B = … = G (each input receives G "
+                  "unchanged)")
+SKIP = " (skip)"  # an add layer's part of a cotangent summed at a fan-out: the skip path
+
+
+def rule_of(node: Node) -> tuple[str, str]:
+    """The name of ``node``'s rule in the steps and its statement ("" for the ops named by
+    their class, whose docstring states the rule): an op's own ``rule``/``law`` first."""
+    rule = getattr(node, "rule", None)
+    if isinstance(rule, str) and rule:
+        return rule, getattr(node, "law", "")
+    return type(node).__name__, ""
+
 
 def derive(spec: Spec, steps: bool = False) -> Derivation:
     """Derive the backpropagation formulas of ``spec`` by the reverse sweep.
@@ -259,12 +275,15 @@ def derive_graph(graph: Graph) -> Derivation:
     assumptions: list[str] = []
     skipped: set[str] = set()
     params = {p.name for p in graph.params}
+    rules: dict[str, str] = {}
+    add_layers = {id(a.rhs) for l, a in _layer_sums(graph)}
 
     def emit(sym: Sym) -> Node:
         # the network's own term first, penalties after (in the order of L)
         parts = sorted(cot.pop(sym.name), key=lambda p: p[1] in PENALTY_RULES)
         rhs = add([p for p, _ in parts])
-        rule = " + ".join(r for _, r in parts)
+        names = [r + SKIP if r == ADD_LAYER_RULE[0] and len(parts) > 1 else r for _, r in parts]
+        rule = " + ".join(names)
         if sym.name == graph.loss.name or rhs == ONE:
             return ONE
         g = Sym(naming.cotangent(sym.name), sym.shape, "cotangent")
@@ -281,9 +300,14 @@ def derive_graph(graph: Graph) -> Derivation:
                 emit(node)
             return
         grads = node.vjp(g, out)
+        name, law = ADD_LAYER_RULE if id(node) in add_layers else rule_of(node)
+        if law:
+            rules[name] = law
+            if name == ADD_LAYER_RULE[0]:
+                rules[name + SKIP] = law
         for child, gc in zip(node.children, grads, strict=True):
             if gc is not None:
-                backprop(child, gc, None, type(node).__name__)
+                backprop(child, gc, None, name)
 
     for a in reversed(graph.assignments):
         if a.target.name in skipped or a.target.name not in cot:
@@ -312,7 +336,18 @@ def derive_graph(graph: Graph) -> Derivation:
         emit(by_name[name] if name in by_name else Sym(name, _shape_of(graph, name), "value"))
 
     backward = _inline(steps, keep={naming.cotangent(p) for p in params})
-    return Derivation(spec, graph, forward, steps, backward, fusions, assumptions)
+    return Derivation(spec, graph, forward, steps, backward, fusions, assumptions, rules=rules)
+
+
+def _layer_sums(graph: Graph):
+    """(l, assignment) of each ``add`` layer's sum Z_l (its rule is named for the layer)."""
+    if graph.spec is None:
+        return
+    for l, layer in enumerate(graph.spec.layers, 1):
+        if layer.type == "add":
+            a = graph.producer(f"Z{l}")
+            if a is not None:
+                yield l, a
 
 
 def _shape_of(graph: Graph, name: str):

@@ -78,8 +78,11 @@ _MATH_CHARS = {
     "⊙": r"\odot ", "ᵀ": r"^{\top}", "−": "-", "×": r"\times ", "≤": r"\le ", "≥": r"\ge ",
     "_": r"\_", "%": r"\%", "#": r"\#", "$": r"\$", "&": r"\&", "{": r"\{", "}": r"\}",
     "\\": r"\backslash ", "^": r"\wedge ", "~": r"\sim ", "·": r"\cdot ", "𝟏": r"\mathbf{1}",
-    "′": "'",
+    "′": "'", "μ": r"\mu ", "ε": r"\varepsilon ", "γ": r"\gamma ", "β": r"\beta ",
+    "²": "^{2}", "½": r"\tfrac{1}{2}", "…": r"\dots ",
 }
+_HAT = "\u0302"  # a combining circumflex: X̂ is X and this
+_POWER = re.compile(r"\^\(([^()]*)\)")  # ^(−½): an exponent in brackets
 _SUBSCRIPTS = str.maketrans("₀₁₂₃₄₅₆₇₈₉", "0123456789")
 
 
@@ -94,8 +97,17 @@ def math_text(text: str) -> str:
             out.append(r"\text{" + "".join(run) + "}")
             run.clear()
 
-    for ch in text:
-        if ch in _MATH_CHARS:
+    pieces = _POWER.split(text)  # ^(e) → ^{e}: the exponent typeset as one
+    if len(pieces) > 1:
+        return "".join(math_text(p) if i % 2 == 0 else "^{" + math_text(p) + "}"
+                       for i, p in enumerate(pieces) if p or i % 2)
+    for i, ch in enumerate(text):
+        if ch == _HAT:
+            continue
+        if i + 1 < len(text) and text[i + 1] == _HAT:
+            flush()
+            out.append(r"\hat{" + (_MATH_CHARS.get(ch, ch)).strip() + "}")
+        elif ch in _MATH_CHARS:
             flush()
             out.append(_MATH_CHARS[ch])
         elif ch in "₀₁₂₃₄₅₆₇₈₉":

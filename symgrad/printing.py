@@ -14,6 +14,8 @@ Text, LaTeX and Markdown share one layout (:func:`render`); only the printer dif
 
 from __future__ import annotations
 
+import re
+
 import sympy as sp
 from sympy.printing.latex import LatexPrinter as _SympyLatex
 from sympy.printing.printer import Printer
@@ -23,7 +25,23 @@ from symgrad import naming
 from symgrad.activations import X as X_SYM
 from symgrad.activations import expand_named
 from symgrad.losses import YHAT, Y
-from symgrad.ops import L1, L2, Map, N, Node, Sym, is_ones
+from symgrad.ops import (
+    L1,
+    L2,
+    ColSlice,
+    ColSum,
+    Concat,
+    Dropout,
+    Hadamard,
+    InvStd,
+    Map,
+    N,
+    Node,
+    RowSum,
+    Standardize,
+    Sym,
+    is_ones,
+)
 
 __all__ = ["TextPrinter", "LatexPrinter", "render", "text", "latex"]
 
@@ -32,6 +50,7 @@ _SUP = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 _FUNC_TEXT = {"sigmoid": "σ", "Abs": None, "sign": "sign", "log": "log", "exp": "exp"}
 _COEF_TEXT = {N: "N", L1: "λ₁", L2: "λ₂"}
 _COEF_LATEX = {N: "N", L1: r"\lambda_{1}", L2: r"\lambda_{2}"}
+_WIDTH = re.compile(r"n_(\d+)\Z")  # the width n_l of layer l (graph.width): n₄ in text
 
 
 # --------------------------------------------------------------------------
@@ -48,7 +67,10 @@ class TextScalarPrinter(StrPrinter):
         self.times = " ⊙ " if elementwise else "·"
 
     def _print_Symbol(self, e):
-        return self.names.get(e, e.name)
+        if e in self.names:
+            return self.names[e]
+        m = _WIDTH.match(e.name)
+        return "n" + m.group(1).translate(naming._SUB) if m else e.name
 
     def _atomic(self, e) -> str:
         s = self._print(e)
@@ -303,6 +325,8 @@ class _MatrixPrinter(Printer):
         return f"{self.paren(node.a, ADD)} {self.minus} {self.paren(node.b, ADD + 1)}"
 
     def _print_Scale(self, node):
+        if self.leads(node):
+            return self.leading(node)
         num, den = sp.fraction(node.c)
         body = self.paren(node.x, SCALE + 1 if den == 1 else self.fraction_body_prec)
         lead = "" if num == 1 else self.coef(num) + " "
@@ -311,6 +335,28 @@ class _MatrixPrinter(Printer):
         if den == 1:
             return lead + body
         return self.fraction(lead + body, self.denominator(den))
+
+    @staticmethod
+    def leads(node) -> bool:
+        """Whether the coefficient is written in front, as textbooks write a mean and the
+        standardization's rule: (1/N) 𝟏ᵀA, (1/N) 𝟏(σ² + ε)^(−½) ⊙ (…)."""
+        num, den = sp.fraction(node.c)
+        if num != 1 or den == 1:
+            return False
+        x = node.x
+        return isinstance(x, ColSum | RowSum) or (isinstance(x, Hadamard)
+                                                  and isinstance(x.a, InvStd))
+
+    def leading(self, node) -> str:
+        """(1/m) X: the mean of the columns 𝟏ᵀA or of the rows A𝟏, or a product."""
+        x = node.x
+        if isinstance(x, ColSum):
+            body = self.ones_t + self.paren(x.x, MATMUL + 1)
+        elif isinstance(x, RowSum):
+            body = self.paren(x.x, MATMUL) + self.one
+        else:
+            body = self._print(x)
+        return f"{self.fraction('1', self.denominator(sp.fraction(node.c)[1]), lead=True)} {body}"
 
     def denominator(self, den: sp.Expr) -> str:
         """A scalar denominator: N, or a product such as 4·N (a product of scalars,
@@ -326,8 +372,11 @@ class TextPrinter(_MatrixPrinter):
     scalar_printer = TextScalarPrinter
     minus = "−"
     ones = "𝟏𝟏ᵀ"
+    one, ones_t = "𝟏", "𝟏ᵀ"
 
-    def fraction(self, top, bottom):
+    def fraction(self, top, bottom, lead=False):
+        if lead:  # a coefficient in front: (1/N)
+            return f"({top}/{bottom})"
         return f"{top}/{bottom}" if bottom.isalnum() else f"{top}/({bottom})"
 
     def _print_MatMul(self, node):
@@ -370,11 +419,12 @@ class LatexPrinter(_MatrixPrinter):
     name = staticmethod(naming.latex)
     form = "latex"
     ones = r"\mathbf{1}\mathbf{1}^{\top}"
+    one, ones_t = r"\mathbf{1}", r"\mathbf{1}^{\top}"
     minus = "-"
     lparen, rparen = r"\left(", r"\right)"
     fraction_body_prec = 0
 
-    def fraction(self, top, bottom):
+    def fraction(self, top, bottom, lead=False):
         return rf"\frac{{{top}}}{{{bottom}}}"
 
     def _print_MatMul(self, node):
@@ -436,17 +486,25 @@ def _lhs(sym: Sym, printer: _MatrixPrinter, fmt: str) -> str:
 
 
 def _rule_note(eq, derivation) -> str:
+    """The rule(s) a step applies: an op's readable name and statement (``rule``, ``law``),
+    else the op's docstring; a cotangent summed at a fan-out names each part's rule."""
     from symgrad import ops
 
     rule = eq.rule
     notes = []
+    laws = getattr(derivation, "rules", None) or {}
     for part in rule.split(" + "):
         if "(fused)" in part:
             notes.append(f"{part.replace(' (fused)', '')}: fused rule, proved by --prove")
             continue
+        if part in laws:
+            notes.append(f"{part}: {laws[part]}")
+            continue
         cls = getattr(ops, part, None)
         if cls is not None and cls.__doc__:
             doc = " ".join(cls.__doc__.split())
+            if "∂" not in doc and cls.vjp.__doc__:  # the rule is the vjp's (A ⊙ B)
+                doc = " ".join(cls.vjp.__doc__.split())
             notes.append(doc.split(". ")[0].rstrip(".") if "∂" not in doc else _vjp_part(doc))
     return "; ".join(notes)
 
@@ -457,10 +515,33 @@ def _vjp_part(doc: str) -> str:
     return doc[: doc.find(".")].strip() + ": " + doc[start:].split("  (")[0].split(": the")[0].rstrip(".")
 
 
+def _layer_word(spec, l: int, layer) -> str:
+    """One layer in the network line: its width or type, and its activation (identity
+    not shown): 5 tanh, batchnorm relu, dropout(0.2), add(A₅, A₁), concat(A₆, X)."""
+    kind = layer.type
+    if kind == "dense":
+        word = str(layer.units)
+    elif kind == "dropout":
+        word = f"dropout({layer.p:g})"
+    elif kind in ("add", "concat"):
+        word = f"{kind}({', '.join(naming.text(s) for s in spec.sources(l))})"
+    else:
+        word = kind
+    if layer.fn.name != "identity":
+        word += f" {layer.fn.name}"
+    src = spec.sources(l)
+    if kind not in ("add", "concat") and src[0] != ("X" if l == 1 else f"A{l - 1}"):
+        word += f" (of {naming.text(src[0])})"
+    return word
+
+
 def _network_line(d) -> str:
     spec = d.spec
-    parts = [str(spec.inputs)] + [f"{layer.units} {layer.fn.name if layer.fn.text != 'f' or True else ''}"
-                                  for layer in spec.layers]
+    if _is_dense(spec):
+        parts = [str(spec.inputs)] + [f"{layer.units} {layer.fn.name}" for layer in spec.layers]
+    else:
+        parts = [str(spec.inputs)] + [_layer_word(spec, l, layer)
+                                      for l, layer in enumerate(spec.layers, 1)]
     loss = spec.loss_fn.name if spec.loss_expr is None else f"ℓ(ŷ, y) = {spec.loss_expr}"
     pen = []
     if spec.l2:
@@ -469,6 +550,12 @@ def _network_line(d) -> str:
         pen.append(f"λ₁ = {spec.l1:g}")
     tail = f", penalty {', '.join(pen)}" if pen else ""
     return f"{spec.name}: {' → '.join(parts)}; loss {loss}{tail}"
+
+
+def _is_dense(spec) -> bool:
+    """Dense layers only, each reading the previous output: the first wave's networks,
+    printed as they always were."""
+    return spec is None or getattr(spec, "is_chain", True)
 
 
 def scalar_facts(d, fmt: str) -> list[str]:
@@ -526,6 +613,63 @@ NOTATION = (
 )
 
 
+def notation(d) -> str:
+    """The notation line: :data:`NOTATION`, and the symbols of the layers beyond dense
+    where they appear (X̂, μ, σ², γ, β, ε; a dropout mask M; [A B]; the widths n_l)."""
+    spec = d.spec
+    if _is_dense(spec):
+        return NOTATION
+    nodes = [n for eq in (*d.forward, *d.backward) for n in _nodes(eq.rhs)]
+    extra = []
+    norms = [(l, layer) for l, layer in enumerate(spec.layers, 1)
+             if layer.type in ("batchnorm", "layernorm")]
+    if norms:
+        kinds = {layer.type for _, layer in norms}
+        where = []
+        if "batchnorm" in kinds:
+            where.append("batchnorm: of each column, over the N samples")
+        if "layernorm" in kinds:
+            where.append("layernorm: of each row, over its n features")
+        extra.append("X̂_l the standardized input of normalization layer l, μ_l and σ_l² its "
+                     f"mean and biased variance ({'; '.join(where)}), γ_l and β_l its scale and "
+                     f"shift, {_epsilons(norms)}")
+    if any(isinstance(n, Dropout) for n in nodes):
+        extra.append("M_l the dropout mask of layer l (entries 0 or 1, each 1 with probability "
+                     "1 − p, drawn per batch)")
+    if any(isinstance(n, Concat) for n in nodes):
+        extra.append("[A B] the columns of A and B side by side")
+    if any(isinstance(n, ColSlice) for n in nodes):
+        extra.append("G[:, a:b] the columns a to b − 1 of G")
+    if any(_WIDTH.match(str(s)) for n in nodes for s in _node_symbols(n)):
+        extra.append("n_l the width of layer l's output (n₀ the inputs')")
+    if any(isinstance(n, RowSum) for n in nodes):
+        extra.append("A𝟏 the row sums of A and μ𝟏ᵀ the column μ spread across the columns "
+                     "(there 𝟏 is the column of n ones)")
+    return NOTATION + (" " + "; ".join(extra) + "." if extra else "")
+
+
+def _epsilons(norms) -> str:
+    values = {layer.eps for _, layer in norms}
+    if len(values) == 1:
+        return f"ε = {values.pop():g} (added to σ² for numerical safety)"
+    return "ε (added to σ²) = " + ", ".join(f"{layer.eps:g} in layer {l}" for l, layer in norms)
+
+
+def _nodes(node: Node):
+    yield node
+    for child in (*node.children, *node.refs):
+        yield from _nodes(child)
+
+
+def _node_symbols(node: Node):
+    """The scalar symbols a node prints: its shape's (a slice's bounds, a count)."""
+    if isinstance(node, ColSlice):
+        yield from sp.sympify(node.start).free_symbols | sp.sympify(node.stop).free_symbols
+    elif isinstance(node, Standardize) or (hasattr(node, "c") and isinstance(node.c, sp.Expr)):
+        expr = node.count if isinstance(node, Standardize) else node.c
+        yield from expr.free_symbols
+
+
 def _update_lines(d, printer, arrow, eta):
     out = []
     for p in d.graph.params:
@@ -560,7 +704,7 @@ def _render_text(d, steps: bool) -> str:
                 lines.append(f"       by {note}")
         lines += ["", "Scalar derivatives found by SymPy"]
         lines += ["  " + s for s in scalar_facts(d, "text")]
-    lines += ["", "Notation: " + NOTATION]
+    lines += ["", "Notation: " + notation(d)]
     return "\n".join(lines) + "\n"
 
 
@@ -625,5 +769,5 @@ def _render_markdown(d, steps: bool) -> str:
         if title == "Backward":
             for note in d.assumptions:
                 out += [f"The softmax∘cross-entropy step uses: {note}.", ""]
-    out += ["Notation: " + NOTATION.replace("ᵀ", "⊤"), ""]
+    out += ["Notation: " + notation(d).replace("ᵀ", "⊤"), ""]
     return "\n".join(out)
