@@ -248,3 +248,22 @@ def test_w6_goals_state_jax_beside(bench):
         "  [MISSED] W6: faster than PyTorch eager: generated/PyTorch eager = 1.30",
         "  [info  ] W6: beside JAX jit step (no goal): generated/JAX jit step = 0.95",
     ]
+
+
+def test_layers_accuracy_one_seed(bench, capsys, tmp_path):
+    """benchmarks/layers_accuracy.py: the generated modules of the two digits examples
+    trained with their own [training]; seed 0 of the dense one is the demo's 97.22%
+    (350 of 360), and the batchnorm + dropout one reaches at least that."""
+    la = importlib.import_module("layers_accuracy")  # benchmarks/ is on sys.path (bench)
+    out_json = tmp_path / "acc.json"
+    assert la.main(["--seeds", "1", "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    bn, dense = json.loads(out_json.read_text(encoding="utf-8"))
+    assert (bn["spec"], dense["spec"]) == ("examples/digits_bn_dropout.toml",
+                                           "examples/digits.toml")
+    assert dense["runs"][0]["correct"] == 350 and dense["held_out"] == 360
+    assert bn["runs"][0]["accuracy"] >= dense["runs"][0]["accuracy"]
+    rows = _table_rows(printed.split("\n\n")[0])
+    assert [r.split()[0] for r in rows] == [bn["spec"], dense["spec"]]
+    assert rows[1].endswith("97.22%  97.22% ± 0.00%")
+    assert "examples/digits_bn_dropout.toml reaches the dense example's 97.2%" in printed
