@@ -152,7 +152,7 @@ class Question:
                           else f"${shape}$")
 
     def _what(self, name: str, shape: str) -> str:
-        of = f" (the shape of {name})" if self.wrt[0] in "Wb" else ""
+        of = f" (the shape of {name})" if self.wrt.startswith(_PARAM_FAMILIES) else ""
         if self.shape.startswith("("):
             return f"a vector of length {self.shape.strip('(,)')}{of}"
         an = self.shape.startswith(("N", "8")) or re.match(r"1[18]\D", self.shape)
@@ -177,17 +177,31 @@ class Worksheet:
         return next(q for q in self.questions if q.id == qid)
 
 
+_PARAM_FAMILIES = ("W", "b", "gamma", "beta")
+
+
 def _candidates(spec: Spec) -> list[Question]:
     """Every question a spec offers, in the order of the reverse sweep (δ_L, ∂L/∂W_L,
-    ∂L/∂b_L, ∂L/∂A_(L−1), δ_(L−1), …); ids are given later."""
+    ∂L/∂b_L, ∂L/∂A_(L−1), δ_(L−1), …); ids are given later.
+
+    Per layer l, from the last: ∂L/∂A_l (when l < L and a later layer reads A_l: with
+    skips, the sum of every path), δ_l, its parameters (W_l, b_l; γ_l, β_l of batchnorm and
+    layernorm) and, for batchnorm and layernorm, ∂L/∂X̂_l."""
     sizes = spec.sizes
+    read = {name for l in range(1, len(spec.layers) + 1) for name in spec.sources(l)}
+    shapes = spec.param_shapes()
     out = []
     for l in range(len(spec.layers), 0, -1):
+        if l < len(spec.layers) and f"A{l}" in read:
+            out.append(Question("", f"A{l}", f"N×{sizes[l]}"))
         out.append(Question("", f"Z{l}", f"N×{sizes[l]}"))
-        out.append(Question("", f"W{l}", f"{sizes[l - 1]}×{sizes[l]}"))
-        out.append(Question("", f"b{l}", f"({sizes[l]},)"))
-        if l > 1:
-            out.append(Question("", f"A{l - 1}", f"N×{sizes[l - 1]}"))
+        for family in _PARAM_FAMILIES:
+            shape = shapes.get(f"{family}{l}")
+            if shape is not None:
+                out.append(Question("", f"{family}{l}", "×".join(map(str, shape))
+                                    if len(shape) == 2 else f"({shape[0]},)"))
+        if spec.layers[l - 1].type in ("batchnorm", "layernorm"):
+            out.append(Question("", f"Xhat{l}", f"N×{sizes[l]}"))
     return out
 
 
@@ -242,6 +256,9 @@ def worksheet(spec: Spec | str | Path | None = None, *, seed: int = 0, count: in
     is_random = spec is None
     spec = random_spec(seed, depth, activations) if is_random else as_spec(spec)
     candidates = _candidates(spec)
+    if not spec.is_chain:  # only the questions whose key verify reads (not a concat's slice)
+        readable = _readable(spec)
+        candidates = [q for q in candidates if q.wrt in readable]
     count = min(DEFAULT_COUNT, len(candidates)) if count is None else count
     _check_count(count, len(candidates))
     rng = random.Random(f"symgrad-exercise-questions-{seed}")
@@ -261,6 +278,33 @@ class _Answer:
     numpy: str
     textbook: str  # Unicode
     latex: str
+
+
+def _formulas(spec: Spec) -> dict:
+    """Every cotangent of the derivation of ``spec`` (dW2, dZ1, …) by name."""
+    from symgrad.derive import derive
+
+    d = derive(spec)
+    formulas = {e.target.name: e.rhs for e in d.steps}
+    formulas.update({e.target.name: e.rhs for e in d.backward})
+    return formulas
+
+
+def _readable(spec: Spec) -> set[str]:
+    """The questions of a network with other layer types whose derivation's formula has a
+    numpy spelling that verify reads (a concat's gradient is a column slice, which it does
+    not yet): only those are asked, so every key is checked."""
+    from symgrad.verify import numpy_text, verify
+
+    formulas = _formulas(spec)
+    out = set()
+    for q in _candidates(spec):
+        try:
+            verify(spec, q.wrt, numpy_text(formulas["d" + q.wrt]), symbolic=False)
+        except SymgradError:
+            continue
+        out.add(q.wrt)
+    return out
 
 
 def _answers(ws: Worksheet) -> dict[str, _Answer]:
@@ -290,8 +334,25 @@ def _answers(ws: Worksheet) -> dict[str, _Answer]:
 # ==========================================================================================
 
 
+def _layer_text(layer: Layer) -> str:
+    """``32 tanh`` (dense), ``batchnorm relu``, ``dropout 0.2``, ``add(A1, A3)``; a layer that
+    names its input says so (``32 tanh of X``)."""
+    if layer.type == "dense":
+        head = f"{layer.units}"
+    elif layer.type == "dropout":
+        head = f"dropout {layer.p:g}"
+    elif layer.type in ("add", "concat"):
+        head = f"{layer.type}({', '.join(layer.inputs or ())})"
+    else:
+        head = layer.type
+    text = head if layer.fn.name == "identity" and layer.type != "dense" else (
+        f"{head} {layer.fn.name}")
+    return f"{text} of {layer.input}" if layer.input is not None else text
+
+
 def _network_line(spec: Spec) -> str:
-    parts = [f"{spec.inputs} inputs"] + [f"{ly.units} {ly.fn.name}" for ly in spec.layers]
+    parts = [f"{spec.inputs} inputs"] + [
+        f"{ly.units} {ly.fn.name}" if spec.is_chain else _layer_text(ly) for ly in spec.layers]
     loss = spec.loss_fn.name if spec.loss_expr is None else f"ℓ(ŷ, y) = {spec.loss_expr}"
     return " → ".join(parts) + f"; loss {loss}"
 
@@ -315,12 +376,36 @@ def _forward_rows(spec: Spec) -> list[str]:
 def _names(spec: Spec) -> tuple[str, str]:
     """The names an answer may use: (values, adjoints)."""
     L = len(spec.layers)
+    if not spec.is_chain:
+        return _dag_names(spec)
     values = ["X", "Y", "N"] + [f"{x}{l}" for l in range(1, L + 1) for x in ("W", "b")]
     values += [f"{x}{l}" for l in range(1, L + 1) for x in ("Z", "A") if (x, l) != ("A", L)]
     values.append("Yhat")
     values += [p for p in ("l2", "l1") if getattr(spec, p)]
     adjoints = [f"dZ{l}" for l in range(1, L + 1)] + [f"dA{l}" for l in range(1, L)] + ["dYhat"]
     return ", ".join(values), ", ".join(adjoints)
+
+
+def _dag_names(spec: Spec) -> tuple[str, str]:
+    """The names of a network with other layer types (those verify reads): the parameters,
+    batchnorm's and layernorm's μ_l (mu), σ²_l (var) and X̂_l (Xhat), the dropout masks M_l,
+    the widths n0, n1, … and each layer's eps and p."""
+    L = len(spec.layers)
+    shapes = spec.param_shapes()
+    values = ["X", "Y", "N"]
+    adjoints = []
+    for l, layer in enumerate(spec.layers, 1):
+        values += [f"{x}{l}" for x in _PARAM_FAMILIES if f"{x}{l}" in shapes]
+        if layer.type in ("batchnorm", "layernorm"):
+            values += [f"mu{l}", f"var{l}", f"Xhat{l}", f"eps{l}"]
+            adjoints.append(f"dXhat{l}")
+        if layer.type == "dropout":
+            values += [f"M{l}", f"p{l}"]
+        values += [f"Z{l}"] + ([f"A{l}"] if l < L else [])
+        adjoints += [f"dZ{l}"] + ([f"dA{l}"] if l < L else [])
+    values += ["Yhat", *(f"n{l}" for l in range(L + 1))]
+    values += [p for p in ("l2", "l1") if getattr(spec, p)]
+    return ", ".join(values), ", ".join([*adjoints, "dYhat"])
 
 
 def _classifier_note(spec: Spec) -> str:
@@ -453,6 +538,8 @@ def _toml_string(s: str) -> str:
 def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, int | float):
         return repr(v)
     return _toml_string(str(v))
@@ -461,12 +548,24 @@ def _toml_value(v) -> str:
 def spec_tables(spec: Spec) -> dict:
     """The TOML tables of ``spec`` ([network], [[layer]], [loss], [regularization])."""
     data: dict = {"network": {"name": spec.name, "inputs": spec.inputs},
-                  "layer": [{"units": ly.units, "activation": ly.activation} for ly in spec.layers],
+                  "layer": [_layer_table(ly) for ly in spec.layers],
                   "loss": {"kind": spec.loss} if spec.loss_expr is None else {"expr": spec.loss_expr}}
     reg = {k: getattr(spec, k) for k in ("l2", "l1") if getattr(spec, k)}
     if reg:
         data["regularization"] = reg
     return data
+
+
+def _layer_table(layer: Layer) -> dict:
+    """A [[layer]] table: ``units`` and ``activation`` for a dense layer that reads the
+    previous one; its ``type`` and own keys (input, inputs, eps, momentum, p) otherwise."""
+    table: dict = {} if layer.type == "dense" else {"type": layer.type}
+    for key in ("units", "input", "inputs", "eps", "momentum", "p"):
+        value = getattr(layer, key)
+        if value is not None:
+            table[key] = list(value) if key == "inputs" else value
+    table["activation"] = layer.activation
+    return table
 
 
 def _toml_sheet(ws: Worksheet, names: dict[str, str]) -> str:
