@@ -79,10 +79,13 @@ _STYLE = {
     "loss": {"shape": "box", "style": "rounded,filled,bold", "fillcolor": "#c9dcf2"},
     "cotangent": {"shape": "box", "style": "rounded,filled", "fillcolor": "#fbe0dc",
                   "color": "#b03a2e"},
+    "mask": {"shape": "box", "style": "rounded,filled,dashed", "fillcolor": "#eeeeee"},
     "sum": {"shape": "circle", "style": "filled", "fillcolor": "#f5b7b1", "color": "#b03a2e",
             "fontsize": "16", "width": "0.35", "fixedsize": "true"},
 }
 _BACK_EDGE = {"color": "#b03a2e", "fontcolor": "#7b241c", "fontsize": "9"}
+_READ_EDGE = {"style": "dashed", "color": "#7f7f7f"}  # a value an op reads (μ, σ², a mask)
+_SKIP_EDGE = {"color": "#1f6feb", "fontcolor": "#1f6feb", "label": "skip"}  # not the previous
 
 
 # --------------------------------------------------------------------------
@@ -118,7 +121,11 @@ def _rule(op: Node, index: int) -> tuple[str, bool]:
     """The rule of ``op`` for its input ``index``: (``forward: ∂L/∂input = …``, trivial).
 
     Read from the op's docstring (its vjp's, for the backward-only ops), as
-    :mod:`symgrad.printing` reads them; trivial when the cotangent passes unchanged."""
+    :mod:`symgrad.printing` reads them; trivial when the cotangent passes unchanged. An op
+    that names its rule (``rule``, ``law``: batchnorm's compact rule, dropout) is quoted."""
+    rule, law = getattr(op, "rule", None), getattr(op, "law", None)
+    if isinstance(rule, str) and isinstance(law, str) and law:
+        return f"{rule}: {law}", False
     doc = type(op).vjp.__doc__ or ""
     if "∂" not in doc:
         doc = type(op).__doc__ or ""
@@ -474,13 +481,22 @@ class _Drawing:
         for sym in (*g.data, *g.params):
             self.node(f"v_{sym.name}", self.label(self.name(sym.name), self.shape(sym)),
                       sym.role if sym.role in _STYLE else "data")
+        for mask, p in g.masks:  # dropout masks: inputs of the step, drawn per batch
+            self.node(f"v_{mask.name}", self.label(self.name(mask.name), self.shape(mask),
+                                                   f"dropout mask, p = {p:g}"), "mask")
+        kinds = _layer_kinds(g)
         for a in g.assignments:
             kind = "loss" if a.target.name == g.loss.name else "value"
             self.node(f"v_{a.target.name}", self.label(
-                f"{self.name(a.target.name)} = {self.text(a.rhs)}", self.shape(a.target)), kind)
+                f"{self.name(a.target.name)} = {self.text(a.rhs)}", self.shape(a.target),
+                kinds.get(a.target.name, "")), kind)
+        skips = _skips(g)
         for a in g.assignments:
             for leaf in _leaves(a.rhs):
-                self.edge(f"v_{leaf.name}", f"v_{a.target.name}")
+                extra = _SKIP_EDGE if (leaf.name, a.target.name) in skips else {}
+                self.edge(f"v_{leaf.name}", f"v_{a.target.name}", **extra)
+            for ref in _refs(a.rhs):  # read, not differentiated through: dashed
+                self.edge(f"v_{ref.name}", f"v_{a.target.name}", **_READ_EDGE)
 
     def backward(self) -> None:
         g = self.graph
@@ -522,6 +538,54 @@ def bar(name: str) -> str:
     """The adjoint's name: u₁ → ū₁ (a macron on the first letter; precomposed where
     Unicode has the letter, so that fonts draw it well)."""
     return unicodedata.normalize("NFC", name[:1] + "\u0304") + name[1:]
+
+
+def _layer_kinds(graph: Graph) -> dict[str, str]:
+    """Z_l → the kind of a layer beyond dense (a third line of its node): batchnorm, ε = …;
+    dropout, p = …; add; concat."""
+    spec = graph.spec
+    if spec is None:
+        return {}
+    out = {}
+    for l, layer in enumerate(spec.layers, 1):
+        kind = layer.type
+        if kind in ("batchnorm", "layernorm"):
+            out[f"Z{l}"] = f"{kind}, ε = {layer.eps:g}"
+        elif kind == "dropout":
+            out[f"Z{l}"] = f"dropout, p = {layer.p:g}"
+        elif kind == "add":
+            out[f"Z{l}"] = "add (residual)"
+        elif kind == "concat":
+            out[f"Z{l}"] = "concat"
+    return out
+
+
+def _skips(graph: Graph) -> set[tuple[str, str]]:
+    """(value, Z_l) where layer l reads a value other than the previous layer's output: a
+    skip connection, drawn in its own colour."""
+    spec = graph.spec
+    if spec is None:
+        return set()
+    out = set()
+    for l in range(1, len(spec.layers) + 1):
+        previous = "X" if l == 1 else f"A{l - 1}"
+        for name in spec.sources(l):
+            if name != previous:
+                out.add((name, f"Z{l}"))
+    return out
+
+
+def _refs(node: Node):
+    """The values ``node`` reads without being differentiated through them (``refs``)."""
+    seen: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        for r in n.refs:
+            if isinstance(r, Sym) and r.name not in seen:
+                seen.add(r.name)
+                yield r
+        stack.extend(reversed(n.children))
 
 
 def _leaves(node: Node):
