@@ -902,10 +902,6 @@ class ArrayLowering:
     def _expr(self, node: Node) -> tuple[str, int]:
         if node.declares("numpy"):  # the op's own readable form
             return node.numpy(self)
-        if isinstance(node, Sym):
-            return node.name, ATOM
-        if isinstance(node, Const):
-            return self.coef(node.value), ATOM if node.value.is_Integer else MUL
         if isinstance(node, MatMul):
             return f"{self.expr(node.a, MUL)} @ {self.expr(node.b, MUL + 1)}", MUL
         if isinstance(node, Transpose):
@@ -941,8 +937,6 @@ class ArrayLowering:
             if node.fn.expr == X_SYM:
                 return self._expr(node.x)
             return self._expr(Map(node.fn.expr, ((X_SYM, node.x),)))
-        if isinstance(node, Map):
-            return self._map(node)
         raise SymgradError("generate", f"cannot lower {type(node).__name__} to numpy")
 
     def coef(self, c: sp.Expr) -> str:
@@ -961,19 +955,15 @@ class ArrayLowering:
         s = self.coef(c)
         return s if (c.is_Atom and not c.is_negative) else f"({s})"
 
-    def _hadamard(self, node: Hadamard) -> str:
-        a, b = node.a, node.b
-        if isinstance(a, Map) and not isinstance(b, Map):
-            a, b = b, a
-        left = self.expr(a, MUL if not isinstance(a, MatMul) else ATOM)
-        if isinstance(b, Map):
-            cond = _indicator(stabilize(b.expr))
-            if cond is not None:  # G ⊙ [c]: multiply by the boolean mask
-                body, _ = self._map(Map(cond, b.args, b.note))
-                return f"{left} * ({body})"
-        return f"{left} * {self.expr(b, MUL + 1)}"
+    def mask(self, node: Map) -> str | None:
+        """The boolean mask of an indicator map [c] (relu′ = [Z > 0]), to multiply by;
+        None for any other map."""
+        cond = _indicator(stabilize(node.expr))
+        return None if cond is None else self.map(Map(cond, node.args, node.note))[0]
 
-    def _map(self, node: Map) -> tuple[str, int]:
+    def map(self, node: Map) -> tuple[str, int]:
+        """An elementwise map: its stabilized body over its arguments' forms, common parts
+        as temporaries on the prelude (hoisted further while a line does not fit)."""
         names: dict[sp.Symbol, sp.Symbol] = {}
         for s, child in node.args:
             src, prec = self._expr(child)
@@ -1120,9 +1110,6 @@ class StepLowering:
         """Compute the matrix expression ``node`` into the buffer ``dest``."""
         if node.declares("into"):  # the op's own in-place form
             node.into(self, dest)
-        elif isinstance(node, Sym):
-            if node.name != dest:
-                self.emit(f"np.copyto({dest}, {node.name})")
         elif isinstance(node, MatMul):
             with self.operand(node.a) as a, self.operand(node.b) as b:
                 self.emit(f"np.dot({a}, {b}, out={dest})")
@@ -1199,14 +1186,17 @@ class StepLowering:
                 self.relu_into(self.simple(node.x), dest, node.shape)
             else:
                 self.map_into(Map(node.fn.expr, ((X_SYM, node.x),)), dest)
-        elif isinstance(node, Map):
-            self.map_into(node, dest)
         else:
             raise SymgradError("generate", f"cannot lower {type(node).__name__} in place")
 
     def coef(self, c: sp.Expr) -> str:
+        """A scalar coefficient as code, parenthesized unless an atom (an operand)."""
         s = NumpyPrinter().doprint(c)
         return s if c.is_Atom else f"({s})"
+
+    def doprint(self, c: sp.Expr) -> str:
+        """A scalar coefficient as code (lr / N), unparenthesized."""
+        return NumpyPrinter().doprint(c)
 
     def binary(self, ufunc: str, op: str, a: Node, b: Node, dest: str, shape, commutative: bool):
         """dest = a op b; an operand of another shape (a broadcast column) goes to scratch."""

@@ -16,9 +16,11 @@ Every op — forward layer or backward-only expression — is one class holding,
   (``st.operand(child)``, ``st.emit(line)``).
 
 Printers and lowerings ask the op (``node.text(p)``, ``node.numpy(lw)``); they do not branch
-on its type. Older ops still have their forms as ``_print_<Class>`` methods of the printers
-(the pattern SymPy's printers use) and branches of the lowerings; an op that declares a form
-here is found first.
+on its type. Older ops still have their printed forms as ``_print_<Class>`` methods of the
+printers (the pattern SymPy's printers use); an op that declares a form here is found first.
+The lowerings have no table of their own: every op's numpy forms are declared in its class
+(what they call on ``lw`` and ``st`` is the lowerings' generic machinery — operands, scratch
+buffers, the SymPy printer for an elementwise map's body).
 
 Shapes are (rows, cols) of SymPy expressions: X is N×n0, W1 is n0×n1 and a bias
 is kept as a 1×n row (stored as shape (n,) in generated code).
@@ -135,6 +137,13 @@ class Sym(Node):
     def numeric(self, env: Env) -> np.ndarray:
         return env[self.name]
 
+    def numpy(self, lw):
+        return self.name, lw.ATOM
+
+    def into(self, st, dest):
+        if self.name != dest:
+            st.emit(f"np.copyto({dest}, {self.name})")
+
 
 @dataclass(frozen=True, eq=True)
 class Const(Node):
@@ -151,6 +160,9 @@ class Const(Node):
 
     def vjp(self, g, out):
         return ()
+
+    def numpy(self, lw):
+        return lw.coef(self.value), lw.ATOM if self.value.is_Integer else lw.MUL
 
 
 ONE = Const(sp.Integer(1))
@@ -225,6 +237,14 @@ class Map(Node):
         out = _lambdified(self.expr, symbols)(*values)
         return np.broadcast_to(out, values[0].shape).astype(values[0].dtype, copy=True)
 
+    def numpy(self, lw):
+        """The body (stabilized, its common parts shared) printed over the arguments' forms:
+        the lowering's own service, for every map."""
+        return lw.map(self)
+
+    def into(self, st, dest):
+        st.map_into(self, dest)
+
 
 @dataclass(frozen=True, eq=True)
 class Scale(Node):
@@ -249,6 +269,33 @@ class Scale(Node):
 
     def numeric(self, env):
         return float(_coef(self.c, env)) * self.x.numeric(env)
+
+    def numpy(self, lw):
+        num, den = sp.fraction(self.c)
+        body = lw.expr(self.x, lw.MUL)
+        if num != 1:
+            body = f"{lw.coef(num)} * {body}"
+        if den != 1:
+            body = f"{body} / {lw.expr_coef(den)}"
+        return body, lw.MUL
+
+    def into(self, st, dest):
+        num, den = sp.fraction(self.c)
+        x = st.simple(self.x)
+        if x is not None and (num != 1 or den != 1):
+            if num != 1 and den != 1:  # one pass: x * (lr / N)
+                st.emit(f"np.multiply({x}, {st.doprint(self.c)}, out={dest})")
+            else:
+                ufunc, c = ("multiply", num) if den == 1 else ("divide", den)
+                st.emit(f"np.{ufunc}({x}, {st.coef(c)}, out={dest})")
+            return
+        st.emit_into(self.x, dest)
+        if num != 1 and den != 1:  # one pass: dest *= lr / N
+            st.emit(f"{dest} *= {st.doprint(self.c)}")
+        elif num != 1:
+            st.emit(f"{dest} *= {st.doprint(num)}")
+        elif den != 1:
+            st.emit(f"{dest} /= {st.doprint(den)}")
 
 
 @dataclass(frozen=True, eq=True)
@@ -275,6 +322,30 @@ class Hadamard(Node):
 
     def numeric(self, env):
         return self.a.numeric(env) * self.b.numeric(env)
+
+    def numpy(self, lw):
+        """A * B, a map on the right; G ⊙ [c] (an indicator map) multiplies by the mask."""
+        from symgrad.ops.linear import MatMul  # the family above this one
+
+        a, b = self.a, self.b
+        if isinstance(a, Map) and not isinstance(b, Map):
+            a, b = b, a
+        left = lw.expr(a, lw.MUL if not isinstance(a, MatMul) else lw.ATOM)
+        mask = lw.mask(b) if isinstance(b, Map) else None
+        if mask is not None:
+            return f"{left} * ({mask})", lw.MUL
+        return f"{left} * {lw.expr(b, lw.MUL + 1)}", lw.MUL
+
+    def into(self, st, dest):
+        """dest = A, then dest ⊙= the map B in place; else one multiply."""
+        a, b = self.a, self.b
+        if isinstance(a, Map | Sym) and not isinstance(b, Map | Sym):
+            a, b = b, a
+        if isinstance(b, Map):
+            st.emit_into(a, dest)
+            st.map_mul_into(b, dest)
+        else:
+            st.binary("multiply", "*", a, b, dest, self.shape, commutative=True)
 
 
 @dataclass(frozen=True, eq=True)
@@ -303,6 +374,15 @@ class Add(Node):
 
     def numeric(self, env):
         return sum((t.numeric(env) for t in self.terms[1:]), self.terms[0].numeric(env))
+
+    def numpy(self, lw):
+        return " + ".join(lw.expr(t, lw.ADD) for t in self.terms), lw.ADD
+
+    def into(self, st, dest):
+        st.emit_into(self.terms[0], dest)
+        for t in self.terms[1:]:
+            with st.operand(t) as s:
+                st.emit(f"{dest} += {s}")
 
 
 # --------------------------------------------------------------------------
