@@ -798,13 +798,14 @@ class ArrayLowering:
     """
 
     def __init__(self, indent: int = 4, helpers: set[str] | None = None,
-                 sizes: dict[sp.Symbol, int] | None = None):
+                 sizes: dict[sp.Symbol, int] | None = None, split: bool = False):
         self.indent = indent
         self.sizes = sizes or {}
         self.helpers = helpers if helpers is not None else set()
         self.temps = 0
         self.prelude: list[str] = []
         self.hoist = False
+        self.split = split  # a statement too long even with its maps hoisted: split it
 
     # -- statements ----------------------------------------------------------------------
 
@@ -815,10 +816,54 @@ class ArrayLowering:
             lines = self._assign(target, node)
             if lines is not None:
                 break
+        if lines is None and self.split:
+            self.temps = start
+            lines = self._split(target, node)
         if lines is None:  # every map hoisted and still too long: one long line
             self.temps, self.prelude = start, []
             lines = [f"{target} = {self.expr(node, 0)}  # noqa: E501"]
         return Statement(tuple(self.prelude + lines), comments)
+
+    def _split(self, target: str, node: Node) -> list[str] | None:
+        """``target = node`` with its largest parts hoisted into temporaries ``tN`` (each a
+        statement of its own, split again where it is too long) until the line fits; None
+        when nothing is left to hoist. (batchnorm's backward: the variance path first.)"""
+        before: list[str] = []
+        while True:
+            mark = self.temps
+            self.prelude, self.hoist = [], True
+            lines = self._assign(target, node)
+            if lines is not None:
+                self.prelude = before + self.prelude
+                return lines
+            self.temps = mark
+            part = self._largest(node)
+            if part is None:
+                self.prelude = before
+                return None
+            temp = self.temp()
+            before += self.statement(temp, part).code
+            node = transform(node, lambda n, part=part, temp=temp: Sym(temp, part.shape)
+                             if n == part else None)
+
+    def _largest(self, node: Node) -> Node | None:
+        """The part of ``node`` (not a name) whose numpy form is the longest."""
+        mark, prelude = self.temps, self.prelude
+        best, length = None, 0
+        seen: set[int] = set()
+        stack = list(node.children)
+        while stack:
+            n = stack.pop()
+            stack.extend(n.children)
+            if isinstance(n, Sym | Const) or StepLowering.simple(n) is not None or id(n) in seen:
+                continue
+            seen.add(id(n))
+            self.prelude = []
+            size = len(self.expr(n, 0)) + sum(len(line) for line in self.prelude)
+            if size > length:
+                best, length = n, size
+        self.temps, self.prelude = mark, prelude
+        return best
 
     def _assign(self, target: str, node: Node) -> list[str] | None:
         if isinstance(node, Add) and not (isinstance(node.terms[0], Sym) and len(node.terms) < 3):
@@ -896,7 +941,7 @@ class ArrayLowering:
 
     def size(self, e: sp.Expr) -> str:
         """A width as code: its value where the sizes are known, else its printed form."""
-        e = sp.sympify(e).xreplace(self.sizes) if self.sizes else sp.sympify(e)
+        e = sp.sympify(sp.sympify(e).xreplace(self.sizes) if self.sizes else e)
         return str(int(e)) if e.is_Integer else NumpyPrinter().doprint(e)
 
     def _expr(self, node: Node) -> tuple[str, int]:
@@ -1087,10 +1132,15 @@ class StepLowering:
 
     @staticmethod
     def simple(node: Node) -> str | None:
+        """The name of a named operand (A1, W2.T; a broadcast row 𝟏γ as γ's own name, which
+        numpy broadcasts), else None."""
         if isinstance(node, Sym):
             return node.name
         if isinstance(node, Transpose) and isinstance(node.x, Sym):
             return f"{node.x.name}.T"
+        small = _unbroadcast(node)
+        if small is not None:
+            return StepLowering.simple(small)
         return None
 
     @contextmanager
@@ -1098,6 +1148,11 @@ class StepLowering:
         s = self.simple(node)
         if s is not None:
             yield s
+            return
+        small = _unbroadcast(node)
+        if small is not None:  # 𝟏𝟏ᵀG: the column sums in a row's buffer, numpy broadcasts them
+            with self.operand(small) as s:
+                yield s
             return
         if isinstance(node, Const):
             yield NumpyPrinter().doprint(node.value)
@@ -1199,12 +1254,13 @@ class StepLowering:
         return NumpyPrinter().doprint(c)
 
     def binary(self, ufunc: str, op: str, a: Node, b: Node, dest: str, shape, commutative: bool):
-        """dest = a op b; an operand of another shape (a broadcast column) goes to scratch."""
+        """dest = a op b; an operand of another shape (a broadcast column) goes to scratch,
+        as does one that broadcasts a smaller value (𝟏𝟏ᵀG: its row, not the whole matrix)."""
         sa, sb = self.simple(a), self.simple(b)
-        if sa is None and a.shape != shape:
+        if sa is None and (a.shape != shape or _unbroadcast(a) is not None):
             with self.operand(a) as s:
                 return self.binary(ufunc, op, Sym(s, a.shape), b, dest, shape, commutative)
-        if sb is None and b.shape != shape:
+        if sb is None and (b.shape != shape or _unbroadcast(b) is not None):
             with self.operand(b) as s:
                 return self.binary(ufunc, op, a, Sym(s, b.shape), dest, shape, commutative)
         if sa is not None and sb is not None:
@@ -1329,6 +1385,7 @@ class StepLowering:
         try:
             for s, child in node.args:
                 src = self.simple(child)
+                child = _unbroadcast(child) or child  # numpy broadcasts the small value
                 if src is None:
                     src = self.acquire(child.shape)
                     held.append(src)
@@ -1646,6 +1703,14 @@ class StepLowering:
         return f"(np.vdot({ones}, np.log({sm}, out={log})) - np.vdot({y}, {z}))"
 
 
+def _unbroadcast(node: Node) -> Node | None:
+    """The smaller value ``node`` repeats to its shape, where the op says it is one (a
+    Broadcast: 𝟏μ, 𝟏𝟏ᵀG; 𝟏(σ² + ε)^(−½)): numpy's broadcasting spreads it, so an in-place
+    statement reads the small value instead of materializing the repetition."""
+    small = getattr(node, "unbroadcast", None)
+    return small if isinstance(small, Node) else None
+
+
 def abs_term(t: sp.Expr) -> sp.Expr:
     return -t if _is_negative(t) else t
 
@@ -1664,8 +1729,11 @@ class Lowered:
     grad: list[Statement] = field(default_factory=list)  # loss_and_grad(): all of it
     step: list[Statement] = field(default_factory=list)  # the in-place training step
     workspace: list[Buffer] = field(default_factory=list)
-    sgd: SgdLowered | None = None  # _sgd_epoch: the fused SGD step, transposed
+    sgd: SgdLowered | None = None  # _sgd_epoch: the fused SGD step, transposed (chains only)
     helpers: set[str] = field(default_factory=set)
+    # inference (Graph.inference: running statistics, no dropout), where it differs
+    inference_forward: list[Statement] = field(default_factory=list)  # forward(), predict()
+    inference_loss: list[Statement] = field(default_factory=list)  # loss(training=False)
 
 
 def _loss_equations(d: Derivation) -> tuple[list[Equation], dict[str, str]]:
@@ -1698,38 +1766,94 @@ def _comments(eq: Equation, original: dict[str, Node], notes: dict[str, str]) ->
     return tuple(lines)
 
 
+def running(node: Node) -> Node:
+    """``node`` with the buffers (batchnorm's running statistics mean_l, var_l) under their
+    local names in the module, running_mean_l, running_var_l: the batch's σ² is var_l too
+    (the dict keys stay mean_l, var_l)."""
+    return transform(node, lambda n: Sym(f"running_{n.name}", n.shape, n.role)
+                     if isinstance(n, Sym) and n.role == "buffer" else None)
+
+
+def at_sizes(node: Node, sizes: dict[sp.Symbol, int]) -> Node:
+    """``node`` with the widths in its coefficients at the spec's values (layernorm's 1/n₄
+    is 1/32 in the module, which has no n₄)."""
+    sizes = {k: sp.Integer(v) for k, v in sizes.items()}
+
+    def rule(n: Node) -> Node | None:
+        if isinstance(n, Scale):
+            return Scale(sp.sympify(n.c).xreplace(sizes), transform(n.x, rule))
+        if isinstance(n, Const):
+            return Const(sp.sympify(n.value).xreplace(sizes))
+        return None
+
+    return transform(node, rule)
+
+
 def lower(d: Derivation) -> Lowered:
-    """The statements of forward, loss, loss_and_grad and the training step."""
+    """The statements of forward, loss, loss_and_grad and the training step.
+
+    A chain of dense layers keeps the first wave's module (and its fused SGD epoch); any
+    other network is lowered with its widths as numbers, forward/predict from the inference
+    graph where it differs (running statistics, no dropout)."""
     out = Lowered()
     equations, notes = _loss_equations(d)
-    original = {eq.target.name: eq.rhs for eq in d.forward}
+    original = {eq.target.name: eq.rhs for eq in [*d.forward, *d.backward]}
+    chain = d.spec.is_chain
+    sizes = d.graph.sizes()
+    backward = d.backward
+    if not chain:
+        equations = [Equation(e.target, at_sizes(e.rhs, sizes), e.rule) for e in equations]
+        backward = [Equation(e.target, at_sizes(e.rhs, sizes), e.rule) for e in backward]
 
-    def statements(eqs: list[Equation]) -> list[Statement]:
-        arr = ArrayLowering(helpers=out.helpers)  # one per function: t0, t1, … from 0
-        return [arr.statement(e.target.name, e.rhs, _comments(e, original, notes)) for e in eqs]
+    def statements(eqs: list[Equation], shown: dict[str, Node] = original) -> list[Statement]:
+        # one lowering per function: t0, t1, … from 0
+        arr = ArrayLowering(helpers=out.helpers, sizes=None if chain else sizes, split=not chain)
+        return [arr.statement(e.target.name, e.rhs, _comments(e, shown, notes)) for e in eqs]
 
     out.forward = statements(_needed(equations, {"Yhat"}))
     out.loss = statements(_needed(equations, {d.graph.loss.name}))
-    out.grad = statements(equations + d.backward)
-    out.step, out.workspace = lower_step(d, equations, original, notes, out.helpers)
-    out.sgd = lower_sgd(d, equations, original, notes, out.helpers)
+    out.grad = statements(equations + backward)
+    if d.graph.inference:
+        infer = [Equation(a.target, at_sizes(running(a.rhs), sizes)) for a in d.graph.inference]
+        shown = {e.target.name: running(a.rhs) for e, a in zip(infer, d.graph.inference,
+                                                                strict=True)}
+        last = max(i for i, e in enumerate(equations) if e.target.name == "Yhat")
+        out.inference_forward = statements(_needed(infer, {"Yhat"}), shown)
+        out.inference_loss = statements(_needed(infer + equations[last + 1 :],
+                                                {d.graph.loss.name}), shown)
+    out.step, out.workspace = lower_step(d, equations, original, notes, out.helpers, backward)
+    out.sgd = lower_sgd(d, equations, original, notes, out.helpers) if chain else None
     return out
 
 
 def lower_step(d: Derivation, equations: list[Equation], original: dict[str, Node],
-               notes: dict[str, str], helpers: set[str]) -> tuple[list[Statement], list[Buffer]]:
-    """The training step: the equations of loss_and_grad, computed into named buffers."""
+               notes: dict[str, str], helpers: set[str],
+               backward: list[Equation] | None = None) -> tuple[list[Statement], list[Buffer]]:
+    """The training step: the equations of loss_and_grad, computed into named buffers.
+
+    Dropout masks are inputs of the step (ws["M3"], drawn by _draw_masks into the float
+    buffer ws["U3"] and compared); batchnorm's batch statistics μ, σ² and X̂ are buffers
+    of their own (_update_statistics reads μ, σ² after the step, into ws["stat2"])."""
+    backward = d.backward if backward is None else backward
     step = StepLowering(d.graph.sizes(), helpers)
     params = set(d.param_names)
     step.buffer("X", d.graph.data[0].shape, note="the batch")
     step.buffer("Y", d.graph.data[1].shape, note="its targets")
-    out = _forward_statements(step, equations, d.backward, original, notes, indent=4)
-    for e in d.backward:
+    for mask, p in d.graph.masks:
+        step.buffer(mask.name, mask.shape, "bool",
+                    note=f"the dropout mask: an entry kept with probability 1 - {p!r}")
+        step.buffer(f"U{naming.layer_of(mask.name)}", mask.shape,
+                    note=f"uniform draws for {mask.name}")
+    for buffer in d.graph.buffers[::2]:  # mean_l: one scratch row per batchnorm layer
+        step.buffer(f"stat{naming.layer_of(buffer.name)}", buffer.shape,
+                    note="scratch of _update_statistics")
+    out = _forward_statements(step, equations, backward, original, notes, indent=4)
+    for e in backward:
         target = e.target.name
         if naming.primal(target) not in params:  # parameter gradients live in grads
             step.buffer(target, e.target.shape)
         step.emit_into(e.rhs, target)
-        out.append(Statement(step.take(), (formula(e.target, e.rhs),)))
+        out.append(Statement(step.take(), (formula(e.target, original.get(target, e.rhs)),)))
     return out, list(step.buffers.values())
 
 
@@ -2231,12 +2355,28 @@ def _docstring(d: Derivation) -> str:
         "",
     ]
     lines += [shown(line.rstrip()) for line in d.text().rstrip().splitlines()]
-    lines += [
-        "",
-        "Interface: INPUTS, OUTPUTS, PARAM_SHAPES, init_params, forward, loss, loss_and_grad,",
-        "predict, train, check_gradients, save_params, load_params. As a script:",
-        f"python {spec.name}.py check | python {spec.name}.py train DATA.npz",
-    ]
+    if spec.is_chain:
+        lines += [
+            "",
+            "Interface: INPUTS, OUTPUTS, PARAM_SHAPES, init_params, forward, loss, loss_and_grad,",
+            "predict, train, check_gradients, save_params, load_params. As a script:",
+            f"python {spec.name}.py check | python {spec.name}.py train DATA.npz",
+        ]
+    else:
+        lines += [
+            "",
+            "Interface: INPUTS, OUTPUTS, PARAM_SHAPES, BUFFER_SHAPES, init_params, forward, loss,",
+            "loss_and_grad, predict, train, check_gradients, save_params, load_params. As a script:",
+            f"python {spec.name}.py check | python {spec.name}.py train DATA.npz",
+        ]
+        if d.graph.stochastic:
+            lines += [
+                "",
+                "Training mode (loss_and_grad(params, X, Y, *, seed=0), loss(params, X, Y, *,",
+                "training=True, seed=0), train) uses the batch statistics and dropout masks drawn",
+                "from np.random.default_rng(seed); forward and predict are inference (batchnorm's",
+                "running statistics, the buffers in params; no dropout); train updates the buffers.",
+            ]
     text_ = "\n".join(lines).replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
     return text_
 
@@ -2278,6 +2418,71 @@ def _targets(spec: Spec) -> str:
     return "normal"
 
 
+def _layers_context(d: Derivation, lowered: Lowered, params: list[str]) -> dict[str, Any]:
+    """The strings only a network beyond a dense chain has (DESIGN, "Layers beyond dense"):
+    its buffers, the initialization of every layer type, the dropout masks of the training-
+    mode functions and of train(), batchnorm's running statistics and the inference graph."""
+    spec, graph = d.spec, d.graph
+    sizes = graph.sizes()
+    init = []
+    for l, layer in enumerate(spec.layers, 1):
+        n = spec.sizes[l]
+        if layer.type == "dense":
+            kind = "he" if layer.fn.init == "he" else "glorot"
+            init.append(f'params["W{l}"] = _{kind}(rng, {spec.fan_in(l)}, {n}, dtype)')
+            init.append(f'params["b{l}"] = np.zeros({n}, dtype)')
+        elif layer.type in ("batchnorm", "layernorm"):
+            init.append(f'params["gamma{l}"] = np.ones({n}, dtype)')
+            init.append(f'params["beta{l}"] = np.zeros({n}, dtype)')
+        if layer.type == "batchnorm":
+            init.append(f'params["mean{l}"] = np.zeros({n}, dtype)')
+            init.append(f'params["var{l}"] = np.ones({n}, dtype)')
+    buffers = [b.name for b in graph.buffers]
+    local = {f"running_{b}": b for b in buffers}
+    buffer_unpack = [line for pair in (list(local)[i : i + 2] for i in range(0, len(local), 2))
+                     for line in _unpack(pair, "params", keys=local)]
+    masks, draws = [], []
+    for mask, p in graph.masks:
+        shape = ", ".join(["N", *(str(int(s.xreplace(sizes))) for s in mask.shape[1:])])
+        keep = f"each entry kept with probability 1 - {p!r}"
+        masks.append(f"    {mask.name} = rng.random(({shape})) >= {p!r}  # {keep}")
+        u = f'ws["U{naming.layer_of(mask.name)}"]'
+        draws += [f"    noise.random(dtype={u}.dtype, out={u})",
+                  f'    np.greater_equal({u}, {p!r}, out=ws["{mask.name}"])  # {keep}']
+    stats = []
+    for l, layer in enumerate(spec.layers, 1):
+        if layer.type != "batchnorm":
+            continue
+        m = float(layer.momentum)
+        stats += [
+            f'    running_mean{l}, running_var{l} = stats["mean{l}"], stats["var{l}"]',
+            f'    mu{l}, var{l}, scratch = ws["mu{l}"], ws["var{l}"], ws["stat{l}"]',
+            f"    running_mean{l} *= {1 - m!r}  # (1 − m) mean{l} + m μ{l}, m = {m!r}",
+            f"    np.multiply(mu{l}, {m!r}, out=scratch)",
+            f"    running_mean{l} += scratch",
+            f"    running_var{l} *= {1 - m!r}  # (1 − m) var{l} + m σ{l}² N/(N − 1)",
+            f"    np.multiply(var{l}, {m!r} * N / (N - 1), out=scratch)",
+            f"    running_var{l} += scratch",
+        ]
+    batchnorm = any(layer.type == "batchnorm" for layer in spec.layers)
+    return {
+        "buffer_shapes": [(f'"{k}"', repr(tuple(v)), "") for k, v in spec.buffer_shapes().items()],
+        "layer_init": init,
+        "buffer_unpack": buffer_unpack,
+        "stochastic": graph.stochastic,
+        "batchnorm": batchnorm,
+        "mask_lines": masks,
+        "mask_draws": draws,
+        "stat_lines": stats,
+        "first_param": params[0],
+        "inference_forward": lowered.inference_forward or lowered.forward,
+        "inference_loss": lowered.inference_loss or lowered.loss,
+        "mask_doc": ", ".join(f"{m.name} (p = {p!r})" for m, p in graph.masks),
+        "batchnorm_doc": ", ".join(f"layer {l}" for l, layer in enumerate(spec.layers, 1)
+                                   if layer.type == "batchnorm"),
+    }
+
+
 def module_context(d: Derivation) -> dict[str, Any]:
     """Everything the templates lay out, as finished strings and lists of strings."""
     spec = d.spec
@@ -2286,12 +2491,18 @@ def module_context(d: Derivation) -> dict[str, Any]:
     sizes = d.graph.sizes()
     params = d.param_names
 
+    chain = spec.is_chain
+    if not params:
+        raise SymgradError(f"{spec.source}: layer", "this network has no parameters to train; "
+                                                    "add a dense, batchnorm or layernorm layer")
     init, kinds = [], []
     for l, layer in enumerate(spec.layers, 1):
+        if layer.type != "dense":
+            continue
         kind = "he" if layer.fn.init == "he" else "glorot"
         helpers.add(kind)
         kinds.append(f"W{l} {'He-normal' if kind == 'he' else 'Glorot-uniform'}")
-        n_in, n_out = spec.sizes[l - 1], spec.sizes[l]
+        n_in, n_out = spec.fan_in(l), spec.sizes[l]
         init.append((str(l), f"_{kind}(rng, {n_in}, {n_out}, dtype)"))
 
     layers = [params[i : i + 2] for i in range(0, len(params), 2)]
@@ -2311,14 +2522,18 @@ def module_context(d: Derivation) -> dict[str, Any]:
     if "X" not in used:
         used.insert(0, "X")
     ws_unpack = _unpack(used, "ws")
-    sgd = _sgd_context(lowered.sgd, sizes)
+    sgd = _sgd_context(lowered.sgd, sizes) if chain else {}
 
     exported = [
         "INPUTS", "OUTPUTS", "PARAM_SHAPES", "init_params", "forward", "loss", "loss_and_grad",
         "predict", "train", "check_gradients", "save_params", "load_params",
     ]
+    if not chain:
+        exported.insert(3, "BUFFER_SHAPES")
     classifier = _classifier(spec)
     return {
+        "chain": chain,
+        **({} if chain else _layers_context(d, lowered, params)),
         "marker_line": (
             f"{MARKER} {symgrad.__version__} from {Path(spec.source).name}: "
             "do not edit, regenerate with `symgrad generate`."

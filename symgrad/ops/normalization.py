@@ -73,6 +73,11 @@ class InvStd(Node):
         shape = tuple(_size(d, env) for d in self.shape)
         return np.broadcast_to(1.0 / np.sqrt(v + self.eps), shape)
 
+    @property
+    def unbroadcast(self) -> Node | None:
+        """(σ² + ε)^(−½) at σ²'s own shape (a lowering reads it; numpy broadcasts it)."""
+        return None if self.shape == self.var.shape else InvStd(self.var, self.eps, self.var.shape)
+
     precedence = 100  # an atom: 𝟏(σ² + ε)^(−½)
 
     def text(self, p):

@@ -153,6 +153,11 @@ class Broadcast(Node):
         body = p.paren(self.x, p.ATOM)
         return (one if down else "") + body + (one_t if across else "")
 
+    @property
+    def unbroadcast(self) -> Node:
+        """The value repeated (a lowering reads it and lets numpy broadcast it)."""
+        return self.x
+
     def numpy(self, lw):
         return lw.expr(self.x, lw.ATOM), lw.ATOM
 
