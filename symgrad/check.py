@@ -59,6 +59,18 @@ table says so ("central, 64 of 200,704 entries" and "directional, 8 directions")
 bounded before anything is allocated (:data:`MAX_NUMBERS` for X, Y and the parameters
 together).  On a terminal, progress is shown on stderr once a check takes over a second.
 
+**Training mode** (batchnorm, dropout: DESIGN, "Layers beyond dense").  The loss checked is
+the training-mode one, as ``loss_and_grad`` differentiates it: the batch statistics μ, σ²
+(batchnorm over the N rows, layernorm over each row) are part of the function, so a
+difference of the loss moves them too; the dropout masks are held fixed.  For a SPEC they
+are drawn from ``--seed`` (:func:`training_masks`: ``np.random.default_rng(seed)``, one
+uniform matrix per dropout layer in layer order, kept where ≥ p), which the generated module
+is given (``loss(…, seed=S)``, ``loss_and_grad(…, seed=S)``) and the derivation's equations
+read as M_l — so the ``derivation`` row also checks that both draw the same masks.  A
+MODULE.py is called with its defaults (training=True, seed=0).  Its ``BUFFER_SHAPES``
+(batchnorm's running statistics) are taken from ``init_params`` and passed along in the
+parameters' dict, never perturbed nor compared.  A note under the title says so.
+
 **Domain.**  A module constant ``DOMAIN = "positive"`` (expression modules of functions like
 ``y log x``) makes the parameters uniform in [0.5, 1.5]; without it, a loss that is not
 finite at the real starting point is tried at such a positive point, and the header says so.

@@ -10,6 +10,9 @@ number, the right shape, finite; the finite differences, the tolerances, the tab
 verdict — is made in the parent (symgrad.check), which also enforces the time limit and
 kills this process (and anything it started: it runs in its own session) at the end.
 This process limits its own address space (``resource.RLIMIT_AS``) before the import.
+The parent's ``setup`` sends the base point, the buffers (BUFFER_SHAPES: passed in the same
+dict as the parameters, never perturbed) and the keywords of every ``loss`` and
+``loss_and_grad`` call (a spec's ``seed``; none for a MODULE.py: its defaults).
 
 The same :class:`Session` serves a trusted module object in-process (``check_module(module)``,
 ``check_spec``), so both paths produce the same descriptions and get the same validation.
