@@ -1253,6 +1253,10 @@ class StepLowering:
         """A scalar coefficient as code (lr / N), unparenthesized."""
         return NumpyPrinter().doprint(c)
 
+    def ones(self) -> str:
+        """The workspace's vector of N ones (𝟏ᵀA and A𝟏 over the batch as products)."""
+        return self.buffer("ones", (N,), "ones", note="𝟏, for the sums over the batch")
+
     def binary(self, ufunc: str, op: str, a: Node, b: Node, dest: str, shape, commutative: bool):
         """dest = a op b; an operand of another shape (a broadcast column) goes to scratch,
         as does one that broadcasts a smaller value (𝟏𝟏ᵀG: its row, not the whole matrix)."""

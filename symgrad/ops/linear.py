@@ -37,6 +37,13 @@ class MatMul(Node):
     def numeric(self, env):
         return self.a.numeric(env) @ self.b.numeric(env)
 
+    def numpy(self, lw):
+        return f"{lw.expr(self.a, lw.MUL)} @ {lw.expr(self.b, lw.MUL + 1)}", lw.MUL
+
+    def into(self, st, dest):
+        with st.operand(self.a) as a, st.operand(self.b) as b:
+            st.emit(f"np.dot({a}, {b}, out={dest})")
+
 
 @dataclass(frozen=True, eq=True)
 class BiasAdd(Node):
@@ -63,6 +70,14 @@ class BiasAdd(Node):
     def numeric(self, env):
         return self.a.numeric(env) + self.b.numeric(env)
 
+    def numpy(self, lw):
+        return f"{lw.expr(self.a, lw.ADD)} + {lw.expr(self.b, lw.ADD + 1)}", lw.ADD
+
+    def into(self, st, dest):
+        st.emit_into(self.a, dest)
+        with st.operand(self.b) as b:
+            st.emit(f"{dest} += {b}")
+
 
 @dataclass(frozen=True, eq=True)
 class Transpose(Node):
@@ -87,6 +102,9 @@ class Transpose(Node):
 
     def numeric(self, env):
         return self.x.numeric(env).T
+
+    def numpy(self, lw):  # in place, Aᵀ of a name is an operand (a view), never a buffer
+        return f"{lw.expr(self.x, lw.ATOM)}.T", lw.ATOM
 
 
 @dataclass(frozen=True, eq=True)

@@ -44,6 +44,12 @@ class Sub(Node):
     def numeric(self, env):
         return self.a.numeric(env) - self.b.numeric(env)
 
+    def numpy(self, lw):
+        return f"{lw.expr(self.a, lw.ADD)} - {lw.expr(self.b, lw.ADD + 1)}", lw.ADD
+
+    def into(self, st, dest):
+        st.binary("subtract", "-", self.a, self.b, dest, self.shape, commutative=False)
+
 
 @dataclass(frozen=True, eq=True)
 class ColSum(Node):
@@ -70,6 +76,15 @@ class ColSum(Node):
     def numeric(self, env):
         return self.x.numeric(env).sum(axis=0, keepdims=True)
 
+    def numpy(self, lw):
+        return f"{lw.expr(self.x, lw.ATOM)}.sum(axis=0)", lw.ATOM
+
+    def into(self, st, dest):
+        """𝟏ᵀ A as a matrix product (BLAS, no reduction)."""
+        ones = st.ones()
+        with st.operand(self.x) as x:
+            st.emit(f"np.dot({ones}, {x}, out={dest})")
+
 
 @dataclass(frozen=True, eq=True)
 class RowSum(Node):
@@ -95,6 +110,13 @@ class RowSum(Node):
 
     def numeric(self, env):
         return self.x.numeric(env).sum(axis=1, keepdims=True)
+
+    def numpy(self, lw):
+        return f"{lw.expr(self.x, lw.ATOM)}.sum(axis=1, keepdims=True)", lw.ATOM
+
+    def into(self, st, dest):
+        with st.operand(self.x) as x:
+            st.emit(f"np.add.reduce({x}, axis=1, keepdims=True, out={dest})")
 
 
 @dataclass(frozen=True, eq=True)
@@ -275,6 +297,10 @@ class SqNormHalf(Node):
         w = self.x.numeric(env)
         return np.array([[np.sum(w * w) / 2]])
 
+    def numpy(self, lw):
+        x = lw.expr(self.x, lw.ATOM)
+        return f"np.sum({x} * {x}) / 2", lw.MUL
+
 
 @dataclass(frozen=True, eq=True)
 class AbsSum(Node):
@@ -295,3 +321,6 @@ class AbsSum(Node):
 
     def numeric(self, env):
         return np.array([[np.sum(np.abs(self.x.numeric(env)))]])
+
+    def numpy(self, lw):
+        return f"np.sum(np.abs({lw.expr(self.x, 0)}))", lw.ATOM
