@@ -633,6 +633,9 @@ def notation(d) -> str:
         extra.append("X̂_l the standardized input of normalization layer l, μ_l and σ_l² its "
                      f"mean and biased variance ({'; '.join(where)}), γ_l and β_l its scale and "
                      f"shift, {_epsilons(norms)}")
+    if any(layer.type == "batchnorm" for _, layer in norms):
+        extra.append("mean_l and var_l the running mean and variance of batchnorm layer l "
+                     "(buffers), which forward and predict use in place of μ_l and σ_l²")
     if any(isinstance(n, Dropout) for n in nodes):
         extra.append("M_l the dropout mask of layer l (entries 0 or 1, each 1 with probability "
                      "1 − p, drawn per batch)")
@@ -670,6 +673,35 @@ def _node_symbols(node: Node):
         yield from expr.free_symbols
 
 
+RUNNING_TITLE = "Running statistics (batchnorm: each training step updates them; forward and predict use them)"
+
+
+def _running_lines(d, fmt: str) -> list[str]:
+    """Each batchnorm layer's running mean and variance, updated once per training step
+    as torch does (the variance unbiased): mean ← (1 − m) mean + m μ,
+    var ← (1 − m) var + m σ² N/(N − 1); the buffers' own names (mean_l, var_l)."""
+    spec = d.spec
+    if _is_dense(spec):
+        return []
+    out = []
+    for l, layer in enumerate(spec.layers, 1):
+        if layer.type != "batchnorm":
+            continue
+        m = layer.momentum
+        keep, take = f"{1 - m:g}", f"{m:g}"
+        if fmt == "text":
+            sub = str(l).translate(naming._SUB)
+            mean, var = f"mean{sub}", f"var{sub}"
+            out += [f"{mean} ← {keep} {mean} + {take} μ{sub}",
+                    f"{var} ← {keep} {var} + {take} σ{sub}² N/(N − 1)"]
+        else:
+            mean, var = rf"\operatorname{{mean}}_{{{l}}}", rf"\operatorname{{var}}_{{{l}}}"
+            out += [rf"{mean} &\leftarrow {keep} \, {mean} + {take} \, \mu_{{{l}}}",
+                    rf"{var} &\leftarrow {keep} \, {var} + {take} \, \sigma_{{{l}}}^{{2}} "
+                    rf"\frac{{N}}{{N - 1}}"]
+    return out
+
+
 def _update_lines(d, printer, arrow, eta):
     out = []
     for p in d.graph.params:
@@ -695,6 +727,9 @@ def _render_text(d, steps: bool) -> str:
     lines.append("")
     lines.append("Update (gradient descent, learning rate η)")
     lines += ["  " + s for s in _update_lines(d, tp, "←", "η")]
+    running = _running_lines(d, "text")
+    if running:
+        lines += ["", RUNNING_TITLE] + ["  " + s for s in running]
     if steps:
         lines += ["", "Chain rule, step by step (reverse sweep)"]
         for i, eq in enumerate(d.steps, 1):
@@ -733,6 +768,9 @@ def _latex_sections(d, steps: bool) -> list[tuple[str, str]]:
     sections.append(("Backward", _latex_block(bwd)))
     upd = [s.replace(r" \leftarrow ", r" &\leftarrow ") for s in _update_lines(d, lp, r"\leftarrow", r"\eta")]
     sections.append(("Update (gradient descent, learning rate $\\eta$)", _latex_block(upd)))
+    running = _running_lines(d, "latex")
+    if running:
+        sections.append((RUNNING_TITLE, _latex_block(running)))
     if steps:
         rows = []
         for eq in d.steps:  # each step, then the rule it applies (as the text form prints)
@@ -769,5 +807,5 @@ def _render_markdown(d, steps: bool) -> str:
         if title == "Backward":
             for note in d.assumptions:
                 out += [f"The softmax∘cross-entropy step uses: {note}.", ""]
-    out += ["Notation: " + notation(d).replace("ᵀ", "⊤"), ""]
+    out += ["Notation: " + notation(d).replace("ᵀ", "⊤").replace("_", r"\_"), ""]
     return "\n".join(out)
