@@ -82,7 +82,7 @@ from symgrad.activations import expand_named
 from symgrad.budget import EXHAUSTED, SIMPLIFY_SECONDS, deadline, within
 from symgrad.cli import command
 from symgrad.crosscheck import explicit_env, tiny_sizes
-from symgrad.derive import Derivation, derive
+from symgrad.derive import Derivation, derive, transform, walk
 from symgrad.errors import SymgradError
 from symgrad.expr import (  # the parser's time limit, reused
     MATRIX_METHODS,
@@ -103,8 +103,10 @@ from symgrad.ops import (
     Broadcast,
     ColSum,
     Const,
+    Dropout,
     Exp,
     Hadamard,
+    InvStd,
     Map,
     MatMul,
     MeanLoss,
@@ -113,10 +115,14 @@ from symgrad.ops import (
     Ones,
     RowSum,
     Scale,
+    Standardize,
     Sub,
     Sym,
     Transpose,
+    add,
+    hadamard,
 )
+from symgrad.ops.normalization import exact
 from symgrad.printing import TextScalarPrinter
 from symgrad.printing import text as textbook
 from symgrad.spec import Spec, as_spec, load_spec
@@ -137,6 +143,8 @@ PROGRESS_AFTER = 1.5  # seconds: the command line reports each stage after this 
 DIAGNOSES = (
     "transposed", "factor", "sign", "shape", "activation-derivative", "layer",
     "missing-term", "axis", "other-gradient",
+    "mean-path", "variance-path", "unbiased-variance", "norm-axis", "dropout-scale",
+    "dropout-mask", "skip", "fan-out",
 )
 """Diagnosis codes a :class:`Verdict` may carry (None: no simple diagnosis fits)."""
 
@@ -349,6 +357,12 @@ class NumpyPrinter:
     def _node_Broadcast(self, n):
         return self.node(n.x)
 
+    def _node_InvStd(self, n):
+        return f"1 / {self.fn('sqrt')}({n.var.name} + {float(n.eps)!r})", MUL
+
+    def _node_Dropout(self, n):
+        return f"{self.wrap(self.node(n.x), MUL)} * {n.mask.name} / {1.0 - float(n.p)!r}", MUL
+
     def _node_Ones(self, n):
         r, c = n.shape
         return f"{self.fn('ones')}({self.scalar(c, {})[0]})", ATOM
@@ -482,6 +496,12 @@ class _Instance:
         return " ".join(f"{k}={v}" for k, v in self.sizes.items())
 
 
+_PARAMS = {"dense": ("W", "b"), "batchnorm": ("gamma", "beta"), "layernorm": ("gamma", "beta")}
+"""Each layer type's parameters (named with the layer's number)."""
+_STATISTICS = {"batchnorm": ("mu", "var", "Xhat"), "layernorm": ("mu", "var", "Xhat")}
+"""Each layer type's named intermediates besides Z and A (the batch statistics and X̂)."""
+
+
 class Network:
     """Everything ``verify`` needs about one spec, computed once."""
 
@@ -497,41 +517,75 @@ class Network:
         self.steps = steps
         loss = next(a.rhs for a in g.assignments if isinstance(a.rhs, MeanLoss))
         self.dyhat_generic = loss.vjp(ONE, None)[0]
+        self.dense = all(layer.type == "dense" for layer in spec.layers)
+        values = {a.target.name: a.target for a in g.assignments}
 
-        # user names -> (leaf, numpy shape)
+        # user names -> (leaf, numpy shape); a 1×n parameter is 1-D, as in numpy
         m: dict[str, tuple[Sym, Shape]] = {}
         for s in g.data:
             m[s.name] = (s, s.shape)
+        params = {p.name: p for p in g.params}
         for l in range(1, L + 1):
-            W = Sym(f"W{l}", (widths[l - 1], widths[l]), "param")
-            b = Sym(f"b{l}", (_ONE, widths[l]), "param")
-            m[W.name] = (W, W.shape)
-            m[b.name] = (b, (widths[l],))
-            value = (N, widths[l])
+            layer = spec.layers[l - 1]
+            for name in _PARAMS.get(layer.type, ()):
+                p = params[f"{name}{l}"]
+                m[p.name] = (p, p.shape if name == "W" else (p.shape[1],))
+            for name in _STATISTICS.get(layer.type, ()):  # mu3, var3, Xhat3 and dXhat3
+                s = values[f"{name}{l}"]
+                m[s.name] = (s, s.shape)
+            if layer.type in ("batchnorm", "layernorm"):
+                x = values[f"Xhat{l}"]
+                m[f"dXhat{l}"] = (Sym(f"dXhat{l}", x.shape, "cotangent"), x.shape)
+                for name in ("gamma", "beta"):
+                    s = params[f"{name}{l}"]
+                    m[f"d{name}{l}"] = (Sym(f"d{name}{l}", s.shape, "cotangent"), (s.shape[1],))
+            value = values[f"Z{l}"].shape
             m[f"Z{l}"] = (Sym(f"Z{l}", value, "value"), value)
             m[f"dZ{l}"] = (Sym(f"dZ{l}", value, "cotangent"), value)
             m[f"delta{l}"] = m[f"dZ{l}"]
             a = "Yhat" if l == L else f"A{l}"
             m[a] = (Sym(a, value, "value"), value)
             m["d" + a] = (Sym("d" + a, value, "cotangent"), value)
+        for mask, _p in g.masks:
+            m[mask.name] = (mask, mask.shape)
         m[f"A{L}"] = m["A_L"] = m["Yhat"]
         m[f"dA{L}"] = m["dA_L"] = m["dYhat"]
+        tied = self.tied or {}
+        canon = {widths[l]: widths[r] for l, r in tied.items() if l != r}
+        if canon:  # an add's inputs are as wide as each other: one size for both
+            m = {k: (s, tuple(d.xreplace(canon) for d in shape)) for k, (s, shape) in m.items()}
+        self.canon = canon
         self.matrices = m
         self.scalars: dict[str, sp.Basic] = {"N": N}
         if spec.l2:
             self.scalars.update({"l2": L2, "lambda2": L2, "lambda_2": L2})
         if spec.l1:
             self.scalars.update({"l1": L1, "lambda1": L1, "lambda_1": L1})
+        if not self.dense:  # the widths (a layernorm averages over n_l), eps and p by layer
+            for l in range(L + 1):
+                n = values[f"Z{l}"].shape[1] if l else widths[0]
+                self.scalars[f"n{l}"] = self.scalars[f"n_{l}"] = n.xreplace(canon)
+            for key in ("eps", "p"):
+                found = {l: exact(getattr(ly, key)) for l, ly in enumerate(spec.layers, 1)
+                         if getattr(ly, key) is not None}
+                self.scalars.update({f"{key}{l}": v for l, v in found.items()})
+                if len(set(found.values())) == 1:
+                    self.scalars[key] = next(iter(found.values()))
 
-        # targets
+        # targets: every parameter, and every value whose cotangent the sweep computes
         t: dict[str, Target] = {}
         for l in range(1, L + 1):
-            for fam, name, shape in (
-                ("W", f"W{l}", m[f"W{l}"][1]), ("b", f"b{l}", m[f"b{l}"][1]),
-                ("Z", f"Z{l}", m[f"Z{l}"][1]),
-            ):
+            layer = spec.layers[l - 1]
+            for fam in _PARAMS.get(layer.type, ()):
+                name = f"{fam}{l}"
                 cot = "d" + name
-                t[name] = Target(name, cot, backward.get(cot, steps[cot].rhs), shape, fam, l)
+                t[name] = Target(name, cot, backward.get(cot, steps[cot].rhs), m[name][1], fam, l)
+            if f"dXhat{l}" in steps:
+                t[f"Xhat{l}"] = Target(f"Xhat{l}", f"dXhat{l}", steps[f"dXhat{l}"].rhs,
+                                       m[f"Xhat{l}"][1], "Xhat", l)
+            if f"dZ{l}" in steps or f"dZ{l}" in backward:
+                t[f"Z{l}"] = Target(f"Z{l}", f"dZ{l}", backward.get(f"dZ{l}", steps[f"dZ{l}"].rhs),
+                                    m[f"Z{l}"][1], "Z", l)
             a = "Yhat" if l == L else f"A{l}"
             node = steps["d" + a].rhs if "d" + a in steps else self.dyhat_generic
             t[a] = Target(a, "d" + a, node, m[a][1], "A", l)
@@ -559,14 +613,15 @@ class Network:
 
     def _family(self, name: str) -> list[str]:
         L = self.L
-        m = re.fullmatch(r"(d|delta|)(W|b|Z|A|X|Yhat|)(\d*)", name)
+        m = re.fullmatch(r"(d|delta|)(W|b|Z|A|X|Yhat|gamma|beta|Xhat|mu|var|M|)(\d*)", name)
         if not m or name not in self.matrices or name == "Y":
             return []
         prefix, letter, idx = m.groups()
         if prefix == "delta":
             return [f"delta{l}" for l in range(1, L + 1) if f"delta{l}" != name]
-        if letter in ("W", "b", "Z"):
-            return [f"{prefix}{letter}{l}" for l in range(1, L + 1) if f"{prefix}{letter}{l}" != name]
+        if letter not in ("A", "X", "Yhat", ""):
+            return [f"{prefix}{letter}{l}" for l in range(1, L + 1)
+                    if f"{prefix}{letter}{l}" != name and f"{prefix}{letter}{l}" in self.matrices]
         # the A family: X = A0, A1, …, Yhat = A_L (and its adjoints)
         if prefix == "d":
             members = [f"dA{l}" for l in range(1, L)] + ["dYhat"]
@@ -577,14 +632,26 @@ class Network:
     def unknown(self, name: str) -> str:
         """The message for a name the formula may not use."""
         L = self.L
-        m = re.fullmatch(r"(d|delta)?(W|b|Z|A|)(\d+)", name)
+        m = re.fullmatch(r"(d|delta)?(W|b|Z|A|gamma|beta|Xhat|mu|var|M|)(\d+)", name)
         if m and (m.group(2) or m.group(1) == "delta"):
             prefix, letter = m.group(1) or "", m.group(2)
             if prefix == "d" and letter in ("W", "b"):
                 return (f"'{name}' is a parameter gradient, which is what verify checks; "
                         "write it out (e.g. X.T @ dZ1)")
+            if prefix == "d" and letter in ("mu", "var", "M"):
+                return (f"'{name}' is not computed by the sweep: batchnorm's and layernorm's "
+                        "rule folds the paths through mu and var into dA (use dXhat), and a "
+                        "dropout mask is not differentiated")
             if letter in ("W", "b"):
-                have = [f"{x}{l}" for l in range(1, L + 1) for x in ("W", "b")]
+                have = [f"{x}{l}" for l in range(1, L + 1) for x in ("W", "b")
+                        if f"{x}{l}" in self.matrices]
+            elif letter not in ("A", "Z", ""):
+                have = [n for n in self.matrices if re.fullmatch(f"{prefix}{letter}\\d+", n)]
+                if not have:
+                    kind = {"gamma": "batchnorm or layernorm", "beta": "batchnorm or layernorm",
+                            "Xhat": "batchnorm or layernorm", "mu": "batchnorm or layernorm",
+                            "var": "batchnorm or layernorm", "M": "dropout"}[letter]
+                    return f"unknown name '{name}' (the network has no {kind} layer)"
             elif letter == "A":
                 have = [f"{prefix}A{l}" for l in range(1, L)] + [f"{prefix}Yhat (= {prefix}A{L})"]
             else:  # Z, dZ, delta
@@ -618,15 +685,15 @@ class Network:
                            f"intermediates {self._values()})")
 
     def _params(self) -> str:
-        return ", ".join(f"{x}{l}" for l in range(1, self.L + 1) for x in ("W", "b"))
+        return ", ".join(t.name for t in self.targets.values() if t.family in _PARAM_FAMILIES)
 
     def _values(self) -> str:
-        return ", ".join([f"Z{l}" for l in range(1, self.L + 1)]
+        return ", ".join([t.name for t in self.targets.values() if t.family in ("Z", "Xhat")]
                          + [f"A{l}" for l in range(1, self.L)] + ["Yhat"])
 
     def describe(self) -> str:
         spec = self.spec
-        parts = [str(spec.inputs)] + [f"{ly.units} {ly.fn.name}" for ly in spec.layers]
+        parts = [str(spec.inputs)] + [_layer_text(ly) for ly in spec.layers]
         loss = spec.loss_fn.name if spec.loss_expr is None else f"ℓ = {spec.loss_expr}"
         pen = "".join(f", {k} = {getattr(spec, k):g}" for k in ("l2", "l1") if getattr(spec, k))
         return f"{spec.name}: {' → '.join(parts)}; {loss}{pen}"
@@ -643,14 +710,43 @@ class Network:
         rng.shuffle(pool)
         return n, [pool[i % len(pool)] for i in range(self.L + 1)]
 
+    def tie(self, ws: list[int]) -> list[int]:
+        """``ws`` with the widths that must be equal made equal (:attr:`tied`)."""
+        if self.tied is None:  # widths tied in a way not simply equal: the spec's own
+            return list(self.spec.sizes)
+        return [ws[self.tied[l]] for l in range(self.L + 1)]
+
+    @cached_property
+    def tied(self) -> dict[int, int] | None:
+        """Widths that must be equal (the inputs of an ``add``): each layer's width → the
+        representative layer whose random width it takes; None when an ``add`` sums
+        values whose widths are not single sizes (a concat's n₀ + n₄)."""
+        rep = list(range(self.L + 1))
+
+        def find(l: int) -> int:
+            while rep[l] != l:
+                l = rep[l]
+            return l
+
+        index = {w: l for l, w in enumerate(self.widths)}
+        for a in self.d.graph.assignments:
+            if isinstance(a.rhs, Add) and a.target.name.startswith("Z"):
+                ws = [t.shape[1] for t in a.rhs.terms]
+                if any(w not in index for w in ws):
+                    return None
+                for w in ws[1:]:
+                    rep[find(index[w])] = find(index[ws[0]])
+        return {l: find(l) for l in range(self.L + 1)}
+
     def instance(self, k: int, seed: int) -> _Instance:
         n, ws = self.instance_sizes(k)
+        ws = self.tie(ws)
         rng = np.random.default_rng([seed, k])
         env: dict = {N: n, L2: float(self.spec.l2), L1: float(self.spec.l1)}
         for l, w in enumerate(ws):
             env[self.widths[l]] = w
         env["X"] = rng.normal(size=(n, ws[0]))
-        out = ws[-1]
+        out = _size(self.d.graph.data[1].shape[1], env)
         kind = self.spec.loss_fn.name
         if kind == "cross_entropy":
             Y = np.zeros((n, out))
@@ -660,16 +756,39 @@ class Network:
         else:
             Y = rng.normal(size=(n, out))
         env["Y"] = Y
-        for l in range(1, self.L + 1):
-            env[f"W{l}"] = rng.normal(size=(ws[l - 1], ws[l])) / math.sqrt(ws[l - 1])
-            env[f"b{l}"] = rng.normal(scale=0.3, size=(1, ws[l]))
+        g = self.d.graph
+        for p in g.params:
+            r, c = (_size(d, env) for d in p.shape)
+            if p.name.startswith("W"):
+                env[p.name] = rng.normal(size=(r, c)) / math.sqrt(r)
+            elif p.name.startswith("gamma"):  # a scale near 1, as trained ones are
+                env[p.name] = 1 + rng.normal(scale=0.3, size=(r, c))
+            else:
+                env[p.name] = rng.normal(scale=0.3, size=(r, c))
+        for mask, p in g.masks:  # drawn once per instance, then fixed (as check holds them)
+            env[mask.name] = (rng.random(tuple(_size(d, env) for d in mask.shape)) >= p
+                              ).astype(np.float64)
         with np.errstate(all="ignore"):
             for eq in self.d.forward:
                 env[eq.target.name] = eq.rhs.numeric(env)
             env["dYhat"] = self.dyhat_generic.numeric(env)
             self.sweep(env)
-        sizes = {"N": n, **{f"n{str(l).translate(_SUB)}": w for l, w in enumerate(ws)}}
+        sizes = {"N": n, **{f"n{str(l).translate(_SUB)}": w for l, w in enumerate(ws)
+                            if l in self.free_widths}}
         return _Instance(env, sizes)
+
+    @cached_property
+    def free_widths(self) -> set[int]:
+        """The layers whose width is a size of its own (n₀ and the dense layers; a
+        batchnorm layer's output is as wide as its input)."""
+        found: set[sp.Symbol] = set()
+        for a in self.d.graph.assignments:
+            for d in a.target.shape:
+                found |= d.free_symbols
+        for p in self.d.graph.params:
+            for d in p.shape:
+                found |= d.free_symbols
+        return {l for l, w in enumerate(self.widths) if w in found and l == (self.tied or {}).get(l, l)}
 
     def exact(self, inst: _Instance) -> dict | None:
         """The instance ``inst`` again at :data:`PRECISION` digits: the same data and
@@ -680,7 +799,8 @@ class Network:
         env[L2] = sp.Rational(repr(float(self.spec.l2)))
         env[L1] = sp.Rational(repr(float(self.spec.l1)))
         env[N] = sp.Integer(inst.env[N])
-        for s in self.d.graph.data + self.d.graph.params:
+        g = self.d.graph
+        for s in (*g.data, *g.params, *(mask for mask, _ in g.masks)):
             value = np.atleast_2d(inst.env[s.name])
             env[s.name] = sp.Matrix(value.shape[0], value.shape[1],
                                     lambda i, j, v=value: sp.Float(float(v[i, j]), PRECISION))
@@ -701,13 +821,17 @@ class Network:
         return max([EXACT_RTOL, *(1e3 * 10.0 ** -d for d in digits)])
 
     def sweep(self, env: dict, skip_derivative: int | None = None,
-              factor: Callable[[dict], np.ndarray] | None = None) -> None:
+              factor: Callable[[dict], np.ndarray] | None = None,
+              replace: dict[str, Node] | None = None) -> None:
         """Every cotangent of the derivation into ``env``; with ``skip_derivative = l``,
         δ_l is replaced by ∂L/∂A_l (the chain without layer l's activation derivative),
-        or by ∂L/∂A_l ⊙ ``factor(env)`` (another derivative in its place)."""
+        or by ∂L/∂A_l ⊙ ``factor(env)`` (another derivative in its place); ``replace``:
+        cotangents computed by other rules (a :class:`Mistake`'s)."""
         for eq in self.d.steps:
             name = eq.target.name
-            if skip_derivative is not None and name == f"dZ{skip_derivative}":
+            if replace and name in replace:
+                env[name] = replace[name].numeric(env)
+            elif skip_derivative is not None and name == f"dZ{skip_derivative}":
                 a = "dYhat" if skip_derivative == self.L else f"dA{skip_derivative}"
                 env[name] = env[a] if factor is None else env[a] * factor(env)
             else:
@@ -729,7 +853,22 @@ class Network:
             return "the softmax Jacobian"
         return f"the factor ⊙ {fn.name}′(Z{str(l).translate(_SUB)})"
 
+    @cached_property
+    def mistakes(self) -> list[Mistake]:
+        return mistakes(self)
+
     # --- the tiny explicit instance
+
+    @property
+    def tiny_n(self) -> int:
+        """N of the tiny instance: 3 with a batchnorm layer (at N = 2 its standardized
+        values are ±1, where a rule missing a path can agree), else 2."""
+        return 3 if any(layer.type == "batchnorm" for layer in self.spec.layers) else 2
+
+    def tiny_text(self, sizes: tuple[int, ...]) -> str:
+        keep = self.free_widths
+        return f"N={self.tiny_n} " + " ".join(
+            f"n{str(l).translate(_SUB)}={s}" for l, s in enumerate(sizes) if l in keep)
 
     @cached_property
     def explicit(self) -> tuple[dict, list[dict], tuple[int, ...]]:
@@ -742,7 +881,7 @@ class Network:
         agrees with the derivation at a shallow level is proved without expanding the
         whole network."""
         sizes = tiny_sizes(self.spec)
-        env = explicit_env(self.d, sizes, 2)
+        env = explicit_env(self.d, sizes, self.tiny_n)
         for l, w in enumerate(sizes):
             env[self.widths[l]] = w
         if self.spec.loss_fn.name == "cross_entropy":  # the fused rule's assumption Σ_k y_k = 1
@@ -751,6 +890,11 @@ class Network:
                                  1 - sum(y[i, k] for k in range(y.cols - 1)))
         env[L2] = sp.Rational(repr(float(self.spec.l2)))
         env[L1] = sp.Rational(repr(float(self.spec.l1)))
+        for mask, _ in self.d.graph.masks:  # a symbol per entry: the proof holds for any mask
+            r, c = (_size(d, env) for d in mask.shape)
+            key = mask.name.lower()
+            env[mask.name] = sp.Matrix(r, c, lambda i, j, k=key: sp.Symbol(f"{k}_{i}{j}",
+                                                                            real=True))
         groups: list[dict] = []
 
         def define(name: str, node: Node) -> None:
@@ -763,11 +907,170 @@ class Network:
         for eq in self.d.forward:
             if eq.target.name not in ("L", "J"):
                 define(eq.target.name, eq.rhs)
+        # a hand rule for a normalization layer may be written with A and μ where the
+        # derivation has X̂ (the long form): the proof may unfold the forward values alone
+        self.forward_groups = groups[:] if not self.dense else []
         if "dYhat" not in self.steps:
             define("dYhat", self.dyhat_generic)
         for eq in self.d.steps:
             define(eq.target.name, eq.rhs)
         return env, groups, sizes
+
+
+_PARAM_FAMILIES = ("W", "b", "gamma", "beta")
+
+
+def _layer_text(layer) -> str:
+    """A layer as the title line shows it: ``32 tanh``, ``batchnorm relu``, ``dropout 0.2``,
+    ``add(A1, A3)``."""
+    if layer.type == "dense":
+        return f"{layer.units} {layer.fn.name}"
+    if layer.type == "dropout":
+        head = f"dropout {layer.p:g}"
+    elif layer.type in ("add", "concat"):
+        head = f"{layer.type}({', '.join(layer.inputs or ())})"
+    else:
+        head = layer.type
+    return head if layer.fn.name == "identity" else f"{head} {layer.fn.name}"
+
+
+# --------------------------------------------------------------------------
+# The classic mistakes of the layers beyond dense: one table
+# --------------------------------------------------------------------------
+#
+# Each entry names a mistake and builds, from the derivation, the wrong rule a student
+# writes when making it (the alternative formula). verify sweeps the network again with
+# that rule in place of the right one (Network.sweep(replace=…)) and, when the user's
+# formula equals the resulting ∂L/∂(target) on every instance, names the mistake. The
+# rules are the ops' own (Standardize.vjp, Dropout.vjp); the fan-out entries drop one
+# term of a cotangent that the sweep summed (the skip of a residual add).
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A wrong rule: ``step`` (a cotangent of the sweep) computed by ``wrong``."""
+
+    code: str
+    step: str
+    wrong: Node
+    words: str
+
+
+def _standardize_mistakes(s: Standardize, g: Sym, xhat: Sym, layer: int, kind: str):
+    """(code, wrong rule, words) for batchnorm's or layernorm's backward (see
+    :class:`~symgrad.ops.Standardize`; m the count, 𝟏𝟏ᵀ on the side of its axis)."""
+    m = s.count
+    inv = InvStd(s.var, s.eps, s.shape)
+    G, Xh, gx = naming.text(g.name), naming.text(xhat.name), hadamard(g, xhat)
+    c = _dim_text(m)
+    mu, var = naming.text(s.mu.name), naming.text(s.var.name)
+    ones = (lambda v: f"𝟏𝟏ᵀ{v}") if s.axis == 0 else (lambda v: f"{v}𝟏𝟏ᵀ")
+    where = f"({kind} of layer {layer}: {mu} and {var} depend on every " + (
+        "sample of the batch)" if s.axis == 0 else "feature of the sample)")
+
+    def rule(mean: bool, divisor: sp.Expr | None, count=m, spread=s.spread_sum) -> Node:
+        """(1/count) InvStd ⊙ (count G − [𝟏𝟏ᵀG] − [X̂ ⊙ 𝟏𝟏ᵀ(G ⊙ X̂) count/divisor])."""
+        inner: Node = Scale(count, g)
+        if mean:
+            inner = Sub(inner, spread(g))
+        if divisor is not None:
+            inner = Sub(inner, Hadamard(xhat, _scale(count / divisor, spread(gx))))
+        return Scale(1 / count, Hadamard(inv, inner))
+
+    yield ("mean-path", rule(False, m),
+           f"missing the mean path: −{ones(G)}/{c} {where}")
+    yield ("variance-path", rule(True, None),
+           f"missing the variance path: −{Xh} ⊙ {ones(f'({G} ⊙ {Xh})')}/{c} {where}")
+    yield ("mean-path", Hadamard(inv, g),
+           f"missing the mean path and the variance path: {mu} and {var} are treated as "
+           f"constants, which leaves only the direct path {_inv_text(inv)} ⊙ {G} {where}")
+    yield ("unbiased-variance", rule(True, m - 1),
+           f"the unbiased variance: {c} − 1 in place of {c} in the variance path "
+           f"−{Xh} ⊙ {ones(f'({G} ⊙ {Xh})')}/{c}; {var} is the biased variance (the mean "
+           f"of the squared deviations, over {c}); torch uses the unbiased one only for the "
+           "running estimate")
+    other = 1 - s.axis
+    other_count = s.x.shape[other]
+    flipped = Standardize(s.x, s.mu, s.var, s.eps, other).spread_sum
+    right, wrong = ("columns (axis=0)", "rows (axis=1)") if s.axis == 0 else (
+        "rows (axis=1)", "columns (axis=0)")
+    for count in (m, other_count):
+        yield ("norm-axis", rule(True, count, count=count, spread=flipped),
+               f"{kind} summed over the wrong axis: its statistics are over the {right} "
+               f"of layer {layer}'s input, so its sums are too; yours sums over the {wrong}")
+
+
+def _inv_text(inv: InvStd) -> str:
+    var = naming.text(inv.var.name)
+    return f"{var} + ε)^(−½)𝟏ᵀ".join(("(", "")) if inv.rowwise else f"𝟏({var} + ε)^(−½)"
+
+
+def _dropout_mistakes(d: Dropout, g: Sym, layer: int):
+    keep = f"1/(1 − {float(d.p)!r})"
+    M, G = naming.text(d.mask.name), naming.text(g.name)
+    right = f"{G} ⊙ {M}/(1 − {float(d.p)!r})"
+    yield ("dropout-scale", Hadamard(g, d.mask),
+           f"dropout without {keep}: the forward pass scales the kept values by {keep} = "
+           f"{1 / (1 - float(d.p)):g}, so the backward pass does too ({right})")
+    yield ("dropout-mask", Scale(1 / (1 - exact(d.p)), g),
+           f"the dropout mask is forgotten in backward: a dropped unit (entry of {M} = 0) "
+           f"passes no gradient, so the rule is {right}")
+    yield ("dropout-mask", g,
+           f"dropout left out of backward: the mask and {keep} both belong ({right})")
+
+
+def _fan_out_mistakes(eq, net: Network):
+    """A cotangent the sweep summed (a value feeding two layers): the sum without one part."""
+    parts = eq.rule.split(" + ")
+    if not isinstance(eq.rhs, Add) or len(parts) != len(eq.rhs.terms) or len(parts) < 2:
+        return
+    value = naming.text(naming.primal(eq.target.name))
+    whole = naming.text(eq.target.name)
+    for i, (term, rule) in enumerate(zip(eq.rhs.terms, parts, strict=True)):
+        rest = [t for j, t in enumerate(eq.rhs.terms) if j != i]
+        shown = textbook(term)
+        if rule.split()[0].lower() == "add" and isinstance(term, Sym):  # "Add", "add (skip)"
+            k = naming.layer_of(term.name)
+            yield ("skip", add(rest),
+                   f"missing the skip's gradient: {value} also feeds the add of layer {k} "
+                   f"(the residual connection), so {whole} includes its {shown}; "
+                   "gradients add where a value fans out")
+        else:
+            yield ("fan-out", add(rest),
+                   f"missing a path at a fan-out: {value} feeds more than one layer, so "
+                   f"{whole} is a sum, and yours lacks its term {shown}")
+
+
+def _replace(node: Node, old: Node, new: Node) -> Node:
+    return transform(node, lambda n: new if n == old else None)
+
+
+def mistakes(net: Network) -> list[Mistake]:
+    """Every classic mistake that applies to ``net``'s derivation, as wrong rules."""
+    found: list[Mistake] = []
+    forward = {a.target.name: a for a in net.d.graph.assignments}
+    for eq in net.d.steps:
+        for a in forward.values():
+            op = a.rhs
+            layer = naming.layer_of(a.target.name) or 0
+            if isinstance(op, Standardize):
+                g = Sym(naming.cotangent(a.target.name), a.target.shape, "cotangent")
+                right = op.vjp(g, a.target)[0]
+                kind = net.spec.layers[layer - 1].type
+                cases = _standardize_mistakes(op, g, a.target, layer, kind)
+            elif isinstance(op, Dropout):
+                g = Sym(naming.cotangent(a.target.name), a.target.shape, "cotangent")
+                right = op.vjp(g, a.target)[0]
+                cases = _dropout_mistakes(op, g, layer)
+            else:
+                continue
+            if right not in walk(eq.rhs):
+                continue
+            found += [Mistake(code, eq.target.name, _replace(eq.rhs, right, wrong), words)
+                      for code, wrong, words in cases]
+        found += [Mistake(code, eq.target.name, wrong, words)
+                  for code, wrong, words in _fan_out_mistakes(eq, net)]
+    return found
 
 
 @lru_cache(maxsize=32)
@@ -1698,6 +2001,9 @@ class _Check:
                 return self.found("transposed", f"yoursᵀ equals {f} × {t.partial}: "
                                   f"transposed and off by a factor {f}", factor=f)
         if values is not None:
+            found = self.layer_mistake(values)
+            if found:
+                return found
             ratios = [_ratio(u, c) if u is not None else None
                       for u, c in zip(values, self.correct_values, strict=True)]
             if None not in ratios and (f := _factor_of(ratios, ns)):
@@ -1761,6 +2067,22 @@ class _Check:
             found = self.relu_mask(l, values, factor)
             if found:
                 return found
+        return None
+
+    def layer_mistake(self, values) -> Verdict | None:
+        """A classic mistake of the table (:func:`mistakes`) that yours equals: the
+        network swept again with the wrong rule gives your values on every instance."""
+        for mistake in self.net.mistakes:
+            alt = []
+            for inst in self.instances:
+                env = dict(inst.env)
+                with np.errstate(all="ignore"):
+                    self.net.sweep(env, replace={mistake.step: mistake.wrong})
+                alt.append(env[self.target.cot])
+            if self.matches(alt):  # the mistake does not reach this gradient
+                continue
+            if self.matches(values, alt):
+                return self.found(mistake.code, mistake.words)
         return None
 
     def relu_mask(self, l: int, values, factor: str) -> Verdict | None:
@@ -1886,20 +2208,20 @@ class _Check:
                     mine = mine.reshape(*ref.shape)
                 count = 0
                 for k, (a, b) in enumerate(zip(mine, ref, strict=True)):
-                    if not _prove_entry(a - b, groups):
+                    if not _prove_entry(a - b, groups, self.net.forward_groups):
                         constant = _constant_difference(a - b, groups)
                         if constant is not None and self.net.exact_rtol <= EXACT_RTOL:
-                            self.differs = (k, constant, _sizes_text(sizes))
-                            return False, (f"DIFFERS at {_sizes_text(sizes)}: entry "
+                            self.differs = (k, constant, self.net.tiny_text(sizes))
+                            return False, (f"DIFFERS at {self.net.tiny_text(sizes)}: entry "
                                            f"{_flat_index(k, ref.shape)}'s difference is "
                                            f"exactly {constant}, not 0")
                         return False, (f"not decided (SymPy could not reduce an entry's "
-                                       f"difference to 0 at {_sizes_text(sizes)})")
+                                       f"difference to 0 at {self.net.tiny_text(sizes)})")
                     count += 1
         except EXHAUSTED:
             return False, (f"not decided (over the {self.budget:g} s budget at "
-                           f"{_sizes_text(sizes)})")
-        return True, (f"proved at {_sizes_text(sizes)}: every entry's difference is 0 "
+                           f"{self.net.tiny_text(sizes)})")
+        return True, (f"proved at {self.net.tiny_text(sizes)}: every entry's difference is 0 "
                       f"({count} entries, {time.perf_counter() - t0:.2f} s)")
 
 
@@ -1920,10 +2242,6 @@ def _constant_difference(e: sp.Expr, groups: list[dict]) -> str | None:
         return (f"{value.real:g}" if value.imag == 0 and value.real != 0 and
                 math.isfinite(value.real) else str(sp.N(e, 3)))
     return None
-
-
-def _sizes_text(sizes: tuple[int, ...]) -> str:
-    return "N=2 " + " ".join(f"n{str(l).translate(_SUB)}={s}" for l, s in enumerate(sizes))
 
 
 Edit = tuple[int, int, str]  # (start, end, replacement) in UTF-8 bytes of the source
@@ -1990,14 +2308,18 @@ def _normal(e: sp.Expr) -> sp.Expr:
     return expand_named(e)
 
 
-def _prove_entry(e: sp.Expr, groups: list[dict]) -> bool:
+def _prove_entry(e: sp.Expr, groups: list[dict], forward: Sequence[dict] = ()) -> bool:
     """e == 0 for an entry's difference written with defined values.
 
     Search: at each stage, unfolding any *one* group of definitions present (latest
     first) is tried with the cheap checks; if none closes the proof, the latest group is
     unfolded for good and the search goes on.  So (δ₂ W₂ᵀ) ⊙ [Z₁ > 0] meets
     ∂L/∂A₁ ⊙ [A₁ > 0] after unfolding δ₁, ∂L/∂A₁ and then A₁ alone, without expanding
-    the network above.  ``simplify`` runs only once everything is unfolded."""
+    the network above.  ``simplify`` runs only once everything is unfolded.
+
+    ``forward`` (the forward values' groups): the latest unfolding is also tried with those
+    unfolded alone (:func:`_forward_zero`), the cotangents kept as symbols —
+    batchnorm's long form, in A and μ, meets the rule in X̂ once X̂ and μ are unfolded."""
     if e == 0:
         return True
     order = list(reversed(groups))
@@ -2009,7 +2331,21 @@ def _prove_entry(e: sp.Expr, groups: list[dict]) -> bool:
             candidate = e.xreplace(defs)
             if _maybe_zero(candidate) and _zero(candidate, simplify=False):
                 return True
+            if forward and defs is present[0] and _forward_zero(candidate, forward):
+                return True
         e = e.xreplace(present[0])
+
+
+def _forward_zero(e: sp.Expr, forward: Sequence[dict]) -> bool:
+    """e == 0 after unfolding the forward values, latest first, one group at a time (each
+    step checked): X̂ into A, μ and σ², then σ² and μ into A, and so on down."""
+    for defs in reversed(forward):
+        if not any(s in defs for s in e.free_symbols):
+            continue
+        e = e.xreplace(defs)
+        if _maybe_zero(e) and _zero(e, simplify=False):
+            return True
+    return False
 
 
 def _maybe_zero(e: sp.Expr) -> bool:
