@@ -1,7 +1,15 @@
 """verify: check a gradient that a person derived by hand (``symgrad verify``).
 
 A hand derivation is written in numpy syntax over the network's names (X, Y, N,
-W1, b1, Z1, A1, …, Yhat and the adjoints dZ1, dA1, …, dYhat).  It is parsed by the
+W1, b1, Z1, A1, …, Yhat and the adjoints dZ1, dA1, …, dYhat).  The layers beyond dense
+add, for layer l: gamma{l}, beta{l} (batchnorm/layernorm parameters, 1-D like b),
+mu{l}, var{l} (the batch mean and *biased* variance: 1×n rows for batchnorm, N×1
+columns for layernorm), Xhat{l} (the standardized input), M{l} (a dropout mask, 0/1,
+fixed per random instance), the adjoints dXhat{l}, dgamma{l}, dbeta{l}, and the scalars
+eps, p (when every such layer has the same; eps{l}, p{l} always; or the literals) and
+n{l} = n_{l} (the width of layer l's output: a layernorm averages over it).  ``--wrt``
+takes any of W{l}, b{l}, gamma{l}, beta{l}, Z{l}, Xhat{l}, A{l}, Yhat.  Batch statistics
+come from the forward pass of each instance (training mode).  It is parsed by the
 safe parser (:func:`symgrad.expr.validate`, never ``eval``) and built, by
 :class:`FormulaBuilder`, into the same matrix-level nodes the derivation uses
 (:mod:`symgrad.ops`: ``MatMul``, ``Transpose``, ``Hadamard`` for ``*``, ``Add``,
@@ -45,7 +53,10 @@ passes, none is printed.  Hand formulas may use the numpy method spellings of
 other attribute access is refused.  The command line reports each stage on stderr
 once it has run :data:`PROGRESS_AFTER` seconds (on a terminal).
 
-For a wrong formula, a diagnosis is searched for among: transposed (as a whole, or
+For a wrong formula, the classic mistakes of the layers beyond dense are tried first
+(:func:`mistakes`, one table: batchnorm/layernorm without the mean or the variance path,
+the unbiased variance, the wrong axis, dropout without 1/(1 − p) or without its mask, a
+residual without the skip's gradient); then a diagnosis is searched for among: transposed (as a whole, or
 one name), a constant factor (N, 1/N, 2, ½ …) or sign, a missing
 activation-derivative factor, a formula that is right for another layer (or with
 one name from another layer), a missing term (the penalty's λW), and a shape that
@@ -675,6 +686,12 @@ class Network:
         name = {f"A{self.L}": "Yhat", "A_L": "Yhat", "A0": "X"}.get(name, name)
         if name in self.targets:
             return self.targets[name]
+        if re.fullmatch(r"(mu|var|M)\d+", name) and name in self.matrices:
+            what = "a dropout mask" if name.startswith("M") else "a batch statistic"
+            raise SymgradError("--wrt", f"'{wrt}' is {what}, which the sweep does not "
+                               "differentiate (the normalization rule folds its paths into dA); "
+                               f"choose a parameter ({self._params()}) or an intermediate "
+                               f"({self._values()})")
         if name in ("X", "Y", "N"):
             raise SymgradError("--wrt", f"'{wrt}' is data; choose a parameter ({self._params()}) "
                                f"or an intermediate ({self._values()})")
