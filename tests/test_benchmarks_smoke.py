@@ -267,3 +267,39 @@ def test_layers_accuracy_one_seed(bench, capsys, tmp_path):
     assert [r.split()[0] for r in rows] == [bn["spec"], dense["spec"]]
     assert rows[1].endswith("97.22%  97.22% ± 0.00%")
     assert "examples/digits_bn_dropout.toml reaches the dense example's 97.2%" in printed
+
+
+def test_generated_w6_module_is_the_hand_written_network(bench, tmp_path):
+    """The generated module of W6's spec (at T6's sizes) computes what the hand-written
+    contender trains: from the same parameters, its loss_and_grad on one batch is the
+    hand-written step (η = 1), and train() moves the running statistics the same way."""
+    import dataclasses
+
+    tb = bench["training_bench"]
+    w = dataclasses.replace(tb.tiny_workloads()["T6"], learning_rate=1.0)
+    data = tb.make_data(w)
+    net = tb.NumpyBNResidual(w, data, dtype=np.float64)
+    rng = np.random.default_rng(2)
+    for g in (*net.gamma, *net.beta):
+        g += rng.standard_normal(g.shape) * 0.3
+    mod = tb.generated_module(tb.Context(w, data, tmp_path))
+    params = mod.init_params(seed=0, dtype=np.float64)
+    ours = {n: getattr(net, n) for n in ("W1", "b1", "W3", "b3", "W6", "b6")}
+    ours.update(gamma2=net.gamma[0], beta2=net.beta[0], gamma4=net.gamma[1],
+                beta4=net.beta[1], mean2=net.running_mean[0], var2=net.running_var[0],
+                mean4=net.running_mean[1], var4=net.running_var[1])
+    assert set(params) == set(ours)
+    for k, v in ours.items():
+        params[k][...] = v
+    X, Y = data.as_dtype(np.float64)
+    idx = np.arange(w.batch_size)
+    _, grads = mod.loss_and_grad(params, X[idx], Y[idx])
+    before = {k: v.copy() for k, v in ours.items()}
+    net.step(idx, net.buf)
+    for k in grads:
+        np.testing.assert_allclose(before[k] - ours[k], grads[k], rtol=1e-9, atol=1e-12,
+                                   err_msg=k)
+    mod.train(params, X[idx], Y[idx], epochs=1, batch_size=w.batch_size,
+              learning_rate=1.0, optimizer="sgd", verbose=False)
+    for k in ours:  # one batch, shuffled: the same step, the same running statistics
+        np.testing.assert_allclose(params[k], ours[k], rtol=1e-9, atol=1e-12, err_msg=k)
