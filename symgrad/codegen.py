@@ -819,6 +819,14 @@ class ArrayLowering:
         if lines is None and self.split:
             self.temps = start
             lines = self._split(target, node)
+            if lines is not None:  # the temporaries numbered in the order they are defined
+                code = self.prelude + lines
+                defined = [m.group(1) for line in self.prelude
+                           if (m := re.match(r"(t\d+) = ", line))]
+                names = {old: f"t{start + i}" for i, old in enumerate(defined)}
+                code = [re.sub(r"\bt\d+\b", lambda m: names.get(m.group(0), m.group(0)), line)
+                        for line in code]
+                self.prelude, lines = code[: len(self.prelude)], code[len(self.prelude) :]
         if lines is None:  # every map hoisted and still too long: one long line
             self.temps, self.prelude = start, []
             lines = [f"{target} = {self.expr(node, 0)}  # noqa: E501"]
@@ -831,11 +839,12 @@ class ArrayLowering:
         before: list[str] = []
         while True:
             mark = self.temps
-            self.prelude, self.hoist = [], True
-            lines = self._assign(target, node)
-            if lines is not None:
-                self.prelude = before + self.prelude
-                return lines
+            for hoist in (False, True):
+                self.temps, self.prelude, self.hoist = mark, [], hoist
+                lines = self._assign(target, node)
+                if lines is not None:
+                    self.prelude = before + self.prelude
+                    return lines
             self.temps = mark
             part = self._largest(node)
             if part is None:
@@ -847,9 +856,11 @@ class ArrayLowering:
                              if n == part else None)
 
     def _largest(self, node: Node) -> Node | None:
-        """The part of ``node`` (not a name) whose numpy form is the longest."""
+        """The part of ``node`` (not a name) to hoist: the longest whose numpy form fits on a
+        line of its own, else the longest."""
         mark, prelude = self.temps, self.prelude
         best, length = None, 0
+        fitting, fit_length = None, 0
         seen: set[int] = set()
         stack = list(node.children)
         while stack:
@@ -858,12 +869,15 @@ class ArrayLowering:
             if isinstance(n, Sym | Const) or StepLowering.simple(n) is not None or id(n) in seen:
                 continue
             seen.add(id(n))
-            self.prelude = []
-            size = len(self.expr(n, 0)) + sum(len(line) for line in self.prelude)
+            self.prelude, self.hoist = [], False
+            source = self.expr(n, 0)
+            size = len(source) + sum(len(line) for line in self.prelude)
             if size > length:
                 best, length = n, size
-        self.temps, self.prelude = mark, prelude
-        return best
+            if not self.prelude and _fits(f"t{mark} = {source}", self.indent) and size > fit_length:
+                fitting, fit_length = n, size
+        self.temps, self.prelude, self.hoist = mark, prelude, True
+        return fitting or best
 
     def _assign(self, target: str, node: Node) -> list[str] | None:
         if isinstance(node, Add) and not (isinstance(node.terms[0], Sym) and len(node.terms) < 3):
