@@ -121,3 +121,136 @@ def expression_strings(names: tuple[str, ...] = EXPR_NAMES) -> st.SearchStrategy
         hostile_expressions(),
         garbage_text(),
     )
+
+
+# =========================================================================================
+# symgrad.spec: small DAG networks (every layer type, skips, residual adds) and random
+# [[layer]] tables (valid, near-miss and garbage)
+# =========================================================================================
+
+DAG_ACTIVATIONS = ("tanh", "sigmoid", "identity", "softplus", "relu")
+DAG_TYPES = ("dense", "dense", "batchnorm", "layernorm", "dropout", "add", "concat")
+DAG_LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
+_LOSS_OUTPUT = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
+
+
+@st.composite
+def small_dag_tables(draw, *, max_layers: int = 5, activations=DAG_ACTIVATIONS,
+                     max_width: int = 4) -> dict:
+    """The parsed TOML (a dict) of a valid small DAG network: 1–``max_layers`` drawn layers
+    of random types (dense of width 1–``max_width``, batchnorm, layernorm, dropout with p
+    in (0, 0.9), add of equal-width earlier values, concat of two or three), random
+    ``activations``, random skips (``input =`` an earlier value), and a random loss (mse;
+    cross_entropy with a softmax output, binary_cross_entropy with a sigmoid one) with
+    random l1/l2. A value that a skip left unread is joined into the output by a closing
+    concat, so the network may have one layer more than drawn (no dead ends)."""
+    inputs = draw(st.integers(1, max_width))
+    widths = {"X": inputs}
+    unread: list[str] = []
+    layers: list[dict] = []
+    count = draw(st.integers(1, max_layers))
+    for l in range(1, count + 1):
+        values = list(widths)
+        previous = values[-1]
+        kind = draw(st.sampled_from(DAG_TYPES))
+        table: dict = {} if kind == "dense" else {"type": kind}
+        if kind in ("add", "concat"):
+            if kind == "add":
+                first = draw(st.sampled_from(values))
+                same = [v for v in values if widths[v] == widths[first]]
+                names = [first, *draw(st.lists(st.sampled_from(same), min_size=1, max_size=2))]
+                width = widths[first]
+            else:
+                names = draw(st.lists(st.sampled_from(values), min_size=2, max_size=3))
+                width = sum(widths[n] for n in names)
+            table["inputs"] = names
+        else:
+            source = draw(st.sampled_from(values)) if draw(st.booleans()) else previous
+            if source != previous or draw(st.booleans()):
+                table["input"] = source  # sometimes also the default, spelled out
+            names = [source]
+            if kind == "dense":
+                width = draw(st.integers(1, max_width))
+                table["units"] = width
+            else:
+                width = widths[source]
+            if kind == "dropout":
+                table["p"] = draw(st.floats(0.05, 0.9))
+            if kind in ("batchnorm", "layernorm") and draw(st.booleans()):
+                table["eps"] = draw(st.sampled_from((1e-5, 1e-3, 0.1)))
+            if kind == "batchnorm" and draw(st.booleans()):
+                table["momentum"] = draw(st.sampled_from((0.0, 0.1, 0.5, 1.0)))
+        activation = draw(st.sampled_from(activations))
+        if activation != "identity" or draw(st.booleans()):
+            table["activation"] = activation
+        unread = [v for v in unread if v not in names]
+        unread.append(f"A{l}")
+        widths[f"A{l}"] = width
+        layers.append(table)
+    if len(unread) > 1:  # the skipped values, joined into the output
+        layers.append({"type": "concat", "inputs": unread[::-1]})
+        widths[f"A{len(layers)}"] = sum(widths[n] for n in unread)
+    loss = draw(st.sampled_from(DAG_LOSSES))
+    if loss in _LOSS_OUTPUT:
+        if loss == "cross_entropy" and widths[f"A{len(layers)}"] < 2:
+            layers.append({"units": draw(st.integers(2, max_width))})  # two classes at least
+        layers[-1]["activation"] = _LOSS_OUTPUT[loss]
+    reg = {key: draw(st.sampled_from((0.0, 0.0, 0.01))) for key in ("l1", "l2")}
+    return {"network": {"name": "dag", "inputs": inputs}, "layer": layers,
+            "loss": {"kind": loss}, "regularization": reg}
+
+
+_LAYER_KEY_NAMES = ("type", "units", "activation", "input", "inputs", "eps", "momentum", "p",
+                    "unit", "kind", "")
+_LAYER_TYPE_NAMES = ("dense", "batchnorm", "layernorm", "dropout", "add", "concat", "conv2d",
+                     "flatten", "batchnrom", "Dense", "", "relu")
+_VALUE_NAMES = ("X", "x", "A0", "A1", "A2", "A3", "A9", "A01", "Z1", "", "A-1")
+
+
+def layer_values() -> st.SearchStrategy:
+    """Any value a TOML layer key might hold: numbers at and past their limits, names,
+    lists of names, nested garbage."""
+    scalar = st.one_of(
+        st.integers(-3, 6), st.sampled_from((0, 1, 10**7, -(2**63), 2**63 - 1)),
+        st.floats(allow_nan=True, allow_infinity=True), st.sampled_from((0.0, 0.5, 1.0, 1e-5)),
+        st.booleans(), st.sampled_from(_VALUE_NAMES), st.sampled_from(_LAYER_TYPE_NAMES),
+        st.sampled_from(("tanh", "relu", "softmax", "x**2", "exp(", "nope")), st.text(max_size=8),
+    )
+    return st.one_of(scalar, st.lists(scalar, max_size=4),
+                     st.dictionaries(st.sampled_from(("a", "units")), scalar, max_size=2))
+
+
+def layer_tables() -> st.SearchStrategy[dict]:
+    """A random [[layer]] table: random keys (mostly real ones) with random values, the
+    type drawn from real, planned and misspelt names."""
+    typed = st.fixed_dictionaries({}, optional={"type": st.sampled_from(_LAYER_TYPE_NAMES)
+                                                | layer_values()})
+    return st.builds(lambda t, rest: {**rest, **t}, typed,
+                     st.dictionaries(st.sampled_from(_LAYER_KEY_NAMES), layer_values(), max_size=4))
+
+
+def plausible_layer_tables() -> st.SearchStrategy[dict]:
+    """A [[layer]] table that is often valid: a real type with real keys and sensible or
+    near-limit values (input names that may not exist, widths that may not match)."""
+    names = st.sampled_from(("X", "A1", "A2", "A3", "A4"))
+    values = {
+        "units": st.sampled_from((1, 2, 3, 4, 0)), "activation": st.sampled_from(("tanh", "relu", "x**2",
+                                                                    "identity", "softmax")),
+        "input": names, "inputs": st.lists(names, min_size=1, max_size=3),
+        "eps": st.sampled_from((0.0, 1e-5, 0.5, 1.0, 2.0, -1e-3)),
+        "momentum": st.sampled_from((0.0, 0.1, 1.0, 1.5)),
+        "p": st.sampled_from((0.0, 0.3, 0.99, 1.0, -0.1)),
+    }
+
+    def table(kind: str, keys: list[str], draw_values: dict) -> dict:
+        out = {} if kind == "dense" else {"type": kind}
+        if kind == "dense" and "units" not in keys and len(keys) < 3:
+            keys = [*keys, "units"]  # mostly given: a dense layer needs it
+        out.update({k: draw_values[k] for k in keys})
+        return out
+
+    return st.sampled_from(("dense", "batchnorm", "layernorm", "dropout", "add", "concat")).flatmap(
+        lambda kind: st.builds(
+            table, st.just(kind),
+            st.lists(st.sampled_from(sorted(values)), unique=True, max_size=3),
+            st.fixed_dictionaries(values)))
