@@ -2068,6 +2068,8 @@ def transposed_layout(d: Derivation) -> bool:
     products of 512-wide layers); but the first layer's products, whose input X arrives in
     rows, take slower forms (about 10% for 784×256). Rows are kept when that first product
     holds most of the work: at least 2/3 of the multiply-adds and at least 2¹⁶ per sample."""
+    if not d.spec.is_chain:
+        raise SymgradError("generate", "the fused SGD epoch is for chains of dense layers")
     sizes = d.spec.sizes
     work = [a * b for a, b in zip(sizes, sizes[1:], strict=False)]
     return not (work[0] >= 2**16 and 3 * work[0] >= 2 * sum(work))
