@@ -7,7 +7,9 @@
 * :mod:`~symgrad.ops.linear` — matrix products, bias rows, transposes, concatenation,
 * :mod:`~symgrad.ops.elementwise` — activations, softmax, log-sum-exp,
 * :mod:`~symgrad.ops.loss` — the mean data loss,
-* :mod:`~symgrad.ops.normalization` — batchnorm's and layernorm's standardization, dropout.
+* :mod:`~symgrad.ops.normalization` — batchnorm's and layernorm's standardization, dropout,
+* :mod:`~symgrad.ops.lowered` — forms only codegen builds (the loss value's total, the fused
+  SGD epoch's transposed layout); not exported here.
 
 A new op is one class in the module of its family, exported here.
 """
