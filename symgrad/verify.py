@@ -1039,6 +1039,8 @@ def _dropout_mistakes(d: Dropout, g: Sym, layer: int):
 def _fan_out_mistakes(eq, net: Network):
     """A cotangent the sweep summed (a value feeding two layers): the sum without one part."""
     parts = eq.rule.split(" + ")
+    if eq.target.name in {naming.cotangent(p.name) for p in net.d.graph.params}:
+        return  # a parameter's sum (Aᵀδ + λW) is missing_term's
     if not isinstance(eq.rhs, Add) or len(parts) != len(eq.rhs.terms) or len(parts) < 2:
         return
     value = naming.text(naming.primal(eq.target.name))
@@ -1065,6 +1067,8 @@ def _replace(node: Node, old: Node, new: Node) -> Node:
 def mistakes(net: Network) -> list[Mistake]:
     """Every classic mistake that applies to ``net``'s derivation, as wrong rules."""
     found: list[Mistake] = []
+    if net.spec.is_chain:  # a dense chain has none of these layers
+        return found
     forward = {a.target.name: a for a in net.d.graph.assignments}
     for eq in net.d.steps:
         for a in forward.values():

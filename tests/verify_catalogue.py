@@ -24,6 +24,16 @@ NETWORKS = {
     # three layers, for mix-ups between layers
     "deep": Spec("deep_mse", 3, (Layer(4, "tanh"), Layer(5, "relu"), Layer(2, "identity")),
                  loss="mse"),
+    # beyond dense: batchnorm + dropout; a layernorm residual block; a value feeding two layers
+    "bn": Spec("bn_dropout", 3, (Layer(4), Layer(type="batchnorm", activation="relu"),
+                                 Layer(type="dropout", p=0.5), Layer(3, "softmax")),
+               loss="cross_entropy"),
+    "ln": Spec("ln_residual", 3, (Layer(4, "tanh"), Layer(type="layernorm"),
+                                  Layer(type="add", inputs=("A1", "A2")), Layer(2, "identity")),
+               loss="mse"),
+    "fan": Spec("fan_out", 3, (Layer(4, "tanh"), Layer(3, "tanh"), Layer(3, "tanh", input="A1"),
+                               Layer(type="add", inputs=("A2", "A3")), Layer(2, "identity")),
+                loss="mse"),
 }
 
 CATALOGUE: list[tuple[str, str, str, str | None]] = [
@@ -105,4 +115,22 @@ CATALOGUE: list[tuple[str, str, str, str | None]] = [
     ("deep", "W2", "A2.T @ dZ2", "layer"),  # A2 where A1 belongs
     ("deep", "W3", "A1.T @ dZ2", "layer"),  # ∂L/∂W2, not ∂L/∂W3
     ("deep", "Z1", "(dZ3 @ W3.T) * (1 - A1**2)", "shape"),  # two layers off: no single fix
+    # --- batchnorm → relu → dropout: right, and the classic mistakes
+    ("bn", "A1", "(1/N) / np.sqrt(var2 + eps) * (N*dXhat2 - dXhat2.sum(axis=0)"
+     " - Xhat2 * (dXhat2*Xhat2).sum(axis=0))", OK),
+    ("bn", "A1", "(1/N) / np.sqrt(var2 + eps) * (N*dXhat2 - Xhat2 * (dXhat2*Xhat2).sum(axis=0))",
+     "mean-path"),
+    ("bn", "A1", "(1/N) / np.sqrt(var2 + eps) * (N*dXhat2 - dXhat2.sum(axis=0))", "variance-path"),
+    ("bn", "A1", "(1/N) / np.sqrt(var2 + eps) * (N*dXhat2 - dXhat2.sum(axis=0)"
+     " - N/(N-1) * Xhat2 * (dXhat2*Xhat2).sum(axis=0))", "unbiased-variance"),
+    ("bn", "A2", "dZ3 * M3", "dropout-scale"),
+    ("bn", "A2", "dZ3 / (1 - p)", "dropout-mask"),
+    # --- layernorm residual: the wrong axis, the skip forgotten
+    ("ln", "A1", "dZ3 + (1/n1) / np.sqrt(var2 + eps) * (n1*dXhat2 - dXhat2.sum(axis=0)"
+     " - Xhat2 * (dXhat2*Xhat2).sum(axis=0))", "norm-axis"),
+    ("ln", "A1", "(1/n1) / np.sqrt(var2 + eps) * (n1*dXhat2 - dXhat2.sum(axis=1, keepdims=True)"
+     " - Xhat2 * (dXhat2*Xhat2).sum(axis=1, keepdims=True))", "skip"),
+    # --- A1 feeds layers 2 and 3: its gradient is the sum of both paths
+    ("fan", "A1", "dZ2 @ W2.T", "fan-out"),
+    ("fan", "A1", "dZ2 @ W2.T + dZ3 @ W3.T", OK),
 ]
