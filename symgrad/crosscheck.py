@@ -53,7 +53,7 @@ from symgrad.activations import X as X_SYM
 from symgrad.derive import Derivation, derive
 from symgrad.errors import SymgradError
 from symgrad.losses import YHAT, Loss, Y
-from symgrad.ops import L1, L2, Exp, Map, N
+from symgrad.ops import L1, L2, Exp, Map, N, Node
 from symgrad.spec import Spec, as_spec
 
 __all__ = ["Claim", "Report", "instances", "prove", "prove_structure", "prove_activation",
@@ -142,16 +142,72 @@ def _timed(what: str, fn) -> Claim:
 
 def tiny_sizes(spec: Spec) -> tuple[int, ...]:
     """Small sizes that still exercise every index: 2 everywhere, 3 for an output
-    softmax (a row of three is the smallest with a genuine cross term per entry)."""
+    softmax (a row of three is the smallest with a genuine cross term per entry).
+
+    Beyond dense layers: the widths that meet at an ``add`` made equal (each raised to the
+    largest). The coupling ops are proved at their own sizes (:func:`prove_op`)."""
     last = len(spec.layers) - 1
-    return (2, *(3 if (layer.fn.is_rowwise and i == last) else 2
-                 for i, layer in enumerate(spec.layers)))
+    sizes = [2, *(3 if (layer.fn.is_rowwise and i == last) else 2
+                  for i, layer in enumerate(spec.layers))]
+    if all(layer.type == "dense" for layer in spec.layers):
+        return tuple(sizes)
+    return _fit_widths(spec, sizes)
+
+
+def tiny_batch(spec: Spec) -> int:
+    """N for the proof: 3 with a batchnorm layer (its statistics couple a whole column,
+    and at N = 2 the two standardized values are ±1: a rule without the mean or the
+    variance path can agree there), else 2."""
+    return 3 if any(layer.type == "batchnorm" for layer in spec.layers) else 2
+
+
+def _fit_widths(spec: Spec, sizes: list[int]) -> tuple[int, ...]:
+    """``sizes`` with the output softmax's input widened to 3 and the widths summed by an
+    ``add`` made equal (each raised to the largest, until stable)."""
+    from symgrad.graph import build_graph, width
+    from symgrad.ops import Add as AddOp
+    from symgrad.ops import Softmax
+
+    graph = build_graph(spec)
+    index = {width(l): l for l in range(len(sizes))}
+
+    def value(e) -> int:
+        return int(sp.sympify(e).xreplace({width(l): s for l, s in enumerate(sizes)}))
+
+    def widen(e, to: int) -> bool:
+        l = index.get(e)
+        if l is None or sizes[l] >= to:
+            return False
+        sizes[l] = to
+        return True
+
+    sums = []
+    for a in graph.assignments:
+        if isinstance(a.rhs, Softmax) and a.target.name == "Yhat":
+            widen(a.rhs.x.shape[1], 3)
+        elif isinstance(a.rhs, AddOp) and a.target.name.startswith("Z"):
+            sums.append([t.shape[1] for t in a.rhs.terms])
+    for _ in range(len(sizes) + 1):
+        changed = False
+        for widths in sums:
+            top = max(value(w) for w in widths)
+            changed = any([widen(w, top) for w in widths]) or changed
+        if not changed:
+            break
+    if any(len({value(w) for w in widths}) > 1 for widths in sums):
+        raise SymgradError(f"{spec.source}: --prove",
+                           "found no small widths at which the inputs of every add layer "
+                           "agree; derive and generate are not affected")
+    return tuple(sizes)
 
 
 def explicit_env(d: Derivation, sizes: tuple[int, ...], n: int = 2) -> dict:
-    """Symbols for every entry of X, Y and the parameters; N and widths fixed."""
-    env: dict = {N: n}
-    for sym in (*d.graph.data, *d.graph.params):
+    """Symbols for every entry of X, Y, the parameters and the dropout masks (free
+    symbols: the rule is proved for any M, not only 0/1); N and widths fixed."""
+    from symgrad.graph import width
+
+    env: dict = {N: n, **{width(l): s for l, s in enumerate(sizes)}}
+    for sym in (*d.graph.data, *d.graph.params, *(m for m, _ in d.graph.masks)):
         r, c = _concrete(sym.shape, sizes, n)
         name = sym.name.lower()
         env[sym.name] = sp.Matrix(
@@ -207,23 +263,102 @@ def abstract_function(name: str) -> type[sp.Function]:
     return type(name, (sp.Function,), {"fdiff": fdiff, "is_real": True, "abstract": True})
 
 
+class _Coupled(sp.Function):
+    """h_l(i, j, a₁, …, a_m): entry (i, j) of an undefined map of a whole column (batchnorm)
+    or row (layernorm) a₁ … a_m of its input; ∂h/∂a_k is the opaque atom h′(k, i, j, …)."""
+
+    is_real = True
+
+    def fdiff(self, argindex=1):
+        if argindex <= 3:  # the layer and the position: not variables
+            raise sp.ArgumentIndexError(self, argindex)
+        return _CoupledPrime(sp.Integer(argindex), *self.args)
+
+
+class _CoupledPrime(sp.Function):
+    is_real = True
+
+
+@dataclass(frozen=True, eq=True)
+class AbstractStandardize(Node):
+    """X̂_l with the standardization replaced by an undefined map h_l of each column
+    (``axis`` 0, batchnorm) or row (1, layernorm), for the structure proof: the chain rule
+    over the graph is proved for *any* such map, with the Jacobian-transpose product
+    ∂L/∂a_kj = Σ_i G_ij ∂h_ij/∂a_kj as the op's rule, and the compact rule is proved equal
+    to that product in a claim of its own (:func:`prove_op`). Together they prove the
+    formulas; and the network-level expansion never multiplies out (σ² + ε)^(−½)."""
+
+    x: Node
+    axis: int
+    layer: int
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    def vjp(self, g, out):
+        return (AbstractStandardizeVJP(g, self),)
+
+    def entries(self, env) -> sp.Matrix:
+        a = self.x.explicit(env)
+
+        def h(i, j):
+            line = a[:, j] if self.axis == 0 else a[i, :]
+            return _Coupled(sp.Integer(self.layer), sp.Integer(i), sp.Integer(j), *line)
+
+        return sp.Matrix(a.rows, a.cols, h)
+
+    def explicit(self, env):
+        return self.entries(env)
+
+
+@dataclass(frozen=True, eq=True)
+class AbstractStandardizeVJP(Node):
+    """Σ_i G_ij ∂h_ij/∂a_kj (column-wise), Σ_j G_ij ∂h_ij/∂a_ik (row-wise)."""
+
+    g: Node
+    op: AbstractStandardize
+
+    @property
+    def children(self):
+        return (self.g,)
+
+    @property
+    def shape(self):
+        return self.op.shape
+
+    def explicit(self, env):
+        g, h = self.g.explicit(env), self.op.entries(env)
+        rows, cols = h.shape
+        if self.op.axis == 0:  # a_kj is argument k + 4 of every h_ij of column j
+            return sp.Matrix(rows, cols, lambda k, j: sp.Add(
+                *[g[i, j] * h[i, j].fdiff(k + 4) for i in range(rows)]))
+        return sp.Matrix(rows, cols, lambda i, k: sp.Add(
+            *[g[i, j] * h[i, j].fdiff(k + 4) for j in range(cols)]))
+
+
 def _rederive(d: Derivation, fns: dict[int, Activation], ell: Loss) -> Derivation:
     from symgrad.derive import derive_graph
-    from symgrad.graph import Assignment, Graph
-    from symgrad.ops import Elementwise, MeanLoss
+    from symgrad.graph import Assignment
+    from symgrad.ops import Elementwise, MeanLoss, Standardize
 
     new = []
     for a in d.graph.assignments:
         rhs = a.rhs
-        if isinstance(rhs, Elementwise):
+        if isinstance(rhs, Standardize):
+            rhs = AbstractStandardize(rhs.x, rhs.axis, int(a.target.name[len("Xhat"):]))
+        elif isinstance(rhs, Elementwise):
             l = int(a.rhs.x.name[1:])
             if l in fns:
                 rhs = replace(rhs, fn=fns[l])
         elif isinstance(rhs, MeanLoss):
             rhs = replace(rhs, loss=ell)
         new.append(Assignment(a.target, rhs))
-    graph = Graph(d.spec, tuple(new), d.graph.params, d.graph.data)
-    return derive_graph(graph)
+    return derive_graph(replace(d.graph, assignments=tuple(new)))
 
 
 def prove_structure(spec: Spec) -> Claim:
@@ -232,11 +367,15 @@ def prove_structure(spec: Spec) -> Claim:
 
 
 def _shape_key(spec: Spec) -> tuple:
-    return (
-        tuple("softmax" if l.fn.is_rowwise else ("identity" if l.fn.expr == X_SYM else "f")
-              for l in spec.layers),
-        bool(spec.l1), bool(spec.l2),
-    )
+    """What the structure proof depends on: the kind of each activation (f_l abstract),
+    the penalties; beyond dense chains also each layer's type, inputs and keys."""
+    kinds = tuple("softmax" if l.fn.is_rowwise else ("identity" if l.fn.expr == X_SYM else "f")
+                  for l in spec.layers)
+    if spec.is_chain:
+        return kinds, bool(spec.l1), bool(spec.l2)
+    layers = tuple((l.type, spec.sources(i), l.eps, l.p, l.units)
+                   for i, l in enumerate(spec.layers, 1))
+    return kinds, bool(spec.l1), bool(spec.l2), layers, spec.inputs, spec.loss_fn.name
 
 
 _structure_cache: dict = {}
@@ -245,11 +384,15 @@ _structure_cache: dict = {}
 def _prove_structure_cached(key, sizes, spec: Spec) -> Claim:
     if key in _structure_cache:
         return _structure_cache[key]
-    shape = " → ".join(str(s) for s in sizes)
+    n = tiny_batch(spec)
+    small = spec.with_sizes(sizes)
+    plain = all(layer.type == "dense" for layer in spec.layers)
+    shape = " → ".join(str(s) for s in (sizes if plain else small.sizes))
+    fan_out = _fan_outs(small)
 
     def run():
         d = abstract_spec_derivation(spec, sizes)
-        env = evaluate(d, explicit_env(d, sizes))
+        env = evaluate(d, explicit_env(d, sizes, n))
         L = env["L"][0, 0]
         checked = 0
         for p in d.graph.params:
@@ -260,12 +403,34 @@ def _prove_structure_cached(key, sizes, spec: Spec) -> Claim:
                     if not _zero(diff):
                         return False, f"∂L/∂{p.name}[{i},{j}] differs: {_shown(diff)}"
                     checked += 1
-        return True, f"{checked} entries of ∂L/∂W, ∂L/∂b at N=2, {shape}"
+        if plain:
+            return True, f"{checked} entries of ∂L/∂W, ∂L/∂b at N={n}, {shape}"
+        names = ", ".join(_shown_name(p.name) for p in d.graph.params)
+        return True, (f"{checked} entries of ∂L/∂({names}) at N={n}, widths {shape}"
+                      + (f"; masks {', '.join(_shown_name(m.name) for m, _ in d.graph.masks)}"
+                         " free symbols" if d.graph.masks else ""))
 
-    what = "chain rule (abstract f_l, ℓ" + (", penalties" if spec.l1 or spec.l2 else "") + ")"
+    what = ("chain rule" + ("" if plain else " over the whole graph") + " (abstract f_l, ℓ"
+            + (", penalties" if spec.l1 or spec.l2 else "")
+            + (f"; fan-outs summed at {', '.join(fan_out)}" if fan_out else "") + ")")
     claim = _timed(what, run)
     _structure_cache[key] = claim
     return claim
+
+
+def _fan_outs(spec: Spec) -> list[str]:
+    """The values more than one layer reads (the skips): their cotangents are sums."""
+    reads: dict[str, int] = {}
+    for l in range(1, len(spec.layers) + 1):
+        for name in spec.sources(l):
+            reads[name] = reads.get(name, 0) + 1
+    return [_shown_name(name) for name, k in reads.items() if k > 1]
+
+
+def _shown_name(name: str) -> str:
+    from symgrad import naming
+
+    return naming.text(name)
 
 
 def _shown(e: sp.Expr) -> str:
@@ -357,6 +522,161 @@ def _zero(e: sp.Expr) -> bool:
         num, _ = sp.fraction(sp.together(e))
         return sp.expand(num) == 0
     return False
+
+
+# --------------------------------------------------------------------------
+# 1b. Each layer op's own rule, at a tiny size that exercises its coupling
+# --------------------------------------------------------------------------
+
+
+OP_LAYERS = ("batchnorm", "layernorm", "dropout", "add", "concat")
+
+
+def _op_node(d: Derivation, l: int):
+    """The assignment of layer ``l``'s op: X̂_l for batchnorm/layernorm, else Z_l."""
+    kind = d.spec.layers[l - 1].type
+    return d.graph.producer(f"Xhat{l}" if kind in ("batchnorm", "layernorm") else f"Z{l}")
+
+
+def _op_env(op, kind: str) -> dict:
+    """N and the widths for ``op``'s claim: a column of 3 for batchnorm (N = 3, 2
+    features), a row of 3 features for layernorm (N = 2), 2 elsewhere."""
+    rows = 3 if kind == "batchnorm" else 2
+    env: dict = {N: rows}
+    free = set()
+    for node in (*op.children, *op.refs):
+        free |= {s for s in sp.sympify(node.shape[1]).free_symbols if s != N}
+    for s in free:
+        env[s] = 2
+    if kind == "layernorm":  # widen the row to 3 features (1 each, the first grown)
+        first, *rest = sorted(free, key=str)
+        env.update({s: 1 for s in rest})
+        env[first] = 1
+        while _size_in(op.shape[1], env) < 3:
+            env[first] += 1
+    return env
+
+
+def _size_in(e, env) -> int:
+    e = sp.sympify(e)
+    return int(e.xreplace({s: env[s] for s in e.free_symbols}))
+
+
+def _symbols(name: str, rows: int, cols: int) -> sp.Matrix:
+    return sp.Matrix(rows, cols, lambda i, j: sp.Symbol(f"{name}_{i}{j}", real=True))
+
+
+def _textbook(kind: str, layer, op, env: dict) -> tuple[sp.Matrix, dict]:
+    """The layer's forward value from its definition (DESIGN, "Layers beyond dense"),
+    written here independently of the op: (value, statistics by name)."""
+    from symgrad.ops.normalization import exact
+
+    if kind in ("batchnorm", "layernorm"):
+        a = env[op.x.name]
+        lines = a if op.axis == 0 else a.T  # statistics down each column of `lines`
+        m = lines.rows
+        mean = [sp.Add(*lines[:, j]) / m for j in range(lines.cols)]
+        var = [sp.Add(*[(lines[i, j] - mean[j]) ** 2 for i in range(m)]) / m
+               for j in range(lines.cols)]
+        eps = exact(layer.eps)
+        out = sp.Matrix(m, lines.cols, lambda i, j: (lines[i, j] - mean[j])
+                        * (var[j] + eps) ** sp.Rational(-1, 2))
+        stats = {op.mu.name: sp.Matrix([mean]), op.var.name: sp.Matrix([var])}
+        if op.axis == 1:
+            out, stats = out.T, {k: v.T for k, v in stats.items()}
+        return out, stats
+    if kind == "dropout":
+        return env[op.x.name].multiply_elementwise(env[op.mask.name]) / (1 - exact(layer.p)), {}
+    mats = [env[t.name] for t in op.terms]
+    if kind == "add":
+        total = mats[0]
+        for m in mats[1:]:
+            total = total + m
+        return total, {}
+    return sp.Matrix.hstack(*mats), {}
+
+
+def prove_op(d: Derivation, l: int) -> Claim:
+    """Layer ``l``'s op (batchnorm, layernorm, dropout, add, concat): its rule as the
+    derivation uses and prints it, proved to be the vector-Jacobian product of the layer's
+    definition, by scalar expansion: with the input(s) A, the cotangent G (and a dropout
+    mask M) free symbols, ∂⟨G, F(A)⟩/∂a_ij = rule(G)_ij for every entry, F written out
+    from DESIGN's definition (μ, σ² the batch mean and biased variance; eps exact), not
+    taken from the op; and the op's own forward (and the graph's μ, σ²) equal to F."""
+    from symgrad import naming
+    from symgrad.ops import Sym
+    from symgrad.printing import text
+
+    layer = d.spec.layers[l - 1]
+    kind = layer.type
+    a = _op_node(d, l)
+    op = a.rhs
+    g = Sym(naming.cotangent(a.target.name), a.target.shape, "cotangent")
+    rules = op.vjp(g, a.target)
+    names = []
+    for child in op.children:
+        if child.name not in names:
+            names.append(child.name)
+    shown = []
+    for name in names:
+        parts = [r for c, r in zip(op.children, rules, strict=True) if c.name == name and r]
+        shown.append(f"{naming.text(naming.cotangent(name))} = "
+                     + (" + ".join(text(r) for r in parts) if parts else "0"))
+    what = f"{kind} (layer {l}): " + ", ".join(shown)
+
+    def run():
+        env = _op_env(op, kind)
+        for child in op.children:
+            r, c = (_size_in(e, env) for e in child.shape)
+            env[child.name] = _symbols(child.name.lower(), r, c)
+        if kind == "dropout":
+            r, c = (_size_in(e, env) for e in op.mask.shape)
+            env[op.mask.name] = _symbols(op.mask.name.lower(), r, c)
+        value, stats = _textbook(kind, layer, op, env)
+        env.update(stats)
+        try:
+            if not _zero_matrix(op.explicit(env) - value):
+                return False, f"the op's forward value is not the {kind} layer's definition"
+            for name, v in stats.items():
+                if not _zero_matrix(d.graph.producer(name).rhs.explicit(env) - v):
+                    return False, (f"the graph's {naming.text(name)} is not the "
+                                   + ("mean" if name.startswith("mu") else "biased variance"))
+            env[a.target.name] = value
+            env[g.name] = _symbols("g", *value.shape)
+            s = sp.Add(*[gv * v for gv, v in zip(env[g.name], value, strict=True)])
+            checked = 0
+            for name in names:
+                got = None
+                for c, r in zip(op.children, rules, strict=True):
+                    if c.name == name and r is not None:
+                        m = r.explicit(env)
+                        got = m if got is None else got + m
+                x = env[name]
+                if got is None:
+                    got = sp.zeros(*x.shape)
+                if got.shape != x.shape:
+                    return False, (f"{naming.text(naming.cotangent(name))} is "
+                                   f"{got.rows}×{got.cols}, not {x.rows}×{x.cols}")
+                for i in range(x.rows):
+                    for j in range(x.cols):
+                        diff = derivative(s, x[i, j]) - got[i, j]
+                        if not _zero(diff):
+                            return False, (f"{naming.text(naming.cotangent(name))}[{i},{j}] "
+                                           f"differs: {_shown(diff)}")
+                        checked += 1
+        except (sp.ShapeError, ValueError, IndexError, TypeError) as e:
+            return False, f"the rule cannot be evaluated at these sizes ({e})"
+        sizes = "×".join(str(v) for v in value.shape)
+        how = {"batchnorm": "a column of 3 couples through μ and σ²",
+               "layernorm": "a row of 3 features couples through μ and σ²",
+               "dropout": "mask entries free symbols"}.get(kind, "")
+        return True, f"{checked} entries at {sizes}" + (f"; {how}" if how else "")
+
+    return _timed(what, run)
+
+
+def _zero_matrix(m: sp.Matrix) -> bool:
+    return all(_zero(v) for v in m)
 
 
 # --------------------------------------------------------------------------
@@ -516,7 +836,7 @@ STEP = sp.Rational(1, 10**25)  # its central-difference step: error ~1e-35, far 
 def _numeric_env(d: Derivation, sizes, spec: Spec, seed: int = 1) -> dict:
     """X, Y, the parameters and λ's at a random rational point (one-hot rows of Y for
     cross-entropy)."""
-    env = explicit_env(d, sizes)
+    env = explicit_env(d, sizes, tiny_batch(spec))
     rng = random.Random(seed)
     for name, m in list(env.items()):
         if isinstance(m, sp.Matrix):
@@ -576,7 +896,13 @@ def spot_check(spec: Spec, d_small: Derivation, sizes) -> Claim:
 def shorten(spec: Spec) -> tuple[Spec, list[int]]:
     """``spec`` with each run of more than three consecutive layers of the same
     activation cut to its first, second and last layer, and the map from each layer
-    (1-based) to the layer of the short network whose formulas it repeats."""
+    (1-based) to the layer of the short network whose formulas it repeats.
+
+    Only a dense chain is shortened (:attr:`Spec.is_chain`): beyond it layers differ in
+    type and keys, read named inputs and have widths that follow from those inputs, and a
+    run cut out of a DAG would take the values a later layer reads with it."""
+    if not spec.is_chain:
+        return spec, list(range(1, len(spec.layers) + 1))
     layers, kept, where = spec.layers, [], []
     i = 0
     while i < len(layers):
@@ -699,6 +1025,10 @@ def prove(spec: Spec | str, spot: bool = True,
             missing or "runs of like layers cut to first, second and last; each layer "
             "between is the second with its indices shifted"))
     step("the chain rule", prove_structure, short, bounded=True)
+    d_short = derive(short)
+    for l, layer in enumerate(short.layers, 1):
+        if layer.type in OP_LAYERS:
+            step(f"the rule of layer {l} ({layer.type})", prove_op, d_short, l, bounded=True)
     seen = set()
     for layer in short.layers:
         fn = layer.fn
@@ -707,7 +1037,6 @@ def prove(spec: Spec | str, spot: bool = True,
         seen.add(fn.name)
         step(f"the derivative of {fn.name}", prove_activation, fn)
     step("the loss's derivative", prove_loss, short.loss_fn)
-    d_short = derive(short)
     for name in d_short.fusions:
         step(f"the fusion {name}", prove_fusion, short, d_short, name)
     if spot:
