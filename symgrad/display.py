@@ -12,8 +12,6 @@ from the helpers here, and keeps a one-line ``repr()`` (:func:`short_repr`):
 * :func:`badge` (a verdict coloured by its classes: ``symgrad-badge`` and one of
   ``symgrad-pass``, ``symgrad-fail``, ``symgrad-undecided``), :func:`table`, :func:`panel`,
   :func:`md_table`;
-* :func:`derivation_latex`: a derivation's LaTeX with no comment lines, so that
-  ``IPython.display.Latex(d.latex())`` shows no ``% Forward`` as text.
 
 Math in HTML is delimited ``$$ … $$`` (display) and ``\\( … \\)`` (inline): Jupyter's
 MathJax typesets both in HTML output, as nbconvert's page does.
@@ -30,7 +28,6 @@ from symgrad import naming
 
 __all__ = [
     "badge",
-    "derivation_latex",
     "escape",
     "formula_latex",
     "inline_math",
@@ -78,17 +75,21 @@ _MATH_CHARS = {
     "⊙": r"\odot ", "ᵀ": r"^{\top}", "−": "-", "×": r"\times ", "≤": r"\le ", "≥": r"\ge ",
     "_": r"\_", "%": r"\%", "#": r"\#", "$": r"\$", "&": r"\&", "{": r"\{", "}": r"\}",
     "\\": r"\backslash ", "^": r"\wedge ", "~": r"\sim ", "·": r"\cdot ", "𝟏": r"\mathbf{1}",
-    "′": "'", "μ": r"\mu ", "ε": r"\varepsilon ", "γ": r"\gamma ", "β": r"\beta ",
-    "²": "^{2}", "½": r"\tfrac{1}{2}", "…": r"\dots ",
+    "′": "'",
 }
+#: the symbols of the layers beyond dense (``math_text(…, layers=True)``: their rules' notes;
+#: the dense networks' notes keep the table above, byte for byte)
+_LAYER_CHARS = {**_MATH_CHARS, "μ": r"\mu ", "ε": r"\varepsilon ", "γ": r"\gamma ",
+                "β": r"\beta ", "²": "^{2}", "½": r"\tfrac{1}{2}", "…": r"\dots "}
 _HAT = "\u0302"  # a combining circumflex: X̂ is X and this
 _POWER = re.compile(r"\^\(([^()]*)\)")  # ^(−½): an exponent in brackets
 _SUBSCRIPTS = str.maketrans("₀₁₂₃₄₅₆₇₈₉", "0123456789")
 
 
-def math_text(text: str) -> str:
+def math_text(text: str, layers: bool = False) -> str:
     """Free text as LaTeX *math* that MathJax and LaTeX both render as the text: runs of
-    plain characters in ``\\text{…}``, specials (``_``, ``%``, ``→``, ``λ₂`` …) as math."""
+    plain characters in ``\\text{…}``, specials (``_``, ``%``, ``→``, ``λ₂`` …) as math.
+    ``layers``: also the symbols of the layers beyond dense (μ, σ², ε, X̂, ½, ^(…))."""
     out: list[str] = []
     run: list[str] = []
 
@@ -97,19 +98,20 @@ def math_text(text: str) -> str:
             out.append(r"\text{" + "".join(run) + "}")
             run.clear()
 
-    pieces = _POWER.split(text)  # ^(e) → ^{e}: the exponent typeset as one
+    table = _LAYER_CHARS if layers else _MATH_CHARS
+    pieces = _POWER.split(text) if layers else [text]  # ^(e) → ^{e}: one exponent
     if len(pieces) > 1:
-        return "".join(math_text(p) if i % 2 == 0 else "^{" + math_text(p) + "}"
+        return "".join(math_text(p, True) if i % 2 == 0 else "^{" + math_text(p, True) + "}"
                        for i, p in enumerate(pieces) if p or i % 2)
     for i, ch in enumerate(text):
-        if ch == _HAT:
+        if layers and ch == _HAT:
             continue
-        if i + 1 < len(text) and text[i + 1] == _HAT:
+        if layers and i + 1 < len(text) and text[i + 1] == _HAT:
             flush()
-            out.append(r"\hat{" + (_MATH_CHARS.get(ch, ch)).strip() + "}")
-        elif ch in _MATH_CHARS:
+            out.append(r"\hat{" + (table.get(ch, ch)).strip() + "}")
+        elif ch in table:
             flush()
-            out.append(_MATH_CHARS[ch])
+            out.append(table[ch])
         elif ch in "₀₁₂₃₄₅₆₇₈₉":
             flush()
             out.append("_{" + ch.translate(_SUBSCRIPTS) + "}")
@@ -353,35 +355,6 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
              "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------
-# A derivation's LaTeX, notebook-safe
-# --------------------------------------------------------------------------
-
-
-def derivation_latex(d, steps: bool = False) -> str:
-    """The sections of a derivation as display math, each titled by an inline-math bold
-    line (``\\(\\textbf{Forward}\\)``) instead of a ``%`` comment: a LaTeX document and
-    ``IPython.display.Latex`` both show titles, and no comment text.  The network line
-    above them is display math (``\\[\\text{…}\\]``), so that it does not run into the
-    first title: inline pieces separated by a newline share a line in both renderers."""
-    from symgrad.printing import _latex_sections, _network_line
-
-    out = [r"\[" + math_text(_network_line(d)) + r"\]"]  # display: its own line
-    for title, block in _latex_sections(d, steps):
-        out.append(inline_math(_bold_title(title)))
-        out.append(r"\[" + "\n" + block + "\n" + r"\]")
-    for note in d.assumptions:
-        out.append(inline_math(math_text(f"softmax∘cross-entropy uses: {note}")))
-    return "\n".join(out) + "\n"
-
-
-def _bold_title(title: str) -> str:
-    """``Update (… rate $\\eta$)`` as ``\\textbf{Update (… rate }\\eta\\textbf{)}``."""
-    parts = title.split("$")
-    return "".join(part if i % 2 else (r"\textbf{" + part + "}" if part else "")
-                   for i, part in enumerate(parts))
 
 
 # --------------------------------------------------------------------------

@@ -257,6 +257,14 @@ class _MatrixPrinter(Printer):
     form = "text"  # the op method that gives a node's form in this printer (text, latex)
     ATOM, POSTFIX, MATMUL, HADAMARD, SCALE, ADD = ATOM, POSTFIX, MATMUL, HADAMARD, SCALE, ADD
 
+    means_in_front = True  # see leads(); set per class below
+
+    def __init_subclass__(cls, **kwargs):
+        # (1/N) in front of a mean is the network printers' form; the expression mode's
+        # printers (subclasses in other modules) keep the fraction they always printed
+        super().__init_subclass__(**kwargs)
+        cls.means_in_front = cls.__module__ == __name__
+
     def emptyPrinter(self, node):  # noqa: N802 - SymPy's name; a node without _print_<Class>
         if isinstance(node, Node) and node.declares(self.form):
             return getattr(node, self.form)(self)  # the op's own printed form
@@ -336,12 +344,11 @@ class _MatrixPrinter(Printer):
             return lead + body
         return self.fraction(lead + body, self.denominator(den))
 
-    @staticmethod
-    def leads(node) -> bool:
+    def leads(self, node) -> bool:
         """Whether the coefficient is written in front, as textbooks write a mean and the
         standardization's rule: (1/N) 𝟏ᵀA, (1/N) 𝟏(σ² + ε)^(−½) ⊙ (…)."""
         num, den = sp.fraction(node.c)
-        if num != 1 or den == 1:
+        if num != 1 or den == 1 or not self.means_in_front:
             return False
         x = node.x
         return isinstance(x, ColSum | RowSum) or (isinstance(x, Hadamard)
@@ -777,17 +784,41 @@ def _latex_sections(d, steps: bool) -> list[tuple[str, str]]:
             rows.append(rf"{_lhs(eq.target, lp, 'latex')} &= {lp._print(eq.rhs)}")
             note = _rule_note(eq, d)
             if note:
-                rows.append(r"&\qquad \text{by } " + _math_text(note))
+                rows.append(r"&\qquad \text{by } " + _math_text(note, not _is_dense(d.spec)))
         sections.append(("Chain rule, step by step", _latex_block(rows)))
         facts = [f.replace(" = ", " &= ", 1) for f in scalar_facts(d, "latex")]
         sections.append(("Scalar derivatives found by SymPy", _latex_block(facts)))
     return sections
 
 
-def _math_text(text: str) -> str:
+def _math_text(text: str, layers: bool = False) -> str:
     from symgrad.display import math_text
 
-    return math_text(text)
+    return math_text(text, layers)
+
+
+def derivation_latex(d, steps: bool = False) -> str:
+    """The sections of a derivation as display math, each titled by an inline-math bold
+    line (``\\(\\textbf{Forward}\\)``) instead of a ``%`` comment: a LaTeX document and
+    ``IPython.display.Latex`` both show titles, and no comment text.  The network line
+    above them is display math (``\\[\\text{…}\\]``), so that it does not run into the
+    first title: inline pieces separated by a newline share a line in both renderers."""
+    from symgrad.display import inline_math, math_text
+
+    out = [r"\[" + math_text(_network_line(d)) + r"\]"]  # display: its own line
+    for title, block in _latex_sections(d, steps):
+        out.append(inline_math(_bold_title(title)))
+        out.append(r"\[" + "\n" + block + "\n" + r"\]")
+    for note in d.assumptions:
+        out.append(inline_math(math_text(f"softmax∘cross-entropy uses: {note}")))
+    return "\n".join(out) + "\n"
+
+
+def _bold_title(title: str) -> str:
+    """``Update (… rate $\\eta$)`` as ``\\textbf{Update (… rate }\\eta\\textbf{)}``."""
+    parts = title.split("$")
+    return "".join(part if i % 2 else (r"\textbf{" + part + "}" if part else "")
+                   for i, part in enumerate(parts))
 
 
 def _render_latex(d, steps: bool) -> str:

@@ -191,10 +191,12 @@ def test_latex_is_well_formed_and_jupyter_shows_it(derived, name):
 
 
 def test_math_text_of_the_new_symbols():
-    assert math_text("X̂ = 𝟏(σ² + ε)^(−½)") == (
+    assert math_text("X̂ = 𝟏(σ² + ε)^(−½)", layers=True) == (
         r"\hat{X}\text{ = }\mathbf{1}\text{(}\sigma ^{2}\text{ + }\varepsilon \text{)}"
         r"^{-\tfrac{1}{2}}")
-    assert math_text("μ, γ, β, …") == r"\mu \text{, }\gamma \text{, }\beta \text{, }\dots"
+    assert math_text("μ, γ, β, …", layers=True) == (
+        r"\mu \text{, }\gamma \text{, }\beta \text{, }\dots")
+    assert math_text("P = ½ ‖W‖²") == r"\text{P = ½ ‖W‖²}"  # the dense notes: as they were
 
 
 # --------------------------------------------------------------------------
