@@ -143,7 +143,8 @@ def small_dag_tables(draw, *, max_layers: int = 5, activations=DAG_ACTIVATIONS,
     ``activations``, random skips (``input =`` an earlier value), and a random loss (mse;
     cross_entropy with a softmax output, binary_cross_entropy with a sigmoid one) with
     random l1/l2. A value that a skip left unread is joined into the output by a closing
-    concat, so the network may have one layer more than drawn (no dead ends)."""
+    concat, and a dense output layer is added where the drawn layers have no parameters or
+    too few outputs for cross_entropy, so the network may have two layers more than drawn."""
     inputs = draw(st.integers(1, max_width))
     widths = {"X": inputs}
     unread: list[str] = []
@@ -191,9 +192,13 @@ def small_dag_tables(draw, *, max_layers: int = 5, activations=DAG_ACTIVATIONS,
         layers.append({"type": "concat", "inputs": unread[::-1]})
         widths[f"A{len(layers)}"] = sum(widths[n] for n in unread)
     loss = draw(st.sampled_from(DAG_LOSSES))
+    if (loss == "cross_entropy" and widths[f"A{len(layers)}"] < 2) or not any(
+            table.get("type", "dense") in ("dense", "batchnorm", "layernorm") for table in layers):
+        # two classes at least; something to train
+        width = draw(st.integers(2 if loss == "cross_entropy" else 1, max_width))
+        layers.append({"units": width})
+        widths[f"A{len(layers)}"] = width
     if loss in _LOSS_OUTPUT:
-        if loss == "cross_entropy" and widths[f"A{len(layers)}"] < 2:
-            layers.append({"units": draw(st.integers(2, max_width))})  # two classes at least
         layers[-1]["activation"] = _LOSS_OUTPUT[loss]
     reg = {key: draw(st.sampled_from((0.0, 0.0, 0.01))) for key in ("l1", "l2")}
     return {"network": {"name": "dag", "inputs": inputs}, "layer": layers,

@@ -16,6 +16,11 @@ variance path left out) is off by far more (see test_the_comparison_catches_smal
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import sympy as sp
 from hypothesis import HealthCheck, assume, given, settings
@@ -170,3 +175,57 @@ def test_inference_is_training_with_the_statistics_as_buffers(table, seed):
     infer = problem.forward({**problem.params, **buffers},
                             g.inference if g.stochastic else g.assignments)  # () if the same
     np.testing.assert_allclose(infer["Yhat"], train["Yhat"], rtol=1e-10, atol=1e-12)
+
+
+# --- the generated module ------------------------------------------------------------------
+
+
+def load_module(spec: Spec, directory: Path, name: str):
+    from symgrad.codegen import generate_source
+
+    path = directory / f"{name}.py"
+    path.write_text(generate_source(spec), encoding="utf-8")
+    loader = importlib.util.spec_from_file_location(f"_symgrad_dag_{name}", path)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module
+
+
+_MODULE_DIR = Path(tempfile.mkdtemp(prefix="symgrad-dag-"))
+_COUNT = itertools.count()
+
+
+@settings(max_examples=12, deadline=None)
+@given(small_dag_tables(activations=("tanh", "sigmoid", "identity", "softplus")), seeds())
+def test_generated_loss_and_grad_equals_differences_of_its_own_loss(table, seed):
+    """The generated module (no relu: its kinks cannot be seen from outside): loss_and_grad's
+    gradients equal central differences of loss(training=True) with the same seed (the
+    same dropout masks); its loss is loss()'s; without dropout it is the derivation's loss."""
+    spec = spec_from_dict(table, "dag.toml")
+    module = load_module(spec, _MODULE_DIR, f"dag{next(_COUNT)}")
+    problem = Problem(spec, seed)
+    assert module.PARAM_SHAPES == spec.param_shapes()
+    assert getattr(module, "BUFFER_SHAPES", {}) == spec.buffer_shapes()
+    params = {**module.init_params(seed),
+              **{k: v.reshape(spec.param_shapes()[k]) for k, v in problem.params.items()}}
+    X, Y = problem.base["X"], problem.base["Y"]
+    # DESIGN: without batchnorm or dropout the interface is the dense one (no seed=)
+    mode = {"seed": seed} if problem.d.graph.stochastic else {}
+    value, grads = module.loss_and_grad(params, X, Y, **mode)
+    again = module.loss(params, X, Y, **mode, **({"training": True} if mode else {}))
+    assert abs(value - again) <= 1e-12 * max(1.0, abs(value))
+    if not problem.d.graph.masks:
+        assert abs(value - problem.loss(problem.params)) <= 1e-12 * max(1.0, abs(value))
+    assert set(grads) == set(spec.param_shapes())
+    numeric = {}
+    for name, shape in spec.param_shapes().items():
+        assert grads[name].shape == shape
+        num = np.zeros(shape)
+        for idx in np.ndindex(shape):
+            for sign in (1, -1):
+                w = params[name].copy()
+                w[idx] += sign * H
+                num[idx] += sign * module.loss({**params, name: w}, X, Y, **mode) / (2 * H)
+        numeric[name] = num
+    errors = relative_errors(grads, numeric)
+    assert max(errors.values(), default=0.0) <= TOL, (table, seed, errors)
