@@ -44,7 +44,7 @@ from pathlib import Path
 import sympy as sp
 
 from symgrad import files, naming
-from symgrad.cli import command
+from symgrad.commands import command
 from symgrad.errors import SymgradError
 from symgrad.graph import Assignment, Graph
 from symgrad.ops import (
@@ -85,7 +85,7 @@ _STYLE = {
 }
 _BACK_EDGE = {"color": "#b03a2e", "fontcolor": "#7b241c", "fontsize": "9"}
 _READ_EDGE = {"style": "dashed", "color": "#7f7f7f"}  # a value an op reads (μ, σ², a mask)
-_SKIP_EDGE = {"color": "#1f6feb", "fontcolor": "#1f6feb", "label": "skip"}  # not the previous
+_SKIP_EDGE = {"color": "#1f6feb", "fontcolor": "#1f6feb"}  # an input not the previous output
 
 
 # --------------------------------------------------------------------------
@@ -493,7 +493,8 @@ class _Drawing:
         skips = _skips(g)
         for a in g.assignments:
             for leaf in _leaves(a.rhs):
-                extra = _SKIP_EDGE if (leaf.name, a.target.name) in skips else {}
+                skip = skips.get((leaf.name, a.target.name))
+                extra = {} if skip is None else {**_SKIP_EDGE, **({"label": skip} if skip else {})}
                 self.edge(f"v_{leaf.name}", f"v_{a.target.name}", **extra)
             for ref in _refs(a.rhs):  # read, not differentiated through: dashed
                 self.edge(f"v_{ref.name}", f"v_{a.target.name}", **_READ_EDGE)
@@ -560,18 +561,18 @@ def _layer_kinds(graph: Graph) -> dict[str, str]:
     return out
 
 
-def _skips(graph: Graph) -> set[tuple[str, str]]:
-    """(value, Z_l) where layer l reads a value other than the previous layer's output: a
-    skip connection, drawn in its own colour."""
+def _skips(graph: Graph) -> dict[tuple[str, str], str]:
+    """(value, Z_l) → label, where layer l reads a value other than the previous layer's
+    output (drawn in its own colour): "skip" into an add or concat, else a branch."""
     spec = graph.spec
     if spec is None:
-        return set()
-    out = set()
-    for l in range(1, len(spec.layers) + 1):
+        return {}
+    out = {}
+    for l, layer in enumerate(spec.layers, 1):
         previous = "X" if l == 1 else f"A{l - 1}"
         for name in spec.sources(l):
             if name != previous:
-                out.add((name, f"Z{l}"))
+                out[(name, f"Z{l}")] = "skip" if layer.type in ("add", "concat") else ""
     return out
 
 

@@ -43,7 +43,7 @@ from symgrad.ops import (
     is_ones,
 )
 
-__all__ = ["TextPrinter", "LatexPrinter", "render", "text", "latex"]
+__all__ = ["TextPrinter", "LatexPrinter", "render", "text", "latex", "derivation_latex"]
 
 ATOM, POSTFIX, MATMUL, HADAMARD, SCALE, ADD = 100, 90, 60, 50, 40, 10
 _SUP = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
@@ -651,7 +651,7 @@ def notation(d) -> str:
     if any(isinstance(n, ColSlice) for n in nodes):
         extra.append("G[:, a:b] the columns a to b − 1 of G")
     if any(_WIDTH.match(str(s)) for n in nodes for s in _node_symbols(n)):
-        extra.append("n_l the width of layer l's output (n₀ the inputs')")
+        extra.append("n_l the width of layer l's output")
     if any(isinstance(n, RowSum) for n in nodes):
         extra.append("A𝟏 the row sums of A and μ𝟏ᵀ the column μ spread across the columns "
                      "(there 𝟏 is the column of n ones)")

@@ -236,3 +236,27 @@ def test_derivation_cost_and_text_do_not_depend_on_sizes(tmp_path):
     assert outs[0] != outs[1]
     assert [re.sub(r"\b4000\b", "4", o) for o in outs[1]] == outs[0]
     assert times[1] < 3 * times[0] + 1.0, times
+
+
+def test_picture_of_a_dag(derived):
+    """symgrad graph of every new type: the mask a node of its own, μ/σ²/the mask read
+    (dashed), the skip edges coloured, the layer kind under Z_l, the named rules."""
+    from symgrad.picture import draw
+
+    src = draw(SPECS["bn_mlp"], backward=True).source
+    for line in (
+            'v_M3 [label="M₃\\nN × 5\\ndropout mask, p = 0.2" fillcolor="#eeeeee" shape=box '
+            'style="rounded,filled,dashed"]',
+            'v_Z3 [label="Z₃ = A₂ ⊙ M₃/(1 − 0.2)\\nN × 5\\ndropout, p = 0.2"',
+            'v_Z2 [label="Z₂ = X̂₂ ⊙ 𝟏γ₂ + β₂\\nN × 5\\nbatchnorm, ε = 1e-05"',
+            'v_Z6 [label="Z₆ = A₅ + A₁\\nN × 5\\nadd (residual)"',
+            'v_mu2 -> v_Xhat2 [color="#7f7f7f" style=dashed]',
+            'v_var2 -> v_Xhat2 [color="#7f7f7f" style=dashed]',
+            'v_M3 -> v_Z3 [color="#7f7f7f" style=dashed]',
+            'v_A1 -> v_Z6 [label=skip color="#1f6feb" fontcolor="#1f6feb"]',
+            'v_X -> v_Z7 [label=skip color="#1f6feb" fontcolor="#1f6feb"]',
+            's_A1 [label="+"'):
+        assert "\t" + line in src, line
+    assert 'v_A5 -> v_Z6\n' in src  # the previous layer's output: a plain edge
+    assert "\\nbatchnorm (compact): X̂ = (A − 𝟏μ) ⊙ 𝟏(σ² + ε)^(−½), ∂L/∂A = (1/N)" in src
+    assert "\\ndropout: Z = A ⊙ M/(1 − p), ∂L/∂A = G ⊙ M/(1 − p)" in src
