@@ -72,6 +72,7 @@ class Node:
     # -- printed forms and lowerings (see the module docstring); an op declaring one is
     #    found by the printers and lowerings before their own tables.
     precedence: int | None = None  # the printers' precedence of text()/latex() (None: atom)
+    bracketed_factor = False  # numpy brackets it as a factor of * for the reader: (A @ B) * C
 
     @property
     def refs(self) -> tuple[Node, ...]:
@@ -325,12 +326,10 @@ class Hadamard(Node):
 
     def numpy(self, lw):
         """A * B, a map on the right; G ⊙ [c] (an indicator map) multiplies by the mask."""
-        from symgrad.ops.linear import MatMul  # the family above this one
-
         a, b = self.a, self.b
         if isinstance(a, Map) and not isinstance(b, Map):
             a, b = b, a
-        left = lw.expr(a, lw.MUL if not isinstance(a, MatMul) else lw.ATOM)
+        left = lw.expr(a, lw.ATOM if a.bracketed_factor else lw.MUL)
         mask = lw.mask(b) if isinstance(b, Map) else None
         if mask is not None:
             return f"{left} * ({mask})", lw.MUL

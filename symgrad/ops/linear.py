@@ -37,6 +37,8 @@ class MatMul(Node):
     def numeric(self, env):
         return self.a.numeric(env) @ self.b.numeric(env)
 
+    bracketed_factor = True
+
     def numpy(self, lw):
         return f"{lw.expr(self.a, lw.MUL)} @ {lw.expr(self.b, lw.MUL + 1)}", lw.MUL
 
