@@ -104,7 +104,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from symgrad.cli import command
+from symgrad.commands import command
 from symgrad.errors import SymgradError
 from symgrad.sandbox import MAGIC, Session, kill_descendants
 

@@ -28,25 +28,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from symgrad import __version__
+from symgrad.commands import COMMANDS, command
 from symgrad.errors import SymgradError
 
 __all__ = ["main", "build_parser"]
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 DESCRIPTION = ("Derive backpropagation formulas symbolically, generate a numpy training "
                "module, and check gradients (including ones derived by hand).")
 EPILOG = ("exit status: 0 success; 1 a check or verification failed; 2 bad input, one line "
           "'symgrad: error: WHERE: WHAT'; 3 an internal error, one line (SYMGRAD_DEBUG=1 "
           "shows the traceback). Run 'symgrad COMMAND --help' for the options of a command.")
-
-
-def command(name: str):
-    def register(fn):
-        COMMANDS[name] = fn
-        return fn
-
-    return register
 
 
 # ==========================================================================================

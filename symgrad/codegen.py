@@ -46,7 +46,7 @@ import symgrad
 from symgrad import budget, naming
 from symgrad.activations import X as X_SYM
 from symgrad.activations import fold, sigmoid, softplus
-from symgrad.cli import command
+from symgrad.commands import command
 from symgrad.derive import Derivation, Equation, derive, transform
 from symgrad.errors import SymgradError
 from symgrad.losses import YHAT

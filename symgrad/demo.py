@@ -38,7 +38,7 @@ import numpy as np
 
 import symgrad
 from symgrad import files
-from symgrad.cli import command
+from symgrad.commands import command
 from symgrad.errors import SymgradError
 
 __all__ = ["DemoResult", "Outputs", "cmd_demo", "next_steps", "python_command", "run_demo",

@@ -190,7 +190,7 @@ class Derivation:
     def latex(self, steps: bool | None = None) -> str:
         """LaTeX for a document or ``IPython.display.Latex``: display math per section,
         titled by bold inline math (no ``%`` comment lines, which a notebook shows as text)."""
-        from symgrad.display import derivation_latex
+        from symgrad.printing import derivation_latex
 
         return derivation_latex(self, self._steps(steps))
 

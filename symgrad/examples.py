@@ -19,7 +19,7 @@ from pathlib import Path
 
 import symgrad
 from symgrad import files
-from symgrad.cli import command
+from symgrad.commands import command
 from symgrad.errors import SymgradError
 
 __all__ = ["Copied", "copy_examples", "example_files", "examples_dir", "cmd_examples"]

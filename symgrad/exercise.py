@@ -54,7 +54,7 @@ from pathlib import Path
 
 from symgrad import files, naming
 from symgrad.activations import ACTIVATIONS
-from symgrad.cli import command
+from symgrad.commands import command
 from symgrad.errors import SymgradError
 from symgrad.spec import Layer, Spec, as_spec, spec_from_dict
 

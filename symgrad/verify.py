@@ -91,7 +91,7 @@ import sympy as sp
 from symgrad import naming
 from symgrad.activations import expand_named
 from symgrad.budget import EXHAUSTED, SIMPLIFY_SECONDS, deadline, within
-from symgrad.cli import command
+from symgrad.commands import command
 from symgrad.crosscheck import explicit_env, tiny_sizes
 from symgrad.derive import Derivation, derive, transform, walk
 from symgrad.errors import SymgradError
