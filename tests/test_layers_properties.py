@@ -229,3 +229,22 @@ def test_generated_loss_and_grad_equals_differences_of_its_own_loss(table, seed)
         numeric[name] = num
     errors = relative_errors(grads, numeric)
     assert max(errors.values(), default=0.0) <= TOL, (table, seed, errors)
+
+
+# --- the proof by scalar expansion ---------------------------------------------------------
+
+
+@settings(max_examples=5, deadline=None)
+@given(small_dag_tables(max_layers=4))
+def test_drawn_dags_are_proved(table):
+    """derive --prove on drawn DAGs: every claim proved, among them each new layer's rule
+    as its own claim (batchnorm, layernorm, dropout, add, concat)."""
+    from symgrad.crosscheck import prove
+
+    spec = spec_from_dict(table, "dag.toml")
+    report = prove(spec, progress=None)
+    assert report.ok, report.text()
+    claims = [c.what for c in report.claims]
+    for l, layer in enumerate(spec.layers, 1):
+        if layer.type != "dense":
+            assert any(what.startswith(f"{layer.type} (layer {l})") for what in claims), claims
