@@ -103,8 +103,14 @@ def math_text(text: str, layers: bool = False) -> str:
     if len(pieces) > 1:
         return "".join(math_text(p, True) if i % 2 == 0 else "^{" + math_text(p, True) + "}"
                        for i, p in enumerate(pieces) if p or i % 2)
+    skip = -1
     for i, ch in enumerate(text):
-        if layers and ch == _HAT:
+        if layers and ch == _HAT or i == skip:
+            continue
+        if layers and ch == "_" and re.match(r"[a-z](?![A-Za-z0-9])", text[i + 1:]):
+            flush()  # X̂_l, σ_l²: a layer's index l as a subscript
+            out.append("_{" + text[i + 1] + "}")
+            skip = i + 1
             continue
         if layers and i + 1 < len(text) and text[i + 1] == _HAT:
             flush()

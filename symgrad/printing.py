@@ -811,6 +811,8 @@ def derivation_latex(d, steps: bool = False) -> str:
         out.append(r"\[" + "\n" + block + "\n" + r"\]")
     for note in d.assumptions:
         out.append(inline_math(math_text(f"softmax∘cross-entropy uses: {note}")))
+    if not _is_dense(d.spec):  # the new symbols (X̂, μ, σ², ε's value, M, [A B]) explained
+        out.append(inline_math(math_text("Notation: " + notation(d), layers=True)))
     return "\n".join(out) + "\n"
 
 

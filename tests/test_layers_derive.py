@@ -153,6 +153,11 @@ def test_notation_explains_the_new_symbols(derived):
     residual = _lines(derived["residual"])[-1]
     assert "M_l" not in residual and "[A B]" not in residual and "mean_l" not in residual
     assert r"X̂\_l the standardized input" in derived["residual"].markdown()
+    tex = derived["residual"].latex().splitlines()[-1]
+    assert tex.startswith(r"\(\text{Notation: }\odot \text{ elementwise product")
+    assert (r"\hat{X}_{l}\text{ the standardized input of normalization layer l, }\mu _{l}"
+            r"\text{ and }\sigma _{l}^{2}\text{ its mean and biased variance") in tex
+    assert r"\varepsilon \text{ = 1e-05 (added to }\sigma ^{2}" in tex
 
 
 def test_epsilon_per_layer_when_they_differ(tmp_path):
