@@ -11,9 +11,13 @@ Every op — forward layer or backward-only expression — is one class holding,
 * ``text(p)`` / ``latex(p)``: its printed forms, given the printer ``p`` for its children
   (``p.paren(child, p.MATMUL)``, ``p.name``, ``p.coef``), and ``precedence``,
 * ``numpy(lw)``: its readable numpy expression, given the lowering ``lw``
-  (``lw.expr(child, lw.MUL)``), returning ``(source, precedence)``, and
+  (``lw.expr(child, lw.MUL)``, ``lw.form(child)``, ``lw.coef(c)``, ``lw.size(width)``,
+  ``lw.map(m)``, ``lw.helpers``), returning ``(source, precedence)``, and
   ``into(st, dest)``: the in-place form writing into the preallocated buffer ``dest``
-  (``st.operand(child)``, ``st.emit(line)``).
+  (``st.operand(child)`` a name holding it, ``st.emit(line)``, ``st.emit_into(child, buf)``,
+  ``st.scratch(shape)``, ``st.buffer(name, shape)``, ``st.simple(child)``, ``st.binary``,
+  ``st.map_into``, ``st.ones()``, ``st.size(width)``, ``st.coef(c)``/``st.doprint(c)``).
+  An op without a form is a one-line error when a module would need it.
 
 Printers and lowerings ask the op (``node.text(p)``, ``node.numpy(lw)``); they do not branch
 on its type. Older ops still have their printed forms as ``_print_<Class>`` methods of the
