@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import cmath
 import difflib
-import time
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -172,7 +171,7 @@ def _derivative_forms(act: Activation) -> tuple[sp.Expr | None, sp.Expr | None]:
 
 def optional(end: float, fn, *args, default):
     """``fn(*args)`` if it finishes before the clock time ``end``, else ``default``."""
-    left = end - time.perf_counter()
+    left = end - budget.clock()
     if left <= 0:
         return default
     try:

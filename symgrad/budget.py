@@ -34,6 +34,7 @@ __all__ = [
     "PROOF_STEP_SECONDS",
     "DERIVATIVE_SECONDS",
     "SIMPLIFY_SECONDS",
+    "clock",
     "deadline",
     "command_budget",
     "optional_end",
@@ -42,6 +43,17 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+def clock() -> float:
+    """The clock of every budget on SymPy work: this process's CPU seconds, not the wall's.
+
+    On a loaded machine the wall clock runs on while this process waits for a core, so a
+    wall-clock budget would cut a simplification short and print (and generate) another
+    form: output would depend on the load. CPU time counts only the work done, so the same
+    input gives the same forms; the whole command's backstop (:func:`command_budget`) stays
+    on the wall clock."""
+    return time.process_time()
 
 #: seconds allowed for one simplification (an activation's derivative, a printed form)
 SIMPLIFY_SECONDS = 5.0
@@ -94,14 +106,14 @@ def deadline(seconds: float) -> Iterator[None]:
     An existing tracer (debugger, coverage) keeps receiving its events and is restored.
     """
     previous = sys.gettrace()
-    end = time.perf_counter() + seconds
+    end = clock() + seconds
     calls = 0
 
     def tracer(frame: FrameType, event: str, arg: object) -> Any:
         nonlocal calls
         calls += 1
         if calls >= 32:  # read the clock every 32 calls; every call once time is up
-            if time.perf_counter() <= end:
+            if clock() <= end:
                 calls = 0
             elif _can_interrupt(frame):
                 raise OutOfTime
@@ -264,7 +276,7 @@ def shared_budget(seconds: float) -> Iterator[None]:
     """Optional work started inside (the textbook form of every activation's and the
     loss's derivative) shares one clock of ``seconds``, so that a spec with several hard
     activations costs about one budget, not one per layer."""
-    _SHARED_ENDS.append(time.perf_counter() + seconds)
+    _SHARED_ENDS.append(clock() + seconds)
     try:
         yield
     finally:
@@ -274,4 +286,4 @@ def shared_budget(seconds: float) -> Iterator[None]:
 def optional_end(seconds: float) -> float:
     """The clock time by which optional work started now must end: ``seconds`` from now,
     or the end of the enclosing :func:`shared_budget` if that comes first."""
-    return min([time.perf_counter() + seconds, *_SHARED_ENDS])
+    return min([clock() + seconds, *_SHARED_ENDS])

@@ -11,7 +11,6 @@ proves them, like every other formula, by scalar expansion.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -113,7 +112,7 @@ def _elementwise_loss(producer: Assignment, loss: MeanLoss) -> Node | None:
     if g == 1:
         combined = d
     else:
-        left = budget.optional_end(budget.SIMPLIFY_SECONDS) - time.perf_counter()
+        left = budget.optional_end(budget.SIMPLIFY_SECONDS) - budget.clock()
         try:  # a simpler fused form is optional: past the budget, the plain chain
             if left <= 0:
                 return None

@@ -31,7 +31,6 @@ import ast
 import difflib
 import math
 import operator
-import time
 import warnings
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -40,6 +39,7 @@ from types import MappingProxyType
 import sympy
 
 from symgrad.budget import OutOfTime as _OutOfTime
+from symgrad.budget import clock as _clock
 from symgrad.budget import deadline as _deadline
 from symgrad.errors import SymgradError
 
@@ -523,7 +523,7 @@ class ScalarBuilder:
     def build(self, tree: ast.Expression) -> sympy.Basic:
         """The SymPy object for ``tree``; refuses infinite, undefined or non-real results."""
         _warm_up()
-        self._end = time.perf_counter() + self.time_limit
+        self._end = _clock() + self.time_limit
         try:
             with _deadline(self.time_limit):
                 result = self.visit(tree.body)
@@ -539,7 +539,7 @@ class ScalarBuilder:
         return result
 
     def visit(self, node: ast.AST) -> sympy.Basic:
-        if time.perf_counter() > self._end:  # in case SymPy swallowed the tracer's exception
+        if _clock() > self._end:  # in case SymPy swallowed the tracer's exception
             raise _OutOfTime
         method = getattr(self, f"visit_{type(node).__name__}", None)
         if method is None:
@@ -815,7 +815,7 @@ class ScalarBuilder:
 
     def condition(self, node: ast.Compare) -> sympy.Basic:
         """The relation ``a < b`` (…) itself: the first argument of ``where``."""
-        if time.perf_counter() > self._end:
+        if _clock() > self._end:
             raise _OutOfTime
         left, right = self.visit(node.left), self.visit(node.comparators[0])
         relation = _COMPARISONS.get(type(node.ops[0]))

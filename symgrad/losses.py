@@ -7,7 +7,6 @@ Conventions).  SymPy computes ∂ℓ/∂ŷ from the declaration.
 from __future__ import annotations
 
 import difflib
-import time
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -66,7 +65,7 @@ class Loss:
 def _tidy_derivative(loss: Loss) -> sp.Expr:
     """Cached by value: a re-parsed equal loss is not simplified again."""
     d = loss.raw_derivative
-    left = budget.optional_end(budget.SIMPLIFY_SECONDS) - time.perf_counter()
+    left = budget.optional_end(budget.SIMPLIFY_SECONDS) - budget.clock()
     if left <= 0:
         return d
     try:

@@ -405,21 +405,21 @@ HOSTILE = [
 
 @pytest.mark.parametrize("text", HOSTILE, ids=lambda t: f"{t[:20]!r}..{len(t)}")
 def test_hostile_input_is_fast(text: str) -> None:
-    start = time.perf_counter()
+    start = time.process_time()
     try:
         result = parse(text)
     except SymgradError as err:
         assert err.what and "\n" not in err.what
     else:
         assert isinstance(result, sympy.Basic)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 def test_time_limit() -> None:
     previous = sys.gettrace()  # None, or a coverage tool's tracer
-    start = time.perf_counter()
+    start = time.process_time()
     err = error_of(SLOW)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     assert err.what == "expression is too complex (building it took over 0.75 s); simplify it"
     assert sys.gettrace() is previous
 
@@ -451,14 +451,14 @@ def test_time_limit_keeps_an_existing_tracer() -> None:
 @given(expression_strings())
 def test_fuzz_parse_scalar(text: str) -> None:
     names = {name: sympy.Symbol(name, real=True) for name in EXPR_NAMES}
-    start = time.perf_counter()
+    start = time.process_time()
     try:
         result = parse_scalar(text, names, where=WHERE)
     except SymgradError as err:
         assert err.where == WHERE and err.what and "\n" not in err.what
     else:
         assert isinstance(result, sympy.Basic)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 # --- comparisons as numbers (the Iverson bracket) ------------------------------------------

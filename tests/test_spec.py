@@ -135,9 +135,9 @@ HOSTILE = [
 @pytest.mark.parametrize("expr", HOSTILE, ids=range(len(HOSTILE)))
 def test_hostile_activation_is_refused_quickly(tmp_path, capsys, expr):
     path = write(tmp_path, spec_text(act=expr.replace('"', '\\"')))
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     assert main(["derive", str(path)]) == 2
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"symgrad: error: {path}: layer[1].activation: ")
     assert "Traceback" not in err
@@ -194,14 +194,14 @@ _specs = st.fixed_dictionaries(
 @settings(max_examples=2000, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
 @given(_specs)
 def test_fuzz_spec_dicts(data):
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         spec = spec_from_dict(data, source="fuzz.toml")
     except SymgradError as e:
         assert "\n" not in e.one_line()
     else:
         assert isinstance(spec, Spec)
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0
 
 
 _toml_chars = st.text(alphabet='[]=."\'#\n abcdefghijklmnopqrstuvwxyz0123456789_-+:', max_size=200)
