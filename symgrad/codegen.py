@@ -1494,8 +1494,8 @@ def lower(d: Derivation) -> Lowered:
     out.grad = statements(equations + backward)
     if d.graph.inference:
         infer = [Equation(a.target, at_sizes(running(a.rhs), sizes)) for a in d.graph.inference]
-        shown = {e.target.name: running(a.rhs) for e, a in zip(infer, d.graph.inference,
-                                                                strict=True)}
+        shown = {**original, **{e.target.name: running(a.rhs)  # the loss: its own formula
+                                for e, a in zip(infer, d.graph.inference, strict=True)}}
         last = max(i for i, e in enumerate(equations) if e.target.name == "Yhat")
         out.inference_forward = statements(_needed(infer, {"Yhat"}), shown)
         out.inference_loss = statements(_needed(infer + equations[last + 1 :],

@@ -44,11 +44,17 @@ def _split(name: str) -> tuple[bool, str, str]:
     return is_cot, base, m.group(3)
 
 
+_RUNNING = re.compile(r"running_(mean|var)(\d+)\Z")  # batchnorm's buffers, as code names them
+
+
 def text(name: str) -> str:
     """Unicode display: Z1 → Z₁, Yhat → Ŷ, dZ1 → δ₁, dA1 → ∂L/∂A₁; the normalization
     layers' gamma3 → γ₃, beta3 → β₃, mu3 → μ₃, var3 → σ₃², Xhat3 → X̂₃."""
     if name == "L":
         return "L"
+    running = _RUNNING.match(name)
+    if running:  # the running statistics: mean₂, var₂ (the buffers' keys)
+        return running.group(1) + running.group(2).translate(_SUB)
     is_cot, base, idx = _split(name)
     greek = base == "Yhat" or bool(idx)  # a layer's own name (an expression's mu stays mu)
     base_txt = _GREEK[base][0] if greek and base in _GREEK else base
@@ -62,6 +68,9 @@ def text(name: str) -> str:
 
 def latex(name: str) -> str:
     """LaTeX display: Z1 → Z_{1}, Yhat → \\hat{Y}, dZ1 → \\delta_{1}."""
+    running = _RUNNING.match(name)
+    if running:
+        return rf"\mathrm{{{running.group(1)}}}_{{{running.group(2)}}}"
     is_cot, base, idx = _split(name)
     greek = base == "Yhat" or bool(idx)
     base_tex = _GREEK[base][1] if greek and base in _GREEK else base
