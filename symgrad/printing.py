@@ -268,6 +268,8 @@ class _MatrixPrinter(Printer):
     def emptyPrinter(self, node):  # noqa: N802 - SymPy's name; a node without _print_<Class>
         if isinstance(node, Node) and node.declares(self.form):
             return getattr(node, self.form)(self)  # the op's own printed form
+        if isinstance(node, Node):  # never a dataclass repr in a formula or a comment
+            raise NotImplementedError(f"{type(node).__name__} has no {self.form} form")
         return super().emptyPrinter(node)
 
     def prec(self, node: Node) -> int:
