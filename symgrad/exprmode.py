@@ -530,7 +530,7 @@ def _term_order(node: Node) -> tuple:
 def _order(node: Node) -> tuple:
     """Factors of ⊙ and terms of + in the order people write them."""
     rank = {"Sym": 0, "Transpose": 1, "MatMul": 2, "Hadamard": 3, "Map": 5, "Softmax": 4}
-    return (rank.get(type(node).__name__, 3), TextPrinter()._print(node))
+    return (rank.get(type(node).__name__, 3), ExprTextPrinter()._print(node))
 
 
 @dataclass
