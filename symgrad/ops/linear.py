@@ -10,7 +10,7 @@ import sympy as sp
 from symgrad.ops.base import Node
 from symgrad.ops.reductions import ColSum
 
-__all__ = ["MatMul", "BiasAdd", "Transpose", "Concat", "ColSlice"]
+__all__ = ["MatMul", "MatPow", "BiasAdd", "Transpose", "Concat", "ColSlice"]
 
 
 @dataclass(frozen=True, eq=True)
@@ -206,3 +206,61 @@ class ColSlice(Node):
     def into(self, st, dest):
         with st.operand(self.x) as x:
             st.emit(f"np.copyto({dest}, {x}[:, {st.size(self.start)}:{st.size(self.stop)}])")
+
+
+@dataclass(frozen=True, eq=True)
+class MatPow(Node):
+    """Aᵏ = A A ⋯ A (k factors, A square, k ≥ 2): a form the simplifier writes for a product
+    of equal factors (∂ tr(X⁸) = 8 (Xᵀ)⁷); the sweep never builds it.
+
+    ∂L/∂A = Σ_{i=0}^{k−1} (Aᵀ)ⁱ G (Aᵀ)^{k−1−i}."""
+
+    x: Node
+    k: int
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    def vjp(self, g, out):
+        t = Transpose(self.x)
+
+        def power(i: int) -> Node | None:
+            return None if i == 0 else (t if i == 1 else MatPow(t, i))
+
+        terms = []
+        for i in range(self.k):
+            left, right = power(i), power(self.k - 1 - i)
+            term = g if left is None else MatMul(left, g)
+            terms.append(term if right is None else MatMul(term, right))
+        from symgrad.ops.base import add
+
+        return (add(terms),)
+
+    def explicit(self, env):
+        return self.x.explicit(env) ** self.k
+
+    def numeric(self, env):
+        return np.linalg.matrix_power(self.x.numeric(env), self.k)
+
+    precedence = 90  # a postfix, as ᵀ
+
+    def text(self, p):
+        return p.paren(self.x, p.ATOM) + str(self.k).translate(_SUP)
+
+    def latex(self, p):
+        return f"{p.paren(self.x, p.ATOM)}^{{{self.k}}}"
+
+    def numpy(self, lw):
+        return f"np.linalg.matrix_power({lw.expr(self.x, 0)}, {self.k})", lw.ATOM
+
+    def into(self, st, dest):
+        with st.operand(self.x) as x:
+            st.emit(f"{dest}[...] = np.linalg.matrix_power({x}, {self.k})")
+
+
+_SUP = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
