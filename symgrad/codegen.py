@@ -58,6 +58,7 @@ from symgrad.ops import (
     AbsSum,
     Add,
     BiasAdd,
+    Broadcast,
     ColSum,
     Const,
     Elementwise,
@@ -72,6 +73,7 @@ from symgrad.ops import (
     Scale,
     Softmax,
     SqNormHalf,
+    Standardize,
     Sub,
     Sym,
     Transpose,
@@ -1526,14 +1528,91 @@ def lower_step(d: Derivation, equations: list[Equation], original: dict[str, Nod
     for buffer in d.graph.buffers[::2]:  # mean_l: one scratch row per batchnorm layer
         step.buffer(f"stat{naming.layer_of(buffer.name)}", buffer.shape,
                     note="scratch of _update_statistics")
+    compact = not d.spec.is_chain  # (a dense chain keeps the first wave's _step)
+    if compact:  # η rides in the δ's: _step(…, lr) writes η ∂L/∂θ into grads
+        backward = _eta_step(backward)
     out = _forward_statements(step, equations, backward, original, notes, indent=4)
+    if compact:  # train() may pass the spare set of parameters as grads: keep it intact
+        out.append(Statement(("if not -np.inf < L < np.inf:", "    return L"),
+                             ("NaN or ±∞: return before anything is written into grads",)))
+    fused = _batchnorm_backward(equations, backward) if compact else {}
     for e in backward:
         target = e.target.name
+        comments = [formula(e.target, original.get(target, e.rhs))]
+        if fused.get(target) == "skip":  # ∂L/∂X̂: folded into the δ below it
+            comments.append("  not formed: the δ below takes its column sums from ∂L/∂γ, ∂L/∂β")
+            out.append(Statement((), tuple(comments)))
+            continue
         if naming.primal(target) not in params:  # parameter gradients live in grads
             step.buffer(target, e.target.shape)
-        step.emit_into(e.rhs, target)
-        out.append(Statement(step.take(), (formula(e.target, original.get(target, e.rhs)),)))
+        if target in fused:
+            std, xhat, delta, gamma = fused[target]
+            grads = (naming.cotangent(gamma), naming.cotangent(_beta_of(gamma)))
+            comments += std.affine_law(xhat, delta, gamma, *grads)
+            std.affine_vjp_into(step, xhat, delta, gamma, *grads, target)
+        else:
+            step.emit_into(e.rhs, target)
+        if compact and e.rhs.syms().isdisjoint(e.target.name for e in backward):
+            comments.append("  times η (lr): the δ's carry the learning rate, grads get η ∂L/∂θ")
+        out.append(Statement(step.take(), tuple(comments)))
     return out, list(step.buffers.values())
+
+
+def _eta_step(backward: list[Equation]) -> list[Equation]:
+    """The backward equations times η: the seed (an equation that reads no cotangent, δ of
+    the output layer) wholly, the others in their penalty terms only (λ W); every other
+    coefficient (batchnorm's 1/N) belongs to its rule and stays."""
+    targets = {e.target.name for e in backward}
+    per_eta = {L1: ETA * L1, L2: ETA * L2}
+
+    def penalty(n: Node) -> Node | None:
+        if isinstance(n, Scale):
+            return Scale(sp.sympify(n.c).xreplace(per_eta), transform(n.x, penalty))
+        return None
+
+    return [Equation(e.target, _times_eta(e.rhs) if e.rhs.syms().isdisjoint(targets)
+                     else transform(e.rhs, penalty), e.rule) for e in backward]
+
+
+def _beta_of(gamma: str) -> str:
+    return "beta" + gamma.removeprefix("gamma")
+
+
+def _batchnorm_backward(equations: list[Equation],
+                        backward: list[Equation]) -> dict[str, Any]:
+    """The batchnorm layers whose backward the step computes as the hand-written one does.
+
+    Where X̂ = Standardize(A) (over the batch) feeds only Z = X̂ ⊙ 𝟏γ + β, the derivation's
+    ∂L/∂X̂ = δ ⊙ 𝟏γ has the column sums 𝟏ᵀ∂L/∂X̂ = γ ⊙ ∂L/∂β and 𝟏ᵀ(∂L/∂X̂ ⊙ X̂) = γ ⊙ ∂L/∂γ,
+    which the step has already computed: ∂L/∂X̂ is not formed and ∂L/∂A comes from δ, ∂L/∂γ,
+    ∂L/∂β (Standardize.affine_vjp_into). Returns {target of ∂L/∂A: (the Standardize, X̂, δ, γ),
+    target of ∂L/∂X̂: "skip"}; a layer whose equations have any other form is left alone."""
+    rhs = {e.target.name: e.rhs for e in backward}
+    order = [e.target.name for e in backward]
+    out: dict[str, Any] = {}
+    for e in equations:
+        std = e.rhs
+        if not (isinstance(std, Standardize) and std.axis == 0):
+            continue
+        xhat = e.target
+        g = Sym(naming.cotangent(xhat.name), xhat.shape, "cotangent")
+        grad = rhs.get(g.name)
+        if not (isinstance(grad, Hadamard) and isinstance(grad.a, Sym)
+                and isinstance(grad.b, Broadcast) and isinstance(grad.b.x, Sym)):
+            continue
+        delta, gamma = grad.a, grad.b.x.name
+        dgamma, dbeta = naming.cotangent(gamma), naming.cotangent(_beta_of(gamma))
+        (vjp,) = std.vjp(g, xhat)
+        readers = [t for t, r in rhs.items() if g.name in r.syms()]
+        dest = readers[0] if len(readers) == 1 else None
+        if (dest is None or rhs[dest] != vjp
+                or rhs.get(dgamma) != ColSum(Hadamard(delta, xhat))
+                or rhs.get(dbeta) != ColSum(delta)
+                or not order.index(dgamma) < order.index(dest) > order.index(dbeta)):
+            continue
+        out[g.name] = "skip"
+        out[dest] = (std, xhat.name, delta.name, gamma)
+    return out
 
 
 def _forward_statements(step: StepLowering, equations: list[Equation], backward: list[Equation],

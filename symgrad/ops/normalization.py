@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
+from symgrad import naming
 from symgrad.ops.base import Hadamard, Node, Scale, Sym, _size, hadamard
 from symgrad.ops.reductions import Broadcast, ColSum, RowSum, Sub
 
@@ -197,6 +198,35 @@ class Standardize(Node):
         with st.scratch(self.var.shape) as inv:
             InvStd(self.var, self.eps, self.var.shape).into(st, inv)
             st.emit(f"{dest} *= {inv}")
+
+    # The batchnorm layer's backward as a person writes it (the training step's form): X̂
+    # feeds Z = X̂ ⊙ 𝟏γ + β, so with δ = ∂L/∂Z the rule's G = ∂L/∂X̂ = δ ⊙ 𝟏γ has the column
+    # sums 𝟏ᵀG = γ ⊙ ∂L/∂β and 𝟏ᵀ(G ⊙ X̂) = γ ⊙ ∂L/∂γ, and the rule becomes
+    #     ∂L/∂A = 𝟏(γ ⊙ (σ² + ε)^(−½)) ⊙ (δ − 𝟏∂L/∂β/N − X̂ ⊙ 𝟏∂L/∂γ/N):
+    # four passes over the N×n values, G never formed.
+
+    def affine_law(self, xhat: str, delta: str, gamma: str, dgamma: str,
+                   dbeta: str) -> tuple[str, str]:
+        """The compact form's comment lines, in the layer's names."""
+        x, d, g, v, dg, db = (naming.text(n) for n in (xhat, delta, gamma, self.var.name,
+                                                        dgamma, dbeta))
+        return (f"  as 𝟏({g} ⊙ ({v} + ε)^(−½)) ⊙ ({d} − 𝟏{db}/N − {x} ⊙ 𝟏{dg}/N),",
+                f"  since 𝟏ᵀ∂L/∂{x} = {g} ⊙ {db} and 𝟏ᵀ(∂L/∂{x} ⊙ {x}) = {g} ⊙ {dg}")
+
+    def affine_vjp_into(self, st, xhat: str, delta: str, gamma: str, dgamma: str, dbeta: str,
+                        dest: str) -> None:
+        """∂L/∂A into dest from X̂, δ, ∂L/∂γ, ∂L/∂β (computed before; see above); axis 0."""
+        assert self.axis == 0, "the column sums of G are γ ⊙ ∂L/∂β only over the batch"
+        n = st.doprint(self.count)
+        with st.scratch(self.var.shape) as c, st.scratch(self.var.shape) as r:
+            InvStd(self.var, self.eps, self.var.shape).into(st, c)
+            st.emit(f"{c} *= {gamma}")
+            st.emit(f"np.divide({dgamma}, {n}, out={r})")
+            st.emit(f"np.multiply({xhat}, {r}, out={dest})")
+            st.emit(f"np.subtract({delta}, {dest}, out={dest})")
+            st.emit(f"np.divide({dbeta}, {n}, out={r})")
+            st.emit(f"{dest} -= {r}")
+            st.emit(f"{dest} *= {c}")
 
 
 @dataclass(frozen=True, eq=True)
