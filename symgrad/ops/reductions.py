@@ -12,7 +12,7 @@ from symgrad.activations import X as X_SYM
 from symgrad.ops.base import SCALAR, Const, Hadamard, Map, Node, Scale, _size, scale
 
 __all__ = ["Sub", "ColSum", "RowSum", "Broadcast", "Ones", "Eye", "Trace", "SqNorm", "SqNormHalf",
-           "AbsSum"]
+           "AbsSum", "Norm", "Extremum", "ArgMask"]
 
 
 @dataclass(frozen=True, eq=True)
@@ -324,3 +324,199 @@ class AbsSum(Node):
 
     def numpy(self, lw):
         return f"np.sum(np.abs({lw.expr(self.x, 0)}))", lw.ATOM
+
+
+# --------------------------------------------------------------------------
+# Norms and order statistics (expression mode: norm(x, 1), norm(x, 2), norm(X, "fro"),
+# max/min over an axis or all entries)
+# --------------------------------------------------------------------------
+
+_NORM_TEXT = {1: "₁", 2: "₂", "fro": "_F"}
+_NORM_LATEX = {1: "1", 2: "2", "fro": "F"}
+
+
+@dataclass(frozen=True, eq=True)
+class Norm(Node):
+    """s = ‖x‖₁ = Σ|x_i| (``ord=1``, a vector), s = ‖x‖₂ = √(Σ x_i²) (``ord=2``, a vector)
+    or s = ‖X‖_F = √(Σ x_ij²) (``ord="fro"``, any matrix).
+
+    ∂s/∂x = g·sign(x) (0 at 0, the left rule) for ‖·‖₁;  ∂s/∂X = g·X/s for ‖·‖₂ and ‖·‖_F,
+    written in terms of the output s (undefined at X = 0, where the norm has a kink)."""
+
+    x: Node
+    ord: int | str = "fro"
+    shape: tuple[sp.Expr, sp.Expr] = SCALAR
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    def vjp(self, g, out):
+        shape = self.x.shape
+        if self.ord == 1:
+            d: Node = Map(sp.sign(X_SYM), ((X_SYM, self.x),), note="sign")
+        else:
+            u, s = sp.Symbol("u", real=True), sp.Symbol("s", positive=True)
+            d = Map(u / s, ((u, self.x), (s, Broadcast(self, shape))), note="x/‖x‖")
+        if isinstance(g, Const):
+            return (scale(g, d),)
+        return (Hadamard(Broadcast(g, shape), d),)
+
+    def explicit(self, env):
+        v = list(self.x.explicit(env))
+        if self.ord == 1:
+            return sp.Matrix([[sp.Add(*[sp.Abs(e) for e in v])]])
+        return sp.Matrix([[sp.sqrt(sp.Add(*[e**2 for e in v]))]])
+
+    def numeric(self, env):
+        w = self.x.numeric(env)
+        if self.ord == 1:
+            return np.array([[np.sum(np.abs(w))]])
+        return np.array([[np.sqrt(np.sum(w * w))]])
+
+    def text(self, p):
+        return f"‖{p._print(self.x)}‖{_NORM_TEXT[self.ord]}"
+
+    def latex(self, p):
+        return rf"\lVert {p._print(self.x)} \rVert_{{{_NORM_LATEX[self.ord]}}}"
+
+    def numpy(self, lw):
+        """Σ|x| and √(Σx²) as 1×1 arrays (keepdims), in numpy the parser reads back."""
+        x = lw.full(self.x, 0)
+        if self.ord == 1:
+            return f"np.sum(np.abs({x}), keepdims=True)", lw.ATOM
+        return f"np.sqrt(np.sum({lw.full(self.x, lw.POW + 1)}**2, keepdims=True))", lw.ATOM
+
+
+_AXIS_TEXT = {None: "", 0: ", axis=0", 1: ", axis=1"}
+
+
+@dataclass(frozen=True, eq=True)
+class Extremum(Node):
+    """m = max(X) or min(X) (``kind``) over all entries (``axis=None``, 1×1), down each
+    column (``axis=0``, a 1×n row) or along each row (``axis=1``, an N×1 column).
+
+    ∂L/∂X = E ⊙ G spread back over the reduced axis, where E (:class:`ArgMask`) is 1 at
+    the arg-max (arg-min) of each column, row or of X — the first one on ties, as
+    ``np.argmax`` picks it — and 0 elsewhere (a subgradient; the derivative where the
+    extremum is unique)."""
+
+    x: Node
+    axis: int | None = None
+    kind: str = "max"
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def shape(self):
+        r, c = self.x.shape
+        return {None: SCALAR, 0: (sp.Integer(1), c), 1: (r, sp.Integer(1))}[self.axis]
+
+    def vjp(self, g, out):
+        mask = ArgMask(self.x, self.axis, self.kind)
+        if isinstance(g, Const):
+            return (scale(g, mask),)
+        return (Hadamard(Broadcast(g, self.x.shape), mask),)
+
+    def _groups(self, m: sp.Matrix) -> list[list[sp.Expr]]:
+        if self.axis == 0:
+            return [list(m.col(j)) for j in range(m.cols)]
+        if self.axis == 1:
+            return [list(m.row(i)) for i in range(m.rows)]
+        return [list(m)]
+
+    def explicit(self, env):
+        fn = sp.Max if self.kind == "max" else sp.Min
+        values = [fn(*group) for group in self._groups(self.x.explicit(env))]
+        r, c = (_size(d, env) for d in self.shape)
+        return sp.Matrix(r, c, values)
+
+    def numeric(self, env):
+        fn = np.max if self.kind == "max" else np.min
+        return fn(self.x.numeric(env), axis=self.axis, keepdims=True).reshape(
+            tuple(_size(d, env) for d in self.shape))
+
+    def text(self, p):
+        return f"{self.kind}({p._print(self.x)}{_AXIS_TEXT[self.axis]})"
+
+    def latex(self, p):
+        axis = "" if self.axis is None else rf", \text{{axis}}={self.axis}"
+        return rf"\{self.kind}\left({p._print(self.x)}{axis}\right)"
+
+    def numpy(self, lw):
+        axis = "" if self.axis is None else f"axis={self.axis}, "
+        return f"np.{self.kind}({lw.full(self.x, 0)}, {axis}keepdims=True)", lw.ATOM
+
+
+@dataclass(frozen=True, eq=True)
+class ArgMask(Node):
+    """E = onehot(argmax(X)) (or argmin, ``kind``): 1 at the first extremum of each column
+    (``axis=0``), row (``axis=1``) or of all entries (``axis=None``), 0 elsewhere.  Piecewise
+    constant: no cotangent flows through it."""
+
+    x: Node
+    axis: int | None = None
+    kind: str = "max"
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    def vjp(self, g, out):
+        return (None,)
+
+    def _first(self, group: list[sp.Expr]) -> list[sp.Expr]:
+        """The indicator of the first extremum of ``group``, as a case split: entry k wins
+        when it beats every earlier entry strictly and every later one weakly."""
+        better = sp.StrictGreaterThan if self.kind == "max" else sp.StrictLessThan
+        weak = sp.GreaterThan if self.kind == "max" else sp.LessThan
+        out = []
+        for k, v in enumerate(group):
+            conds = [better(v, u) for u in group[:k]] + [weak(v, u) for u in group[k + 1:]]
+            out.append(sp.Piecewise((1, sp.And(*conds)), (0, True)) if conds else sp.Integer(1))
+        return out
+
+    def explicit(self, env):
+        m = self.x.explicit(env)
+        if self.axis == 0:
+            cols = [self._first(list(m.col(j))) for j in range(m.cols)]
+            return sp.Matrix(m.rows, m.cols, lambda i, j: cols[j][i])
+        if self.axis == 1:
+            rows = [self._first(list(m.row(i))) for i in range(m.rows)]
+            return sp.Matrix(m.rows, m.cols, lambda i, j: rows[i][j])
+        flat = self._first(list(m))
+        return sp.Matrix(m.rows, m.cols, flat)
+
+    def numeric(self, env):
+        x = self.x.numeric(env)
+        arg = np.argmax if self.kind == "max" else np.argmin
+        if self.axis is None:
+            return (np.arange(x.size).reshape(x.shape) == arg(x)).astype(float)
+        if self.axis == 0:
+            return (np.arange(x.shape[0])[:, None] == arg(x, axis=0)).astype(float)
+        return (np.arange(x.shape[1]) == arg(x, axis=1)[:, None]).astype(float)
+
+    def text(self, p):
+        return f"onehot(arg{self.kind}({p._print(self.x)}{_AXIS_TEXT[self.axis]}))"
+
+    def latex(self, p):
+        axis = "" if self.axis is None else rf", \text{{axis}}={self.axis}"
+        return rf"\operatorname{{onehot}}\left(\operatorname{{arg{self.kind}}}\left({p._print(self.x)}{axis}\right)\right)"
+
+    def numpy(self, lw):
+        """A float 0/1 array: positions compared with np.argmax's (the first on ties)."""
+        (r, c), x = self.x.shape, lw.full(self.x, 0)
+        arg = f"np.arg{self.kind}"
+        if self.axis == 0:
+            test = f"np.arange({lw.size(r)})[:, None] == {arg}({x}, axis=0)"
+        elif self.axis == 1:
+            test = f"np.arange({lw.size(c)}) == {arg}({x}, axis=1, keepdims=True)"
+        else:
+            test = f"np.arange({lw.size(r * c)}).reshape({lw.size(r)}, {lw.size(c)}) == {arg}({x})"
+        return f"np.where({test}, 1.0, 0.0)", lw.ATOM
