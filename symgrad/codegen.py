@@ -1558,6 +1558,23 @@ def lower_step(d: Derivation, equations: list[Equation], original: dict[str, Nod
     return out, list(step.buffers.values())
 
 
+def _centred_variances(equations: list[Equation]) -> dict[str, Any]:
+    """Batchnorm's σ² = (1/N) 𝟏ᵀ(A − 𝟏μ)² and X̂ = (A − 𝟏μ) ⊙ 𝟏(σ² + ε)^(−½) share A − 𝟏μ:
+    {σ²'s target: (the Standardize, X̂'s target), X̂'s target: (σ²'s target, None)}."""
+    rhs = {e.target.name: e.rhs for e in equations}
+    out: dict[str, Any] = {}
+    for e in equations:
+        std = e.rhs
+        if isinstance(std, Standardize) and std.is_variance(rhs.get(std.var.name)):
+            out[std.var.name] = (std, e.target.name)
+            out[e.target.name] = (std.var.name, None)
+    return out
+
+
+def _centring(std: Standardize) -> str:
+    return f"{text(std.x)} − 𝟏{naming.text(std.mu.name)}"
+
+
 def _eta_step(backward: list[Equation]) -> list[Equation]:
     """The backward equations times η: the seed (an equation that reads no cotangent, δ of
     the output layer) wholly, the others in their penalty terms only (λ W); every other
@@ -1624,10 +1641,28 @@ def _forward_statements(step: StepLowering, equations: list[Equation], backward:
     needed_later = set().union(*(e.rhs.syms() for e in [*scalars, *backward]))
     step.shiftable = _shiftable_logits(equations, backward)
     out: list[Statement] = []
+    centred = _centred_variances(equations)
     for e in equations:
         target, rhs = e.target.name, e.rhs
         shown = Equation(Sym(step.base(target), e.target.shape), rhs)
         comments = _comments(shown, original, notes)
+        if target in centred:  # σ² from A − 𝟏μ in X̂'s buffer, which X̂ then scales
+            std, xhat = centred[target]
+            if isinstance(std, str):
+                std, _ = centred[std]
+                step.buffer(target, e.target.shape)
+                std.scale_into(step, target)
+                note = f"  {_centring(std)} is in its buffer already (σ² above): scaled in place"
+            else:
+                step.buffer(target, e.target.shape)
+                step.buffer(xhat, std.shape)
+                std.centred_into(step, xhat)
+                with step.scratch(std.shape) as sq:
+                    step.emit(f"np.square({xhat}, out={sq})")
+                    step.emit_into(Scale(rhs.c, ColSum(Sym(sq, std.shape))), target)
+                note = f"  {_centring(std)} computed once, into {naming.text(xhat)}'s buffer"
+            out.append(Statement(step.take(), (*comments, note)))
+            continue
         if e.target.shape == SCALAR:  # the loss: J, then L = J + penalties
             if isinstance(rhs, Add):
                 lines = layout_sum(target, _sum_terms(rhs, step.scalar), indent)

@@ -19,7 +19,7 @@ import numpy as np
 import sympy as sp
 
 from symgrad import naming
-from symgrad.ops.base import Hadamard, Node, Scale, Sym, _size, hadamard
+from symgrad.ops.base import Hadamard, Map, Node, Scale, Sym, _size, hadamard
 from symgrad.ops.reductions import Broadcast, ColSum, RowSum, Sub
 
 __all__ = ["Standardize", "InvStd", "Dropout", "exact"]
@@ -193,11 +193,31 @@ class Standardize(Node):
                 lw.MUL)
 
     def into(self, st, dest):
+        self.centred_into(st, dest)
+        self.scale_into(st, dest)
+
+    def centred_into(self, st, dest):
+        """dest = A − 𝟏μ (the training step computes σ² from it, then scales it in place)."""
         with st.operand(self.x) as a:
             st.emit(f"np.subtract({a}, {self.mu.name}, out={dest})")
+
+    def scale_into(self, st, dest):
+        """dest ⊙= 𝟏(σ² + ε)^(−½): A − 𝟏μ, in dest, becomes X̂."""
         with st.scratch(self.var.shape) as inv:
             InvStd(self.var, self.eps, self.var.shape).into(st, inv)
             st.emit(f"{dest} *= {inv}")
+
+    def is_variance(self, node: Node) -> bool:
+        """Whether node is σ² = (1/m) 𝟏ᵀ(A − 𝟏μ)² of this standardization (batchnorm)."""
+        if not (self.axis == 0 and isinstance(node, Scale) and node.c == 1 / self.count
+                and isinstance(node.x, ColSum) and isinstance(node.x.x, Map)):
+            return False
+        body = node.x.x
+        if len(body.args) != 2:
+            return False
+        (a, x), (m, mu) = body.args
+        return (x == self.x and mu == Broadcast(self.mu, self.shape)
+                and body.expr == (a - m) ** 2)
 
     # The batchnorm layer's backward as a person writes it (the training step's form): X̂
     # feeds Z = X̂ ⊙ 𝟏γ + β, so with δ = ∂L/∂Z the rule's G = ∂L/∂X̂ = δ ⊙ 𝟏γ has the column
