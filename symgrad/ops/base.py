@@ -12,7 +12,8 @@ Every op — forward layer or backward-only expression — is one class holding,
   (``p.paren(child, p.MATMUL)``, ``p.name``, ``p.coef``), and ``precedence``,
 * ``numpy(lw)``: its readable numpy expression, given the lowering ``lw``
   (``lw.expr(child, lw.MUL)``, ``lw.form(child)``, ``lw.coef(c)``, ``lw.size(width)``,
-  ``lw.map(m)``, ``lw.helpers``), returning ``(source, precedence)``, and
+  ``lw.map(m)``, ``lw.helpers``; in expression mode also ``lw.full(child, prec)``, the
+  child spread to its own 2-D shape), returning ``(source, precedence)``, and
   ``into(st, dest)``: the in-place form writing into the preallocated buffer ``dest``
   (``st.operand(child)`` a name holding it, ``st.emit(line)``, ``st.emit_into(child, buf)``,
   ``st.scratch(shape)``, ``st.buffer(name, shape)``, ``st.simple(child)``, ``st.binary``,
