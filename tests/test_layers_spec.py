@@ -309,3 +309,38 @@ def test_load_spec_reads_a_dag(tmp_path):
     path.write_text(toml('[[layer]]\nunits = 3\n[[layer]]\ntype = "add"\n'
                          'inputs = ["A1", "X"]\n'), encoding="utf-8")
     assert load_spec(path).sizes == (3, 3, 3)
+
+
+SAME = [  # (TOML layers, the same layers through the Python API)
+    ('[[layer]]\ntype = "batchnrom"\n', lambda: (Layer(type="batchnrom"),)),
+    ('[[layer]]\ntype = "layernorm"\nunits = 2\n', lambda: (Layer(2, type="layernorm"),)),
+    ('[[layer]]\ntype = "layernorm"\nmomentum = 0.5\n',
+     lambda: (Layer(type="layernorm", momentum=0.5),)),
+    ('[[layer]]\nunits = 2\ninputs = ["X", "X"]\n', lambda: (Layer(2, inputs=("X", "X")),)),
+    ('[[layer]]\ntype = "concat"\ninputs = ["X", "X"]\ninput = "X"\n',
+     lambda: (Layer(type="concat", inputs=["X", "X"], input="X"),)),
+    ('[[layer]]\ntype = "concat"\ninputs = ["X", 2]\n',
+     lambda: (Layer(type="concat", inputs=["X", 2]),)),
+    ('[[layer]]\ntype = "add"\ninputs = "X"\n', lambda: (Layer(type="add", inputs="X"),)),
+    ('[[layer]]\ntype = "dropout"\np = 1.0\n', lambda: (Layer(type="dropout", p=1.0),)),
+    ('[[layer]]\ntype = "batchnorm"\neps = 0.0\n', lambda: (Layer(type="batchnorm", eps=0.0),)),
+    (DENSE3 + '[[layer]]\nunits = 2\ninput = "A3"\n',
+     lambda: (Layer(3), Layer(2, input="A3"))),
+    (DENSE3 + '[[layer]]\ntype = "add"\ninputs = ["A1", "A2"]\n' + DENSE3,
+     lambda: (Layer(3), Layer(type="add", inputs=("A1", "A2")), Layer(3))),
+    ('[[layer]]\nunits = 2\n[[layer]]\ntype = "add"\ninputs = ["A1", "X"]\n',
+     lambda: (Layer(2), Layer(type="add", inputs=("A1", "X")))),
+    (DENSE3 + '[[layer]]\nunits = 2\ninput = "X"\n', lambda: (Layer(3), Layer(2, input="X"))),
+]
+
+
+@pytest.mark.parametrize(("layers", "api"), SAME)
+def test_toml_and_python_api_say_the_same(layers, api):
+    with pytest.raises(SymgradError) as from_toml:
+        spec_from_dict(tomllib.loads(toml(layers)), "net.toml")
+    with pytest.raises(SymgradError) as from_api:
+        Spec("net", 3, api(), loss="mse", source="net.toml")
+    assert from_api.value.what == from_toml.value.what
+    # the field is the same; a Layer built alone does not know its position
+    field = from_toml.value.where.split("]", 1)[1]  # net.toml: layer[2].inputs[2] → .inputs[2]
+    assert from_api.value.where.endswith(field)
