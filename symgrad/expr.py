@@ -346,6 +346,9 @@ class _Validator:
         func = node.func
         if isinstance(func, ast.Name) or _is_numpy_attribute(func):
             pass
+        elif self.allow_matrix and isinstance(func, ast.Attribute) and _is_numpy_attribute(
+                func.value) and func.value.attr == "linalg" and not func.attr.startswith("_"):
+            pass  # np.linalg.inv(A): the builder knows which (inv, det, solve)
         elif _is_method(func) and self.allow_matrix:  # x.sum(axis=0): the receiver is an argument
             for keyword in node.keywords:
                 self.check_keyword(keyword)
@@ -356,6 +359,13 @@ class _Validator:
             raise self.refuse("only named functions can be called, e.g. exp(x)")
         for keyword in node.keywords:
             self.check_keyword(keyword)
+        name = func.id if isinstance(func, ast.Name) else func.attr
+        if self.allow_matrix and name == "norm":  # norm(X, "fro"): the one string admitted
+            strings = [a for a in node.args[1:] if isinstance(a, ast.Constant)
+                       and isinstance(a.value, str)]
+            if any(a.value != "fro" for a in strings):
+                raise self.refuse('the only order given as a string is norm(X, "fro")')
+            return [a for a in node.args if a not in strings]
         return list(node.args)
 
     def check_keyword(self, keyword: ast.keyword) -> None:

@@ -61,6 +61,7 @@ from symgrad.ops import (
     LogSumExp,
     Map,
     MatMul,
+    MatPow,
     N,
     Node,
     Ones,
@@ -73,6 +74,19 @@ from symgrad.ops import (
     Trace,
     Transpose,
 )
+from symgrad.ops.linalg import (
+    Det,
+    Inverse,
+    LogDet,
+    Solve,
+    condition,
+    degenerate,
+    inverse_product,
+    invertible_names,
+    with_solves,
+)
+from symgrad.ops.reductions import Extremum, Norm
+from symgrad.ops.structure import DiagMatrix, DiagPart, Kron
 from symgrad.printing import ATOM, HADAMARD, MATMUL, LatexPrinter, TextPrinter
 from symgrad.verify import (
     _FUNCTION_NAMES,
@@ -84,9 +98,12 @@ from symgrad.verify import (
     _shape_text,
     _ShapeError,
     _src,
+    _transpose,
 )
 from symgrad.verify import _MATRIX_FUNCTIONS as MATRIX_FUNCTIONS
+from symgrad.verify import ADD as NP_ADD
 from symgrad.verify import MUL as NP_MUL
+from symgrad.verify import POW as NP_POW
 from symgrad.verify import UNARY as NP_UNARY
 
 __all__ = [
@@ -225,32 +242,76 @@ EXPR_FUNCTIONS = MappingProxyType({
     "sigmoid": (1, sigmoid), "softplus": (1, softplus), "huber": (1, _huber),
 })
 MATRIX_EXTRAS = ("trace", "norm", "logsumexp", "softmax", "eye")
+LINALG = ("inv", "det", "logdet", "solve", "slogdet")  # also as np.linalg.NAME
 
 
 class ExprBuilder(FormulaBuilder):
     """:class:`FormulaBuilder` plus ``trace(A)``, ``norm(A)`` (Frobenius),
     ``logsumexp(A, axis=1)`` (row-wise) / ``logsumexp(A)`` (over all entries) and the
-    activation library as elementwise functions."""
+    activation library as elementwise functions; and (:meth:`vocab_call`) ``diag(v)`` (a
+    vector → its diagonal matrix; also ``diagflat``), ``diag(A)`` (A square → its diagonal,
+    1-D as ``np.diag``), ``kron(A, B)``, ``norm(x, 1)`` / ``norm(x, 2)`` (vectors),
+    ``norm(X, "fro")``, ``max``/``min`` over all entries or ``axis=0|1`` (``keepdims``),
+    ``softmax(X, axis=0|1)``, ``logsumexp(X, axis=0)`` and ``expand_dims(v, 0|1)``, with
+    numpy's meanings and shapes.  ``e`` and ``pi`` are Euler's number and π."""
 
     functions = EXPR_FUNCTIONS
 
     def visit_Call(self, node: ast.Call):
         func = node.func
         name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+        if name in VOCABULARY or _vocabulary_form(name, node):
+            return self.vocab_call(name, node)
         if name in MATRIX_EXTRAS:
             return self.extra_call(name, node)
+        if name in LINALG or (name == "log" and len(node.args) == 1 and _is_det(node.args[0])):
+            return self.linalg_call(name, node)
         if name and name not in self.functions and name not in MATRIX_FUNCTIONS:
             error = self.unknown_function(name, name)
             raise self.error(f"{error.what} in {_src(node)}")
         return super().visit_Call(node)
 
     def unknown_function(self, name: str, label: str) -> SymgradError:
-        known = [*self.functions, *MATRIX_EXTRAS, "sum", "mean"]
+        known = [*self.functions, *MATRIX_EXTRAS, *LINALG[:4], *VOCABULARY, "sum", "mean"]
         close = difflib.get_close_matches(name, known, n=1)
         if name in self.net.matrices or name in self.names:
             return self.error(f"'{label}' is not a function")
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return self.error(f"unknown function '{label}'{hint}")
+
+    def linalg_call(self, name: str, node: ast.Call):
+        """inv(A), det(A), logdet(A) (and log(det(A))), solve(A, B), also spelled
+        np.linalg.inv, …: the ops of :mod:`symgrad.ops.linalg`, A square."""
+        text, func = _src(node), node.func
+        if isinstance(func, ast.Attribute) and name != "log" and not _is_linalg(func):
+            raise self.error(f"{text}: write {name}(…) or np.linalg.{name}(…)")
+        if name == "slogdet":
+            raise self.error(f"{text}: slogdet returns a pair (sign, log |det|), not an "
+                             "expression; write logdet(A) (or log(det(A)))")
+        if node.keywords:
+            raise self.error(f"{text}: '{name}' takes no keyword arguments")
+        want = 2 if name == "solve" else 1
+        if len(node.args) != want:
+            raise self.error(f"{text}: '{name}' takes {want} array argument{'s' * (want > 1)}")
+        if name == "log":  # log(det(A)) is log det(A), with its own rule A⁻ᵀ
+            name, node = "logdet", node.args[0]  # type: ignore[assignment]
+        args = [self.visit(a) for a in node.args]  # type: ignore[attr-defined]
+        for x in args:
+            if not isinstance(x, Term) or len(x.shape) != 2:
+                raise self.shape_error(f"{text}: '{name}' needs 2-D arrays, got "
+                                       f"{x if not isinstance(x, Term) else _shape_text(x.shape)}")
+        a = args[0]
+        if a.shape[0] != a.shape[1]:
+            raise self.shape_error(f"{text}: {name} needs a square matrix, got {_shape_text(a.shape)}")
+        if name == "solve":
+            b = args[1]
+            if b.shape[0] != a.shape[0]:
+                raise self.shape_error(f"{text}: solve(A, B) needs as many rows in B as A has, "
+                                       f"got {_shape_text(a.shape)} and {_shape_text(b.shape)}")
+            return Term(Solve(a.node, b.node), b.shape, text)
+        if name == "inv":
+            return Term(Inverse(a.node), a.shape, text)
+        return Term((Det if name == "det" else LogDet)(a.node), (), text)
 
     def extra_call(self, name: str, node: ast.Call):
         text = _src(node)
@@ -290,6 +351,159 @@ class ExprBuilder(FormulaBuilder):
         return Term(Transpose(lse), (shape[0],), text)
 
 
+    # --- diag, kron, norm(x, ord), max/min, softmax/logsumexp over columns (ops.structure,
+    #     ops.reductions): numpy's meanings and shapes
+
+    def vocab_call(self, name: str, node: ast.Call):
+        text = _src(node)
+        kw = {k.arg: k.value.value for k in node.keywords}
+        axis, keepdims = kw.get("axis"), bool(kw.get("keepdims", False))
+        if kw and name not in ("max", "min", "softmax", "logsumexp"):
+            raise self.error(f"{text}: '{name}' takes no keyword arguments")
+        want = {"kron": 2, "norm": 2, "expand_dims": 2}.get(name, 1)
+        if name in ("max", "min") and len(node.args) == 2:
+            raise self.error(f"{text}: {name}(X) reduces one array (over all entries or an "
+                             f"axis=); for the elementwise {name}imum of two write "
+                             f"{name}imum(a, b)")
+        if len(node.args) != want:
+            raise self.error(f"{text}: '{name}' takes {want} argument{'s' * (want > 1)}")
+        if name == "norm":
+            return self.norm(node, text)
+        args = [self.visit(a) for a in node.args[:1 if name == "expand_dims" else want]]
+        for x in args:
+            if not isinstance(x, Term):
+                raise self.error(f"{text}: '{name}' needs an array, got the scalar {x}")
+        x = args[0]
+        if name in ("diag", "diagflat"):
+            return self.diag(name, x, text)
+        if name == "expand_dims":  # np.expand_dims(v, 1): a 1-D vector as a column (or row)
+            where = node.args[1]
+            if len(x.shape) != 1 or not (isinstance(where, ast.Constant)
+                                         and type(where.value) is int and where.value in (0, 1)):
+                raise self.error(f"{text}: expand_dims takes a 1-D vector and the axis 0 or 1")
+            if where.value == 0:
+                return Term(x.node, (sp.Integer(1), x.shape[0]), text)
+            return Term(_transpose(x.node), (x.shape[0], sp.Integer(1)), text)
+        if name == "kron":
+            a, b = args
+            if len(a.shape) != 2 or len(b.shape) != 2:
+                raise self.shape_error(f"{text}: kron needs 2-D arrays (a vector as n,1 or "
+                                       "1,n), as its gradient is written for matrices")
+            (m, n), (p, q) = a.shape, b.shape
+            return Term(Kron(a.node, b.node), (m * p, n * q), text)
+        if name in ("softmax", "logsumexp"):
+            return self.along(name, x, axis, keepdims, text)
+        return self.extremum(name, x, axis, keepdims, text)
+
+    def diag(self, name: str, x: Term, text: str) -> Term:
+        """diag(v) of a vector (n,), n×1 or 1×n: the n×n diagonal matrix (also diagflat(v));
+        diag(A) of a square matrix: its diagonal, 1-D (n,) as numpy's np.diag."""
+        shape = x.shape
+        vector = len(shape) == 1 or (len(shape) == 2 and 1 in (shape[0], shape[1]))
+        if vector:
+            n = shape[0] if len(shape) == 1 or shape[1] == 1 else shape[1]
+            return Term(DiagMatrix(x.node), (n, n), text)
+        if name == "diagflat" or shape[0] != shape[1]:
+            raise self.shape_error(f"{text}: {name} takes a vector (n,1, 1,n or 1-D), or a "
+                                   f"square matrix for its diagonal; got {_shape_text(shape)}")
+        return Term(_transpose(DiagPart(x.node)), (shape[0],), text)
+
+    def norm(self, node: ast.Call, text: str) -> Term:
+        """norm(x, 1) and norm(x, 2) of a vector, norm(X, "fro") of a matrix (numpy's
+        meanings; norm(X) without an order is the Frobenius norm, as before)."""
+        order = node.args[1]
+        value = order.value if isinstance(order, ast.Constant) else None
+        if value not in (1, 2, "fro") or type(value) is float:
+            raise self.error(f"{text}: supported orders are norm(x, 1) and norm(x, 2) of a "
+                             "vector and norm(X, \"fro\") of a matrix")
+        x = self.visit(node.args[0])
+        if not isinstance(x, Term):
+            raise self.error(f"{text}: 'norm' needs an array, got the scalar {x}")
+        shape = x.shape
+        vector = len(shape) == 1 or (len(shape) == 2 and 1 in (shape[0], shape[1]))
+        if value == "fro" and len(shape) != 2:
+            raise self.shape_error(f"{text}: the Frobenius norm is of a 2-D array; for a 1-D "
+                                   "vector write norm(x, 2)")
+        if value in (1, 2) and not vector:
+            what = ("its largest singular value (the spectral norm)" if value == 2 else
+                    "its largest column sum of |X|")
+            hint = "norm(X, \"fro\")" if value == 2 else "sum(abs(X))"
+            raise self.shape_error(f"{text}: norm(X, {value}) of a {_shape_text(shape)} matrix is "
+                                   f"{what} in numpy, which symgrad does not differentiate; "
+                                   f"write {hint}")
+        return Term(Norm(x.node, value), (), text)
+
+    def along(self, name: str, x: Term, axis, keepdims: bool, text: str) -> Term:
+        """softmax(X, axis=0|1) and logsumexp(X, axis=0): over the columns as the row-wise
+        op of Xᵀ, transposed back."""
+        if len(x.shape) == 1:  # a 1-D vector: its one axis
+            if axis not in (0, None):
+                raise self.shape_error(f"{text}: axis {axis} is out of bounds for a 1-D vector")
+            if name == "softmax":
+                return Term(Softmax(x.node), x.shape, text)
+            return Term(LogSumExp(x.node, None), (1, 1) if keepdims else (), text)
+        if axis is None:
+            if name == "softmax":
+                raise self.shape_error(f"{text}: softmax is over axis=1 (rows, the default) or "
+                                       "axis=0 (columns)")
+            return Term(LogSumExp(x.node, None), (1, 1) if keepdims else (), text)
+        if axis == 1:
+            if name == "softmax":
+                return Term(Softmax(x.node), x.shape, text)
+            lse = LogSumExp(x.node, 1)
+            r = x.shape[0]
+            return Term(lse, (r, sp.Integer(1)), text) if keepdims else Term(
+                Transpose(lse), (r,), text)
+        xt = _transpose(x.node)
+        if name == "softmax":
+            return Term(_transpose(Softmax(xt)), x.shape, text)
+        c = x.shape[1]
+        row = _transpose(LogSumExp(xt, 1))  # 1×c: one value per column
+        return Term(row, (sp.Integer(1), c) if keepdims else (c,), text)
+
+    def extremum(self, name: str, x: Term, axis, keepdims: bool, text: str) -> Term:
+        """max/min over all entries (a scalar), down each column (axis=0) or along each
+        row (axis=1), with numpy's shapes (1-D, or kept with keepdims=True)."""
+        shape = x.shape
+        if len(shape) == 1:
+            if axis not in (None, 0):
+                raise self.shape_error(f"{text}: axis {axis} is out of bounds for a 1-D vector")
+            return Term(Extremum(x.node, None, name), (sp.Integer(1),) if keepdims else (), text)
+        if axis is None:
+            return Term(Extremum(x.node, None, name), (1, 1) if keepdims else (), text)
+        ext = Extremum(x.node, axis, name)
+        r, c = shape
+        if axis == 0:
+            return Term(ext, (sp.Integer(1), c) if keepdims else (c,), text)
+        return Term(ext, (r, sp.Integer(1)), text) if keepdims else Term(Transpose(ext), (r,), text)
+
+
+VOCABULARY = ("diag", "diagflat", "expand_dims", "kron", "max", "min")
+
+
+def _vocabulary_form(name: str, node: ast.Call) -> bool:
+    """norm(x, ORD), softmax(X, axis=…), logsumexp(X, axis=0): the new forms of old names."""
+    if name == "norm":
+        return len(node.args) == 2
+    axes = [k.value.value for k in node.keywords if k.arg == "axis"
+            and isinstance(k.value, ast.Constant)]
+    return (name == "softmax" and bool(node.keywords)) or (name == "logsumexp" and axes == [0])
+
+
+def _is_linalg(func: ast.expr) -> bool:
+    """``np.linalg.NAME`` (or ``numpy.linalg.NAME``)."""
+    return (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Attribute)
+            and func.value.attr == "linalg" and isinstance(func.value.value, ast.Name)
+            and func.value.value.id in ("np", "numpy"))
+
+
+def _is_det(node: ast.expr) -> bool:
+    """``det(…)`` or ``np.linalg.det(…)`` (so log(det(A)) is log det(A))."""
+    return isinstance(node, ast.Call) and (
+        (isinstance(node.func, ast.Name) and node.func.id == "det")
+        or (_is_linalg(node.func) and node.func.attr == "det"))
+
+
 @dataclass
 class ExprProblem:
     """A parsed expression: its text, names and shapes, the forward tree."""
@@ -299,6 +513,7 @@ class ExprProblem:
     wrt: tuple[str, ...]
     space: Space
     root: Node  # 1×1
+    assume: Assumptions = field(default_factory=lambda: Assumptions())  # --symmetric, …
 
     @property
     def args(self) -> list[str]:
@@ -323,13 +538,18 @@ class ExprProblem:
         return seen
 
 
-def parse_problem(text: str, shape_items: Sequence[str], wrt: str | Sequence[str]) -> ExprProblem:
+def parse_problem(text: str, shape_items: Sequence[str], wrt: str | Sequence[str],
+                  assume: Assumptions | None = None) -> ExprProblem:
     shapes = parse_shapes(shape_items)
+    assume = assume or Assumptions()
+    assume.check(shapes)
     items = [wrt] if isinstance(wrt, str) else list(wrt)  # --wrt U,V and --wrt U --wrt V
     names = [w.strip() for item in items for w in item.split(",") if w.strip()]
     if not names:
         raise SymgradError("--wrt", "name the variable(s) to differentiate, e.g. --wrt w")
     for w in names:
+        if w in _CONSTANTS:  # e, pi: a value of the language, never a variable
+            raise SymgradError(f"--wrt {w}", _CONSTANTS[w])
         if w not in shapes:
             raise SymgradError("--wrt", f"'{w}' has no shape; add --shape {w}=ROWS,COLS")
     if len(set(names)) != len(names):
@@ -342,7 +562,7 @@ def parse_problem(text: str, shape_items: Sequence[str], wrt: str | Sequence[str
     missing = [w for w in names if w not in root.syms()]
     if missing:
         raise SymgradError("--wrt", f"the expression does not depend on {', '.join(missing)}")
-    return ExprProblem(text, shapes, tuple(names), space, root)
+    return ExprProblem(text, shapes, tuple(names), space, root, assume)
 
 
 def build(text: str, space: Space, where: str = WHERE, scalar: bool = True) -> Node:
@@ -368,6 +588,295 @@ def build(text: str, space: Space, where: str = WHERE, scalar: bool = True) -> N
         return Broadcast(value.node, (sp.Integer(1), sp.Integer(1))) if tuple(
             value.node.shape) != (1, 1) else value.node
     return value.node
+
+
+# --------------------------------------------------------------------------
+# Assumptions the user states (--symmetric, --assume, --positive)
+# --------------------------------------------------------------------------
+
+ASSUME_FORMS = ("rowsum(NAME) = 1 (or sum(NAME, axis=1) = 1)", "NAME = NAME.T", "NAME > 0")
+SYMMETRIC_CONVENTION = (
+    "∂f/∂{name} is the unconstrained gradient: each entry of {name} varied on its own (the "
+    "Matrix Cookbook §2.8), taken at a symmetric {name}")
+
+
+def _assume_error(item: str, what: str) -> SymgradError:
+    return SymgradError(f"--assume {item}", f"{what}; supported: {'; '.join(ASSUME_FORMS)}")
+
+
+def _assume_side(text: str, item: str) -> ast.expr:
+    from symgrad.expr import validate
+
+    if not text.strip():
+        raise _assume_error(item, "expected a fact such as rowsum(Y) = 1")
+    try:
+        return validate(text, where=f"--assume {item}", allow_matrix=True).body
+    except SymgradError as e:
+        raise _assume_error(item, e.what) from None
+
+
+def _top_level_equals(text: str) -> list[str]:
+    """``text`` split at each ``=`` outside brackets that is not part of ==, <=, >=, !=."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch in "([{") - (ch in ")]}")
+        if (ch == "=" and depth == 0 and text[i - 1:i] not in ("<", ">", "=", "!")
+                and text[i + 1:i + 2] != "="):
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
+def _assumed_name(node: ast.expr) -> str | None:
+    return node.id if isinstance(node, ast.Name) else None
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """What the user states about the names, used everywhere a value is drawn or a
+    gradient simplified:
+
+    * ``symmetric`` (A = Aᵀ): the simplifier writes Aᵀ as A (∂ xᵀAx = 2Ax); random
+      instances are symmetric; the proof expands at a symmetric A.  A gradient with respect
+      to A itself is the unconstrained one (:data:`SYMMETRIC_CONVENTION`).
+    * ``rowsum`` (rowsum(Y) = 1, entries ≥ 0: one-hot or probability rows): the simplifier
+      writes rowsum(Y) as 𝟏 (so softmax cross-entropy gives softmax(XW) − Y); random rows are
+      nonnegative and sum to 1; the proof expands with each row's last entry 1 − the others.
+    * ``positive`` (x > 0): random instances draw x from [0.5, 1.5] (so log x and √x are
+      defined); the proof takes x's entries positive; the generated module's ``DOMAIN``.
+    """
+
+    symmetric: tuple[str, ...] = ()
+    rowsum: tuple[str, ...] = ()
+    positive: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.symmetric or self.rowsum or self.positive)
+
+    @classmethod
+    def parse(cls, symmetric: Sequence[str] = (), assume: Sequence[str] = (),
+              positive: Sequence[str] = ()) -> Assumptions:
+        """The options' values (comma lists and repeats add up); each --assume FACT read by
+        the safe parser, never eval."""
+        def names(items: Sequence[str], option: str) -> list[str]:
+            out = [n.strip() for item in items for n in item.split(",") if n.strip()]
+            for n in out:
+                if not _NAME.match(n):
+                    raise SymgradError(f"--{option} {n}", "expected a name given with --shape")
+            return out
+
+        sym, pos, rows = names(symmetric or (), "symmetric"), names(positive or (), "positive"), []
+        for item in assume or ():
+            kind, name = cls._fact(item)
+            {"symmetric": sym, "positive": pos, "rowsum": rows}[kind].append(name)
+        unique = lambda xs: tuple(dict.fromkeys(xs))  # noqa: E731 - in the order given
+        return cls(unique(sym), unique(rows), unique(pos))
+
+    @staticmethod
+    def _fact(item: str) -> tuple[str, str]:
+        """``rowsum(Y) = 1`` → ("rowsum", "Y"); ``A = A.T`` → ("symmetric", "A");
+        ``x > 0`` → ("positive", "x"); anything else a one-line error listing the forms."""
+        text = item.strip()
+        parts = _top_level_equals(text)
+        if len(parts) == 1:
+            expr = _assume_side(text, item)
+            if (isinstance(expr, ast.Compare) and len(expr.ops) == 1
+                    and isinstance(expr.ops[0], ast.Gt) and _assumed_name(expr.left)
+                    and isinstance(expr.comparators[0], ast.Constant)
+                    and expr.comparators[0].value == 0):
+                return "positive", _assumed_name(expr.left)
+            raise _assume_error(item, f"'{text}' is not a fact symgrad can use")
+        if len(parts) != 2:
+            raise _assume_error(item, "one '=' per fact")
+        lhs, rhs = (_assume_side(p, item) for p in parts)
+        if isinstance(lhs, ast.Constant):  # 1 = rowsum(Y)
+            lhs, rhs = rhs, lhs
+        if isinstance(rhs, ast.Constant) and rhs.value == 1 and isinstance(lhs, ast.Call):
+            fn = lhs.func.id if isinstance(lhs.func, ast.Name) else getattr(lhs.func, "attr", "")
+            kw = {k.arg: k.value for k in lhs.keywords}
+            axis = kw.pop("axis", None)
+            kw.pop("keepdims", None)
+            if len(lhs.args) == 1 and _assumed_name(lhs.args[0]) and not kw and (
+                    (fn == "rowsum" and axis is None)
+                    or (fn == "sum" and isinstance(axis, ast.Constant) and axis.value in (1, -1))):
+                return "rowsum", _assumed_name(lhs.args[0])
+        a, b = _assumed_name(lhs), rhs
+        if a is None:
+            a, b = _assumed_name(rhs), lhs
+        if a is not None and isinstance(b, ast.Attribute) and b.attr == "T" and (
+                _assumed_name(b.value) == a):
+            return "symmetric", a
+        raise _assume_error(item, f"'{text}' is not a fact symgrad can use")
+
+    def check(self, shapes: dict[str, tuple[sp.Expr, sp.Expr]]) -> None:
+        """Each name has a shape; a symmetric one is square, a row-stochastic one a matrix."""
+        for option, names in (("symmetric", self.symmetric), ("assume", self.rowsum),
+                              ("positive", self.positive)):
+            for n in names:
+                where = f"--{option} {n}" if option != "assume" else f"--assume rowsum({n}) = 1"
+                if n not in shapes:
+                    raise SymgradError(where, f"'{n}' has no shape; add --shape {n}=ROWS,COLS")
+                r, c = shapes[n]
+                if option == "symmetric" and r != c:
+                    raise SymgradError(where, f"a symmetric matrix is square, and {n} is "
+                                       f"{_shape_text((r, c))}")
+        both = set(self.symmetric) & set(self.rowsum)
+        if both:
+            raise SymgradError("--assume", f"{', '.join(sorted(both))}: symmetric and row sums "
+                               "1 together is not supported; state one of them")
+
+    def lines(self) -> list[str]:
+        """The assumptions in words, as derive and verify print them."""
+        out = [f"{n} = {n}ᵀ (symmetric)" for n in self.symmetric]
+        out += [f"rowsum({n}) = 𝟏, {n} ≥ 0 (rows one-hot or probabilities)" for n in self.rowsum]
+        out += [f"{n} > 0 (entrywise)" for n in self.positive]
+        return out
+
+    # -- the simplifier's use: Aᵀ → A, rowsum(Y) → 𝟏
+
+    def rewrite(self, node: Node) -> Node:
+        """``node`` with the stated facts used (equal wherever they hold)."""
+        from symgrad.derive import transform
+
+        sym, rows = set(self.symmetric), set(self.rowsum)
+
+        def fn(n: Node) -> Node | None:
+            if isinstance(n, Transpose) and isinstance(n.x, Sym) and n.x.name in sym:
+                return n.x
+            if isinstance(n, RowSum) and isinstance(n.x, Sym) and n.x.name in rows:
+                return _full(sp.S.One, n.shape)
+            if (isinstance(n, ColSum) and isinstance(n.x, Transpose)
+                    and isinstance(n.x.x, Sym) and n.x.x.name in rows):
+                return _full(sp.S.One, n.shape)
+            return None
+
+        return transform(node, fn)
+
+    def simplified(self, g: Node, simplify) -> Node:
+        """``simplify(g)`` using the facts: applied before and after, to a fixed point
+        (the simplifier may bring a fact's pattern to light, as rowsum(Y) in softmax CE)."""
+        if not (self.symmetric or self.rowsum):
+            return simplify(g)
+        out = simplify(self.rewrite(g))
+        for _ in range(3):
+            again = self.rewrite(out)
+            if again == out:
+                break
+            out = simplify(again)
+        return out
+
+    # -- random instances and the proof's explicit instance
+
+    def draw(self, name: str, a: np.ndarray, real: bool) -> np.ndarray:
+        """A random instance ``a`` made to satisfy the facts about ``name`` (``real``: it
+        was drawn standard normal, else from ±[0.5, 1.5])."""
+        if name in self.positive:
+            a = np.abs(a) + (0.5 if real else 0.0)
+        if name in self.symmetric:
+            a = (a + a.T) / 2
+        if name in self.rowsum:
+            a = np.abs(a) + 0.1
+            a = a / a.sum(axis=1, keepdims=True)
+        return a
+
+    def constrain(self, env: dict):
+        """A function putting the facts into an explicit expression over ``env``'s entry
+        symbols: Aⱼᵢ → Aᵢⱼ, a row's last entry → 1 − the others, x's entries positive.
+        The proof differentiates first, then constrains (the unconstrained gradient at a
+        point where the facts hold)."""
+        structure: dict = {}
+        signs: dict = {}
+        for n in self.symmetric:
+            m = env.get(n)
+            if isinstance(m, sp.MatrixBase):
+                structure.update({m[j, i]: m[i, j] for i in range(m.rows) for j in range(i)})
+        for n in self.rowsum:
+            m = env.get(n)
+            if isinstance(m, sp.MatrixBase) and m.cols > 1:
+                last = m.cols - 1
+                structure.update({m[i, last]: 1 - sp.Add(*[m[i, j] for j in range(last)])
+                                  for i in range(m.rows)})
+        for n in self.positive:
+            m = env.get(n)
+            entries = list(m) if isinstance(m, sp.MatrixBase) else []
+            signs.update({s: sp.Symbol(s.name, positive=True) for s in entries
+                          if isinstance(s, sp.Symbol)})
+
+        def apply(e):
+            return e.xreplace(structure).xreplace(signs) if structure or signs else e
+
+        return apply
+
+
+def _assumed(problem: ExprProblem, md: bool = False) -> list[str]:
+    """The lines derive and verify print under f: the facts assumed, and the convention
+    for a gradient with respect to a symmetric matrix when one is asked for."""
+    facts = problem.assume.lines()
+    if not facts:
+        return []
+    pad = "" if md else "  "
+    out = [f"{pad}assuming {'; '.join(facts)}"]
+    for name in problem.assume.symmetric:
+        if name in problem.wrt:
+            out.append(f"{pad}{SYMMETRIC_CONVENTION.format(name=naming.text(name))}")
+    return out
+
+
+def _assumed_verify(problem: ExprProblem, wrt: str) -> list[str]:
+    """verify's ``assuming:`` line (and the convention when ``wrt`` is symmetric)."""
+    facts = problem.assume.lines()
+    if not facts:
+        return []
+    out = [f"  assuming: {'; '.join(facts)}"]
+    if wrt in problem.assume.symmetric:
+        out.append(f"    {SYMMETRIC_CONVENTION.format(name=naming.text(wrt))}")
+    return out
+
+
+def assumed_context(problem: ExprProblem) -> dict:
+    """The generated module's view of the assumptions (its random_arguments draws them)."""
+    a = problem.assume
+    args = problem.args
+    return {
+        "assumed": a.lines(),
+        "positive": [n for n in a.positive if n in args],
+        "symmetric": [n for n in a.symmetric if n in args],
+        "rowsum_one": [n for n in a.rowsum if n in args],
+    }
+
+
+def _log_softmax(z: Node) -> Node:
+    """log softmax(Z) = Z − logsumexp(Z) 𝟏ᵀ row-wise (the row maximum subtracted inside)."""
+    return Sub(z, Broadcast(LogSumExp(z, 1), tuple(z.shape)))
+
+
+def stable_forms(node: Node) -> Node:
+    """``node`` with log(softmax(Z)) written Z − logsumexp(Z): the same value, finite where
+    softmax underflows to 0 (logits spread over ±1000), and a gradient without 1/softmax
+    (softmax cross-entropy sweeps to softmax(Z) ⊙ rowsum(G) − G, never 0 · ∞)."""
+    from symgrad.derive import transform
+
+    def fn(n: Node) -> Node | None:
+        if not isinstance(n, Map):
+            return None
+        subs: dict = {}
+        args: list = []
+        for s, a in n.args:
+            a = stable_forms(a)
+            if isinstance(a, Softmax) and n.expr.has(sp.log(s)):
+                t = sp.Symbol(f"{s.name}_log", real=True)
+                subs[sp.log(s)] = t
+                args.append((t, _log_softmax(a.x)))
+            args.append((s, a))
+        if not subs:
+            return None
+        expr = n.expr.xreplace(subs)
+        keep = tuple((s, a) for s, a in args if s in expr.free_symbols)
+        if len(keep) == 1 and expr == keep[0][0]:
+            return keep[0][1]
+        return Map(expr, keep, n.note) if keep else _full(expr, n.shape)
+
+    return transform(node, fn)
 
 
 # --------------------------------------------------------------------------
@@ -533,6 +1042,248 @@ def _order(node: Node) -> tuple:
     return (rank.get(type(node).__name__, 3), ExprTextPrinter()._print(node))
 
 
+# --- rewrite rules: each a named declaration, its identity in its docstring ---------------
+#
+# A rule is ``apply(simplifier, node) -> Node | None`` for nodes of one class, registered
+# with :func:`rule`; the simplifier tries the rules of a node's class on its simplified form
+# and simplifies what a rule returns.  Each firing is recorded (``derive --steps`` lists
+# them) and, when the simplifier is given a tiny explicit instance (``derive --prove``, the
+# table test), proved there: both sides expanded entry by entry and their difference shown
+# to be zero; a rewrite the proof refutes is not applied.
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    on: type
+    identity: str  # the docstring's first line: what is proved when it fires
+    apply: object
+
+
+RULES: dict[str, Rule] = {}
+
+
+def rule(name: str, on: type):
+    """Register ``fn(simplifier, node) -> Node | None`` as the rewrite rule ``name``."""
+
+    def register(fn):
+        RULES[name] = Rule(name, on, (fn.__doc__ or "").strip().splitlines()[0].rstrip("."), fn)
+        return fn
+
+    return register
+
+
+def _chain(n: Node) -> list[Node]:
+    """The factors of a product A B ⋯ (powers written out)."""
+    if isinstance(n, MatMul):
+        return _chain(n.a) + _chain(n.b)
+    if isinstance(n, MatPow):
+        return [n.x] * n.k
+    return [n]
+
+
+def _product(factors: list[Node]) -> Node:
+    """A B ⋯ associated to the left, a run of equal square factors as a power."""
+    runs: list[list] = []
+    for f in factors:
+        if runs and runs[-1][0] == f:
+            runs[-1][1] += 1
+        else:
+            runs.append([f, 1])
+    out: Node | None = None
+    for f, k in runs:
+        term = f if k == 1 else MatPow(f, k)
+        out = term if out is None else MatMul(out, term)
+    assert out is not None
+    return out
+
+
+@rule("product-normal-form", MatMul)
+def _product_normal_form(s: _Simplifier, n: MatMul) -> Node | None:
+    """A (B C) = (A B) C and A A ⋯ A = Aᵏ: one form for a product, so equal terms merge."""
+    factors = _chain(n)
+    if len(factors) < 3 and not any(isinstance(x, MatPow) for x in (n.a, n.b)) and not (
+            len(factors) == 2 and factors[0] == factors[1]):
+        return None
+    out = _product(factors)
+    return None if out == n else out
+
+
+@rule("colsum-of-spread", ColSum)
+def _colsum_of_spread(s: _Simplifier, n: ColSum) -> Node | None:
+    """𝟏ᵀ (𝟏 r) = N r, and 𝟏ᵀ (A ± 𝟏 r) = 𝟏ᵀ A ± N r (a row spread over N rows).
+
+    Applied where the result is shorter: terms cancel (the column-mean-centred square)."""
+    rows = n.x.shape[0]
+    items = [(c, t) for c, t in _signed_terms_of(n.x)]
+    if not any(_row_spread(t) is not None for _, t in items):
+        return None
+    pairs = []
+    for c, t in items:
+        r = _row_spread(t)
+        pairs.append((c * rows, r) if r is not None else (c, ColSum(t)))
+    return _if_shorter(s.combine(pairs, n.shape), n)
+
+
+@rule("rowsum-of-spread", RowSum)
+def _rowsum_of_spread(s: _Simplifier, n: RowSum) -> Node | None:
+    """rowsum(c 𝟏ᵀ) = n c, and rowsum(A ± c 𝟏ᵀ) = rowsum(A) ± n c (a column spread).
+
+    Applied where the result is shorter, as colsum-of-spread."""
+    cols = n.x.shape[1]
+    items = _signed_terms_of(n.x)
+    if not any(_col_spread(t) is not None for _, t in items):
+        return None
+    pairs = []
+    for c, t in items:
+        v = _col_spread(t)
+        pairs.append((c * cols, v) if v is not None else (c, RowSum(t)))
+    return _if_shorter(s.combine(pairs, n.shape), n)
+
+
+@rule("colsum-of-transpose", ColSum)
+def _colsum_of_transpose(s: _Simplifier, n: ColSum) -> Node | None:
+    """𝟏ᵀ Aᵀ = (A 𝟏)ᵀ = rowsum(A)ᵀ: the sum is taken over the matrix as given."""
+    c, x = _coefficient(n.x)
+    if not isinstance(x, Transpose):
+        return None
+    return _scaled(c, Transpose(RowSum(x.x)))
+
+
+@rule("transpose-of-map", Transpose)
+def _transpose_of_map(s: _Simplifier, n: Transpose) -> Node | None:
+    """f(Aᵀ, Bᵀ, …)ᵀ = f(A, B, …) for an elementwise f: no double transpose."""
+    if not isinstance(n.x, Map) or not all(isinstance(a, Transpose) for _, a in n.x.args):
+        return None
+    return Map(n.x.expr, tuple((t, a.x) for t, a in n.x.args), n.x.note)
+
+
+@rule("hadamard-cancels", Hadamard)
+def _hadamard_cancels(s: _Simplifier, n: Hadamard) -> Node | None:
+    """(Σ tᵢ) ⊙ S = Σ (tᵢ ⊙ S) where a term holds a function of S, so S cancels in it."""
+    for a, b in ((n.a, n.b), (n.b, n.a)):
+        c, inner = _coefficient(a)
+        items = _signed_terms_of(inner)
+        if len(items) < 2:
+            continue
+        if any(isinstance(f, Map) and any(x == b for _, x in f.args)
+               for _, t in items for f in _flatten_hadamard(_coefficient(t)[1])):
+            return _scaled(c, s.combine([(k, Hadamard(t, b)) for k, t in items], n.shape))
+    return None
+
+
+@rule("transpose-of-power", Transpose)
+def _transpose_of_power(s: _Simplifier, n: Transpose) -> Node | None:
+    """(Aᵏ)ᵀ = (Aᵀ)ᵏ: powers of one factor stay one power."""
+    return MatPow(Transpose(n.x.x), n.x.k) if isinstance(n.x, MatPow) else None
+
+
+@rule("rowsum-of-weighted-rows", RowSum)
+def _rowsum_of_weighted_rows(s: _Simplifier, n: RowSum) -> Node | None:
+    """rowsum((𝟏 u) ⊙ M) = M uᵀ for a 1×n row u: a weighted sum of each row is a product."""
+    c, x = _coefficient(n.x)
+    factors = _flatten_hadamard(x)
+    rows = [f for f in factors if f.shape[0] == 1 and n.x.shape[0] != 1
+            or _row_spread(f) is not None]
+    if len(factors) < 2 or len(rows) != 1:
+        return None
+    u = rows[0] if rows[0].shape[0] == 1 else _row_spread(rows[0])
+    rest = [f for f in factors if f is not rows[0]]
+    m = rest[0]
+    for f in rest[1:]:
+        m = Hadamard(m, f)
+    if tuple(m.shape) != tuple(n.x.shape):
+        return None
+    return _scaled(c, MatMul(m, Transpose(u)))
+
+
+@rule("colsum-of-weighted-columns", ColSum)
+def _colsum_of_weighted_columns(s: _Simplifier, n: ColSum) -> Node | None:
+    """𝟏ᵀ ((v 𝟏ᵀ) ⊙ M) = vᵀ M for an N×1 column v: a weighted sum of each column."""
+    c, x = _coefficient(n.x)
+    factors = _flatten_hadamard(x)
+    cols = [f for f in factors if f.shape[1] == 1 and n.x.shape[1] != 1
+            or _col_spread(f) is not None]
+    if len(factors) < 2 or len(cols) != 1:
+        return None
+    v = cols[0] if cols[0].shape[1] == 1 else _col_spread(cols[0])
+    rest = [f for f in factors if f is not cols[0]]
+    m = rest[0]
+    for f in rest[1:]:
+        m = Hadamard(m, f)
+    if tuple(m.shape) != tuple(n.x.shape):
+        return None
+    return _scaled(c, MatMul(Transpose(v), m))
+
+
+def _if_shorter(new: Node, old: Node) -> Node | None:
+    """``new`` where it prints shorter than ``old`` (a distribution that cancels terms)."""
+    p = ExprTextPrinter()
+    return new if len(p._print(new)) < len(p._print(old)) else None
+
+
+def _signed_terms_of(n: Node) -> list[tuple[sp.Expr, Node]]:
+    """The terms of a sum with their coefficients (one term if ``n`` is not a sum)."""
+    if isinstance(n, Add):
+        return [x for t in n.terms for x in _signed_terms_of(t)]
+    if isinstance(n, Sub):
+        b = n.b if tuple(n.b.shape) == tuple(n.a.shape) else Broadcast(n.b, n.a.shape)
+        return _signed_terms_of(n.a) + [(-c, t) for c, t in _signed_terms_of(b)]
+    c, x = _coefficient(n)
+    return [(c, x)]
+
+
+def _row_spread(t: Node) -> Node | None:
+    """r when t = 𝟏 r spreads a 1×n row r down the rows (else None)."""
+    if isinstance(t, Broadcast) and t.x.shape[0] == 1 and t.shape[0] != 1:
+        r = t.x
+        return r if r.shape[1] == t.shape[1] else Broadcast(r, (sp.Integer(1), t.shape[1]))
+    return None
+
+
+def _col_spread(t: Node) -> Node | None:
+    """c when t = c 𝟏ᵀ spreads an N×1 column c along the columns (else None)."""
+    if isinstance(t, Broadcast) and t.x.shape[1] == 1 and t.shape[1] != 1:
+        v = t.x
+        return v if v.shape[0] == t.shape[0] else Broadcast(v, (t.shape[0], sp.Integer(1)))
+    return None
+
+
+RULE_PROOF_SECONDS = 2.0  #: SymPy's share for proving one firing of a rule
+
+
+@dataclass
+class RuleProof:
+    """Proves each firing of a rule on a tiny explicit instance (every entry a symbol)."""
+
+    env: dict
+    results: dict = field(default_factory=dict)  # (before, after) -> True | False | None
+
+    def __call__(self, before: Node, after: Node) -> bool | None:
+        key = (before, after)
+        if key not in self.results:
+            self.results[key] = self._decide(before, after)
+        return self.results[key]
+
+    def _decide(self, before: Node, after: Node) -> bool | None:
+        try:
+            with deadline(RULE_PROOF_SECONDS):
+                a, b = expand(before.explicit(self.env)), expand(after.explicit(self.env))
+                if a.shape != b.shape:
+                    return False
+                verdicts = []
+                for d in a - b:
+                    d = sp.cancel(sp.expand(d)) if not d.has(sp.Piecewise, sp.sign, sp.Abs) else d
+                    verdicts.append(True if d == 0 else is_zero(d))
+        except EXHAUSTED:
+            return None
+        except Exception:  # noqa: BLE001 - a size the instance does not have: undecided
+            return None
+        if any(v is False for v in verdicts):
+            return False
+        return True if all(v is True for v in verdicts) else None
+
+
 @dataclass
 class _Simplifier:
     """Rewrites toward the printed normal form.
@@ -548,6 +1299,8 @@ class _Simplifier:
 
     cache: dict = field(default_factory=dict)
     active: set = field(default_factory=set)
+    proof: RuleProof | None = None  # proves each firing of a rule (derive --prove, tests)
+    fired: dict = field(default_factory=dict)  # rule name -> verdicts of its firings
 
     def __call__(self, node: Node) -> Node:
         seen = {node}
@@ -568,10 +1321,27 @@ class _Simplifier:
         try:
             method = getattr(self, f"_{type(n).__name__}", None)
             out = method(n) if method else self.children(n)
+            out = self.rewrite(out)
         finally:
             self.active.discard(n)
         self.cache[n] = out
         return out
+
+    def rewrite(self, n: Node) -> Node:
+        """The first rule of ``n``'s class that fires (proved, when a proof is given), its
+        result simplified; ``n`` when none fires."""
+        for r in RULES.values():
+            if not isinstance(n, r.on):
+                continue
+            new = r.apply(self, n)
+            if new is None or new == n:
+                continue
+            verdict = self.proof(n, new) if self.proof is not None else None
+            self.fired.setdefault(r.name, []).append(verdict)
+            if verdict is False:  # refuted on the tiny instance: not applied
+                continue
+            return self.node(new)
+        return n
 
     def children(self, n: Node) -> Node:
         """Any other op: its children simplified, a scalar factor pulled out of a sum."""
@@ -585,6 +1355,9 @@ class _Simplifier:
             if isinstance(value, Node):
                 changes[f.name] = self.node(value)
         out = dataclasses.replace(n, **changes) if changes else n
+        own = getattr(out, "rewrite", None)  # an op's own rule: (A⁻¹)⁻¹ = A (ops.linalg)
+        if callable(own) and (new := own()) is not None:
+            return self.node(new)
         if isinstance(out, RowSum) and isinstance(out.x, Transpose):  # rowsum(Xᵀ) = (𝟏ᵀX)ᵀ
             return Transpose(ColSum(out.x.x))
         if isinstance(out, ColSum | RowSum):
@@ -621,6 +1394,8 @@ class _Simplifier:
             return x.x
         if isinstance(x, Eye):
             return x
+        if callable(getattr(x, "transpose", None)):  # the op's own: (A⁻¹)ᵀ = A⁻ᵀ
+            return self.node(x.transpose())
         if isinstance(x, MatMul):
             return self.node(MatMul(Transpose(x.b), Transpose(x.a)))
         parts = [a for _, a in x.args] if isinstance(x, Map) else list(x.children)
@@ -652,6 +1427,9 @@ class _Simplifier:
             return _scaled(c, b)
         if isinstance(b, Eye):
             return _scaled(c, a)
+        eye = inverse_product(a, b)  # A⁻¹ A = I
+        if eye is not None:
+            return _scaled(c, eye)
         ka, kb = _const_value(a), _const_value(b)
         if ka is not None and tuple(a.shape) == (1, 1):
             return _scaled(c * ka, b)
@@ -992,17 +1770,65 @@ def _build_sum(items: list[tuple[sp.Expr, Node]]) -> Node:
     return _scaled(common, out)
 
 
-def simplify(node: Node) -> Node:
+def rewrite_lines(d, md: bool = False) -> list[str]:
+    """``derive --steps``: the rewrite rules that fired in each gradient, with the identity
+    each one applies and, where its firings were proved (``--prove``), the verdict."""
+    lead = "- " if md else "  "
+    lines = []
+    for w, fired in d.rewrites.items():
+        for name, verdicts in fired.items():
+            k = len(verdicts)
+            if any(v is False for v in verdicts):
+                status = " — refuted on the tiny instance, not applied"
+            elif all(v is True for v in verdicts):
+                status = f" — proved at tiny sizes ({k} firing{'s' * (k != 1)})"
+            elif any(v is True for v in verdicts):
+                status = " — proved where decided, some firings not decided"
+            else:
+                status = f" ({k} firing{'s' * (k != 1)})"
+            lines.append(f"{lead}∂f/∂{naming.text(w)}: {name}: {RULES[name].identity}{status}")
+    return lines or [f"{lead}(none: the swept form is already the normal form)"]
+
+
+def rule_proof_lines(d) -> tuple[bool, list[str]]:
+    """``derive --prove``: the firings of rewrite rules, proved on the tiny instance."""
+    verdicts = [v for fired in d.rewrites.values() for vs in fired.values() for v in vs]
+    if not verdicts:
+        return True, []
+    names = sorted({n for fired in d.rewrites.values() for n in fired})
+    proved = sum(v is True for v in verdicts)
+    if any(v is False for v in verdicts):
+        return False, [f"rewrite rules: a firing was refuted on the tiny instance ({', '.join(names)})"]
+    return True, [f"rewrite rules: {proved} of {len(verdicts)} firings proved on the tiny "
+                  f"instance ({', '.join(names)})"]
+
+
+def power_note(gradients: dict) -> str:
+    """The notation line's word for a matrix power, where a gradient has one."""
+    for g in gradients.values():
+        for n in walk(g):
+            if isinstance(n, MatPow):
+                return f"; {ExprTextPrinter()._print(n)} is a matrix power (a product of equal factors)"
+    return ""
+
+
+def simplify(node: Node, proof: RuleProof | None = None, fired: dict | None = None) -> Node:
     """``node`` rewritten toward the form a person writes (the value is unchanged).
 
     Within :data:`symgrad.budget.SIMPLIFY_SECONDS`: a gradient too large to tidy in
     time (or too deep for the stack) is kept as swept, which is correct, only longer.
+    ``proof`` proves each firing of a rule; ``fired`` collects rule name → verdicts.
     """
+    s = _Simplifier(proof=proof)
     try:
         with deadline(budget.SIMPLIFY_SECONDS):
-            return _Simplifier()(node)
+            out = s(node)
     except EXHAUSTED:
-        return node
+        out = node
+    if fired is not None:
+        for name, verdicts in s.fired.items():
+            fired.setdefault(name, []).extend(verdicts)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -1017,6 +1843,7 @@ class ExprDerivation:
     raw: dict[str, Node]  # ∂f/∂name as swept
     gradients: dict[str, Node]  # simplified
     facts: list[tuple[str, sp.Expr, sp.Expr]]  # (arg, body, ∂body/∂arg) of each elementwise map
+    rewrites: dict = field(default_factory=dict)  # name -> {rule: verdicts of its firings}
 
     def text(self, steps: bool = False) -> str:
         return render(self, "text", steps)
@@ -1045,13 +1872,22 @@ class ExprDerivation:
                           f"(∂f/∂{', ∂f/∂'.join(self.gradients)})")
 
 
-def derive_expr(problem: ExprProblem) -> ExprDerivation:
-    """The gradients of ``problem`` by the reverse sweep, then simplified."""
+def rule_proof(problem: ExprProblem) -> RuleProof | None:
+    """The tiny explicit instance on which rule firings are proved (None when a concrete
+    size is too large to expand)."""
+    if reduced(problem, PROOF_SIZE) is not problem:
+        return None
+    return RuleProof(explicit_env(problem))
+
+
+def derive_expr(problem: ExprProblem, prove_rules: bool = False) -> ExprDerivation:
+    """The gradients of ``problem`` by the reverse sweep, then simplified (each firing of a
+    rewrite rule proved on a tiny instance when ``prove_rules``)."""
     space = problem.space
     f = Sym("f", (sp.Integer(1), sp.Integer(1)), "value")
     params = [space.matrices[w][0] for w in problem.wrt]
     data = [s for s, _ in space.matrices.values() if s.role == "data"]
-    graph = Graph.of([Assignment(f, problem.root)], params, data)
+    graph = Graph.of([Assignment(f, stable_forms(problem.root))], params, data)
     d = derive_graph(graph)
     raw = {}
     for eq in d.steps:
@@ -1060,7 +1896,10 @@ def derive_expr(problem: ExprProblem) -> ExprDerivation:
                 raw[w] = eq.rhs
     for w in problem.wrt:  # f depends on w only through zero derivatives (heaviside(w))
         raw.setdefault(w, _full(sp.S.Zero, space.matrices[w][1]))
-    gradients = {w: simplify(raw[w]) for w in problem.wrt}
+    proof = rule_proof(problem) if prove_rules else None
+    rewrites: dict[str, dict] = {w: {} for w in problem.wrt}
+    gradients = {w: problem.assume.simplified(
+        raw[w], lambda g, w=w: simplify(g, proof, rewrites[w])) for w in problem.wrt}
     facts = []
     for n in walk(problem.root):
         if isinstance(n, Map):
@@ -1068,7 +1907,7 @@ def derive_expr(problem: ExprProblem) -> ExprDerivation:
                 dd = sp.diff(n.expr, s)
                 if dd.free_symbols:
                     facts.append((str(s), n.expr, tidy(dd)))
-    return ExprDerivation(problem, d, raw, gradients, facts)
+    return ExprDerivation(problem, d, raw, gradients, facts, rewrites)
 
 
 # --------------------------------------------------------------------------
@@ -1106,6 +1945,11 @@ def _prec(printer, node: Node) -> int | None:
     return None
 
 
+def _atomic(s: str) -> bool:
+    """A printed scalar that needs no brackets as a denominator (N, σ², 2)."""
+    return all(ch.isalnum() or ch in "²³⁴⁵⁶⁷⁸⁹⁰¹_" for ch in s)
+
+
 class ExprTextPrinter(TextPrinter):
     """The network's text printer plus the expression-mode ops (I, tr, logsumexp);
     a scaled product is written −Xᵀ(…)/N rather than −(Xᵀ(…))/N."""
@@ -1128,7 +1972,9 @@ class ExprTextPrinter(TextPrinter):
         num, den = sp.fraction(node.c)
         if den != 1 and self.prec(node.x) >= MATMUL:
             lead = "" if num == 1 else ("−" if num == -1 else self.coef(num) + " ")
-            return f"{lead}{self._print(node.x)}/{self.coef(den)}"
+            bottom = self.scalar_printer(self.names, elementwise=False)._print(den)
+            bottom = bottom if _atomic(bottom) else f"({bottom})"  # /(2·N), never /2 ⊙ N
+            return f"{lead}{self._print(node.x)}/{bottom}"
         if num == -1 and den == 1:
             return "−" + self.paren(node.x, MATMUL)
         return super()._print_Scale(node)
@@ -1315,6 +2161,7 @@ HELPERS = {
     "softmax": "softmax(Z) = row-wise np.exp(Z) / np.sum(np.exp(Z), axis=1, keepdims=True)",
     "logsumexp": "logsumexp(Z, axis=None, keepdims=False) as scipy.special.logsumexp",
     "erf": "erf as scipy.special.erf",
+    "logdet": "logdet(A) = np.linalg.slogdet(A)[1], log |det A|",
 }
 
 
@@ -1331,8 +2178,32 @@ class ExprNumpyPrinter(NumpyPrinter):
     def __init__(self) -> None:
         super().__init__("np.")
 
+    ATOM, MUL, ADD = ATOM, NP_MUL, NP_ADD  # the precedences an op's numpy() returns
+
+    def expr(self, n, at_least: int) -> str:  # the lowering services an op's numpy() uses
+        return self.wrap(self.node(n), at_least)
+
+    def form(self, n):
+        return self.node(n)
+
+    def size(self, e) -> str:
+        return self.scalar(sp.sympify(e), {})[0]
+
+    POW = NP_POW
+
+    def full(self, n, at_least: int) -> str:
+        """``n`` as a 2-D array of its own shape: a value numpy would broadcast (a constant,
+        a row spread down) is spread explicitly, for ops that read every entry (diag, kron)."""
+        code = self.two_d(n)
+        if numpy_shape(n) != tuple(n.shape):
+            r, c = (self.size(d) for d in n.shape)
+            code = (f"np.broadcast_to({code[0]}, ({r}, {c}))", ATOM)
+        return self.wrap(code, at_least)
+
     def node(self, n):
         method = getattr(self, f"_node_{type(n).__name__}", None)
+        if method is None and isinstance(n, Node) and n.declares("numpy"):
+            return n.numpy(self)  # an op that declares its numpy form (ops.linalg)
         if method is None:
             raise SymgradError(WHERE, f"the gradient contains {type(n).__name__}, which has no "
                                "numpy form in this version")
@@ -1455,7 +2326,8 @@ def numpy_shape(n: Node) -> tuple:
     is smaller than ``n.shape`` where a broadcast is left to numpy's rules."""
     if isinstance(n, Broadcast):
         return numpy_shape(n.x)
-    if isinstance(n, Const | SqNorm | Trace) or (isinstance(n, LogSumExp) and n.axis is None):
+    if isinstance(n, Const | SqNorm | Trace | Det | LogDet) or (
+            isinstance(n, LogSumExp) and n.axis is None):
         return ()
     if isinstance(n, Scale | Softmax):
         return numpy_shape(n.x)
@@ -1500,7 +2372,7 @@ def helpers_used(code: str) -> list[str]:
 
 
 def numpy_code(node: Node) -> str:
-    return ExprNumpyPrinter().doprint(node)
+    return ExprNumpyPrinter().doprint(with_solves(node))  # A⁻¹ B as solve(A, B)
 
 
 def _display(problem: ExprProblem) -> str:
@@ -1519,6 +2391,7 @@ def render(d: ExprDerivation, fmt: str, steps: bool = False) -> str:
     lines = ["## Gradient of an expression" if md else "Expression", ""]
     lines.append(f"{'' if md else '  '}f = {'`' if md else ''}{ast.unparse(ast.parse(p.text, mode='eval'))}{'`' if md else ''}")
     lines.append(f"{'' if md else '  '}with {_display(p)}")
+    lines += _assumed(p, md)
     lines += ["", "### Gradients" if md else "Gradients"]
     for w, g in d.gradients.items():
         if md:
@@ -1541,8 +2414,11 @@ def render(d: ExprDerivation, fmt: str, steps: bool = False) -> str:
                          f"{tp._print(dd.xreplace({sym: u}))}")
         if not d.facts:
             lines.append(f"{'- ' if md else '  '}(none: the expression has no elementwise function)")
+        lines += ["", "### Rewrite rules that fired" if md else "Rewrite rules that fired (simplification)"]
+        lines += rewrite_lines(d, md)
     lines += ["", "Notation: ⊙ elementwise product, ᵀ transpose, σ the logistic sigmoid, "
-              "tr the trace, I the identity; functions and powers apply elementwise."]
+              "tr the trace, I the identity; functions and powers apply elementwise"
+              + power_note(d.gradients) + "."]
     used = helpers_used(" ".join(gradient_code(g, w) for w, g in d.gradients.items()))
     if used:
         lines.append("numpy lines: np is numpy; " + "; ".join(HELPERS[h] for h in used)
@@ -1577,10 +2453,14 @@ def numeric_env(problem: ExprProblem, seed: int = 0, k: int = 0, positive: bool 
     rng = np.random.default_rng([seed, k])
     sizes = instance_sizes(problem, k)
     env: dict = dict(sizes)
+    invertible = invertible_names(problem.root)
     for name, shape in problem.shapes.items():
         dims = tuple(int(sp.sympify(d).xreplace(sizes)) for d in shape)
         a = rng.standard_normal(dims) if draw == "real" else rng.uniform(0.5, 1.5, dims)
         a = -a if draw == "negative" else a
+        a = problem.assume.draw(name, a, real=draw == "real") if problem.assume else a
+        if name in invertible:  # under inv/det/logdet/solve: well conditioned, det > 0
+            a = condition(a)
         if name in problem.space.scalars:
             env[problem.space.scalars[name]] = float(a.reshape(-1)[0])
         else:
@@ -1599,6 +2479,16 @@ def explicit_env(problem: ExprProblem, sizes: dict[sp.Symbol, int] | None = None
             env[problem.space.scalars[name]] = sp.Symbol(name, positive=True)
         else:
             env[name] = sp.Matrix(r, c, lambda i, j, name=name: sp.Symbol(f"{name}_{i}{j}", real=True))
+    return env
+
+
+def proof_env(problem: ExprProblem) -> dict:
+    """:func:`explicit_env` for a proof: where a matrix that f inverts is singular at the
+    tiny sizes (det(XᵀX) ≡ 0 for a wide 2×3 X), the other assignment of 2 and 3."""
+    env = explicit_env(problem)
+    sizes = problem.sizes()
+    if len(sizes) > 1 and degenerate(problem.root, env):
+        env = explicit_env(problem, {s: 3 - (i % 2) for i, s in enumerate(sizes)})
     return env
 
 
@@ -1627,8 +2517,12 @@ def input_domain(problem: ExprProblem) -> str:
     """``"positive"`` when f needs positive inputs (a log, a root or a fractional power of
     something not positive for every real input), else ``"real"``; the generated module's
     ``DOMAIN``, which its own check() and ``symgrad check`` draw from.  A function that is
-    not finite at a real draw (found numerically) is ``"positive"`` too."""
-    for n in walk(problem.root):
+    not finite at a real draw (found numerically) is ``"positive"`` too.  ``--positive``
+    is the user's word instead: ``"positive"`` when it names every argument, else ``"real"``
+    (the names it gives are drawn positive whatever DOMAIN says: POSITIVE)."""
+    if problem.assume.positive:
+        return "positive" if set(problem.args) <= set(problem.assume.positive) else "real"
+    for n in walk(stable_forms(problem.root)):  # log softmax(Z) = Z − logsumexp(Z): real
         if not isinstance(n, Map):
             continue
         subs = {s: sp.Dummy(nonnegative=True) if isinstance(a, SqNorm) else sp.Dummy(real=True)
@@ -1665,7 +2559,7 @@ def module_context(d: ExprDerivation, name: str = "expr") -> dict:
         seen |= {s for s in dims if s.is_Symbol}
         if any(x != "_" for x in new):
             bind.append(f"{', '.join(new)} = {n}.shape")
-    (root,), value_temps = shared_values([p.root], set(p.shapes))
+    (root,), value_temps = shared_values([stable_forms(p.root)], set(p.shapes))
     code = numpy_code(root)
     exprs, temps = shared_values(list(d.gradients.values()), set(p.shapes))
     grads = []
@@ -1684,7 +2578,7 @@ def module_context(d: ExprDerivation, name: str = "expr") -> dict:
         g["lines"] = layout(g["var"], g["code"])
     joined = code + " ".join(g["code"] for g in grads) + " ".join(
         t["code"] for t in value_lines + temp_lines)
-    for helper in ("sigmoid", "softplus", "softmax", "logsumexp", "erf"):
+    for helper in ("sigmoid", "softplus", "softmax", "logsumexp", "erf", "logdet"):
         if re.search(rf"(?<![\w.]){helper}\(", joined):
             helpers.append(helper)
     sizes = {str(s): v for s, v in instance_sizes(p, 0).items()}
@@ -1706,6 +2600,8 @@ def module_context(d: ExprDerivation, name: str = "expr") -> dict:
         "sizes": sizes,
         "shape_text": _display(p),
         "domain": input_domain(p),
+        "invertible": sorted(invertible_names(p.root)),
+        **assumed_context(p),
     }
 
 
@@ -1790,6 +2686,7 @@ def shared_values(roots: list[Node], taken: set[str]) -> tuple[list[Node], list[
     from symgrad.derive import transform
 
     temps: list[tuple[Sym, Node]] = []
+    roots = [with_solves(r) for r in roots]  # A⁻¹ B as solve(A, B), before naming parts
     while True:
         counts: dict[Node, int] = {}
         for r in [*roots, *(rhs for _, rhs in temps)]:
@@ -1986,7 +2883,7 @@ def verify_expr(problem: ExprProblem, wrt: str, formula: str, seed: int = 0) -> 
     mine = build(formula, problem.space, where="formula", scalar=False)
     partial = f"∂f/∂{naming.text(wrt)}"
     head = [f"{partial} for f = {ast.unparse(ast.parse(problem.text, mode='eval'))}",
-            f"  yours:   {formula}"]
+            f"  yours:   {formula}", *_assumed_verify(problem, wrt)]
     fix = [f"  correct: {gradient_code(correct, wrt)}", f"           = {text(shown(correct), problem)}"]
     shape = tuple(mine.shape)
     if shape != tuple(target) and not (shape == (1, 1)):
@@ -2115,7 +3012,10 @@ def reduced(problem: ExprProblem, limit: int, start: int = 2) -> ExprProblem:
         return str(mapping.get(int(d), int(d))) if d.is_Integer else str(d)
 
     items = [f"{n}={dim(r)},{dim(c)}" for n, (r, c) in problem.shapes.items()]
-    return parse_problem(problem.text, items, problem.wrt)
+    try:
+        return parse_problem(problem.text, items, problem.wrt, problem.assume)
+    except SymgradError:  # sizes tied by the expression (kron(A, B) beside a 4×6 C): as given
+        return problem
 
 
 def _sizes_note(problem: ExprProblem, small: ExprProblem) -> str:
@@ -2136,11 +3036,12 @@ def prove(d: ExprDerivation, seconds: float = PROOF_SECONDS) -> tuple[bool, list
     if small is not original:
         d = derive_expr(small)
     p = d.problem
-    env = explicit_env(p)
+    env = proof_env(p)
     sizes = ", ".join(f"{s}={v}" for s, v in env.items()
                       if isinstance(s, sp.Symbol) and isinstance(v, int)) or "as given"
     note = _sizes_note(original, small)
     ok, lines = True, []
+    constrain = p.assume.constrain(env)  # after differentiating: the facts at the point
     try:
         with deadline(seconds):
             f = expand(p.root.explicit(env))[0, 0]
@@ -2154,7 +3055,7 @@ def prove(d: ExprDerivation, seconds: float = PROOF_SECONDS) -> tuple[bool, list
                 entries = env[w]
                 for i in range(entries.rows):
                     for j in range(entries.cols):
-                        verdicts.append(is_zero(mine[i, j] - sp.diff(f, entries[i, j])))
+                        verdicts.append(is_zero(constrain(mine[i, j] - sp.diff(f, entries[i, j]))))
         except EXHAUSTED:
             verdicts.append(None)
         if all(v is True for v in verdicts):
@@ -2166,7 +3067,8 @@ def prove(d: ExprDerivation, seconds: float = PROOF_SECONDS) -> tuple[bool, list
             lines.append(f"∂f/∂{naming.text(w)}: not decided symbolically ({sizes})")
     if note:
         lines.append(note)
-    return ok, lines
+    rules_ok, rule_lines = rule_proof_lines(d)
+    return ok and rules_ok, lines + rule_lines
 
 
 def _signed_terms(node: Node, sign: int = 1) -> list[tuple[int, Node]]:
@@ -2184,7 +3086,7 @@ def _prove(problem: ExprProblem, wrt: str, formula: str,
     reduced as for :func:`prove`), within ``seconds``: (True proved | False differs |
     None undecided, the evidence in words)."""
     small = reduced(problem, PROOF_SIZE)
-    env = explicit_env(small)
+    env = proof_env(small)
     sizes = ", ".join(f"{s}={v}" for s, v in env.items()
                       if isinstance(s, sp.Symbol) and isinstance(v, int))
     if small is not problem:
@@ -2194,7 +3096,8 @@ def _prove(problem: ExprProblem, wrt: str, formula: str,
             a = build(formula, small.space, where="formula", scalar=False)
             b = derive_expr(small).gradients[wrt]
             diff = expand(a.explicit(env)) - expand(b.explicit(env))
-            verdicts = [is_zero(e) for e in diff]
+            constrain = small.assume.constrain(env)
+            verdicts = [is_zero(constrain(e)) for e in diff]
     except EXHAUSTED:
         return None, f"not decided (over the {seconds:g} s budget; numeric evidence only)"
     except Exception:  # noqa: BLE001 - a proof is extra evidence
@@ -2214,11 +3117,17 @@ def _prove(problem: ExprProblem, wrt: str, formula: str,
 def _problem_from(args: argparse.Namespace) -> ExprProblem:
     if not args.wrt:
         raise SymgradError("--wrt", "name the variable(s) to differentiate, e.g. --wrt w")
-    return parse_problem(args.expr, args.shape or [], args.wrt)
+    return parse_problem(args.expr, args.shape or [], args.wrt, _assumptions(args))
+
+
+def _assumptions(args: argparse.Namespace) -> Assumptions:
+    return Assumptions.parse(getattr(args, "symmetric", None) or (),
+                             getattr(args, "assume", None) or (),
+                             getattr(args, "positive", None) or ())
 
 
 def cmd_derive(args: argparse.Namespace) -> int:
-    d = derive_expr(_problem_from(args))
+    d = derive_expr(_problem_from(args), prove_rules=getattr(args, "prove", False))
     sys.stdout.write({"text": d.text, "latex": d.latex, "markdown": d.markdown}[args.format](
         steps=args.steps))
     if getattr(args, "prove", False):
@@ -2245,7 +3154,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    problem = parse_problem(args.expr, args.shape or [], args.wrt)
+    problem = parse_problem(args.expr, args.shape or [], args.wrt, _assumptions(args))
     if len(problem.wrt) != 1:
         raise SymgradError("--wrt", "verify checks one gradient at a time")
     verdict = verify_expr(problem, problem.wrt[0], args.formula, seed=args.seed)
