@@ -191,4 +191,9 @@ def test_the_table_of_lowered_forms() -> None:
         "Standardize": both, "InvStd": both, "Dropout": both,
         "Total": readable, "ColumnBias": in_place, "Augmented": in_place, "SoftmaxT": in_place,
         "LogSumExpT": in_place, "SumRows": in_place, "SumColumns": in_place,
+        # expression mode's vocabulary (issue 13): printed and read by ExprNumpyPrinter
+        "Norm": readable, "Extremum": readable, "ArgMask": readable, "DiagMatrix": readable,
+        "DiagPart": readable, "Kron": readable, "KronFactor": readable,
+        "Inverse": readable, "Det": readable, "LogDet": readable, "Solve": readable,
+        "MatPow": both,
     }
