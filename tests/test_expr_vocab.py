@@ -53,6 +53,7 @@ TABLE = [
     ("norm1", "norm(X @ w - y, 1) / N", XW, {"w": "Xᵀ sign(X w − y)/N"}, True),
     ("norm2", "norm(x, 2)", ["x=n,1"], {"x": "x/‖x‖₂"}, True),
     ("norm2-residual", "norm(X @ w - y, 2)", XW, {"w": "Xᵀ ((X w − y)/‖X w − y‖₂)"}, True),
+    ("norm-default", "norm(w)", ["w=d,1"], {"w": "w/‖w‖"}, True),  # once an internal error
     ("fro", 'norm(X, "fro")', ["X=n,k"], {"X": "X/‖X‖_F"}, True),
     ("fro-low-rank", 'norm(A - U @ V.T, "fro")', ["A=n,k", "U=n,r", "V=k,r"],
      {"U": "−((A − U Vᵀ)/‖A − U Vᵀ‖_F) V"}, True),

@@ -269,6 +269,12 @@ class SqNorm(Node):
         w = self.x.numeric(env)
         return np.array([[np.sum(w * w)]])
 
+    def text(self, p):  # ‖A‖² (also where a plain printer orders terms: norm(w) alone)
+        return f"‖{p._print(self.x)}‖²"
+
+    def latex(self, p):
+        return rf"\lVert {p._print(self.x)} \rVert_F^{{2}}"
+
 
 # --------------------------------------------------------------------------
 # Penalties
