@@ -314,6 +314,16 @@ def _expr_options(p: argparse.ArgumentParser, wrt: bool = True) -> None:
                        help="with --expr: the name(s) to differentiate (comma lists and repeats add up)")
     p.add_argument("--shape", action="append", metavar="NAME=R,C",
                    help="with --expr: the shape of a name (sizes: numbers or symbols like N, d)")
+    p.add_argument("--symmetric", action="append", metavar="NAME[,NAME…]",
+                   help="with --expr: assume NAME = NAMEᵀ (printed forms use it, random "
+                   "instances are symmetric); a gradient with respect to NAME itself is the "
+                   "unconstrained one, each entry varied on its own (Matrix Cookbook §2.8)")
+    p.add_argument("--assume", action="append", metavar="FACT",
+                   help='with --expr: a fact about the data, e.g. "rowsum(Y) = 1" for one-hot or '
+                   "probability rows (also \"A = A.T\", \"x > 0\")")
+    p.add_argument("--positive", action="append", metavar="NAME[,NAME…]",
+                   help="with --expr: NAME's entries are positive: random instances (verify, "
+                   "check, the module's DOMAIN) draw them from [0.5, 1.5]")
 
 
 def _expr_mode(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] | None:
@@ -326,10 +336,16 @@ def _expr_mode(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] 
                 raise SymgradError(args.command, "give a SPEC or --expr EXPR")
             if getattr(args, "shape", None) or getattr(args, "wrt", None):
                 raise SymgradError(args.command, "--shape and --wrt go with --expr")
+            if any(getattr(args, o, None) for o in ("symmetric", "assume", "positive")):
+                raise SymgradError(args.command, "--symmetric, --assume and --positive go with --expr")
             return None
         if args.spec is not None:
             raise SymgradError(args.command, "give either a SPEC or --expr, not both")
     elif not (args.command == "verify" and getattr(args, "shape", None)):
+        given = [f"--{o}" for o in ("symmetric", "assume", "positive") if getattr(args, o, None)]
+        if given:
+            raise SymgradError(args.command, f"{', '.join(given)} "
+                               f"{'go' if len(given) > 1 else 'goes'} with --expr and --shape")
         return None
     if expr is None:
         raise SymgradError(args.command, "--shape goes with --expr")
