@@ -732,6 +732,15 @@ class Assumptions:
         out += [f"{n} > 0 (entrywise)" for n in self.positive]
         return out
 
+    def latex_lines(self) -> list[str]:
+        """The facts as one row of derive's LaTeX block (none when nothing is assumed)."""
+        name = naming.latex
+        facts = [rf"{name(n)} = {name(n)}^{{\top}}" for n in self.symmetric]
+        facts += [rf"{name(n)} \mathbf{{1}} = \mathbf{{1}},\ {name(n)} \ge 0" for n in self.rowsum]
+        facts += [rf"{name(n)} > 0" for n in self.positive]
+        joined = r",\quad ".join(facts)
+        return [rf"&\text{{assuming }} {joined} \\"] if facts else []
+
     # -- the simplifier's use: Aᵀ → A, rowsum(Y) → 𝟏
 
     def rewrite(self, node: Node) -> Node:
@@ -1596,6 +1605,18 @@ class _Simplifier:
             if all(x.b == xs[0].b for x in xs):
                 inner = self.combine([(c, x.a) for c, x in items], xs[0].a.shape)
                 return self.node(MatMul(inner, xs[0].b))
+        for side in ("a", "b"):  # some of the terms share a factor: Xᵀ S/N + λ W − Xᵀ Y/N
+            groups: dict[Node, list[int]] = {}
+            for i, x in enumerate(xs):
+                if isinstance(x, MatMul):
+                    groups.setdefault(getattr(x, side), []).append(i)
+            for members in groups.values():
+                if 1 < len(members) < len(items):
+                    shared = self.factor([items[i] for i in members])
+                    if shared is None:
+                        continue
+                    rest = [items[i] for i in range(len(items)) if i not in members]
+                    return self.combine([(sp.S.One, shared), *rest], shared.shape)
         return None
 
     # --- elementwise functions
@@ -2040,6 +2061,12 @@ class ExprLatexPrinter(LatexPrinter):
         p = _prec(super(), node)
         return super().prec(node) if p is None else p
 
+    def _print_Hadamard(self, node):  # A ⊙ (a scalar spread to A's shape): c A, as in text
+        for a, b in ((node.a, node.b), (node.b, node.a)):
+            if isinstance(b, Broadcast) and tuple(b.x.shape) == (1, 1) and not isinstance(b.x, Map):
+                return f"{self.paren(b.x, ATOM)} {self.paren(a, MATMUL)}"
+        return super()._print_Hadamard(node)
+
     def _print_Eye(self, node):
         return "I"
 
@@ -2382,7 +2409,7 @@ def _display(problem: ExprProblem) -> str:
 def render(d: ExprDerivation, fmt: str, steps: bool = False) -> str:
     p = d.problem
     if fmt == "latex":
-        lines = [r"\begin{aligned}", rf"f &= {latex(p.root, p)} \\"]
+        lines = [r"\begin{aligned}", rf"f &= {latex(p.root, p)} \\", *p.assume.latex_lines()]
         for w, g in d.gradients.items():
             lines.append(rf"\frac{{\partial f}}{{\partial {naming.latex(w)}}} &= {latex(shown(g), p)} \\")
         lines.append(r"\end{aligned}")
