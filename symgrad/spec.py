@@ -15,9 +15,7 @@ Python API::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import keyword
-import math
 import re
 import sys
 import tomllib
@@ -29,46 +27,20 @@ from typing import Any
 from symgrad.activations import ACTIVATIONS, Activation, custom_activation, get_activation
 from symgrad.activations import X as X_SYM
 from symgrad.errors import SymgradError
+from symgrad.layers import KINDS, MAX_UNITS, LayerKind, kind_of
+from symgrad.layers import check_float as _check_float
+from symgrad.layers import check_int as _check_int
+from symgrad.layers import suggest as _suggest
 from symgrad.losses import LOSSES, YHAT, Loss, Y, custom_loss, get_loss
 
 __all__ = ["Layer", "Spec", "Training", "OPTIMIZERS", "as_spec", "check_module_path", "load_spec",
            "spec_from_dict"]
 
 NAME_RE = re.compile(r"[a-z_][a-z0-9_]*\Z")
-MAX_UNITS = 1_000_000
 MAX_LAYERS = 200
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
 # PyTorch's default learning rates (torch.optim.SGD / Adam / RMSprop)
 DEFAULT_LR = {"sgd": 1e-3, "momentum": 1e-3, "nesterov": 1e-3, "adam": 1e-3, "rmsprop": 1e-2}
-
-
-def _suggest(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _check_int(value: Any, where: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SymgradError(where, f"must be an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise SymgradError(where, f"must be between {lo} and {hi}, got {value}")
-    return value
-
-
-def _check_float(value: Any, where: str, lo: float, hi: float = math.inf, *, open_lo=False,
-                 open_hi=False, why: str = "") -> float:
-    """value as a float in [lo, hi] (open at an end where asked); ``why`` says what the
-    value at an open end would do."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SymgradError(where, f"must be a number, got {value!r}")
-    value = float(value)
-    if (not math.isfinite(value) or value < lo or (open_lo and value == lo) or value > hi
-            or (open_hi and value == hi)):
-        bound = f"> {lo}" if open_lo else f">= {lo}"
-        upper = (f" and {'<' if open_hi else '<='} {hi}") if math.isfinite(hi) else ""
-        because = f" ({why})" if why and value in (lo, hi) else ""  # at an open end
-        raise SymgradError(where, f"must be a finite number {bound}{upper}, got {value!r}{because}")
-    return value
 
 
 # Names a network may not take: its module would shadow one that the generated file imports
@@ -130,42 +102,9 @@ def _parse(text: str, names: dict, where: str):
 # --------------------------------------------------------------------------
 
 
-# The layer types and the keys each takes (besides type); DESIGN.md "Layers beyond dense".
-LAYER_KEYS: dict[str, tuple[str, ...]] = {
-    "dense": ("units", "activation", "input"),
-    "batchnorm": ("eps", "momentum", "activation", "input"),
-    "layernorm": ("eps", "activation", "input"),
-    "dropout": ("p", "activation", "input"),
-    "add": ("inputs", "activation"),
-    "concat": ("inputs", "activation"),
-}
-LAYER_TYPES = tuple(LAYER_KEYS)
-PLANNED_TYPES = ("conv2d", "maxpool2d", "avgpool2d", "flatten")  # in DESIGN.md, not yet here
-MAX_INPUTS = 64
-
-
-def _check_inputs(names: Any, kind: str, where: str) -> tuple[str, ...]:
-    """The value names of an add/concat layer: a list of at least two strings."""
-    does = "sums" if kind == "add" else "joins side by side"
-    if names is None:
-        raise SymgradError(where, f"missing; {_a(kind)} layer names the values it {does}: "
-                                  "inputs = [\"A1\", \"X\", ...]")
-    if isinstance(names, str):
-        raise SymgradError(where, f"must be a list of value names, got {names!r}; write "
-                                  f"inputs = [\"{names}\", ...] with at least two names")
-    if not isinstance(names, list | tuple):
-        raise SymgradError(where, f"must be a list of value names (inputs = [\"A1\", \"X\"]), "
-                                  f"got {names!r}")
-    for i, name in enumerate(names, 1):
-        if not isinstance(name, str):
-            raise SymgradError(f"{where}[{i}]", f"must be a value name in quotes (\"X\", "
-                                                f"\"A1\", ...), got {name!r}")
-    if len(names) < 2:
-        raise SymgradError(where, f"{_a(kind)} layer needs at least two values, got {len(names)}; "
-                                  "list them as inputs = [\"A1\", \"X\", ...]")
-    if len(names) > MAX_INPUTS:
-        raise SymgradError(where, f"at most {MAX_INPUTS} inputs, got {len(names)}")
-    return tuple(names)
+# The layer types and the keys each takes (besides type); each type is its class in
+# symgrad.layers (DESIGN.md "Layers beyond dense").
+LAYER_KEYS: dict[str, tuple[str, ...]] = {name: kind.keys for name, kind in KINDS.items()}
 
 
 def _bad_reference(name: str, l: int, earlier: list[str], count: int) -> str:
@@ -183,60 +122,15 @@ def _bad_reference(name: str, l: int, earlier: list[str], count: int) -> str:
     return f"no value named {name!r}{hint}; {reads}"
 
 
-def _a(kind: str) -> str:
-    """The article for a layer type: "an add layer", "a dense layer"."""
-    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
-
-
-def _check_type(kind: Any, where: str) -> str:
-    """A layer type name (a string naming one of LAYER_TYPES), or one SymgradError."""
-    use = f"use one of {', '.join(LAYER_TYPES)}"
-    if not isinstance(kind, str):
-        raise SymgradError(where, f"must be a layer type name in quotes (type = \"dense\"), "
-                                  f"got {kind!r}; {use}")
-    if kind in PLANNED_TYPES:
-        raise SymgradError(where, f"{kind} layers are not available in this version; {use}")
-    if kind not in LAYER_KEYS:
-        raise SymgradError(where, f"unknown layer type {kind!r}{_suggest(kind, LAYER_TYPES)}; {use}")
-    return kind
-
-
-def _foreign_key(kind: str, key: str) -> str:
-    """What to say about ``key`` on a layer of type ``kind`` that does not take it."""
-    this = f"{_a(kind)} layer"
-    if key == "units":
-        return ("only dense layers take units; a concat layer's width is the sum of its "
-                "inputs' widths" if kind == "concat"
-                else f"only dense layers take units; {this} has the width of its input")
-    if key == "eps":
-        return f"only batchnorm and layernorm layers take eps; remove it from this {kind} layer"
-    if key == "momentum":
-        return ("only batchnorm layers take momentum (the running statistics' rate; layernorm "
-                "keeps none); remove it" if kind == "layernorm"
-                else f"only batchnorm layers take momentum; remove it from this {kind} layer")
-    if key == "p":
-        return (f"only dropout layers take p; to drop values, add a layer with type = "
-                f"\"dropout\" and p = ... after this {kind} layer")
-    if key == "input":
-        return f"{this} names its values in inputs = [\"A1\", \"X\", ...], not input"
-    if key == "inputs":
-        return "only add and concat layers take inputs; use input = \"NAME\" for one value"
-    raise AssertionError(key)  # pragma: no cover - LAYER_KEYS lists every key
-
-
-# The defaults of the keys only some types take (None on a Layer of another type).
-LAYER_DEFAULTS = {"eps": 1e-5, "momentum": 0.1, "p": 0.5}
-
-
 @dataclass(frozen=True)
 class Layer:
-    """One layer: by default dense (``units`` outputs); ``type`` names another kind
-    (batchnorm, layernorm, dropout, add, concat) with its keys. Every type takes an
-    ``activation`` (a built-in name or an expression in ``x``; default identity) and,
-    except add/concat (which name their ``inputs``), an ``input``: the name of the value
-    it reads (X or an earlier A_l; default the previous layer's output). ``eps``
-    (batchnorm, layernorm; 1e-5), ``momentum`` (batchnorm; 0.1) and ``p`` (dropout; 0.5)
-    are None on the types that do not take them; giving one there is an error."""
+    """One layer: by default dense (``units`` outputs); ``type`` names another kind with
+    its keys (each type is a class in :mod:`symgrad.layers`; ``layer.kind`` is it). Every
+    type takes an ``activation`` (a built-in name or an expression in ``x``; default
+    identity) and, except the types that name their ``inputs``, an ``input``: the name of
+    the value it reads (X or an earlier A_l; default the previous layer's output). ``eps``,
+    ``momentum`` and ``p`` are None on the types that do not take them (the others get
+    their defaults); giving one there is an error."""
 
     units: int | None = None
     activation: str = "identity"
@@ -249,41 +143,18 @@ class Layer:
     p: float | None = None
 
     def __post_init__(self) -> None:
-        w = self.where
-        kind = _check_type(self.type, f"{w}.type")
-        takes = LAYER_KEYS[kind]
-        for key in ("units", "input", "inputs", "eps", "momentum", "p"):
-            if key not in takes and getattr(self, key) is not None:
-                raise SymgradError(f"{w}.{key}", _foreign_key(kind, key))
-        for key, default in LAYER_DEFAULTS.items():
-            if key in takes and getattr(self, key) is None:
-                object.__setattr__(self, key, default)
-        if kind == "dense":
-            if self.units is None:
-                raise SymgradError(f"{w}.units", "missing; give the number of units of this layer")
-            _check_int(self.units, f"{w}.units", 1, MAX_UNITS)
-        if kind in ("add", "concat"):
-            object.__setattr__(self, "inputs", _check_inputs(self.inputs, kind, f"{w}.inputs"))
-        elif self.input is not None and not isinstance(self.input, str):
-            raise SymgradError(f"{w}.input", f"must be a value name in quotes (input = \"X\", "
-                                             f"input = \"A1\", ...), got {self.input!r}")
-        if kind in ("batchnorm", "layernorm"):
-            object.__setattr__(self, "eps", _check_float(
-                self.eps, f"{w}.eps", 0.0, 1.0, open_lo=True,
-                why="eps keeps the division by the standard deviation finite"))
-        if kind == "batchnorm":
-            object.__setattr__(self, "momentum", _check_float(self.momentum, f"{w}.momentum",
-                                                              0.0, 1.0))
-        if kind == "dropout":
-            object.__setattr__(self, "p", _check_float(
-                self.p, f"{w}.p", 0.0, 1.0, open_hi=True,
-                why="p = 1 drops every value, and 1/(1 - p) is infinite"))
+        kind_of(self.type, f"{self.where}.type").validate(self, self.where)
         if not isinstance(self.activation, str) or not self.activation.strip():
             raise SymgradError(
                 f"{self.where}.activation",
                 f"must be a built-in name ({', '.join(ACTIVATIONS)}) or an expression in x",
             )
         _ = self.fn  # resolve now: errors belong at the edge
+
+    @property
+    def kind(self) -> type[LayerKind]:
+        """The class of this layer's type (symgrad.layers): what every stage asks."""
+        return KINDS[self.type]
 
     @cached_property
     def fn(self) -> Activation:
@@ -382,10 +253,10 @@ class Spec:
         _ = self.graph_shape  # every reference and width, checked here
         if self.training.batch_size < 2:
             for l, layer in enumerate(self.layers, 1):
-                if layer.type == "batchnorm":
+                if layer.kind.batch_statistics:
                     raise SymgradError(
                         f"{self._where(l)}.type",
-                        f"batchnorm needs at least 2 samples per batch in training, but "
+                        f"{layer.type} needs at least 2 samples per batch in training, but "
                         f"training.batch_size is {self.training.batch_size} (the batch variance "
                         "of one sample is 0); raise batch_size")
         out = self.layers[-1].fn
@@ -432,22 +303,7 @@ class Spec:
                     raise SymgradError(f"{self._where(l)}.{at}", _bad_reference(name, l, earlier,
                                                                                len(self.layers)))
             ws = [widths[0] if n == "X" else widths[int(n[1:])] for n in names]
-            if layer.type == "dense":
-                width = layer.units
-            elif layer.type == "add":
-                if len(set(ws)) > 1:
-                    listed = ", ".join(f"{n} ({w})" for n, w in zip(names, ws, strict=True))
-                    raise SymgradError(f"{self._where(l)}.inputs", (
-                        f"add needs values of one width, got {listed}; put a dense layer on the "
-                        "narrower path, or use concat"))
-                width = ws[0]
-            elif layer.type == "concat":
-                width = sum(ws)
-                if width > MAX_UNITS:
-                    raise SymgradError(f"{self._where(l)}.inputs",
-                                       f"the concatenation is {width} wide, at most {MAX_UNITS}")
-            else:
-                width = ws[0]
+            width = layer.kind.width(layer, names, ws, self._where(l))
             widths.append(width)
             sources.append(tuple(names))
             used.update(names)
@@ -483,7 +339,7 @@ class Spec:
     def is_chain(self) -> bool:
         """Dense layers only, each reading the previous one's output (the first wave's
         networks; some fast paths are for these)."""
-        return all(layer.type == "dense" and layer.input in (None, "X" if l == 1 else f"A{l - 1}")
+        return all(layer.kind.plain and layer.input in (None, "X" if l == 1 else f"A{l - 1}")
                    for l, layer in enumerate(self.layers, 1))
 
     @property
@@ -497,32 +353,24 @@ class Spec:
         )
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The trainable parameters in layer order: W_l, b_l (dense); gamma_l, beta_l
-        (batchnorm, layernorm)."""
+        """The trainable parameters in layer order (each type's: W_l, b_l; gamma_l, beta_l)."""
         shapes: dict[str, tuple[int, ...]] = {}
         for l, layer in enumerate(self.layers, 1):
-            if layer.type == "dense":
-                shapes[f"W{l}"] = (self.fan_in(l), self.sizes[l])
-                shapes[f"b{l}"] = (self.sizes[l],)
-            elif layer.type in ("batchnorm", "layernorm"):
-                shapes[f"gamma{l}"] = (self.sizes[l],)
-                shapes[f"beta{l}"] = (self.sizes[l],)
+            shapes.update(layer.kind.param_shapes(l, self.fan_in(l), self.sizes[l]))
         return shapes
 
     def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Batchnorm's running statistics mean_l, var_l (buffers, not parameters)."""
+        """The running statistics (buffers, not parameters: batchnorm's mean_l, var_l)."""
         shapes: dict[str, tuple[int, ...]] = {}
         for l, layer in enumerate(self.layers, 1):
-            if layer.type == "batchnorm":
-                shapes[f"mean{l}"] = (self.sizes[l],)
-                shapes[f"var{l}"] = (self.sizes[l],)
+            shapes.update(layer.kind.buffer_shapes(l, self.sizes[l]))
         return shapes
 
     def with_sizes(self, sizes: tuple[int, ...]) -> Spec:
         """The same network with other widths (for tiny proofs and benchmarks): ``sizes``
         gives X's width and each layer's; only those of X and of dense layers are used (the
         other types' widths follow from their inputs)."""
-        layers = tuple(dataclasses.replace(layer, units=u if layer.type == "dense" else None)
+        layers = tuple(dataclasses.replace(layer, units=u if "units" in layer.kind.keys else None)
                        for u, layer in zip(sizes[1:], self.layers, strict=True))
         return Spec(self.name, sizes[0], layers, self.loss, self.loss_expr, self.l1, self.l2,
                     self.training, self.source)
@@ -577,7 +425,7 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> Spec:
         where = f"{source}: layer[{i}]"
         if not isinstance(raw, dict):
             raise SymgradError(where, f"must be a table, got {type(raw).__name__}")
-        kind = _check_type(raw.get("type", "dense"), f"{where}.type")
+        kind = kind_of(raw.get("type", "dense"), f"{where}.type").name
         # a key of another type is refused by Layer with that key's own message
         own = {"type", *LAYER_KEYS[kind]}
         for key in raw:

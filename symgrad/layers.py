@@ -1,0 +1,546 @@
+"""The layer types: one class each, declaring everything the package knows about it.
+
+A layer type (``type = "batchnorm"`` on a ``[[layer]]`` table) is one :class:`LayerKind`
+subclass here, registered in :data:`KINDS`. Its class holds, in one place:
+
+* the spec: its keys (besides ``type``), their defaults and validation, and what to say
+  when another type's key is given to it (:meth:`LayerKind.foreign`);
+* its width (from its inputs' widths), its trainable parameters (names, shapes,
+  initialization) and buffers (batchnorm's running statistics and their update);
+* the graph it builds (:meth:`LayerKind.build`: the assignments of its ops, and the
+  inference form where that differs);
+* its named intermediates (μ, σ², X̂; a dropout mask M) and scalars (ε, p), which verify,
+  exercise and the notation line read;
+* its proof instance (the batch and widths at which ``--prove`` proves its op, and the
+  words of the claim), its picture label, its short forms in network lines, and the words
+  of check's training-mode note.
+
+Every stage after spec asks ``layer.kind`` (the class of a :class:`~symgrad.spec.Layer`)
+and never branches on the type's name. Adding a layer type is one class and one entry in
+:data:`KINDS`. (DESIGN.md, "Layers beyond dense".)
+
+The value checks at the top are the spec's too (spec imports them from here).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any, ClassVar
+
+import sympy as sp
+
+from symgrad import naming
+from symgrad.errors import SymgradError
+from symgrad.ops import (
+    Add,
+    BiasAdd,
+    Broadcast,
+    ColSum,
+    Concat,
+    Dropout,
+    Hadamard,
+    Map,
+    MatMul,
+    N,
+    Node,
+    RowSum,
+    Scale,
+    Standardize,
+    Sym,
+)
+
+__all__ = ["KINDS", "LAYER_TYPES", "PLANNED_TYPES", "LayerKind", "kind_of"]
+
+MAX_UNITS = 1_000_000
+MAX_INPUTS = 64
+PLANNED_TYPES = ("conv2d", "maxpool2d", "avgpool2d", "flatten")  # in DESIGN.md, not yet here
+
+
+# --------------------------------------------------------------------------
+# Value checks (one SymgradError each)
+# --------------------------------------------------------------------------
+
+
+def suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_int(value: Any, where: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SymgradError(where, f"must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise SymgradError(where, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def check_float(value: Any, where: str, lo: float, hi: float = math.inf, *, open_lo=False,
+                open_hi=False, why: str = "") -> float:
+    """value as a float in [lo, hi] (open at an end where asked); ``why`` says what the
+    value at an open end would do."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SymgradError(where, f"must be a number, got {value!r}")
+    value = float(value)
+    if (not math.isfinite(value) or value < lo or (open_lo and value == lo) or value > hi
+            or (open_hi and value == hi)):
+        bound = f"> {lo}" if open_lo else f">= {lo}"
+        upper = (f" and {'<' if open_hi else '<='} {hi}") if math.isfinite(hi) else ""
+        because = f" ({why})" if why and value in (lo, hi) else ""  # at an open end
+        raise SymgradError(where, f"must be a finite number {bound}{upper}, got {value!r}{because}")
+    return value
+
+
+def article(kind: str) -> str:
+    """The article for a layer type: "an add layer", "a dense layer"."""
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def _words(names: list[str]) -> str:
+    """a, b and c."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _check_inputs(names: Any, kind: str, where: str, does: str) -> tuple[str, ...]:
+    """The value names of a joining layer (add, concat): a list of at least two strings."""
+    if names is None:
+        raise SymgradError(where, f"missing; {article(kind)} layer names the values it {does}: "
+                                  "inputs = [\"A1\", \"X\", ...]")
+    if isinstance(names, str):
+        raise SymgradError(where, f"must be a list of value names, got {names!r}; write "
+                                  f"inputs = [\"{names}\", ...] with at least two names")
+    if not isinstance(names, list | tuple):
+        raise SymgradError(where, f"must be a list of value names (inputs = [\"A1\", \"X\"]), "
+                                  f"got {names!r}")
+    for i, name in enumerate(names, 1):
+        if not isinstance(name, str):
+            raise SymgradError(f"{where}[{i}]", f"must be a value name in quotes (\"X\", "
+                                                f"\"A1\", ...), got {name!r}")
+    if len(names) < 2:
+        raise SymgradError(where, f"{article(kind)} layer needs at least two values, got "
+                                  f"{len(names)}; list them as inputs = [\"A1\", \"X\", ...]")
+    if len(names) > MAX_INPUTS:
+        raise SymgradError(where, f"at most {MAX_INPUTS} inputs, got {len(names)}")
+    return tuple(names)
+
+
+# The keys only some types take, in the order they are checked, with their defaults.
+OPTIONAL_KEYS = ("units", "input", "inputs", "eps", "momentum", "p")
+DEFAULTS = {"eps": 1e-5, "momentum": 0.1, "p": 0.5}
+
+
+def _check_eps(value, where):
+    return check_float(value, where, 0.0, 1.0, open_lo=True,
+                       why="eps keeps the division by the standard deviation finite")
+
+
+def _check_momentum(value, where):
+    return check_float(value, where, 0.0, 1.0)
+
+
+def _check_p(value, where):
+    return check_float(value, where, 0.0, 1.0, open_hi=True,
+                       why="p = 1 drops every value, and 1/(1 - p) is infinite")
+
+
+# --------------------------------------------------------------------------
+# The interface
+# --------------------------------------------------------------------------
+
+
+class LayerKind:
+    """A layer type. Subclasses set the class attributes and override the methods their
+    type needs; the base class is a layer of the width of its one input, without
+    parameters, that the network line names by its type."""
+
+    name: ClassVar[str]
+    keys: ClassVar[tuple[str, ...]]  # the keys it takes besides type (activation always)
+    #: the first wave's layer (dense): a network of these alone prints and proves as always
+    plain: ClassVar[bool] = False
+    joins: ClassVar[bool] = False  # reads ``inputs`` (several values) rather than ``input``
+    params: ClassVar[tuple[str, ...]] = ()  # parameter families: W, b; gamma, beta
+    statistics: ClassVar[tuple[str, ...]] = ()  # named intermediates besides Z and A
+    adjoints: ClassVar[tuple[str, ...]] = ()  # intermediates whose cotangent one may ask
+    masks: ClassVar[tuple[str, ...]] = ()  # inputs of the step drawn at random (M)
+    scalars: ClassVar[tuple[str, ...]] = ()  # its constants by name in verify (eps, p)
+    buffers: ClassVar[tuple[str, ...]] = ()  # running statistics (not trained)
+    batch_statistics: ClassVar[bool] = False  # its training value couples the batch's rows
+    #: the intermediate whose rule ``--prove`` proves on its own ("" for none: dense)
+    proof_target: ClassVar[str] = ""
+    proof_batch: ClassVar[int] = 2  # N of the tiny instances (proof, verify)
+    proof_note: ClassVar[str] = ""  # what the op's claim exercises
+    statistics_over: ClassVar[str] = ""  # the notation line: which entries μ, σ² average
+    sum_rule: ClassVar[tuple[str, str] | None] = None  # its op's rule, named for the layer
+    refusals: ClassVar[dict[str, str]] = {}  # own words for another type's key
+
+    # --- the spec
+
+    @classmethod
+    def validate(cls, layer, where: str) -> None:
+        """Check and complete ``layer`` (a :class:`~symgrad.spec.Layer` of this type):
+        no key of another type, the defaults filled in, each key's value checked."""
+        for key in OPTIONAL_KEYS:
+            if key not in cls.keys and getattr(layer, key) is not None:
+                raise SymgradError(f"{where}.{key}", cls.foreign(key))
+        for key, default in DEFAULTS.items():
+            if key in cls.keys and getattr(layer, key) is None:
+                object.__setattr__(layer, key, default)
+        cls.check_keys(layer, where)
+
+    @classmethod
+    def check_keys(cls, layer, where: str) -> None:
+        if layer.input is not None and not isinstance(layer.input, str):
+            raise SymgradError(f"{where}.input", f"must be a value name in quotes (input = \"X\", "
+                                                 f"input = \"A1\", ...), got {layer.input!r}")
+        for key, check in (("eps", _check_eps), ("momentum", _check_momentum), ("p", _check_p)):
+            if key in cls.keys:
+                object.__setattr__(layer, key, check(getattr(layer, key), f"{where}.{key}"))
+
+    @classmethod
+    def foreign(cls, key: str) -> str:
+        """What to say about ``key`` on a layer of this type, which does not take it."""
+        if key in cls.refusals:
+            return cls.refusals[key]
+        kind = cls.name
+        this = f"{article(kind)} layer"
+        takers = _words([k.name for k in KINDS.values() if key in k.keys])
+        if key == "units":
+            return f"only {takers} layers take units; {this} has the width of its input"
+        if key in ("eps", "momentum"):
+            return f"only {takers} layers take {key}; remove it from this {kind} layer"
+        if key == "p":
+            return (f"only {takers} layers take p; to drop values, add a layer with type = "
+                    f"\"{takers}\" and p = ... after this {kind} layer")
+        if key == "input":
+            return f"{this} names its values in inputs = [\"A1\", \"X\", ...], not input"
+        if key == "inputs":
+            return f"only {takers} layers take inputs; use input = \"NAME\" for one value"
+        raise AssertionError(key)  # pragma: no cover - OPTIONAL_KEYS lists every key
+
+    @classmethod
+    def width(cls, layer, names: tuple[str, ...], widths: list[int], where: str) -> int:
+        """The width of its output, from its inputs' ``widths`` (checked here)."""
+        return widths[0]
+
+    @classmethod
+    def param_shapes(cls, l: int, fan_in: int, n: int) -> dict[str, tuple[int, ...]]:
+        """Its trainable parameters (layer ``l``; input width ``fan_in``, output ``n``)."""
+        return {f"{family}{l}": (n,) for family in cls.params}
+
+    @classmethod
+    def buffer_shapes(cls, l: int, n: int) -> dict[str, tuple[int, ...]]:
+        return {f"{name}{l}": (n,) for name in cls.buffers}
+
+    @classmethod
+    def init_lines(cls, l: int, layer, fan_in: int, n: int) -> list[str]:
+        """The generated init_params' lines of its parameters and buffers."""
+        return []
+
+    @classmethod
+    def weight_init(cls, layer) -> str | None:
+        """The initialization of its weight matrix ("he", "glorot"), None without one."""
+        return None
+
+    # --- the graph
+
+    @classmethod
+    def build(cls, l: int, layer, srcs: list[Sym], n: sp.Symbol, g) -> tuple[Node, Node]:
+        """Z_l's right-hand side and its inference form. ``g`` (the graph builder) takes
+        parameters, buffers, masks and the assignments before Z_l (``g.assign``)."""
+        raise NotImplementedError  # pragma: no cover
+
+    # --- the words
+
+    @classmethod
+    def head(cls, layer, sources: list[str], paren: bool) -> str:
+        """Its short form in a network line: ``32``, ``batchnorm``, ``dropout(0.2)``
+        (``paren``) or ``dropout 0.2``, ``add(A₅, A₁)`` (``sources`` as shown)."""
+        return cls.name
+
+    @classmethod
+    def label(cls, layer) -> str:
+        """The third line of its Z node in the picture ("" for none)."""
+        return ""
+
+    @classmethod
+    def check_note(cls, l: int) -> str:
+        """Its part of check's training-mode note on batch statistics ("" for none)."""
+        return ""
+
+    @classmethod
+    def running_lines(cls, l: int, layer, fmt: str) -> list[str]:
+        """The update of its buffers once per training step, as text or LaTeX rows."""
+        return []
+
+
+# --------------------------------------------------------------------------
+# The types
+# --------------------------------------------------------------------------
+
+
+class DenseLayer(LayerKind):
+    """Z = A W + b (``units`` outputs; W He-normal or Glorot-uniform as the activation
+    suits, b zeros)."""
+
+    name = "dense"
+    keys = ("units", "activation", "input")
+    plain = True
+    params = ("W", "b")
+
+    @classmethod
+    def check_keys(cls, layer, where: str) -> None:
+        if layer.units is None:
+            raise SymgradError(f"{where}.units", "missing; give the number of units of this layer")
+        check_int(layer.units, f"{where}.units", 1, MAX_UNITS)
+        super().check_keys(layer, where)
+
+    @classmethod
+    def width(cls, layer, names, widths, where):
+        return layer.units
+
+    @classmethod
+    def param_shapes(cls, l, fan_in, n):
+        return {f"W{l}": (fan_in, n), f"b{l}": (n,)}
+
+    @classmethod
+    def weight_init(cls, layer) -> str:
+        return "he" if layer.fn.init == "he" else "glorot"
+
+    @classmethod
+    def init_lines(cls, l, layer, fan_in, n):
+        return [f'params["W{l}"] = _{cls.weight_init(layer)}(rng, {fan_in}, {n}, dtype)',
+                f'params["b{l}"] = np.zeros({n}, dtype)']
+
+    @classmethod
+    def build(cls, l, layer, srcs, n, g):
+        src = srcs[0]
+        W = g.param(f"W{l}", (src.shape[1], n))
+        b = g.param(f"b{l}", (sp.Integer(1), n))
+        rhs = BiasAdd(MatMul(src, W), b)
+        return rhs, rhs
+
+    @classmethod
+    def head(cls, layer, sources, paren):
+        return str(layer.units)
+
+
+_A, _M = sp.Symbol("a", real=True), sp.Symbol("m", real=True)
+
+
+class _Normalization(LayerKind):
+    """μ, σ² (the batch mean and biased variance along ``axis``), X̂ = Standardize, then
+    Z = X̂ ⊙ 𝟏γ + β (γ ones, β zeros)."""
+
+    params = ("gamma", "beta")
+    statistics = ("mu", "var", "Xhat")
+    adjoints = ("Xhat",)
+    scalars = ("eps",)
+    proof_target = "Xhat"
+    axis: ClassVar[int]
+
+    @classmethod
+    def init_lines(cls, l, layer, fan_in, n):
+        return [f'params["gamma{l}"] = np.ones({n}, dtype)',
+                f'params["beta{l}"] = np.zeros({n}, dtype)']
+
+    @classmethod
+    def build(cls, l, layer, srcs, n, g):
+        src = srcs[0]
+        shape = src.shape
+        axis = cls.axis
+        stat_shape = (sp.Integer(1), shape[1]) if axis == 0 else (shape[0], sp.Integer(1))
+        total, count = (ColSum, N) if axis == 0 else (RowSum, shape[1])
+        mu, var = Sym(f"mu{l}", stat_shape, "value"), Sym(f"var{l}", stat_shape, "value")
+        xhat = Sym(f"Xhat{l}", shape, "value")
+        gamma = g.param(f"gamma{l}", (sp.Integer(1), shape[1]))
+        beta = g.param(f"beta{l}", (sp.Integer(1), shape[1]))
+        centred = Map((_A - _M) ** 2, ((_A, src), (_M, Broadcast(mu, shape))))
+        running = [g.buffer(f"{k}{l}", stat_shape) for k in cls.buffers]
+        stats_in_inference = not running  # else inference reads the running statistics
+        g.assign(mu, Scale(1 / count, total(src)), inference=stats_in_inference)
+        g.assign(var, Scale(1 / count, total(centred)), inference=stats_in_inference)
+        inferred = Standardize(src, *(running or (mu, var)), layer.eps, axis)
+        g.assign(xhat, Standardize(src, mu, var, layer.eps, axis), inference=inferred)
+        rhs = BiasAdd(Hadamard(xhat, Broadcast(gamma, shape)), beta)
+        return rhs, rhs
+
+    @classmethod
+    def label(cls, layer):
+        return f"{cls.name}, ε = {layer.eps:g}"
+
+
+class BatchNormLayer(_Normalization):
+    """Standardized over the batch (each column); running mean and variance as torch
+    keeps them (buffers: mean zeros, var ones; mean ← (1 − m) mean + m μ,
+    var ← (1 − m) var + m σ² N/(N − 1))."""
+
+    name = "batchnorm"
+    keys = ("eps", "momentum", "activation", "input")
+    axis = 0
+    buffers = ("mean", "var")
+    batch_statistics = True
+    proof_batch = 3  # at N = 2 the standardized values are ±1: a wrong rule can agree
+    proof_note = "a column of 3 couples through μ and σ²"
+    statistics_over = "of each column, over the N samples"
+
+    @classmethod
+    def init_lines(cls, l, layer, fan_in, n):
+        return [*super().init_lines(l, layer, fan_in, n),
+                f'params["mean{l}"] = np.zeros({n}, dtype)',
+                f'params["var{l}"] = np.ones({n}, dtype)']
+
+    @classmethod
+    def check_note(cls, l):
+        return f"{cls.name} {l}"
+
+    @classmethod
+    def running_lines(cls, l, layer, fmt):
+        m = layer.momentum
+        keep, take = f"{1 - m:g}", f"{m:g}"
+        if fmt == "text":
+            sub = str(l).translate(naming._SUB)
+            mean, var = f"mean{sub}", f"var{sub}"
+            return [f"{mean} ← {keep} {mean} + {take} μ{sub}",
+                    f"{var} ← {keep} {var} + {take} σ{sub}² N/(N − 1)"]
+        mean, var = rf"\operatorname{{mean}}_{{{l}}}", rf"\operatorname{{var}}_{{{l}}}"
+        return [rf"{mean} &\leftarrow {keep} \, {mean} + {take} \, \mu_{{{l}}}",
+                rf"{var} &\leftarrow {keep} \, {var} + {take} \, \sigma_{{{l}}}^{{2}} "
+                rf"\frac{{N}}{{N - 1}}"]
+
+
+class LayerNormLayer(_Normalization):
+    """Standardized over each row (the features of one sample); no running statistics."""
+
+    name = "layernorm"
+    keys = ("eps", "activation", "input")
+    axis = 1
+    proof_note = "a row of 3 features couples through μ and σ²"
+    statistics_over = "of each row, over its n features"
+    refusals = {"momentum": "only batchnorm layers take momentum (the running statistics' "
+                            "rate; layernorm keeps none); remove it"}
+
+    @classmethod
+    def check_note(cls, l):
+        return f"{cls.name} {l} per row"
+
+
+class DropoutLayer(LayerKind):
+    """Z = A ⊙ M/(1 − p) in training (M a 0/1 mask drawn per batch), Z = A in inference."""
+
+    name = "dropout"
+    keys = ("p", "activation", "input")
+    masks = ("M",)
+    scalars = ("p",)
+    proof_target = "Z"
+    proof_note = "mask entries free symbols"
+
+    @classmethod
+    def build(cls, l, layer, srcs, n, g):
+        src = srcs[0]
+        return Dropout(src, g.mask(f"M{l}", src.shape, layer.p), layer.p), src
+
+    @classmethod
+    def head(cls, layer, sources, paren):
+        return f"dropout({layer.p:g})" if paren else f"dropout {layer.p:g}"
+
+    @classmethod
+    def label(cls, layer):
+        return f"dropout, p = {layer.p:g}"
+
+
+class _Joining(LayerKind):
+    """A layer of several values (``inputs``), drawn as a skip where a value is not the
+    previous layer's output."""
+
+    keys = ("inputs", "activation")
+    joins = True
+    proof_target = "Z"
+    does: ClassVar[str]
+
+    @classmethod
+    def check_keys(cls, layer, where):
+        object.__setattr__(layer, "inputs", _check_inputs(layer.inputs, cls.name,
+                                                          f"{where}.inputs", cls.does))
+
+    @classmethod
+    def head(cls, layer, sources, paren):
+        return f"{cls.name}({', '.join(sources)})"
+
+
+class AddLayer(_Joining):
+    """Z = A + B + … (a residual connection: the values have one width)."""
+
+    name = "add"
+    does = "sums"
+    sum_rule = ("add", "Z = A + B + …, ∂L/∂A = ∂L/∂B = … = G (each input receives G "
+                "unchanged)")
+
+    @classmethod
+    def width(cls, layer, names, widths, where):
+        if len(set(widths)) > 1:
+            listed = ", ".join(f"{n} ({w})" for n, w in zip(names, widths, strict=True))
+            raise SymgradError(f"{where}.inputs", (
+                f"add needs values of one width, got {listed}; put a dense layer on the "
+                "narrower path, or use concat"))
+        return widths[0]
+
+    @classmethod
+    def build(cls, l, layer, srcs, n, g):
+        rhs = Add(tuple(srcs))
+        return rhs, rhs
+
+    @classmethod
+    def label(cls, layer):
+        return "add (residual)"
+
+
+class ConcatLayer(_Joining):
+    """Z = [A B …] (the values side by side)."""
+
+    name = "concat"
+    does = "joins side by side"
+    refusals = {"units": "only dense layers take units; a concat layer's width is the sum of "
+                         "its inputs' widths"}
+
+    @classmethod
+    def width(cls, layer, names, widths, where):
+        width = sum(widths)
+        if width > MAX_UNITS:
+            raise SymgradError(f"{where}.inputs",
+                               f"the concatenation is {width} wide, at most {MAX_UNITS}")
+        return width
+
+    @classmethod
+    def build(cls, l, layer, srcs, n, g):
+        rhs = Concat(tuple(srcs))
+        return rhs, rhs
+
+    @classmethod
+    def label(cls, layer):
+        return "concat"
+
+
+#: every layer type by name, in the order the docs and messages list them
+KINDS: dict[str, type[LayerKind]] = {k.name: k for k in (
+    DenseLayer, BatchNormLayer, LayerNormLayer, DropoutLayer, AddLayer, ConcatLayer)}
+LAYER_TYPES = tuple(KINDS)
+
+
+def kind_of(name: Any, where: str) -> type[LayerKind]:
+    """The layer type named ``name``, or one SymgradError."""
+    use = f"use one of {', '.join(LAYER_TYPES)}"
+    if not isinstance(name, str):
+        raise SymgradError(where, f"must be a layer type name in quotes (type = \"dense\"), "
+                                  f"got {name!r}; {use}")
+    if name in PLANNED_TYPES:
+        raise SymgradError(where, f"{name} layers are not available in this version; {use}")
+    if name not in KINDS:
+        raise SymgradError(where, f"unknown layer type {name!r}{suggest(name, LAYER_TYPES)}; {use}")
+    return KINDS[name]
+
+
+def kinds_with(attribute: str, value: str) -> str:
+    """The types whose ``attribute`` (params, statistics, masks) holds ``value``, as words:
+    "batchnorm or layernorm"."""
+    names = [k.name for k in KINDS.values() if value in getattr(k, attribute)]
+    return " or ".join(names)
