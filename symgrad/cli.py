@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--force", action="store_true",
                     help="overwrite a file that symgrad graph did not write, or that was edited "
                     "(never the SPEC itself)")
-    _expr_options(gr)
+    _expr_options(gr, assume=False)
 
     m = sub.add_parser("demo", help="the whole mission on the digits data set",
                        description="Derive, generate, check and train a network on the "
@@ -306,7 +306,7 @@ def _output_path(value: str) -> str:
     return value
 
 
-def _expr_options(p: argparse.ArgumentParser, wrt: bool = True) -> None:
+def _expr_options(p: argparse.ArgumentParser, wrt: bool = True, assume: bool = True) -> None:
     """Expression mode (symgrad.exprmode): --expr EXPR --shape NAME=R,C … --wrt NAME[,NAME]."""
     if wrt:
         p.add_argument("--expr", help="a scalar matrix expression in numpy syntax, instead of SPEC")
@@ -314,6 +314,8 @@ def _expr_options(p: argparse.ArgumentParser, wrt: bool = True) -> None:
                        help="with --expr: the name(s) to differentiate (comma lists and repeats add up)")
     p.add_argument("--shape", action="append", metavar="NAME=R,C",
                    help="with --expr: the shape of a name (sizes: numbers or symbols like N, d)")
+    if not assume:  # graph draws the expression as written
+        return
     p.add_argument("--symmetric", action="append", metavar="NAME[,NAME…]",
                    help="with --expr: assume NAME = NAMEᵀ (printed forms use it, random "
                    "instances are symmetric); a gradient with respect to NAME itself is the "

@@ -108,7 +108,7 @@ from symgrad.verify import UNARY as NP_UNARY
 
 __all__ = [
     "ExprProblem", "ExprDerivation", "parse_problem", "derive_expr", "simplify",
-    "generate_expr", "verify_expr", "ExprBuilder",
+    "generate_expr", "verify_expr", "ExprBuilder", "Assumptions",
 ]
 
 WHERE = "expr"

@@ -276,3 +276,17 @@ def test_generated_functions_check_argument_shapes(tmp_path):
     with pytest.raises(ValueError, match=r"^grad: w has shape \(3,\), expected \(d, 1\)"):
         module.grad(X, w[:, 0], y, 0.1)
     assert max(module.check().values()) <= 1e-6
+
+
+def test_every_format_states_the_assumptions(capsys):
+    argv = _argv("derive", *CE, "W", "--assume", "rowsum(Y) = 1", "--positive", "X")
+    assert main([*argv, "--format", "latex"]) == 0
+    assert (r"&\text{assuming } Y \mathbf{1} = \mathbf{1},\ Y \ge 0,\quad X > 0 \\"
+            in capsys.readouterr().out)
+    assert main([*argv, "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "assuming rowsum(Y) = 𝟏, Y ≥ 0 (rows one-hot or probabilities); X > 0 (entrywise)" in out
+    # graph draws the expression as written: the options are not offered there
+    assert main(["graph", "--expr", QUAD[0], "--shape", "x=n,1", "--shape", "A=n,n",
+                 "--wrt", "x", "--symmetric", "A"]) == 2
+    assert "unrecognized argument --symmetric" in capsys.readouterr().err
