@@ -46,6 +46,7 @@ TABLE = [
     ("logdet", "logdet(S)", ["S=n,n"], {"S": ("S⁻ᵀ", "inv(S).T")}),
     ("log-det-inverse", "log(det(inv(X)))", ["X=n,n"], {"X": ("−X⁻ᵀ", "-inv(X).T")}),
     ("det", "det(X)", ["X=n,n"], {"X": ("det(X) X⁻ᵀ", "det(X) * inv(X).T")}),
+    ("det-squared", "det(X)**2", ["X=n,n"], {"X": ("2 det(X)² X⁻ᵀ", "2 * det(X)**2 * inv(X).T")}),
     ("det-AXB", "det(A @ X @ B)", ["X=n,n", "A=n,n", "B=n,n"],
      {"X": ("det(A X B) X⁻ᵀ", "det(A @ X @ B) * inv(X).T")}),
     ("trace-A-Xinv-B", "trace(A @ inv(X) @ B)", ["X=n,n", "A=m,n", "B=n,m"],
@@ -132,7 +133,7 @@ def test_generated_module_checks_solves_and_is_ruff_clean(row, derived, tmp_path
 
 
 def test_numpy_lowering_solves_instead_of_inverting(derived):
-    problem, d = derived(TABLE[7])  # the Gaussian NLL
+    problem, d = derived(TABLE[8])  # the Gaussian NLL
     line = gradient_code(d.gradients["S"], "S")
     assert line == ("np.linalg.inv(S.T) / 2 - np.linalg.solve(S, X.T @ np.linalg.solve(S.T, X.T).T).T"
                     " / (2 * N)")
@@ -149,7 +150,7 @@ def test_numpy_lowering_solves_instead_of_inverting(derived):
 def test_latex_forms(derived):
     problem, d = derived(TABLE[2])
     assert latex(d.gradients["X"], problem) == r"\det\left(X\right) X^{-\top}"
-    problem, d = derived(TABLE[6])
+    problem, d = derived(TABLE[7])
     assert latex(d.gradients["X"], problem) == r"2 X \left(X^{\top} X\right)^{-1}"
     S = Sym("S", (2, 2))
     assert latex(LogDet(S)) == r"\log\det\left(S\right)" and text(LogDet(S)) == "log det(S)"
@@ -157,7 +158,7 @@ def test_latex_forms(derived):
 
 
 def test_printed_numpy_line_verifies_and_a_wrong_one_is_caught(derived):
-    problem, d = derived(TABLE[7])
+    problem, d = derived(TABLE[8])
     right = verify_expr(problem, "S", "np.linalg.inv(S).T / 2 - np.linalg.solve(S.T, X.T @ X) "
                         "@ np.linalg.inv(S).T / (2 * N)")
     assert right.ok, right.text()

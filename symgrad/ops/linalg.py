@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from symgrad.ops.base import SCALAR, Const, Hadamard, Node, Scale, Sym, scale
+from symgrad.ops.base import SCALAR, Const, Hadamard, Map, Node, Scale, Sym, scale
 from symgrad.ops.linear import MatMul, Transpose
 from symgrad.ops.reductions import Broadcast, Eye
 
@@ -169,8 +169,11 @@ class Det(Node):
         return (self.x,)
 
     def vjp(self, g, out):
-        factor = Broadcast(self, self.x.shape)
-        return (_times(g, Hadamard(factor, Inverse(transposed(self.x)))),)
+        inv_t = Inverse(transposed(self.x))
+        if isinstance(g, Const):
+            return (scale(g, Hadamard(Broadcast(self, self.x.shape), inv_t)),)
+        u, v = sp.Symbol("_g", real=True), sp.Symbol("_d", real=True)
+        return (_times(Map(u * v, ((u, g), (v, self))), inv_t),)  # (g det A) A⁻ᵀ: one scalar
 
     def explicit(self, env):
         return sp.Matrix([[self.x.explicit(env).det(method="berkowitz")]])
