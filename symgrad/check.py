@@ -1006,9 +1006,7 @@ def _training_note(spec, graph, seed: int) -> str:
         names = ", ".join(m.name for m, _ in graph.masks)
         parts.append(f"dropout masks held fixed by the seed ({names} drawn from seed {seed}, "
                      f"as loss(…, seed={seed}) draws them)")
-    norms = [f"batchnorm {l}" if layer.type == "batchnorm" else f"layernorm {l} per row"
-             for l, layer in enumerate(spec.layers, 1)
-             if layer.type in ("batchnorm", "layernorm")]
+    norms = [note for l, layer in enumerate(spec.layers, 1) if (note := layer.kind.check_note(l))]
     if norms:
         parts.append(f"batch statistics μ, σ² differentiated through ({', '.join(norms)})")
     return "training mode: " + "; ".join(parts) if parts else ""

@@ -49,6 +49,7 @@ from symgrad.activations import fold, sigmoid, softplus
 from symgrad.commands import command
 from symgrad.derive import Derivation, Equation, derive, transform
 from symgrad.errors import SymgradError
+from symgrad.layers import KINDS, article
 from symgrad.losses import YHAT
 from symgrad.losses import Y as Y_SYM
 from symgrad.ops import (
@@ -2219,19 +2220,8 @@ def _layers_context(d: Derivation, lowered: Lowered, params: list[str]) -> dict[
     mode functions and of train(), batchnorm's running statistics and the inference graph."""
     spec, graph = d.spec, d.graph
     sizes = graph.sizes()
-    init = []
-    for l, layer in enumerate(spec.layers, 1):
-        n = spec.sizes[l]
-        if layer.type == "dense":
-            kind = "he" if layer.fn.init == "he" else "glorot"
-            init.append(f'params["W{l}"] = _{kind}(rng, {spec.fan_in(l)}, {n}, dtype)')
-            init.append(f'params["b{l}"] = np.zeros({n}, dtype)')
-        elif layer.type in ("batchnorm", "layernorm"):
-            init.append(f'params["gamma{l}"] = np.ones({n}, dtype)')
-            init.append(f'params["beta{l}"] = np.zeros({n}, dtype)')
-        if layer.type == "batchnorm":
-            init.append(f'params["mean{l}"] = np.zeros({n}, dtype)')
-            init.append(f'params["var{l}"] = np.ones({n}, dtype)')
+    init = [line for l, layer in enumerate(spec.layers, 1)
+            for line in layer.kind.init_lines(l, layer, spec.fan_in(l), spec.sizes[l])]
     buffers = [b.name for b in graph.buffers]
     local = {f"running_{b}": b for b in buffers}
     buffer_unpack = [line for pair in (list(local)[i : i + 2] for i in range(0, len(local), 2))
@@ -2246,7 +2236,7 @@ def _layers_context(d: Derivation, lowered: Lowered, params: list[str]) -> dict[
                   f'    np.greater_equal({u}, {p!r}, out=ws["{mask.name}"])  # {keep}']
     stats = []
     for l, layer in enumerate(spec.layers, 1):
-        if layer.type != "batchnorm":
+        if not layer.kind.buffers:  # batchnorm's running statistics
             continue
         m = float(layer.momentum)
         stats += [
@@ -2259,7 +2249,7 @@ def _layers_context(d: Derivation, lowered: Lowered, params: list[str]) -> dict[
             f"    np.multiply(var{l}, {m!r} * N / (N - 1), out=scratch)",
             f"    running_var{l} += scratch",
         ]
-    batchnorm = any(layer.type == "batchnorm" for layer in spec.layers)
+    batchnorm = any(layer.kind.batch_statistics for layer in spec.layers)
     return {
         "buffer_shapes": [(f'"{k}"', repr(tuple(v)), "") for k, v in spec.buffer_shapes().items()],
         "layer_init": init,
@@ -2274,8 +2264,14 @@ def _layers_context(d: Derivation, lowered: Lowered, params: list[str]) -> dict[
         "inference_loss": lowered.inference_loss or lowered.loss,
         "mask_doc": ", ".join(f"{m.name} (p = {p!r})" for m, p in graph.masks),
         "batchnorm_doc": ", ".join(f"layer {l}" for l, layer in enumerate(spec.layers, 1)
-                                   if layer.type == "batchnorm"),
+                                   if layer.kind.batch_statistics),
     }
+
+
+def _trained_types() -> str:
+    """The layer types with parameters, as words: "a dense, batchnorm or layernorm"."""
+    names = [k.name for k in KINDS.values() if k.params]
+    return article(f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0])
 
 
 def module_context(d: Derivation) -> dict[str, Any]:
@@ -2289,12 +2285,12 @@ def module_context(d: Derivation) -> dict[str, Any]:
     chain = spec.is_chain
     if not params:
         raise SymgradError(f"{spec.source}: layer", "this network has no parameters to train; "
-                                                    "add a dense, batchnorm or layernorm layer")
+                                                    f"add {_trained_types()} layer")
     init, kinds = [], []
     for l, layer in enumerate(spec.layers, 1):
-        if layer.type != "dense":
+        kind = layer.kind.weight_init(layer)
+        if kind is None:
             continue
-        kind = "he" if layer.fn.init == "he" else "glorot"
         helpers.add(kind)
         kinds.append(f"W{l} {'He-normal' if kind == 'he' else 'Glorot-uniform'}")
         n_in, n_out = spec.fan_in(l), spec.sizes[l]

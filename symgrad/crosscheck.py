@@ -149,7 +149,7 @@ def tiny_sizes(spec: Spec) -> tuple[int, ...]:
     last = len(spec.layers) - 1
     sizes = [2, *(3 if (layer.fn.is_rowwise and i == last) else 2
                   for i, layer in enumerate(spec.layers))]
-    if all(layer.type == "dense" for layer in spec.layers):
+    if all(layer.kind.plain for layer in spec.layers):
         return tuple(sizes)
     return _fit_widths(spec, sizes)
 
@@ -158,7 +158,7 @@ def tiny_batch(spec: Spec) -> int:
     """N for the proof: 3 with a batchnorm layer (its statistics couple a whole column,
     and at N = 2 the two standardized values are ±1: a rule without the mean or the
     variance path can agree there), else 2."""
-    return 3 if any(layer.type == "batchnorm" for layer in spec.layers) else 2
+    return max(layer.kind.proof_batch for layer in spec.layers)
 
 
 def _fit_widths(spec: Spec, sizes: list[int]) -> tuple[int, ...]:
@@ -386,7 +386,7 @@ def _prove_structure_cached(key, sizes, spec: Spec) -> Claim:
         return _structure_cache[key]
     n = tiny_batch(spec)
     small = spec.with_sizes(sizes)
-    plain = all(layer.type == "dense" for layer in spec.layers)
+    plain = all(layer.kind.plain for layer in spec.layers)
     shape = " → ".join(str(s) for s in (sizes if plain else small.sizes))
     fan_out = _fan_outs(small)
 
@@ -546,30 +546,26 @@ def _zero(e: sp.Expr) -> bool:
 # --------------------------------------------------------------------------
 
 
-OP_LAYERS = ("batchnorm", "layernorm", "dropout", "add", "concat")
-
-
 def _op_node(d: Derivation, l: int):
-    """The assignment of layer ``l``'s op: X̂_l for batchnorm/layernorm, else Z_l."""
-    kind = d.spec.layers[l - 1].type
-    return d.graph.producer(f"Xhat{l}" if kind in ("batchnorm", "layernorm") else f"Z{l}")
+    """The assignment of layer ``l``'s op (its type's ``proof_target``: X̂_l, Z_l)."""
+    return d.graph.producer(f"{d.spec.layers[l - 1].kind.proof_target}{l}")
 
 
-def _op_env(op, kind: str) -> dict:
-    """N and the widths for ``op``'s claim: a column of 3 for batchnorm (N = 3, 2
-    features), a row of 3 features for layernorm (N = 2), 2 elsewhere."""
-    rows = 3 if kind == "batchnorm" else 2
-    env: dict = {N: rows}
+def _op_env(op, kind) -> dict:
+    """N and the widths for ``op``'s claim (its layer type's ``proof_batch`` and
+    ``proof_row``): a column of 3 for batchnorm (N = 3, 2 features), a row of 3 features
+    for layernorm (N = 2), 2 elsewhere."""
+    env: dict = {N: kind.proof_batch}
     free = set()
     for node in (*op.children, *op.refs):
         free |= {s for s in sp.sympify(node.shape[1]).free_symbols if s != N}
     for s in free:
         env[s] = 2
-    if kind == "layernorm":  # widen the row to 3 features (1 each, the first grown)
+    if kind.proof_row:  # widen the row to proof_row features (1 each, the first grown)
         first, *rest = sorted(free, key=str)
         env.update({s: 1 for s in rest})
         env[first] = 1
-        while _size_in(op.shape[1], env) < 3:
+        while _size_in(op.shape[1], env) < kind.proof_row:
             env[first] += 1
     return env
 
@@ -581,36 +577,6 @@ def _size_in(e, env) -> int:
 
 def _symbols(name: str, rows: int, cols: int) -> sp.Matrix:
     return sp.Matrix(rows, cols, lambda i, j: sp.Symbol(f"{name}_{i}{j}", real=True))
-
-
-def _textbook(kind: str, layer, op, env: dict) -> tuple[sp.Matrix, dict]:
-    """The layer's forward value from its definition (DESIGN, "Layers beyond dense"),
-    written here independently of the op: (value, statistics by name)."""
-    from symgrad.ops.normalization import exact
-
-    if kind in ("batchnorm", "layernorm"):
-        a = env[op.x.name]
-        lines = a if op.axis == 0 else a.T  # statistics down each column of `lines`
-        m = lines.rows
-        mean = [sp.Add(*lines[:, j]) / m for j in range(lines.cols)]
-        var = [sp.Add(*[(lines[i, j] - mean[j]) ** 2 for i in range(m)]) / m
-               for j in range(lines.cols)]
-        eps = exact(layer.eps)
-        out = sp.Matrix(m, lines.cols, lambda i, j: (lines[i, j] - mean[j])
-                        * (var[j] + eps) ** sp.Rational(-1, 2))
-        stats = {op.mu.name: sp.Matrix([mean]), op.var.name: sp.Matrix([var])}
-        if op.axis == 1:
-            out, stats = out.T, {k: v.T for k, v in stats.items()}
-        return out, stats
-    if kind == "dropout":
-        return env[op.x.name].multiply_elementwise(env[op.mask.name]) / (1 - exact(layer.p)), {}
-    mats = [env[t.name] for t in op.terms]
-    if kind == "add":
-        total = mats[0]
-        for m in mats[1:]:
-            total = total + m
-        return total, {}
-    return sp.Matrix.hstack(*mats), {}
 
 
 def prove_op(d: Derivation, l: int) -> Claim:
@@ -625,7 +591,7 @@ def prove_op(d: Derivation, l: int) -> Claim:
     from symgrad.printing import text
 
     layer = d.spec.layers[l - 1]
-    kind = layer.type
+    kind = layer.kind
     a = _op_node(d, l)
     op = a.rhs
     g = Sym(naming.cotangent(a.target.name), a.target.shape, "cotangent")
@@ -639,21 +605,21 @@ def prove_op(d: Derivation, l: int) -> Claim:
         parts = [r for c, r in zip(op.children, rules, strict=True) if c.name == name and r]
         shown.append(f"{naming.text(naming.cotangent(name))} = "
                      + (" + ".join(text(r) for r in parts) if parts else "0"))
-    what = f"{kind} (layer {l}): " + ", ".join(shown)
+    what = f"{layer.type} (layer {l}): " + ", ".join(shown)
 
     def run():
         env = _op_env(op, kind)
         for child in op.children:
             r, c = (_size_in(e, env) for e in child.shape)
             env[child.name] = _symbols(child.name.lower(), r, c)
-        if kind == "dropout":
+        if kind.masks:
             r, c = (_size_in(e, env) for e in op.mask.shape)
             env[op.mask.name] = _symbols(op.mask.name.lower(), r, c)
-        value, stats = _textbook(kind, layer, op, env)
+        value, stats = kind.definition(layer, op, env)  # F, written apart from the op
         env.update(stats)
         try:
             if not _zero_matrix(op.explicit(env) - value):
-                return False, f"the op's forward value is not the {kind} layer's definition"
+                return False, f"the op's forward value is not the {layer.type} layer's definition"
             for name, v in stats.items():
                 if not _zero_matrix(d.graph.producer(name).rhs.explicit(env) - v):
                     return False, (f"the graph's {naming.text(name)} is not the "
@@ -684,9 +650,7 @@ def prove_op(d: Derivation, l: int) -> Claim:
         except (sp.ShapeError, ValueError, IndexError, TypeError) as e:
             return False, f"the rule cannot be evaluated at these sizes ({e})"
         sizes = "×".join(str(v) for v in value.shape)
-        how = {"batchnorm": "a column of 3 couples through μ and σ²",
-               "layernorm": "a row of 3 features couples through μ and σ²",
-               "dropout": "mask entries free symbols"}.get(kind, "")
+        how = kind.proof_note
         return True, f"{checked} entries at {sizes}" + (f"; {how}" if how else "")
 
     return _timed(what, run)
@@ -1052,7 +1016,7 @@ def prove(spec: Spec | str, spot: bool = True,
     step("the chain rule", prove_structure, short, bounded=True)
     d_short = derive(short)
     for l, layer in enumerate(short.layers, 1):
-        if layer.type in OP_LAYERS:
+        if layer.kind.proof_target:
             step(f"the rule of layer {l} ({layer.type})", prove_op, d_short, l, bounded=True)
     seen = set()
     for layer in short.layers:

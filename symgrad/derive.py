@@ -225,9 +225,6 @@ class Derivation:
 
 PENALTY_RULES = ("SqNormHalf", "AbsSum")
 
-#: the rule of an ``add`` layer's sum (the generic Add, named for the layer it computes)
-ADD_LAYER_RULE = ("add", "Z = A + B + …, ∂L/∂A = ∂L/∂B = … = G (each input receives G "
-                  "unchanged)")
 SKIP = " (skip)"  # an add layer's part of a cotangent summed at a fan-out: the skip path
 
 
@@ -275,13 +272,14 @@ def derive_graph(graph: Graph) -> Derivation:
     skipped: set[str] = set()
     params = {p.name for p in graph.params}
     rules: dict[str, str] = {}
-    add_layers = {id(a.rhs) for l, a in _layer_sums(graph)}
+    layer_rules = dict(_layer_sums(graph))  # an add layer's sum, by its op's id
+    skips = {name for name, _ in layer_rules.values()}
 
     def emit(sym: Sym) -> Node:
         # the network's own term first, penalties after (in the order of L)
         parts = sorted(cot.pop(sym.name), key=lambda p: p[1] in PENALTY_RULES)
         rhs = add([p for p, _ in parts])
-        names = [r + SKIP if r == ADD_LAYER_RULE[0] and len(parts) > 1 else r for _, r in parts]
+        names = [r + SKIP if r in skips and len(parts) > 1 else r for _, r in parts]
         rule = " + ".join(names)
         if sym.name == graph.loss.name or rhs == ONE:
             return ONE
@@ -299,10 +297,10 @@ def derive_graph(graph: Graph) -> Derivation:
                 emit(node)
             return
         grads = node.vjp(g, out)
-        name, law = ADD_LAYER_RULE if id(node) in add_layers else rule_of(node)
+        name, law = layer_rules.get(id(node)) or rule_of(node)
         if law:
             rules[name] = law
-            if name == ADD_LAYER_RULE[0]:
+            if name in skips:
                 rules[name + SKIP] = law
         for child, gc in zip(node.children, grads, strict=True):
             if gc is not None:
@@ -339,14 +337,15 @@ def derive_graph(graph: Graph) -> Derivation:
 
 
 def _layer_sums(graph: Graph):
-    """(l, assignment) of each ``add`` layer's sum Z_l (its rule is named for the layer)."""
+    """(id of the op, (rule, law)) of each layer whose type names its op's rule (an
+    ``add`` layer's sum Z_l: the generic Add, named for the layer it computes)."""
     if graph.spec is None:
         return
     for l, layer in enumerate(graph.spec.layers, 1):
-        if layer.type == "add":
+        if layer.kind.sum_rule is not None:
             a = graph.producer(f"Z{l}")
             if a is not None:
-                yield l, a
+                yield id(a.rhs), layer.kind.sum_rule
 
 
 def _shape_of(graph: Graph, name: str):

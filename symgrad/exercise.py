@@ -56,6 +56,7 @@ from symgrad import files, naming
 from symgrad.activations import ACTIVATIONS
 from symgrad.commands import command
 from symgrad.errors import SymgradError
+from symgrad.layers import PARAM_FAMILIES
 from symgrad.spec import Layer, Spec, as_spec, spec_from_dict
 
 __all__ = [
@@ -177,7 +178,7 @@ class Worksheet:
         return next(q for q in self.questions if q.id == qid)
 
 
-_PARAM_FAMILIES = ("W", "b", "gamma", "beta")
+_PARAM_FAMILIES = PARAM_FAMILIES
 
 
 def _candidates(spec: Spec) -> list[Question]:
@@ -185,8 +186,8 @@ def _candidates(spec: Spec) -> list[Question]:
     ∂L/∂b_L, ∂L/∂A_(L−1), δ_(L−1), …); ids are given later.
 
     Per layer l, from the last: ∂L/∂A_l (when l < L and a later layer reads A_l: with
-    skips, the sum of every path), δ_l, its parameters (W_l, b_l; γ_l, β_l of batchnorm and
-    layernorm) and, for batchnorm and layernorm, ∂L/∂X̂_l."""
+    skips, the sum of every path), δ_l, its parameters (W_l, b_l; γ_l, β_l of a normalization)
+    and the cotangents of its type's intermediates (``LayerKind.adjoints``: ∂L/∂X̂_l)."""
     sizes = spec.sizes
     read = {name for l in range(1, len(spec.layers) + 1) for name in spec.sources(l)}
     shapes = spec.param_shapes()
@@ -200,8 +201,8 @@ def _candidates(spec: Spec) -> list[Question]:
             if shape is not None:
                 out.append(Question("", f"{family}{l}", "×".join(map(str, shape))
                                     if len(shape) == 2 else f"({shape[0]},)"))
-        if spec.layers[l - 1].type in ("batchnorm", "layernorm"):
-            out.append(Question("", f"Xhat{l}", f"N×{sizes[l]}"))
+        for name in spec.layers[l - 1].kind.adjoints:
+            out.append(Question("", f"{name}{l}", f"N×{sizes[l]}"))
     return out
 
 
@@ -337,15 +338,8 @@ def _answers(ws: Worksheet) -> dict[str, _Answer]:
 def _layer_text(layer: Layer) -> str:
     """``32 tanh`` (dense), ``batchnorm relu``, ``dropout 0.2``, ``add(A1, A3)``; a layer that
     names its input says so (``32 tanh of X``)."""
-    if layer.type == "dense":
-        head = f"{layer.units}"
-    elif layer.type == "dropout":
-        head = f"dropout {layer.p:g}"
-    elif layer.type in ("add", "concat"):
-        head = f"{layer.type}({', '.join(layer.inputs or ())})"
-    else:
-        head = layer.type
-    text = head if layer.fn.name == "identity" and layer.type != "dense" else (
+    head = layer.kind.head(layer, list(layer.inputs or ()), paren=False)
+    text = head if layer.fn.name == "identity" and not layer.kind.plain else (
         f"{head} {layer.fn.name}")
     return f"{text} of {layer.input}" if layer.input is not None else text
 
@@ -388,19 +382,17 @@ def _names(spec: Spec) -> tuple[str, str]:
 
 def _dag_names(spec: Spec) -> tuple[str, str]:
     """The names of a network with other layer types (those verify reads): the parameters,
-    batchnorm's and layernorm's μ_l (mu), σ²_l (var) and X̂_l (Xhat), the dropout masks M_l,
-    the widths n0, n1, … and each layer's eps and p."""
+    each type's intermediates (``LayerKind.statistics``: a normalization's μ_l (mu), σ²_l
+    (var) and X̂_l (Xhat)), masks (M_l), the widths n0, n1, … and its scalars (eps, p)."""
     L = len(spec.layers)
     shapes = spec.param_shapes()
     values = ["X", "Y", "N"]
     adjoints = []
     for l, layer in enumerate(spec.layers, 1):
         values += [f"{x}{l}" for x in _PARAM_FAMILIES if f"{x}{l}" in shapes]
-        if layer.type in ("batchnorm", "layernorm"):
-            values += [f"mu{l}", f"var{l}", f"Xhat{l}", f"eps{l}"]
-            adjoints.append(f"dXhat{l}")
-        if layer.type == "dropout":
-            values += [f"M{l}", f"p{l}"]
+        kind = layer.kind
+        values += [f"{x}{l}" for x in (*kind.statistics, *kind.masks, *kind.scalars)]
+        adjoints += [f"d{x}{l}" for x in kind.adjoints]
         values += [f"Z{l}"] + ([f"A{l}"] if l < L else [])
         adjoints += [f"dZ{l}"] + ([f"dA{l}"] if l < L else [])
     values += ["Yhat", *(f"n{l}" for l in range(L + 1))]
@@ -559,7 +551,7 @@ def spec_tables(spec: Spec) -> dict:
 def _layer_table(layer: Layer) -> dict:
     """A [[layer]] table: ``units`` and ``activation`` for a dense layer that reads the
     previous one; its ``type`` and own keys (input, inputs, eps, momentum, p) otherwise."""
-    table: dict = {} if layer.type == "dense" else {"type": layer.type}
+    table: dict = {} if layer.kind.plain else {"type": layer.type}
     for key in ("units", "input", "inputs", "eps", "momentum", "p"):
         value = getattr(layer, key)
         if value is not None:

@@ -49,8 +49,10 @@ from symgrad.ops import (
     Standardize,
     Sym,
 )
+from symgrad.ops.normalization import exact
 
-__all__ = ["KINDS", "LAYER_TYPES", "PLANNED_TYPES", "LayerKind", "kind_of"]
+__all__ = ["KINDS", "LAYER_TYPES", "PARAM_FAMILIES", "PLANNED_TYPES", "LayerKind", "kind_of",
+           "kinds_with"]
 
 MAX_UNITS = 1_000_000
 MAX_INPUTS = 64
@@ -168,6 +170,7 @@ class LayerKind:
     #: the intermediate whose rule ``--prove`` proves on its own ("" for none: dense)
     proof_target: ClassVar[str] = ""
     proof_batch: ClassVar[int] = 2  # N of the tiny instances (proof, verify)
+    proof_row: ClassVar[int] = 0  # the features of a row its op's claim needs (0: 2 each)
     proof_note: ClassVar[str] = ""  # what the op's claim exercises
     statistics_over: ClassVar[str] = ""  # the notation line: which entries μ, σ² average
     sum_rule: ClassVar[tuple[str, str] | None] = None  # its op's rule, named for the layer
@@ -248,6 +251,13 @@ class LayerKind:
         """Z_l's right-hand side and its inference form. ``g`` (the graph builder) takes
         parameters, buffers, masks and the assignments before Z_l (``g.assign``)."""
         raise NotImplementedError  # pragma: no cover
+
+    @classmethod
+    def definition(cls, layer, op, env: dict) -> tuple[sp.Matrix, dict]:
+        """For the proof: its forward value from its definition (DESIGN, "Layers beyond
+        dense"), written here independently of its op, at the explicit ``env``: (value,
+        statistics by name)."""
+        raise NotImplementedError  # pragma: no cover - the types with a proof_target
 
     # --- the words
 
@@ -365,6 +375,22 @@ class _Normalization(LayerKind):
         return rhs, rhs
 
     @classmethod
+    def definition(cls, layer, op, env):
+        a = env[op.x.name]
+        lines = a if op.axis == 0 else a.T  # statistics down each column of `lines`
+        m = lines.rows
+        mean = [sp.Add(*lines[:, j]) / m for j in range(lines.cols)]
+        var = [sp.Add(*[(lines[i, j] - mean[j]) ** 2 for i in range(m)]) / m
+               for j in range(lines.cols)]
+        eps = exact(layer.eps)
+        out = sp.Matrix(m, lines.cols, lambda i, j: (lines[i, j] - mean[j])
+                        * (var[j] + eps) ** sp.Rational(-1, 2))
+        stats = {op.mu.name: sp.Matrix([mean]), op.var.name: sp.Matrix([var])}
+        if op.axis == 1:
+            out, stats = out.T, {k: v.T for k, v in stats.items()}
+        return out, stats
+
+    @classmethod
     def label(cls, layer):
         return f"{cls.name}, ε = {layer.eps:g}"
 
@@ -414,6 +440,7 @@ class LayerNormLayer(_Normalization):
     name = "layernorm"
     keys = ("eps", "activation", "input")
     axis = 1
+    proof_row = 3  # a row of 3 features (N = 2)
     proof_note = "a row of 3 features couples through μ and σ²"
     statistics_over = "of each row, over its n features"
     refusals = {"momentum": "only batchnorm layers take momentum (the running statistics' "
@@ -438,6 +465,10 @@ class DropoutLayer(LayerKind):
     def build(cls, l, layer, srcs, n, g):
         src = srcs[0]
         return Dropout(src, g.mask(f"M{l}", src.shape, layer.p), layer.p), src
+
+    @classmethod
+    def definition(cls, layer, op, env):
+        return env[op.x.name].multiply_elementwise(env[op.mask.name]) / (1 - exact(layer.p)), {}
 
     @classmethod
     def head(cls, layer, sources, paren):
@@ -490,6 +521,14 @@ class AddLayer(_Joining):
         return rhs, rhs
 
     @classmethod
+    def definition(cls, layer, op, env):
+        mats = [env[t.name] for t in op.terms]
+        total = mats[0]
+        for m in mats[1:]:
+            total = total + m
+        return total, {}
+
+    @classmethod
     def label(cls, layer):
         return "add (residual)"
 
@@ -516,6 +555,10 @@ class ConcatLayer(_Joining):
         return rhs, rhs
 
     @classmethod
+    def definition(cls, layer, op, env):
+        return sp.Matrix.hstack(*[env[t.name] for t in op.terms]), {}
+
+    @classmethod
     def label(cls, layer):
         return "concat"
 
@@ -539,8 +582,12 @@ def kind_of(name: Any, where: str) -> type[LayerKind]:
     return KINDS[name]
 
 
-def kinds_with(attribute: str, value: str) -> str:
-    """The types whose ``attribute`` (params, statistics, masks) holds ``value``, as words:
-    "batchnorm or layernorm"."""
-    names = [k.name for k in KINDS.values() if value in getattr(k, attribute)]
-    return " or ".join(names)
+def kinds_with(name: str) -> str:
+    """The types with a parameter, intermediate or mask of family ``name``, as words:
+    "batchnorm or layernorm" (gamma, mu, Xhat), "dropout" (M)."""
+    return " or ".join(k.name for k in KINDS.values()
+                       if name in (*k.params, *k.statistics, *k.masks))
+
+
+#: every parameter family, in the order of KINDS: W, b, gamma, beta
+PARAM_FAMILIES = tuple(dict.fromkeys(f for k in KINDS.values() for f in k.params))

@@ -547,18 +547,8 @@ def _layer_kinds(graph: Graph) -> dict[str, str]:
     spec = graph.spec
     if spec is None:
         return {}
-    out = {}
-    for l, layer in enumerate(spec.layers, 1):
-        kind = layer.type
-        if kind in ("batchnorm", "layernorm"):
-            out[f"Z{l}"] = f"{kind}, ε = {layer.eps:g}"
-        elif kind == "dropout":
-            out[f"Z{l}"] = f"dropout, p = {layer.p:g}"
-        elif kind == "add":
-            out[f"Z{l}"] = "add (residual)"
-        elif kind == "concat":
-            out[f"Z{l}"] = "concat"
-    return out
+    labels = {f"Z{l}": layer.kind.label(layer) for l, layer in enumerate(spec.layers, 1)}
+    return {name: label for name, label in labels.items() if label}
 
 
 def _skips(graph: Graph) -> dict[tuple[str, str], str]:
@@ -572,7 +562,7 @@ def _skips(graph: Graph) -> dict[tuple[str, str], str]:
         previous = "X" if l == 1 else f"A{l - 1}"
         for name in spec.sources(l):
             if name != previous:
-                out[(name, f"Z{l}")] = "skip" if layer.type in ("add", "concat") else ""
+                out[(name, f"Z{l}")] = "skip" if layer.kind.joins else ""
     return out
 
 

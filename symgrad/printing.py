@@ -24,6 +24,7 @@ from sympy.printing.str import StrPrinter
 from symgrad import naming
 from symgrad.activations import X as X_SYM
 from symgrad.activations import expand_named
+from symgrad.layers import KINDS
 from symgrad.losses import YHAT, Y
 from symgrad.ops import (
     L1,
@@ -527,19 +528,11 @@ def _vjp_part(doc: str) -> str:
 def _layer_word(spec, l: int, layer) -> str:
     """One layer in the network line: its width or type, and its activation (identity
     not shown): 5 tanh, batchnorm relu, dropout(0.2), add(A₅, A₁), concat(A₆, X)."""
-    kind = layer.type
-    if kind == "dense":
-        word = str(layer.units)
-    elif kind == "dropout":
-        word = f"dropout({layer.p:g})"
-    elif kind in ("add", "concat"):
-        word = f"{kind}({', '.join(naming.text(s) for s in spec.sources(l))})"
-    else:
-        word = kind
+    src = spec.sources(l)
+    word = layer.kind.head(layer, [naming.text(s) for s in src], paren=True)
     if layer.fn.name != "identity":
         word += f" {layer.fn.name}"
-    src = spec.sources(l)
-    if kind not in ("add", "concat") and src[0] != ("X" if l == 1 else f"A{l - 1}"):
+    if not layer.kind.joins and src[0] != ("X" if l == 1 else f"A{l - 1}"):
         word += f" (of {naming.text(src[0])})"
     return word
 
@@ -630,19 +623,14 @@ def notation(d) -> str:
         return NOTATION
     nodes = [n for eq in (*d.forward, *d.backward) for n in _nodes(eq.rhs)]
     extra = []
-    norms = [(l, layer) for l, layer in enumerate(spec.layers, 1)
-             if layer.type in ("batchnorm", "layernorm")]
+    norms = [(l, layer) for l, layer in enumerate(spec.layers, 1) if layer.kind.statistics_over]
     if norms:
-        kinds = {layer.type for _, layer in norms}
-        where = []
-        if "batchnorm" in kinds:
-            where.append("batchnorm: of each column, over the N samples")
-        if "layernorm" in kinds:
-            where.append("layernorm: of each row, over its n features")
+        kinds = {layer.kind for _, layer in norms}
+        where = [f"{k.name}: {k.statistics_over}" for k in KINDS.values() if k in kinds]
         extra.append("X̂_l the standardized input of normalization layer l, μ_l and σ_l² its "
                      f"mean and biased variance ({'; '.join(where)}), γ_l and β_l its scale and "
                      f"shift, {_epsilons(norms)}")
-    if any(layer.type == "batchnorm" for _, layer in norms):
+    if any(layer.kind.buffers for _, layer in norms):
         extra.append("mean_l and var_l the running mean and variance of batchnorm layer l "
                      "(buffers), which forward and predict use in place of μ_l and σ_l²")
     if any(isinstance(n, Dropout) for n in nodes):
@@ -692,23 +680,8 @@ def _running_lines(d, fmt: str) -> list[str]:
     spec = d.spec
     if _is_dense(spec):
         return []
-    out = []
-    for l, layer in enumerate(spec.layers, 1):
-        if layer.type != "batchnorm":
-            continue
-        m = layer.momentum
-        keep, take = f"{1 - m:g}", f"{m:g}"
-        if fmt == "text":
-            sub = str(l).translate(naming._SUB)
-            mean, var = f"mean{sub}", f"var{sub}"
-            out += [f"{mean} ← {keep} {mean} + {take} μ{sub}",
-                    f"{var} ← {keep} {var} + {take} σ{sub}² N/(N − 1)"]
-        else:
-            mean, var = rf"\operatorname{{mean}}_{{{l}}}", rf"\operatorname{{var}}_{{{l}}}"
-            out += [rf"{mean} &\leftarrow {keep} \, {mean} + {take} \, \mu_{{{l}}}",
-                    rf"{var} &\leftarrow {keep} \, {var} + {take} \, \sigma_{{{l}}}^{{2}} "
-                    rf"\frac{{N}}{{N - 1}}"]
-    return out
+    return [line for l, layer in enumerate(spec.layers, 1)
+            for line in layer.kind.running_lines(l, layer, fmt)]
 
 
 def _update_lines(d, printer, arrow, eta):

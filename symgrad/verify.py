@@ -107,6 +107,7 @@ from symgrad.expr import (  # the parser's time limit, reused
     validate,
 )
 from symgrad.graph import width
+from symgrad.layers import PARAM_FAMILIES, kinds_with
 from symgrad.ops import (
     L1,
     L2,
@@ -508,12 +509,6 @@ class _Instance:
         return " ".join(f"{k}={v}" for k, v in self.sizes.items())
 
 
-_PARAMS = {"dense": ("W", "b"), "batchnorm": ("gamma", "beta"), "layernorm": ("gamma", "beta")}
-"""Each layer type's parameters (named with the layer's number)."""
-_STATISTICS = {"batchnorm": ("mu", "var", "Xhat"), "layernorm": ("mu", "var", "Xhat")}
-"""Each layer type's named intermediates besides Z and A (the batch statistics and X̂)."""
-
-
 class Network:
     """Everything ``verify`` needs about one spec, computed once."""
 
@@ -529,7 +524,7 @@ class Network:
         self.steps = steps
         loss = next(a.rhs for a in g.assignments if isinstance(a.rhs, MeanLoss))
         self.dyhat_generic = loss.vjp(ONE, None)[0]
-        self.dense = all(layer.type == "dense" for layer in spec.layers)
+        self.dense = all(layer.kind.plain for layer in spec.layers)
         values = {a.target.name: a.target for a in g.assignments}
 
         # user names -> (leaf, numpy shape); a 1×n parameter is 1-D, as in numpy
@@ -539,16 +534,17 @@ class Network:
         params = {p.name: p for p in g.params}
         for l in range(1, L + 1):
             layer = spec.layers[l - 1]
-            for name in _PARAMS.get(layer.type, ()):
+            kind = layer.kind  # its parameters and named intermediates (symgrad.layers)
+            for name in kind.params:
                 p = params[f"{name}{l}"]
                 m[p.name] = (p, p.shape if name == "W" else (p.shape[1],))
-            for name in _STATISTICS.get(layer.type, ()):  # mu3, var3, Xhat3 and dXhat3
+            for name in kind.statistics:  # mu3, var3, Xhat3 and dXhat3
                 s = values[f"{name}{l}"]
                 m[s.name] = (s, s.shape)
-            if layer.type in ("batchnorm", "layernorm"):
-                x = values[f"Xhat{l}"]
-                m[f"dXhat{l}"] = (Sym(f"dXhat{l}", x.shape, "cotangent"), x.shape)
-                for name in ("gamma", "beta"):
+            for name in kind.adjoints:
+                x = values[f"{name}{l}"]
+                m[f"d{name}{l}"] = (Sym(f"d{name}{l}", x.shape, "cotangent"), x.shape)
+            for name in () if kind.plain else kind.params:
                     s = params[f"{name}{l}"]
                     m[f"d{name}{l}"] = (Sym(f"d{name}{l}", s.shape, "cotangent"), (s.shape[1],))
             value = values[f"Z{l}"].shape
@@ -588,7 +584,7 @@ class Network:
         t: dict[str, Target] = {}
         for l in range(1, L + 1):
             layer = spec.layers[l - 1]
-            for fam in _PARAMS.get(layer.type, ()):
+            for fam in layer.kind.params:
                 name = f"{fam}{l}"
                 cot = "d" + name
                 t[name] = Target(name, cot, backward.get(cot, steps[cot].rhs), m[name][1], fam, l)
@@ -651,19 +647,17 @@ class Network:
                 return (f"'{name}' is a parameter gradient, which is what verify checks; "
                         "write it out (e.g. X.T @ dZ1)")
             if prefix == "d" and letter in ("mu", "var", "M"):
-                return (f"'{name}' is not computed by the sweep: batchnorm's and layernorm's "
+                folds = "'s and ".join(kinds_with("mu").split(" or "))
+                return (f"'{name}' is not computed by the sweep: {folds}'s "
                         "rule folds the paths through mu and var into dA (use dXhat), and a "
-                        "dropout mask is not differentiated")
+                        f"{kinds_with('M')} mask is not differentiated")
             if letter in ("W", "b"):
                 have = [f"{x}{l}" for l in range(1, L + 1) for x in ("W", "b")
                         if f"{x}{l}" in self.matrices]
             elif letter not in ("A", "Z", ""):
                 have = [n for n in self.matrices if re.fullmatch(f"{prefix}{letter}\\d+", n)]
                 if not have:
-                    kind = {"gamma": "batchnorm or layernorm", "beta": "batchnorm or layernorm",
-                            "Xhat": "batchnorm or layernorm", "mu": "batchnorm or layernorm",
-                            "var": "batchnorm or layernorm", "M": "dropout"}[letter]
-                    return f"unknown name '{name}' (the network has no {kind} layer)"
+                    return f"unknown name '{name}' (the network has no {kinds_with(letter)} layer)"
             elif letter == "A":
                 have = [f"{prefix}A{l}" for l in range(1, L)] + [f"{prefix}Yhat (= {prefix}A{L})"]
             else:  # Z, dZ, delta
@@ -879,9 +873,10 @@ class Network:
 
     @property
     def tiny_n(self) -> int:
-        """N of the tiny instance: 3 with a batchnorm layer (at N = 2 its standardized
-        values are ±1, where a rule missing a path can agree), else 2."""
-        return 3 if any(layer.type == "batchnorm" for layer in self.spec.layers) else 2
+        """N of the tiny instance: the largest of its layer types' (``proof_batch``: 3 with
+        a batchnorm layer, at N = 2 its standardized values are ±1, where a rule missing a
+        path can agree; else 2)."""
+        return max(layer.kind.proof_batch for layer in self.spec.layers)
 
     def tiny_text(self, sizes: tuple[int, ...]) -> str:
         keep = self.free_widths
@@ -935,21 +930,15 @@ class Network:
         return env, groups, sizes
 
 
-_PARAM_FAMILIES = ("W", "b", "gamma", "beta")
+_PARAM_FAMILIES = PARAM_FAMILIES
 
 
 def _layer_text(layer) -> str:
     """A layer as the title line shows it: ``32 tanh``, ``batchnorm relu``, ``dropout 0.2``,
     ``add(A1, A3)``."""
-    if layer.type == "dense":
-        return f"{layer.units} {layer.fn.name}"
-    if layer.type == "dropout":
-        head = f"dropout {layer.p:g}"
-    elif layer.type in ("add", "concat"):
-        head = f"{layer.type}({', '.join(layer.inputs or ())})"
-    else:
-        head = layer.type
-    return head if layer.fn.name == "identity" else f"{head} {layer.fn.name}"
+    head = layer.kind.head(layer, list(layer.inputs or ()), paren=False)
+    return head if layer.fn.name == "identity" and not layer.kind.plain else (
+        f"{head} {layer.fn.name}")
 
 
 # --------------------------------------------------------------------------
