@@ -283,3 +283,24 @@ def test_steps_show_the_rules_that_fired(capsys):
     assert "transpose-of-power: (Aᵏ)ᵀ = (Aᵀ)ᵏ" in out and "proved at tiny sizes" in out
     assert "rewrite rules: " in out and " firings proved on the tiny instance" in out
     assert "(Xᵀ)³ is a matrix power" in out
+
+
+def test_a_rule_the_proof_refutes_is_not_applied(monkeypatch, capsys):
+    """A wrong rule (Aᵀ = A for every A), registered for the test: with --prove its firing is
+    refuted on the tiny instance and the gradient keeps the true form."""
+    from symgrad import exprmode
+    from symgrad.ops import Transpose
+
+    monkeypatch.setitem(exprmode.RULES, "wrong-transpose", exprmode.Rule(
+        "wrong-transpose", Transpose, "Aᵀ = A (false)",
+        lambda s, n: n.x if n.x.shape[0] == n.x.shape[1] else None))
+    problem = parse_problem("trace(A @ X)", SQ, "X")
+    d = derive_expr(problem, prove_rules=True)
+    assert text(d.gradients["X"], problem) == "Aᵀ"
+    assert set(d.rewrites["X"]["wrong-transpose"]) == {False}
+    assert main(["derive", "--expr", "trace(A @ X)", "--shape", "X=n,n", "--shape", "A=n,n",
+                 "--wrt", "X", "--steps", "--prove"]) == 1
+    out = capsys.readouterr().out
+    assert "wrong-transpose: Aᵀ = A (false) — refuted on the tiny instance, not applied" in out
+    assert "rewrite rules: a firing was refuted on the tiny instance (wrong-transpose)" in out
+    assert text(derive_expr(problem).gradients["X"], problem) == "A"  # unproved, it would fire
