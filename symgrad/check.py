@@ -61,7 +61,7 @@ together).  On a terminal, progress is shown on stderr once a check takes over a
 
 **Training mode** (batchnorm, dropout: DESIGN, "Layers beyond dense").  The loss checked is
 the training-mode one, as ``loss_and_grad`` differentiates it: the batch statistics μ, σ²
-(batchnorm over the N rows, layernorm over each row) are part of the function, so a
+(each over its layer type's axis: batchnorm's over the N rows) are part of the function, so a
 difference of the loss moves them too; the dropout masks are held fixed.  For a SPEC they
 are drawn from ``--seed`` (:func:`training_masks`: ``np.random.default_rng(seed)``, one
 uniform matrix per dropout layer in layer order, kept where ≥ p), which the generated module

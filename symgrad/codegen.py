@@ -2269,7 +2269,7 @@ def _layers_context(d: Derivation, lowered: Lowered, params: list[str]) -> dict[
 
 
 def _trained_types() -> str:
-    """The layer types with parameters, as words: "a dense, batchnorm or layernorm"."""
+    """The layer types with parameters, as words ("a dense, batchnorm or …")."""
     names = [k.name for k in KINDS.values() if k.params]
     return article(f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0])
 

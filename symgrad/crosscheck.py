@@ -552,9 +552,9 @@ def _op_node(d: Derivation, l: int):
 
 
 def _op_env(op, kind) -> dict:
-    """N and the widths for ``op``'s claim (its layer type's ``proof_batch`` and
-    ``proof_row``): a column of 3 for batchnorm (N = 3, 2 features), a row of 3 features
-    for layernorm (N = 2), 2 elsewhere."""
+    """N and the widths for ``op``'s claim: its layer type's ``proof_batch`` (3 for
+    batchnorm: a column of 3, 2 features) and ``proof_row`` (a row of that many features),
+    2 elsewhere."""
     env: dict = {N: kind.proof_batch}
     free = set()
     for node in (*op.children, *op.refs):
@@ -580,7 +580,7 @@ def _symbols(name: str, rows: int, cols: int) -> sp.Matrix:
 
 
 def prove_op(d: Derivation, l: int) -> Claim:
-    """Layer ``l``'s op (batchnorm, layernorm, dropout, add, concat): its rule as the
+    """Layer ``l``'s op (of a type with a ``proof_target``: all but dense): its rule as the
     derivation uses and prints it, proved to be the vector-Jacobian product of the layer's
     definition, by scalar expansion: with the input(s) A, the cotangent G (and a dropout
     mask M) free symbols, ∂⟨G, F(A)⟩/∂a_ij = rule(G)_ij for every entry, F written out

@@ -569,7 +569,7 @@ class Network:
             self.scalars.update({"l2": L2, "lambda2": L2, "lambda_2": L2})
         if spec.l1:
             self.scalars.update({"l1": L1, "lambda1": L1, "lambda_1": L1})
-        if not self.dense:  # the widths (a layernorm averages over n_l), eps and p by layer
+        if not self.dense:  # the widths (a row statistic averages over n_l), eps and p by layer
             for l in range(L + 1):
                 n = values[f"Z{l}"].shape[1] if l else widths[0]
                 self.scalars[f"n{l}"] = self.scalars[f"n_{l}"] = n.xreplace(canon)
@@ -964,7 +964,7 @@ class Mistake:
 
 
 def _standardize_mistakes(s: Standardize, g: Sym, xhat: Sym, layer: int, kind: str):
-    """(code, wrong rule, words) for batchnorm's or layernorm's backward (see
+    """(code, wrong rule, words) for a normalization layer's backward (see
     :class:`~symgrad.ops.Standardize`; m the count, 𝟏𝟏ᵀ on the side of its axis)."""
     m = s.count
     inv = InvStd(s.var, s.eps, s.shape)
