@@ -1228,7 +1228,10 @@ def _colsum_of_weighted_columns(s: _Simplifier, n: ColSum) -> Node | None:
 def _if_shorter(new: Node, old: Node) -> Node | None:
     """``new`` where it prints shorter than ``old`` (a distribution that cancels terms)."""
     p = ExprTextPrinter()
-    return new if len(p._print(new)) < len(p._print(old)) else None
+    try:
+        return new if len(p._print(new)) < len(p._print(old)) else None
+    except NotImplementedError:  # a node without a printed form: keep the rule off
+        return None
 
 
 def _signed_terms_of(n: Node) -> list[tuple[sp.Expr, Node]]:
