@@ -46,14 +46,15 @@ T = TypeVar("T")
 
 
 def clock() -> float:
-    """The clock of every budget on SymPy work: this process's CPU seconds, not the wall's.
+    """The clock of every budget on SymPy work: this thread's CPU seconds, not the wall's.
 
     On a loaded machine the wall clock runs on while this process waits for a core, so a
     wall-clock budget would cut a simplification short and print (and generate) another
     form: output would depend on the load. CPU time counts only the work done, so the same
     input gives the same forms; the whole command's backstop (:func:`command_budget`) stays
-    on the wall clock."""
-    return time.process_time()
+    on the wall clock. The calling thread's CPU time, not the whole process's: numpy's BLAS
+    threads spin on the cores after a product, and their time is not SymPy's work."""
+    return time.thread_time()
 
 #: seconds allowed for one simplification (an activation's derivative, a printed form)
 SIMPLIFY_SECONDS = 5.0
