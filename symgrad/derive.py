@@ -274,6 +274,10 @@ def derive_graph(graph: Graph) -> Derivation:
     rules: dict[str, str] = {}
     layer_rules = dict(_layer_sums(graph))  # an add layer's sum, by its op's id
     skips = {name for name, _ in layer_rules.values()}
+    live = _live(graph)
+
+    def leads_to_params(node: Node) -> bool:
+        return any(isinstance(n, Sym) and n.name in live for n in walk(node))
 
     def emit(sym: Sym) -> Node:
         # the network's own term first, penalties after (in the order of L)
@@ -303,7 +307,7 @@ def derive_graph(graph: Graph) -> Derivation:
             if name in skips:
                 rules[name + SKIP] = law
         for child, gc in zip(node.children, grads, strict=True):
-            if gc is not None:
+            if gc is not None and leads_to_params(child):  # no cotangents of data
                 backprop(child, gc, None, name)
 
     for a in reversed(graph.assignments):
@@ -334,6 +338,17 @@ def derive_graph(graph: Graph) -> Derivation:
 
     backward = _inline(steps, keep={naming.cotangent(p) for p in params})
     return Derivation(spec, graph, forward, steps, backward, fusions, assumptions, rules=rules)
+
+
+def _live(graph: Graph) -> set[str]:
+    """The names whose cotangent is needed: the parameters and every value computed
+    (through an op's children, not its refs) from one.  A value computed from data alone
+    (dropout, batchnorm or layernorm on X) has none: the sweep stops there, as at X."""
+    live = {p.name for p in graph.params}
+    for a in graph.assignments:
+        if any(isinstance(n, Sym) and n.name in live for n in walk(a.rhs)):
+            live.add(a.target.name)
+    return live
 
 
 def _layer_sums(graph: Graph):
