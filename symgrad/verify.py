@@ -117,6 +117,7 @@ from symgrad.ops import (
     ColSum,
     Const,
     Dropout,
+    Elementwise,
     Exp,
     Hadamard,
     InvStd,
@@ -504,6 +505,7 @@ class _ShapeError(Exception):
 class _Instance:
     env: dict
     sizes: dict  # display name -> int
+    floor: float = 0.0  # FLOOR × the largest gradient entry of the instance (_relerr)
 
     def text(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.sizes.items())
@@ -787,7 +789,10 @@ class Network:
             self.sweep(env)
         sizes = {"N": n, **{f"n{str(l).translate(_SUB)}": w for l, w in enumerate(ws)
                             if l in self.free_widths}}
-        return _Instance(env, sizes)
+        # the problem's scale: the largest entry of any gradient the sweep computed
+        scale = max([float(np.max(np.abs(env[eq.target.name]), initial=0.0))
+                     for eq in self.d.steps] + [0.0])
+        return _Instance(env, sizes, FLOOR * scale if math.isfinite(scale) else 0.0)
 
     @cached_property
     def free_widths(self) -> set[int]:
@@ -1659,25 +1664,33 @@ class Verdict:
 # --------------------------------------------------------------------------
 
 
-def _relerr(u: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """|u − c| / max(|u|, |c|) per entry, with a floor at 1e-6 of the largest entry
-    (entries that cancel to ~0 are judged against the matrix's scale)."""
+FLOOR = 1e-6  # an entry is judged against this fraction of its matrix's (or problem's) scale
+
+
+def _relerr(u: np.ndarray, c: np.ndarray, floor: float = 0.0) -> np.ndarray:
+    """|u − c| / max(|u|, |c|) per entry, with a floor at :data:`FLOOR` of the largest
+    entry (entries that cancel to ~0 are judged against the matrix's scale) and at
+    ``floor``, the problem's (:attr:`_Instance.floor`): a gradient that is exactly 0, as
+    ∂L/∂b₁ before a batchnorm, is computed as rounding noise (6e-17), which is 0 next to
+    the gradients of the network, not a relative error of 1."""
     au, ac = np.abs(u), np.abs(c)
     scale = max(float(np.max(ac, initial=0.0)), float(np.max(au, initial=0.0)))
-    den = np.maximum(np.maximum(au, ac), max(1e-6 * scale, 1e-12))
+    den = np.maximum(np.maximum(au, ac), max(FLOOR * scale, floor, 1e-12))
     err = np.abs(u - c) / den
     return np.where(np.isfinite(err), err, np.inf)
 
 
-def _close(u: np.ndarray | None, c: np.ndarray) -> bool:
+def _close(u: np.ndarray | None, c: np.ndarray, floor: float = 0.0) -> bool:
     if u is None or u.shape != c.shape:
         return False
-    return bool(np.max(_relerr(u, c), initial=0.0) <= RTOL)
+    return bool(np.max(_relerr(u, c, floor), initial=0.0) <= RTOL)
 
 
-def _ratio(u: np.ndarray, c: np.ndarray) -> float | None:
+def _ratio(u: np.ndarray, c: np.ndarray, floor: float = 0.0) -> float | None:
     """r with u ≈ r·c, or None."""
     if u.shape != c.shape or not np.all(np.isfinite(u)):
+        return None
+    if float(np.max(np.abs(c), initial=0.0)) <= floor:  # c is 0 at the problem's scale
         return None
     cc = float(np.sum(c * c))
     if cc == 0:
@@ -1685,10 +1698,10 @@ def _ratio(u: np.ndarray, c: np.ndarray) -> float | None:
     r = float(np.sum(u * c)) / cc
     if r == 0 or not math.isfinite(r):
         return None
-    return r if _close(u, r * c) else None
+    return r if _close(u, r * c, floor) else None
 
 
-def _exact_relerr(u: sp.Matrix | None, c: sp.Matrix) -> float:
+def _exact_relerr(u: sp.Matrix | None, c: sp.Matrix, floor: float = 0.0) -> float:
     """:func:`_relerr`'s largest entry, in exact arithmetic (inf: no value or shapes differ)."""
     if u is None:
         return math.inf
@@ -1700,7 +1713,7 @@ def _exact_relerr(u: sp.Matrix | None, c: sp.Matrix) -> float:
         else:
             return math.inf
     scale = max([abs(x) for x in (*u, *c)] + [sp.Integer(0)])
-    floor = max(scale * sp.Rational(1, 10**6), sp.Float(1e-300))
+    floor = max(scale * sp.Rational(1, 10**6), sp.Float(floor, PRECISION), sp.Float(1e-300))
     worst = 0.0
     for a, b in zip(u, c, strict=True):
         den = max(abs(a), abs(b), floor)
@@ -1783,6 +1796,7 @@ class _Check:
         self.progress("evaluating the network on random instances")
         self.instances = _instances(net.spec, seed)
         self.correct_values = [i.env[target.cot] for i in self.instances]
+        self.floors = [i.floor for i in self.instances]
         self.progress(f"evaluating them again at {PRECISION} digits")
         exact = _exact_instances(net.spec, seed)
         self.exact_envs = exact
@@ -1876,7 +1890,8 @@ class _Check:
         values = self.exact(term) if values is None else values
         if values is None or self.exact_values is None:
             return None
-        return [_exact_relerr(u, c) for u, c in zip(values, self.exact_values, strict=True)]
+        return [_exact_relerr(u, c, f)
+                for u, c, f in zip(values, self.exact_values, self.floors, strict=True)]
 
     def agrees(self, term: Term) -> bool:
         """The one test of equality, for the user's formula, a repaired one ("fixed:")
@@ -1890,7 +1905,7 @@ class _Check:
 
     def matches(self, values, correct=None) -> bool:
         correct = self.correct_values if correct is None else correct
-        return all(_close(u, c) for u, c in zip(values, correct, strict=True))
+        return all(_close(u, c, f) for u, c, f in zip(values, correct, self.floors, strict=True))
 
     def shape_note(self, shape: Shape) -> str:
         t = self.target
@@ -1906,12 +1921,16 @@ class _Check:
         except _ShapeError as e:
             v.numeric = f"not evaluated: {e}"
             return self.diagnose(None, None, shape_message=str(e))
+        if term.shape == () and isinstance(term.node, Const) and term.node.value == 0:
+            # "0": the zero gradient, as a textbook writes ∂L/∂b₁ = 0 (any shape)
+            shape = _internal(self.target.shape)
+            term = Term(Scale(sp.Integer(0), Ones(shape)), self.target.shape, term.text)
         if not self.fits(term.shape, self.target.shape):
             v.numeric = f"not evaluated: {self.shape_note(term.shape)}"
             return self.diagnose(term, None, shape_message=self.shape_note(term.shape))
         values = self.values(term)
-        errs = [float(np.max(_relerr(u, c), initial=0.0)) if u is not None else math.inf
-                for u, c in zip(values, self.correct_values, strict=True)]
+        errs = [float(np.max(_relerr(u, c, f), initial=0.0)) if u is not None else math.inf
+                for u, c, f in zip(values, self.correct_values, self.floors, strict=True)]
         sizes = "; ".join(i.text() for i in self.instances)
         worst = max(errs)
         if worst <= RTOL:
@@ -1943,6 +1962,8 @@ class _Check:
                 return v
             # the rule (module docstring): proved, or no proof asked for and exact agreement
             v.ok = proved or (not self.symbolic and exact_errs is not None)
+            if v.ok and self.zero():
+                v.notes.insert(0, self.zero_note())
             if not v.ok:
                 v.undecided = True
                 agreement = max(exact_errs) if exact_errs is not None else worst
@@ -1958,6 +1979,38 @@ class _Check:
         v.symbolic = "not needed (the numbers differ)"
         v.counterexample = self.counterexample(values)
         return self.diagnose(term, values)
+
+    def zero(self) -> bool:
+        """The gradient is 0 on every instance: to 50 digits (where evaluated), else to
+        float64 rounding at the problem's scale."""
+        if self.exact_values is not None:
+            return all(max((abs(x) for x in c), default=0) <= f * EXACT_RTOL
+                       for c, f in zip(self.exact_values, self.floors, strict=True))
+        return all(float(np.max(np.abs(c), initial=0.0)) <= f * RTOL
+                   for c, f in zip(self.correct_values, self.floors, strict=True))
+
+    def zero_note(self) -> str:
+        """Why the gradient is 0: a bias (or shift) whose row reaches a standardization over
+        the batch unchanged (an activation f(z) = z between), which subtracts the batch mean
+        of each column, so a constant added to every row cancels; else only that it is."""
+        t, net = self.target, self.net
+        head = f"{t.partial} = 0 exactly: the loss does not depend on {naming.text(t.name)}"
+        if t.family not in ("b", "beta"):
+            return head
+        values = {a.target.name: a.rhs for a in net.d.graph.assignments}
+        carried = {f"Z{t.layer}"}  # Z_l and the values equal to it (identity activations)
+        for name, rhs in values.items():
+            if (isinstance(rhs, Elementwise) and isinstance(rhs.x, Sym) and rhs.x.name in carried
+                    and rhs.fn.derivative == 1):
+                carried.add(name)
+        for name, rhs in values.items():
+            if isinstance(rhs, Standardize) and rhs.axis == 0 and isinstance(rhs.x, Sym) \
+                    and rhs.x.name in carried:
+                layer = naming.layer_of(name) or 0
+                kind = net.spec.layers[layer - 1].type
+                return (f"{head} (layer {layer}'s {kind} subtracts the batch mean of each "
+                        f"column, so {naming.text(t.name)}, added to every row, cancels)")
+        return head
 
     def near_miss(self, values, exact, exact_errs, worst, sizes) -> Verdict:
         """Equal in float64 (within :data:`RTOL`), different at :data:`PRECISION` digits:
@@ -1984,7 +2037,7 @@ class _Check:
         for inst, u, c in zip(self.instances, values, self.correct_values, strict=True):
             if u is None or u.shape != c.shape:
                 continue
-            err = _relerr(u, c)
+            err = _relerr(u, c, inst.floor)
             if np.max(err) <= RTOL:
                 continue
             i, j = np.unravel_index(int(np.argmax(err)), err.shape)
@@ -2006,8 +2059,8 @@ class _Check:
             if self.matches(tv):
                 return self.found("transposed", f"yoursᵀ equals {t.partial}: "
                                   f"{self.shape_note(term.shape)}")
-            ratios = [_ratio(u, c) if u is not None else None
-                      for u, c in zip(tv, self.correct_values, strict=True)]
+            ratios = [_ratio(u, c, f) if u is not None else None
+                      for u, c, f in zip(tv, self.correct_values, self.floors, strict=True)]
             if None not in ratios and (f := _factor_of(ratios, ns)):
                 return self.found("transposed", f"yoursᵀ equals {f} × {t.partial}: "
                                   f"transposed and off by a factor {f}", factor=f)
@@ -2015,8 +2068,8 @@ class _Check:
             found = self.layer_mistake(values)
             if found:
                 return found
-            ratios = [_ratio(u, c) if u is not None else None
-                      for u, c in zip(values, self.correct_values, strict=True)]
+            ratios = [_ratio(u, c, f) if u is not None else None
+                      for u, c, f in zip(values, self.correct_values, self.floors, strict=True)]
             if None not in ratios and (f := _factor_of(ratios, ns)):
                 if f == "-1":
                     return self.found("sign", f"the sign is wrong: yours = −{t.partial}",
@@ -2184,7 +2237,7 @@ class _Check:
             if not (np.all(np.isfinite(A)) and np.all(np.isfinite(b))):
                 return None
             k, *_ = np.linalg.lstsq(A, b, rcond=None)
-            if not _close(A @ k, b):
+            if not _close(A @ k, b, inst.floor):
                 return None
             coefs.append(k)
         ns = [inst.env[N] for inst in self.instances]
