@@ -267,10 +267,11 @@ def _check_size(tree: ast.Expression, where: str) -> None:
 class _Validator:
     """Iterative pre-order walk that accepts only allow-listed nodes."""
 
-    def __init__(self, source: str, where: str, allow_matrix: bool) -> None:
+    def __init__(self, source: str, where: str, allow_matrix: bool, indexing: bool = False) -> None:
         self.source = source
         self.where = where
         self.allow_matrix = allow_matrix
+        self.indexing = indexing
 
     def refuse(self, what: str) -> SymgradError:
         return _fail(self.where, what)
@@ -299,6 +300,15 @@ class _Validator:
             return [node.left, node.comparators[0]]
         if isinstance(node, ast.Call):
             return self.check_call(node)
+        if isinstance(node, ast.Subscript) and self.indexing:  # x[:, a:b]: the builder reads it
+            parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            out = [node.value]
+            for p in parts:
+                if isinstance(p, ast.Slice):
+                    out += [b for b in (p.lower, p.upper, p.step) if b is not None]
+                elif not (isinstance(p, ast.Constant) and p.value is None):
+                    out.append(p)
+            return out
         if isinstance(node, ast.Attribute):
             if _is_numpy_attribute(node):
                 return []
@@ -375,8 +385,16 @@ class _Validator:
             raise self.refuse(f"keyword argument '{keyword.arg}=' is not allowed")
         value = keyword.value.value if isinstance(keyword.value, ast.Constant) else ...
         if keyword.arg == "axis":
-            if not (value is None or (type(value) is int and value in (0, 1))):
-                raise self.refuse("axis must be 0, 1 or None")
+            if self.indexing and isinstance(keyword.value, ast.UnaryOp) and isinstance(
+                    keyword.value.op, ast.USub) and isinstance(keyword.value.operand, ast.Constant):
+                value = -keyword.value.operand.value if type(
+                    keyword.value.operand.value) is int else ...
+                if value in (-1, -2):  # numpy's count from the end; the builder resolves it
+                    keyword.value = ast.copy_location(ast.Constant(value), keyword.value)
+            if not (value is None or (type(value) is int and value in (0, 1) or (
+                    self.indexing and value in (-1, -2)))):
+                raise self.refuse("axis must be 0, 1, -1, -2 or None" if self.indexing
+                                  else "axis must be 0, 1 or None")
         elif keyword.arg == "keepdims":
             if not isinstance(value, bool):
                 raise self.refuse("keepdims must be True or False")
@@ -386,8 +404,13 @@ class _Validator:
             )
 
 
-def validate(text: str, *, where: str, allow_matrix: bool = False) -> ast.Expression:
+def validate(text: str, *, where: str, allow_matrix: bool = False,
+             indexing: bool = False) -> ast.Expression:
     """Parse ``text`` with ``ast`` and check limits and allowed constructs; return the tree.
+
+    ``indexing`` (with ``allow_matrix``; for a builder that knows each array's dimensions,
+    verify's) also admits subscripts (``x[:, a:b]``, ``v[:, None]``: their parts are checked
+    as expressions, their meaning is the builder's) and ``axis=-1``/``axis=-2``.
 
     Names and function names are *not* checked here (each mode has its own tables); a
     comparison (``< <= > >=``, not chained) is accepted wherever an operand is.
@@ -405,7 +428,7 @@ def validate(text: str, *, where: str, allow_matrix: bool = False) -> ast.Expres
         raise _nested(where)
     tree, source = _parse(text, where)
     _check_size(tree, where)
-    _Validator(source, where, allow_matrix).run(tree)
+    _Validator(source, where, allow_matrix, indexing and allow_matrix).run(tree)
     return tree
 
 

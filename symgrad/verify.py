@@ -73,6 +73,7 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import itertools
 import keyword
 import math
 import operator
@@ -114,7 +115,9 @@ from symgrad.ops import (
     ONE,
     Add,
     Broadcast,
+    ColSlice,
     ColSum,
+    Concat,
     Const,
     Dropout,
     Elementwise,
@@ -184,7 +187,8 @@ def _internal(shape: Shape) -> tuple:
 def _dim_text(d: sp.Expr) -> str:
     if isinstance(d, sp.Symbol) and d.name.startswith("n_"):
         return "n" + d.name[2:].translate(_SUB)
-    return str(d).replace("*", "·")
+    return re.sub(r"n_(\d+)", lambda m: "n" + m.group(1).translate(_SUB),
+                  str(d).replace("*", "·"))
 
 
 def _shape_text(shape: Shape) -> str:
@@ -192,7 +196,7 @@ def _shape_text(shape: Shape) -> str:
         return "a scalar"
     if len(shape) == 1:
         return f"({_dim_text(shape[0])},)"
-    return "×".join(_dim_text(d) for d in shape)
+    return "×".join(f"({t})" if " " in t else t for t in map(_dim_text, shape))
 
 
 def _broadcast2(a: Shape, b: Shape) -> Shape | None:
@@ -377,6 +381,11 @@ class NumpyPrinter:
     def _node_Dropout(self, n):
         return f"{self.wrap(self.node(n.x), MUL)} * {n.mask.name} / {1.0 - float(n.p)!r}", MUL
 
+    def _node_ColSlice(self, n):
+        start = "" if n.start == 0 else self.scalar(n.start, {})[0]
+        stop = "" if sp.expand(n.stop - n.x.shape[1]) == 0 else self.scalar(n.stop, {})[0]
+        return f"{self.wrap(self.node(n.x), ATOM)}[:, {start}:{stop}]", POSTFIX
+
     def _node_Ones(self, n):
         r, c = n.shape
         return f"{self.fn('ones')}({self.scalar(c, {})[0]})", ATOM
@@ -386,8 +395,8 @@ class NumpyPrinter:
     def scalar(self, e: sp.Basic, names: dict) -> tuple[str, int]:
         if e in names:
             return names[e]
-        if isinstance(e, sp.Symbol):
-            return {N: "N", L2: "l2", L1: "l1"}.get(e, e.name), ATOM
+        if isinstance(e, sp.Symbol):  # a width n_1 is written n1, as a formula names it
+            return {N: "N", L2: "l2", L1: "l1"}.get(e, re.sub(r"^n_(\d+)$", r"n\1", e.name)), ATOM
         if e is sp.E:
             return "e", ATOM
         if e is sp.pi:
@@ -565,6 +574,18 @@ class Network:
         if canon:  # an add's inputs are as wide as each other: one size for both
             m = {k: (s, tuple(d.xreplace(canon) for d in shape)) for k, (s, shape) in m.items()}
         self.canon = canon
+        self.width_symbols = {w.xreplace(canon) for w in widths}
+        # the spec's widths by value: each layer's width, and the column bounds of a concat
+        at = {w: v for w, v in zip(widths, spec.sizes, strict=True)}
+        found: dict[int, list[sp.Expr]] = {}
+        exprs = [values[f"Z{l}"].shape[1] if l else widths[0] for l in range(L + 1)]
+        exprs += [b for a in g.assignments if isinstance(a.rhs, Concat)
+                  for bounds in a.rhs.bounds() for b in bounds]
+        for e in exprs:
+            e = sp.expand(e.xreplace(canon))
+            if e.free_symbols and e not in found.setdefault(int(e.xreplace(at)), []):
+                found[int(e.xreplace(at))].append(e)
+        self.spec_widths = found
         self.matrices = m
         self.scalars: dict[str, sp.Basic] = {"N": N}
         if spec.l2:
@@ -1403,21 +1424,22 @@ class FormulaBuilder(ScalarBuilder):
         if name in ("sum", "mean"):
             axis = kw.get("axis")
             if len(node.args) == 2:
-                a = node.args[1]
-                if not (isinstance(a, ast.Constant) and (a.value is None or (
-                        type(a.value) is int and a.value in (0, 1)))):
-                    raise self.error(f"the axis of {label}() must be 0, 1 or None")
+                axis = _axis_literal(node.args[1])
+                if axis is ...:
+                    raise self.error(f"the axis of {label}() must be 0, 1, -1, -2 or None")
                 if "axis" in kw:
                     raise self.error(f"{label}() got the axis twice")
-                axis = a.value
             x = self.visit(node.args[0])
             return self.reduce(x, axis, bool(kw.get("keepdims", False)), name == "mean",
                                _src(node))
         if name in ("ones", "zeros"):
             n = self.visit(node.args[0])
-            if isinstance(n, Term) or not (n == N or (n.is_Integer and 1 <= n <= 10**6)):
-                raise self.error(f"{label}() takes a size, N or a whole number; for the shape of "
-                                 f"an array use {name}_like(…)")
+            widths = self.net.width_symbols
+            if isinstance(n, Term) or not (n == N or (n.is_Integer and 1 <= n <= 10**6) or (
+                    n.free_symbols and n.free_symbols <= widths and _integral(n, widths)
+                    and _nonnegative(n, widths))):
+                raise self.error(f"{label}() takes a size, N, a width (n1) or a whole number; "
+                                 f"for the shape of an array use {name}_like(…)")
             ones = Ones((_ONE, n))
             return Term(ones if name == "ones" else Scale(sp.Integer(0), ones), (n,), _src(node))
         args = [self.visit(a) for a in node.args]
@@ -1437,6 +1459,73 @@ class FormulaBuilder(ScalarBuilder):
         if name == "dot" and not (isinstance(a, Term) and isinstance(b, Term) and a.shape and b.shape):
             return self.binary(ast.Mult(), a, b)
         return self.binary(ast.MatMult(), a, b)
+
+    # --- subscripts: column slices, and a 1-D vector as a column or a row
+
+    def visit_Subscript(self, node: ast.Subscript) -> Value:
+        """``x[:, a:b]`` (the columns a … b−1 of a matrix: a concat's input's share of its
+        cotangent), with bounds whole numbers or widths (``n1``, ``n1 + n2``, ``2*n0``);
+        ``v[:, None]`` / ``v[None, :]`` (a 1-D vector as an n×1 column / a 1×n row)."""
+        label = _src(node)
+        parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        x = self.visit(node.value)
+        if not isinstance(x, Term):
+            raise self.error(f"{label}: only an array can be indexed")
+
+        def whole(p: ast.AST) -> bool:
+            return isinstance(p, ast.Slice) and p.lower is p.upper is p.step is None
+
+        def newaxis(p: ast.AST) -> bool:
+            return (isinstance(p, ast.Constant) and p.value is None) or (
+                isinstance(p, ast.Attribute) and p.attr == "newaxis"
+                and isinstance(p.value, ast.Name) and p.value.id in ("np", "numpy"))
+
+        if len(x.shape) == 1 and len(parts) == 2 and whole(parts[0]) and newaxis(parts[1]):
+            return Term(_transpose(x.node), (x.shape[0], _ONE), label)
+        if len(x.shape) == 1 and len(parts) == 2 and newaxis(parts[0]) and whole(parts[1]):
+            return Term(x.node, (_ONE, x.shape[0]), label)
+        if len(x.shape) == 2 and len(parts) == 2 and whole(parts[0]) and isinstance(
+                parts[1], ast.Slice):
+            cols = parts[1]
+            if cols.step is not None:
+                raise self.error(f"{label}: a slice with a step is not allowed; write the "
+                                 "columns as x[:, a:b]")
+            if whole(cols):
+                return replace(x, text=label)
+            width = x.shape[1]
+            start = sp.Integer(0) if cols.lower is None else self.bound(cols.lower, label)
+            stop = width if cols.upper is None else self.bound(cols.upper, label)
+            for small, big, what in ((start, stop, "its start can exceed its stop"),
+                                     (stop, width, f"it can end past the {_dim_text(width)} "
+                                      "columns")):
+                if not _nonnegative(big - small, self.net.width_symbols):
+                    raise self.shape_error(
+                        f"{label}: the columns {_dim_text(start)}:{_dim_text(stop)} of an "
+                        f"{_shape_text(x.shape)} array are not a range at every width ({what})")
+            if sp.expand(stop - start) == 0:
+                raise self.shape_error(f"{label}: no columns ({_dim_text(start)}:"
+                                       f"{_dim_text(stop)} is empty)")
+            return Term(ColSlice(x.node, start, stop), (x.shape[0], sp.expand(stop - start)),
+                        label)
+        raise self.error(f"{label}: verify reads column slices x[:, a:b] (every row, the "
+                         "columns a … b−1; a and b whole numbers or widths such as n1, "
+                         "n1 + n2) and v[:, None]; not this subscript")
+
+    def bound(self, node: ast.AST, label: str) -> sp.Expr:
+        """A slice bound: a whole number ≥ 0 or a width expression (n1 + n2, 2*n0)."""
+        value = self.visit(node)
+        if isinstance(value, Term):
+            raise self.error(f"{label}: a slice bound is a whole number or a width, not an array")
+        value = sp.expand(sp.sympify(value))
+        widths = self.net.width_symbols
+        if not value.free_symbols <= widths or not _integral(value, widths):
+            raise self.error(f"{label}: a slice bound is a whole number or a width (n0, n1, "
+                             f"n1 + n2, 2*n0), not {ast.unparse(node)}")
+        if not _nonnegative(value, widths):
+            raise self.error(f"{label}: negative slice bounds (counting from the end) are not "
+                             "allowed; write the columns as x[:, a:b] with widths, e.g. "
+                             "x[:, n1:n1 + n2]")
+        return value
 
     # --- matrix operations
 
@@ -1471,6 +1560,11 @@ class FormulaBuilder(ScalarBuilder):
                 raise self.shape_error(f"{text}: a scalar has no axis {axis}")
             return x
         shape, node = x.shape, x.node
+        if axis is not None and axis < 0:  # numpy counts from the last axis
+            if axis + max(len(shape), 1) < 0:
+                raise self.shape_error(f"{text}: axis {axis} is out of bounds for "
+                                       f"{'a 1-D vector' if len(shape) == 1 else 'a scalar'}")
+            axis += max(len(shape), 1)
         if len(shape) == 0:
             if axis is not None:
                 raise self.shape_error(f"{text}: axis {axis} is out of bounds for a scalar")
@@ -1541,6 +1635,44 @@ class FormulaBuilder(ScalarBuilder):
 
 
 _NON_FINITE = (sp.zoo, sp.nan, sp.oo, -sp.oo)
+
+
+def _axis_literal(node: ast.AST):
+    """The axis a positional argument names (0, 1, -1, -2, None), or ``...``."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(
+            node.operand, ast.Constant) and type(node.operand.value) is int:
+        return -node.operand.value if node.operand.value in (1, 2) else ...
+    if isinstance(node, ast.Constant) and (node.value is None or (
+            type(node.value) is int and node.value in (0, 1))):
+        return node.value
+    return ...
+
+
+def _coefficients(e: sp.Expr, widths: set) -> list[sp.Expr]:
+    if not e.free_symbols:
+        return [e]
+    return sp.Poly(e, *sorted(e.free_symbols, key=str)).coeffs()
+
+
+def _integral(e: sp.Expr, widths: set) -> bool:
+    """``e`` is a polynomial in the widths with whole coefficients (a whole number at every
+    width)."""
+    try:
+        return all(c.is_Integer for c in _coefficients(sp.expand(e), widths))
+    except sp.PolynomialError:
+        return False
+
+
+def _nonnegative(e: sp.Expr, widths: set) -> bool:
+    """``e`` (a polynomial in the widths, each ≥ 1) is ≥ 0 at every width: its coefficients
+    are ≥ 0 (a sufficient test, which the bounds people write pass: n1 + n2 − n1)."""
+    e = sp.expand(e)
+    if not e.free_symbols <= widths:
+        return False
+    try:
+        return all(c.is_number and c >= 0 for c in _coefficients(e, widths))
+    except sp.PolynomialError:
+        return False
 
 
 def _text(v: Value) -> str:
@@ -1782,7 +1914,7 @@ def verify(spec: Spec, wrt: str, formula: str, seed: int = 0, *,
         progress("deriving the network's gradients")
     net = _network(as_spec(spec))
     target = net.target(wrt)
-    tree = validate(formula, where="formula", allow_matrix=True)
+    tree = validate(formula, where="formula", allow_matrix=True, indexing=True)
     return _Check(net, target, formula, tree, seed, symbolic, budget, progress).run()
 
 
@@ -1834,8 +1966,8 @@ class _Check:
             for printer in (NumpyPrinter(self.prefix), NumpyPrinter(self.prefix, keepdims=True)):
                 text = printer.doprint(self.target.node)
                 try:
-                    term = self.build(validate(text, where="correct formula", allow_matrix=True),
-                                      text)
+                    term = self.build(validate(text, where="correct formula",
+                                               allow_matrix=True, indexing=True), text)
                 except (_ShapeError, SymgradError):
                     continue
                 if self.agrees(term):
@@ -1919,6 +2051,9 @@ class _Check:
         try:
             term = self.build(self.tree, self.source)
         except _ShapeError as e:
+            read = self.read_widths()
+            if read is not None:
+                return self.agreeing(read)
             v.numeric = f"not evaluated: {e}"
             return self.diagnose(None, None, shape_message=str(e))
         if term.shape == () and isinstance(term.node, Const) and term.node.value == 0:
@@ -1926,59 +2061,119 @@ class _Check:
             shape = _internal(self.target.shape)
             term = Term(Scale(sp.Integer(0), Ones(shape)), self.target.shape, term.text)
         if not self.fits(term.shape, self.target.shape):
+            read = self.read_widths()
+            if read is not None:
+                return self.agreeing(read)
             v.numeric = f"not evaluated: {self.shape_note(term.shape)}"
             return self.diagnose(term, None, shape_message=self.shape_note(term.shape))
         values = self.values(term)
         errs = [float(np.max(_relerr(u, c, f), initial=0.0)) if u is not None else math.inf
                 for u, c, f in zip(values, self.correct_values, self.floors, strict=True)]
-        sizes = "; ".join(i.text() for i in self.instances)
         worst = max(errs)
         if worst <= RTOL:
-            exact = self.exact(term)
-            exact_errs = self.exact_errors(term, exact)
-            tol = self.net.exact_rtol
-            if exact_errs is not None and max(exact_errs) > tol:
-                return self.near_miss(values, exact, exact_errs, worst, sizes)
-            if exact_errs is None:
-                evidence = (f"agrees on {len(values)} random instances ({sizes}) to {worst:.1e} "
-                            f"(float64 only: no exact evaluation here)")
-            else:
-                evidence = (f"equal on {len(values)} random instances ({sizes}): max relative "
-                            f"error {worst:.1e} in float64, {max(exact_errs):.1e} at "
-                            f"{PRECISION} digits (tolerance {tol:.0e})")
-            v.numeric = evidence
-            if self.symbolic:
-                self.progress("proving it on a tiny instance")
-                proved, v.symbolic = self.prove(term)
-            else:
-                proved, v.symbolic = False, "not attempted"
-            if self.differs is not None:  # an exact, nonzero difference: decided
-                k, constant, at = self.differs
-                v.ok = False
-                v.message = (f"yours − {self.target.partial} is the constant {constant} "
-                             f"(entry by entry on a tiny instance, {at}): a stray term; the "
-                             f"numbers agree to {max(exact_errs or [worst]):.1e} only because "
-                             "it is tiny")
-                return v
-            # the rule (module docstring): proved, or no proof asked for and exact agreement
-            v.ok = proved or (not self.symbolic and exact_errs is not None)
-            if v.ok and self.zero():
-                v.notes.insert(0, self.zero_note())
-            if not v.ok:
-                v.undecided = True
-                agreement = max(exact_errs) if exact_errs is not None else worst
-                why = ("the symbolic check was over its budget" if "budget" in v.symbolic
-                       else "the symbolic check was not attempted" if not self.symbolic
-                       else "SymPy could not decide the symbolic check")
-                v.message = (f"not proved: agrees numerically to {agreement:.1e} on "
-                             f"{len(values)} instances; {why}")
-            return v
+            return self.agreeing(term, values, worst)
+        read = self.read_widths()
+        if read is not None:
+            return self.agreeing(read)
+        sizes = "; ".join(i.text() for i in self.instances)
         bad = sum(e > RTOL for e in errs)
         v.numeric = (f"differs on {bad} of {len(values)} random instances ({sizes}), "
                      f"max relative error {worst:.2g}")
         v.symbolic = "not needed (the numbers differ)"
         v.counterexample = self.counterexample(values)
         return self.diagnose(term, values)
+
+    def agreeing(self, term: Term, values=None, worst: float | None = None) -> Verdict:
+        """The verdict on a formula equal to the gradient in float64 (within :data:`RTOL`):
+        exact evaluation, then the proof."""
+        v = self.verdict
+        if values is None:
+            values = self.values(term)
+            worst = max(float(np.max(_relerr(u, c, f), initial=0.0))
+                        for u, c, f in zip(values, self.correct_values, self.floors, strict=True))
+        sizes = "; ".join(i.text() for i in self.instances)
+        exact = self.exact(term)
+        exact_errs = self.exact_errors(term, exact)
+        tol = self.net.exact_rtol
+        if exact_errs is not None and max(exact_errs) > tol:
+            return self.near_miss(values, exact, exact_errs, worst, sizes)
+        if exact_errs is None:
+            evidence = (f"agrees on {len(values)} random instances ({sizes}) to {worst:.1e} "
+                        f"(float64 only: no exact evaluation here)")
+        else:
+            evidence = (f"equal on {len(values)} random instances ({sizes}): max relative "
+                        f"error {worst:.1e} in float64, {max(exact_errs):.1e} at "
+                        f"{PRECISION} digits (tolerance {tol:.0e})")
+        v.numeric = evidence
+        if self.symbolic:
+            self.progress("proving it on a tiny instance")
+            proved, v.symbolic = self.prove(term)
+        else:
+            proved, v.symbolic = False, "not attempted"
+        if self.differs is not None:  # an exact, nonzero difference: decided
+            k, constant, at = self.differs
+            v.ok = False
+            v.message = (f"yours − {self.target.partial} is the constant {constant} "
+                         f"(entry by entry on a tiny instance, {at}): a stray term; the "
+                         f"numbers agree to {max(exact_errs or [worst]):.1e} only because "
+                         "it is tiny")
+            return v
+        # the rule (module docstring): proved, or no proof asked for and exact agreement
+        v.ok = proved or (not self.symbolic and exact_errs is not None)
+        if v.ok and self.zero():
+            v.notes.insert(0, self.zero_note())
+        if not v.ok:
+            v.undecided = True
+            agreement = max(exact_errs) if exact_errs is not None else worst
+            why = ("the symbolic check was over its budget" if "budget" in v.symbolic
+                   else "the symbolic check was not attempted" if not self.symbolic
+                   else "SymPy could not decide the symbolic check")
+            v.message = (f"not proved: agrees numerically to {agreement:.1e} on "
+                         f"{len(values)} instances; {why}")
+        return v
+
+    def read_widths(self) -> Term | None:
+        """The formula with its whole-number literals read as the spec's widths they equal
+        (``32 * … / 32`` with n₁ = 32; ``dZ3[:, 0:2]`` with n₁ = 2), when that spelling
+        :meth:`agrees` — so it is right at the spec's own widths, and verify goes on to
+        prove its general form; a note says how it was read. None when no reading agrees
+        (at most :data:`WIDTH_READINGS` are tried)."""
+        spec_values = self.net.spec_widths
+        spots: dict[int, list[tuple[int, int]]] = {}  # literal value -> its source spans
+        slices = {id(b) for n in ast.walk(self.tree) if isinstance(n, ast.Slice)
+                  for b in (n.lower, n.upper) if b is not None}
+        for n in ast.walk(self.tree):
+            if not (isinstance(n, ast.Constant) and type(n.value) in (int, float)):
+                continue
+            value = n.value
+            if not (math.isfinite(value) and float(value).is_integer()):
+                continue
+            if int(value) >= (1 if id(n) in slices else 2) and int(value) in spec_values:
+                spots.setdefault(int(value), []).append((n.col_offset, n.end_col_offset,
+                                                         id(n) in slices))
+        if not spots:
+            return None
+        choices = [[(value, e) for e in spec_values[value]] for value in spots]
+        for k, reading in enumerate(itertools.product(*choices)):
+            if k >= WIDTH_READINGS:
+                break
+            edits = [(a, b, _width_source(e, bare)) for value, e in reading
+                     for a, b, bare in spots[value]]
+            text = _apply(self.source, edits)
+            try:
+                term = self.build(validate(text, where="formula", allow_matrix=True,
+                                           indexing=True), text)
+            except (_ShapeError, SymgradError):
+                continue
+            if not self.agrees(term):
+                continue
+            read = " and ".join(f"{value} as {_dim_text(e)}" for value, e in reading)
+            self.verdict.notes.insert(0, (
+                f"read {read} (this spec's width{'s' if len(reading) > 1 else ''}): verify "
+                "checks the formula at other widths too, so write a width by its name, n1 or "
+                f"n_1: {text}"))
+            return term
+        return None
 
     def zero(self) -> bool:
         """The gradient is 0 on every instance: to 50 digits (where evaluated), else to
@@ -2210,7 +2405,8 @@ class _Check:
         for code, what, edits in candidates:
             fixed = _apply(source, edits)
             try:
-                term = self.build(validate(fixed, where="formula", allow_matrix=True))
+                term = self.build(validate(fixed, where="formula", allow_matrix=True,
+                                           indexing=True))
             except (_ShapeError, SymgradError):
                 continue
             if not self.agrees(term):  # the same test as for the user's formula
@@ -2289,6 +2485,16 @@ class _Check:
                       f"({count} entries, {time.perf_counter() - t0:.2f} s)")
 
 
+WIDTH_READINGS = 16  # readings of a formula's literals as widths that verify tries
+
+
+def _width_source(e: sp.Expr, bare: bool = False) -> str:
+    """A width expression as a formula writes it: n1, (n1 + n2), 2 * n0; ``bare`` (a slice
+    bound): without brackets."""
+    text = NumpyPrinter().doprint(e)
+    return text if bare or isinstance(e, sp.Symbol | sp.Integer) else f"({text})"
+
+
 def _flat_index(k: int, shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(map(str, np.unravel_index(k, shape))) + "]"
 
@@ -2343,8 +2549,11 @@ def _axis_edits(tree: ast.Expression) -> Iterator[tuple[str, list[Edit]]]:
             axis = args[1]
         label = _src(node)
         sep = ", " if node.args or node.keywords else ""
-        if isinstance(axis, ast.Constant) and axis.value in (0, 1):
-            other = str(1 - axis.value)
+        if isinstance(axis, ast.UnaryOp) and _axis_literal(axis) in (-1, -2):
+            axis = ast.copy_location(ast.Constant(_axis_literal(axis)), axis)
+        if isinstance(axis, ast.Constant) and type(axis.value) is int and axis.value in (
+                0, 1, -1, -2):
+            other = str(1 - axis.value % 2)  # of a matrix: -1 is axis 1, -2 axis 0
             yield (f"{label} sums over the wrong axis (use axis={other})",
                    [(axis.col_offset, axis.end_col_offset, other)])
         elif axis is None:
