@@ -892,7 +892,7 @@ class Buffer:
 
     name: str
     shape: tuple[sp.Expr, ...]
-    kind: str = "float"  # or "bool", or "ones" (filled with 1)
+    kind: str = "float"  # or "bool", "ones" (filled with 1), "float64" (whatever the dtype)
     alias: str | None = None
     note: str = ""
     view: tuple[str, int] | None = None  # (array, k): the first k rows of another buffer
@@ -1524,8 +1524,8 @@ def lower_step(d: Derivation, equations: list[Equation], original: dict[str, Nod
     for mask, p in d.graph.masks:
         step.buffer(mask.name, mask.shape, "bool",
                     note=f"the dropout mask: an entry kept with probability 1 - {p!r}")
-        step.buffer(f"U{naming.layer_of(mask.name)}", mask.shape,
-                    note=f"uniform draws for {mask.name}")
+        step.buffer(f"U{naming.layer_of(mask.name)}", mask.shape, "float64",
+                    note=f"uniform draws for {mask.name} (float64 whatever the dtype)")
     for buffer in d.graph.buffers[::2]:  # mean_l: one scratch row per batchnorm layer
         step.buffer(f"stat{naming.layer_of(buffer.name)}", buffer.shape,
                     note="scratch of _update_statistics")
@@ -2047,9 +2047,8 @@ def _workspace_lines(buffers: list[Buffer], sizes: dict[sp.Symbol, int]):
             views.append(f'ws["{b.name}"] = ws["{array}"][:{rows}]  # its rows above the ones')
             continue
         shape = _shape_code(b.shape, sizes)
-        code = {"bool": f"np.empty({shape}, bool)", "ones": f"np.ones({shape}, dtype)"}.get(
-            b.kind, f"np.empty({shape}, dtype)"
-        )
+        code = {"bool": f"np.empty({shape}, bool)", "ones": f"np.ones({shape}, dtype)",
+                "float64": f"np.empty({shape})"}.get(b.kind, f"np.empty({shape}, dtype)")
         entries.append((f'"{b.name}"', code, b.note))
     return entries, views + aliases
 
@@ -2164,8 +2163,15 @@ def _docstring(d: Derivation) -> str:
             "Interface: INPUTS, OUTPUTS, PARAM_SHAPES, BUFFER_SHAPES, init_params, forward, loss,",
             "loss_and_grad, predict, train, check_gradients, save_params, load_params. As a script:",
             f"python {spec.name}.py check | python {spec.name}.py train DATA.npz",
+            "",
+            "BUFFER_SHAPES (batchnorm's running statistics; {} without batchnorm) and the",
+            "keywords training= of loss and seed= of loss and loss_and_grad are members of every",
+            "module whose network is not a dense chain (a layer of another type, or an input=",
+            "other than the previous layer); a dense chain's module has none of them.",
         ]
-        if d.graph.stochastic:
+        if not d.graph.stochastic:
+            lines += ["Here, without batchnorm or dropout, training= and seed= change nothing."]
+        else:
             lines += [
                 "",
                 "Training mode (loss_and_grad(params, X, Y, *, seed=0), loss(params, X, Y, *,",
@@ -2232,7 +2238,7 @@ def _layers_context(d: Derivation, lowered: Lowered, params: list[str]) -> dict[
         keep = f"each entry kept with probability 1 - {p!r}"
         masks.append(f"    {mask.name} = rng.random(({shape})) >= {p!r}  # {keep}")
         u = f'ws["U{naming.layer_of(mask.name)}"]'
-        draws += [f"    noise.random(dtype={u}.dtype, out={u})",
+        draws += [f"    noise.random(out={u})  # float64 in either dtype",
                   f'    np.greater_equal({u}, {p!r}, out=ws["{mask.name}"])  # {keep}']
     stats = []
     for l, layer in enumerate(spec.layers, 1):

@@ -98,6 +98,29 @@ kind = "mse"
 l2 = 0.01
 """
 
+# dropout on the inputs (the common 784-input MLP with dropout on the pixels, in small):
+# nothing below the first dense layer has a gradient, so no δ₁ = δ₂W₂ᵀ is formed
+DROP_X = """
+[network]
+name = "drop_x"
+inputs = 5
+
+[[layer]]
+type = "dropout"
+p = 0.2
+
+[[layer]]
+units = 4
+activation = "relu"
+
+[[layer]]
+units = 3
+activation = "softmax"
+
+[loss]
+kind = "cross_entropy"
+"""
+
 DIGITS_BN = ROOT / "examples" / "digits_bn_dropout.toml"
 RESIDUAL = ROOT / "examples" / "residual.toml"
 
@@ -111,6 +134,7 @@ def _spec(text: str, name: str):
 SPECS = {
     "every_type": lambda: _spec(EVERY_TYPE, "bn"),
     "bn_first": lambda: _spec(BN_FIRST, "bn_first"),
+    "drop_x": lambda: _spec(DROP_X, "drop_x"),
     "digits_bn": lambda: load_spec(DIGITS_BN),
     "residual": lambda: load_spec(RESIDUAL),
 }
@@ -187,6 +211,35 @@ def test_dense_chain_module_has_no_new_members() -> None:
     src = generate_source(load_spec(ROOT / "examples" / "digits.toml"))
     assert "BUFFER_SHAPES" not in src and "training=" not in src
     assert "def loss_and_grad(params, X, Y):" in src and "def _sgd_epoch(" in src
+
+
+def test_members_beyond_a_dense_chain_are_documented(modules):
+    """BUFFER_SHAPES, training= and seed= exist exactly where the network is not a dense
+    chain, and the module's docstring says so (DESIGN: "empty without batchnorm")."""
+    statement = ("BUFFER_SHAPES (batchnorm's running statistics; {} without batchnorm) and the\n"
+                 "keywords training= of loss and seed= of loss and loss_and_grad are members of "
+                 "every\nmodule whose network is not a dense chain (a layer of another type, or "
+                 "an input=\nother than the previous layer); a dense chain's module has none of "
+                 "them.\n")
+    for key, m in modules.items():
+        assert statement in m.__doc__, key
+    assert ("Here, without batchnorm or dropout, training= and seed= change nothing."
+            in modules["residual"].__doc__)
+    assert "change nothing" not in modules["digits_bn"].__doc__
+
+
+def test_no_gradient_below_the_first_parameters(sources):
+    """A layer without parameters on X (dropout, batchnorm's X̂) gets no cotangent: derive,
+    loss_and_grad and train()'s step stop at the first parameters, as at a dense layer on X."""
+    from symgrad.derive import derive
+
+    text = derive(SPECS["drop_x"]()).text()
+    assert "δ₁" not in text and "∂L/∂W₂ = A₁ᵀ δ₂" in text
+    assert "dZ1" not in sources["drop_x"]  # neither dZ1 = dZ2 @ W2.T nor its workspace
+    assert "np.dot(dZ2, W2.T" not in sources["drop_x"]
+    text = derive(SPECS["bn_first"]()).text()  # batchnorm on X: ∂L/∂γ₁, ∂L/∂β₁, no ∂L/∂X̂₁
+    assert "∂L/∂γ₁ = 𝟏ᵀ (δ₁ ⊙ X̂₁)" in text and "∂L/∂X̂₁" not in text
+    assert "dXhat1" not in sources["bn_first"] and "dgamma1" in sources["bn_first"]
 
 
 def test_non_chain_module_has_no_fused_sgd(sources):
@@ -392,8 +445,13 @@ def test_train_skips_a_last_batch_of_one(modules):
     assert np.allclose(params["var1"], var, rtol=1e-12)
     assert "A last\n    batch of a single sample is skipped" in m.train.__doc__ or (
         "single sample is skipped" in m.train.__doc__)
-    with pytest.raises(ValueError, match=r"^batchnorm trains on batches of at least 2 samples"):
+    before = {k: v.copy() for k, v in params.items()}
+    with pytest.raises(ValueError, match=r"^batchnorm trains on batches of at least 2 samples, "
+                                         r"not 1: raise batch_size$"):
         m.train(params, X, Y, batch_size=1, verbose=False)
+    with pytest.raises(ValueError, match=r"not 1: raise batch_size \(X has 1 row\)$"):
+        m.train(params, X[:1], Y[:1], verbose=False)
+    assert all(np.array_equal(params[k], before[k]) for k in params)  # refused before training
 
 
 def test_train_masks_follow_the_seed(modules):
@@ -406,6 +464,29 @@ def test_train_masks_follow_the_seed(modules):
         runs.append(params)
     assert all(np.array_equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert not np.array_equal(runs[0]["W1"], runs[2]["W1"])
+
+
+def test_train_masks_do_not_depend_on_the_dtype(modules):
+    """The same seed draws the same dropout masks in float32 and float64 (uniforms drawn in
+    float64 for both), as loss() and loss_and_grad() do; so the two runs stay together."""
+    m = modules["digits_bn"]
+    masks = []
+    for dtype in (np.float32, np.float64):
+        noise, ws = m._noise(5), m._workspace(16, np.dtype(dtype))
+        assert ws["U3"].dtype == np.float64 and ws["X"].dtype == dtype
+        m._draw_masks(noise, ws)
+        first = ws["M3"].copy()
+        m._draw_masks(noise, ws)
+        masks.append((first, ws["M3"].copy()))
+    assert np.array_equal(masks[0][0], masks[1][0]) and np.array_equal(masks[0][1], masks[1][1])
+    assert not np.array_equal(masks[0][0], masks[0][1])  # a fresh mask per batch
+    X, Y = data(m, 48)
+    runs = {}
+    for dtype in (np.float32, np.float64):
+        params = m.init_params(0, dtype)
+        runs[dtype] = m.train(params, X.astype(dtype), Y.astype(dtype), epochs=3, batch_size=16,
+                              seed=1, verbose=False)["loss"]
+    assert np.allclose(runs[np.float32], runs[np.float64], rtol=1e-4)
 
 
 def test_train_validation_in_inference_mode(modules):
@@ -449,3 +530,25 @@ def test_script_check_and_train(tmp_path, sources):
     saved = m.load_params(tmp_path / "p.npz")
     assert set(saved) == set(m.PARAM_SHAPES) | set(m.BUFFER_SHAPES)
     assert not np.array_equal(saved["var2"], np.ones(5))  # the running statistics, trained
+
+
+def test_script_train_batch_of_one(tmp_path, sources):
+    """batchnorm with batches of one sample: the script's one line and exit status 2, as for
+    every other bad argument (train() refuses it among its argument checks)."""
+    path = tmp_path / "bn_mlp.py"
+    path.write_text(sources["every_type"], encoding="utf-8")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", X=rng.standard_normal((30, 4)), y=rng.integers(0, 3, 30))
+    np.savez(tmp_path / "one.npz", X=rng.standard_normal((1, 4)), y=rng.integers(0, 3, 1))
+    message = "bn_mlp: error: batchnorm trains on batches of at least 2 samples, not 1: raise "
+    for args, tail in ((["data.npz", "--batch-size", "1"], "batch_size\n"),
+                       (["one.npz"], "batch_size (X has 1 row)\n"),
+                       (["one.npz", "--save", "p.npz"], "batch_size (X has 1 row)\n")):
+        done = subprocess.run([sys.executable, str(path), "train", *args],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert (done.returncode, done.stdout, done.stderr) == (2, "", message + tail), args
+    assert not (tmp_path / "p.npz").exists()
+    done = subprocess.run([sys.executable, str(path), "train", "data.npz", "--batch-size", "0"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (
+        2, "bn_mlp: error: batch_size must be a whole number >= 1, not 0\n")
