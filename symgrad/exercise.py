@@ -293,8 +293,8 @@ def _formulas(spec: Spec) -> dict:
 
 def _readable(spec: Spec) -> set[str]:
     """The questions of a network with other layer types whose derivation's formula has a
-    numpy spelling that verify reads (a concat's gradient is a column slice, which it does
-    not yet): only those are asked, so every key is checked."""
+    numpy spelling that verify reads (a concat's input's gradient is a column slice of its
+    cotangent, ``dZ3[:, n1:n1 + n2]``): only those are asked, so every key is checked."""
     from symgrad.verify import numpy_text, verify
 
     formulas = _formulas(spec)
@@ -934,7 +934,7 @@ class _Grader:
         if not answer.strip():
             return Result(q, answer, "blank")
         try:
-            tree = validate(answer, where="formula", allow_matrix=True)
+            tree = validate(answer, where="formula", allow_matrix=True, indexing=True)
             reason = _circular(tree, q)
             if reason:
                 return Result(q, answer, "circular", reason=reason)

@@ -1373,6 +1373,8 @@ class FormulaBuilder(ScalarBuilder):
             name = label = func.id
         elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
             name, label = func.attr, f"{func.value.id}.{func.attr}"
+        elif isinstance(func, ast.Attribute):  # np.linalg.inv: expression mode's, not verify's
+            raise self.error("attribute access is not allowed")
         else:
             raise self.error("only named functions can be called, e.g. exp(x)")
         if name in _MATRIX_FUNCTIONS:
