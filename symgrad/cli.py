@@ -362,6 +362,10 @@ def cmd_derive(args: argparse.Namespace) -> int:
     from symgrad.spec import load_spec
 
     spec = load_spec(args.spec)
+    if args.prove:  # what cannot be proved is refused before anything is printed
+        from symgrad.crosscheck import provable
+
+        provable(spec)
     d = derive(spec)
     out = {"text": d.text, "latex": d.latex, "markdown": d.markdown}[args.format](steps=args.steps)
     sys.stdout.write(out)
@@ -396,7 +400,7 @@ _ASCII = {
     "▌": "|", "▋": "|", "▊": "|", "▉": "|", "✓": "ok", "✗": "x", "∞": "inf", "⌊": "floor(",
     "⌋": ")", "∈": " in ", "∑": "sum", "𝔼": "E", "⟨": "<", "⟩": ">", "⋅": "*",
     "⊤": "^T", "¬": "not ", "±": "+/-", "∓": "-/+", "∧": " and ", "∨": " or ", "↔": "<->",
-    "↦": "|->", "\u0302": "hat",
+    "↦": "|->", "\u0302": "hat", "§": "section ", "≡": "==", "⋯": "...",
 }
 
 

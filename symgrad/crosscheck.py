@@ -28,8 +28,13 @@ function application a symbol of its own: expanding inside the nested arguments 
 what made 3→3→3→3→3 take minutes), and a run of more than three like layers is
 shortened to its first, second and last layer: every layer between has the second's
 formulas with its indices shifted, which :func:`instances` checks equation by
-equation.  So a 200-layer tanh network costs what a 3-layer one does; a network that
-still has more than :data:`symgrad.budget.PROOF_LAYERS` layers is refused in one line.
+equation.  So a 200-layer tanh network costs what a 3-layer one does.  A network that
+still has more than :data:`symgrad.budget.PROOF_LAYERS` layers (a deep DAG: only chains
+are shortened) has its chain rule proved equation by equation instead
+(:func:`prove_structure_local`: each backward equation on the window of the graph it
+covers, so the cost is linear in depth) and its spot check
+taken along random directions; every per-op claim is local anyway.  Nothing valid is
+refused for its depth: 200 layers (the spec's limit) take under a minute.
 Every simplification of a user's function runs within
 :data:`symgrad.budget.SIMPLIFY_SECONDS` (then a numeric check at 30 points).
 """
@@ -56,8 +61,8 @@ from symgrad.losses import YHAT, Loss, Y
 from symgrad.ops import L1, L2, Exp, Map, N, Node
 from symgrad.spec import Spec, as_spec
 
-__all__ = ["Claim", "Report", "instances", "prove", "prove_structure", "prove_activation",
-           "prove_fusion", "shorten"]
+__all__ = ["Claim", "Report", "instances", "prove", "prove_structure", "prove_structure_local",
+           "prove_activation", "prove_fusion", "provable", "shorten"]
 
 
 @dataclass(frozen=True)
@@ -237,10 +242,25 @@ def evaluate(d: Derivation, env: dict) -> dict:
 # --------------------------------------------------------------------------
 
 
+_derivations: dict | None = None  # inside one prove(): derive's result by spec
+
+
+def _derived(spec: Spec) -> Derivation:
+    """derive(spec), once within one :func:`prove` for the steps that need it (the
+    structure and the spot check both start from the spec at its tiny sizes; derive takes
+    seconds at 200 layers). Nothing downstream changes a Derivation; nothing is kept
+    between proofs (a rule patched between them must be seen)."""
+    if _derivations is None:
+        return derive(spec)
+    if spec not in _derivations:
+        _derivations[spec] = derive(spec)
+    return _derivations[spec]
+
+
 def abstract_spec_derivation(spec: Spec, sizes: tuple[int, ...]) -> Derivation:
     """The spec at ``sizes`` with f_l and ℓ undefined (softmax kept)."""
     small = spec.with_sizes(sizes)
-    d = derive(small)
+    d = _derived(small)
     fns = {}
     for l, layer in enumerate(small.layers, 1):
         if not layer.fn.is_rowwise and layer.fn.expr != X_SYM:
@@ -415,6 +435,116 @@ def _prove_structure_cached(key, sizes, spec: Spec) -> Claim:
             + (f"; fan-outs summed at {', '.join(fan_out)}" if fan_out else "") + ")")
     claim = _timed(what, run)
     _structure_cache[key] = claim
+    return claim
+
+
+def prove_structure_local(spec: Spec) -> Claim:
+    """The chain rule over the graph proved equation by equation, for a network too deep
+    to expand whole (more than :data:`~symgrad.budget.PROOF_LAYERS` layers: the whole
+    expansion grows about eightfold every three layers).
+
+    With f_l and ℓ abstract as in :func:`prove_structure`, each backward equation
+    ``∂L/∂V = rule`` is proved on its own: V, every value outside V's window and the
+    cotangent ∂L/∂U of every value U the sweep carries one for are free symbols; the
+    window is what V reaches through values without a cotangent of their own (A_l = f(Z_l),
+    μ, σ², Ŷ), computed from V, and it ends at the values U with one (and at L, whose
+    cotangent is 1); the values U are computed from V too (a rule may read them: Ŷ in
+    softmax's). The claim: rule = ∂/∂V Σ_U ⟨∂L/∂U, U(V)⟩, entry by entry. By the
+    multivariable chain rule on the graph with the values without a cotangent folded into
+    their readers, equations that each pass this make every cotangent the derivative of L,
+    by induction from L down (each cotangent used is one the sweep defines, earlier). The
+    cost is one window per equation: linear in depth."""
+    sizes = tiny_sizes(spec)
+    return _prove_structure_local_cached(_shape_key(spec), sizes, spec)
+
+
+_local_cache: dict = {}
+
+
+def _prove_structure_local_cached(key, sizes, spec: Spec) -> Claim:
+    if key in _local_cache:
+        return _local_cache[key]
+    from symgrad import naming
+
+    n = tiny_batch(spec)
+    small = spec.with_sizes(sizes)
+    plain = all(layer.kind.plain for layer in spec.layers)
+    shape = " → ".join(str(s) for s in (sizes if plain else small.sizes))
+    fan_out = _fan_outs(small)
+
+    def run():
+        d = abstract_spec_derivation(spec, sizes)
+        base = explicit_env(d, sizes, n)
+        values = {e.target.name: e for e in d.forward}
+        carried = {naming.primal(e.target.name): e for e in d.backward}
+        root = d.forward[-1].target.name  # L
+        for p in d.graph.params:
+            if p.name not in carried:
+                return False, f"no equation for ∂L/∂{_shown_name(p.name)}"
+        readers: dict[str, list[str]] = {}
+        for e in d.forward:
+            for name in e.rhs.syms():
+                readers.setdefault(name, []).append(e.target.name)
+
+        def symbols(prefix: str, sym) -> sp.Matrix:
+            return _symbols(prefix, *_concrete(sym.shape, sizes, n))
+
+        free = {t: symbols(t.lower(), e.target) for t, e in values.items()}
+        cots = {naming.cotangent(v): symbols("c_" + naming.cotangent(v).lower(), e.target)
+                for v, e in carried.items()}
+        defined: set[str] = set()
+        checked = 0
+        for eq in d.backward:
+            v = naming.primal(eq.target.name)
+            used = {s for s in eq.rhs.syms() if s in cots}
+            late = sorted(used - defined)
+            if late:
+                return False, (f"{naming.text(eq.target.name)} reads "
+                               f"{naming.text(late[0])} before the sweep defines it")
+            defined.add(eq.target.name)
+            window, heads, todo = set(), [], [v]
+            while todo:
+                for r in readers.get(todo.pop(), ()):
+                    if r in carried or r == root:
+                        if r not in heads:
+                            heads.append(r)
+                    elif r not in window:
+                        window.add(r)
+                        todo.append(r)
+            env = {**base, **{t: m for t, m in free.items() if t not in window}, **cots}
+            for e in d.forward:  # the window, computed from V (in the sweep's order)
+                if e.target.name in window:
+                    env[e.target.name] = e.rhs.explicit(env)
+            s = sp.S.Zero
+            for u in heads:
+                value = env[u] = values[u].rhs.explicit(env)  # the rule may read it (Ŷ)
+                if u == root:
+                    s += value[0, 0]
+                else:
+                    s += sp.Add(*[c * w for c, w in zip(cots[naming.cotangent(u)], value,
+                                                        strict=True)])
+            got, x = eq.rhs.explicit(env), env[v]
+            if got.shape != x.shape:
+                return False, (f"{naming.text(eq.target.name)} is {got.rows}×{got.cols}, "
+                               f"not {x.rows}×{x.cols}")
+            for i in range(x.rows):
+                for j in range(x.cols):
+                    diff = derivative(s, x[i, j]) - got[i, j]
+                    if not _zero(diff):
+                        return False, (f"{naming.text(eq.target.name)}[{i},{j}] differs: "
+                                       f"{_shown(diff)}")
+                    checked += 1
+        return True, (f"{len(d.backward)} equations ({checked} entries) at N={n}, widths "
+                      f"{shape}, each the sum of its readers' vector-Jacobian products"
+                      + (f"; masks {', '.join(_shown_name(m.name) for m, _ in d.graph.masks)}"
+                         " free symbols" if d.graph.masks else ""))
+
+    what = ("chain rule" + ("" if plain else " over the whole graph")
+            + ", equation by equation (abstract f_l, ℓ"
+            + (", penalties" if spec.l1 or spec.l2 else "")
+            + (f"; fan-outs summed at {', '.join(fan_out)}" if fan_out else "") + ")")
+    claim = _timed(what, run)
+    _local_cache[key] = claim
     return claim
 
 
@@ -811,6 +941,7 @@ def _prove_elementwise_fusion(fn: Activation, loss: Loss, d: Derivation) -> Clai
 
 
 DIGITS = 60  # working precision of the spot check
+SPOT_DIRECTIONS = 3  # the spot check's random directions, for a network proved by equation
 STEP = sp.Rational(1, 10**25)  # its central-difference step: error ~1e-35, far below 1e-20
 
 
@@ -846,33 +977,66 @@ def _run(equations, env: dict) -> dict:
     return env
 
 
-def spot_check(spec: Spec, d_small: Derivation, sizes) -> Claim:
+def _downstream(equations, name: str) -> list:
+    """The equations that read ``name``, directly or through earlier ones, in order."""
+    moved, out = {name}, []
+    for eq in equations:
+        if eq.rhs.syms() & moved:
+            moved.add(eq.target.name)
+            out.append(eq)
+    return out
+
+
+def spot_check(spec: Spec, d_small: Derivation, sizes, directions: int = 0) -> Claim:
     """The concrete formulas (real activations and loss, tiny sizes) at a random point
     against central differences of the concrete loss in 60-digit arithmetic: an
-    independent check (no chain rule anywhere) whose cost is linear in the depth."""
+    independent check (no chain rule anywhere). Entry by entry (two forward passes per
+    parameter entry, from the layer it enters); or, with ``directions``, along that many
+    random directions of all the parameters at once (⟨∇L, v⟩ against the difference along
+    v: two forward passes each, so the cost is linear in the depth — for a network too deep
+    to prove whole)."""
     def run():
         base = _numeric_env(d_small, sizes, spec)
-        env = _run(d_small.backward, _run(d_small.forward, dict(base)))
-        worst = 0.0
-        for p in d_small.graph.params:
+        forward = _run(d_small.forward, dict(base))
+        env = _run(d_small.backward, dict(forward))
+        pairs = []  # (the gradient's value, the numeric difference)
+        params = d_small.graph.params
+        if directions:
+            rng = random.Random(2)
+            for _ in range(directions):
+                v = {p.name: base[p.name].applyfunc(
+                    lambda _: sp.Rational(rng.randint(-9, 9), 10)) for p in params}
+                exact = sp.Add(*[g * w for p in params
+                                 for g, w in zip(env["d" + p.name], v[p.name], strict=True)])
+                losses = []
+                for sign in (1, -1):
+                    moved = dict(base)
+                    for p in params:
+                        moved[p.name] = base[p.name] + sign * STEP * v[p.name]
+                    losses.append(_run(d_small.forward, moved)["L"][0, 0])
+                pairs.append((exact, (losses[0] - losses[1]) / (2 * STEP)))
+        for p in params if not directions else ():
             grad = env["d" + p.name]
+            after = _downstream(d_small.forward, p.name)  # the rest is as at the point
             for i in range(grad.rows):
                 for j in range(grad.cols):
                     losses = []
                     for sign in (1, -1):
-                        moved = dict(base)
+                        moved = dict(forward)
                         moved[p.name] = base[p.name].copy()
                         moved[p.name][i, j] += sign * STEP
-                        losses.append(_run(d_small.forward, moved)["L"][0, 0])
-                    numeric = (losses[0] - losses[1]) / (2 * STEP)
-                    # relative, with a floor of 1e-10: a gradient that is exactly 0
-                    # (a bias before batchnorm, which the mean subtraction cancels) has
-                    # differences ~1e-35, the rounding of 60 digits over a step of 1e-25
-                    err = abs(complex(sp.N(grad[i, j] - numeric, 30))) / max(
-                        abs(complex(sp.N(numeric, 30))), 1e-10)
-                    worst = max(worst, err)
-        return worst < 1e-20, (f"max relative difference {worst:.1e} to central differences "
-                               f"in {DIGITS}-digit arithmetic")
+                        losses.append(_run(after, moved)["L"][0, 0])
+                    pairs.append((grad[i, j], (losses[0] - losses[1]) / (2 * STEP)))
+        # relative, with a floor of 1e-10: a gradient that is exactly 0 (a bias before
+        # batchnorm, which the mean subtraction cancels) has differences ~1e-35, the
+        # rounding of 60 digits over a step of 1e-25
+        worst = max((abs(complex(sp.N(exact - numeric, 30)))
+                     / max(abs(complex(sp.N(numeric, 30))), 1e-10) for exact, numeric in pairs),
+                    default=0.0)
+        along = (f" along {directions} random directions of all {len(params)} parameters"
+                 if directions else "")
+        return worst < 1e-20, (f"max relative difference {worst:.1e} to central differences"
+                               f"{along} in {DIGITS}-digit arithmetic")
 
     return _timed("concrete formulas at a random point vs the concrete loss's differences", run)
 
@@ -952,6 +1116,13 @@ def instances(long: Derivation, short: Derivation, where: list[int]) -> str:
     return ""
 
 
+def provable(spec: Spec | str) -> None:
+    """One SymgradError, before any proof work, where ``spec`` cannot be proved at all
+    (no small widths meet at its add layers); None where :func:`prove` can run. Depth is
+    never a reason (deep networks are proved equation by equation)."""
+    tiny_sizes(shorten(as_spec(spec))[0])
+
+
 def _progress(what: str) -> None:
     """Each step as it starts, on stderr when it is a terminal (as ``check`` shows its
     progress): a step of the proof can take seconds."""
@@ -967,24 +1138,31 @@ def prove(spec: Spec | str, spot: bool = True,
     The proof runs at tiny sizes (2 per width, N = 2) whatever the spec's widths; runs
     of like layers are shortened to three (:func:`shorten`) and the rest shown to repeat
     them, so the cost stops growing with depth.  A network still over
-    :data:`~symgrad.budget.PROOF_LAYERS` layers is refused in one line; a step over
-    :data:`~symgrad.budget.PROOF_STEP_SECONDS` is "not proved".  ``progress`` is told
+    :data:`~symgrad.budget.PROOF_LAYERS` layers has its chain rule proved equation by
+    equation (:func:`prove_structure_local`); a step over
+    :data:`~symgrad.budget.PROOF_STEP_SECONDS` is "not proved".  What cannot be proved at
+    all is refused by :func:`provable` before any work (the command line asks it before
+    printing the derivation).  ``progress`` is told
     each step as it starts (by default, on stderr when it is a terminal)."""
+    global _derivations
     spec = as_spec(spec)
-    say = progress or (lambda what: None)
+    provable(spec)
+    _derivations = {}
+    try:
+        return _prove(spec, spot, progress or (lambda what: None))
+    finally:
+        _derivations = None
+
+
+def _prove(spec: Spec, spot: bool, say: Callable[[str], None]) -> Report:
     short, where = shorten(spec)
-    if len(short.layers) > budget.PROOF_LAYERS:
-        raise SymgradError(
-            f"{spec.source}: --prove",
-            f"{len(short.layers)} layers to expand (after shortening runs of like layers) is "
-            f"over the proof's limit of {budget.PROOF_LAYERS}; derive and generate have no "
-            "such limit")
     report = Report(spec)
 
     def step(what: str, fn, *args, bounded: bool = False, extra: bool = False) -> None:
         """One claim; ``bounded``: its cost is bounded by the sizes (the expansion in
-        opaque atoms at ≤ PROOF_LAYERS layers: at most 5 s, 8 alternating layers), so it
-        runs without the deadline's tracer, which would triple it.  The rest (simplify, arithmetic on the user's functions)
+        opaque atoms at ≤ PROOF_LAYERS layers: at most 5 s, 8 alternating layers; beyond,
+        one small window per equation), so it runs without the deadline's tracer, which
+        would triple it.  The rest (simplify, arithmetic on the user's functions)
         runs under the deadline.  An ``extra`` check (beyond the proof) gets
         SIMPLIFY_SECONDS and is skipped past it."""
         say(what)
@@ -1002,19 +1180,20 @@ def prove(spec: Spec | str, spot: bool = True,
                           f"{seconds:g} s", skipped=extra)
         report.claims.append(claim)
 
-    d = derive(spec)
+    d_short = derive(short)
     if short is not spec:
         say("that the shortened network's formulas repeat at every layer")
         t0 = time.perf_counter()
-        missing = instances(d, derive(short), where)
+        missing = instances(derive(spec), d_short, where)
         kept = len(short.layers)
         report.claims.append(Claim(
             f"layers 1–{len(spec.layers)} repeat the formulas of a {kept}-layer network",
             not missing, time.perf_counter() - t0,
             missing or "runs of like layers cut to first, second and last; each layer "
             "between is the second with its indices shifted"))
-    step("the chain rule", prove_structure, short, bounded=True)
-    d_short = derive(short)
+    whole = len(short.layers) <= budget.PROOF_LAYERS  # else equation by equation
+    step("the chain rule", prove_structure if whole else prove_structure_local, short,
+         bounded=True)
     for l, layer in enumerate(short.layers, 1):
         if layer.kind.proof_target:
             step(f"the rule of layer {l} ({layer.type})", prove_op, d_short, l, bounded=True)
@@ -1031,5 +1210,6 @@ def prove(spec: Spec | str, spot: bool = True,
     if spot:
         sizes = tiny_sizes(short)
         step("the concrete formulas at a random point", spot_check, short,
-             derive(short.with_sizes(sizes)), sizes, extra=True)
+             _derived(short.with_sizes(sizes)), sizes, 0 if whole else SPOT_DIRECTIONS,
+             extra=True)
     return report

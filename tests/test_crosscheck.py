@@ -134,14 +134,15 @@ def test_shortened_layers_map_to_the_layer_they_repeat():
     assert instances(d, ds, [2, 2, 2, 2, 3, 4, 5, 6, 7, 7, 8]) != ""
 
 
-def test_a_network_over_the_proof_depth_is_refused_in_one_line(tmp_path, capsys):
+def test_a_network_over_the_proof_depth_is_proved_equation_by_equation(tmp_path, capsys):
+    """10 alternating layers (nothing to shorten) are over PROOF_LAYERS: the chain rule is
+    proved one backward equation at a time (tests/test_layers_prove.py has the details)."""
     acts = ["tanh", "relu"] * 5
     path = _write(tmp_path, [3] * 11, acts)
-    assert main(["derive", str(path), "--prove"]) == 2
-    err = capsys.readouterr().err
-    assert err == (f"symgrad: error: {path}: --prove: 10 layers to expand (after shortening runs "
-                   "of like layers) is over the proof's limit of 8; derive and generate have no "
-                   "such limit\n")
+    assert main(["derive", str(path), "--prove"]) == 0
+    out = capsys.readouterr().out
+    assert "  [proved] chain rule, equation by equation (abstract f_l, ℓ)  (" in out
+    assert "           30 equations (" in out and "  all formulas proved\n" in out
 
 
 def test_prove_takes_a_path_and_reports_each_step():
