@@ -258,7 +258,7 @@ def command_budget() -> Iterator[None]:
 
 #: layers the scalar-expansion proof expands, once runs of like layers are shortened to
 #: three (first, one middle, last: every layer between is an instance of the middle one);
-#: a network with more is refused in one line (derive and generate have no such limit)
+#: a network with more has its chain rule proved equation by equation instead
 PROOF_LAYERS = 8
 #: seconds one simplifying step of the proof (an activation's, the loss's derivative, a
 #: fusion) may take; past it the step is "not proved" (exit 1)
