@@ -208,6 +208,10 @@ def _same_group(parent: ast.AST, child: ast.AST) -> bool:
     )
 
 
+#: np.linalg's functions an expression may call (what the matrix builder knows)
+LINALG_FUNCTIONS = frozenset({"inv", "det", "solve", "slogdet"})  # slogdet: refused by name
+
+
 def _is_numpy_attribute(node: ast.AST) -> bool:
     """``np.NAME`` / ``numpy.NAME`` with a public NAME."""
     return (
@@ -357,7 +361,7 @@ class _Validator:
         if isinstance(func, ast.Name) or _is_numpy_attribute(func):
             pass
         elif self.allow_matrix and isinstance(func, ast.Attribute) and _is_numpy_attribute(
-                func.value) and func.value.attr == "linalg" and not func.attr.startswith("_"):
+                func.value) and func.value.attr == "linalg" and func.attr in LINALG_FUNCTIONS:
             pass  # np.linalg.inv(A): the builder knows which (inv, det, solve)
         elif _is_method(func) and self.allow_matrix:  # x.sum(axis=0): the receiver is an argument
             for keyword in node.keywords:
