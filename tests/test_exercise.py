@@ -488,3 +488,40 @@ def test_class_grades_display_themselves() -> None:
                         ("fail", "wrong (axis)"), ("fail", "2/4")]
     assert "4 graded, mean score 1.8 of 4; all right: 1" in html and "Grade(" not in html
     assert c._repr_markdown_() == exercise.class_table(c)[0]
+
+
+def test_a_zero_gradient_answered_zero_scores_full_marks(tmp_path, capsys) -> None:
+    """∂L/∂b₁ before a batchnorm is exactly 0 (issue 11, F3): answering 0 is right."""
+    code, _, _ = run(capsys, "exercise", ROOT / "examples" / "digits_bn_dropout.toml",
+                     "--count", 8, "-o", tmp_path / "bn.md")
+    assert code == 0
+    sheet = (tmp_path / "bn.md").read_text(encoding="utf-8")
+    assert ("8. **q8.** Derive $\\frac{\\partial L}{\\partial b_{1}}$, a vector of length 64 (the "
+            "shape of b₁).") in sheet
+    numpy = re.findall(r"^   numpy: `(.*)`$", (tmp_path / "bn.key.md").read_text("utf-8"), re.M)
+    assert numpy[-1] == "sum(dZ1, axis=0)"
+    for zero in ("0 * b1", "0", "np.zeros(n1)"):
+        answers = tmp_path / "me.txt"
+        answers.write_text("".join(f"q{i}: {a}\n" for i, a in enumerate([*numpy[:-1], zero], 1)),
+                           encoding="utf-8")
+        code, out, err = run(capsys, "grade", tmp_path / "bn.toml", answers)
+        assert (code, err) == (0, ""), out
+        assert "q8   ∂L/∂b₁       right\n       yours:     " + zero + "\n" in out
+        assert out.splitlines()[-1] == "score: 8/8"
+
+
+def test_a_concats_questions_are_asked_with_their_slices() -> None:
+    """The gradients through a concat are column slices of its cotangent, which verify reads
+    (issue 11, F12): every question of the network is offered, keys included."""
+    from symgrad.spec import Layer, Spec
+
+    spec = Spec("cat2", 3, (Layer(2, "tanh"), Layer(4, input="X"),
+                            Layer(type="concat", inputs=("A1", "A2", "X")), Layer(2)), loss="mse")
+    ws = worksheet(spec, count=13)  # all of them
+    assert [q.wrt for q in ws.questions] == [
+        "Z4", "W4", "b4", "A3", "Z3", "A2", "Z2", "W2", "b2", "A1", "Z1", "W1", "b1"]
+    keys = {ws.question(q).wrt: a.numpy for q, a in exercise._answers(ws).items()}
+    assert keys["A1"] == "dZ3[:, :n1]" and keys["Z2"] == "dZ3[:, n1:n1 + n2]"
+    assert keys["Z1"] == "dZ3[:, :n1] * (1 - A1**2)"
+    g = exercise._Grader(ws).grade(Answers("me", {"q10": "dZ3[:, 0:2]", "q11": "dZ3[:, n1:n1+n2]"}))
+    assert [r.status for r in g.results if r.answer] == ["right", "wrong"]

@@ -34,6 +34,10 @@ NETWORKS = {
     "fan": Spec("fan_out", 3, (Layer(4, "tanh"), Layer(3, "tanh"), Layer(3, "tanh", input="A1"),
                                Layer(type="add", inputs=("A2", "A3")), Layer(2, "identity")),
                 loss="mse"),
+    # a concat of two layers and X: each input's gradient is its columns of δ₃
+    "cat": Spec("concat", 3, (Layer(2, "tanh"), Layer(4, input="X"),
+                              Layer(type="concat", inputs=("A1", "A2", "X")), Layer(2)),
+                loss="mse"),
 }
 
 CATALOGUE: list[tuple[str, str, str, str | None]] = [
@@ -133,4 +137,12 @@ CATALOGUE: list[tuple[str, str, str, str | None]] = [
     # --- A1 feeds layers 2 and 3: its gradient is the sum of both paths
     ("fan", "A1", "dZ2 @ W2.T", "fan-out"),
     ("fan", "A1", "dZ2 @ W2.T + dZ3 @ W3.T", OK),
+    # --- a concat: column slices of its cotangent (bounds in widths), numpy's axis=-1
+    ("cat", "A1", "dZ3[:, :n1]", OK),
+    ("cat", "Z2", "dZ3[:, n1:n1 + n2]", OK),
+    ("cat", "W1", "X.T @ (dZ3[:, 0:n1] * (1 - A1**2))", OK),
+    ("cat", "A1", "dZ3[:, n1:n1 + n2]", "other-gradient"),  # A2's columns
+    ("cat", "Z1", "dZ3[:, :n1]", "activation-derivative"),
+    ("ln", "A1", "dZ3 + (dXhat2 - mean(dXhat2, axis=-1, keepdims=True) - Xhat2 * mean(dXhat2"
+     " * Xhat2, axis=-1, keepdims=True)) / np.sqrt(var2 + eps)", OK),
 ]
