@@ -373,6 +373,16 @@ class _MatrixPrinter(Printer):
         never ⊙)."""
         return self.scalar_printer(elementwise=False)._print(den)
 
+    #: how a width's coefficient is joined to it in a column bound (2n₀; LaTeX 2 n_{0})
+    width_times = ""
+
+    def width(self, w: sp.Expr) -> str:
+        """A column bound of a slice: 0, n₁, n₁ + n₂, 2n₀ (a number times a width, a
+        product of scalars: never ⊙)."""
+        pr = self.scalar_printer(elementwise=False)
+        pr.times = self.width_times
+        return pr._print(w)
+
 
 class TextPrinter(_MatrixPrinter):
     """Unicode text: X W₁ + b₁, δ₂ W₂ᵀ ⊙ (1 − A₁²), 𝟏ᵀ δ₁."""
@@ -426,6 +436,7 @@ class LatexPrinter(_MatrixPrinter):
     r"""LaTeX: X W_{1} + b_{1}, \delta_{2} W_{2}^\top \odot (1 - A_{1}^{2})."""
 
     scalar_printer = LatexScalarPrinter
+    width_times = " "
     name = staticmethod(naming.latex)
     form = "latex"
     ones = r"\mathbf{1}\mathbf{1}^{\top}"

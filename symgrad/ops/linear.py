@@ -195,10 +195,10 @@ class ColSlice(Node):
     precedence = 100
 
     def text(self, p):
-        return f"{p.paren(self.x, p.ATOM)}[:, {p.coef(self.start)}:{p.coef(self.stop)}]"
+        return f"{p.paren(self.x, p.ATOM)}[:, {p.width(self.start)}:{p.width(self.stop)}]"
 
     def latex(self, p):
-        return rf"{p.paren(self.x, p.ATOM)}[:,\,{p.coef(self.start)}:{p.coef(self.stop)}]"
+        return rf"{p.paren(self.x, p.ATOM)}[:,\,{p.width(self.start)}:{p.width(self.stop)}]"
 
     def numpy(self, lw):
         return f"{lw.expr(self.x, lw.ATOM)}[:, {lw.size(self.start)}:{lw.size(self.stop)}]", lw.ATOM
