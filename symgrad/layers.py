@@ -51,8 +51,8 @@ from symgrad.ops import (
 )
 from symgrad.ops.normalization import exact
 
-__all__ = ["KINDS", "LAYER_TYPES", "PARAM_FAMILIES", "PLANNED_TYPES", "LayerKind", "kind_of",
-           "kinds_with"]
+__all__ = ["KINDS", "LAYER_TYPES", "PARAM_FAMILIES", "PLANNED_TYPES", "UNSET", "LayerKind",
+           "kind_of", "kinds_with"]
 
 MAX_UNITS = 1_000_000
 MAX_INPUTS = 64
@@ -131,6 +131,26 @@ OPTIONAL_KEYS = ("units", "input", "inputs", "eps", "momentum", "p")
 DEFAULTS = {"eps": 1e-5, "momentum": 0.1, "p": 0.5}
 
 
+class _Unset:
+    """The default of a key with a default (eps, momentum, p) on a Layer not yet checked:
+    "not given", which None is not (torch's momentum=None is a mode of its own)."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+UNSET: Any = _Unset()
+
+#: what to say about None given for a key a type takes (the default is its leaving out)
+NONE_GIVEN = {
+    "eps": "eps=None is not a value; give a number in (0, 1] (torch's default 1e-05), or "
+           "leave eps out",
+    "momentum": "momentum=None (torch's cumulative average) is not supported; give a number "
+                "in [0, 1] (torch's default 0.1)",
+    "p": "p=None is not a value; give a number in [0, 1) (torch's default 0.5), or leave p out",
+}
+
+
 def _check_eps(value, where):
     return check_float(value, where, 0.0, 1.0, open_lo=True,
                        why="eps keeps the division by the standard deviation finite")
@@ -183,11 +203,16 @@ class LayerKind:
         """Check and complete ``layer`` (a :class:`~symgrad.spec.Layer` of this type):
         no key of another type, the defaults filled in, each key's value checked."""
         for key in OPTIONAL_KEYS:
-            if key not in cls.keys and getattr(layer, key) is not None:
+            value = getattr(layer, key)
+            if key in cls.keys:
+                if value is UNSET:
+                    object.__setattr__(layer, key, DEFAULTS[key])
+                elif value is None and key in NONE_GIVEN:
+                    raise SymgradError(f"{where}.{key}", NONE_GIVEN[key])
+            elif value is UNSET:
+                object.__setattr__(layer, key, None)  # not taken: None, as not given
+            elif value is not None:
                 raise SymgradError(f"{where}.{key}", cls.foreign(key))
-        for key, default in DEFAULTS.items():
-            if key in cls.keys and getattr(layer, key) is None:
-                object.__setattr__(layer, key, default)
         cls.check_keys(layer, where)
 
     @classmethod
@@ -472,11 +497,12 @@ class DropoutLayer(LayerKind):
 
     @classmethod
     def head(cls, layer, sources, paren):
-        return f"dropout({layer.p:g})" if paren else f"dropout {layer.p:g}"
+        p = repr(float(layer.p))  # as the formulas print it: 0.9999999999 is not 1
+        return f"dropout({p})" if paren else f"dropout {p}"
 
     @classmethod
     def label(cls, layer):
-        return f"dropout, p = {layer.p:g}"
+        return f"dropout, p = {float(layer.p)!r}"
 
 
 class _Joining(LayerKind):

@@ -27,7 +27,7 @@ from typing import Any
 from symgrad.activations import ACTIVATIONS, Activation, custom_activation, get_activation
 from symgrad.activations import X as X_SYM
 from symgrad.errors import SymgradError
-from symgrad.layers import KINDS, MAX_UNITS, LayerKind, kind_of
+from symgrad.layers import KINDS, MAX_UNITS, UNSET, LayerKind, kind_of
 from symgrad.layers import check_float as _check_float
 from symgrad.layers import check_int as _check_int
 from symgrad.layers import suggest as _suggest
@@ -130,7 +130,8 @@ class Layer:
     identity) and, except the types that name their ``inputs``, an ``input``: the name of
     the value it reads (X or an earlier A_l; default the previous layer's output). ``eps``,
     ``momentum`` and ``p`` are None on the types that do not take them (the others get
-    their defaults); giving one there is an error."""
+    their defaults when left out); giving one there is an error, and so is None on a type
+    that takes it (torch's ``momentum=None``, a cumulative average, is not supported)."""
 
     units: int | None = None
     activation: str = "identity"
@@ -138,9 +139,9 @@ class Layer:
     type: str = "dense"
     input: str | None = None
     inputs: tuple[str, ...] | None = None
-    eps: float | None = None
-    momentum: float | None = None
-    p: float | None = None
+    eps: float | None = UNSET  # UNSET: left out (the type's default, or None)
+    momentum: float | None = UNSET
+    p: float | None = UNSET
 
     def __post_init__(self) -> None:
         kind_of(self.type, f"{self.where}.type").validate(self, self.where)
@@ -434,7 +435,7 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> Spec:
                                                      f"allowed keys: {', '.join(sorted(own))}")
         layers.append(Layer(raw.get("units"), raw.get("activation", "identity"), where=where,
                             type=kind, input=raw.get("input"), inputs=raw.get("inputs"),
-                            eps=raw.get("eps"), momentum=raw.get("momentum"), p=raw.get("p")))
+                            **{k: raw[k] for k in ("eps", "momentum", "p") if k in raw}))
     loss_table = _check_keys(data.get("loss", {}), _TABLES["loss"], f"{source}: [loss]")
     if not loss_table:
         raise SymgradError(f"{source}: [loss]", "missing; add [loss] with kind = \"...\" or expr = \"...\"")

@@ -21,7 +21,7 @@ from symgrad.display import math_text
 from symgrad.ops import add
 from symgrad.picture import sweep
 from symgrad.printing import text
-from symgrad.spec import load_spec
+from symgrad.spec import Layer, Spec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "layers"
@@ -265,3 +265,27 @@ def test_picture_of_a_dag(derived):
     assert 'v_A5 -> v_Z6\n' in src  # the previous layer's output: a plain edge
     assert "\\nbatchnorm (compact): X̂ = (A − 𝟏μ) ⊙ 𝟏(σ² + ε)^(−½), ∂L/∂A = (1/N)" in src
     assert "\\ndropout: Z = A ⊙ M/(1 − p), ∂L/∂A = G ⊙ M/(1 − p)" in src
+
+
+def test_a_slice_bound_is_a_scalar_product_not_elementwise():
+    """F1: concat(X, X, A₁): A₁'s columns start at 2n₀ (a number times a width), printed as
+    a product of scalars — never with ⊙, the elementwise product of matrices."""
+    spec = Spec("cat", 3, (Layer(3, "tanh"), Layer(type="concat", inputs=("X", "X", "A1")),
+                           Layer(2)), loss="mse")
+    d = symgrad.derive(spec)
+    assert "  δ₁ = ∂L/∂Z₁ = δ₂[:, 2n₀:2n₀ + n₁] ⊙ (1 − A₁²)\n" in d.text()
+    row = (r"\delta_{1} = \frac{\partial L}{\partial Z_{1}} &= \delta_{2}[:,\,2 n_{0}:2 n_{0} "
+           r"+ n_{1}] \odot \left(1 - A_{1}^{2}\right) \\")
+    assert row in d.latex().splitlines() and row in d.markdown().splitlines()
+    assert "2 ⊙ n" not in d.text(steps=True) and r"2 \odot n" not in d.latex(steps=True)
+
+
+@pytest.mark.parametrize(("p", "shown"), [(0.9999999999, "0.9999999999"), (5e-324, "5e-324"),
+                                          (0.0, "0.0"), (0.2, "0.2")])
+def test_the_network_line_shows_p_as_the_formulas_do(p, shown):
+    """F2: the network line's dropout(p) is the body's repr, not %g (which showed
+    0.9999999999 as 1, the value the spec refuses)."""
+    d = symgrad.derive(Spec("drop", 3, (Layer(type="dropout", p=p), Layer(2)), loss="mse"))
+    lines = _lines(d)
+    assert lines[0] == f"drop: 3 → dropout({shown}) → 2; loss mse"
+    assert f"Z₁ = X ⊙ M₁/(1 − {shown})" in lines

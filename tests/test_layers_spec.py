@@ -209,6 +209,42 @@ def test_python_api_gives_the_same_errors():
         "training.batch_size is 1 (the batch variance of one sample is 0); raise batch_size")
 
 
+MOMENTUM_NONE = ("momentum=None (torch's cumulative average) is not supported; give a number "
+                 "in [0, 1] (torch's default 0.1)")
+
+
+def test_none_is_not_the_default_in_the_python_api():
+    """F8: torch's BatchNorm1d(momentum=None) is a cumulative moving average, not 0.1; None
+    for a key a type takes is refused (leaving it out gives the default), in Layer and in
+    spec_from_dict alike. On a type that does not take the key None means not given."""
+    assert api_error(lambda: Layer(type="batchnorm", momentum=None)) == (
+        f"layer.momentum: {MOMENTUM_NONE}")
+    assert api_error(lambda: Layer(type="batchnorm", eps=None)) == (
+        "layer.eps: eps=None is not a value; give a number in (0, 1] (torch's default 1e-05), "
+        "or leave eps out")
+    assert api_error(lambda: Layer(type="layernorm", eps=None)) == (
+        "layer.eps: eps=None is not a value; give a number in (0, 1] (torch's default 1e-05), "
+        "or leave eps out")
+    assert api_error(lambda: Layer(type="dropout", p=None)) == (
+        "layer.p: p=None is not a value; give a number in [0, 1) (torch's default 0.5), or "
+        "leave p out")
+    assert api_error(lambda: spec_from_dict({
+        "network": {"name": "apin", "inputs": 3}, "loss": {"kind": "mse"},
+        "layer": [{"type": "batchnorm", "momentum": None}, {"units": 2}]})) == (
+        f"<spec>: layer[1].momentum: {MOMENTUM_NONE}")
+    # the other types keep their own words for a momentum they do not take
+    assert api_error(lambda: Layer(type="layernorm", momentum=0.1)) == (
+        "layer.momentum: only batchnorm layers take momentum (the running statistics' rate; "
+        "layernorm keeps none); remove it")
+    assert api_error(lambda: Layer(type="dropout", momentum=0.1)) == (
+        "layer.momentum: only batchnorm layers take momentum; remove it from this dropout layer")
+    # left out: the defaults; None where the type takes no such key: not given
+    bn, drop = Layer(type="batchnorm"), Layer(type="dropout")
+    assert (bn.eps, bn.momentum, bn.p, drop.p) == (1e-5, 0.1, None, 0.5)
+    assert Layer(type="layernorm", momentum=None).momentum is None
+    assert Layer(3, eps=None, momentum=None, p=None) == Layer(3)
+
+
 def test_python_api_and_toml_agree_on_a_dag():
     text = toml('[[layer]]\nunits = 4\n[[layer]]\ntype = "batchnorm"\nmomentum = 0.2\n'
                 'activation = "relu"\n[[layer]]\ntype = "dropout"\np = 0.25\n'
