@@ -264,3 +264,16 @@ def test_negative_axes_on_a_matrix_and_a_vector():
     with pytest.raises(SymgradError) as e:
         verify(BN, "gamma2", "sum(dZ2, axis=-3)")
     assert str(e.value) == "formula: axis must be 0, 1, -1, -2 or None"
+
+
+def test_a_zero_gradient_elsewhere_names_no_mix_up():
+    """Two batchnorms in a row: ∂L/∂β₂ ≡ 0 (proved), but ∂L/∂γ₂ is small, not 0 (ε), and an
+    answer 0 for it is wrong without being called 'yours is ∂L/∂β₂'."""
+    spec = Spec("bb", 3, (Layer(4), Layer(type="batchnorm"),
+                          Layer(type="batchnorm", activation="relu"), Layer(2)), loss="mse")
+    v = verify(spec, "beta2", "0")
+    assert v.ok and v.notes[0] == (
+        "∂L/∂β₂ = 0 exactly: the loss does not depend on β₂ (layer 3's batchnorm subtracts the "
+        "batch mean of each column, so β₂, added to every row, cancels)")
+    v = verify(spec, "gamma2", "0", symbolic=False)
+    assert not v.ok and v.diagnosis is None, v.text()
