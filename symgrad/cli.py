@@ -373,7 +373,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
         from symgrad.crosscheck import prove
 
         sys.stdout.flush()
-        report = prove(spec)
+        report = prove(spec, derivation=d)
         sys.stdout.write("\n" + report.text())
         return 0 if report.ok else 1
     return 0

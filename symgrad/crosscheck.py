@@ -1131,7 +1131,8 @@ def _progress(what: str) -> None:
 
 
 def prove(spec: Spec | str, spot: bool = True,
-          progress: Callable[[str], None] | None = _progress) -> Report:
+          progress: Callable[[str], None] | None = _progress,
+          derivation: Derivation | None = None) -> Report:
     """All the claims behind ``derive``'s formulas for ``spec`` (a Spec or the path of a
     spec; ``spot``: also the independent numeric spot check of the concrete formulas).
 
@@ -1143,11 +1144,13 @@ def prove(spec: Spec | str, spot: bool = True,
     :data:`~symgrad.budget.PROOF_STEP_SECONDS` is "not proved".  What cannot be proved at
     all is refused by :func:`provable` before any work (the command line asks it before
     printing the derivation).  ``progress`` is told
-    each step as it starts (by default, on stderr when it is a terminal)."""
+    each step as it starts (by default, on stderr when it is a terminal); ``derivation``,
+    ``derive(spec)`` where the caller has it already (``derive --prove`` printed it)."""
     global _derivations
     spec = as_spec(spec)
     provable(spec)
-    _derivations = {}
+    _derivations = {spec: derivation} if derivation is not None and derivation.spec == spec \
+        else {}
     try:
         return _prove(spec, spot, progress or (lambda what: None))
     finally:
@@ -1180,11 +1183,11 @@ def _prove(spec: Spec, spot: bool, say: Callable[[str], None]) -> Report:
                           f"{seconds:g} s", skipped=extra)
         report.claims.append(claim)
 
-    d_short = derive(short)
+    d_short = _derived(short)
     if short is not spec:
         say("that the shortened network's formulas repeat at every layer")
         t0 = time.perf_counter()
-        missing = instances(derive(spec), d_short, where)
+        missing = instances(_derived(spec), d_short, where)
         kept = len(short.layers)
         report.claims.append(Claim(
             f"layers 1–{len(spec.layers)} repeat the formulas of a {kept}-layer network",
