@@ -1436,7 +1436,7 @@ class FormulaBuilder(ScalarBuilder):
                                _src(node))
         if name in ("ones", "zeros"):
             n = self.visit(node.args[0])
-            widths = self.net.width_symbols
+            widths = getattr(self.net, "width_symbols", frozenset())
             if isinstance(n, Term) or not (n == N or (n.is_Integer and 1 <= n <= 10**6) or (
                     n.free_symbols and n.free_symbols <= widths and _integral(n, widths)
                     and _nonnegative(n, widths))):
@@ -1500,7 +1500,7 @@ class FormulaBuilder(ScalarBuilder):
             for small, big, what in ((start, stop, "its start can exceed its stop"),
                                      (stop, width, f"it can end past the {_dim_text(width)} "
                                       "columns")):
-                if not _nonnegative(big - small, self.net.width_symbols):
+                if not _nonnegative(big - small, getattr(self.net, "width_symbols", frozenset())):
                     raise self.shape_error(
                         f"{label}: the columns {_dim_text(start)}:{_dim_text(stop)} of an "
                         f"{_shape_text(x.shape)} array are not a range at every width ({what})")
@@ -1519,7 +1519,7 @@ class FormulaBuilder(ScalarBuilder):
         if isinstance(value, Term):
             raise self.error(f"{label}: a slice bound is a whole number or a width, not an array")
         value = sp.expand(sp.sympify(value))
-        widths = self.net.width_symbols
+        widths = getattr(self.net, "width_symbols", frozenset())
         if not value.free_symbols <= widths or not _integral(value, widths):
             raise self.error(f"{label}: a slice bound is a whole number or a width (n0, n1, "
                              f"n1 + n2, 2*n0), not {ast.unparse(node)}")
