@@ -33,9 +33,13 @@ __all__ = [
     "PROOF_LAYERS",
     "PROOF_STEP_SECONDS",
     "DERIVATIVE_SECONDS",
+    "EXPAND_TERMS",
+    "PRETTY_TERMS",
     "SIMPLIFY_SECONDS",
     "clock",
     "deadline",
+    "expansion_terms",
+    "too_large_to_expand",
     "command_budget",
     "optional_end",
     "shared_budget",
@@ -144,6 +148,72 @@ def within(seconds: float, where: str, what: str, fn: Callable[..., T], *args: A
         raise SymgradError(where, f"too deeply nested to {verb}: {what}") from None
     except MemoryError:
         raise SymgradError(where, f"too large to {verb} (out of memory): {what}") from None
+
+
+# ==========================================================================================
+# A work estimate before SymPy's expansions
+# ==========================================================================================
+
+#: terms one expansion (``expand``, ``simplify``, ``cancel``) may produce; past it the
+#: expansion is not attempted. SymPy multiplies out a power of a sum in one loop
+#: (``multinomial_coefficients``) that calls no function, so :func:`deadline`'s tracer
+#: never runs inside it: (X₀ + ⋯ + X₉)⁶⁴ has C(73, 9) ≈ 10¹¹ terms and would run for
+#: hours and fill the memory. The size is estimated before, from the expression's tree.
+#: 20 000 terms take well under a second.
+EXPAND_TERMS = 20_000
+#: terms an optional prettier form (an elementwise body multiplied out) may have: a form
+#: that long never is the shortest one
+PRETTY_TERMS = 500
+
+
+def expansion_terms(e: Any, cap: int | None = None) -> int:
+    """About how many terms multiplying out ``e`` makes or passes through (SymPy's
+    ``expand``), capped at ``cap`` (default :data:`EXPAND_TERMS` + 1): a sum has the terms
+    of its parts, a product the product of its factors', a power of a k-term sum to an
+    integer p the C(p + k − 1, k − 1) terms of the multinomial (a denominator is expanded
+    too, but is one term of the product); a function's arguments are expanded inside it.
+    Cheap: linear in the size of the tree (shared subexpressions counted once)."""
+    import math
+
+    import sympy as sp
+
+    limit = (EXPAND_TERMS + 1) if cap is None else cap
+    seen: dict[Any, int] = {}
+    largest = 0
+
+    def terms(x: Any) -> int:
+        nonlocal largest
+        if x in seen:
+            return seen[x]
+        if not isinstance(x, sp.Basic) or x.is_Atom:
+            n = 1
+        elif isinstance(x, sp.Add):
+            n = sum(terms(a) for a in x.args)
+        elif isinstance(x, sp.Mul):
+            n = 1
+            for a in x.args:
+                n = min(n * terms(a), limit)
+        elif isinstance(x, sp.Pow) and x.exp.is_Integer and abs(int(x.exp)) >= 2:
+            k = terms(x.base)
+            p = abs(int(x.exp))
+            full = math.comb(p + k - 1, k - 1) if k <= limit and p <= 10**6 else limit
+            largest = max(largest, min(full, limit))
+            n = min(full, limit) if x.exp > 0 else 1
+        else:  # a function, a power to a symbol: its arguments expand inside it
+            for a in x.args:
+                terms(a)
+            n = 1
+        n = min(n, limit)
+        largest = max(largest, n)
+        seen[x] = n
+        return n
+
+    return max(terms(e), largest)
+
+
+def too_large_to_expand(*es: Any, limit: int = EXPAND_TERMS) -> bool:
+    """Whether multiplying out any of ``es`` would make over ``limit`` terms."""
+    return any(expansion_terms(e, limit + 1) > limit for e in es)
 
 
 # ==========================================================================================

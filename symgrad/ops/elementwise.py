@@ -199,6 +199,12 @@ class LogSumExp(Node):
         out = top + np.log(np.exp(z - top).sum(axis=axis, keepdims=True))
         return out.reshape(-1, 1) if self.axis == 1 else out.reshape(1, 1)
 
+    def text(self, p):
+        return f"logsumexp({p._print(self.x)}{', rows' if self.axis == 1 else ''})"
+
+    def latex(self, p):
+        return rf"\operatorname{{logsumexp}}\left({p._print(self.x)}\right)"
+
     def _rows(self) -> None:
         if self.axis != 1:  # over all entries: only the printers and checks know it
             raise SymgradError("generate", "cannot lower LogSumExp over all entries to numpy")

@@ -44,6 +44,12 @@ class Total(Node):
     def numpy(self, lw):
         return f"np.sum({lw.expr(self.x, 0)})", lw.ATOM
 
+    def text(self, p):  # (the printed forms only name a lowering in a message or a test)
+        return f"Σ({p._print(self.x)})"
+
+    def latex(self, p):
+        return rf"\sum\left({p._print(self.x)}\right)"
+
 
 @dataclass(frozen=True, eq=True)
 class ColumnBias(Node):
@@ -64,6 +70,14 @@ class ColumnBias(Node):
         st.emit_into(self.x, dest)
         st.emit(f"{dest} += {st.simple(self.b)}[:, None]")
 
+    precedence = 10  # a sum (the printers' ADD)
+
+    def text(self, p):
+        return f"{p._print(self.x)} + {p._print(self.b)} 𝟏ᵀ"
+
+    def latex(self, p):
+        return rf"{p._print(self.x)} + {p._print(self.b)} \mathbf{{1}}^{{\top}}"
+
 
 @dataclass(frozen=True, eq=True)
 class Augmented(Node):
@@ -80,6 +94,14 @@ class Augmented(Node):
     @property
     def shape(self):
         return (self.block.shape[1], self.a.shape[1])
+
+    precedence = 60  # a product (the printers' MATMUL)
+
+    def text(self, p):
+        return f"{p.paren(self.block, p.ATOM)}ᵀ {p.paren(self.a, p.MATMUL + 1)}"
+
+    def latex(self, p):
+        return rf"{p.paren(self.block, p.ATOM)}^{{\top}} {p.paren(self.a, p.MATMUL + 1)}"
 
     def into(self, st, dest):
         a = self.a.name
@@ -106,6 +128,12 @@ class SoftmaxT(Node):
     @property
     def shape(self):
         return self.x.shape
+
+    def text(self, p):
+        return f"softmax({p._print(self.x)}, axis=0)"
+
+    def latex(self, p):
+        return rf"\operatorname{{softmax}}\left({p._print(self.x)}, \text{{axis}}=0\right)"
 
     def into(self, st, dest):
         """Softmax of each column of a transposed Z (one column per sample): the reductions
@@ -147,6 +175,12 @@ class LogSumExpT(Node):
     def shape(self):
         return (sp.Integer(1), self.x.shape[1])
 
+    def text(self, p):
+        return f"logsumexp({p._print(self.x)}, axis=0)"
+
+    def latex(self, p):
+        return rf"\operatorname{{logsumexp}}\left({p._print(self.x)}, \text{{axis}}=0\right)"
+
     def into(self, st, dest):
         z = st.simple(self.x)
         assert z is not None
@@ -179,6 +213,14 @@ class SumRows(Node):
     def shape(self):
         return (sp.Integer(1), self.x.shape[1])
 
+    precedence = 60  # a product (the printers' MATMUL)
+
+    def text(self, p):
+        return f"𝟏ᵀ {p.paren(self.x, p.MATMUL + 1)}"
+
+    def latex(self, p):
+        return rf"\mathbf{{1}}^{{\top}} {p.paren(self.x, p.MATMUL + 1)}"
+
     def into(self, st, dest):
         with st.operand(self.x) as x:
             st.emit(f"np.add.reduce({x}, axis=0, out={dest})")
@@ -197,6 +239,12 @@ class SumColumns(Node):
     @property
     def shape(self):
         return (sp.Integer(1), self.x.shape[0])
+
+    def text(self, p):
+        return f"({p.paren(self.x, p.MATMUL)} 𝟏)ᵀ"
+
+    def latex(self, p):
+        return rf"\left({p.paren(self.x, p.MATMUL)} \mathbf{{1}}\right)^{{\top}}"
 
     def into(self, st, dest):
         """A 𝟏: each row's sum, as a matrix product."""

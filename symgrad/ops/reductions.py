@@ -203,6 +203,18 @@ class Ones(Node):
     def explicit(self, env):
         return sp.ones(*(_size(d, env) for d in self.shape))
 
+    def _form(self, one: str, one_t: str) -> str:
+        rows, cols = self.shape
+        if rows == 1 and cols == 1:
+            return "1"
+        return one if cols == 1 else one_t if rows == 1 else one + one_t  # 𝟏, 𝟏ᵀ, 𝟏𝟏ᵀ
+
+    def text(self, p):
+        return self._form("𝟏", "𝟏ᵀ")
+
+    def latex(self, p):
+        return self._form(r"\mathbf{1}", r"\mathbf{1}^{\top}")
+
 
 @dataclass(frozen=True, eq=True)
 class Eye(Node):
@@ -222,6 +234,12 @@ class Eye(Node):
 
     def explicit(self, env):
         return sp.eye(_size(self.n, env))
+
+    def text(self, p):
+        return "I"
+
+    def latex(self, p):
+        return "I"
 
 
 @dataclass(frozen=True, eq=True)
@@ -244,6 +262,12 @@ class Trace(Node):
 
     def numeric(self, env):
         return np.array([[np.trace(self.x.numeric(env))]])
+
+    def text(self, p):
+        return f"tr({p._print(self.x)})"
+
+    def latex(self, p):
+        return rf"\operatorname{{tr}}\left({p._print(self.x)}\right)"
 
 
 @dataclass(frozen=True, eq=True)
