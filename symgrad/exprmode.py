@@ -1028,8 +1028,8 @@ def tidy(e: sp.Expr) -> sp.Expr:
         if not any(den.has(x) for x in (t.args[0] for t in e.atoms(sp.sign))):
             candidates += [unsigned, sp.factor_terms(unsigned)]
     raw = expand_named(e)
-    try:
-        with deadline(SIMPLIFY_SECONDS):
+    try:  # within the share left of the whole simplification's clock (simplify)
+        with deadline(max(budget.optional_end(SIMPLIFY_SECONDS) - budget.clock(), 0.0)):
             simple = sp.simplify(raw)
             candidates += [simple, _sigmoidize(simple), _sigmoidize(sp.factor_terms(raw))]
     except EXHAUSTED:  # SymPy may take too long: keep what we have
@@ -1882,8 +1882,9 @@ def simplify(node: Node, proof: RuleProof | None = None, fired: dict | None = No
     ``proof`` proves each firing of a rule; ``fired`` collects rule name → verdicts.
     """
     s = _Simplifier(proof=proof)
-    try:
-        with deadline(budget.SIMPLIFY_SECONDS):
+    try:  # SymPy's simplify of the bodies shares half the clock: past it, their forms as
+        # they are, not the whole gradient as swept (1 ⊙ 64 ⊙ …)
+        with deadline(budget.SIMPLIFY_SECONDS), budget.shared_budget(budget.SIMPLIFY_SECONDS / 2):
             out = s(node)
     except EXHAUSTED:
         out = node

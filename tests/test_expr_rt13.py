@@ -127,6 +127,25 @@ def test_a_polynomial_body_too_large_to_expand_is_kept_and_derived():
     assert np.allclose(got, 64 * (x * y + x + y + 1) ** 63 * (y + 1), rtol=1e-12)
 
 
+def test_slow_bodies_share_the_clock_and_keep_the_simplified_gradient():
+    """High powers of tanh and sin: SymPy's simplify of each body is slow; the bodies share
+    half the simplification's clock, so the gradient is still simplified (the cotangent's
+    1 gone), never dropped back to the sweep (``1 ⊙ … ⊙ 64 ⊙ …``, F13)."""
+    s3 = "(X0 + X1 + X2)"
+    problem = parse_problem(f"np.sum(np.tanh({s3}) ** 64 * np.sin({s3}) ** 64)",
+                            ["X0=n,n", "X1=n,n", "X2=n,n"], ["X0"])
+    start = time.process_time()
+    d = derive_expr(problem)
+    assert time.process_time() - start < 6.0
+    printed = text(d.gradients["X0"], problem)
+    assert not printed.startswith("1 ⊙") and "⊙ 64 ⊙" not in printed and " + 1 ⊙" not in printed
+    env = numeric_env(problem, seed=2)
+    t = env["X0"] + env["X1"] + env["X2"]
+    closed = (64 * np.tanh(t) ** 63 * (1 - np.tanh(t) ** 2) * np.sin(t) ** 64
+              + 64 * np.tanh(t) ** 64 * np.sin(t) ** 63 * np.cos(t))
+    assert np.allclose(d.gradients["X0"].numeric(env), closed, rtol=1e-10, atol=1e-300)
+
+
 def test_expansion_terms_is_the_multinomial_count():
     a = sp.symbols("a0:10", real=True)
     s10 = sp.Add(*a)
