@@ -2694,8 +2694,10 @@ def module_context(d: ExprDerivation, name: str = "expr") -> dict:
         if n in p.space.scalars:
             continue
         dims = p.shapes[n]
-        new = [str(s) if (s.is_Symbol and s not in seen) else "_" for s in dims]
-        seen |= {s for s in dims if s.is_Symbol}
+        new = []
+        for s in dims:  # `n, _ = X.shape` for a square X, never `n, n = ...`
+            new.append(str(s) if (s.is_Symbol and s not in seen) else "_")
+            seen |= {s} if s.is_Symbol else set()
         if any(x != "_" for x in new):
             bind.append(f"{', '.join(new)} = {n}.shape")
     (root,), value_temps = shared_values([stable_value(p.root)], set(p.shapes))

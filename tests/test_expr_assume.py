@@ -266,7 +266,7 @@ def test_generated_functions_check_argument_shapes(tmp_path):
         ((X, w[:, 0], y, 0.1), "value: w has shape (3,), expected (d, 1) = (3, 1)"),
         ((X, w, y[:4], 0.1), "value: y has shape (4, 1), expected (N, 1) = (5, 1)"),
         ((X, w, y[:, 0], 0.1), "value: y has shape (5,), expected (N, 1) = (5, 1)"),
-        ((X.T, w, y, 0.1), "value: w has shape (3, 1), expected (d, 1) = (5, 1)"),
+        ((X.T, w, y, 0.1), "value: X has shape (3, 5), expected (N, d) = (5, 3) (transposed?)"),
         ((X, w, y, np.ones(2)), "value: lam has shape (2,), expected a scalar (1, 1)"),
     ]
     for args, message in bad:
