@@ -101,6 +101,10 @@ def test_transposed_argument_is_blamed_and_lists_are_arrays(tmp_path):
              "grad: W has shape (4, 3), expected (d, k) = (3, 4) (transposed?)")
     _refused(m.value, {"X": X, "W": W, "Y": Y[:5]},
              "value: Y has shape (5, 4), expected (N, k) = (6, 4)")
+    _refused(m.grad, {"X": X + 0j, "W": W, "Y": Y},
+             "grad: X is complex; f is a real function (give real arrays)")
+    _refused(m.value, {"X": X[:0], "W": W, "Y": Y[:0]},
+             "value: X has shape (0, 3), an empty array")
     lists = {"X": X.tolist(), "W": W.tolist(), "Y": Y.tolist()}
     assert m.value(**lists) == m.value(X, W, Y)
     assert np.array_equal(m.grad(**lists)["W"], m.grad(X, W, Y)["W"])
