@@ -126,3 +126,19 @@ def test_square_binding_header_and_ruff(tmp_path):
                            str(path)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
+
+
+def test_a_singular_matrix_is_a_one_line_value_error(tmp_path):
+    m, path = _module(tmp_path, ("trace(inv(X) @ A)", ["X=n,n", "A=n,n"], "X"), Assumptions(),
+                      "inv")
+    args = {"X": np.ones((3, 3)), "A": np.eye(3)}
+    _refused(m.grad, args, "grad: a matrix f inverts is singular at these arguments "
+                           "(Singular matrix)")
+    _refused(m.value, args, "value: a matrix f inverts is singular at these arguments "
+                            "(Singular matrix)")
+    assert m.grad.__name__ == "grad" and max(m.check().values()) <= 1e-6
+    ruff = Path(sys.executable).with_name("ruff")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([str(ruff), "check", "--config", str(root / "pyproject.toml"), str(path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
