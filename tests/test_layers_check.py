@@ -29,46 +29,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 EXAMPLES = ("digits_bn_dropout", "residual")
 
-# every new type (as /tmp/w/bn.toml): dense → batchnorm relu → dropout → dense tanh →
+# every new type (tests/golden/layers/bn_mlp.toml): dense → batchnorm relu → dropout → dense tanh →
 # layernorm → add (skip from A1) → concat with X → softmax
-EVERY_TYPE = """
-[network]
-name = "bn_mlp"
-inputs = 4
-
-[[layer]]
-units = 5
-
-[[layer]]
-type = "batchnorm"
-activation = "{act}"
-
-[[layer]]
-type = "dropout"
-p = 0.2
-
-[[layer]]
-units = 5
-activation = "tanh"
-
-[[layer]]
-type = "layernorm"
-
-[[layer]]
-type = "add"
-inputs = ["A5", "A1"]
-
-[[layer]]
-type = "concat"
-inputs = ["A6", "X"]
-
-[[layer]]
-units = 3
-activation = "softmax"
-
-[loss]
-kind = "cross_entropy"
-"""
+_BN_RELU = 'type = "batchnorm"\nactivation = "relu"'
+EVERY_TYPE = (Path(__file__).parent / "golden" / "layers" / "bn_mlp.toml").read_text(
+    encoding="utf-8").replace(_BN_RELU, _BN_RELU.replace('"relu"', '"{act}"'))
+assert "{act}" in EVERY_TYPE
 
 # batchnorm + dropout, analytic throughout: the complex step goes through the batch's σ²
 SMALL_BN = """

@@ -25,44 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # every new type: dense → batchnorm relu → dropout → dense tanh → layernorm → add (skip
 # from A1) → concat with X → softmax
-EVERY_TYPE = """
-[network]
-name = "bn_mlp"
-inputs = 4
-
-[[layer]]
-units = 5
-
-[[layer]]
-type = "batchnorm"
-activation = "relu"
-
-[[layer]]
-type = "dropout"
-p = 0.2
-
-[[layer]]
-units = 5
-activation = "tanh"
-
-[[layer]]
-type = "layernorm"
-
-[[layer]]
-type = "add"
-inputs = ["A5", "A1"]
-
-[[layer]]
-type = "concat"
-inputs = ["A6", "X"]
-
-[[layer]]
-units = 3
-activation = "softmax"
-
-[loss]
-kind = "cross_entropy"
-"""
+EVERY_TYPE = (Path(__file__).parent / "golden" / "layers" / "bn_mlp.toml").read_text(
+    encoding="utf-8")
 
 # batchnorm on the inputs (the first parameter is gamma1), a momentum of its own, dropout
 # 0.5 before a concat that reads an earlier value, a regression with a penalty
