@@ -401,14 +401,19 @@ def _shape_key(spec: Spec) -> tuple:
 _structure_cache: dict = {}
 
 
+def _proof_setting(spec: Spec, sizes) -> tuple[int, bool, str, list[str]]:
+    """(tiny batch, dense layers only, the sizes as shown, the fan-outs summed) of a
+    structure proof."""
+    small = spec.with_sizes(sizes)
+    plain = all(layer.kind.plain for layer in spec.layers)
+    return (tiny_batch(spec), plain,
+            " → ".join(str(s) for s in (sizes if plain else small.sizes)), _fan_outs(small))
+
+
 def _prove_structure_cached(key, sizes, spec: Spec) -> Claim:
     if key in _structure_cache:
         return _structure_cache[key]
-    n = tiny_batch(spec)
-    small = spec.with_sizes(sizes)
-    plain = all(layer.kind.plain for layer in spec.layers)
-    shape = " → ".join(str(s) for s in (sizes if plain else small.sizes))
-    fan_out = _fan_outs(small)
+    n, plain, shape, fan_out = _proof_setting(spec, sizes)
 
     def run():
         d = abstract_spec_derivation(spec, sizes)
@@ -466,11 +471,7 @@ def _prove_structure_local_cached(key, sizes, spec: Spec) -> Claim:
         return _local_cache[key]
     from symgrad import naming
 
-    n = tiny_batch(spec)
-    small = spec.with_sizes(sizes)
-    plain = all(layer.kind.plain for layer in spec.layers)
-    shape = " → ".join(str(s) for s in (sizes if plain else small.sizes))
-    fan_out = _fan_outs(small)
+    n, plain, shape, fan_out = _proof_setting(spec, sizes)
 
     def run():
         d = abstract_spec_derivation(spec, sizes)
