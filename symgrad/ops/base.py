@@ -6,6 +6,9 @@ Every op — forward layer or backward-only expression — is one class holding,
 * ``shape`` and ``children`` (the shape rule; the constructor is the forward formula),
 * ``vjp(g, out)``: the vector-Jacobian rule, given ``g = ∂L/∂out`` the cotangent of each
   child (``None`` where none is needed), with the math in its docstring,
+* ``jvp(t, out)``: the forward-mode rule, the tangent (directional derivative) of the op's
+  value given the tangents ``t`` of its children (``None`` where one is zero); the
+  R-operator of :mod:`symgrad.second` sweeps it over the forward and the backward graph,
 * ``explicit(env)``: the expansion into an explicit SymPy matrix at concrete sizes (the
   scalar-expansion proof), and ``numeric(env)``: the value with numpy (checks, verify),
 * ``text(p)`` / ``latex(p)``: its printed forms, given the printer ``p`` for its children
@@ -45,7 +48,8 @@ from symgrad.activations import X as X_SYM
 from symgrad.activations import sigmoid, softplus
 
 __all__ = ["N", "L1", "L2", "SCALAR", "ONE", "Env", "Node", "Sym", "Const", "Exp", "Map", "Scale",
-           "Hadamard", "Add", "scale", "filled", "is_ones", "hadamard", "add"]
+           "Hadamard", "Add", "scale", "filled", "is_ones", "hadamard", "add", "tangent_sum",
+           "almost_everywhere"]
 
 N = sp.Symbol("N", positive=True, integer=True)
 L1 = sp.Symbol("lambda_1", nonnegative=True)
@@ -73,6 +77,11 @@ class Node:
 
     def vjp(self, g: Node, out: Node | None) -> tuple[Node | None, ...]:  # pragma: no cover
         raise NotImplementedError(f"{type(self).__name__} has no vjp")
+
+    def jvp(self, t: tuple[Node | None, ...], out: Node | None) -> Node | None:
+        """The tangent of the value given the children's tangents ``t`` (None: zero);
+        ``out`` the op's named output where it has one. None: the tangent is zero."""
+        raise NotImplementedError(f"{type(self).__name__} has no jvp")
 
     # -- printed forms and lowerings (see the module docstring); an op declaring one is
     #    found by the printers and lowerings before their own tables.
@@ -167,6 +176,9 @@ class Const(Node):
     def vjp(self, g, out):
         return ()
 
+    def jvp(self, t, out):
+        return None
+
     def numpy(self, lw):
         return lw.coef(self.value), lw.ATOM if self.value.is_Integer else lw.MUL
 
@@ -227,6 +239,21 @@ class Map(Node):
                 grads.append(hadamard(g, Map(d, self.args, note=f"∂/∂{s}")))
         return tuple(grads)
 
+    def jvp(self, t, out):
+        """C = f(A, B, …).   Ċ = Σ_a Ȧ ⊙ ∂f/∂a(A, B, …) (∂f/∂a by SymPy; a derivative that is
+        0 almost everywhere, of relu′ or sign, is 0, the left rule)."""
+        terms = []
+        own = {s for s, _ in self.args}
+        for (s, _), ts in zip(self.args, t, strict=True):
+            d = almost_everywhere(sp.diff(self.expr, s)) if ts is not None else sp.Integer(0)
+            if d == 0:
+                continue
+            if not (d.free_symbols & own):
+                terms.append(ts if d == 1 else Scale(d, ts))
+            else:
+                terms.append(hadamard(ts, Map(d, self.args, note=f"∂/∂{s}")))
+        return tangent_sum(terms)
+
     def explicit(self, env):
         mats = [(s, node.explicit(env)) for s, node in self.args]
         rows, cols = mats[0][1].shape
@@ -269,6 +296,10 @@ class Scale(Node):
 
     def vjp(self, g, out):
         return (scale(Const(self.c), g),)
+
+    def jvp(self, t, out):
+        """C = c·A.   Ċ = c·Ȧ."""
+        return None if t[0] is None else scale(Const(self.c), t[0])
 
     def explicit(self, env):
         return _coef(self.c, env) * self.x.explicit(env)
@@ -323,6 +354,12 @@ class Hadamard(Node):
         """C = A ⊙ B.   ∂L/∂A = G ⊙ B,  ∂L/∂B = G ⊙ A."""
         return hadamard(g, self.b), hadamard(g, self.a)
 
+    def jvp(self, t, out):
+        """C = A ⊙ B.   Ċ = Ȧ ⊙ B + A ⊙ Ḃ."""
+        ta, tb = t
+        return tangent_sum([None if ta is None else hadamard(ta, self.b),
+                            None if tb is None else hadamard(self.a, tb)])
+
     def explicit(self, env):
         return self.a.explicit(env).multiply_elementwise(self.b.explicit(env))
 
@@ -368,6 +405,10 @@ class Add(Node):
 
     def vjp(self, g, out):
         return tuple(g for _ in self.terms)
+
+    def jvp(self, t, out):
+        """C = A + B + ….   Ċ = Ȧ + Ḃ + …."""
+        return tangent_sum(list(t))
 
     def explicit(self, env):
         mats = [t.explicit(env) for t in self.terms]
@@ -430,6 +471,23 @@ def hadamard(a: Node, b: Node) -> Node:
 
 def add(terms: list[Node]) -> Node:
     return terms[0] if len(terms) == 1 else Add(tuple(terms))
+
+
+def tangent_sum(terms: list[Node | None]) -> Node | None:
+    """The sum of the tangents that are not zero (None when all are)."""
+    kept = [t for t in terms if t is not None]
+    return add(kept) if kept else None
+
+
+def almost_everywhere(d: sp.Expr) -> sp.Expr:
+    """A scalar derivative with the point masses of a step's derivative taken as 0 (relu′′,
+    sign′: 0 almost everywhere, as the left rule takes them)."""
+    d = d.replace(sp.DiracDelta, lambda *a: sp.Integer(0))
+    if d.has(sp.Piecewise):
+        d = sp.piecewise_fold(d)
+        if isinstance(d, sp.Piecewise) and all(e == 0 for e, _ in d.args):
+            return sp.Integer(0)
+    return d
 
 
 # --------------------------------------------------------------------------

@@ -56,6 +56,14 @@ class Elementwise(Node):
             return (g if d == 1 else hadamard(g, filled(d, self.x)),)
         return (hadamard(g, self.derivative(out)),)
 
+    def jvp(self, t, out):
+        """A = f(Z).   Ȧ = Ż ⊙ f′(Z), or Ż ⊙ g(A) when f′ = g(f)."""
+        (tz,) = t
+        d = self.fn.derivative
+        if d is not None and not d.has(X_SYM):
+            return tz if d == 1 else hadamard(tz, filled(d, self.x))
+        return hadamard(tz, self.derivative(out))
+
     def explicit(self, env):
         return self.x.explicit(env).applyfunc(self.fn)
 
@@ -113,6 +121,13 @@ class Softmax(Node):
     def vjp(self, g, out):
         out = self if out is None else out  # inside an expression: the softmax itself
         return (hadamard(out, Sub(g, RowSum(hadamard(g, out)))),)
+
+    def jvp(self, t, out):
+        """Ŷ = softmax(Z).   Ŷ̇ = Ŷ ⊙ (Ż − (Ż ⊙ Ŷ) 𝟏 𝟏ᵀ): the row Jacobian diag(ŷ) − ŷ ŷᵀ is
+        symmetric, so the tangent has the cotangent's form."""
+        out = self if out is None else out
+        (tz,) = t
+        return hadamard(out, Sub(tz, RowSum(hadamard(tz, out))))
 
     def explicit(self, env):
         z = self.x.explicit(env)
@@ -185,6 +200,12 @@ class LogSumExp(Node):
         if isinstance(g, Const):
             return (scale(g, soft),)
         return (Hadamard(Broadcast(g, shape), soft),)
+
+    def jvp(self, t, out):
+        """s = logsumexp(A) per row.   ṡ = (Ȧ ⊙ softmax(A)) 𝟏."""
+        if self.axis != 1:
+            raise NotImplementedError("LogSumExp over all entries has no jvp")
+        return RowSum(hadamard(t[0], Softmax(self.x)))
 
     def explicit(self, env):
         m = self.x.explicit(env)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from symgrad.ops.base import Node
-from symgrad.ops.reductions import ColSum
+from symgrad.ops.base import Node, filled, tangent_sum
+from symgrad.ops.reductions import Broadcast, ColSum
 
 __all__ = ["MatMul", "MatPow", "BiasAdd", "Transpose", "Concat", "ColSlice"]
 
@@ -30,6 +30,12 @@ class MatMul(Node):
 
     def vjp(self, g, out):
         return MatMul(g, Transpose(self.b)), MatMul(Transpose(self.a), g)
+
+    def jvp(self, t, out):
+        """C = A B.   Ċ = Ȧ B + A Ḃ."""
+        ta, tb = t
+        return tangent_sum([None if ta is None else MatMul(ta, self.b),
+                            None if tb is None else MatMul(self.a, tb)])
 
     def explicit(self, env):
         return self.a.explicit(env) * self.b.explicit(env)
@@ -65,6 +71,13 @@ class BiasAdd(Node):
     def vjp(self, g, out):
         return g, ColSum(g)
 
+    def jvp(self, t, out):
+        """Z = A + 𝟏 b.   Ż = Ȧ + 𝟏 ḃ."""
+        ta, tb = t
+        if tb is None:
+            return ta
+        return Broadcast(tb, self.shape) if ta is None else BiasAdd(ta, tb)
+
     def explicit(self, env):
         a, b = self.a.explicit(env), self.b.explicit(env)
         return a + sp.ones(a.rows, 1) * b
@@ -98,6 +111,10 @@ class Transpose(Node):
     def vjp(self, g, out):
         """C = Aᵀ.   ∂L/∂A = Gᵀ."""
         return (Transpose(g),)
+
+    def jvp(self, t, out):
+        """C = Aᵀ.   Ċ = Ȧᵀ."""
+        return Transpose(t[0])
 
     def explicit(self, env):
         return self.x.explicit(env).T
@@ -134,6 +151,11 @@ class Concat(Node):
 
     def vjp(self, g, out):
         return tuple(ColSlice(g, a, b) for a, b in self.bounds())
+
+    def jvp(self, t, out):
+        """C = [A B …].   Ċ = [Ȧ Ḃ …] (a zero tangent as 0 𝟏𝟏ᵀ)."""
+        return Concat(tuple(filled(0, c) if tc is None else tc
+                            for c, tc in zip(self.terms, t, strict=True)))
 
     def explicit(self, env):
         return sp.Matrix.hstack(*(t.explicit(env) for t in self.terms))
@@ -180,6 +202,10 @@ class ColSlice(Node):
 
     def vjp(self, g, out):  # pragma: no cover - backward-only
         raise NotImplementedError("ColSlice is backward-only")
+
+    def jvp(self, t, out):
+        """C = G[:, a:b].   Ċ = Ġ[:, a:b]."""
+        return ColSlice(t[0], self.start, self.stop)
 
     def explicit(self, env):
         m = self.x.explicit(env)

@@ -8,7 +8,19 @@ import numpy as np
 import sympy as sp
 
 from symgrad.losses import YHAT, Loss, Y
-from symgrad.ops.base import SCALAR, Map, N, Node, Scale, _coef, _lambdified, filled, scale
+from symgrad.ops.base import (
+    SCALAR,
+    Map,
+    N,
+    Node,
+    Scale,
+    _coef,
+    _lambdified,
+    filled,
+    hadamard,
+    scale,
+)
+from symgrad.ops.reductions import ColSum, RowSum
 
 __all__ = ["MeanLoss"]
 
@@ -34,6 +46,13 @@ class MeanLoss(Node):
             return scale(g, filled(d / N, self.yhat)), None
         d = Map(d, ((YHAT, self.yhat), (Y, self.y)), note="ℓ′")
         return scale(g, Scale(1 / N, d)), None
+
+    def jvp(self, t, out):
+        """J̇ = (1/N) 𝟏ᵀ (ℓ′(Ŷ, Y) ⊙ Ŷ̇) 𝟏 (the targets are data: no tangent)."""
+        if t[0] is None:
+            return None
+        d = Map(self.loss.derivative, ((YHAT, self.yhat), (Y, self.y)), note="ℓ′")
+        return Scale(1 / N, ColSum(RowSum(hadamard(d, t[0]))))
 
     def explicit(self, env):
         yh, y = self.yhat.explicit(env), self.y.explicit(env)

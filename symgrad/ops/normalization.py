@@ -278,6 +278,10 @@ class Dropout(Node):
     def vjp(self, g, out):
         return (Dropout(g, self.mask, self.p),)
 
+    def jvp(self, t, out):
+        """Z = A ⊙ M/(1 − p).   Ż = Ȧ ⊙ M/(1 − p) (the same mask)."""
+        return Dropout(t[0], self.mask, self.p)
+
     def explicit(self, env):
         a, m = self.x.explicit(env), env[self.mask.name]
         return a.multiply_elementwise(m) / (1 - exact(self.p))

@@ -9,7 +9,7 @@ import numpy as np
 import sympy as sp
 
 from symgrad.activations import X as X_SYM
-from symgrad.ops.base import SCALAR, Const, Hadamard, Map, Node, Scale, _size, scale
+from symgrad.ops.base import SCALAR, Const, Hadamard, Map, Node, Scale, _size, hadamard, scale
 
 __all__ = ["Sub", "ColSum", "RowSum", "Broadcast", "Ones", "Eye", "Trace", "SqNorm", "SqNormHalf",
            "AbsSum", "Norm", "Extremum", "ArgMask"]
@@ -34,6 +34,16 @@ class Sub(Node):
         """C = A − B.   ∂L/∂A = G,  ∂L/∂B = −G (summed over the columns B is spread to)."""
         gb = RowSum(g) if self.b.shape != self.a.shape and self.b.shape[1] == 1 else g
         return g, Scale(sp.Integer(-1), gb)
+
+    def jvp(self, t, out):
+        """C = A − B.   Ċ = Ȧ − Ḃ (Ḃ spread as B is)."""
+        ta, tb = t
+        if tb is None:
+            return ta
+        if ta is None:
+            spread = tb if tb.shape == self.shape else Broadcast(tb, self.shape)
+            return Scale(sp.Integer(-1), spread)
+        return Sub(ta, tb)
 
     def explicit(self, env):
         a, b = self.a.explicit(env), self.b.explicit(env)
@@ -68,6 +78,10 @@ class ColSum(Node):
     def vjp(self, g, out):
         """c = 𝟏ᵀ A.   ∂L/∂A = 𝟏 g (the row g repeated down the rows)."""
         return (Broadcast(g, self.x.shape),)
+
+    def jvp(self, t, out):
+        """c = 𝟏ᵀ A.   ċ = 𝟏ᵀ Ȧ."""
+        return ColSum(t[0])
 
     def explicit(self, env):
         m = self.x.explicit(env)
@@ -104,6 +118,10 @@ class RowSum(Node):
         """c = A 𝟏.   ∂L/∂A = g 𝟏ᵀ (the column g repeated across the columns)."""
         return (Broadcast(g, self.x.shape),)
 
+    def jvp(self, t, out):
+        """c = A 𝟏.   ċ = Ȧ 𝟏."""
+        return RowSum(t[0])
+
     def explicit(self, env):
         m = self.x.explicit(env)
         return m * sp.ones(m.cols, 1)
@@ -139,6 +157,10 @@ class Broadcast(Node):
         if xc == 1 and c != 1:
             g = RowSum(g)
         return (g,)
+
+    def jvp(self, t, out):
+        """C = A repeated.   Ċ = Ȧ repeated."""
+        return Broadcast(t[0], self.shape)
 
     def numeric(self, env):
         return np.broadcast_to(self.x.numeric(env), tuple(_size(d, env) for d in self.shape))
@@ -319,6 +341,10 @@ class SqNormHalf(Node):
     def vjp(self, g, out):
         return (scale(g, self.x),)
 
+    def jvp(self, t, out):
+        """P = ½ ‖W‖².   Ṗ = 𝟏ᵀ (W ⊙ Ẇ) 𝟏."""
+        return ColSum(RowSum(hadamard(self.x, t[0])))
+
     def explicit(self, env):
         w = self.x.explicit(env)
         return sp.Matrix([[sp.Add(*[v**2 for v in w]) / 2]])
@@ -345,6 +371,11 @@ class AbsSum(Node):
 
     def vjp(self, g, out):
         return (scale(g, Map(sp.sign(X_SYM), ((X_SYM, self.x),), note="sign")),)
+
+    def jvp(self, t, out):
+        """P = Σ |W|.   Ṗ = 𝟏ᵀ (sign(W) ⊙ Ẇ) 𝟏."""
+        sign = Map(sp.sign(X_SYM), ((X_SYM, self.x),), note="sign")
+        return ColSum(RowSum(hadamard(sign, t[0])))
 
     def explicit(self, env):
         return sp.Matrix([[sp.Add(*[sp.Abs(v) for v in self.x.explicit(env)])]])
