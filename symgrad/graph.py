@@ -2,12 +2,15 @@
 layers (a DAG when layers name their inputs).
 
     layer l     Z_l = its type's ops on its inputs     (LayerKind.build, symgrad.layers:
-                dense Z_l = A W_l + b_l; batchnorm μ_l, σ²_l, X̂_l, Z_l = X̂_l ⊙ 𝟏γ_l + β_l; …)
+                dense Z_l = A W_l + b_l; batchnorm μ_l, σ²_l, X̂_l, Z_l = X̂_l ⊙ 𝟏γ_l + β_l;
+                conv2d Z_l = im2col(A) W_l + 𝟏b_l; …)
     every type  A_l = f_l(Z_l); A_0 = X, Ŷ = A_L
     J   = (1/N) Σ ℓ(Ŷ, Y)          (MeanLoss)
     L   = J + λ₂ Σ_l ½‖W_l‖² + λ₁ Σ_l Σ|W_l|
 
-A is the layer's input (``input =``, else the previous layer's output). Sizes are SymPy
+A is the layer's input (``input =``, else the previous layer's output). A feature map of N images H×W×C (``inputs = [H, W, C]``, and the
+outputs of conv2d and pooling layers) is the matrix of N·H·W rows (row-major n, h, w) and C
+columns; H and W are the spec's, C a width symbol. Sizes are SymPy
 symbols (N, n₀, n₁, …), so everything built on this graph is independent of the actual
 widths and batch size.
 
@@ -91,7 +94,8 @@ class _Builder:
     parameters, buffers, masks, and assignments (to the training graph and, unless told
     otherwise, the same to the inference graph)."""
 
-    def __init__(self) -> None:
+    def __init__(self, spec: Spec | None = None) -> None:
+        self.spec = spec
         self.out: list[Assignment] = []
         self.infer: list[Assignment] = []  # the inference graph's own assignments
         self.params: list[Sym] = []
@@ -105,6 +109,10 @@ class _Builder:
     def buffer(self, name: str, shape) -> Sym:
         self.buffers.append(Sym(name, shape, "buffer"))
         return self.buffers[-1]
+
+    def image(self, name: str) -> tuple[int, int, int]:
+        """(H, W, C) of the feature map ``name`` (X, A1, …) that a window layer reads."""
+        return self.spec.image(name)
 
     def mask(self, name: str, shape, p: float) -> Sym:
         self.masks.append((Sym(name, shape, "mask"), p))
@@ -120,9 +128,10 @@ class _Builder:
 
 def build_graph(spec: Spec) -> Graph:
     L = len(spec.layers)
-    X = Sym("X", (N, width(0)), "data")
+    image = spec.input_shape  # a feature map: N·H·W rows of C (NHWC, row-major n, h, w)
+    X = Sym("X", (N if image is None else N * image[0] * image[1], width(0)), "data")
     values: dict[str, Sym] = {"X": X}
-    g = _Builder()
+    g = _Builder(spec)
     prev: Sym = X
     for l, layer in enumerate(spec.layers, 1):
         srcs = [values[name] for name in spec.sources(l)]

@@ -34,16 +34,21 @@ from symgrad import naming
 from symgrad.errors import SymgradError
 from symgrad.ops import (
     Add,
+    AvgPool,
     BiasAdd,
     Broadcast,
     ColSum,
     Concat,
     Dropout,
+    Flatten,
+    Geometry,
     Hadamard,
+    Im2col,
     Map,
     MatMul,
-    N,
+    MaxPool,
     Node,
+    PoolArgmax,
     RowSum,
     Scale,
     Standardize,
@@ -56,7 +61,8 @@ __all__ = ["KINDS", "LAYER_TYPES", "PARAM_FAMILIES", "PLANNED_TYPES", "UNSET", "
 
 MAX_UNITS = 1_000_000
 MAX_INPUTS = 64
-PLANNED_TYPES = ("conv2d", "maxpool2d", "avgpool2d", "flatten")  # in DESIGN.md, not yet here
+PLANNED_TYPES: tuple[str, ...] = ()  # in DESIGN.md, not yet here (none left)
+MAX_KERNEL = 1024  # kernel, stride and padding of the window layers (each side)
 
 
 # --------------------------------------------------------------------------
@@ -127,7 +133,8 @@ def _check_inputs(names: Any, kind: str, where: str, does: str) -> tuple[str, ..
 
 
 # The keys only some types take, in the order they are checked, with their defaults.
-OPTIONAL_KEYS = ("units", "input", "inputs", "eps", "momentum", "p")
+OPTIONAL_KEYS = ("units", "input", "inputs", "eps", "momentum", "p", "filters", "kernel",
+                 "stride", "padding")
 DEFAULTS = {"eps": 1e-5, "momentum": 0.1, "p": 0.5}
 
 
@@ -243,6 +250,8 @@ class LayerKind:
             return f"{this} names its values in inputs = [\"A1\", \"X\", ...], not input"
         if key == "inputs":
             return f"only {takers} layers take inputs; use input = \"NAME\" for one value"
+        if key in ("filters", "kernel", "stride", "padding"):
+            return f"only {takers} layers take {key}; remove it from this {kind} layer"
         raise AssertionError(key)  # pragma: no cover - OPTIONAL_KEYS lists every key
 
     @classmethod
@@ -251,7 +260,21 @@ class LayerKind:
         return widths[0]
 
     @classmethod
-    def param_shapes(cls, l: int, fan_in: int, n: int) -> dict[str, tuple[int, ...]]:
+    def image(cls, layer, names: tuple[str, ...], images: list, widths: list[int],
+              where: str) -> tuple[int, int, int] | None:
+        """The image geometry (H, W, C) of its output, None for a flat value, from its
+        inputs' ``images`` (each (H, W, C) or None; checked here): by default that of its
+        one input (an elementwise type: dropout, batchnorm as torch's BatchNorm2d)."""
+        return images[0]
+
+    @classmethod
+    def resized(cls, layer, n: int) -> dict:
+        """The keys that give it output width ``n`` (a tiny proof instance): dense units,
+        conv2d filters; none for the types whose width follows from their inputs."""
+        return {"units": n if "units" in cls.keys else None}
+
+    @classmethod
+    def param_shapes(cls, l: int, fan_in: int, n: int, layer=None) -> dict[str, tuple[int, ...]]:
         """Its trainable parameters (layer ``l``; input width ``fan_in``, output ``n``)."""
         return {f"{family}{l}": (n,) for family in cls.params}
 
@@ -276,6 +299,12 @@ class LayerKind:
         """Z_l's right-hand side and its inference form. ``g`` (the graph builder) takes
         parameters, buffers, masks and the assignments before Z_l (``g.assign``)."""
         raise NotImplementedError  # pragma: no cover
+
+    @classmethod
+    def proof_point(cls, op, env: dict) -> dict | None:
+        """For the proof: values of the input's entry symbols at which its claim is decided
+        (max pooling: a point with every window's maximum unique); None: for all values."""
+        return None
 
     @classmethod
     def definition(cls, layer, op, env: dict) -> tuple[sp.Matrix, dict]:
@@ -334,7 +363,13 @@ class DenseLayer(LayerKind):
         return layer.units
 
     @classmethod
-    def param_shapes(cls, l, fan_in, n):
+    def image(cls, layer, names, images, widths, where):
+        if images[0] is not None:
+            raise SymgradError(where, _flat_needed(cls.name, names[0], images[0]))
+        return None
+
+    @classmethod
+    def param_shapes(cls, l, fan_in, n, layer=None):
         return {f"W{l}": (fan_in, n), f"b{l}": (n,)}
 
     @classmethod
@@ -384,7 +419,7 @@ class _Normalization(LayerKind):
         shape = src.shape
         axis = cls.axis
         stat_shape = (sp.Integer(1), shape[1]) if axis == 0 else (shape[0], sp.Integer(1))
-        total, count = (ColSum, N) if axis == 0 else (RowSum, shape[1])
+        total, count = (ColSum, shape[0]) if axis == 0 else (RowSum, shape[1])
         mu, var = Sym(f"mu{l}", stat_shape, "value"), Sym(f"var{l}", stat_shape, "value")
         xhat = Sym(f"Xhat{l}", shape, "value")
         gamma = g.param(f"gamma{l}", (sp.Integer(1), shape[1]))
@@ -472,6 +507,15 @@ class LayerNormLayer(_Normalization):
                             "rate; layernorm keeps none); remove it"}
 
     @classmethod
+    def image(cls, layer, names, images, widths, where):
+        if images[0] is not None:
+            raise SymgradError(where, (
+                f"layernorm of a feature map ({_shape_words(images[0])}) is not available "
+                "(torch normalizes over H, W and C together); add a flatten layer before it, "
+                "or use batchnorm (per channel, as torch's BatchNorm2d)"))
+        return None
+
+    @classmethod
     def check_note(cls, l):
         return f"{cls.name} {l} per row"
 
@@ -542,6 +586,13 @@ class AddLayer(_Joining):
         return widths[0]
 
     @classmethod
+    def image(cls, layer, names, images, widths, where):
+        if len(set(images)) > 1:
+            listed = ", ".join(f"{n} ({_shape_words(i)})" for n, i in zip(names, images, strict=True))
+            raise SymgradError(f"{where}.inputs", f"add needs values of one shape, got {listed}")
+        return images[0]
+
+    @classmethod
     def build(cls, l, layer, srcs, n, g):
         rhs = Add(tuple(srcs))
         return rhs, rhs
@@ -576,6 +627,20 @@ class ConcatLayer(_Joining):
         return width
 
     @classmethod
+    def image(cls, layer, names, images, widths, where):
+        if all(i is None for i in images):
+            return None
+        spatial = {None if i is None else i[:2] for i in images}
+        if len(spatial) > 1:
+            listed = ", ".join(f"{n} ({_shape_words(i)})" for n, i in zip(names, images, strict=True))
+            raise SymgradError(f"{where}.inputs", (
+                f"concat joins feature maps of one height and width (their channels side by "
+                f"side) or flat values, got {listed}; add a flatten layer where a flat value "
+                "is meant"))
+        h, w = images[0][:2]
+        return (h, w, sum(i[2] for i in images))
+
+    @classmethod
     def build(cls, l, layer, srcs, n, g):
         rhs = Concat(tuple(srcs))
         return rhs, rhs
@@ -589,9 +654,364 @@ class ConcatLayer(_Joining):
         return "concat"
 
 
+# --------------------------------------------------------------------------
+# Feature maps: conv2d, max/avg pooling, flatten (NHWC; the map is the matrix of N·H·W
+# rows and C columns, see symgrad.ops.conv)
+# --------------------------------------------------------------------------
+
+
+def _shape_words(image) -> str:
+    """A value's shape in a message: 8×8×1 (a feature map) or flat."""
+    return "flat" if image is None else "×".join(str(v) for v in image)
+
+
+def _flat_needed(kind: str, name: str, image) -> str:
+    return (f"{article(kind)} layer reads a flat value, but {name} is a {_shape_words(image)} "
+            f"feature map; add a flatten layer before this {kind} layer")
+
+
+def _pair(value: Any, where: str, what: str, lo: int, hi: int = MAX_KERNEL) -> tuple[int, int]:
+    """An int or [a, b] (a tuple once checked) as (a, b), each in [lo, hi]."""
+    if isinstance(value, list | tuple):
+        if len(value) != 2:
+            raise SymgradError(where, f"must be one integer or a list of two ([{what}]), got "
+                                      f"{list(value)!r}")
+        return (check_int(value[0], f"{where}[1]", lo, hi), check_int(value[1], f"{where}[2]", lo, hi))
+    value = check_int(value, where, lo, hi)
+    return (value, value)
+
+
+def _dims(pair: tuple[int, int]) -> str:
+    """3 for (3, 3), 2×1 for (2, 1)."""
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}×{pair[1]}"
+
+
+class _Window(LayerKind):
+    """A layer sliding a kh×kw window over a feature map with a stride and zero padding
+    (conv2d, the poolings); torch's output size ⌊(H + 2p − k)/s⌋ + 1."""
+
+    stride_default_kernel: ClassVar[bool] = True  # pooling: stride = kernel (torch)
+    proof_target = "Z"
+
+    @classmethod
+    def check_keys(cls, layer, where):
+        super().check_keys(layer, where)
+        if layer.kernel is None:
+            raise SymgradError(f"{where}.kernel", "missing; give the window size: kernel = 3 or "
+                                                  "kernel = [kh, kw]")
+        kernel = _pair(layer.kernel, f"{where}.kernel", "kh, kw", 1)
+        stride = (kernel if cls.stride_default_kernel else (1, 1)) if layer.stride is None else \
+            _pair(layer.stride, f"{where}.stride", "sh, sw", 1)
+        padding = layer.padding if layer.padding is not None else 0
+        if padding == "same":
+            if cls.stride_default_kernel:
+                raise SymgradError(f"{where}.padding", (
+                    f"{cls.name} takes no padding = \"same\" (torch's pooling has none); give "
+                    f"padding = 0 … {kernel[0] // 2}"))
+            if stride != (1, 1):
+                raise SymgradError(f"{where}.padding", (
+                    f"padding = \"same\" needs stride 1 (as torch), got stride {_dims(stride)}; "
+                    "give the padding as numbers"))
+            if kernel[0] % 2 == 0 or kernel[1] % 2 == 0:
+                raise SymgradError(f"{where}.padding", (
+                    f"padding = \"same\" with the even kernel {kernel[0]}×{kernel[1]} pads "
+                    "unevenly (torch adds the extra row or column at the bottom or right), "
+                    "which is not available; use an odd kernel or give the padding as numbers"))
+        elif isinstance(padding, str):
+            raise SymgradError(f"{where}.padding", f"must be a number, [ph, pw] or \"same\", got "
+                                                   f"{padding!r}")
+        else:
+            padding = _pair(padding, f"{where}.padding", "ph, pw", 0)
+            if cls.stride_default_kernel and (padding[0] > kernel[0] // 2
+                                              or padding[1] > kernel[1] // 2):
+                raise SymgradError(f"{where}.padding", (
+                    f"must be at most half the kernel ({kernel[0] // 2}×{kernel[1] // 2} for "
+                    f"kernel {kernel[0]}×{kernel[1]}, as torch), got {_dims(padding)}"))
+        object.__setattr__(layer, "kernel", kernel)
+        object.__setattr__(layer, "stride", stride)
+        object.__setattr__(layer, "padding", padding)
+
+    @staticmethod
+    def padding_of(layer) -> tuple[int, int]:
+        if layer.padding == "same":
+            return ((layer.kernel[0] - 1) // 2, (layer.kernel[1] - 1) // 2)
+        return layer.padding
+
+    @classmethod
+    def geometry(cls, layer, image) -> Geometry:
+        (kh, kw), (sh, sw), (ph, pw) = layer.kernel, layer.stride, cls.padding_of(layer)
+        return Geometry(image[0], image[1], kh, kw, sh, sw, ph, pw)
+
+    @classmethod
+    def image(cls, layer, names, images, widths, where):
+        image = images[0]
+        if image is None:
+            later = "" if names[0] == "X" else (
+                f" ({names[0]} is flat; a {cls.name} layer reads a feature map before any "
+                "flatten layer)")
+            raise SymgradError(where, (f"{article(cls.name)} layer reads a flat value; give "
+                                       f"[network] inputs = [H, W, C]{later}"))
+        geom = cls.geometry(layer, image)
+        for dim, size, k, p in (("height", image[0], geom.kh, geom.ph),
+                                ("width", image[1], geom.kw, geom.pw)):
+            if k > size + 2 * p:
+                raise SymgradError(f"{where}.kernel", (
+                    f"the kernel's {dim} {k} is larger than the padded input's {size + 2 * p} "
+                    f"({names[0]} is {_shape_words(image)}, padding {p}); use a smaller kernel "
+                    "or more padding"))
+        return (geom.ho, geom.wo, cls.channels(layer, image))
+
+    @classmethod
+    def channels(cls, layer, image) -> int:
+        return image[2]
+
+    @classmethod
+    def head(cls, layer, sources, paren):
+        word = f"{cls.short} {_dims(layer.kernel)}"
+        if layer.stride != (layer.kernel if cls.stride_default_kernel else (1, 1)):
+            word += f" stride {_dims(layer.stride)}"
+        if layer.padding == "same":
+            word += " pad same"
+        elif layer.padding != (0, 0):
+            word += f" pad {_dims(layer.padding)}"
+        return word
+
+    @classmethod
+    def label(cls, layer):
+        return cls.head(layer, [], False).replace(cls.short, cls.name, 1)
+
+
+class Conv2dLayer(_Window):
+    """Z = im2col(A) W + 𝟏b: cross-correlation (as torch), ``filters`` outputs per pixel;
+    W (kh, kw, C, filters) (HWIO; the graph's (kh·kw·C)×F matrix is its row-major reshape),
+    He or Glorot by fan_in = kh·kw·C; b zeros."""
+
+    name = "conv2d"
+    short = "conv"
+    keys = ("filters", "kernel", "stride", "padding", "activation", "input")
+    params = ("W", "b")
+    stride_default_kernel = False
+    proof_note = "cross-correlation with zero padding written out entry by entry"
+    refusals = {"units": "only dense layers take units; a conv2d layer has filters = ... "
+                         "outputs per pixel"}
+
+    @classmethod
+    def check_keys(cls, layer, where):
+        if layer.filters is None:
+            raise SymgradError(f"{where}.filters", "missing; give the number of filters "
+                                                   "(output channels) of this layer")
+        check_int(layer.filters, f"{where}.filters", 1, MAX_UNITS)
+        super().check_keys(layer, where)
+
+    @classmethod
+    def channels(cls, layer, image):
+        return layer.filters
+
+    @classmethod
+    def width(cls, layer, names, widths, where):
+        return layer.filters
+
+    @classmethod
+    def resized(cls, layer, n):
+        return {"filters": n}
+
+    @classmethod
+    def param_shapes(cls, l, fan_in, n, layer=None):
+        kh, kw = layer.kernel
+        return {f"W{l}": (kh, kw, fan_in, n), f"b{l}": (n,)}
+
+    @classmethod
+    def weight_init(cls, layer) -> str:
+        return "he" if layer.fn.init == "he" else "glorot"
+
+    @classmethod
+    def init_lines(cls, l, layer, fan_in, n):
+        kh, kw = layer.kernel
+        return [f'params["W{l}"] = _{cls.weight_init(layer)}(rng, {kh * kw * fan_in}, {n}, '
+                f'dtype).reshape({kh}, {kw}, {fan_in}, {n})',
+                f'params["b{l}"] = np.zeros({n}, dtype)']
+
+    @classmethod
+    def build(cls, l, layer, srcs, n, g):
+        src = srcs[0]
+        geom = cls.geometry(layer, g.image(src.name))
+        W = g.param(f"W{l}", (geom.k * src.shape[1], n))
+        b = g.param(f"b{l}", (sp.Integer(1), n))
+        rhs = BiasAdd(MatMul(Im2col(src, geom), W), b)
+        return rhs, rhs
+
+    @classmethod
+    def head(cls, layer, sources, paren):
+        word = super().head(layer, sources, paren)
+        return word.replace(_dims(layer.kernel), f"{layer.kernel[0]}×{layer.kernel[1]}×"
+                                                 f"{layer.filters}", 1)
+
+    @classmethod
+    def label(cls, layer):
+        return super().label(layer).replace(f"×{layer.filters}", f", {layer.filters} filters", 1)
+
+    @classmethod
+    def definition(cls, layer, op, env):
+        """Z[n, y, x, f] = b_f + Σ_{i, j, c} A[n, y·sh + i − ph, x·sw + j − pw, c] W[i, j, c, f]
+        (zero outside the image), W[i, j, c, f] the graph's row (i·kw + j)·C + c."""
+        im = op.a.a
+        g = im.geom
+        a, w, b = env[im.x.name], env[op.a.b.name], env[op.b.name]
+        c_in, f_out = a.cols, w.cols
+        n = a.rows // (g.h * g.w)
+        out = sp.zeros(n * g.ho * g.wo, f_out)
+        for img in range(n):
+            for y in range(g.ho):
+                for x in range(g.wo):
+                    row = (img * g.ho + y) * g.wo + x
+                    for f in range(f_out):
+                        total = b[0, f]
+                        for i in range(g.kh):
+                            for j in range(g.kw):
+                                yy, xx = y * g.sh + i - g.ph, x * g.sw + j - g.pw
+                                if 0 <= yy < g.h and 0 <= xx < g.w:
+                                    for c in range(c_in):
+                                        total += (a[(img * g.h + yy) * g.w + xx, c]
+                                                  * w[(i * g.kw + j) * c_in + c, f])
+                        out[row, f] = total
+        return out, {}
+
+
+def _pooled(op, env, combine):
+    """Each window's valid entries (row-major offsets; None for padding) combined, per
+    channel: the poolings' definitions."""
+    g, a = op.geom, env[op.x.name]
+    n = a.rows // (g.h * g.w)
+    out = sp.zeros(n * g.ho * g.wo, a.cols)
+    for img in range(n):
+        for y in range(g.ho):
+            for x in range(g.wo):
+                row = (img * g.ho + y) * g.wo + x
+                for c in range(a.cols):
+                    entries = []
+                    for i in range(g.kh):
+                        for j in range(g.kw):
+                            yy, xx = y * g.sh + i - g.ph, x * g.sw + j - g.pw
+                            inside = 0 <= yy < g.h and 0 <= xx < g.w
+                            entries.append(a[(img * g.h + yy) * g.w + xx, c] if inside else None)
+                    out[row, c] = combine(entries)
+    return out
+
+
+class MaxPool2dLayer(_Window):
+    """Z = the maximum of each window per channel (padding −∞); the first maximum of each
+    window (row-major, as torch on ties) is the named value arg_l, which routes δ back."""
+
+    name = "maxpool2d"
+    short = "maxpool"
+    keys = ("kernel", "stride", "padding", "activation", "input")
+    proof_note = ("at a point where every window's maximum is unique, the routing an explicit "
+                  "0/1 selection of the maximum")
+
+    @classmethod
+    def build(cls, l, layer, srcs, n, g):
+        src = srcs[0]
+        geom = cls.geometry(layer, g.image(src.name))
+        arg = Sym(f"arg{l}", (src.shape[0] * sp.Rational(geom.ho * geom.wo, geom.h * geom.w),
+                              src.shape[1]), "value")
+        g.assign(arg, PoolArgmax(src, geom))
+        rhs = MaxPool(src, arg, geom)
+        return rhs, rhs
+
+    @classmethod
+    def proof_point(cls, op, env) -> dict:
+        """Distinct values for the input's entries (a shuffled 1/7, 2/7, …): every window's
+        maximum unique."""
+        import random
+
+        entries = list(env[op.x.name])
+        values = list(range(1, len(entries) + 1))
+        random.Random(0).shuffle(values)
+        return {s: sp.Rational(v, 7) for s, v in zip(entries, values, strict=True)}
+
+    @classmethod
+    def definition(cls, layer, op, env):
+        """Z = max over each window's entries; arg = the offset of the first maximum at the
+        proof's point (``env["point"]``)."""
+        point = env["point"]
+
+        def first(entries):
+            values = [None if e is None else e.xreplace(point) for e in entries]
+            best = None
+            for k, v in enumerate(values):
+                if v is not None and (best is None or v > values[best]):
+                    best = k
+            return sp.Integer(best)
+
+        value = _pooled(op, env, lambda es: sp.Max(*[e for e in es if e is not None]))
+        return value, {op.arg.name: _pooled(op, env, first)}
+
+
+class AvgPool2dLayer(_Window):
+    """Z = the mean of each window per channel, padded zeros counted (torch's
+    count_include_pad=True): the window's sum / (kh·kw)."""
+
+    name = "avgpool2d"
+    short = "avgpool"
+    keys = ("kernel", "stride", "padding", "activation", "input")
+    proof_note = "window sums / (kh·kw), padded zeros counted"
+
+    @classmethod
+    def build(cls, l, layer, srcs, n, g):
+        src = srcs[0]
+        rhs = AvgPool(src, cls.geometry(layer, g.image(src.name)))
+        return rhs, rhs
+
+    @classmethod
+    def definition(cls, layer, op, env):
+        k = op.geom.kh * op.geom.kw
+        return _pooled(op, env, lambda es: sp.Add(*[e for e in es if e is not None]) / k), {}
+
+
+class FlattenLayer(LayerKind):
+    """Z = flatten(A): each image's H×W×C map as one row of H·W·C (row-major h, w, c)."""
+
+    name = "flatten"
+    keys = ("activation", "input")
+    proof_target = "Z"
+    proof_note = "each entry's place written out (row-major h, w, c)"
+
+    @classmethod
+    def image(cls, layer, names, images, widths, where):
+        if images[0] is None:
+            raise SymgradError(where, (f"a flatten layer reads a feature map, but {names[0]} is "
+                                       "flat; remove this layer (or give [network] inputs = "
+                                       "[H, W, C])"))
+        return None
+
+    @classmethod
+    def build(cls, l, layer, srcs, n, g):
+        src = srcs[0]
+        h, w, _ = g.image(src.name)
+        rhs = Flatten(src, h * w)
+        return rhs, rhs
+
+    @classmethod
+    def definition(cls, layer, op, env):
+        """Z[n, (h·W + w)·C + c] = A[n·H·W + h·W + w, c]."""
+        a, pixels = env[op.x.name], op.pixels
+        n, c = a.rows // pixels, a.cols
+        out = sp.zeros(n, pixels * c)
+        for img in range(n):
+            for p in range(pixels):
+                for ch in range(c):
+                    out[img, p * c + ch] = a[img * pixels + p, ch]
+        return out, {}
+
+    @classmethod
+    def label(cls, layer):
+        return "flatten (NHWC)"
+
+
 #: every layer type by name, in the order the docs and messages list them
 KINDS: dict[str, type[LayerKind]] = {k.name: k for k in (
-    DenseLayer, BatchNormLayer, LayerNormLayer, DropoutLayer, AddLayer, ConcatLayer)}
+    DenseLayer, BatchNormLayer, LayerNormLayer, DropoutLayer, AddLayer, ConcatLayer,
+    Conv2dLayer, MaxPool2dLayer, AvgPool2dLayer, FlattenLayer)}
 LAYER_TYPES = tuple(KINDS)
 
 

@@ -553,8 +553,9 @@ def _network_line(d) -> str:
     if _is_dense(spec):
         parts = [str(spec.inputs)] + [f"{layer.units} {layer.fn.name}" for layer in spec.layers]
     else:
-        parts = [str(spec.inputs)] + [_layer_word(spec, l, layer)
-                                      for l, layer in enumerate(spec.layers, 1)]
+        image = getattr(spec, "input_shape", None)
+        first = str(spec.inputs) if image is None else "×".join(str(v) for v in image)
+        parts = [first] + [_layer_word(spec, l, layer) for l, layer in enumerate(spec.layers, 1)]
     loss = spec.loss_fn.name if spec.loss_expr is None else f"ℓ(ŷ, y) = {spec.loss_expr}"
     pen = []
     if spec.l2:
@@ -653,6 +654,12 @@ def notation(d) -> str:
         extra.append("G[:, a:b] the columns a to b − 1 of G")
     if any(_WIDTH.match(str(s)) for n in nodes for s in _node_symbols(n)):
         extra.append("n_l the width of layer l's output")
+    legends = [n.legend for n in nodes if isinstance(getattr(n, "legend", None), str)]
+    extra += list(dict.fromkeys(legends))  # each op family's legend once (im2col, pooling)
+    if getattr(spec, "input_shape", None) is not None:
+        extra.append("a feature map of N images H×W×C is the matrix of N·H·W rows (row-major n, "
+                     "h, w) and C columns, so 𝟏ᵀ δ_l of a conv2d layer sums over the samples and "
+                     "the pixels")
     if any(isinstance(n, RowSum) for n in nodes):
         extra.append("A𝟏 the row sums of A and μ𝟏ᵀ the column μ spread across the columns "
                      "(there 𝟏 is the column of n ones)")

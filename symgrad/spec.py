@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import keyword
+import math
 import re
 import sys
 import tomllib
@@ -41,12 +42,32 @@ MAX_LAYERS = 200
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
 # PyTorch's default learning rates (torch.optim.SGD / Adam / RMSprop)
 DEFAULT_LR = {"sgd": 1e-3, "momentum": 1e-3, "nesterov": 1e-3, "adam": 1e-3, "rmsprop": 1e-2}
+# The second-order optimizers (issue 15): in a module that has hvp and gnvp. Their "learning
+# rate" scales the step (Newton-CG) or is the line search's first step (L-BFGS): 1.
+SECOND_ORDER = ("newton_cg", "lbfgs")
+SECOND_ORDER_LR = {"newton_cg": 1.0, "lbfgs": 1.0}
+CURVATURES = ("gauss_newton", "hessian")  # newton_cg's products: gnvp (G + λI) or hvp (H + λI)
+FIRST_ORDER_BATCH = 32  # batch_size when not given, but for the second-order ones (full batch)
 
 
 # Names a network may not take: its module would shadow one that the generated file imports
 # (numpy; argparse and sys are in the standard library) or any standard-library module.
 IMPORTED_MODULES = ("numpy", "argparse", "os", "sys", "tempfile")
 RESERVED_NAMES = frozenset(sys.stdlib_module_names) | {"numpy", "symgrad"}
+
+
+def _check_image(value: Any, src: str) -> tuple[int, int, int]:
+    """``inputs = [H, W, C]``: three positive integers (an image input, NHWC)."""
+    where = f"{src}: network.inputs"
+    if len(value) != 3:
+        raise SymgradError(where, f"an image input is [H, W, C] (three integers), got "
+                                  f"{list(value)!r}; a flat input is one integer")
+    names = ("H", "W", "C")
+    shape = tuple(_check_int(v, f"{where}[{i}] ({names[i - 1]})", 1, MAX_UNITS)
+                  for i, v in enumerate(value, 1))
+    if math.prod(shape) > MAX_UNITS:
+        raise SymgradError(where, f"H·W·C = {math.prod(shape)} is more than {MAX_UNITS}")
+    return shape  # type: ignore[return-value]
 
 
 def _check_name(name: Any, where: str) -> None:
@@ -142,6 +163,10 @@ class Layer:
     eps: float | None = UNSET  # UNSET: left out (the type's default, or None)
     momentum: float | None = UNSET
     p: float | None = UNSET
+    filters: int | None = None  # conv2d
+    kernel: Any = None  # conv2d, pooling: an int or [kh, kw]; (kh, kw) once checked
+    stride: Any = None  # (1, 1) for conv2d, the kernel for pooling when left out
+    padding: Any = None  # 0, [ph, pw] or "same" (conv2d); (ph, pw) or "same" once checked
 
     def __post_init__(self) -> None:
         kind_of(self.type, f"{self.where}.type").validate(self, self.where)
@@ -178,7 +203,7 @@ class Training:
 
     optimizer: str = "sgd"
     learning_rate: float | None = None
-    batch_size: int = 32
+    batch_size: int | None = None  # FIRST_ORDER_BATCH; None (all rows) for SECOND_ORDER
     epochs: int = 20
     seed: int = 0
     momentum: float = 0.9
@@ -186,20 +211,35 @@ class Training:
     beta2: float = 0.999
     eps: float = 1e-8
     alpha: float = 0.99
+    curvature: str = "gauss_newton"  # newton_cg: one of CURVATURES
+    cg_steps: int = 10  # newton_cg: CG iterations per update (at most)
+    damping: float = 1.0  # newton_cg: the first λ of the Levenberg–Marquardt damping
+    memory: int = 10  # lbfgs: the number of (s, y) pairs kept
     where: str = field(default="training", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         w = self.where
-        if self.optimizer not in OPTIMIZERS:
+        every = (*OPTIMIZERS, *SECOND_ORDER)
+        if self.optimizer not in every:
             raise SymgradError(
                 f"{w}.optimizer",
-                f"unknown optimizer {self.optimizer!r}{_suggest(str(self.optimizer), OPTIMIZERS)}; "
-                f"use one of {', '.join(OPTIMIZERS)}",
+                f"unknown optimizer {self.optimizer!r}{_suggest(str(self.optimizer), every)}; "
+                f"use one of {', '.join(every)}",
             )
         if self.learning_rate is None:
-            object.__setattr__(self, "learning_rate", DEFAULT_LR[self.optimizer])
+            rates = {**DEFAULT_LR, **SECOND_ORDER_LR}
+            object.__setattr__(self, "learning_rate", rates[self.optimizer])
         _check_float(self.learning_rate, f"{w}.learning_rate", 0.0, 1e6, open_lo=True)
-        _check_int(self.batch_size, f"{w}.batch_size", 1, 10**9)
+        if self.batch_size is None and self.optimizer not in SECOND_ORDER:
+            object.__setattr__(self, "batch_size", FIRST_ORDER_BATCH)
+        if self.batch_size is not None:
+            _check_int(self.batch_size, f"{w}.batch_size", 1, 10**9)
+            if self.optimizer == "lbfgs":
+                raise SymgradError(
+                    f"{w}.batch_size",
+                    "lbfgs trains on all rows at once (its pairs (s, y) compare gradients of "
+                    "one loss); leave batch_size out, or use newton_cg for large batches",
+                )
         _check_int(self.epochs, f"{w}.epochs", 1, 10**7)
         _check_int(self.seed, f"{w}.seed", 0, 2**32 - 1)
         _check_float(self.momentum, f"{w}.momentum", 0.0, 1.0, open_hi=True,
@@ -211,6 +251,16 @@ class Training:
                      why="eps keeps the update's denominator away from zero")
         _check_float(self.alpha, f"{w}.alpha", 0.0, 1.0, open_hi=True,
                      why="with alpha 1 RMSprop's average of squared gradients stays 0")
+        if self.curvature not in CURVATURES:
+            raise SymgradError(
+                f"{w}.curvature",
+                f"unknown curvature {self.curvature!r}{_suggest(str(self.curvature), CURVATURES)}"
+                "; use gauss_newton (gnvp, positive semi-definite) or hessian (hvp)",
+            )
+        _check_int(self.cg_steps, f"{w}.cg_steps", 1, 10**4)
+        _check_float(self.damping, f"{w}.damping", 0.0, 1e6, open_lo=True,
+                     why="the damping λ keeps CG's matrix G + λI positive definite")
+        _check_int(self.memory, f"{w}.memory", 1, 10**3)
 
 
 @dataclass(frozen=True)
@@ -230,10 +280,23 @@ class Spec:
     l2: float = 0.0
     training: Training = field(default_factory=Training)
     source: str = field(default="<spec>", compare=False, repr=False)
+    #: (H, W, C) of an image input (``inputs = [H, W, C]``; ``inputs`` is then H·W·C, the
+    #: flat width), None for a flat one
+    input_shape: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         src = self.source
         _check_name(self.name, f"{src}: network.name")
+        if isinstance(self.inputs, list | tuple):
+            object.__setattr__(self, "input_shape", _check_image(self.inputs, src))
+            object.__setattr__(self, "inputs", math.prod(self.input_shape))
+        elif self.input_shape is not None:
+            shape = _check_image(self.input_shape, src)
+            if not isinstance(self.inputs, int) or math.prod(shape) != self.inputs:
+                raise SymgradError(f"{src}: network.inputs", (
+                    f"the flat width {self.inputs!r} is not H·W·C of the image "
+                    f"{'×'.join(map(str, shape))}; give inputs = [H, W, C] alone"))
+            object.__setattr__(self, "input_shape", shape)
         _check_int(self.inputs, f"{src}: network.inputs", 1, MAX_UNITS)
         object.__setattr__(self, "layers", tuple(self.layers))
         if not self.layers:
@@ -252,7 +315,15 @@ class Spec:
             )
         _ = self.loss_fn
         _ = self.graph_shape  # every reference and width, checked here
-        if self.training.batch_size < 2:
+        if self.training.optimizer in SECOND_ORDER:
+            for l, layer in enumerate(self.layers, 1):
+                if layer.kind.batch_statistics or layer.kind.masks:
+                    raise SymgradError(
+                        f"{self._where(l)}.type",
+                        f"{self.training.optimizer} needs a loss that stays the same from one "
+                        f"evaluation to the next, and {layer.type}'s is not (batch statistics, "
+                        "random masks); use a first-order optimizer such as adam")
+        if self.training.batch_size is not None and self.training.batch_size < 2:
             for l, layer in enumerate(self.layers, 1):
                 if layer.kind.batch_statistics:
                     raise SymgradError(
@@ -288,9 +359,24 @@ class Spec:
 
     @cached_property
     def graph_shape(self) -> tuple[tuple[int, ...], tuple[tuple[str, ...], ...]]:
-        """(widths, sources): the width of X and of each layer's output A_l, and the names
-        of the values each layer reads. Every reference is checked here, once."""
-        widths = [self.inputs]
+        """(widths, sources): the width of X and of each layer's output A_l (the columns of
+        its matrix: C for a feature map), and the names of the values each layer reads.
+        Every reference is checked here, once."""
+        return self._shapes[:2]
+
+    def image(self, name: str) -> tuple[int, int, int] | None:
+        """(H, W, C) of the value ``name`` (X, A1, …; Yhat is A_L) when it is a feature map
+        (the graph's matrix of N·H·W rows and C columns), None when it is flat."""
+        images = self._shapes[2]
+        if name == "X":
+            return images[0]
+        return images[len(self.layers) if name == "Yhat" else int(name[1:])]
+
+    @cached_property
+    def _shapes(self):
+        image = self.input_shape
+        widths = [self.inputs if image is None else image[2]]
+        images = [image]
         sources: list[tuple[str, ...]] = []
         used: set[str] = set()
         for l, layer in enumerate(self.layers, 1):
@@ -304,8 +390,18 @@ class Spec:
                     raise SymgradError(f"{self._where(l)}.{at}", _bad_reference(name, l, earlier,
                                                                                len(self.layers)))
             ws = [widths[0] if n == "X" else widths[int(n[1:])] for n in names]
+            ims = [images[0] if n == "X" else images[int(n[1:])] for n in names]
             width = layer.kind.width(layer, names, ws, self._where(l))
+            out = layer.kind.image(layer, names, ims, ws, self._where(l))
+            if out is not None:
+                width = out[2]
+            elif ims[0] is not None:  # a map read as one flat row per sample (flatten)
+                width = math.prod(ims[0])
+            if out is not None and math.prod(out) > MAX_UNITS:
+                raise SymgradError(self._where(l), f"its output {'×'.join(map(str, out))} has "
+                                                   f"more than {MAX_UNITS} values per sample")
             widths.append(width)
+            images.append(out)
             sources.append(tuple(names))
             used.update(names)
         for l in range(1, len(self.layers)):
@@ -314,7 +410,11 @@ class Spec:
                     f"A{l}, this layer's output, is read by no later layer, so it cannot reach "
                     f"the loss; have a later layer read it (input = \"A{l}\" or inputs = "
                     "[...]) or remove the layer"))
-        return tuple(widths), tuple(sources)
+        if images[-1] is not None:
+            raise SymgradError(self._where(len(self.layers)), (
+                f"the network's output is a {'×'.join(map(str, images[-1]))} feature map; end "
+                "with a flatten layer (and a dense layer) so that each sample's output is a row"))
+        return tuple(widths), tuple(sources), tuple(images)
 
     def _where(self, l: int) -> str:
         """Where layer ``l`` (1-based) is: its TOML table, or for a Layer built in Python
@@ -357,7 +457,7 @@ class Spec:
         """The trainable parameters in layer order (each type's: W_l, b_l; gamma_l, beta_l)."""
         shapes: dict[str, tuple[int, ...]] = {}
         for l, layer in enumerate(self.layers, 1):
-            shapes.update(layer.kind.param_shapes(l, self.fan_in(l), self.sizes[l]))
+            shapes.update(layer.kind.param_shapes(l, self.fan_in(l), self.sizes[l], layer=layer))
         return shapes
 
     def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -371,10 +471,19 @@ class Spec:
         """The same network with other widths (for tiny proofs and benchmarks): ``sizes``
         gives X's width and each layer's; only those of X and of dense layers are used (the
         other types' widths follow from their inputs)."""
-        layers = tuple(dataclasses.replace(layer, units=u if "units" in layer.kind.keys else None)
+        layers = tuple(dataclasses.replace(layer, **layer.kind.resized(layer, u))
                        for u, layer in zip(sizes[1:], self.layers, strict=True))
+        if self.input_shape is not None:  # sizes[0] is then the input's channels
+            h, w, _ = self.input_shape
+            return Spec(self.name, h * w * sizes[0], layers, self.loss, self.loss_expr, self.l1,
+                        self.l2, self.training, self.source, (h, w, sizes[0]))
         return Spec(self.name, sizes[0], layers, self.loss, self.loss_expr, self.l1, self.l2,
                     self.training, self.source)
+
+    def with_image(self, h: int, w: int) -> Spec:
+        """The same network on h×w input images (the channels kept): for tiny proofs."""
+        c = self.input_shape[2]
+        return dataclasses.replace(self, inputs=h * w * c, input_shape=(h, w, c))
 
 
 # --------------------------------------------------------------------------
@@ -435,7 +544,8 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> Spec:
                                                      f"allowed keys: {', '.join(sorted(own))}")
         layers.append(Layer(raw.get("units"), raw.get("activation", "identity"), where=where,
                             type=kind, input=raw.get("input"), inputs=raw.get("inputs"),
-                            **{k: raw[k] for k in ("eps", "momentum", "p") if k in raw}))
+                            **{k: raw[k] for k in ("eps", "momentum", "p", "filters", "kernel",
+                                                   "stride", "padding") if k in raw}))
     loss_table = _check_keys(data.get("loss", {}), _TABLES["loss"], f"{source}: [loss]")
     if not loss_table:
         raise SymgradError(f"{source}: [loss]", "missing; add [loss] with kind = \"...\" or expr = \"...\"")

@@ -10,6 +10,7 @@
 * :mod:`~symgrad.ops.loss` — the mean data loss,
 * :mod:`~symgrad.ops.structure` — diag (vector → matrix, matrix → column), Kronecker products,
 * :mod:`~symgrad.ops.normalization` — batchnorm's and layernorm's standardization, dropout,
+* :mod:`~symgrad.ops.conv` — im2col/col2im, max and average pooling, flatten (feature maps),
 * :mod:`~symgrad.ops.lowered` — forms only codegen builds (the loss value's total, the fused
   SGD epoch's transposed layout); not exported here.
 
@@ -39,6 +40,18 @@ from symgrad.ops.base import (  # noqa: F401 - shared with the checks
     hadamard,
     is_ones,
     scale,
+)
+from symgrad.ops.conv import (
+    AvgPool,
+    AvgPoolBack,
+    Col2im,
+    Flatten,
+    Geometry,
+    Im2col,
+    MaxPool,
+    MaxPoolBack,
+    PoolArgmax,
+    Unflatten,
 )
 from symgrad.ops.elementwise import Elementwise, LogSumExp, Softmax
 from symgrad.ops.linalg import Det, Inverse, LogDet, Solve
@@ -70,4 +83,6 @@ __all__ = [
     "Sub", "ColSum", "RowSum", "Broadcast", "Ones", "Eye", "Trace", "SqNorm", "SqNormHalf",
     "AbsSum", "Standardize", "InvStd", "Dropout", "Inverse", "Det", "LogDet", "Solve",
     "Norm", "Extremum", "ArgMask", "DiagMatrix", "DiagPart", "Kron", "KronFactor",
+    "Geometry", "Im2col", "Col2im", "PoolArgmax", "MaxPool", "MaxPoolBack", "AvgPool",
+    "AvgPoolBack", "Flatten", "Unflatten",
 ]
