@@ -89,7 +89,15 @@ from symgrad.ops.lowered import (
     Total,
 )
 from symgrad.printing import text
-from symgrad.spec import DEFAULT_LR, OPTIMIZERS, Spec, check_module_path, load_spec
+from symgrad.spec import (
+    DEFAULT_LR,
+    OPTIMIZERS,
+    SECOND_ORDER,
+    SECOND_ORDER_LR,
+    Spec,
+    check_module_path,
+    load_spec,
+)
 
 __all__ = [
     "MARKER",
@@ -2196,7 +2204,18 @@ def _training(spec: Spec) -> list[tuple[str, str]]:
         ("BETA2", repr(float(t.beta2))),
         ("EPS", repr(float(t.eps))),
         ("ALPHA", repr(float(t.alpha))),
-    ]
+    ] + ([
+        ("CURVATURE", f'"{t.curvature}"'),
+        ("CG_STEPS", str(t.cg_steps)),
+        ("DAMPING", repr(float(t.damping))),
+        ("MEMORY", str(t.memory)),
+    ] if _second_order(spec) else [])
+
+
+def _second_order(spec: Spec) -> bool:
+    """Whether the module offers newton_cg and lbfgs (their train() options and code): when
+    the spec's [training] asks for one of them."""
+    return spec.training.optimizer in SECOND_ORDER
 
 
 def _classifier(spec: Spec) -> str:
@@ -2344,7 +2363,10 @@ def module_context(d: Derivation) -> dict[str, Any]:
         "l1": repr(float(spec.l1)),
         "l2": repr(float(spec.l2)),
         "training": _training(spec),
-        "default_lr": [(f'"{k}"', repr(float(v)), "") for k, v in DEFAULT_LR.items()],
+        "default_lr": [(f'"{k}"', repr(float(v)), "") for k, v in DEFAULT_LR.items()] + (
+            [(f'"{k}"', repr(float(v)), "") for k, v in SECOND_ORDER_LR.items()]
+            if _second_order(spec) else []),
+        "second_order": _second_order(spec),
         "helpers": sorted(helpers),
         "init": init,
         "init_doc": ", ".join(kinds) + " weights",

@@ -85,7 +85,7 @@ EXPECTED = [
      "network, layer, loss, regularization, training"),
     (spec_text() + "\n[training]\noptimizer = \"adamw\"\n",
      "symgrad: error: net.toml: training.optimizer: unknown optimizer 'adamw' (did you mean "
-     "'adam'?); use one of sgd, momentum, nesterov, adam, rmsprop"),
+     "'adam'?); use one of sgd, momentum, nesterov, adam, rmsprop, newton_cg, lbfgs"),
     (spec_text() + "\n[regularization]\nl2 = -1.0\n",
      "symgrad: error: net.toml: regularization.l2: must be a finite number >= 0.0, got -1.0"),
     ("[network\n", "symgrad: error: net.toml: invalid TOML: Expected ']' at the end of a table "
