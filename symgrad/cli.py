@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show each chain-rule step and the scalar derivatives SymPy found")
     d.add_argument("--prove", action="store_true",
                    help="also prove the formulas by scalar expansion on a tiny instance")
+    d.add_argument("--hessian", action="store_true",
+                   help="with --expr: the Hessian (∇²f where x is a vector, else the map "
+                   "V ↦ ∇²f[V]) instead of the gradient")
 
     g = sub.add_parser("generate", help="write a numpy training module",
                        description="Write a standalone numpy module for a network spec (or "
@@ -147,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file (default: generated/<name>.py; '-' for standard output)")
     g.add_argument("--force", action="store_true",
                    help="overwrite a file that symgrad did not write, or that was edited")
+    g.add_argument("--hessian", action="store_true",
+                   help="with --expr: also hvp(..., v) and, for a vector variable, hessian(...)")
 
     c = sub.add_parser("check", help="gradient check of a spec or a generated module",
                        description="Compare a module's loss_and_grad with differences of its "
@@ -332,6 +337,9 @@ def _expr_mode(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] 
     """The expression-mode command when --expr asks for it (verify: only with --shape;
     without it --expr is verify's scalar mode)."""
     expr = getattr(args, "expr", None)
+    if getattr(args, "hessian", False) and expr is None:
+        raise SymgradError(f"{args.command} --hessian", "goes with --expr (Hessians of "
+                           "networks are not derived)")
     if args.command in ("derive", "generate"):
         if expr is None:
             if args.spec is None:
@@ -353,6 +361,10 @@ def _expr_mode(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] 
         raise SymgradError(args.command, "--shape goes with --expr")
     from symgrad import exprmode
 
+    if getattr(args, "hessian", False):
+        from symgrad import hessian
+
+        return getattr(hessian, f"cmd_{args.command}")
     return getattr(exprmode, f"cmd_{args.command}")
 
 

@@ -461,28 +461,34 @@ def prove_hessian(hd: HessianDerivation, seconds: float = em.PROOF_SECONDS) -> t
 # --------------------------------------------------------------------------
 
 
+def _function(root: Node, target: str, p: em.ExprProblem, taken: set[str]) -> dict:
+    """The lines of one function's body: its temporaries, then ``target = …``."""
+    (expr,), temps = em.shared_values([root], set(taken))
+    return {"temps": [{"var": t.name, "formula": em.text(rhs, p),
+                       "lines": em.layout(t.name, em.numpy_code(rhs))} for t, rhs in temps],
+            "formula": em.text(_shown(root), p), "lines": em.layout(target, em.numpy_code(expr)),
+            "spread": em._needs_spread(root), "var": target}
+
+
 def module_context(hd: HessianDerivation, name: str = "expr") -> dict:
     ctx = em.module_context(hd.first, name)
     p = hd.problem
     v = hd.direction.name
-    roots = [hd.hv] + ([hd.matrix] if hd.matrix is not None else [])
-    exprs, temps = em.shared_values(roots, set(p.shapes) | {v})
-    temp_lines = [{"var": t.name, "formula": em.text(rhs, p),
-                   "lines": em.layout(t.name, em.numpy_code(rhs))} for t, rhs in temps]
     H, HV, _ = _names(hd)
-    out = {
-        "wrt": hd.wrt, "v": v, "temps": temp_lines,
-        "hvp_name": HV, "hvp_formula": em.text(_shown(hd.hv), p),
-        "hvp_lines": em.layout("hv", em.numpy_code(exprs[0])),
-        "hvp_spread": em._needs_spread(hd.hv),
-        "matrix": None,
-    }
-    if hd.matrix is not None:
-        out["matrix"] = {"name": H, "formula": em.text(_shown(hd.matrix), p),
-                         "lines": em.layout("h", em.numpy_code(exprs[1])),
-                         "spread": em._needs_spread(hd.matrix)}
-    code = " ".join(line for t in temp_lines for line in t["lines"]) + " ".join(
-        out["hvp_lines"]) + " ".join(out["matrix"]["lines"] if out["matrix"] else [])
+    taken = set(p.shapes) | {v}
+
+    def fresh(base: str) -> str:
+        while base in taken:
+            base += "_"
+        taken.add(base)
+        return base
+
+    hv_var, h_var = fresh("hv"), fresh("h")
+    out = {"wrt": hd.wrt, "v": v, "hvp_name": HV, "name": H,
+           "hvp": _function(hd.hv, hv_var, p, taken),
+           "matrix": None if hd.matrix is None else _function(hd.matrix, h_var, p, taken)}
+    code = " ".join(line for fn in (out["hvp"], out["matrix"]) if fn
+                    for t in [*fn["temps"], fn] for line in t["lines"])
     for helper in ("sigmoid", "softplus", "softmax", "logsumexp", "erf", "logdet"):
         if helper not in ctx["helpers"] and re.search(rf"(?<![\w.]){helper}\(", code):
             ctx["helpers"].append(helper)
