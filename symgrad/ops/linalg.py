@@ -8,9 +8,15 @@ the family and are declared here, beside the ops:
 
 * :meth:`Inverse.rewrite` / :func:`inverse_product`: (A⁻¹)⁻¹ = A, (Aᵀ)⁻¹ printed A⁻ᵀ,
   A⁻¹A = AA⁻¹ = I (what the simplifier asks of an op),
-* :func:`with_solves`: a product with an inverse, A⁻¹B or BA⁻¹, written as the solve of a
-  linear system for numpy (``np.linalg.solve``), never an explicit inverse times a matrix;
-  the printed forms keep A⁻¹ B.
+* :func:`with_solves`: the lowering rule — a product with an inverse, A⁻¹B or BA⁻¹, written
+  as the solve of a linear system for numpy (``np.linalg.solve``), never an explicit inverse
+  times a matrix: also the inverse's row and column sums (A⁻¹𝟏 = solve(A, 𝟏)), its powers
+  ((A⁻¹)² = solve(A, A⁻¹)) and a product with a sum of inverses (distributed); the printed
+  forms keep A⁻¹ B.
+
+``logdet(A)`` and ``log(det(A))`` are one op, evaluated as log |det A| (``slogdet``): finite
+where det A < 0 (where ``np.log(np.linalg.det(A))`` is NaN), with the same gradient A⁻ᵀ;
+the generated module's docstring says so.
 
 :func:`invertible_names` says which names a random instance must draw invertible (those
 under an inverse, a determinant or a solve), so checks and ``verify`` draw them well
@@ -25,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from symgrad.ops.base import SCALAR, Const, Hadamard, Map, Node, Scale, Sym, scale
+from symgrad.ops.base import SCALAR, Add, Const, Hadamard, Map, Node, Scale, Sym, scale
 from symgrad.ops.linear import MatMul, Transpose
 from symgrad.ops.reductions import Broadcast, Eye
 
@@ -46,7 +52,10 @@ def transposed(x: Node) -> Node:
 
 def _arg(lw, node: Node) -> str:
     """An operand of a linear-algebra call as numpy source, of its own 2-D shape
-    (``np.linalg.solve`` does not broadcast as an elementwise product does)."""
+    (``np.linalg.solve`` does not broadcast as an elementwise product does); the constant
+    𝟏 as ``np.ones((n, 1))``."""
+    if isinstance(node, Broadcast) and isinstance(node.x, Const) and node.x.value == 1:
+        return f"np.ones(({', '.join(lw.size(d) for d in node.shape)}))"
     return lw.full(node, 0)
 
 
@@ -276,7 +285,12 @@ class Solve(Node):
     def numpy(self, lw):
         """np.linalg.solve(A, B); right: B A⁻¹ = (A⁻ᵀ Bᵀ)ᵀ, np.linalg.solve(A.T, B.T).T."""
         if self.right:
-            a, b = (_arg(lw, transposed(x)) for x in (self.a, self.b))
+            b = self.b
+            if isinstance(b, Broadcast) and tuple(b.x.shape) == (1, 1):  # c 𝟏ᵀ: c 𝟏
+                b = Broadcast(b.x, (b.shape[1], b.shape[0]))
+            else:
+                b = transposed(b)
+            a, b = _arg(lw, transposed(self.a)), _arg(lw, b)
             return f"np.linalg.solve({a}, {b}).T", lw.ATOM
         return f"np.linalg.solve({_arg(lw, self.a)}, {_arg(lw, self.b)})", lw.ATOM
 
@@ -306,26 +320,60 @@ def _rebuild(node: Node, fn) -> Node:
     return fn(dataclasses.replace(node, **changes) if changes else node)
 
 
+def _solved(n: Node) -> Node:
+    """One product ``n`` with its inverse factors written as solves (the lowering rule):
+    A⁻¹ B → solve(A, B), B A⁻¹ → solve(Aᵀ, Bᵀ)ᵀ, (P A⁻¹) B → P solve(A, B), the
+    inverse's row and column sums A⁻¹ 𝟏 → solve(A, 𝟏) and 𝟏ᵀ A⁻¹ → solve(Aᵀ, 𝟏)ᵀ,
+    (A⁻¹)ᵏ → solve(A, (A⁻¹)ᵏ⁻¹), and a product with a sum that holds an inverse
+    distributed over it (P (A⁻¹ + B⁻¹) = solve(Aᵀ, Pᵀ)ᵀ + solve(Bᵀ, Pᵀ)ᵀ)."""
+    from symgrad.ops.linear import MatPow
+    from symgrad.ops.reductions import ColSum, RowSum
+
+    if isinstance(n, RowSum) and isinstance(n.x, Inverse):
+        return Solve(n.x.x, Broadcast(Const(sp.Integer(1)), n.shape))
+    if isinstance(n, ColSum) and isinstance(n.x, Inverse):
+        return Solve(n.x.x, Broadcast(Const(sp.Integer(1)), n.shape), right=True)
+    if isinstance(n, MatPow) and isinstance(n.x, Inverse):
+        rest = n.x if n.k == 2 else _solved(MatPow(n.x, n.k - 1))
+        return Solve(n.x.x, rest)
+    if not isinstance(n, MatMul):
+        return n
+    a, b = n.a, n.b
+    for i, side in enumerate((a, b)):
+        terms = _inverse_terms(side)
+        if terms is not None:
+            parts = [_solved(MatMul(t, b) if i == 0 else MatMul(a, t)) for t in terms]
+            return Add(tuple(parts))
+    if isinstance(a, Inverse):
+        return Solve(a.x, b)
+    if isinstance(a, MatMul) and isinstance(a.b, Inverse):
+        return MatMul(a.a, Solve(a.b.x, b))
+    if isinstance(a, Solve) and a.right:  # (P A⁻¹) B: P (A⁻¹ B)
+        return MatMul(a.b, Solve(a.a, b))
+    if isinstance(b, Inverse):
+        return Solve(b.x, a, right=True)
+    if isinstance(b, Scale) and isinstance(b.x, Inverse):
+        return Scale(b.c, Solve(b.x.x, a, right=True))
+    if isinstance(a, Scale) and isinstance(a.x, Inverse):
+        return Scale(a.c, Solve(a.x.x, b))
+    return n
+
+
+def _inverse_terms(node: Node) -> list[Node] | None:
+    """The terms of a sum with an inverse among them (an inverse scaled counts), or None."""
+    if not isinstance(node, Add):
+        return None
+    if not any(isinstance(t, Inverse) or isinstance(t, Scale) and isinstance(t.x, Inverse)
+               for t in node.terms):
+        return None
+    return list(node.terms)
+
+
 def with_solves(node: Node) -> Node:
     """``node`` with every product by an inverse written as a solve (the same value, and
-    the numerics numpy recommends): A⁻¹ B → solve(A, B), (P A⁻¹) B → P solve(A, B),
-    B A⁻¹ → B A⁻¹ solved from the right.  A lone inverse stays one (it is the value)."""
-
-    def fn(n: Node) -> Node:
-        if not isinstance(n, MatMul):
-            return n
-        a, b = n.a, n.b
-        if isinstance(a, Inverse):
-            return Solve(a.x, b)
-        if isinstance(a, MatMul) and isinstance(a.b, Inverse):
-            return MatMul(a.a, Solve(a.b.x, b))
-        if isinstance(a, Solve) and a.right:  # (P A⁻¹) B: P (A⁻¹ B)
-            return MatMul(a.b, Solve(a.a, b))
-        if isinstance(b, Inverse):
-            return Solve(b.x, a, right=True)
-        return n
-
-    return _rebuild(node, fn)
+    the numerics numpy recommends), by the rule of :func:`_solved` applied to every
+    product, row or column sum and power.  A lone inverse stays one (it is the value)."""
+    return _rebuild(node, _solved)
 
 
 def _under(node: Node) -> list[Node]:
