@@ -393,9 +393,10 @@ def _shape_key(spec: Spec) -> tuple:
                   for l in spec.layers)
     if spec.is_chain:
         return kinds, bool(spec.l1), bool(spec.l2)
-    layers = tuple((l.type, spec.sources(i), l.eps, l.p, l.units)
-                   for i, l in enumerate(spec.layers, 1))
-    return kinds, bool(spec.l1), bool(spec.l2), layers, spec.inputs, spec.loss_fn.name
+    layers = tuple((l.type, spec.sources(i), l.eps, l.p, l.units, l.filters, l.kernel, l.stride,
+                    l.padding) for i, l in enumerate(spec.layers, 1))
+    return (kinds, bool(spec.l1), bool(spec.l2), layers, spec.inputs, spec.loss_fn.name,
+            spec.input_shape)
 
 
 _structure_cache: dict = {}
@@ -406,8 +407,10 @@ def _proof_setting(spec: Spec, sizes) -> tuple[int, bool, str, list[str]]:
     structure proof."""
     small = spec.with_sizes(sizes)
     plain = all(layer.kind.plain for layer in spec.layers)
-    return (tiny_batch(spec), plain,
-            " → ".join(str(s) for s in (sizes if plain else small.sizes)), _fan_outs(small))
+    shown = " → ".join(str(s) for s in (sizes if plain else small.sizes))
+    if small.input_shape is not None:
+        shown = f"input {'×'.join(str(v) for v in small.input_shape)}; {shown}"
+    return tiny_batch(spec), plain, shown, _fan_outs(small)
 
 
 def _prove_structure_cached(key, sizes, spec: Spec) -> Claim:
@@ -682,13 +685,33 @@ def _op_node(d: Derivation, l: int):
     return d.graph.producer(f"{d.spec.layers[l - 1].kind.proof_target}{l}")
 
 
-def _op_env(op, kind) -> dict:
+def _leaf_rules(op, g, out) -> tuple[list, list]:
+    """The named inputs (leaves) of ``op``'s tree and the rule of each: the op's own vjp for
+    an op of named inputs (its children), composed down to the names for a tree (conv2d's
+    im2col(A) W + 𝟏b)."""
+    from symgrad.ops import Sym
+
+    leaves, rules = [], []
+
+    def walk(node, gn, o):
+        for child, r in zip(node.children, node.vjp(gn, o), strict=True):
+            if isinstance(child, Sym):
+                leaves.append(child)
+                rules.append(r)
+            elif r is not None:
+                walk(child, r, None)
+
+    walk(op, g, out)
+    return leaves, rules
+
+
+def _op_env(op, kind, leaves=None) -> dict:
     """N and the widths for ``op``'s claim: its layer type's ``proof_batch`` (3 for
     batchnorm: a column of 3, 2 features) and ``proof_row`` (a row of that many features),
     2 elsewhere."""
     env: dict = {N: kind.proof_batch}
     free = set()
-    for node in (*op.children, *op.refs):
+    for node in (*(op.children if leaves is None else leaves), *op.refs):
         free |= {s for s in sp.sympify(node.shape[1]).free_symbols if s != N}
     for s in free:
         env[s] = 2
@@ -726,33 +749,47 @@ def prove_op(d: Derivation, l: int) -> Claim:
     a = _op_node(d, l)
     op = a.rhs
     g = Sym(naming.cotangent(a.target.name), a.target.shape, "cotangent")
-    rules = op.vjp(g, a.target)
+    leaves, rules = _leaf_rules(op, g, a.target)
     names = []
-    for child in op.children:
+    for child in leaves:
         if child.name not in names:
             names.append(child.name)
     shown = []
     for name in names:
-        parts = [r for c, r in zip(op.children, rules, strict=True) if c.name == name and r]
+        parts = [r for c, r in zip(leaves, rules, strict=True) if c.name == name and r]
         shown.append(f"{naming.text(naming.cotangent(name))} = "
                      + (" + ".join(text(r) for r in parts) if parts else "0"))
     what = f"{layer.type} (layer {l}): " + ", ".join(shown)
 
     def run():
-        env = _op_env(op, kind)
-        for child in op.children:
+        env = _op_env(op, kind, leaves)
+        for child in leaves:
+            if child.name in env:
+                continue
             r, c = (_size_in(e, env) for e in child.shape)
             env[child.name] = _symbols(child.name.lower(), r, c)
         if kind.masks:
             r, c = (_size_in(e, env) for e in op.mask.shape)
             env[op.mask.name] = _symbols(op.mask.name.lower(), r, c)
+        point = kind.proof_point(op, env)  # None: the claim holds for all values
+        if point is not None:
+            env["point"] = point
         value, stats = kind.definition(layer, op, env)  # F, written apart from the op
         env.update(stats)
+
+        def at(m):
+            return m if point is None else m.xreplace(point)
+
+        # the graph's statistics computed from the input at the point (an arg-max is read
+        # off the values there)
+        at_point = env if point is None else {
+            k: (v.xreplace(point) if isinstance(v, sp.Matrix) and k not in stats else v)
+            for k, v in env.items()}
         try:
-            if not _zero_matrix(op.explicit(env) - value):
+            if not _zero_matrix(at(op.explicit(env) - value)):
                 return False, f"the op's forward value is not the {layer.type} layer's definition"
             for name, v in stats.items():
-                if not _zero_matrix(d.graph.producer(name).rhs.explicit(env) - v):
+                if not _zero_matrix(d.graph.producer(name).rhs.explicit(at_point) - v):
                     return False, (f"the graph's {naming.text(name)} is not the "
                                    + ("mean" if name.startswith("mu") else "biased variance"))
             env[a.target.name] = value
@@ -761,7 +798,7 @@ def prove_op(d: Derivation, l: int) -> Claim:
             checked = 0
             for name in names:
                 got = None
-                for c, r in zip(op.children, rules, strict=True):
+                for c, r in zip(leaves, rules, strict=True):
                     if c.name == name and r is not None:
                         m = r.explicit(env)
                         got = m if got is None else got + m
@@ -773,7 +810,7 @@ def prove_op(d: Derivation, l: int) -> Claim:
                                    f"{got.rows}×{got.cols}, not {x.rows}×{x.cols}")
                 for i in range(x.rows):
                     for j in range(x.cols):
-                        diff = derivative(s, x[i, j]) - got[i, j]
+                        diff = at(derivative(s, x[i, j]) - got[i, j])
                         if not _zero(diff):
                             return False, (f"{naming.text(naming.cotangent(name))}[{i},{j}] "
                                            f"differs: {_shown(diff)}")
@@ -1158,8 +1195,26 @@ def prove(spec: Spec | str, spot: bool = True,
         _derivations = None
 
 
+def tiny_image(spec: Spec) -> Spec:
+    """``spec`` on the smallest input images (each side from min(side, 3) up) at which every
+    layer is still valid: the window ops' formulas are the same at every image size (their
+    geometry — kernel, stride, padding — kept), so they are proved where the expansion is
+    small. A flat spec as it is."""
+    if spec.input_shape is None:
+        return spec
+    h, w, _ = spec.input_shape
+    for t in range(3, max(h, w) + 1):
+        try:
+            return spec.with_image(min(h, t), min(w, t))
+        except SymgradError:
+            continue
+    return spec
+
+
 def _prove(spec: Spec, spot: bool, say: Callable[[str], None]) -> Report:
     short, where = shorten(spec)
+    shortened = short is not spec
+    short = tiny_image(short)  # only chains are shortened, and chains have no images
     report = Report(spec)
 
     def step(what: str, fn, *args, bounded: bool = False, extra: bool = False) -> None:
@@ -1185,7 +1240,7 @@ def _prove(spec: Spec, spot: bool, say: Callable[[str], None]) -> Report:
         report.claims.append(claim)
 
     d_short = _derived(short)
-    if short is not spec:
+    if shortened:
         say("that the shortened network's formulas repeat at every layer")
         t0 = time.perf_counter()
         missing = instances(_derived(spec), d_short, where)
