@@ -848,7 +848,8 @@ class Conv2dLayer(_Window):
 
     @classmethod
     def label(cls, layer):
-        return super().label(layer).replace(f"×{layer.filters}", f", {layer.filters} filters", 1)
+        word = super().label(layer).replace(f"×{layer.filters}", f", {layer.filters} filters,", 1)
+        return word.rstrip(",")
 
     @classmethod
     def definition(cls, layer, op, env):
