@@ -1064,6 +1064,9 @@ def _scaled(c: sp.Expr, node: Node) -> Node:
     c = sp.nsimplify(c * c0) if (c * c0).is_Float else c * c0
     if c.could_extract_minus_sign() and isinstance(inner, Sub):
         c, inner = -c, Sub(inner.b, inner.a)  # −(R − UVᵀ) is written UVᵀ − R
+    elif (c.could_extract_minus_sign() and isinstance(inner, MatMul) and isinstance(inner.b, Sub)
+          and not isinstance(inner.a, Sub)):
+        c, inner = -c, MatMul(inner.a, Sub(inner.b.b, inner.b.a))  # −2 S⁻¹(x − μ) = 2 S⁻¹(μ − x)
     k = _const_value(inner)
     if k is not None:
         return _full(c * k, inner.shape)
@@ -1262,6 +1265,133 @@ def _colsum_of_weighted_columns(s: _Simplifier, n: ColSum) -> Node | None:
     return _scaled(c, MatMul(Transpose(v), m))
 
 
+# --- products of inverses and determinants, scalar factors (issue 13, F12) ------------------
+
+
+def _scalar_factor(n: Node) -> tuple[Node, Node] | None:
+    """(s, M) when n = s ⊙ M spreads a 1×1 value s over a matrix M (s M, printed so)."""
+    if not isinstance(n, Hadamard):
+        return None
+    for s, m in ((n.a, n.b), (n.b, n.a)):
+        if (isinstance(s, Broadcast) and tuple(s.x.shape) == (1, 1)
+                and tuple(m.shape) != (1, 1) and tuple(s.shape) == tuple(m.shape)):
+            return s.x, m
+    return None
+
+
+def _spread_times(s: Node, m: Node) -> Node:
+    """s M for a 1×1 s (a constant folds into a coefficient)."""
+    k = _const_value(s)
+    if k is not None:
+        return _scaled(k, m)
+    return Hadamard(Broadcast(s, tuple(m.shape)), m)
+
+
+@rule("solve-as-product", Solve)
+def _solve_as_product(s: _Simplifier, n: Solve) -> Node | None:
+    """solve(A, B) = A⁻¹ B (and B A⁻¹ from the right): one form for a product by an inverse,
+    so equal terms merge (numpy solves it again: ops.linalg.with_solves)."""
+    inv = Inverse(n.a)
+    return MatMul(n.b, inv) if n.right else MatMul(inv, n.b)
+
+
+@rule("inverse-of-scaled", Inverse)
+def _inverse_of_scaled(s: _Simplifier, n: Inverse) -> Node | None:
+    """(c A)⁻¹ = c⁻¹ A⁻¹ for a number c ≠ 0."""
+    c, x = _coefficient(n.x)
+    return None if c == 1 or c == 0 else _scaled(1 / c, Inverse(x))
+
+
+@rule("inverse-of-power", Inverse)
+def _inverse_of_power(s: _Simplifier, n: Inverse) -> Node | None:
+    """(Aᵏ)⁻¹ = (A⁻¹)ᵏ: the inverse of a power is a power of the inverse."""
+    return MatPow(Inverse(n.x.x), n.x.k) if isinstance(n.x, MatPow) else None
+
+
+@rule("inverses-cancel", MatMul)
+def _inverses_cancel(s: _Simplifier, n: MatMul) -> Node | None:
+    """A⁻¹ A = A A⁻¹ = I in a product, powers written out: (Aᵀ)² (A⁻ᵀ)³ = A⁻ᵀ."""
+    out: list[Node] = []
+    for f in _chain(n):
+        top = out[-1] if out else None
+        if top is not None and (isinstance(f, Inverse) and f.x == top
+                                or isinstance(top, Inverse) and top.x == f):
+            out.pop()
+        else:
+            out.append(f)
+    if len(out) == len(_chain(n)):
+        return None
+    return _product(out) if out else Eye(n.shape[0])
+
+
+@rule("scalar-out-of-product", MatMul)
+def _scalar_out_of_product(s: _Simplifier, n: MatMul) -> Node | None:
+    """A (s B) = (s A) B = s (A B) for a 1×1 s: the scalar in front of the product."""
+    for side in ("a", "b"):
+        found = _scalar_factor(getattr(n, side))
+        if found is not None:
+            k, m = found
+            product = MatMul(m, n.b) if side == "a" else MatMul(n.a, m)
+            return _spread_times(k, product)
+    return None
+
+
+@rule("transpose-of-scaled", Transpose)
+def _transpose_of_scaled(s: _Simplifier, n: Transpose) -> Node | None:
+    """(s M)ᵀ = s Mᵀ for a 1×1 s."""
+    found = _scalar_factor(n.x)
+    return None if found is None else _spread_times(found[0], Transpose(found[1]))
+
+
+@rule("det-of-inverse", Det)
+def _det_of_inverse(s: _Simplifier, n: Det) -> Node | None:
+    """det(A⁻¹) = det(A)⁻¹."""
+    if not isinstance(n.x, Inverse):
+        return None
+    u = sp.Symbol("_u", real=True)
+    return Map(1 / u, ((u, Det(n.x.x)),))
+
+
+# --- diagonal matrices (F12) ---------------------------------------------------------------
+
+
+@rule("transpose-of-diagonal", Transpose)
+def _transpose_of_diagonal(s: _Simplifier, n: Transpose) -> Node | None:
+    """diag(v)ᵀ = diag(v): a diagonal matrix is symmetric."""
+    return n.x if isinstance(n.x, DiagMatrix) else None
+
+
+@rule("diagonal-of-scaled-columns", DiagPart)
+def _diagonal_of_scaled(s: _Simplifier, n: DiagPart) -> Node | None:
+    """diag(M diag(v)) = diag(M) ⊙ v and diag(diag(v) M) = v ⊙ diag(M)."""
+    if not isinstance(n.x, MatMul):
+        return None
+    a, b = n.x.a, n.x.b
+    for d, m in ((b, a), (a, b)):
+        if isinstance(d, DiagMatrix):
+            v = d.x if d.x.shape[1] == 1 else Transpose(d.x)
+            return Hadamard(DiagPart(m), v)
+    return None
+
+
+@rule("sum-of-diagonal-matrix", ColSum)
+def _colsum_of_diagonal(s: _Simplifier, n: ColSum) -> Node | None:
+    """𝟏ᵀ diag(v) = vᵀ: the column sums of a diagonal matrix are its diagonal."""
+    if not isinstance(n.x, DiagMatrix):
+        return None
+    v = n.x.x
+    return Transpose(v) if v.shape[1] == 1 else v
+
+
+@rule("rowsum-of-diagonal-matrix", RowSum)
+def _rowsum_of_diagonal(s: _Simplifier, n: RowSum) -> Node | None:
+    """diag(v) 𝟏 = v: the row sums of a diagonal matrix are its diagonal."""
+    if not isinstance(n.x, DiagMatrix):
+        return None
+    v = n.x.x
+    return v if v.shape[1] == 1 else Transpose(v)
+
+
 def _if_shorter(new: Node, old: Node) -> Node | None:
     """``new`` where it prints shorter than ``old`` (a distribution that cancels terms)."""
     p = ExprTextPrinter()
@@ -1299,6 +1429,7 @@ def _col_spread(t: Node) -> Node | None:
 
 
 RULE_PROOF_SECONDS = 2.0  #: SymPy's share for proving one firing of a rule
+RULE_PROOFS_SECONDS = 12.0  #: for all the firings of one derivation (then undecided)
 
 
 @dataclass
@@ -1307,14 +1438,29 @@ class RuleProof:
 
     env: dict
     results: dict = field(default_factory=dict)  # (before, after) -> True | False | None
+    spent: float = 0.0  # seconds of proofs so far (at most RULE_PROOFS_SECONDS in all)
 
     def __call__(self, before: Node, after: Node) -> bool | None:
         key = (before, after)
         if key not in self.results:
+            if self.spent >= RULE_PROOFS_SECONDS:  # undecided: the proofs' time is spent
+                return None
+            start = budget.clock()
             self.results[key] = self._decide(before, after)
+            self.spent += budget.clock() - start
         return self.results[key]
 
     def _decide(self, before: Node, after: Node) -> bool | None:
+        """True when proved: first with the subterms both sides share intact replaced by
+        generic matrices (an identity for every Z holds at Z = X + A), else as they are."""
+        swapped = _abstracted(before, after, self.env)
+        if swapped is not None:
+            verdict = RuleProof(swapped[0])._expanded(*swapped[1:])
+            if verdict is not False:  # proved, or out of time (as they are: slower still)
+                return verdict
+        return self._expanded(before, after)
+
+    def _expanded(self, before: Node, after: Node) -> bool | None:
         try:
             with deadline(RULE_PROOF_SECONDS):
                 a, b = expand(before.explicit(self.env)), expand(after.explicit(self.env))
@@ -1334,6 +1480,66 @@ class RuleProof:
         return True if all(v is True for v in verdicts) else None
 
 
+def _subterms(node: Node) -> set:
+    out, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        out.add(n)
+        stack.extend(n.children)
+    return out
+
+
+def _swap(node: Node, table: dict) -> Node:
+    """``node`` with each subterm in ``table`` replaced, outermost first."""
+    import dataclasses
+
+    if node in table:
+        return table[node]
+    if isinstance(node, Sym) or not dataclasses.is_dataclass(node):
+        return node
+    changes = {}
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if isinstance(value, Node):
+            new = _swap(value, table)
+        elif isinstance(value, tuple) and value and isinstance(value[0], Node):
+            new = tuple(_swap(v, table) for v in value)
+        elif f.name == "args" and isinstance(value, tuple):  # a map's (symbol, node) pairs
+            new = tuple((s, _swap(v, table)) for s, v in value)
+        else:
+            continue
+        if new != value:
+            changes[f.name] = new
+    return dataclasses.replace(node, **changes) if changes else node
+
+
+#: what a subterm replaced by a generic matrix in a rule's proof is built of: sums,
+#: scalings, transposes and entrywise functions of names (X + A, tanh(Z)ᵀ), which the
+#: matrix rules move as wholes
+_ENTRYWISE = (Sym, Const, Add, Sub, Scale, Transpose, Hadamard, Map, Broadcast)
+
+
+def _abstracted(before: Node, after: Node, env: dict) -> tuple[dict, Node, Node] | None:
+    """(env, before, after) with the compound subterms both sides hold intact as generic
+    matrices of their shapes (fresh symbols); None when there is none to replace."""
+    common = _subterms(before) & _subterms(after)
+    compound = [n for n in common if n.children and n not in (before, after) and all(
+        isinstance(m, _ENTRYWISE) for m in _subterms(n))]
+    if not compound:
+        return None
+    try:
+        sizes = {k: v for k, v in env.items() if isinstance(k, sp.Symbol) and isinstance(v, int)}
+        table, new_env = {}, dict(env)
+        for i, n in enumerate(sorted(compound, key=lambda n: -_depth(n))):
+            r, c = (int(sp.sympify(d).xreplace(sizes)) for d in n.shape)
+            name = f"_Z{i}"
+            table[n] = Sym(name, n.shape, "data")
+            new_env[name] = sp.Matrix(r, c, lambda a, b, name=name: sp.Symbol(f"{name}_{a}{b}", real=True))
+    except (TypeError, ValueError):
+        return None
+    return new_env, _swap(before, table), _swap(after, table)
+
+
 @dataclass
 class _Simplifier:
     """Rewrites toward the printed normal form.
@@ -1351,6 +1557,7 @@ class _Simplifier:
     active: set = field(default_factory=set)
     proof: RuleProof | None = None  # proves each firing of a rule (derive --prove, tests)
     fired: dict = field(default_factory=dict)  # rule name -> verdicts of its firings
+    firings: list = field(default_factory=list)  # (rule name, before, after), in order
 
     def __call__(self, node: Node) -> Node:
         seen = {node}
@@ -1386,8 +1593,10 @@ class _Simplifier:
             new = r.apply(self, n)
             if new is None or new == n:
                 continue
-            verdict = self.proof(n, new) if self.proof is not None else None
+            # proved after the pass (simplify), outside its clock; refuted in an earlier pass
+            verdict = self.proof.results.get((n, new)) if self.proof is not None else None
             self.fired.setdefault(r.name, []).append(verdict)
+            self.firings.append((r.name, n, new))
             if verdict is False:  # refuted on the tiny instance: not applied
                 continue
             return self.node(new)
@@ -1881,17 +2090,31 @@ def simplify(node: Node, proof: RuleProof | None = None, fired: dict | None = No
     time (or too deep for the stack) is kept as swept, which is correct, only longer.
     ``proof`` proves each firing of a rule; ``fired`` collects rule name → verdicts.
     """
-    s = _Simplifier(proof=proof)
-    try:  # SymPy's simplify of the bodies shares half the clock: past it, their forms as
-        # they are, not the whole gradient as swept (1 ⊙ 64 ⊙ …)
-        with deadline(budget.SIMPLIFY_SECONDS), budget.shared_budget(budget.SIMPLIFY_SECONDS / 2):
-            out = s(node)
-    except EXHAUSTED:
-        out = node
+    for _ in range(3):  # a firing the proof refutes is not applied in the next pass
+        s = _Simplifier(proof=proof)
+        known = set(proof.results) if proof is not None else set()
+        try:  # SymPy's simplify of the bodies shares half the clock: past it, their forms as
+            # they are, not the whole gradient as swept (1 ⊙ 64 ⊙ …)
+            with deadline(budget.SIMPLIFY_SECONDS), budget.shared_budget(budget.SIMPLIFY_SECONDS / 2):
+                out = s(node)
+        except EXHAUSTED:
+            out = node
+        if proof is None:
+            break
+        # the new firings proved after the pass, each on its own clock (a slow proof never
+        # costs the simplification its form)
+        new = [proof(b, a) for _, b, a in s.firings if (b, a) not in known]
+        if False not in new:
+            break
     if fired is not None:
+        if proof is not None:  # the verdicts, as proved after the pass
+            s.fired = {}
+            for name, before, after in s.firings:
+                s.fired.setdefault(name, []).append(proof.results.get((before, after)))
         for name, verdicts in s.fired.items():
             fired.setdefault(name, []).extend(verdicts)
     return out
+
 
 
 # --------------------------------------------------------------------------
@@ -2079,6 +2302,8 @@ class ExprTextPrinter(TextPrinter):
             bottom = bottom if _atomic(bottom) else f"({bottom})"  # /(2·N), never /2 ⊙ N
             return f"{lead}{self._print(node.x)}/{bottom}"
         if num == -1 and den == 1:
+            if _scalar_factor(node.x) is not None:  # −det(X) X⁻ᵀ, −X⁻ᵀ/det(X): a product
+                return "−" + self._print(node.x)
             return "−" + self.paren(node.x, MATMUL)
         return super()._print_Scale(node)
 
@@ -2230,9 +2455,25 @@ def _norms(node: Map, show) -> Map:
     return Map(expr, tuple(args), node.note)
 
 
+def _inverse_of_transposed_sum(n: Node) -> Node | None:
+    """(Aᵀ + Bᵀ)⁻¹ shown as (A + B)⁻ᵀ (the same matrix)."""
+    if not isinstance(n, Inverse):
+        return None
+    x = n.x
+    if isinstance(x, Add) and all(isinstance(t, Transpose) for t in x.terms):
+        return Inverse(Transpose(Add(tuple(t.x for t in x.terms))))
+    if isinstance(x, Sub) and isinstance(x.a, Transpose) and isinstance(x.b, Transpose):
+        return Inverse(Transpose(Sub(x.a.x, x.b.x)))
+    return None
+
+
 def shown(g: Node) -> Node:
     """A gradient as printed: a value spread to the variable's shape shows its 𝟏
-    (∂/∂X sum(X w) = 𝟏 wᵀ, not wᵀ), as an operand of a product does."""
+    (∂/∂X sum(X w) = 𝟏 wᵀ, not wᵀ), as an operand of a product does; (Aᵀ + Bᵀ)⁻¹ is
+    shown (A + B)⁻ᵀ."""
+    from symgrad.derive import transform
+
+    g = transform(g, _inverse_of_transposed_sum)
     if isinstance(g, Add):
         return Add(tuple(shown(t) for t in g.terms))
     if isinstance(g, Sub):
