@@ -37,8 +37,8 @@ from symgrad.derive import derive_graph, walk
 from symgrad.errors import SymgradError
 from symgrad.graph import Assignment, Graph
 from symgrad.ops import (
-    Add,
     AbsSum,
+    Add,
     ArgMask,
     Broadcast,
     Const,
