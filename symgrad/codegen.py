@@ -2395,6 +2395,57 @@ def module_context(d: Derivation) -> dict[str, Any]:
 
 
 # ==========================================================================================
+# The torch backend (symgrad.backends: the statements above, in torch's spelling)
+# ==========================================================================================
+
+_TORCH_ARRAYS = {  # a workspace buffer's numpy constructor → torch's (torch_module.py.jinja's
+    # _workspace holds real = {"dtype": dtype, "device": device}, boolean likewise)
+    "np.empty": "torch.empty({shape}, **real)",
+    "np.ones": "torch.ones({shape}, **real)",
+    "bool": "torch.empty({shape}, **boolean)",
+    "float64": "torch.empty({shape}, dtype=torch.float64, device=device)",
+}
+
+
+def _torch_array(code: str) -> str:
+    """``np.empty((n, 64), dtype)`` (as _workspace_lines writes it) in torch."""
+    m = re.fullmatch(r"(np\.empty|np\.ones)\((\(.*?\))(?:, (\w+))?\)", code)
+    assert m is not None, code
+    kind = m.group(1) if m.group(3) == "dtype" else m.group(3) or "float64"
+    return _TORCH_ARRAYS[kind].format(shape=m.group(2))
+
+
+def torch_context(d: Derivation) -> dict[str, Any]:
+    """module_context(d) for templates/torch_module.py.jinja: every statement in torch's
+    spelling (:func:`symgrad.backends.torch_code`), the workspace made on the device.
+    Dense chains with a first-order optimizer; anything else is refused in one line."""
+    from symgrad.backends import torch_code
+
+    spec = d.spec
+    where = f"{spec.source}: training.backend"
+    if not spec.is_chain:
+        raise SymgradError(where, "the torch backend writes dense chains so far (no "
+                           "batchnorm, layernorm, dropout, add, concat, conv2d, pooling, "
+                           "flatten, input); use backend = \"numpy\" for this network")
+    if _second_order(spec):
+        raise SymgradError(where, f"{spec.training.optimizer} is in numpy modules only so "
+                           "far; use a first-order optimizer (sgd, momentum, nesterov, adam, "
+                           "rmsprop) with the torch backend")
+    ctx = module_context(d)
+    vectors = frozenset(k.strip('"') for k, code, _ in ctx["workspace"] if "((n,)" in code)
+    for key in ("forward", "loss", "grad_forward", "grad_backward", "step"):
+        ctx[key] = [Statement(torch_code(s.code, where, vectors), s.comments) for s in ctx[key]]
+    ctx["workspace"] = [(k, _torch_array(code), note) for k, code, note in ctx["workspace"]]
+    code = "\n".join(line for key in ("loss", "grad_forward", "grad_backward", "step")
+                      for line in _code_lines(ctx[key]))
+    ctx["helpers"] = sorted({*ctx["helpers"], *(["vdot"] if "_vdot(" in code else [])})
+    ctx["docstring"] = ctx["docstring"].replace(
+        "a numpy training module", "a PyTorch training module", 1)
+    ctx["optimizers"] = "(" + ", ".join(f'"{o}"' for o in OPTIMIZERS) + ")"
+    return ctx
+
+
+# ==========================================================================================
 # Rendering, writing, loading
 # ==========================================================================================
 
@@ -2422,14 +2473,18 @@ def _environment():
     return env
 
 
-def generate_source(spec: Spec | Derivation | str | Path) -> str:
+def generate_source(spec: Spec | Derivation | str | Path, backend: str | None = None) -> str:
     """The generated module for ``spec`` (a Spec, its Derivation or the path of a TOML spec),
     as text: deterministic (same spec and symgrad version, same bytes), its first line the
-    header :func:`symgrad.files.stamp` writes (with the hash of the rest of the file)."""
+    header :func:`symgrad.files.stamp` writes (with the hash of the rest of the file).
+    ``backend`` (numpy or torch) overrides the spec's ``[training] backend``."""
     from symgrad import files
     from symgrad.spec import as_spec
 
     d = spec if isinstance(spec, Derivation) else derive(as_spec(spec))
+    if (backend or d.spec.training.backend) == "torch":
+        body = _environment().get_template("torch_module.py.jinja").render(torch_context(d))
+        return files.stamp(body, Path(d.spec.source).name)
     body = _environment().get_template("module.py.jinja").render(module_context(d))
     return files.stamp(body, Path(d.spec.source).name)
 
@@ -2442,7 +2497,8 @@ def is_generated(path: str | Path) -> bool:
     return files.ownership(path) is None
 
 
-def generate(spec: Spec | str | Path, path: str | Path | None = None, force: bool = False) -> Path:
+def generate(spec: Spec | str | Path, path: str | Path | None = None, force: bool = False,
+             backend: str | None = None) -> Path:
     """Write the module for ``spec`` (a Spec or the path of a TOML spec) to ``path``
     (default ``generated/<name>.py``; ``-`` is standard output).
 
@@ -2458,7 +2514,7 @@ def generate(spec: Spec | str | Path, path: str | Path | None = None, force: boo
     if str(target) != files.STDOUT:
         check_module_path(target)  # numpy.py would import itself
         files.check_target(target, force=force)  # the text as given: "out/" is a directory
-    files.write_text(target, generate_source(spec), force=force)
+    files.write_text(target, generate_source(spec, backend), force=force)
     return Path(target)
 
 
@@ -2488,13 +2544,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from symgrad import files
 
     spec = load_spec(args.spec)
+    backend = getattr(args, "backend", None)
+    if backend is not None:
+        from symgrad.backends import check_backend
+
+        check_backend(backend, "generate --backend")
     target = args.output or Path("generated") / f"{spec.name}.py"
     if str(target) == files.STDOUT:
-        files.write_text(target, generate_source(spec))
+        files.write_text(target, generate_source(spec, backend))
         return 0
     check_module_path(target)  # numpy.py would import itself
     files.check_target(target, force=args.force)  # before the (slow) generation
-    changed = files.write_text(target, generate_source(spec), force=args.force)
+    changed = files.write_text(target, generate_source(spec, backend), force=args.force)
     print(f"symgrad: wrote {Path(target)}" if changed else f"symgrad: {Path(target)} is up to date",
           file=sys.stderr)
     return 0

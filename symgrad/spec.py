@@ -27,6 +27,7 @@ from typing import Any
 
 from symgrad.activations import ACTIVATIONS, Activation, custom_activation, get_activation
 from symgrad.activations import X as X_SYM
+from symgrad.backends import check_backend
 from symgrad.errors import SymgradError
 from symgrad.layers import KINDS, MAX_UNITS, UNSET, LayerKind, kind_of
 from symgrad.layers import check_float as _check_float
@@ -215,10 +216,12 @@ class Training:
     cg_steps: int = 10  # newton_cg: CG iterations per update (at most)
     damping: float = 1.0  # newton_cg: the first λ of the Levenberg–Marquardt damping
     memory: int = 10  # lbfgs: the number of (s, y) pairs kept
+    backend: str = "numpy"  # the generated module's array library (symgrad.backends)
     where: str = field(default="training", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         w = self.where
+        check_backend(self.backend, f"{w}.backend")
         every = (*OPTIMIZERS, *SECOND_ORDER)
         if self.optimizer not in every:
             raise SymgradError(
