@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from symgrad.ops.base import Const, Hadamard, Node, Scale, _size
+from symgrad.ops.base import Const, Hadamard, Map, Node, Scale, _size
 from symgrad.ops.linear import MatMul, Transpose
 from symgrad.ops.reductions import Broadcast, Eye
 
@@ -212,14 +212,75 @@ class KronFactor(Node):
         return (r / s, c / t)
 
     def rewrite(self) -> Node | None:
-        """The simplifier's rule for a constant cotangent c𝟏𝟏ᵀ (f = sum(A ⊗ B)):
-        ∂L/∂A = c (Σ B) 𝟏𝟏ᵀ and ∂L/∂B = c (Σ A) 𝟏𝟏ᵀ."""
-        from symgrad.ops.reductions import ColSum, RowSum
+        """The simplifier's rules, so that a gradient with a matrix form prints it and no
+        cotangent is contracted block by block where it need not be (an mn×mn identity is
+        never built).  The contraction is linear in G, so a sum, a scaling and a 1×1 factor
+        spread (s ⊙ G) come out of it; then, for ∂L/∂A (``other`` B; ∂L/∂B alike with A):
 
-        if isinstance(self.g, Broadcast) and isinstance(self.g.x, Const):
-            total = ColSum(RowSum(self.other))
-            c = self.g.x.value
-            return Broadcast(total if c == 1 else Scale(c, total), self.shape)
+        * G = c𝟏𝟏ᵀ:     c (Σ B) 𝟏𝟏ᵀ                      (f = sum(A ⊗ B))
+        * G = I:        tr(B) I, A and B square          (f = tr(A ⊗ B): I's blocks are δᵢⱼ I)
+        * G = A′ ⊗ B′:  ⟨B′, B⟩ A′ (‖B‖² A′ for B′ = B)   (f = ‖A ⊗ B‖²: G = 2 A ⊗ B)
+        * a vector or 1×1 factor, where A ⊗ B is a product: a b (a column, b a row): G bᵀ;
+          b a (a a row, b a column): bᵀ G; s B: ⟨G, B⟩; A s: s G.
+
+        Any other G keeps the block form [⟨Gᵢⱼ, B⟩]ᵢⱼ, the standard reshape identity:
+        with G cut into the m×n grid of its p×q blocks, ∂L/∂A = R(G) vec(B), lowered as
+        one einsum over G reshaped to (m, p, n, q)."""
+        from symgrad.ops.base import Add, add
+        from symgrad.ops.reductions import ColSum, RowSum, SqNorm, Trace
+
+        g, o, left = self.g, self.other, self.left
+
+        def again(h: Node) -> Node:
+            return KronFactor(h, o, left)
+
+        def inner(x: Node, y: Node) -> Node:  # ⟨X, Y⟩, ‖X‖² when equal (‖Xᵀ‖² = ‖X‖²)
+            if x == y:
+                return SqNorm(x.x if isinstance(x, Transpose) else x)
+            return ColSum(RowSum(Hadamard(x, y)))
+
+        def times(s: Node, x: Node) -> Node:  # a 1×1 s times x: s t Y for x = t Y
+            if isinstance(x, Hadamard) and isinstance(x.a, Broadcast) and tuple(
+                    x.a.x.shape) == (1, 1):
+                u, v = sp.Symbol("_s", real=True), sp.Symbol("_t", real=True)
+                s, x = Map(u * v, ((u, s), (v, x.a.x))), x.b
+            return Hadamard(Broadcast(s, tuple(x.shape)), x)
+
+        if isinstance(g, Add):
+            return add([again(t) for t in g.terms])
+        if isinstance(g, Scale):
+            return Scale(g.c, again(g.x))
+        if isinstance(g, Hadamard):
+            for s, m in ((g.a, g.b), (g.b, g.a)):
+                if isinstance(s, Broadcast) and tuple(s.x.shape) == (1, 1) and not (
+                        isinstance(m, Broadcast) and tuple(m.x.shape) == (1, 1)):
+                    inside = again(m)
+                    return times(s.x, inside.rewrite() or inside)
+        if isinstance(g, Transpose) and isinstance(g.x, Eye):
+            return again(g.x)
+        if isinstance(g, Transpose) and isinstance(g.x, Kron):
+            return again(Kron(Transpose(g.x.a), Transpose(g.x.b)))
+        if isinstance(g, Broadcast) and tuple(g.x.shape) == (1, 1):
+            total = ColSum(RowSum(o))
+            if isinstance(g.x, Const):
+                c = g.x.value
+                return Broadcast(total if c == 1 else Scale(c, total), self.shape)
+            return Broadcast(times(g.x, total), self.shape)
+        (m, n), (p, q) = (self.shape, o.shape) if left else (o.shape, self.shape)
+        if isinstance(g, Eye) and m == n and p == q:
+            return times(Trace(o), Eye(self.shape[0]))
+        if isinstance(g, Kron):
+            mine, theirs = (g.a, g.b) if left else (g.b, g.a)
+            if tuple(theirs.shape) == tuple(o.shape) and tuple(mine.shape) == tuple(self.shape):
+                return times(inner(theirs, o), mine)
+        if n == 1 and p == 1:  # a b: a column times a row
+            return MatMul(g, Transpose(o)) if left else MatMul(Transpose(o), g)
+        if m == 1 and q == 1:  # b a: a row a, a column b
+            return MatMul(Transpose(o), g) if left else MatMul(g, Transpose(o))
+        if (p == 1 and q == 1) if left else (m == 1 and n == 1):  # the other factor is 1×1
+            return times(o, g)
+        if (m == 1 and n == 1) if left else (p == 1 and q == 1):  # this factor is 1×1
+            return inner(g, o)
         return None
 
     def _grid(self, env) -> tuple[int, int, int, int]:
