@@ -666,8 +666,8 @@ def _shape_words(image) -> str:
 
 
 def _flat_needed(kind: str, name: str, image) -> str:
-    return (f"{article(kind)} layer reads a flat value, but {name} is a {_shape_words(image)} "
-            f"feature map; add a flatten layer before this {kind} layer")
+    return (f"{article(kind)} layer reads a flat value, but {name} is a feature map "
+            f"({_shape_words(image)}); add a flatten layer before this {kind} layer")
 
 
 def _pair(value: Any, where: str, what: str, lo: int, hi: int = MAX_KERNEL) -> tuple[int, int]:

@@ -57,7 +57,8 @@ def test_no_stage_branches_on_a_layer_types_name() -> None:
 
 
 def test_every_type_is_registered_under_its_name_and_takes_an_activation() -> None:
-    assert LAYER_TYPES == ("dense", "batchnorm", "layernorm", "dropout", "add", "concat")
+    assert LAYER_TYPES == ("dense", "batchnorm", "layernorm", "dropout", "add", "concat",
+                           "conv2d", "maxpool2d", "avgpool2d", "flatten")
     for name, kind in KINDS.items():
         assert kind.name == name and "activation" in kind.keys
         assert set(kind.keys) - {"activation"} <= set(layers.OPTIONAL_KEYS)

@@ -15,7 +15,8 @@ from symgrad.cli import main
 from symgrad.errors import SymgradError
 from symgrad.spec import Layer, Spec, Training, load_spec, spec_from_dict
 
-TYPES = "use one of dense, batchnorm, layernorm, dropout, add, concat"
+TYPES = ("use one of dense, batchnorm, layernorm, dropout, add, concat, conv2d, maxpool2d, "
+         "avgpool2d, flatten")
 READS_X_A1 = "a layer reads X or an earlier output (X, A1)"
 
 
@@ -39,10 +40,10 @@ CASES = [
      f"layer[1].type: unknown layer type 'batchnrom' (did you mean 'batchnorm'?); {TYPES}"),
     ('[[layer]]\ntype = "Dense"\nunits = 2\n',
      f"layer[1].type: unknown layer type 'Dense' (did you mean 'dense'?); {TYPES}"),
-    ('[[layer]]\ntype = "conv2d"\n',
-     f"layer[1].type: conv2d layers are not available in this version; {TYPES}"),
+    ('[[layer]]\ntype = "conv2d"\n',  # conv2d's own keys: tests/test_conv_spec.py
+     "layer[1].filters: missing; give the number of filters (output channels) of this layer"),
     ('[[layer]]\ntype = "flatten"\nfoo = 1\n',
-     f"layer[1].type: flatten layers are not available in this version; {TYPES}"),
+     "layer[1].foo: unknown key; allowed keys: activation, input, type"),
     ("[[layer]]\ntype = 3\n",
      f'layer[1].type: must be a layer type name in quotes (type = "dense"), got 3; {TYPES}'),
     # a key the type does not take: that key's own message, not "unknown key"
@@ -175,7 +176,7 @@ def test_python_api_gives_the_same_errors():
     assert api_error(lambda: Layer(type="batchnrom")) == (
         f"layer.type: unknown layer type 'batchnrom' (did you mean 'batchnorm'?); {TYPES}")
     assert api_error(lambda: Layer(type="conv2d")) == (
-        f"layer.type: conv2d layers are not available in this version; {TYPES}")
+        "layer.filters: missing; give the number of filters (output channels) of this layer")
     assert api_error(lambda: Layer(3, type="batchnorm")) == (
         "layer.units: only dense layers take units; a batchnorm layer has the width of its input")
     assert api_error(lambda: Layer(3, p=0.2)) == (
