@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["cotangent", "primal", "text", "latex", "layer_of"]
+__all__ = ["cotangent", "primal", "text", "latex", "layer_of", "tangent", "gauss_newton",
+           "direction"]
 
 _SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 _NAME = re.compile(r"(d?)([A-Za-z]+?)(\d*)\Z")
@@ -23,6 +24,61 @@ _GREEK = {"gamma": ("γ", r"\gamma"), "beta": ("β", r"\beta"), "mu": ("μ", r"\
 def cotangent(name: str) -> str:
     """dV: the code name of ∂L/∂V."""
     return f"d{name}"
+
+
+def tangent(name: str) -> str:
+    """V_dot: the code name of the tangent of V along a direction (Ż₁, Ȧ₁; of a cotangent,
+    the second-order adjoint R{δ₁}, R{∂L/∂W₁})."""
+    return f"{name}_dot"
+
+
+def gauss_newton(name: str) -> str:
+    """dV_gn: the code name of the Gauss–Newton adjoint 𝒢{δ₁} (the backward sweep applied to
+    H_ℓ J V)."""
+    return f"{name}_gn"
+
+
+def direction(param: str) -> str:
+    """V_W1: the code name of a direction's component for a parameter (V_W₁)."""
+    return f"V_{param}"
+
+
+_SECOND = re.compile(r"(.+)_(dot|gn)\Z")
+_MARKS = "₀₁₂₃₄₅₆₇₈₉²"
+
+
+def _second_text(name: str) -> str | None:
+    m = _SECOND.match(name)
+    if m:
+        base, kind = m.group(1), m.group(2)
+        shown = text(base)
+        if kind == "gn":
+            return f"𝒢{{{shown}}}"
+        if _COT.match(base):
+            return f"R{{{shown}}}"
+        cut = next((i for i, c in enumerate(shown) if c in _MARKS), len(shown))
+        return shown[:cut] + "\u0307" + shown[cut:]
+    if name.startswith("V_"):
+        return "V_" + text(name[2:])
+    return None
+
+
+def _second_latex(name: str) -> str | None:
+    m = _SECOND.match(name)
+    if m:
+        base, kind = m.group(1), m.group(2)
+        shown = latex(base)
+        if kind == "gn":
+            return rf"\mathcal{{G}}\{{{shown}\}}"
+        if _COT.match(base):
+            return rf"\mathcal{{R}}\{{{shown}\}}"
+        if "_{" in shown:
+            head, _, rest = shown.partition("_{")
+            return rf"\dot{{{head}}}_{{{rest}"
+        return rf"\dot{{{shown}}}"
+    if name.startswith("V_"):
+        return f"V_{{{latex(name[2:])}}}"
+    return None
 
 
 def primal(name: str) -> str:
@@ -52,6 +108,9 @@ def text(name: str) -> str:
     layers' gamma3 → γ₃, beta3 → β₃, mu3 → μ₃, var3 → σ₃², Xhat3 → X̂₃."""
     if name == "L":
         return "L"
+    second = _second_text(name)
+    if second is not None:
+        return second
     running = _RUNNING.match(name)
     if running:  # the running statistics: mean₂, var₂ (the buffers' keys)
         return running.group(1) + running.group(2).translate(_SUB)
@@ -68,6 +127,9 @@ def text(name: str) -> str:
 
 def latex(name: str) -> str:
     """LaTeX display: Z1 → Z_{1}, Yhat → \\hat{Y}, dZ1 → \\delta_{1}."""
+    second = _second_latex(name)
+    if second is not None:
+        return second
     running = _RUNNING.match(name)
     if running:
         return rf"\mathrm{{{running.group(1)}}}_{{{running.group(2)}}}"

@@ -250,8 +250,10 @@ class Map(Node):
                 continue
             if not (d.free_symbols & own):
                 terms.append(ts if d == 1 else Scale(d, ts))
-            else:
-                terms.append(hadamard(ts, Map(d, self.args, note=f"∂/∂{s}")))
+            else:  # a number in front: −2 Ȧ ⊙ A, not Ȧ ⊙ (−2A)
+                c, rest = d.as_coeff_Mul()
+                term = hadamard(ts, Map(rest, self.args, note=f"∂/∂{s}"))
+                terms.append(term if c == 1 else Scale(c, term))
         return tangent_sum(terms)
 
     def explicit(self, env):
@@ -356,9 +358,15 @@ class Hadamard(Node):
 
     def jvp(self, t, out):
         """C = A ⊙ B.   Ċ = Ȧ ⊙ B + A ⊙ Ḃ."""
+        def times(x: Node, y: Node) -> Node:  # c (X ⊙ Y): a scaled tangent's number in front
+            for u, w in ((x, y), (y, x)):
+                if isinstance(u, Scale):
+                    return Scale(u.c, hadamard(u.x, w) if u is x else hadamard(w, u.x))
+            return hadamard(x, y)
+
         ta, tb = t
-        return tangent_sum([None if ta is None else hadamard(ta, self.b),
-                            None if tb is None else hadamard(self.a, tb)])
+        return tangent_sum([None if ta is None else times(ta, self.b),
+                            None if tb is None else times(self.a, tb)])
 
     def explicit(self, env):
         return self.a.explicit(env).multiply_elementwise(self.b.explicit(env))
@@ -474,9 +482,24 @@ def add(terms: list[Node]) -> Node:
 
 
 def tangent_sum(terms: list[Node | None]) -> Node | None:
-    """The sum of the tangents that are not zero (None when all are)."""
+    """The sum of the tangents that are not zero (None when all are); a term with a negative
+    number in front is subtracted (a − 2 b, not a + −2 b)."""
+    from symgrad.ops.reductions import Sub
+
     kept = [t for t in terms if t is not None]
-    return add(kept) if kept else None
+    if not kept:
+        return None
+    plus = [t for t in kept if not _negative(t)] or [kept[0]]
+    out = add(plus)
+    for t in kept:
+        if t not in plus:
+            c = -t.c  # type: ignore[attr-defined]
+            out = Sub(out, t.x if c == 1 else Scale(c, t.x))  # type: ignore[attr-defined]
+    return out
+
+
+def _negative(t: Node) -> bool:
+    return isinstance(t, Scale) and t.c.is_number and t.c < 0
 
 
 def almost_everywhere(d: sp.Expr) -> sp.Expr:
