@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show each chain-rule step and the scalar derivatives SymPy found")
     d.add_argument("--prove", action="store_true",
                    help="also prove the formulas by scalar expansion on a tiny instance")
+    d.add_argument("--hvp", action="store_true",
+                   help="print the Hessian-vector product H V (forward-over-reverse) instead")
+    d.add_argument("--gnvp", action="store_true",
+                   help="print the Gauss–Newton product Jᵀ H_ℓ J V instead")
     d.add_argument("--hessian", action="store_true",
                    help="with --expr: the Hessian (∇²f where x is a vector, else the map "
                    "V ↦ ∇²f[V]) instead of the gradient")
@@ -377,6 +381,10 @@ def cmd_derive(args: argparse.Namespace) -> int:
     from symgrad.spec import load_spec
 
     spec = load_spec(args.spec)
+    if getattr(args, "hvp", False) or getattr(args, "gnvp", False):
+        from symgrad.second import cmd_derive_second
+
+        return cmd_derive_second(args, spec)
     if args.prove:  # what cannot be proved is refused before anything is printed
         from symgrad.crosscheck import provable
 

@@ -361,3 +361,24 @@ def prove(so: SecondOrder, seed: int = 0, batch: int = 2, width: int = 2) -> Pro
             count += 1
     setting = f"N = {batch}, every width {width}, λ₁ = λ₂ = 1/10"
     return Proof(worst < 1e-12, worst, count, setting)
+
+
+def cmd_derive_second(args, spec: Spec) -> int:
+    """``symgrad derive SPEC --hvp | --gnvp [--format F] [--prove]``."""
+    import sys
+
+    if args.hvp and args.gnvp:
+        raise SymgradError("derive", "give --hvp or --gnvp, not both")
+    if args.steps:
+        raise SymgradError("derive", "--steps goes without --hvp/--gnvp")
+    if args.prove and args.gnvp:
+        raise SymgradError("derive", "--prove checks --hvp (the Gauss–Newton product is "
+                                     "checked by symgrad check --hvp)")
+    so = hvp(spec) if args.hvp else gnvp(spec)
+    sys.stdout.write(render(so, args.format))
+    if args.prove:
+        sys.stdout.flush()
+        report = prove(so)
+        sys.stdout.write("\n" + report.text())
+        return 0 if report.ok else 1
+    return 0
