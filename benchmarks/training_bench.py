@@ -769,8 +769,8 @@ def _jax_pieces(ctx: Context):
     return jax, params, step, X, Y
 
 
-def prep_jax_step(ctx: Context) -> Prepared:
-    jax, params, step, X, Y = _jax_pieces(ctx)
+def prep_jax_step(ctx: Context, pieces=_jax_pieces) -> Prepared:
+    jax, params, step, X, Y = pieces(ctx)
     w = ctx.workload
     N, B = len(ctx.data.X), w.batch_size
     bounds = batch_bounds(N, B)
@@ -794,8 +794,8 @@ def prep_jax_step(ctx: Context) -> Prepared:
     return Prepared(epoch, compile_s, note=f"jax {jax.__version__}, {jax.default_backend()}")
 
 
-def prep_jax_scan(ctx: Context) -> Prepared:
-    jax, params, step, X, Y = _jax_pieces(ctx)
+def prep_jax_scan(ctx: Context, pieces=_jax_pieces) -> Prepared:
+    jax, params, step, X, Y = pieces(ctx)
     w = ctx.workload
     N, B = len(ctx.data.X), w.batch_size
     full = N // B
@@ -878,20 +878,23 @@ def run_workload(
     seed: int = 0,
     log: Callable[[str], None] = lambda _: None,
     pause: float = PAUSE_S,
+    preparers: dict[str, Callable[[Context], Prepared]] | None = None,
 ) -> dict[str, Any]:
     """Prepare every contender (one untimed warm-up epoch each), then ``reps``
     interleaved repetitions. Returns a JSON-able result; see ``format_workload``.
 
     ``pause`` seconds of sleep precede every timed epoch: the thread pools of the
     previous contender (OpenBLAS, OpenMP, XLA's) spin for a while after their last
-    task, and on two cores that spinning would be charged to the next contender."""
+    task, and on two cores that spinning would be charged to the next contender.
+    ``preparers``: the contenders' set-up functions (default ``PREPARERS``; the CNN
+    workloads of benchmarks/conv_bench.py bring their own)."""
     data = make_data(w, seed)
     ctx = Context(w, data, workdir, seed)
     prepared: dict[str, Prepared] = {}
     status: dict[str, str] = {}
     for name in contenders:
         try:
-            p = PREPARERS[name](ctx)
+            p = (preparers or PREPARERS)[name](ctx)
             p.epoch()  # warm-up: first-touch, caches, lazy initialisation
             prepared[name] = p
         except Skipped as e:

@@ -253,7 +253,7 @@ def _buffers(N, C, hw, kernel, stride, padding, dtype) -> dict[str, np.ndarray]:
         "patches": np.empty((N * Ho * Wo, kh * kw * C), dtype),
         "pooled": np.empty((N * Ho * Wo, C), dtype),
         "arg": np.empty((N * Ho * Wo, C), np.int8),
-        "mask": np.empty((N * Ho * Wo, C), bool),
+        "mask": np.empty((2, N * Ho * Wo, C), bool),
         "back": np.empty((N * H * W, C), dtype),
         "zeros": np.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype),
         "ninf": np.full((N, H + 2 * ph, W + 2 * pw, C), -np.inf, dtype),
@@ -325,13 +325,14 @@ def test_out_and_work_are_honoured_and_nothing_batch_sized_is_allocated(case, dt
 
 
 def test_a_full_batch_work_buffer_serves_the_last_smaller_batch():
-    """work= sized for the full batch, A of a smaller last batch: the kernels use the
-    buffer's first images (a view), the results are right."""
+    """work= and mask= sized for the full batch, A of a smaller last batch: the kernels
+    use the buffers' first images (views), the results are right."""
     geo = {"hw": (5, 6), "kernel": (3, 3), "stride": (1, 1), "padding": (1, 1)}
     A = np.random.default_rng(3).standard_normal((2 * 30, 2)).astype(np.float32)
     work = np.zeros((7, 7, 8, 2), np.float32)
     np.testing.assert_array_equal(K["im2col"](A, **geo, work=work), K["im2col"](A, **geo))
     ninf = np.full((7, 7, 8, 2), -np.inf, np.float32)
-    for got, exp in zip(K["maxpool"](A, **geo, work=ninf), K["maxpool"](A, **geo),
+    mask = np.empty((2, 7 * 30, 2), bool)
+    for got, exp in zip(K["maxpool"](A, **geo, work=ninf, mask=mask), K["maxpool"](A, **geo),
                         strict=True):
         np.testing.assert_array_equal(got, exp)
