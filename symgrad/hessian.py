@@ -26,6 +26,7 @@ import argparse
 import ast
 import re
 import sys
+import types
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -132,9 +133,10 @@ def _check(problem: em.ExprProblem) -> str:
                            f"is a block matrix; ask for each: --wrt {problem.wrt[0]})")
     kink = _kink(problem)
     if kink is not None:
-        raise SymgradError(WHERE, f"f is not twice differentiable: {kink} has a kink (its second "
-                           "derivative is 0 almost everywhere and undefined at the kink); "
-                           "symgrad refuses rather than print 0")
+        raise SymgradError(WHERE, f"f is not twice differentiable where the pieces of {kink} "
+                           "meet (relu, abs, max/min: the second derivative is 0 almost "
+                           "everywhere and undefined at the kink); symgrad refuses rather than "
+                           "print 0")
     return problem.wrt[0]
 
 
@@ -171,7 +173,7 @@ def derive_hessian(problem: em.ExprProblem, prove_rules: bool = False) -> Hessia
             v = _direction(problem, shape)
             data = [s for s, _ in problem.space.matrices.values() if s.role == "data"] + [v]
             raw = sweep(_inner(first.gradients[w], v), x, data)
-            proof = em.rule_proof(problem) if prove_rules else None
+            proof = _rule_proof(problem, v) if prove_rules else None
             fired: dict = {}
             hv = problem.assume.simplified(raw, lambda g: em.simplify(g, proof, fired))
             matrix = None
@@ -185,6 +187,15 @@ def derive_hessian(problem: em.ExprProblem, prove_rules: bool = False) -> Hessia
         raise SymgradError(WHERE, f"too large to derive the second derivative in "
                            f"{HESSIAN_SECONDS:g} s (of CPU time)") from None
     return HessianDerivation(first, w, v, raw, hv, matrix, fired)
+
+
+def _rule_proof(problem: em.ExprProblem, v: Sym):
+    """exprmode's tiny instance for proving rule firings, with the direction's entries too."""
+    proof = em.rule_proof(problem)
+    if proof is not None:
+        r, c = (int(sp.sympify(d).xreplace(proof.env)) for d in v.shape)
+        proof.env[v.name] = sp.Matrix(r, c, lambda i, j: sp.Symbol(f"{v.name}_{i}{j}", real=True))
+    return proof
 
 
 def _has(node: Node, name: str) -> bool:
@@ -392,7 +403,7 @@ def render(hd: HessianDerivation, fmt: str, steps: bool = False) -> str:
                   f"Second sweep: ∂/∂{naming.text(w)} ⟨∂f/∂{naming.text(w)}, {v}⟩, before simplification"]
         lines.append(f"{'- ' if md else '  '}{HV} = {em.text(hd.raw, p)}")
         lines += ["", "### Rewrite rules that fired" if md else
-                  "Rewrite rules that fired (simplification of the second sweep)"]
+                  "Rewrite rules that fired (simplification of the second sweep and of ∇²f)"]
         lines += rewrite_lines(hd, md)
     lines += ["", "Notation: ⊙ elementwise product, ᵀ transpose, σ the logistic sigmoid, "
               "tr the trace, I the identity, diag(a) the diagonal matrix of a; functions and "
@@ -453,7 +464,8 @@ def prove_hessian(hd: HessianDerivation, seconds: float = em.PROOF_SECONDS) -> t
     note = em._sizes_note(original, small)
     if note:
         lines.append(note)
-    return ok, lines
+    rules_ok, rule_lines = em.rule_proof_lines(types.SimpleNamespace(rewrites={hd.wrt: hd.rewrites}))
+    return ok and rules_ok, lines + rule_lines
 
 
 # --------------------------------------------------------------------------

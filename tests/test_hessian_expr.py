@@ -171,8 +171,14 @@ def test_cli_derive_text_steps_and_proof(capsys) -> None:
     assert "  ∇²f = 2 Aᵀ A   (n×n)\n      numpy: 2 * (A.T @ A)\n" in out
     assert "  ∇²f v = 2 Aᵀ A v   (the Hessian-vector product, v of x's shape (n×1))\n" in out
     assert "Second sweep: ∂/∂x ⟨∂f/∂x, v⟩, before simplification\n" in out
-    assert ("  ∇²f: proved equal to the entrywise second derivatives (m=2, n=3)\n"
-            "  ∇²f v: proved equal to the entrywise second derivatives (m=2, n=3)\n") in out
+    assert ("Rewrite rules that fired (simplification of the second sweep and of ∇²f)\n"
+            "  product-normal-form: A (B C) = (A B) C and A A ⋯ A = Aᵏ: one form for a product, "
+            "so equal terms merge — proved at tiny sizes (1 firing)\n") in out
+    assert out.endswith(
+        "Proof by scalar expansion on a tiny instance\n"
+        "  ∇²f: proved equal to the entrywise second derivatives (m=2, n=3)\n"
+        "  ∇²f v: proved equal to the entrywise second derivatives (m=2, n=3)\n"
+        "  rewrite rules: 1 of 1 firings proved on the tiny instance (product-normal-form)\n")
 
 
 def test_cli_derive_latex_and_markdown(capsys) -> None:
@@ -197,14 +203,17 @@ def test_cli_derive_latex_and_markdown(capsys) -> None:
      "symgrad: error: --hessian: one --wrt name at a time (the Hessian in several variables is "
      "a block matrix; ask for each: --wrt x)"),
     (["--expr", "sum(relu(x))", "--shape", "x=n,1", "--wrt", "x"],
-     "symgrad: error: --hessian: f is not twice differentiable: x [x > 0] has a kink (its "
-     "second derivative is 0 almost everywhere and undefined at the kink); symgrad refuses "
-     "rather than print 0"),
+     "symgrad: error: --hessian: f is not twice differentiable where the pieces of x [x > 0] "
+     "meet (relu, abs, max/min: the second derivative is 0 almost everywhere and undefined at "
+     "the kink); symgrad refuses rather than print 0"),
     (["--expr", "sum(abs(x))", "--shape", "x=n,1", "--wrt", "x"], None),
+    (["--expr", "sum(huber(x))", "--shape", "x=n,1", "--wrt", "x"], None),
+    (["--expr", "norm(x, 1)", "--shape", "x=n,1", "--wrt", "x"], None),
+    (["--expr", "sum(maximum(x, 0)**2)", "--shape", "x=n,1", "--wrt", "x"], None),
     (["--expr", "max(x)", "--shape", "x=n,1", "--wrt", "x"],
-     "symgrad: error: --hessian: f is not twice differentiable: max/min has a kink (its second "
-     "derivative is 0 almost everywhere and undefined at the kink); symgrad refuses rather "
-     "than print 0"),
+     "symgrad: error: --hessian: f is not twice differentiable where the pieces of max/min "
+     "meet (relu, abs, max/min: the second derivative is 0 almost everywhere and undefined at "
+     "the kink); symgrad refuses rather than print 0"),
     (["examples/digits.toml"],
      "symgrad: error: derive --hessian: goes with --expr (Hessians of networks are not derived)"),
 ])
@@ -215,7 +224,7 @@ def test_refusals_are_one_line(argv, message, capsys) -> None:
     err = captured.err.strip()
     assert "\n" not in err and "Traceback" not in err
     if message is None:
-        assert err.startswith("symgrad: error: --hessian: f is not twice differentiable: ")
+        assert err.startswith("symgrad: error: --hessian: f is not twice differentiable where ")
     else:
         assert err == message
 
