@@ -2299,11 +2299,77 @@ def _trained_types() -> str:
     return article(f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0])
 
 
-def module_context(d: Derivation) -> dict[str, Any]:
-    """Everything the templates lay out, as finished strings and lists of strings."""
+def lower_products(d: Derivation, helpers: set[str]) -> dict[str, Any]:
+    """hvp() and gnvp() of the module (:mod:`symgrad.second`): their statements, through the
+    readable lowering of loss_and_grad, each with the formula it computes above it."""
+    from symgrad import second
+
+    spec = d.spec
+    if d.graph.stochastic:
+        raise SymgradError(f"{spec.source}: layer", "hvp and gnvp are generated for networks "
+                           "without batchnorm or dropout (their loss is the same from one "
+                           "call to the next)")
+    chain = spec.is_chain
+    sizes = d.graph.sizes()
+    equations, notes = _loss_equations(d)
+
+    def fixed(eqs: list[Equation]) -> list[Equation]:
+        return eqs if chain else [Equation(e.target, at_sizes(e.rhs, sizes), e.rule)
+                                  for e in eqs]
+
+    def comment(e: Equation, shown: dict[str, Node]) -> tuple[str, ...]:
+        rhs = shown.get(e.target.name, e.rhs)
+        if e.target.name.endswith(("_dot", "_gn")) or e.target.name.startswith("V_"):
+            return (f"{naming.text(e.target.name)} = {text(rhs)}",)
+        return _comments(e, shown, notes)
+
+    out: dict[str, Any] = {}
+    for so in (second.hvp(d), second.gnvp(d)):
+        shown = {e.target.name: e.rhs
+                 for e in [*d.forward, *so.tangents, *so.backward, *so.adjoints]}
+        later = [*so.tangents, *so.backward, *so.adjoints]
+        need: set[str] = set()
+        for e in later:
+            need |= e.rhs.syms()
+        backward = _needed(so.backward, {s for e in so.adjoints for s in e.rhs.syms()})
+        arr = ArrayLowering(helpers=helpers, sizes=None if chain else sizes, split=not chain)
+
+        def statements(eqs: list[Equation], arr=arr, shown=shown) -> list[Statement]:
+            return [arr.statement(e.target.name, e.rhs, comment(e, shown)) for e in fixed(eqs)]
+
+        fwd, tangents = statements(_needed(equations, need)), statements(so.tangents)
+        bwd, adjoints = statements(backward), statements(so.adjoints)
+        results = [(p, so.results[p] or f"np.zeros_like({p})") for p in d.param_names]
+        code = "\n".join(_code_lines([s for eqs in (fwd, tangents, bwd, adjoints) for s in eqs]))
+        used = [p for p in d.param_names
+                if re.search(rf"\b{p}\b", code) or not so.results[p]]  # zeros_like(p)
+        out[so.kind] = {
+            "param_unpack": [line for i in range(0, len(used), 2)
+                             for line in _unpack(used[i : i + 2], "params")],
+            "forward": fwd,
+            "tangents": tangents,
+            "backward": bwd,
+            "adjoints": adjoints,
+            "hessian": so.hessian,
+            "ret": _dict_lines("return ", results),
+        }
+    dirs = {naming.direction(p): p for p in d.param_names}
+    names = list(dirs)
+    out["direction_unpack"] = [line for i in range(0, len(names), 2)
+                               for line in _unpack(names[i : i + 2], "V", keys=dirs)]
+    return out
+
+
+def module_context(d: Derivation, products: bool = False) -> dict[str, Any]:
+    """Everything the templates lay out, as finished strings and lists of strings.
+
+    ``products``: the module has hvp() and gnvp() (also when the spec's optimizer needs
+    them, newton_cg or lbfgs)."""
     spec = d.spec
     lowered = lower(d)
     helpers = set(lowered.helpers)
+    products = products or _second_order(spec)
+    second = lower_products(d, helpers) if products else {}
     sizes = d.graph.sizes()
     params = d.param_names
 
@@ -2346,6 +2412,9 @@ def module_context(d: Derivation) -> dict[str, Any]:
     ]
     if not chain:
         exported.insert(3, "BUFFER_SHAPES")
+    if products:
+        exported[exported.index("loss_and_grad") + 1 : 1 + exported.index("loss_and_grad")] = [
+            "hvp", "gnvp"]
     classifier = _classifier(spec)
     return {
         "chain": chain,
@@ -2367,6 +2436,8 @@ def module_context(d: Derivation) -> dict[str, Any]:
             [(f'"{k}"', repr(float(v)), "") for k, v in SECOND_ORDER_LR.items()]
             if _second_order(spec) else []),
         "second_order": _second_order(spec),
+        "products": products,
+        **second,
         "helpers": sorted(helpers),
         "init": init,
         "init_doc": ", ".join(kinds) + " weights",
@@ -2473,11 +2544,13 @@ def _environment():
     return env
 
 
-def generate_source(spec: Spec | Derivation | str | Path, backend: str | None = None) -> str:
+def generate_source(spec: Spec | Derivation | str | Path, backend: str | None = None,
+                    products: bool = False) -> str:
     """The generated module for ``spec`` (a Spec, its Derivation or the path of a TOML spec),
     as text: deterministic (same spec and symgrad version, same bytes), its first line the
     header :func:`symgrad.files.stamp` writes (with the hash of the rest of the file).
-    ``backend`` (numpy or torch) overrides the spec's ``[training] backend``."""
+    ``backend`` (numpy or torch) overrides the spec's ``[training] backend``; ``products``:
+    the module has hvp() and gnvp() (``generate --hvp``)."""
     from symgrad import files
     from symgrad.spec import as_spec
 
@@ -2485,7 +2558,7 @@ def generate_source(spec: Spec | Derivation | str | Path, backend: str | None = 
     if (backend or d.spec.training.backend) == "torch":
         body = _environment().get_template("torch_module.py.jinja").render(torch_context(d))
         return files.stamp(body, Path(d.spec.source).name)
-    body = _environment().get_template("module.py.jinja").render(module_context(d))
+    body = _environment().get_template("module.py.jinja").render(module_context(d, products))
     return files.stamp(body, Path(d.spec.source).name)
 
 
@@ -2551,11 +2624,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         check_backend(backend, "generate --backend")
     target = args.output or Path("generated") / f"{spec.name}.py"
     if str(target) == files.STDOUT:
-        files.write_text(target, generate_source(spec, backend))
+        files.write_text(target, generate_source(spec, backend, getattr(args, "hvp", False)))
         return 0
     check_module_path(target)  # numpy.py would import itself
     files.check_target(target, force=args.force)  # before the (slow) generation
-    changed = files.write_text(target, generate_source(spec, backend), force=args.force)
+    changed = files.write_text(target, generate_source(spec, backend, getattr(args, "hvp", False)),
+                               force=args.force)
     print(f"symgrad: wrote {Path(target)}" if changed else f"symgrad: {Path(target)} is up to date",
           file=sys.stderr)
     return 0
