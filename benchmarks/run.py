@@ -13,6 +13,10 @@
 5. The goal ratios of issues 6 and 11 for the generated module, checked against this run
    (W6: JAX's ratio stated beside them).
 
+Second-order training (issue 15, benchmarks/second_order.py), last: loss against time and
+passes for SGD, Adam, L-BFGS and Newton-CG, its plot, and the cost of one hvp against
+torch.func's (``--no-second-order`` skips it; so do --quick and --tiny).
+
 Results are also written as JSON (benchmarks/results/latest.json by default).
 
 Usage: ``python benchmarks/run.py [--full] [--quick] [--no-install] [--reps 5]``
@@ -38,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, as 
 
 import derive_bench  # noqa: E402
 import numpy as np  # noqa: E402
+import second_order  # noqa: E402
 import training_bench as tb  # noqa: E402
 from bench_common import (  # noqa: E402
     RESULTS_DIR,
@@ -336,6 +341,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-profile", action="store_true",
                     help="skip the per-statement profile of the generated module")
     ap.add_argument("--no-gradcheck", action="store_true", help="skip the gradient-check cost")
+    ap.add_argument("--no-second-order", action="store_true",
+                    help="skip the second-order training and hvp cost (second_order.py)")
     ap.add_argument("--pause", type=float, default=tb.PAUSE_S,
                     help="seconds of sleep before each timed epoch (idle thread pools)")
     ap.add_argument("--threads", type=int, default=None,
@@ -415,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
             log("gradient checks …")
             results["gradcheck"] = [*gradcheck_digits(workdir), gradcheck_directional(workdir)]
             emit(format_gradchecks(results["gradcheck"]))
+        if not (args.quick or args.tiny or args.no_second_order):
+            log("second-order training and the cost of hvp (second_order.py) …")
+            second = second_order.run(log=log)
+            results["second_order"] = {k: second[k] for k in ("budget_s", "rows", "hvp", "plot")}
+            emit(second["table"])
 
     results["meta"]["load_average_at_end"] = os.getloadavg()
     results["goals"] = evaluate_goals(results["workloads"])
