@@ -1787,6 +1787,11 @@ def _run(problem: Problem, method: str, tol: float | None, seed: int, directions
 def cmd_check(args: argparse.Namespace) -> int:
     """symgrad check SPEC|MODULE.py: print the table; exit 0 all pass, 1 a failure (or no
     report from the module's process: one line saying what happened)."""
+    if getattr(args, "hvp", False):
+        products = check_products(args.target, tol=args.tol, seed=args.seed,
+                                  time_limit=getattr(args, "time_limit", None))
+        sys.stdout.write(products.text())
+        return 0 if products.ok else 1
     kind, _ = _resolve(args.target)
     if kind == "spec":
         report = check_spec(args.target, method=args.method, tol=args.tol, seed=args.seed,
@@ -1801,3 +1806,115 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(report.text())
     return 0 if report.ok else 1
+
+
+# ==========================================================================================
+# check --hvp: the module's hvp and gnvp against central differences of its loss_and_grad
+# ==========================================================================================
+
+HVP_STEP = 1e-5  # t of (∇L(θ + tV) − ∇L(θ − tV)) / 2t
+
+
+@dataclass
+class ProductReport:
+    """check --hvp: one row per product and parameter. The error of a parameter's block is
+    max |a − n| / max(max |a|, max |n|, 1e-12) over its entries (a the product, n the central
+    difference of the module's loss_and_grad along V)."""
+
+    target: str
+    tol: float
+    seed: int
+    rows: list[tuple[str, str, tuple[int, ...], float, bool]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and all(r[4] for r in self.rows)
+
+    def text(self) -> str:
+        lines = [f"check --hvp of {self.target} (float64, seed {self.seed}, tol {self.tol:g}, "
+                 f"step {HVP_STEP:g})",
+                 f"{'product':<8} {'parameter':<12} {'shape':<12} {'max rel error':<14} result"]
+        for fn, name, shape, err, ok in self.rows:
+            lines.append(f"{fn:<8} {name:<12} {_shape_text(shape):<12} {err:<14.1e} "
+                         f"{'pass' if ok else 'FAIL'}")
+        lines += [f"  {n}" for n in self.notes]
+        lines.append("all passed" if self.ok else "FAILED")
+        return "\n".join(lines) + "\n"
+
+
+def check_products(target: str | Path, tol: float | None = None, seed: int = 0,
+                   samples: int = 16, *, time_limit: float | None = None) -> ProductReport:
+    """``symgrad check --hvp SPEC|MODULE.py``: hvp(params, X, Y, V) against central
+    differences of loss_and_grad along V at random data and a random direction; gnvp the
+    same at Y = forward(params, X), where ∂ℓ/∂Ŷ = 0 and the Hessian is the Gauss–Newton
+    matrix; and ⟨V, G V⟩ ≥ 0. A SPEC's module is generated with hvp/gnvp; a MODULE.py is
+    evaluated in its own process, as check does."""
+    from symgrad.codegen import generate_source, load_module
+    from symgrad.spec import load_spec
+
+    tol = 1e-6 if tol is None else float(tol)
+    _options("central", tol, seed, 1, samples, time_limit)
+    kind, path = _resolve(target)
+    scratch = None
+    targets = "one-hot"
+    if kind == "spec":
+        spec = load_spec(path)
+        source = generate_source(spec, products=True)
+        evaluator: Any = _Local(load_module(source))
+        targets = "custom" if spec.loss_expr is not None else spec.loss_fn.name
+    else:
+        evaluator = _Isolated(path, str(target), TIME_LIMIT if time_limit is None else time_limit,
+                              MEMORY_LIMIT)
+    report = ProductReport(str(target), tol, seed)
+    try:
+        problem = _problem(evaluator, str(target), seed, samples, targets=targets)
+        if problem.not_finite:
+            report.notes.append("the loss is not finite at the check point")
+            return report
+        rng = np.random.default_rng([seed, 2])
+        V = {k: rng.standard_normal(v.shape) for k, v in problem.params.items()}
+        for fn in ("hvp", "gnvp"):
+            reply, arrays = evaluator.call(
+                "products", {"fn": fn, "t": HVP_STEP, "own": fn == "gnvp"},
+                {f"v:{k}": v for k, v in V.items()}, what=f"calling {fn}")
+            if "raised" in reply:
+                raise SymgradError(str(target), _clean(reply["raised"]))
+            out = _dict(reply.get("value"))
+            if out.get("type") != "products":
+                raise SymgradError(str(target), f"{fn} returned {_clean(out.get('repr', '?'), 40)}"
+                                   ", not a dict of arrays")
+
+            def values(side: str, name: str, out=out, arrays=arrays) -> np.ndarray | None:
+                info = _dict(dict(out.get(side, {})).get(name))
+                return arrays.get(str(info.get("data")))
+
+            inner = 0.0
+            for name, base in problem.params.items():
+                a, plus, minus = (values(s, name) for s in ("product", "plus", "minus"))
+                if a is None or a.shape != base.shape or plus is None or minus is None:
+                    report.rows.append((fn, name, base.shape, math.nan, False))
+                    report.notes.append(f"{fn}: no array of shape {base.shape} for {name}")
+                    continue
+                n = (plus - minus) / (2 * HVP_STEP)
+                scale = max(float(np.max(np.abs(a), initial=0)), float(np.max(np.abs(n),
+                            initial=0)), 1e-12)
+                err = float(np.max(np.abs(a - n), initial=0)) / scale
+                report.rows.append((fn, name, base.shape, err, bool(err <= tol)))
+                inner += float(np.sum(V[name] * a))
+            if fn == "gnvp":
+                psd = inner >= -tol * max(1.0, abs(inner))
+                report.notes.append(f"gnvp: ⟨V, G V⟩ = {inner:.6g} "
+                                    f"({'≥ 0' if psd else 'NEGATIVE'}), at Y = forward(params, X) "
+                                    "where H = G")
+                if not psd:
+                    report.rows.append(("gnvp", "⟨V, G V⟩", (), inner, False))
+        return report
+    except _NoReport as e:
+        report.notes.append(str(e))
+        report.rows.append(("hvp", "—", (), math.nan, False))
+        return report
+    finally:
+        evaluator.close()
+        if scratch is not None:
+            scratch.cleanup()

@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max relative error allowed (taylor: the minimum observed order)")
     c.add_argument("--seed", type=int, default=0,
                    help="seed of the random parameters and data (default: 0)")
+    c.add_argument("--hvp", action="store_true",
+                   help="check hvp and gnvp against central differences of loss_and_grad "
+                   "along a random direction (a SPEC's module is generated with them)")
     c.add_argument("--directions", type=int, default=8,
                    help="directional: how many random directions per parameter (default: 8)")
     c.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",

@@ -227,6 +227,41 @@ class Session:
         return {"value": {"type": "pair", "loss": [number.real, number.imag, info],
                           "grads": grads}}, found
 
+    def op_products(self, header: dict, arrays: dict) -> tuple[dict, dict]:
+        """check --hvp: ``fn`` (hvp or gnvp) at the base point along V (arrays ``v:NAME``),
+        and the gradients of loss_and_grad at base ± t V; ``own``: with Y = forward(base, X)
+        (where ∂ℓ/∂Ŷ = 0 and the Hessian is the Gauss–Newton matrix)."""
+        fn, t = str(header["fn"]), float(header["t"])
+        V = {name: arrays[f"v:{name}"] for name in self.base}
+        f = getattr(self.module, fn, None)
+        if not callable(f):
+            return {"raised": f"the module has no {fn}() (generate it with --hvp)"}, {}
+        params, X, Y = self._copies(self.base)
+        if header.get("own"):
+            Y, raised = self._call("forward", self.module.forward, params, X.copy())
+            if raised:
+                return {"raised": raised}, {}
+        found: dict[str, np.ndarray] = {}
+        out, raised = self._call(fn, f, params, X, Y, {k: v.copy() for k, v in V.items()})
+        if raised:
+            return {"raised": raised}, {}
+        if not isinstance(out, dict):
+            return {"value": {"type": _kind(out), "repr": short(out)}}, {}
+        reply: dict[str, Any] = {"product": {str(k): describe_array(v, f"r{i}", found, self.limit)
+                                             for i, (k, v) in enumerate(list(out.items())[:MAX_ITEMS])}}
+        for side, sign in (("plus", 1.0), ("minus", -1.0)):
+            point = {k: v + sign * t * V[k] for k, v in self.base.items()}
+            params, X, _ = self._copies(point)
+            res, raised = self._call("loss_and_grad", self.module.loss_and_grad, params, X,
+                                     np.array(Y, copy=True), **self.keywords)
+            if raised:
+                return {"raised": raised}, {}
+            if not (isinstance(res, tuple | list) and len(res) == 2 and isinstance(res[1], dict)):
+                return {"value": {"type": _kind(res), "repr": short(res)}}, {}
+            reply[side] = {str(k): describe_array(v, f"{side}{i}", found, self.limit)
+                           for i, (k, v) in enumerate(list(res[1].items())[:MAX_ITEMS])}
+        return {"value": {"type": "products", **reply}}, found
+
     def op_direction(self, header: dict, arrays: dict) -> tuple[dict, dict]:
         self.directions[int(header["id"])] = (header["name"], arrays["v"])
         return {"ok": True}, {}
