@@ -1196,14 +1196,14 @@ def prove(spec: Spec | str, spot: bool = True,
 
 
 def tiny_image(spec: Spec) -> Spec:
-    """``spec`` on the smallest input images (each side from min(side, 3) up) at which every
+    """``spec`` on the smallest input images (each side from min(side, 4) up) at which every
     layer is still valid: the window ops' formulas are the same at every image size (their
     geometry — kernel, stride, padding — kept), so they are proved where the expansion is
     small. A flat spec as it is."""
     if spec.input_shape is None:
         return spec
     h, w, _ = spec.input_shape
-    for t in range(3, max(h, w) + 1):
+    for t in range(4, max(h, w) + 1):
         try:
             return spec.with_image(min(h, t), min(w, t))
         except SymgradError:
@@ -1250,7 +1250,9 @@ def _prove(spec: Spec, spot: bool, say: Callable[[str], None]) -> Report:
             not missing, time.perf_counter() - t0,
             missing or "runs of like layers cut to first, second and last; each layer "
             "between is the second with its indices shifted"))
-    whole = len(short.layers) <= budget.PROOF_LAYERS  # else equation by equation
+    # else equation by equation; and always for feature maps: a whole conv net's expansion
+    # nests every f_l under every window it reaches (two conv layers: minutes)
+    whole = len(short.layers) <= budget.PROOF_LAYERS and short.input_shape is None
     step("the chain rule", prove_structure if whole else prove_structure_local, short,
          bounded=True)
     for l, layer in enumerate(short.layers, 1):
