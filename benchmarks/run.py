@@ -10,8 +10,11 @@
    (benchmarks/profile_generated.py): where the time beyond the matmuls goes.
 4. Gradient-check cost: the generated module's full central-difference check of the
    digits network, and ``symgrad check --method directional`` on W1's network.
-5. The goal ratios of issues 6 and 11 for the generated module, checked against this run
-   (W6: JAX's ratio stated beside them).
+5. The goal ratios of issues 6, 11 and 12 for the generated module, checked against this
+   run (W6: JAX's ratio stated beside them; W5: PyTorch eager's).
+6. W4 and W5 (issue 12, benchmarks/conv_bench.py): the digits CNN and a CIFAR-sized one,
+   7 repetitions by default, and a trajectory check: the epoch-1 losses of every
+   implementation from the same initial parameters over the same batches.
 
 Second-order training (issue 15, benchmarks/second_order.py), last: loss against time and
 passes for SGD, Adam, L-BFGS and Newton-CG, its plot, and the cost of one hvp against
@@ -40,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, as a script
 
+import conv_bench as cb  # noqa: E402
 import derive_bench  # noqa: E402
 import numpy as np  # noqa: E402
 import second_order  # noqa: E402
@@ -64,6 +68,7 @@ OPTIONAL = (
 )
 CONTENDER_GROUPS = {
     "numpy": (tb.FLOOR, tb.HAND),
+    "kernels": (cb.KERNELS,),  # W4/W5: the network on the generated modules' conv kernels
     "generated": ("generated f32", "generated f64"),
     "torch": ("PyTorch eager",),
     "jax": ("JAX jit step", "JAX jit scan"),
@@ -71,17 +76,23 @@ CONTENDER_GROUPS = {
 }
 GEN = "generated f32"
 # The goals for the generated module (float32, SGD), per workload (W1–W3 issue 6's, W6
-# issue 11's): the ratio to the GEMM floor it must not exceed, and the contenders it must
-# beat.
+# issue 11's, W4/W5 issue 12's): the ratio to the GEMM floor it must not exceed (None:
+# none), and the contenders it must beat.
 GOALS = {
     "W1": (1.45, (tb.HAND, "PyTorch eager", "JAX jit step")),
     "W2": (3.0, (tb.HAND, "PyTorch eager")),
     "W3": (1.30, (tb.HAND,)),
+    "W4": (None, (tb.HAND, "PyTorch eager", "JAX jit step")),
+    "W5": (2.5, (tb.HAND, "JAX jit step")),
     "W6": (1.5, (tb.HAND, "PyTorch eager")),
 }
 # Contenders whose ratio to the generated module is stated beside the goals, no goal.
-STATED = {"W6": ("JAX jit step",)}
-DEFAULT_WORKLOADS = "W1,W2,W3,W6"
+STATED = {"W5": ("PyTorch eager",), "W6": ("JAX jit step",)}
+# W4/W5: the same goals are also stated for the network on the conv kernels alone (what
+# the generated module can reach), marked "info".
+KERNEL_GOALS = ("W4", "W5")
+DEFAULT_WORKLOADS = "W1,W2,W3,W4,W5,W6"
+CONV_REPS = 7  # W4/W5: medians of 7 paired repetitions (issue 12)
 
 
 def ensure_contenders(install: bool, log) -> list[str]:
@@ -141,6 +152,10 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         info["git"] = None
     return info
+
+
+def _fmt_load(load: tuple[float, ...]) -> str:
+    return " ".join(f"{x:.2f}" for x in load) + " (1, 5, 15 min)"
 
 
 def format_meta(meta: dict[str, Any]) -> str:
@@ -270,50 +285,60 @@ def format_gradchecks(rows: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------
 
 
-def evaluate_goals(workloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 6's goals for the generated module (float32), checked on this run."""
+def evaluate_goals(workloads: list[dict[str, Any]], contender: str = GEN,
+                   label: str = "generated") -> list[dict[str, Any]]:
+    """The goals of issues 6, 11 and 12 for the generated module (float32), checked on this
+    run. ``contender``/``label``: the same goals for another row (stated as "info")."""
     goals = []
+    info = contender != GEN
+
+    def goal(key, text, ok, value):
+        if info:
+            text = f"{label}: {text}"
+            value = value if ok is None else f"{value} ({'met' if ok else 'missed'})"
+            ok = "info"
+        goals.append({"workload": key, "goal": text, "ok": ok, "value": value})
+
+    def paired(gen, r):
+        return statistics.median(g / t for g, t in zip(gen["times"], r["times"], strict=True))
+
     for res in workloads:
         key = res["workload"]
-        if key not in GOALS:
+        if key not in GOALS or (info and key not in KERNEL_GOALS):
             continue
         limit, rivals = GOALS[key]
         rows = {r["contender"]: r for r in res["rows"]}
-        gen = rows.get(GEN, {})
+        gen = rows.get(contender, {})
+        floor_goal = "beside the GEMM floor (no goal)" if limit is None else f"≤ {limit}× GEMM floor"
         if "median" not in gen:
-            goals.append({"workload": key, "goal": f"≤ {limit}× GEMM floor",
-                          "ok": None, "value": gen.get("status", "not measured")})
+            goal(key, floor_goal, None, gen.get("status", "not measured"))
             continue
-        goals.append({"workload": key, "goal": f"≤ {limit}× GEMM floor",
-                      "ok": gen["ratio_floor"] <= limit, "value": fmt_ratio(gen["ratio_floor"])})
+        if limit is None:
+            goals.append({"workload": key, "goal": (f"{label}: " if info else "") + floor_goal,
+                          "ok": "info", "value": fmt_ratio(gen["ratio_floor"])})
+        else:
+            goal(key, floor_goal, gen["ratio_floor"] <= limit, fmt_ratio(gen["ratio_floor"]))
         for rival in rivals:
             r = rows.get(rival, {})
             if "times" not in r or len(r["times"]) != len(gen["times"]):
-                goals.append({"workload": key, "goal": f"faster than {rival}", "ok": None,
-                              "value": r.get("status", "not measured")})
+                goal(key, f"faster than {rival}", None, r.get("status", "not measured"))
                 continue
-            ratio = statistics.median(
-                g / t for g, t in zip(gen["times"], r["times"], strict=True)
-            )
-            goals.append({"workload": key, "goal": f"faster than {rival}", "ok": ratio < 1,
-                          "value": f"generated/{rival} = {ratio:.2f}"})
+            ratio = paired(gen, r)
+            goal(key, f"faster than {rival}", ratio < 1, f"{label}/{rival} = {ratio:.2f}")
         for rival in STATED.get(key, ()):
             r = rows.get(rival, {})
             if "times" not in r or len(r["times"]) != len(gen["times"]):
                 value = r.get("status", "not measured")
             else:
-                ratio = statistics.median(
-                    g / t for g, t in zip(gen["times"], r["times"], strict=True)
-                )
-                value = f"generated/{rival} = {ratio:.2f}"
-            goals.append({"workload": key, "goal": f"beside {rival} (no goal)", "ok": "info",
-                          "value": value})
+                value = f"{label}/{rival} = {paired(gen, r):.2f}"
+            goals.append({"workload": key, "goal": (f"{label}: " if info else "")
+                          + f"beside {rival} (no goal)", "ok": "info", "value": value})
     return goals
 
 
 def format_goals(goals: list[dict[str, Any]]) -> str:
-    lines = ["Goals for the generated module (float32, SGD; W1–W3 issue 6, W6 issue 11), "
-             "this run:"]
+    lines = ["Goals for the generated module (float32, SGD; W1–W3 issue 6, W4–W5 issue 12, "
+             "W6 issue 11), this run:"]
     for g in goals:
         mark = {True: "ok", False: "MISSED", None: "n/a", "info": "info"}[g["ok"]]
         lines.append(f"  [{mark:6s}] {g['workload']}: {g['goal']}: {g['value']}")
@@ -331,10 +356,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: small N, 2 repetitions, 1 derive run, no gradient checks")
     ap.add_argument("--no-install", action="store_true", help="do not pip-install contenders")
-    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 5, quick 2)")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="repetitions (default 5, W4/W5 7, quick 2)")
     ap.add_argument("--workloads", default=None,
                     help=f"comma-separated subset (default {DEFAULT_WORKLOADS}; with --tiny: "
-                         "T, T6)")
+                         "T, T4, T5, T6)")
     ap.add_argument("--contenders", default=",".join(CONTENDER_GROUPS),
                     help=f"comma-separated subset of {', '.join(CONTENDER_GROUPS)}")
     ap.add_argument("--no-derive", action="store_true", help="skip the derive/generate table")
@@ -343,12 +369,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-gradcheck", action="store_true", help="skip the gradient-check cost")
     ap.add_argument("--no-second-order", action="store_true",
                     help="skip the second-order training and hvp cost (second_order.py)")
+    ap.add_argument("--no-trajectory", action="store_true",
+                    help="W4/W5: skip the epoch-1 loss comparison of the implementations")
     ap.add_argument("--pause", type=float, default=tb.PAUSE_S,
                     help="seconds of sleep before each timed epoch (idle thread pools)")
     ap.add_argument("--threads", type=int, default=None,
                     help="limit numpy BLAS, torch (and XLA when 1) to this many threads")
     ap.add_argument("--tiny", action="store_true",
-                    help="tiny workloads (for tests): T a dense chain (default), T6 W6's shape")
+                    help="tiny workloads (for tests): T a dense chain (default), T4/T5 W4's "
+                         "and W5's shapes, T6 W6's")
     ap.add_argument("--json", type=Path, default=RESULTS_DIR / "latest.json")
     return ap.parse_args(argv)
 
@@ -369,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in results["install"]:
         log(note)
     emit(format_meta(results["meta"]))
+    emit(f"load average at start: {_fmt_load(os.getloadavg())}")
     load = os.getloadavg()[0]
     if load > 0.5:
         emit(f"warning: load average {load:.1f} at start — other processes share the "
@@ -392,28 +422,42 @@ def main(argv: list[str] | None = None) -> int:
     if tb.FLOOR not in contenders:  # every ratio is to the floor
         contenders = (tb.FLOOR, *contenders)
     if args.tiny:
-        available, chosen = tb.tiny_workloads(), args.workloads or "T"
+        available, chosen = {**tb.tiny_workloads(), **cb.tiny_workloads()}, args.workloads or "T"
     else:
-        available = tb.make_workloads(args.full, args.quick)
+        available = {**tb.make_workloads(args.full, args.quick), **cb.make_workloads(args.quick)}
+        available = {k: available[k] for k in sorted(available)}
         chosen = args.workloads or DEFAULT_WORKLOADS
     keys = [k.strip() for k in chosen.split(",")]
     unknown = [k for k in keys if k not in available]
     if unknown:
         raise SystemExit(f"unknown workload {unknown[0]!r}; use {', '.join(available)}"
-                         + ("" if args.tiny else " (T, T6 with --tiny)"))
+                         + ("" if args.tiny else " (T, T4, T5, T6 with --tiny)"))
     workloads = [available[k] for k in keys]
 
     results["workloads"] = []
     with tempfile.TemporaryDirectory(prefix="symgrad-bench-") as tmp:
         workdir = Path(tmp)
         for w in workloads:
-            log(f"{w.title}: preparing {len(contenders)} contenders …")
-            res = tb.run_workload(w, reps, workdir, contenders, log=log, pause=args.pause)
+            conv = isinstance(w, cb.ConvWorkload)
+            preparers = cb.PREPARERS if conv else tb.PREPARERS
+            # each workload's own contenders (no scikit-learn CNN, no float64 W4/W5)
+            mine = tuple(c for c in contenders if c in preparers)
+            w_reps = args.reps or (2 if args.quick else CONV_REPS if conv else reps)
+            log(f"{w.title}: preparing {len(mine)} contenders …")
+            res = tb.run_workload(w, w_reps, workdir, mine, log=log, pause=args.pause,
+                                  preparers=preparers)
             res["table"] = tb.format_workload(res)
+            res["load_average"] = os.getloadavg()
             results["workloads"].append(res)
-            emit(res["table"])
+            emit(res["table"] + f"\nload average after it: {_fmt_load(res['load_average'])}")
+            if conv and not args.no_trajectory:
+                log(f"{w.key}: trajectory check …")
+                traj = cb.trajectory_check(w, tb.make_data(w), workdir, log=log,
+                                           generated=GEN in mine)
+                res["trajectory"] = traj
+                emit(cb.format_trajectory(traj))
             gen_ok = any(r["contender"] == GEN and "median" in r for r in res["rows"])
-            if gen_ok and not (args.quick or args.tiny or args.no_profile):
+            if gen_ok and not (conv or args.quick or args.tiny or args.no_profile):
                 log(f"{w.key}: profiling the generated module's epoch …")
                 prof = profile_generated(w, workdir)
                 results.setdefault("profile_generated", []).append(prof)
@@ -430,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results["meta"]["load_average_at_end"] = os.getloadavg()
     results["goals"] = evaluate_goals(results["workloads"])
+    results["goals"] += evaluate_goals(results["workloads"], cb.KERNELS, "numpy + conv kernels")
     if results["goals"]:
         emit(format_goals(results["goals"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ def bench():
         yield {
             name: importlib.import_module(name)
             for name in ("bench_common", "derive_bench", "training_bench", "profile_generated",
-                         "run")
+                         "conv_bench", "run")
         }
     finally:
         sys.path[:] = [p for p in sys.path if p != str(BENCH)]
@@ -225,7 +225,7 @@ def test_run_tiny_bn_residual_workload(bench, tmp_path, capsys):
     for name in ("GEMM floor", "hand-written numpy", "generated f32", "generated f64"):
         assert rows[name].get("n") == 1 and rows[name]["median"] > 0, rows[name]
     assert workload["table"] in printed
-    with pytest.raises(SystemExit, match="unknown workload 'W9'; use W1, W2, W3, W6"):
+    with pytest.raises(SystemExit, match="unknown workload 'W9'; use W1, W2, W3, W4, W5, W6"):
         bench["run"].main(["--no-install", "--no-derive", "--workloads", "W9"])
 
 
@@ -303,3 +303,137 @@ def test_generated_w6_module_is_the_hand_written_network(bench, tmp_path):
               learning_rate=1.0, optimizer="sgd", verbose=False)
     for k in ours:  # one batch, shuffled: the same step, the same running statistics
         np.testing.assert_allclose(params[k], ours[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+# --------------------------------------------------------------------------
+# W4/W5 (issue 12): the CNNs
+# --------------------------------------------------------------------------
+
+
+def test_conv_workloads_are_the_issue_networks(bench):
+    """W4 is the digits CNN, W5 the CIFAR-sized one, as issue 12 defines them; the W5 spec
+    the generated contender loads is W5's own toml(), and symgrad reads both as the
+    networks the numpy, torch and JAX contenders train (parameters numbered by layer)."""
+    import tomllib
+
+    from symgrad.spec import spec_from_dict
+
+    cb = bench["conv_bench"]
+    w4, w5 = cb.make_workloads()["W4"], cb.make_workloads()["W5"]
+    assert (w4.image, w4.convs, w4.outputs, w4.n, w4.batch_size, w4.data) == (
+        (8, 8, 1), (16,), 10, 1_437, 32, "digits")
+    assert (w5.image, w5.convs, w5.outputs, w5.n, w5.batch_size) == (
+        (32, 32, 3), (32, 64), 10, 2_048, 64)
+    assert w5.title.startswith("W5: 32×32×3 → conv3×3×32 relu → pool2 → conv3×3×64 relu")
+    committed = (cb.ROOT / w5.spec).read_text(encoding="utf-8")
+    assert "\n".join(ln for ln in committed.splitlines() if not ln.startswith("#")) + "\n" \
+        == w5.toml()
+    spec = spec_from_dict(tomllib.loads(w5.toml()))
+    assert [layer.type for layer in spec.layers] == [
+        "conv2d", "maxpool2d", "conv2d", "maxpool2d", "flatten", "dense"]
+    shapes = {k: v.shape for k, v in cb.init_params(w5).items()}
+    assert spec.param_shapes() == shapes == {
+        "W1": (3, 3, 3, 32), "b1": (32,), "W3": (3, 3, 32, 64), "b3": (64,),
+        "W6": (4096, 10), "b6": (10,)}
+    assert spec_from_dict(tomllib.loads(w4.toml())).param_shapes() == {
+        k: v.shape for k, v in cb.init_params(w4).items()}
+
+
+def test_run_tiny_conv_workloads(bench, tmp_path, capsys, monkeypatch):
+    """`run.py --tiny --workloads T4,T5`: W4's and W5's shapes through the runner (the
+    floor, hand-written numpy and the conv kernels timed; torch and JAX reported missing,
+    their import and compilation would take seconds), and the trajectory check: from the
+    same parameters over the same batches hand-written numpy and the kernels compute the
+    same epoch-1 losses."""
+    tb, cb = bench["training_bench"], bench["conv_bench"]
+    real = tb.has_module
+    for mod in (tb, cb):
+        monkeypatch.setattr(mod, "has_module", lambda m: m not in ("jax", "torch") and real(m))
+    out_json = tmp_path / "conv.json"
+    rc = bench["run"].main([
+        "--tiny", "--workloads", "T4,T5", "--no-install", "--reps", "1", "--pause", "0",
+        "--no-derive", "--contenders", "numpy,kernels,torch,jax", "--json", str(out_json),
+    ])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    results = json.loads(out_json.read_text(encoding="utf-8"))
+    assert [w["workload"] for w in results["workloads"]] == ["T4", "T5"]
+    for w in results["workloads"]:
+        rows = {r["contender"]: r for r in w["rows"]}
+        assert list(rows) == ["GEMM floor", "hand-written numpy", "numpy + conv kernels",
+                              "PyTorch eager", "JAX jit step"]
+        for name in ("GEMM floor", "hand-written numpy", "numpy + conv kernels"):
+            assert rows[name].get("n") == 1 and rows[name]["median"] > 0, rows[name]
+        assert rows["PyTorch eager"]["status"] == "skipped: torch not installed"
+        assert w["table"] in printed and len(w["load_average"]) == 3
+        traj = {r["contender"]: r for r in w["trajectory"]["rows"]}
+        assert traj["numpy + conv kernels"]["max_rel_diff"] < 1e-6, traj
+        assert len(traj["numpy + conv kernels"]["losses"]) == w["trajectory"]["batches"] == 5
+        assert traj["PyTorch eager"]["status"] == "skipped: torch not installed"
+        assert "generated f32" not in traj  # not a contender of this run
+        assert cb.format_trajectory(w["trajectory"]) in printed
+    assert "load average at start: " in printed
+
+
+def test_conv_trajectories_agree_with_torch(bench, tmp_path, monkeypatch):
+    """T5 (W5's two conv layers: col2im and both poolings on the path): hand-written numpy,
+    the conv kernels and PyTorch eager, from the same parameters over the same batches,
+    compute the same epoch-1 losses to float32 rounding, and they go down. (JAX hidden:
+    its compilation would take seconds; `make bench` compares it.)"""
+    tb, cb = bench["training_bench"], bench["conv_bench"]
+    real = cb.has_module
+    monkeypatch.setattr(cb, "has_module", lambda m: m != "jax" and real(m))
+    w = cb.tiny_workloads()["T5"]
+    res = cb.trajectory_check(w, tb.make_data(w), tmp_path, generated=False)
+    traj = {r["contender"]: r for r in res["rows"]}
+    for name in ("numpy + conv kernels", "PyTorch eager"):
+        assert traj[name]["ok"] and traj[name]["max_rel_diff"] < 1e-5, traj[name]
+    assert res["last_loss"] < res["first_loss"]
+    assert traj["JAX"]["status"] == "skipped: jax not installed"
+    assert "[ok]" in cb.format_trajectory(res) and "DIFFERS" not in cb.format_trajectory(res)
+
+
+def test_w4_w5_goals(bench):
+    """W4: faster than every contender (the floor's ratio stated, no goal); W5: ≤ 2.5× the
+    floor, faster than hand-written numpy and JAX, PyTorch eager's ratio beside; the same
+    goals stated ("info") for the network on the conv kernels."""
+    run = bench["run"]
+
+    def rows(gen, kern):
+        return [
+            {"contender": "GEMM floor", "times": [1.0, 1.0]},
+            {"contender": "generated f32", "times": gen, "median": gen[0],
+             "ratio_floor": gen[0]},
+            {"contender": "numpy + conv kernels", "times": kern, "median": kern[0],
+             "ratio_floor": kern[0]},
+            {"contender": "hand-written numpy", "times": [4.0, 4.0]},
+            {"contender": "PyTorch eager", "times": [2.0, 2.0]},
+            {"contender": "JAX jit step", "times": [3.0, 3.0]},
+        ]
+
+    res = [{"workload": "W4", "rows": rows([2.5, 2.5], [2.0, 2.0])},
+           {"workload": "W5", "rows": rows([2.4, 2.4], [3.0, 3.0])}]
+    lines = run.format_goals([*run.evaluate_goals(res),
+                              *run.evaluate_goals(res, "numpy + conv kernels", "kernels")])
+    assert lines.splitlines()[1:] == [
+        "  [info  ] W4: beside the GEMM floor (no goal): 2.50×",
+        "  [ok    ] W4: faster than hand-written numpy: generated/hand-written numpy = 0.62",
+        "  [MISSED] W4: faster than PyTorch eager: generated/PyTorch eager = 1.25",
+        "  [ok    ] W4: faster than JAX jit step: generated/JAX jit step = 0.83",
+        "  [ok    ] W5: ≤ 2.5× GEMM floor: 2.40×",
+        "  [ok    ] W5: faster than hand-written numpy: generated/hand-written numpy = 0.60",
+        "  [ok    ] W5: faster than JAX jit step: generated/JAX jit step = 0.80",
+        "  [info  ] W5: beside PyTorch eager (no goal): generated/PyTorch eager = 1.20",
+        "  [info  ] W4: kernels: beside the GEMM floor (no goal): 2.00×",
+        "  [info  ] W4: kernels: faster than hand-written numpy: kernels/hand-written numpy "
+        "= 0.50 (met)",
+        "  [info  ] W4: kernels: faster than PyTorch eager: kernels/PyTorch eager = 1.00 "
+        "(missed)",
+        "  [info  ] W4: kernels: faster than JAX jit step: kernels/JAX jit step = 0.67 (met)",
+        "  [info  ] W5: kernels: ≤ 2.5× GEMM floor: 3.00× (missed)",
+        "  [info  ] W5: kernels: faster than hand-written numpy: kernels/hand-written numpy "
+        "= 0.75 (met)",
+        "  [info  ] W5: kernels: faster than JAX jit step: kernels/JAX jit step = 1.00 "
+        "(missed)",
+        "  [info  ] W5: kernels: beside PyTorch eager (no goal): kernels/PyTorch eager = 1.50",
+    ]
