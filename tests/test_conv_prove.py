@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sympy as sp
+from test_conv_derive import CNN2
 
 from symgrad import crosscheck
 from symgrad.cli import main
@@ -19,8 +20,6 @@ from symgrad.derive import derive
 from symgrad.ops import Col2im, MaxPoolBack, Unflatten, _size
 from symgrad.ops.conv import AvgPoolBack
 from symgrad.spec import load_spec
-
-from test_conv_derive import CNN2
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "examples" / "digits_cnn.toml"
