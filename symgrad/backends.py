@@ -144,8 +144,11 @@ def _vdot(c: _Call) -> str:
 
 
 def _copyto(c: _Call) -> str:
-    """np.copyto(dst, src[, where=m]): dst.copy_(src), or torch.where(m, src, dst, out=dst)."""
+    """np.copyto(dst, src[, where=m]): dst.copy_(src), or torch.where(m, src, dst, out=dst)
+    (a scalar src: dst.masked_fill_(m, src))."""
     dst, src = c.args
+    if "where" in c.keywords and c.scalar(1):
+        return f"{dst}.masked_fill_({c.keywords['where']}, {src})"
     if "where" in c.keywords:
         return f"torch.where({c.keywords['where']}, {src}, {dst}, out={dst})"
     return f"{dst}.copy_({src})"

@@ -2507,6 +2507,7 @@ def torch_context(d: Derivation) -> dict[str, Any]:
     for key in ("forward", "loss", "grad_forward", "grad_backward", "step"):
         ctx[key] = [Statement(torch_code(s.code, where, vectors), s.comments) for s in ctx[key]]
     ctx["workspace"] = [(k, _torch_array(code), note) for k, code, note in ctx["workspace"]]
+    ctx["workspace_masks"] = any("**boolean" in code for _, code, _ in ctx["workspace"])
     code = "\n".join(line for key in ("loss", "grad_forward", "grad_backward", "step")
                       for line in _code_lines(ctx[key]))
     ctx["helpers"] = sorted({*ctx["helpers"], *(["vdot"] if "_vdot(" in code else [])})

@@ -65,6 +65,18 @@ def exception_text(e: BaseException) -> str:
     return type(e).__name__ + (f": {message}" if message else "")
 
 
+def _from_tensor(value: Any) -> Any:
+    """A torch tensor (a torch-backend module's value) as a numpy array, at this boundary;
+    anything else as it is (torch is not imported here: a tensor is known by its type)."""
+    if type(value).__module__.startswith("torch") and type(value).__name__ in ("Tensor",
+                                                                               "Parameter"):
+        try:
+            return value.detach().cpu().numpy()
+        except Exception:  # noqa: BLE001 - whatever the value does
+            return value
+    return value
+
+
 def _kind(value: Any) -> str:
     """A coarse type name the parent validates against."""
     if isinstance(value, bool | np.bool_):
@@ -104,6 +116,7 @@ def plain(value: Any, depth: int = 0) -> Any:
 
 def describe_scalar(value: Any) -> tuple[complex, dict[str, Any]]:
     """(the number, {type, dtype, size, repr}); the number is nan where there is none."""
+    value = _from_tensor(value)
     kind = _kind(value)
     info: dict[str, Any] = {"type": kind, "repr": short(value)}
     number: complex = complex(np.nan)
@@ -122,6 +135,7 @@ def describe_array(value: Any, key: str, out: dict[str, np.ndarray],
                    limit: int) -> dict[str, Any]:
     """{type, dtype, shape, repr}; the values as float64 in ``out[key]`` when they are real
     numbers (dtype kind i, u or f) and at most ``limit`` of them."""
+    value = _from_tensor(value)
     kind = _kind(value)
     info: dict[str, Any] = {"type": kind, "repr": short(value)}
     if kind not in ("ndarray", "numpy", "list", "tuple", "int", "float", "complex"):
