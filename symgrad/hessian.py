@@ -112,8 +112,22 @@ def _kink(problem: em.ExprProblem) -> str | None:
         if isinstance(n, AbsSum) or (isinstance(n, Norm) and n.ord not in (2, "fro")):
             return f"the norm {em.text(n, problem)}"
         if isinstance(n, Map) and any(n.expr.has(k) for k in _KINKS):
-            return em.text(n, problem)
+            return _kink_name(n, problem)
     return None
+
+
+def _kink_name(n: Map, problem: em.ExprProblem) -> str:
+    """The activation's name (relu, huber, …) where the body is one, else its printed form."""
+    from symgrad.activations import ACTIVATIONS, X
+
+    if len(n.args) == 1:
+        body = n.expr.xreplace({n.args[0][0]: X})
+        for a in ACTIVATIONS.values():
+            if a.expr is not None and body == a.expr:
+                return a.name
+    if isinstance(n.expr, sp.Abs) and len(n.args) == 1:
+        return "abs"
+    return em.text(n, problem)
 
 
 def _direction(problem: em.ExprProblem, shape) -> Sym:
