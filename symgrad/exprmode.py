@@ -49,6 +49,7 @@ from symgrad.budget import EXHAUSTED, deadline
 from symgrad.codegen import lowerable
 from symgrad.derive import Derivation, derive_graph, walk
 from symgrad.errors import SymgradError
+from symgrad.expr import EXPR_METHODS
 from symgrad.graph import Assignment, Graph
 from symgrad.ops import (
     Add,
@@ -85,8 +86,8 @@ from symgrad.ops.linalg import (
     invertible_names,
     with_solves,
 )
-from symgrad.ops.reductions import Extremum, Norm
-from symgrad.ops.structure import DiagMatrix, DiagPart, Kron
+from symgrad.ops.reductions import ArgMask, Extremum, Norm
+from symgrad.ops.structure import DiagMatrix, DiagPart, Kron, KronFactor
 from symgrad.printing import (
     ATOM,
     HADAMARD,
@@ -266,8 +267,11 @@ class ExprBuilder(FormulaBuilder):
     functions = EXPR_FUNCTIONS
 
     def visit_Call(self, node: ast.Call):
+        spelled, node = node, _numpy_spelling(node)
         func = node.func
         name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+        if name in NUMPY_FORMS:
+            return getattr(self, NUMPY_FORMS[name])(node, _src(spelled))
         if name in VOCABULARY or _vocabulary_form(name, node):
             return self.vocab_call(name, node)
         if name in MATRIX_EXTRAS:
@@ -278,6 +282,139 @@ class ExprBuilder(FormulaBuilder):
             error = self.unknown_function(name, name)
             raise self.error(f"{error.what} in {_src(node)}")
         return super().visit_Call(node)
+
+    # --- the numpy spellings symgrad's own numpy lines use (read back by verify --expr)
+
+    def visit_Compare(self, node: ast.Compare):
+        self._no_equality(node)
+        return super().visit_Compare(node)
+
+    def condition(self, node: ast.Compare):
+        self._no_equality(node)
+        return super().condition(node)
+
+    def _no_equality(self, node: ast.Compare) -> None:
+        if isinstance(node.ops[0], ast.Eq):
+            raise self.error(f"{_src(node)}: '==' is read only in the one-hot form of an "
+                             "arg-max, np.where(np.arange(n)[:, None] == np.argmax(X, axis=0), "
+                             "1.0, 0.0); elsewhere use <, <=, > or >=")
+
+    def _size_of(self, node: ast.expr, text: str) -> sp.Expr:
+        value = self.visit(node)
+        if isinstance(value, Term) or not isinstance(value, sp.Expr):
+            raise self.error(f"{text}: {_src(node)} is not a size")
+        return value
+
+    def _matrix(self, node: ast.expr, text: str, what: str) -> Term:
+        x = self.visit(node)
+        if not isinstance(x, Term) or len(x.shape) != 2:
+            raise self.shape_error(f"{text}: {what} needs a 2-D array, got "
+                                   f"{x if not isinstance(x, Term) else _shape_text(x.shape)}")
+        return x
+
+    def onehot(self, node: ast.Call, text: str) -> Term:
+        """np.where(POSITIONS == np.argmax(X, …), 1.0, 0.0): the one-hot of the first
+        arg-max (or arg-min) of X's columns (POSITIONS np.arange(rows)[:, None], axis=0),
+        rows (np.arange(cols), axis=1, keepdims=True) or entries (np.arange(rows * cols)
+        .reshape(rows, cols), no axis) — what the gradient of max(X, …) prints."""
+        usage = (f"{text}: '==' is read only in the one-hot form of an arg-max, "
+                 "np.where(np.arange(n)[:, None] == np.argmax(X, axis=0), 1.0, 0.0)")
+        if len(node.args) != 3 or node.keywords:
+            raise self.error(usage)
+        test, yes, no = node.args
+        assert isinstance(test, ast.Compare)
+        left, right = test.left, test.comparators[0]
+        if not (all(isinstance(a, ast.Constant) and type(a.value) in (int, float)
+                    for a in (yes, no)) and (yes.value, no.value) == (1, 0)):  # type: ignore[union-attr]
+            raise self.error(usage)
+        if not (isinstance(right, ast.Call) and _numpy_name(right.func) in ("argmax", "argmin")
+                and len(right.args) == 1):
+            raise self.error(usage)
+        kw = {k.arg: k.value.value for k in right.keywords}  # type: ignore[attr-defined]
+        axis, keep = kw.get("axis"), bool(kw.get("keepdims", False))
+        x = self._matrix(right.args[0], text, "argmax")
+        r, c = x.shape
+        if axis == 0 and isinstance(left, ast.Subscript):
+            count, want = left.value, r  # np.arange(r)[:, None]
+        elif axis == 1 and keep:
+            count, want = left, c  # np.arange(c)
+        elif axis is None and isinstance(left, ast.Call) and isinstance(
+                left.func, ast.Attribute) and left.func.attr == "reshape":
+            dims = [self._size_of(a, text) for a in left.args]
+            if [sp.expand(d) for d in dims] != [sp.expand(r), sp.expand(c)]:
+                raise self.shape_error(f"{text}: the positions must be reshaped to X's shape")
+            count, want = left.func.value, r * c
+        else:
+            raise self.error(usage)
+        if not (isinstance(count, ast.Call) and _numpy_name(count.func) == "arange"
+                and len(count.args) == 1 and not count.keywords):
+            raise self.error(usage)
+        if sp.expand(self._size_of(count.args[0], text) - want) != 0:
+            raise self.shape_error(f"{text}: np.arange must count the positions along the "
+                                   f"axis ({_shape_text((want,))})")
+        kind = "max" if _numpy_name(right.func) == "argmax" else "min"
+        return Term(ArgMask(x.node, axis, kind), x.shape, text)
+
+    def einsum(self, node: ast.Call, text: str) -> Term:
+        """np.einsum("ipjq,pq->ij", G.reshape(m, p, n, q), B) (∂L/∂A of A ⊗ B: each p×q
+        block of G against B) and np.einsum("ipjq,ij->pq", G.reshape(m, p, n, q), A)
+        (∂L/∂B: the blocks weighted by A's entries) — the two forms symgrad prints."""
+        spec = node.args[0].value if node.args else None  # type: ignore[attr-defined]
+        if spec not in _KRON_SPECS or len(node.args) != 3 or node.keywords:
+            raise self.error(f"{text}: einsum is read in the two block forms of a Kronecker "
+                             'gradient, np.einsum("ipjq,pq->ij", G.reshape(m, p, n, q), B) '
+                             'and np.einsum("ipjq,ij->pq", G.reshape(m, p, n, q), A)')
+        blocks = node.args[1]
+        if not (isinstance(blocks, ast.Call) and isinstance(blocks.func, ast.Attribute)
+                and blocks.func.attr == "reshape" and len(blocks.args) == 4):
+            raise self.error(f"{text}: einsum's first operand is G.reshape(m, p, n, q)")
+        g = self._matrix(blocks.func.value, text, "einsum")
+        m, p, n, q = (self._size_of(a, text) for a in blocks.args)
+        other = self._matrix(node.args[2], text, "einsum")
+        left = spec == _KRON_SPECS[0]
+        fits = [sp.expand(u - v) == 0 for u, v in zip(
+            (*g.shape, *other.shape), (m * p, n * q, *((p, q) if left else (m, n))), strict=True)]
+        if not all(fits):
+            raise self.shape_error(f"{text}: G ({_shape_text(g.shape)}) and "
+                                   f"{_shape_text(other.shape)} do not fit the blocks")
+        return Term(KronFactor(g.node, other.node, left), (m, n) if left else (p, q), text)
+
+    def matrix_power(self, node: ast.Call, text: str) -> Term:
+        """np.linalg.matrix_power(A, k) for a whole number 0 ≤ k ≤ 64 (A square)."""
+        k = node.args[1] if len(node.args) == 2 else None
+        if node.keywords or not (isinstance(k, ast.Constant) and type(k.value) is int
+                                 and 0 <= k.value <= 64):
+            raise self.error(f"{text}: matrix_power takes a square matrix and a whole "
+                             "number 0 … 64")
+        x = self._matrix(node.args[0], text, "matrix_power")
+        if x.shape[0] != x.shape[1]:
+            raise self.shape_error(f"{text}: matrix_power needs a square matrix, got "
+                                   f"{_shape_text(x.shape)}")
+        power = Eye(x.shape[0]) if k.value == 0 else x.node if k.value == 1 else MatPow(
+            x.node, k.value)
+        return Term(power, x.shape, text)
+
+    def broadcast_to(self, node: ast.Call, text: str) -> Term:
+        """np.broadcast_to(v, (r, c)): a row, column or scalar spread to r×c (the form a
+        spread operand prints)."""
+        shape = node.args[1] if len(node.args) == 2 else None
+        if node.keywords or not (isinstance(shape, ast.Tuple) and len(shape.elts) == 2):
+            raise self.error(f"{text}: broadcast_to takes an array and its shape (rows, cols)")
+        r, c = (self._size_of(a, text) for a in shape.elts)
+        x = self.visit(node.args[0])
+        if not isinstance(x, Term):
+            return Term(Broadcast(Const(sp.sympify(x)), (r, c)), (r, c), text)
+        xr, xc = _internal(x.shape)
+        if not all(sp.expand(u - v) == 0 or u == 1 for u, v in ((xr, r), (xc, c))):
+            raise self.shape_error(f"{text}: {_shape_text(x.shape)} cannot be broadcast to "
+                                   f"{_shape_text((r, c))}")
+        node_ = x.node if tuple(x.node.shape) == (xr, xc) else _transpose(x.node)
+        return Term(node_ if (xr, xc) == (r, c) else Broadcast(node_, (r, c)), (r, c), text)
+
+    def refused_form(self, node: ast.Call, text: str) -> Term:
+        name = _numpy_name(node.func) or getattr(node.func, "id", "")
+        raise self.error(f"{text}: {name} is read only inside the forms symgrad prints "
+                         "(np.arange in a one-hot, .reshape as einsum's operand)")
 
     def unknown_function(self, name: str, label: str) -> SymgradError:
         known = [*self.functions, *MATRIX_EXTRAS, *LINALG[:4], *VOCABULARY, "sum", "mean"]
@@ -487,6 +624,37 @@ class ExprBuilder(FormulaBuilder):
 
 
 VOCABULARY = ("diag", "diagflat", "expand_dims", "kron", "max", "min")
+#: numpy spellings read by their own method of :class:`ExprBuilder`
+NUMPY_FORMS = {"_onehot": "onehot", "einsum": "einsum", "broadcast_to": "broadcast_to", "matrix_power": "matrix_power", "arange": "refused_form",
+               "reshape": "refused_form"}
+_KRON_SPECS = ("ipjq,pq->ij", "ipjq,ij->pq")
+
+
+def _numpy_name(func: ast.expr) -> str | None:
+    """NAME of ``np.NAME`` (or ``numpy.NAME``), else None."""
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and (
+            func.value.id in ("np", "numpy")):
+        return func.attr
+    return None
+
+
+def _numpy_spelling(node: ast.Call) -> ast.Call:
+    """A call as the builder reads it: ``X.max(axis=0)`` (numpy's method) is
+    ``max(X, axis=0)``, ``np.amax``/``np.amin`` are ``max``/``min``, ``np.where(… == …)`` the
+    one-hot, ``G.reshape(…)`` outside einsum is refused by name."""
+    func = node.func
+    if isinstance(func, ast.Attribute) and func.attr in EXPR_METHODS and _numpy_name(
+            func) is None:
+        name = ast.copy_location(ast.Name(EXPR_METHODS[func.attr], ast.Load()), func)
+        return ast.copy_location(ast.Call(name, [func.value, *node.args], node.keywords), node)
+    if _numpy_name(func) in ("amax", "amin"):
+        name = ast.copy_location(ast.Name(func.attr[1:], ast.Load()), func)  # type: ignore[attr-defined]
+        return ast.copy_location(ast.Call(name, node.args, node.keywords), node)
+    if (getattr(func, "id", None) == "where" or _numpy_name(func) == "where") and node.args and (
+            isinstance(node.args[0], ast.Compare) and isinstance(node.args[0].ops[0], ast.Eq)):
+        name = ast.copy_location(ast.Name("_onehot", ast.Load()), func)
+        return ast.copy_location(ast.Call(name, node.args, node.keywords), node)
+    return node
 
 
 def _vocabulary_form(name: str, node: ast.Call) -> bool:
@@ -565,7 +733,7 @@ def parse_problem(text: str, shape_items: Sequence[str], wrt: str | Sequence[str
     space = Space(shapes, tuple(names))
     from symgrad.expr import validate
 
-    text = ast.unparse(validate(text, where=WHERE, allow_matrix=True))  # one line, no comments
+    text = ast.unparse(validate(text, where=WHERE, allow_matrix=True, numpy_forms=True))  # one line
     root = build(text, space)
     missing = [w for w in names if w not in root.syms()]
     if missing:
@@ -577,7 +745,7 @@ def build(text: str, space: Space, where: str = WHERE, scalar: bool = True) -> N
     """EXPR → a forward tree (1×1 when ``scalar``); bad input → SymgradError(where)."""
     from symgrad.expr import validate
 
-    tree = validate(text, where=where, allow_matrix=True)
+    tree = validate(text, where=where, allow_matrix=True, numpy_forms=True)
     source = ast.unparse(tree)
     builder = ExprBuilder(space, where=where, source=source)  # type: ignore[arg-type]
     try:
@@ -3246,7 +3414,7 @@ def _numpy_shape(formula: str, space: Space) -> tuple:
     2-D shape does not keep."""
     from symgrad.expr import validate
 
-    source = ast.unparse(validate(formula, where="formula", allow_matrix=True))
+    source = ast.unparse(validate(formula, where="formula", allow_matrix=True, numpy_forms=True))
     builder = ExprBuilder(space, where="formula", source=source)  # type: ignore[arg-type]
     value = builder.build(ast.parse(source, mode="eval"))
     return tuple(value.shape) if isinstance(value, Term) else ()
