@@ -31,6 +31,7 @@ import ast
 import difflib
 import math
 import operator
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -62,6 +63,16 @@ NUMPY_PREFIXES = ("np", "numpy")
 MATRIX_METHODS = MappingProxyType(
     {"sum": "sum", "mean": "mean", "dot": "dot", "transpose": "transpose"}
 )
+
+#: numpy spellings that expression mode (``numpy_forms``) also reads, so that every numpy
+#: line symgrad prints reads back: ``X.max(axis=0)``/``X.min(…)`` (numpy's methods),
+#: ``G.reshape(a, b, c, d)`` (only as einsum's operand), ``np.arange(n)[:, None]`` and ``==``
+#: (only in the one-hot form of an arg-max), einsum's subscripts (validated by
+#: :data:`EINSUM_SUBSCRIPTS`: letters, commas and one ``->``, at most 32 characters) and
+#: the tuple of sizes of ``np.broadcast_to(v, (N, k))``.
+EXPR_METHODS = MappingProxyType({"max": "max", "min": "min", "reshape": "reshape"})
+EINSUM_SUBSCRIPTS = r"[a-z]{1,8}(,[a-z]{1,8}){0,3}->[a-z]{0,8}"
+MAX_SUBSCRIPTS = 32
 
 Builder = Callable[..., sympy.Expr]
 
@@ -209,7 +220,7 @@ def _same_group(parent: ast.AST, child: ast.AST) -> bool:
 
 
 #: np.linalg's functions an expression may call (what the matrix builder knows)
-LINALG_FUNCTIONS = frozenset({"inv", "det", "solve", "slogdet"})  # slogdet: refused by name
+LINALG_FUNCTIONS = frozenset({"inv", "det", "solve", "slogdet", "matrix_power"})  # slogdet: refused
 
 
 def _is_numpy_attribute(node: ast.AST) -> bool:
@@ -220,6 +231,16 @@ def _is_numpy_attribute(node: ast.AST) -> bool:
         and node.value.id in NUMPY_PREFIXES
         and not node.attr.startswith("_")
     )
+
+
+def _is_arange_column(node: ast.Subscript) -> bool:
+    """``np.arange(…)[:, None]``."""
+    value, parts = node.value, node.slice.elts if isinstance(node.slice, ast.Tuple) else []
+    return (isinstance(value, ast.Call) and _is_numpy_attribute(value.func)
+            and value.func.attr == "arange" and len(parts) == 2
+            and isinstance(parts[0], ast.Slice) and parts[0].lower is parts[0].upper is None
+            and parts[0].step is None
+            and isinstance(parts[1], ast.Constant) and parts[1].value is None)
 
 
 def _is_method(node: ast.AST) -> bool:
@@ -271,11 +292,13 @@ def _check_size(tree: ast.Expression, where: str) -> None:
 class _Validator:
     """Iterative pre-order walk that accepts only allow-listed nodes."""
 
-    def __init__(self, source: str, where: str, allow_matrix: bool, indexing: bool = False) -> None:
+    def __init__(self, source: str, where: str, allow_matrix: bool, indexing: bool = False,
+                 numpy_forms: bool = False) -> None:
         self.source = source
         self.where = where
         self.allow_matrix = allow_matrix
         self.indexing = indexing
+        self.numpy_forms = numpy_forms and allow_matrix
 
     def refuse(self, what: str) -> SymgradError:
         return _fail(self.where, what)
@@ -313,6 +336,8 @@ class _Validator:
                 elif not (isinstance(p, ast.Constant) and p.value is None):
                     out.append(p)
             return out
+        if isinstance(node, ast.Subscript) and self.numpy_forms and _is_arange_column(node):
+            return [node.value]  # np.arange(n)[:, None]: the one-hot form's row positions
         if isinstance(node, ast.Attribute):
             if _is_numpy_attribute(node):
                 return []
@@ -352,6 +377,8 @@ class _Validator:
     def check_comparison(self, node: ast.Compare) -> None:
         if len(node.ops) > 1:
             raise self.refuse("chained comparisons are not allowed (compare two values)")
+        if isinstance(node.ops[0], ast.Eq) and self.numpy_forms:
+            return  # the builder reads == only in the one-hot form of an arg-max
         if type(node.ops[0]) not in _COMPARISONS:
             symbol = _OPERATORS[type(node.ops[0])]
             raise self.refuse(f"comparison '{symbol}' is not allowed (use <, <=, > or >=)")
@@ -363,7 +390,9 @@ class _Validator:
         elif self.allow_matrix and isinstance(func, ast.Attribute) and _is_numpy_attribute(
                 func.value) and func.value.attr == "linalg" and func.attr in LINALG_FUNCTIONS:
             pass  # np.linalg.inv(A): the builder knows which (inv, det, solve)
-        elif _is_method(func) and self.allow_matrix:  # x.sum(axis=0): the receiver is an argument
+        elif self.allow_matrix and (_is_method(func) or self.numpy_forms and isinstance(
+                func, ast.Attribute) and func.attr in EXPR_METHODS and not _is_numpy_attribute(
+                func)):  # x.sum(axis=0): the receiver is an argument
             for keyword in node.keywords:
                 self.check_keyword(keyword)
             return [func.value, *node.args]
@@ -374,6 +403,17 @@ class _Validator:
         for keyword in node.keywords:
             self.check_keyword(keyword)
         name = func.id if isinstance(func, ast.Name) else func.attr
+        if self.numpy_forms and name == "einsum" and node.args:  # its subscripts, checked
+            spec = node.args[0]
+            if not (isinstance(spec, ast.Constant) and isinstance(spec.value, str)
+                    and len(spec.value) <= MAX_SUBSCRIPTS
+                    and re.fullmatch(EINSUM_SUBSCRIPTS, spec.value)):
+                raise self.refuse("einsum's first argument must be its subscripts, e.g. "
+                                  '"ipjq,pq->ij" (letters, commas and one ->)')
+            return list(node.args[1:])
+        if self.numpy_forms and name == "broadcast_to" and len(node.args) == 2 and isinstance(
+                node.args[1], ast.Tuple):  # np.broadcast_to(v, (N, k)): the tuple of sizes
+            return [node.args[0], *node.args[1].elts]
         if self.allow_matrix and name == "norm":  # norm(X, "fro"): the one string admitted
             strings = [a for a in node.args[1:] if isinstance(a, ast.Constant)
                        and isinstance(a.value, str)]
@@ -409,12 +449,15 @@ class _Validator:
 
 
 def validate(text: str, *, where: str, allow_matrix: bool = False,
-             indexing: bool = False) -> ast.Expression:
+             indexing: bool = False, numpy_forms: bool = False) -> ast.Expression:
     """Parse ``text`` with ``ast`` and check limits and allowed constructs; return the tree.
 
     ``indexing`` (with ``allow_matrix``; for a builder that knows each array's dimensions,
     verify's) also admits subscripts (``x[:, a:b]``, ``v[:, None]``: their parts are checked
     as expressions, their meaning is the builder's) and ``axis=-1``/``axis=-2``.
+
+    ``numpy_forms`` (with ``allow_matrix``; expression mode's builder) also admits the
+    numpy spellings of :data:`EXPR_METHODS` (the forms symgrad's own numpy lines use).
 
     Names and function names are *not* checked here (each mode has its own tables); a
     comparison (``< <= > >=``, not chained) is accepted wherever an operand is.
@@ -432,7 +475,7 @@ def validate(text: str, *, where: str, allow_matrix: bool = False,
         raise _nested(where)
     tree, source = _parse(text, where)
     _check_size(tree, where)
-    _Validator(source, where, allow_matrix, indexing and allow_matrix).run(tree)
+    _Validator(source, where, allow_matrix, indexing and allow_matrix, numpy_forms).run(tree)
     return tree
 
 
