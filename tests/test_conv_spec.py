@@ -184,3 +184,18 @@ def test_output_size_and_validity_are_torchs(h, w, c, kind, kernel, stride, padd
         assert ours is None  # torch pads unevenly there; refused in one line
     else:
         assert ours == expected
+
+
+def test_init_heads_and_labels():
+    spec = load_spec("examples/digits_cnn.toml")
+    conv, pool = spec.layers[:2]
+    assert conv.kind.init_lines(1, conv, 1, 16) == [
+        'params["W1"] = _he(rng, 9, 16, dtype).reshape(3, 3, 1, 16)',  # fan_in = kh·kw·C
+        'params["b1"] = np.zeros(16, dtype)']
+    assert conv.kind.weight_init(conv) == "he"
+    assert (conv.kind.head(conv, ["X"], True), conv.kind.label(conv)) == (
+        "conv 3×3×16 pad 1", "conv2d 3×3, 16 filters, pad 1")
+    assert (pool.kind.head(pool, ["A₁"], True), pool.kind.label(pool)) == ("maxpool 2", "maxpool2d 2")
+    odd = Layer(type="avgpool2d", kernel=[3, 2], stride=1, padding=[1, 0])
+    assert odd.kind.head(odd, [], True) == "avgpool 3×2 stride 1 pad 1×0"
+    assert odd.kind.init_lines(2, odd, 4, 4) == [] and odd.kind.param_shapes(2, 4, 4, odd) == {}
