@@ -919,32 +919,37 @@ class Assumptions:
 
     # -- the simplifier's use: Aᵀ → A, rowsum(Y) → 𝟏
 
-    def rewrite(self, node: Node) -> Node:
-        """``node`` with the stated facts used (equal wherever they hold)."""
+    def rewrite(self, node: Node, used: list | None = None) -> Node:
+        """``node`` with the stated facts used (equal wherever they hold); each use is
+        appended to ``used`` as (step name, before, after) (derive --steps lists them)."""
         from symgrad.derive import transform
 
         sym, rows = set(self.symmetric), set(self.rowsum)
 
         def fn(n: Node) -> Node | None:
+            out, step = None, None
             if isinstance(n, Transpose) and isinstance(n.x, Sym) and n.x.name in sym:
-                return n.x
-            if isinstance(n, RowSum) and isinstance(n.x, Sym) and n.x.name in rows:
-                return _full(sp.S.One, n.shape)
-            if (isinstance(n, ColSum) and isinstance(n.x, Transpose)
+                out, step = n.x, f"assumed {n.x.name} = {n.x.name}ᵀ"
+            elif isinstance(n, RowSum) and isinstance(n.x, Sym) and n.x.name in rows:
+                out, step = _full(sp.S.One, n.shape), f"assumed rowsum({n.x.name}) = 1"
+            elif (isinstance(n, ColSum) and isinstance(n.x, Transpose)
                     and isinstance(n.x.x, Sym) and n.x.x.name in rows):
-                return _full(sp.S.One, n.shape)
-            return None
+                out, step = _full(sp.S.One, n.shape), f"assumed rowsum({n.x.x.name}) = 1"
+            if out is not None and used is not None:
+                used.append((step, n, out))
+            return out
 
         return transform(node, fn)
 
-    def simplified(self, g: Node, simplify) -> Node:
+    def simplified(self, g: Node, simplify, used: list | None = None) -> Node:
         """``simplify(g)`` using the facts: applied before and after, to a fixed point
-        (the simplifier may bring a fact's pattern to light, as rowsum(Y) in softmax CE)."""
+        (the simplifier may bring a fact's pattern to light, as rowsum(Y) in softmax CE);
+        the uses of a fact appended to ``used``."""
         if not (self.symmetric or self.rowsum):
             return simplify(g)
-        out = simplify(self.rewrite(g))
+        out = simplify(self.rewrite(g, used))
         for _ in range(3):
-            again = self.rewrite(out)
+            again = self.rewrite(out, used)
             if again == out:
                 break
             out = simplify(again)
@@ -1169,6 +1174,17 @@ def _known_signs(pw: sp.Piecewise) -> sp.Piecewise:
     return sp.Piecewise(*pieces, evaluate=False)  # keep the exclusive conditions
 
 
+def _common_part(pw: sp.Piecewise) -> sp.Expr:
+    """The terms every branch shares, outside the cases: (u/n + 1 if u > 0 else u/n) =
+    u/n + [u > 0]."""
+    parts = [set(sp.Add.make_args(v)) for v, _ in pw.args]
+    common = set.intersection(*parts) if parts else set()
+    if not common or any(p == common for p in parts) and all(p == common for p in parts):
+        return pw
+    shared = sp.Add(*common)
+    return shared + sp.Piecewise(*[(v - shared, c) for v, c in pw.args])
+
+
 def tidy(e: sp.Expr) -> sp.Expr:
     """A scalar body in its shortest textbook form (σ, softplus recognised)."""
     e = e.replace(sp.Heaviside, lambda x, *_: sp.Piecewise((1, x > 0), (0, True)))
@@ -1177,6 +1193,7 @@ def tidy(e: sp.Expr) -> sp.Expr:
         e = e.replace(lambda t: isinstance(t, sp.Max | sp.Min), lambda t: t.rewrite(sp.Piecewise))
     if e.has(sp.Piecewise):
         e = fold(e)  # a few branches, never 2^k
+        e = e.replace(lambda t: isinstance(t, sp.Piecewise), _common_part)
         if any(len(t.args) > 2 for t in e.atoms(sp.Piecewise)):  # a middle case: exclusive
             e = _cases(e)
         return e
@@ -1205,7 +1222,10 @@ def tidy(e: sp.Expr) -> sp.Expr:
     except Exception:  # noqa: BLE001 - or give up
         pass
     good = [c for c in candidates if not (c.has(sp.cosh, sp.sinh) and not e.has(sp.cosh, sp.sinh))]
-    return min(good, key=lambda c: (sp.count_ops(c), len(str(c))))
+    best = min(good, key=lambda c: (sp.count_ops(c), len(str(c))))
+    if any(not p.exp.is_Rational for p in best.atoms(sp.Pow)):  # e x^e/x = e x^(e−1)
+        best = sp.powsimp(best, combine="exp")
+    return best
 
 
 def _coefficient(node: Node) -> tuple[sp.Expr, Node]:
@@ -1504,6 +1524,15 @@ def _scalar_out_of_product(s: _Simplifier, n: MatMul) -> Node | None:
     return None
 
 
+@rule("product-by-scalar", MatMul)
+def _product_by_scalar(s: _Simplifier, n: MatMul) -> Node | None:
+    """M s = s M for a 1×1 matrix s (a product by a 1×1 is a scaling)."""
+    for m, k in ((n.a, n.b), (n.b, n.a)):
+        if tuple(k.shape) == (1, 1) and tuple(m.shape) != (1, 1) and tuple(m.shape) == tuple(n.shape):
+            return _spread_times(k, m)
+    return None
+
+
 @rule("transpose-of-scaled", Transpose)
 def _transpose_of_scaled(s: _Simplifier, n: Transpose) -> Node | None:
     """(s M)ᵀ = s Mᵀ for a 1×1 s."""
@@ -1608,13 +1637,16 @@ class RuleProof:
     results: dict = field(default_factory=dict)  # (before, after) -> True | False | None
     spent: float = 0.0  # seconds of proofs so far (at most RULE_PROOFS_SECONDS in all)
 
-    def __call__(self, before: Node, after: Node) -> bool | None:
-        key = (before, after)
+    def __call__(self, before: Node, after: Node, facts=None) -> bool | None:
+        """Proved equal on the instance (``facts``: with the assumptions put in, as
+        :meth:`Assumptions.constrain` does)."""
+        key = (before, after) if facts is None else (before, after, "facts")
         if key not in self.results:
             if self.spent >= RULE_PROOFS_SECONDS:  # undecided: the proofs' time is spent
                 return None
             start = budget.clock()
-            self.results[key] = self._decide(before, after)
+            self.results[key] = (self._decide(before, after) if facts is None
+                                 else self._expanded(before, after, facts))
             self.spent += budget.clock() - start
         return self.results[key]
 
@@ -1628,7 +1660,7 @@ class RuleProof:
                 return verdict
         return self._expanded(before, after)
 
-    def _expanded(self, before: Node, after: Node) -> bool | None:
+    def _expanded(self, before: Node, after: Node, facts=None) -> bool | None:
         try:
             with deadline(RULE_PROOF_SECONDS):
                 a, b = expand(before.explicit(self.env)), expand(after.explicit(self.env))
@@ -1636,6 +1668,7 @@ class RuleProof:
                     return False
                 verdicts = []
                 for d in a - b:
+                    d = facts(d) if facts is not None else d
                     if not (d.has(sp.Piecewise, sp.sign, sp.Abs) or budget.too_large_to_expand(d)):
                         d = sp.cancel(sp.expand(d))
                     verdicts.append(True if d == 0 else is_zero(d))
@@ -2014,8 +2047,22 @@ class _Simplifier:
         return self.node(Map(body, tuple((t, a) for a, t in args.items()), "merged"))
 
     def factor(self, items: list[tuple[sp.Expr, Node]]) -> Node | None:
-        """A common matrix factor: A B + A C → A (B + C); B A + C A → (B + C) A."""
+        """A common matrix factor: A B + A C → A (B + C); B A + C A → (B + C) A; a
+        common 1×1 factor: s A + s B → s (A + B)."""
         xs = [x for _, x in items]
+        scalars = [_scalar_factor(x) for x in xs]
+        groups: dict[Node, list[int]] = {}
+        for i, sf in enumerate(scalars):
+            if sf is not None:
+                groups.setdefault(sf[0], []).append(i)
+        for k, members in groups.items():
+            if len(members) > 1:
+                inner = self.combine([(items[i][0], scalars[i][1]) for i in members],
+                                     scalars[members[0]][1].shape)
+                shared = _spread_times(k, inner)
+                rest = [items[i] for i in range(len(items)) if i not in members]
+                return shared if not rest else self.combine([(sp.S.One, shared), *rest],
+                                                            shared.shape)
         if all(isinstance(x, MatMul) for x in xs):
             if all(x.a == xs[0].a for x in xs):
                 inner = self.combine([(c, x.b) for c, x in items], xs[0].b.shape)
@@ -2225,7 +2272,9 @@ def rewrite_lines(d, md: bool = False) -> list[str]:
                 status = " — proved where decided, some firings not decided"
             else:
                 status = f" ({k} firing{'s' * (k != 1)})"
-            lines.append(f"{lead}∂f/∂{naming.text(w)}: {name}: {RULES[name].identity}{status}")
+            identity = RULES[name].identity if name in RULES else (
+                "the stated fact used (--symmetric / --assume), proved where it holds")
+            lines.append(f"{lead}∂f/∂{naming.text(w)}: {name}: {identity}{status}")
     return lines or [f"{lead}(none: the swept form is already the normal form)"]
 
 
@@ -2352,8 +2401,15 @@ def derive_expr(problem: ExprProblem, prove_rules: bool = False) -> ExprDerivati
         raw.setdefault(w, _full(sp.S.Zero, space.matrices[w][1]))
     proof = rule_proof(problem) if prove_rules else None
     rewrites: dict[str, dict] = {w: {} for w in problem.wrt}
-    gradients = {w: problem.assume.simplified(
-        raw[w], lambda g, w=w: simplify(g, proof, rewrites[w])) for w in problem.wrt}
+    gradients = {}
+    for w in problem.wrt:
+        used: list = []
+        gradients[w] = problem.assume.simplified(
+            raw[w], lambda g, w=w: simplify(g, proof, rewrites[w]), used)
+        facts = problem.assume.constrain(proof.env) if proof is not None else None
+        for step, before, after in used:  # each use of a fact: a step, proved where it holds
+            verdict = proof(before, after, facts) if proof is not None else None
+            rewrites[w].setdefault(step, []).append(verdict)
     facts = []
     for n in walk(problem.root):
         if isinstance(n, Map):
@@ -2396,11 +2452,14 @@ def _prec(printer, node: Node) -> int | None:
         if (xr == 1 and r != 1) or (xc == 1 and c != 1):
             return MATMUL
         return printer.prec(node.x)
+    if isinstance(node, Transpose) and isinstance(node.x, ColSum):  # Sᵀ 𝟏: a product
+        return MATMUL
     return None
 
 
 def _atomic(s: str) -> bool:
-    """A printed scalar that needs no brackets as a denominator (N, σ², 2)."""
+    """A printed scalar that needs no brackets as a denominator (N, σ², 2, √d)."""
+    s = s[1:] if s.startswith("√") and len(s) > 1 else s
     return all(ch.isalnum() or ch in "²³⁴⁵⁶⁷⁸⁹⁰¹_" for ch in s)
 
 
@@ -2420,9 +2479,12 @@ class _ScalarProducts:
         self.matrices = frozenset(matrices)
 
     def _print_Mul(self, e):
+        c, rest = e.as_coeff_Mul()
+        if (c.is_Rational and c.p == 1 and c.q > 1 and rest.is_Pow and rest.exp.is_number
+                and rest.exp.is_negative):  # 1/(2√x), not 1/√x/2
+            return f"1/({c.q}{self._print(rest.base ** -rest.exp)})"
         if not self.elementwise or e.free_symbols & self.matrices:
             return super()._print_Mul(e)
-        c, rest = e.as_coeff_Mul()
         if c.is_Integer and c > 1 and not isinstance(rest, sp.Add) and self.tight:
             r = self._print(rest)
             if r[:1].isalpha():
@@ -2464,6 +2526,10 @@ class ExprTextPrinter(TextPrinter):
 
     def _print_Scale(self, node):
         num, den = sp.fraction(node.c)
+        x = node.x
+        if (num == 1 and den != 1 and isinstance(x, Map) and x.expr.is_Pow
+                and x.expr.exp.is_number and x.expr.exp.is_negative):  # 1/(2√x), not 1/√x/2
+            return self._print_Map(Map(sp.Mul(node.c, x.expr), x.args, x.note))
         if den != 1 and self.prec(node.x) >= MATMUL:
             lead = "" if num == 1 else ("−" if num == -1 else self.coef(num) + " ")
             bottom = self.scalar_printer(self.names, elementwise=False)._print(den)
@@ -2492,6 +2558,11 @@ class ExprTextPrinter(TextPrinter):
 
     def _print_Ones(self, node):
         return "𝟏"
+
+    def _print_Transpose(self, node):
+        if isinstance(node.x, ColSum):  # (𝟏ᵀ S)ᵀ = Sᵀ 𝟏
+            return f"{self.paren(node.x.x, ATOM)}ᵀ 𝟏"
+        return super()._print_Transpose(node)
 
     def _print_SqNorm(self, node):
         return f"‖{self._print(node.x)}‖²"
@@ -2670,7 +2741,9 @@ _NUMPY_HEADS = frozenset(_NUMPY_NAMES) | {"sigmoid", "softplus", "erf"}
 HELPERS = {
     "sigmoid": "sigmoid(u) = 1 / (1 + np.exp(-u))",
     "softplus": "softplus(u) = np.logaddexp(0, u)",
-    "softmax": "softmax(Z) = row-wise np.exp(Z) / np.sum(np.exp(Z), axis=1, keepdims=True)",
+    "softmax": "softmax(Z) = E / np.sum(E, axis=1, keepdims=True) with E = "
+               "np.exp(Z - np.max(Z, axis=1, keepdims=True)) (row-wise, the row maximum "
+               "subtracted: no overflow)",
     "logsumexp": "logsumexp(Z, axis=None, keepdims=False) as scipy.special.logsumexp",
     "erf": "erf as scipy.special.erf",
     "logdet": "logdet(A) = np.linalg.slogdet(A)[1], log |det A|",

@@ -57,8 +57,8 @@ TABLE = [
     ("gaussian-nll", NLL, ["S=n,n", "X=N,n"],
      {"S": ("S⁻ᵀ/2 − S⁻ᵀ Xᵀ X S⁻ᵀ/(2·N)", "inv(S).T / 2 - inv(S).T @ X.T @ X @ inv(S).T / (2 * N)")}),
     ("solve-quadratic", "x.T @ solve(A, x)", ["A=n,n", "x=n,1"],
-     {"A": ("−A⁻ᵀ x (A⁻¹ x)ᵀ", "-solve(A.T, x) @ solve(A, x).T"),
-      "x": ("A⁻ᵀ x + A⁻¹ x", "solve(A.T, x) + solve(A, x)")}),
+     {"A": ("−A⁻ᵀ x xᵀ A⁻ᵀ", "-solve(A.T, x) @ solve(A, x).T"),
+      "x": ("(A⁻ᵀ + A⁻¹) x", "solve(A.T, x) + solve(A, x)")}),
     ("numpy-spelling", "np.log(np.linalg.det(A))", ["A=n,n"], {"A": ("A⁻ᵀ", "np.linalg.inv(A).T")}),
 ]
 IDS = [row[0] for row in TABLE]
