@@ -3518,9 +3518,12 @@ def verify_expr(problem: ExprProblem, wrt: str, formula: str, seed: int = 0) -> 
                 + f", but {partial} is {_shape_text(target)}, shape "
                 f"({', '.join(map(str, target))})", *head, *fix])
         if shape == (target[1], target[0]):
+            same = _transposed_value(problem, correct, mine, target, seed)  # by value too
+            what = ("yours = correctᵀ" if same else "and transposed it still differs"
+                    if same is False else "not compared by value")
             return ExprVerdict(False, ["WRONG: your formula is transposed "
-                                       f"(it is {_shape_text(shape)}; {partial} is {_shape_text(target)})",
-                                       *head, *fix])
+                                       f"(it is {_shape_text(shape)}; {partial} is "
+                                       f"{_shape_text(target)}; {what})", *head, *fix])
         return ExprVerdict(False, [f"WRONG: shape {_shape_text(shape)}, but {partial} is "
                                    f"{_shape_text(target)}", *head, *fix])
     errors, ratios = [], []
@@ -3565,9 +3568,86 @@ def verify_expr(problem: ExprProblem, wrt: str, formula: str, seed: int = 0) -> 
                                        "exactly, and the proof did not decide", *head,
                                        *evidence, *fix])
         return ExprVerdict(True, [f"CORRECT: {partial} = {formula}", *head[1:], *evidence])
-    diag = _diagnosis(problem, correct, target, instances, ratios)
+    diag = _convention(problem, wrt, instances) or _diagnosis(
+        problem, correct, target, instances, ratios)
+    hint = _assumption_hint(problem, wrt, mine, seed) if not diag else ""
     return ExprVerdict(False, [f"WRONG: {partial} differs from your formula", *head, "  evidence:",
-                               *rows, *([diag] if diag else []), *fix])
+                               *rows, *([diag] if diag else []), *([hint] if hint else []), *fix])
+
+
+def _transposed_value(problem: ExprProblem, correct: Node, mine: Node, target, seed: int
+                      ) -> bool | None:
+    """Whether yoursᵀ = correct at three random instances (None: no finite instance)."""
+    seen = False
+    for k in range(3):
+        env = numeric_env(problem, seed, k)
+        with np.errstate(all="ignore"):
+            try:
+                c = _values(correct, env, target)
+                u = _values(Transpose(mine), env, target)
+            except np.linalg.LinAlgError:
+                continue
+        if not np.all(np.isfinite(c)):
+            continue
+        seen = True
+        if _relerr(u, c) > RTOL:
+            return False
+    return True if seen else None
+
+
+def _convention(problem: ExprProblem, wrt: str, instances: list) -> str:
+    """For a symmetric ``wrt``: yours = G + Gᵀ − diag(diag(G)) (= 2G − diag(diag(G)) at a
+    symmetric point), the derivative with respect to a symmetric matrix, where symgrad
+    gives G, the unconstrained gradient."""
+    if wrt not in problem.assume.symmetric:
+        return ""
+    with np.errstate(all="ignore"):
+        if not all(_relerr(u, c + c.T - np.diag(np.diag(c))) <= RTOL for _, u, c in instances):
+            return ""
+    g = naming.text(wrt)
+    return (f"  diagnosis: yours is the symmetric-matrix derivative 2G − diag(diag(G)) of "
+            f"G = ∂f/∂{g} (the Matrix Cookbook's convention for a symmetric {g}, §2.8); symgrad "
+            f"gives G, the unconstrained gradient (each entry of {g} varied on its own)")
+
+
+def _assumption_hint(problem: ExprProblem, wrt: str, mine: Node, seed: int) -> str:
+    """One line where your formula is right under a fact not stated (rowsum(Y) = 1 for a
+    data matrix, A symmetric for a square one): the option to add; "" when none makes it
+    right."""
+    a = problem.assume
+    options = []
+    for name, (r, c) in problem.shapes.items():
+        if name == wrt or name in problem.space.scalars:
+            continue
+        if c != 1 and r != 1 and name not in a.rowsum and name not in a.symmetric:
+            options.append((f'--assume "rowsum({name}) = 1"', f"rowsum({name}) = 1",
+                            Assumptions(a.symmetric, (*a.rowsum, name), a.positive)))
+        if r == c and r != 1 and name not in a.symmetric and name not in a.rowsum:
+            options.append((f"--symmetric {name}", f"{name} is symmetric",
+                            Assumptions((*a.symmetric, name), a.rowsum, a.positive)))
+    import dataclasses
+
+    for flag, fact, assume in options[:6]:
+        other = dataclasses.replace(problem, assume=assume)
+        try:
+            correct = derive_expr(other).gradients[wrt]
+        except SymgradError:
+            continue
+        target, ok = problem.shapes[wrt], True
+        for k in range(3):
+            env = numeric_env(other, seed, k)
+            with np.errstate(all="ignore"):
+                try:
+                    c, u = _values(correct, env, target), _values(mine, env, target)
+                except np.linalg.LinAlgError:
+                    ok = False
+                    break
+            if not (np.all(np.isfinite(c)) and _relerr(u, c) <= RTOL):
+                ok = False
+                break
+        if ok:
+            return f"  hint: your formula is right if {fact}: add {flag}"
+    return ""
 
 
 def _diagnosis(problem: ExprProblem, correct: Node, target, instances: list,
