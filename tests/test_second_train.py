@@ -233,6 +233,27 @@ def test_the_generated_second_order_module_is_ruff_clean(tmp_path):
     assert proc.returncode == 0, proc.stdout
 
 
+def test_the_script_trains_with_newton_cg_and_lbfgs_on_all_rows(tmp_path):
+    import subprocess
+    import sys
+
+    mod = logistic()
+    X, Y = classification_data()
+    spec = Spec("logit_second", 4, (Layer(1, "sigmoid"),), loss="binary_cross_entropy",
+                l2=0.01, training=Training("lbfgs"))
+    path = tmp_path / "logit_second.py"
+    path.write_text(generate_source(spec), encoding="utf-8")
+    np.savez(tmp_path / "data.npz", X=X, Y=Y)
+    for optimizer in ("lbfgs", "newton_cg"):
+        proc = subprocess.run(
+            [sys.executable, str(path), "train", str(tmp_path / "data.npz"), "--epochs", "2",
+             "--optimizer", optimizer, "--dtype", "float64"],
+            capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        history, _ = trained(mod, X, Y, optimizer=optimizer, epochs=2)
+        assert proc.stderr.splitlines()[-1] == f"epoch 2/2  loss {history['loss'][-1]:.6g}"
+
+
 def test_a_non_finite_loss_stops_with_the_message_and_keeps_params():
     mod = linear()
     X, Y = regression_data()
