@@ -257,6 +257,10 @@ def _weighted(a: Node, b: Node, v: Sym, data: list[Sym]) -> Node | None:
         return None
     if isinstance(a, Broadcast) and tuple(a.x.shape) == (1, 1):
         return _times_scalar(m, a.x)
+    if isinstance(m, MatMul) and isinstance(m.a, DiagMatrix):  # diag(a) diag(b) = diag(a ⊙ b)
+        return MatMul(DiagMatrix(Hadamard(a, m.a.x)), m.b)
+    if isinstance(m, DiagMatrix):
+        return DiagMatrix(Hadamard(a, m.x))
     return MatMul(DiagMatrix(a), m)
 
 

@@ -61,7 +61,7 @@ CASES = [
     ("sum((X @ B - C)**2)", ["X=m,n", "B=n,k", "C=m,k"], "X", None, "2 V B Bᵀ"),
     ("trace(inv(X))", ["X=n,n"], "X", None, "X⁻ᵀ (V X⁻¹ + X⁻¹ V)ᵀ X⁻ᵀ"),
     ("sum(log(1 + exp(-y * (X @ w))))", XWY, "w",
-     "−Xᵀ diag(σ(y ⊙ (X w))² − σ(y ⊙ (X w))) diag(y ⊙ y) X",
+     "−Xᵀ diag(y ⊙ y ⊙ (σ(y ⊙ (X w))² − σ(y ⊙ (X w)))) X",
      "−Xᵀ (y ⊙ y ⊙ (X v) ⊙ (σ(y ⊙ (X w))² − σ(y ⊙ (X w))))"),
     ("sum(tanh(W @ x))", ["W=m,n", "x=n,1"], "x", "Wᵀ diag(2 tanh(W x)³ − 2 tanh(W x)) W",
      "Wᵀ ((W v) ⊙ (2 tanh(W x)³ − 2 tanh(W x)))"),
