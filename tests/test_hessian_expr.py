@@ -300,3 +300,12 @@ def test_second_sweep_closes_over_the_vocabulary(text, shapes, wrt, prove) -> No
     args = m.random_arguments(2)
     v = np.random.default_rng(3).standard_normal(np.shape(args[wrt]))
     assert _close(m.hvp(**args, **{hd.direction.name: v}), _fd_hvp(m, args, wrt, v))
+
+
+def test_symmetric_assumption_is_used_and_proved() -> None:
+    p = em.parse_problem("w.T @ A @ w", ["A=n,n", "w=n,1"], "w", em.Assumptions.parse(["A"]))
+    hd = hs.derive_hessian(p)
+    assert _printed(hd) == ("2 A", "2 A v")
+    ok, lines = hs.prove_hessian(hd)
+    assert ok and lines[:2] == ["∇²f: proved equal to the entrywise second derivatives (n=2)",
+                                "∇²f v: proved equal to the entrywise second derivatives (n=2)"]
