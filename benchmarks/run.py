@@ -43,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, as a script
 
+import backend_bench as bb  # noqa: E402
 import conv_bench as cb  # noqa: E402
 import derive_bench  # noqa: E402
 import numpy as np  # noqa: E402
@@ -73,6 +74,7 @@ CONTENDER_GROUPS = {
     "torch": ("PyTorch eager",),
     "jax": ("JAX jit step", "JAX jit scan"),
     "sklearn": ("scikit-learn",),
+    "backends": bb.CONTENDERS,  # issue 16: the torch backend, the Array API design it beat
 }
 GEN = "generated f32"
 # The goals for the generated module (float32, SGD), per workload (W1–W3 issue 6's, W6
@@ -439,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         for w in workloads:
             conv = isinstance(w, cb.ConvWorkload)
-            preparers = cb.PREPARERS if conv else tb.PREPARERS
+            preparers = cb.PREPARERS if conv else {**tb.PREPARERS, **bb.PREPARERS}
             # each workload's own contenders (no scikit-learn CNN, no float64 W4/W5)
             mine = tuple(c for c in contenders if c in preparers)
             w_reps = args.reps or (2 if args.quick else CONV_REPS if conv else reps)

@@ -255,19 +255,47 @@ class _Rewriter:
         return f"{self.text(inner)}.to({self.text(target)})"
 
 
+def _bias_after_product(first: ast.stmt, second: ast.stmt) -> tuple[ast.Call, str] | None:
+    """(the product, the bias) where ``np.dot(A, W, out=Z)`` is followed by ``Z += b``."""
+    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Call)
+            and ast.unparse(first.value.func) == "np.dot" and len(first.value.args) == 2):
+        return None
+    out = [k.value for k in first.value.keywords if k.arg == "out"]
+    if not (out and isinstance(out[0], ast.Name) and isinstance(second, ast.AugAssign)
+            and isinstance(second.op, ast.Add) and isinstance(second.target, ast.Name)
+            and second.target.id == out[0].id):
+        return None
+    return first.value, ast.unparse(second.value)
+
+
 def torch_code(lines: tuple[str, ...] | list[str], where: str = "torch backend",
                vectors: frozenset[str] = frozenset()) -> tuple[str, ...]:
     """The torch spelling of numpy statements (the lines of one lowered statement);
-    ``vectors`` names the 1-D tensors among the operands (the workspace's 𝟏's)."""
+    ``vectors`` names the 1-D tensors among the operands (the workspace's 𝟏's). A product
+    into Z followed by Z += b becomes one torch.addmm(b, A, W, out=Z) (the bias in the
+    GEMM's epilogue)."""
     source = "\n".join(lines)
     tree = ast.parse(source)
     rewriter = _Rewriter(source, where, vectors)
     out = []
     at = 0
-    for stmt in tree.body:
+    body = list(tree.body)
+    i = 0
+    while i < len(body):
+        stmt = body[i]
         s, e = rewriter.span(stmt)
         out.append(source.encode()[at:s].decode())
-        out.append(rewriter.text(stmt))
+        fused = _bias_after_product(stmt, body[i + 1]) if i + 1 < len(body) else None
+        if fused is not None:
+            product, bias = fused
+            a, w = (rewriter.text(x) for x in product.args)
+            target = ast.unparse(product.keywords[0].value)
+            out.append(f"torch.addmm({bias}, {a}, {w}, out={target})")
+            e = rewriter.span(body[i + 1])[1]
+            i += 1
+        else:
+            out.append(rewriter.text(stmt))
         at = e
+        i += 1
     out.append(source.encode()[at:].decode())
     return tuple("".join(out).split("\n"))

@@ -2504,6 +2504,14 @@ def torch_context(d: Derivation) -> dict[str, Any]:
                            "rmsprop) with the torch backend")
     ctx = module_context(d)
     vectors = frozenset(k.strip('"') for k, code, _ in ctx["workspace"] if "((n,)" in code)
+    # a mask only multiplied by is kept in the computation's dtype, 1.0 and 0.0: torch's CPU
+    # kernels for bool outputs and bool ⊙ float promotion are several times slower; one
+    # that is a condition (where=) stays bool
+    numpy_step = "\n".join(line for s in ctx["step"] for line in s.code)
+    ctx["workspace"] = [
+        (k, code.replace(", bool)", ", dtype)") if code.endswith(", bool)") and not re.search(
+            rf"where={k.strip(chr(34))}\b|np\.where\({k.strip(chr(34))}\b", numpy_step) else code,
+         note) for k, code, note in ctx["workspace"]]
     for key in ("forward", "loss", "grad_forward", "grad_backward", "step"):
         ctx[key] = [Statement(torch_code(s.code, where, vectors), s.comments) for s in ctx[key]]
     ctx["workspace"] = [(k, _torch_array(code), note) for k, code, note in ctx["workspace"]]
