@@ -351,8 +351,8 @@ def _expr_mode(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] 
     without it --expr is verify's scalar mode)."""
     expr = getattr(args, "expr", None)
     if getattr(args, "hessian", False) and expr is None:
-        raise SymgradError(f"{args.command} --hessian", "goes with --expr (Hessians of "
-                           "networks are not derived)")
+        raise SymgradError(f"{args.command} --hessian", "goes with --expr (for a network: "
+                           "--hvp, the Hessian-vector product)")
     if args.command in ("derive", "generate"):
         if expr is None:
             if args.spec is None:

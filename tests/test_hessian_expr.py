@@ -222,7 +222,8 @@ def test_cli_derive_latex_and_markdown(capsys) -> None:
      "meet (relu, abs, max/min: the second derivative is 0 almost everywhere and undefined at "
      "the kink); symgrad refuses rather than print 0"),
     (["examples/digits.toml"],
-     "symgrad: error: derive --hessian: goes with --expr (Hessians of networks are not derived)"),
+     "symgrad: error: derive --hessian: goes with --expr (for a network: --hvp, the "
+     "Hessian-vector product)"),
 ])
 def test_refusals_are_one_line(argv, message, capsys) -> None:
     assert main(["derive", *argv, "--hessian"]) == 2
