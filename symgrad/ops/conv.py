@@ -168,6 +168,10 @@ class Im2col(Node):
     def vjp(self, g, out):
         return (Col2im(g, self.geom),)
 
+    def jvp(self, t, out):
+        """Linear: the same map of the tangent."""
+        return None if t[0] is None else Im2col(t[0], self.geom)
+
     rule = "im2col"
     law = ("P = im2col(A), ∂L/∂A = col2im(∂L/∂P) (each patch entry goes back to its pixel; "
            "overlapping windows add)")
@@ -223,6 +227,10 @@ class Col2im(Node):
 
     def vjp(self, g, out):
         return (Im2col(g, self.geom),)
+
+    def jvp(self, t, out):
+        """Linear: the same map of the tangent."""
+        return None if t[0] is None else Col2im(t[0], self.geom)
 
     rule = "col2im"
     law = "A = col2im(P), ∂L/∂P = im2col(∂L/∂A) (im2col and col2im are adjoint)"
@@ -300,6 +308,9 @@ class PoolArgmax(Node):
 
     def vjp(self, g, out):
         return (None,)
+
+    def jvp(self, t, out):
+        return None  # piecewise constant
 
     legend = ("arg_l the offset i·kw + j of the first maximum of each window of maxpool layer "
               "l (row-major, as torch breaks ties); maxpool(A) the maximum of each window "
@@ -382,6 +393,10 @@ class MaxPool(Node):
     def vjp(self, g, out):
         return (MaxPoolBack(g, self.arg, self.geom),)
 
+    def jvp(self, t, out):
+        """At a fixed arg-max (almost everywhere): the tangent's entries at arg."""
+        return None if t[0] is None else MaxPool(t[0], self.arg, self.geom)
+
     rule = "maxpool"
     law = ("Z = maxpool(A), ∂L/∂A = route(∂L/∂Z, arg) (each entry to the first maximum of "
            "its window; overlapping windows add)")
@@ -399,7 +414,16 @@ class MaxPool(Node):
         return out
 
     def numeric(self, env):
-        return _maxpool(self.x.numeric(env), self.geom)[0]
+        """The maximum of each window; where the graph's arg-max is known, the entries it
+        selects (the same values for the forward; the selection for a tangent)."""
+        a = self.x.numeric(env)
+        if self.arg.name not in env:
+            return _maxpool(a, self.geom)[0]
+        g, arg = self.geom, np.asarray(env[self.arg.name])
+        padded = g.padded(a)
+        grid = arg.reshape(-1, g.ho, g.wo, a.shape[1])
+        return sum(np.where(grid == k, g.view(padded, k), 0.0) for k in range(g.k)).reshape(
+            -1, a.shape[1])
 
     def text(self, p):
         return _fn_text(p, "maxpool", self.x)
@@ -438,6 +462,10 @@ class MaxPoolBack(Node):
 
     def vjp(self, g, out):  # pragma: no cover - backward-only
         raise NotImplementedError("MaxPoolBack is backward-only")
+
+    def jvp(self, t, out):
+        """Linear in G (arg fixed)."""
+        return None if t[0] is None else MaxPoolBack(t[0], self.arg, self.geom)
 
     def explicit(self, env):
         gm, arg = self.g.explicit(env), env[self.arg.name]
@@ -503,6 +531,10 @@ class AvgPool(Node):
     def vjp(self, g, out):
         return (AvgPoolBack(g, self.geom),)
 
+    def jvp(self, t, out):
+        """Linear: the same map of the tangent."""
+        return None if t[0] is None else AvgPool(t[0], self.geom)
+
     rule = "avgpool"
     law = ("Z = avgpool(A), ∂L/∂A = spread(∂L/∂Z) (each entry / (kh·kw) to every position of "
            "its window; overlapping windows add)")
@@ -557,6 +589,10 @@ class AvgPoolBack(Node):
 
     def vjp(self, g, out):
         return (AvgPool(g, self.geom),)
+
+    def jvp(self, t, out):
+        """Linear: the same map of the tangent."""
+        return None if t[0] is None else AvgPoolBack(t[0], self.geom)
 
     def explicit(self, env):
         gm = self.g.explicit(env)
@@ -620,6 +656,10 @@ class Flatten(Node):
     def vjp(self, g, out):
         return (Unflatten(g, self.pixels),)
 
+    def jvp(self, t, out):
+        """Linear: the same map of the tangent."""
+        return None if t[0] is None else Flatten(t[0], self.pixels)
+
     rule = "flatten"
     law = "Z = flatten(A), ∂L/∂A = unflatten(∂L/∂Z) (a reshape: its inverse)"
     legend = FLATTEN_LEGEND
@@ -664,6 +704,10 @@ class Unflatten(Node):
 
     def vjp(self, g, out):
         return (Flatten(g, self.pixels),)
+
+    def jvp(self, t, out):
+        """Linear: the same map of the tangent."""
+        return None if t[0] is None else Unflatten(t[0], self.pixels)
 
     legend = FLATTEN_LEGEND
 
