@@ -274,3 +274,21 @@ def test_batchnorm_on_a_feature_map_is_torchs_batchnorm2d():
     assert loss == pytest.approx(t_loss, rel=1e-10)
     for name in params:
         np.testing.assert_allclose(grads[name], t_grads[name], rtol=1e-7, atol=1e-10, err_msg=name)
+
+
+def test_jvps_are_directional_derivatives():
+    """Each op's forward-mode rule (issue 15's R-operator) against a difference quotient."""
+    g = Geometry(5, 4, 3, 2, 2, 1, 1, 1)
+    rng = np.random.default_rng(6)
+    a, t = rng.normal(size=(2 * 20, 3)), rng.normal(size=(2 * 20, 3))
+    x, tx = Sym("A", (N * 20, sp.Integer(3))), Sym("T", (N * 20, sp.Integer(3)))
+    arg = Sym("arg", (N * g.ho * g.wo, sp.Integer(3)))
+    env = {"A": a, "T": t, "arg": PoolArgmax(x, g).numeric({"A": a})}
+    eps = 1e-7
+    for op in (Im2col(x, g), AvgPool(x, g), MaxPool(x, arg, g), Flatten(x, 20)):
+        rule = op.jvp((tx,), None)
+        moved = {"A": a + eps * t}  # no arg-max given: MaxPool takes each window's maximum
+        quotient = (op.numeric(moved) - op.numeric({"A": a})) / eps
+        np.testing.assert_allclose(rule.numeric(env), quotient, rtol=1e-5, atol=1e-6,
+                                   err_msg=type(op).__name__)
+    assert PoolArgmax(x, g).jvp((tx,), None) is None
