@@ -364,6 +364,9 @@ def _expr_mode(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] 
             return None
         if args.spec is not None:
             raise SymgradError(args.command, "give either a SPEC or --expr, not both")
+        if getattr(args, "backend", None) is not None:
+            raise SymgradError("generate --backend", "goes with a SPEC (expression modules "
+                               "are numpy only so far)")
     elif not (args.command == "verify" and getattr(args, "shape", None)):
         given = [f"--{o}" for o in ("symmetric", "assume", "positive") if getattr(args, o, None)]
         if given:

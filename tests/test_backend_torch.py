@@ -192,6 +192,10 @@ def test_generate_and_check_on_the_command_line(tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().err == ("symgrad: error: generate --backend: the cupy backend is "
                                        "not available yet; use numpy or torch\n")
     assert not out.exists()
+    assert main(["generate", "--expr", "sum(X)", "--shape", "X=2,2", "--wrt", "X",
+                 "--backend", "torch", "-o", str(out)]) == 2
+    assert capsys.readouterr().err == ("symgrad: error: generate --backend: goes with a SPEC "
+                                       "(expression modules are numpy only so far)\n")
     assert main(["generate", str(spec), "--backend", "torch", "-o", str(out)]) == 0
     assert "import torch\n" in out.read_text()
     capsys.readouterr()
