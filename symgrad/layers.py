@@ -932,8 +932,9 @@ class MaxPool2dLayer(_Window):
 
     @classmethod
     def definition(cls, layer, op, env):
-        """Z = max over each window's entries; arg = the offset of the first maximum at the
-        proof's point (``env["point"]``)."""
+        """Z = the maximum of each window's entries, near the proof's point (``env["point"]``,
+        every maximum unique): there it is the entry largest at the point (so its derivative
+        is that entry's); arg = the offset of that entry."""
         point = env["point"]
 
         def first(entries):
@@ -942,10 +943,10 @@ class MaxPool2dLayer(_Window):
             for k, v in enumerate(values):
                 if v is not None and (best is None or v > values[best]):
                     best = k
-            return sp.Integer(best)
+            return best
 
-        value = _pooled(op, env, lambda es: sp.Max(*[e for e in es if e is not None]))
-        return value, {op.arg.name: _pooled(op, env, first)}
+        value = _pooled(op, env, lambda es: es[first(es)])
+        return value, {op.arg.name: _pooled(op, env, lambda es: sp.Integer(first(es)))}
 
 
 class AvgPool2dLayer(_Window):

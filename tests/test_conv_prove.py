@@ -127,3 +127,24 @@ def test_a_flipped_kernel_is_caught(cnn2, monkeypatch):
     claim = _claim(cnn2, 1)
     assert not claim.ok and claim.detail == "the op's forward value is not the conv2d layer's definition"
     assert crosscheck  # the module under test
+
+
+GEOMETRIES = [("conv2d", 1, 1, 0), ("conv2d", 2, 2, 0), ("conv2d", 3, 1, "same"),
+              ("conv2d", [2, 3], 2, 1), ("conv2d", 3, 2, 1), ("conv2d", [3, 1], 1, "same"),
+              ("maxpool2d", 3, 2, 1), ("maxpool2d", [2, 3], 1, 0), ("avgpool2d", 3, 1, 1),
+              ("avgpool2d", 2, 2, 1)]
+
+
+@pytest.mark.parametrize(("kind", "kernel", "stride", "padding"), GEOMETRIES,
+                         ids=[f"{k}-{kernel}-{s}-{p}" for k, kernel, s, p in GEOMETRIES])
+def test_each_geometry_is_proved(kind, kernel, stride, padding):
+    """The layer's claim (its rule = the VJP of its definition written out entry by entry)
+    for kernels 1–3 and rectangular, stride 1 and 2, padding 0, 1 and "same"."""
+    from symgrad.spec import Layer, Spec
+
+    keys = {"filters": 2} if kind == "conv2d" else {}
+    layers = (Layer(type=kind, kernel=kernel, stride=stride, padding=padding, **keys),
+              Layer(type="flatten"), Layer(2))
+    spec = Spec("g", [4, 3, 1], layers, "mse")
+    claim = prove_op(derive(spec), 1)
+    assert claim.ok, claim.detail
