@@ -976,6 +976,8 @@ class FlattenLayer(LayerKind):
     name = "flatten"
     keys = ("activation", "input")
     proof_target = "Z"
+    refusals = {"units": "only dense layers take units; a flatten layer's width is H·W·C of "
+                         "the feature map it reads"}
     proof_note = "each entry's place written out (row-major h, w, c)"
 
     @classmethod

@@ -110,6 +110,12 @@ CASES = [
     ([{"type": "flatten", "kernel": 3}, {"units": 2}], (8, 8, 1),
      "n.toml: layer[1].kernel: only conv2d, maxpool2d and avgpool2d layers take kernel; remove "
      "it from this flatten layer"),
+    ([{"type": "flatten", "units": 4}, {"units": 2}], (8, 8, 1),
+     "n.toml: layer[1].units: only dense layers take units; a flatten layer's width is H·W·C of "
+     "the feature map it reads"),
+    ([{"type": "maxpool2d", "kernel": 2, "units": 4}, *FLAT], (8, 8, 1),
+     "n.toml: layer[1].units: only dense layers take units; a maxpool2d layer has the width of "
+     "its input"),
     ([{"type": "conv2d", "filters": 2, "kernel": 3}], (8, 8, 1),
      "n.toml: layer[1]: the network's output is a 6×6×2 feature map; end with a flatten layer "
      "(and a dense layer) so that each sample's output is a row"),
