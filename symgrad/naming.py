@@ -44,6 +44,7 @@ def direction(param: str) -> str:
 
 
 _SECOND = re.compile(r"(.+)_(dot|gn)\Z")
+_DIRECTION = re.compile(r"V_([A-Za-z]+\d+)\Z")  # V_W1: a parameter's own name after V_
 _MARKS = "₀₁₂₃₄₅₆₇₈₉²"
 
 
@@ -58,7 +59,7 @@ def _second_text(name: str) -> str | None:
             return f"R{{{shown}}}"
         cut = next((i for i, c in enumerate(shown) if c in _MARKS), len(shown))
         return shown[:cut] + "\u0307" + shown[cut:]
-    if name.startswith("V_"):
+    if _DIRECTION.match(name):
         return "V_" + text(name[2:])
     return None
 
@@ -76,7 +77,7 @@ def _second_latex(name: str) -> str | None:
             head, _, rest = shown.partition("_{")
             return rf"\dot{{{head}}}_{{{rest}"
         return rf"\dot{{{shown}}}"
-    if name.startswith("V_"):
+    if _DIRECTION.match(name):
         return f"V_{{{latex(name[2:])}}}"
     return None
 

@@ -227,56 +227,78 @@ def _lhs(name: str, fmt: str) -> str:
     return show(name)
 
 
+_TITLES = {  # text, LaTeX
+    "forward": ("Forward (as derive prints it)", r"Forward (as \texttt{derive} prints it)"),
+    "tangents": ("Forward tangents (Ż = R{Z}, the derivative along V; the parameters' are V)",
+                 r"Forward tangents (\(\dot{Z} = \mathcal{R}\{Z\}\), the derivative along "
+                 r"\(V\); the parameters' are \(V\))"),
+    "backward": ("Backward (as derive prints it)", r"Backward (as \texttt{derive} prints it)"),
+    "adjoints": ("Second-order adjoints (R{·} of each backward line)",
+                 r"Second-order adjoints (\(\mathcal{R}\{\cdot\}\) of each backward line)"),
+    "jv": ("J V: the forward tangents (Ż = R{Z}, the derivative along V)",
+           r"\(J V\): the forward tangents (\(\dot{Z} = \mathcal{R}\{Z\}\), the derivative "
+           r"along \(V\))"),
+    "jt": ("Jᵀ: the backward sweep applied to H_ℓ J V (𝒢{·}; a penalty adds its Hessian)",
+           r"\(J^\top\): the backward sweep applied to \(H_\ell J V\) "
+           r"(\(\mathcal{G}\{\cdot\}\); a penalty adds its Hessian)"),
+}
+
+
 def render(so: SecondOrder, fmt: str) -> str:
     """The product's derivation in ``fmt`` (text, latex, markdown), layer by layer."""
     from symgrad.printing import LatexPrinter, TextPrinter, _network_line
 
-    printer = LatexPrinter() if fmt == "latex" else TextPrinter()
-    show = naming.latex if fmt == "latex" else naming.text
+    latex = fmt == "latex"
+    printer = LatexPrinter() if latex else TextPrinter()
+    show = naming.latex if latex else naming.text
     d = so.derivation
     v = ", ".join(show(s.name) for s in so.directions)
     lines: list[str] = []
 
-    def section(title: str, eqs: list[Equation]) -> None:
+    def math(body: str) -> str:
+        return rf"\({body}\)" if latex else body
+
+    def para(line: str) -> None:
         lines.append("")
-        lines.append(title)
+        lines.append(rf"\noindent {line}" if latex else line)
+
+    def section(key: str, eqs: list[Equation]) -> None:
+        para(rf"\textbf{{{_TITLES[key][1]}}}" if latex else _TITLES[key][0])
+        if latex:
+            lines.append(r"\[\begin{aligned}")
         for eq in eqs:
             body = printer._print(eq.rhs)
-            if fmt == "latex":
+            if latex:
                 lines.append(rf"  {_lhs(eq.target.name, fmt)} &= {body} \\")
             else:
                 lines.append(f"  {_lhs(eq.target.name, fmt)} = {body}")
+        if latex:
+            lines.append(r"\end{aligned}\]")
 
-    lines.append(_network_line(d))
-    if so.kind == "hvp":
-        lines.append(f"Hessian-vector product H V by forward-over-reverse (the R-operator), "
-                     f"for a direction V = ({v})")
-        lines.append("")
-        lines.append("Forward (as derive prints it)")
-        for eq in d.forward:
-            lines.append(f"  {_lhs(eq.target.name, fmt)} = {printer._print(eq.rhs)}")
-        section("Forward tangents (Ż = R{Z}, the derivative along V; the parameters' are V)",
-                so.tangents)
-        section("Backward (as derive prints it)", so.backward)
-        section("Second-order adjoints (R{·} of each backward line)", so.adjoints)
-        lines.append("")
-        parts = ", ".join(show(so.results[p]) if so.results[p] else "0" for p in so.results)
-        lines.append(f"H V = ({parts})")
+    name = "Hessian-vector product" if so.kind == "hvp" else "Gauss–Newton product"
+    how = ("H V by forward-over-reverse (the R-operator)" if so.kind == "hvp"
+           else "G V = Jᵀ H_ℓ J V")
+    if latex:
+        how = (r"\(H V\) by forward-over-reverse (the \(\mathcal{R}\)-operator)"
+               if so.kind == "hvp" else r"\(G V = J^\top H_\ell J V\)")
+        lines.append(rf"\noindent {_network_line(d)}\\")
+        lines.append(rf"{name} {how}, for a direction {math(f'V = ({v})')}")
     else:
-        lines.append("Gauss–Newton product G V = Jᵀ H_ℓ J V, for a direction "
-                     f"V = ({v})")
-        lines.append("")
-        lines.append("Forward (as derive prints it)")
-        for eq in d.forward:
-            lines.append(f"  {_lhs(eq.target.name, fmt)} = {printer._print(eq.rhs)}")
-        section("J V: the forward tangents (Ż = R{Z}, the derivative along V)", so.tangents)
-        lines.append("")
-        lines.append(so.hessian)
-        section("Jᵀ: the backward sweep applied to H_ℓ J V (𝒢{·}; a penalty adds its "
-                "Hessian)", so.adjoints)
-        lines.append("")
-        parts = ", ".join(show(so.results[p]) if so.results[p] else "0" for p in so.results)
-        lines.append(f"G V = ({parts})")
+        lines.append(_network_line(d))
+        lines.append(f"{name} {how}, for a direction V = ({v})")
+    section("forward", d.forward)
+    if so.kind == "hvp":
+        section("tangents", so.tangents)
+        section("backward", so.backward)
+        section("adjoints", so.adjoints)
+        total = "H V"
+    else:
+        section("jv", so.tangents)
+        para(rf"\(H_\ell\): {so.hessian.split(' = ', 1)[1]}" if latex else so.hessian)
+        section("jt", so.adjoints)
+        total = "G V"
+    parts = ", ".join(show(so.results[p]) if so.results[p] else "0" for p in so.results)
+    para(math(f"{total} = ({parts})"))
     if d.assumptions:
         lines.append("(" + "; ".join(sorted(set(d.assumptions))) + ")")
     text = "\n".join(lines) + "\n"
