@@ -158,6 +158,14 @@ def _where(c: _Call) -> str:
     return c.call("torch.where")
 
 
+def _array(name: str) -> Callable[[_Call], str]:
+    """np.zeros(shape, dtype) → torch.zeros(shape, dtype=dtype) (init_params' lines)."""
+    def spell(c: _Call) -> str:
+        shape, *rest = c.args
+        return c.call(name, [shape, *(f"dtype={d}" for d in rest)])
+    return spell
+
+
 _ELEMENTWISE = ("tanh", "exp", "expm1", "log", "log1p", "cos", "sin", "cosh", "sinh", "sign",
                 "abs", "sqrt", "square", "arctan", "reciprocal")
 _RENAMED = {"arctan": "atan"}
@@ -184,7 +192,12 @@ TORCH: dict[str, Callable[[_Call], str]] = {
     "np.logaddexp": _logaddexp,
     "np.where": _where,
     "np.copyto": _copyto,
+    "np.concatenate": _named("torch.cat"),
+    "np.zeros": _array("torch.zeros"),
+    "np.ones": _array("torch.ones"),
 }  # the one spelling table of the torch backend: numpy call → torch source
+
+_CONSTANTS = {"inf": "torch.inf", "pi": "torch.pi"}  # np.inf, …: not calls
 
 _METHODS = {"fill": "fill_", "max": "amax", "min": "amin", "copy": "clone"}
 
@@ -214,8 +227,10 @@ class _Rewriter:
             return f"{_KEYWORDS[node.arg]}={self.text(node.value)}"
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
                 and node.value.id == "np":
+            if node.attr in _CONSTANTS:
+                return _CONSTANTS[node.attr]
             raise SymgradError(self.where, f"no torch spelling for np.{node.attr} yet "
-                               "(the torch backend covers dense chains' ops)")
+                               "(the torch backend covers dense, layernorm, add and concat layers)")
         start, end = self.span(node)
         out, at = [], start
         for child in ast.iter_child_nodes(node):
@@ -269,7 +284,7 @@ def _bias_after_product(first: ast.stmt, second: ast.stmt) -> tuple[ast.Call, st
 
 
 def torch_code(lines: tuple[str, ...] | list[str], where: str = "torch backend",
-               vectors: frozenset[str] = frozenset()) -> tuple[str, ...]:
+               vectors: frozenset[str] = frozenset(), indent: int = 4) -> tuple[str, ...]:
     """The torch spelling of numpy statements (the lines of one lowered statement);
     ``vectors`` names the 1-D tensors among the operands (the workspace's 𝟏's). A product
     into Z followed by Z += b becomes one torch.addmm(b, A, W, out=Z) (the bias in the
@@ -298,4 +313,17 @@ def torch_code(lines: tuple[str, ...] | list[str], where: str = "torch backend",
         at = e
         i += 1
     out.append(source.encode()[at:].decode())
-    return tuple("".join(out).split("\n"))
+    return tuple(line for text in "".join(out).split("\n") for line in _fitted(text, indent))
+
+
+LINE_LENGTH = 100  # ruff's, as pyproject.toml sets it
+
+
+def _fitted(line: str, indent: int) -> list[str]:
+    """line, or where torch's longer names push an assignment past the line length, its
+    value in parentheses on a line of its own (as ruff format lays it out)."""
+    target, eq, value = line.partition(" = ")
+    if (indent + len(line) <= LINE_LENGTH or not eq or not target.isidentifier()
+            or indent + 4 + len(value) > LINE_LENGTH or line.startswith(" ")):
+        return [line]
+    return [f"{target} = (", f"    {value}", ")"]

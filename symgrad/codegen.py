@@ -2492,12 +2492,14 @@ def torch_context(d: Derivation) -> dict[str, Any]:
     Dense chains with a first-order optimizer; anything else is refused in one line."""
     from symgrad.backends import torch_code
 
-    spec = d.spec
+    spec, graph = d.spec, d.graph
     where = f"{spec.source}: training.backend"
-    if not spec.is_chain:
-        raise SymgradError(where, "the torch backend writes dense chains so far (no "
-                           "batchnorm, layernorm, dropout, add, concat, conv2d, pooling, "
-                           "flatten, input); use backend = \"numpy\" for this network")
+    flat = all(spec.image(name) is None for name in ["X", *(f"A{l}" for l in
+                                                            range(1, len(spec.layers) + 1))])
+    if graph.buffers or graph.stochastic or not flat:
+        raise SymgradError(where, "the torch backend writes dense, layernorm, add and concat "
+                           "layers so far (no batchnorm, dropout, conv2d, pooling or "
+                           "flatten); use backend = \"numpy\" for this network")
     if _second_order(spec):
         raise SymgradError(where, f"{spec.training.optimizer} is in numpy modules only so "
                            "far; use a first-order optimizer (sgd, momentum, nesterov, adam, "
@@ -2512,8 +2514,15 @@ def torch_context(d: Derivation) -> dict[str, Any]:
         (k, code.replace(", bool)", ", dtype)") if code.endswith(", bool)") and not re.search(
             rf"where={k.strip(chr(34))}\b|np\.where\({k.strip(chr(34))}\b", numpy_step) else code,
          note) for k, code, note in ctx["workspace"]]
-    for key in ("forward", "loss", "grad_forward", "grad_backward", "step"):
+    # a DAG's step returns at a non-finite batch loss, a host read per batch; the torch
+    # train() checks once per epoch instead
+    ctx["step"] = [s for s in ctx["step"] if not s.code[0].startswith("if not -np.inf < L")]
+    keys = ["forward", "loss", "grad_forward", "grad_backward", "step"]
+    for key in keys + ([] if spec.is_chain else ["inference_forward", "inference_loss"]):
         ctx[key] = [Statement(torch_code(s.code, where, vectors), s.comments) for s in ctx[key]]
+    if not spec.is_chain:
+        ctx["layer_init"] = [line for init in ctx["layer_init"]
+                             for line in torch_code([init], where, vectors)]
     ctx["workspace"] = [(k, _torch_array(code), note) for k, code, note in ctx["workspace"]]
     ctx["workspace_masks"] = any("**boolean" in code for _, code, _ in ctx["workspace"])
     code = "\n".join(line for key in ("loss", "grad_forward", "grad_backward", "step")

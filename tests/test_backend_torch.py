@@ -78,6 +78,38 @@ def test_torch_module_equals_numpy_module(case) -> None:
         assert all(close(mine[k], theirs[k], 1e-10) for k in params), optimizer
 
 
+DAG = {  # a residual skip, a concatenation with X, layernorm: every layer type it covers
+    "network": {"name": "dag", "inputs": 5},
+    "layer": [{"units": 6, "activation": "tanh"}, {"type": "layernorm"},
+              {"units": 6, "activation": "relu"}, {"type": "add", "inputs": ["A1", "A3"]},
+              {"type": "concat", "inputs": ["A4", "X"]},
+              {"units": 3, "activation": "softmax"}],
+    "loss": {"kind": "cross_entropy"}, "regularization": {"l2": 0.01},
+}
+
+
+def test_a_dag_with_layernorm_equals_the_numpy_module() -> None:
+    spec = spec_from_dict(DAG, "dag.toml")
+    numpy_module = load_module(generate_source(spec))
+    t = load_module(generate_source(spec, "torch"))
+    assert t.BUFFER_SHAPES == {} and set(t.PARAM_SHAPES) == set(numpy_module.PARAM_SHAPES)
+    rng = np.random.default_rng(0)
+    params = {k: v + 0.1 * rng.standard_normal(v.shape)
+              for k, v in numpy_module.init_params(1).items()}
+    X, Y = rng.standard_normal((9, 5)), np.eye(3)[rng.integers(0, 3, 9)]
+    loss, grads = numpy_module.loss_and_grad(params, X, Y)
+    tloss, tgrads = t.loss_and_grad(as_torch(params), X, Y)
+    assert close(tloss, loss, 1e-12) and all(close(tgrads[k], g, 1e-10) for k, g in grads.items())
+    assert close(t.forward(as_torch(params), X), numpy_module.forward(params, X), 1e-12)
+    for optimizer in ("sgd", "adam"):
+        mine, theirs = as_torch(params), {k: v.copy() for k, v in params.items()}
+        options = {"epochs": 2, "batch_size": 9, "optimizer": optimizer, "verbose": False}
+        assert close(t.train(mine, X, Y, **options)["loss"],
+                     numpy_module.train(theirs, X, Y, **options)["loss"], 1e-10)
+        assert all(close(mine[k], theirs[k], 1e-10) for k in params)
+    assert max(t.check_gradients().values()) < 1e-6
+
+
 def test_minibatches_are_sgd_on_loss_and_grad() -> None:
     """train's batches: the order of torch.Generator().manual_seed(seed), batch by batch,
     each an update by loss_and_grad of its rows (a last, smaller batch too)."""
@@ -169,13 +201,21 @@ def test_backend_refusals() -> None:
     bn = spec_from_dict({"network": {"name": "bn", "inputs": 3},
                          "layer": [{"units": 4}, {"type": "batchnorm"}, {"units": 2}],
                          "loss": {"kind": "mse"}, "training": {"backend": "torch"}}, "bn.toml")
-    with pytest.raises(SymgradError, match=r"^bn.toml: training.backend: the torch backend writes "
-                       "dense chains so far"):
+    with pytest.raises(SymgradError) as e:
         generate_source(bn)
+    assert str(e.value) == (
+        "bn.toml: training.backend: the torch backend writes dense, layernorm, add and concat "
+        "layers so far (no batchnorm, dropout, conv2d, pooling or flatten); use backend = "
+        '"numpy" for this network')
     lbfgs = Spec("net", 3, (Layer(2, "identity"),), loss="mse",
                  training=Training(optimizer="lbfgs", backend="torch"))
     with pytest.raises(SymgradError, match="lbfgs is in numpy modules only so far"):
         generate_source(lbfgs)
+    dropout = spec_from_dict({**DAG, "layer": [{"units": 4}, {"type": "dropout"},
+                                              {"units": 3, "activation": "softmax"}]},
+                             "d.toml")
+    with pytest.raises(SymgradError, match="no batchnorm, dropout"):
+        generate_source(dropout, "torch")
 
 
 def test_generate_and_check_on_the_command_line(tmp_path: Path, capsys) -> None:
