@@ -113,13 +113,14 @@ def test_hvp_every_activation_against_differences(loss):
             assert err <= 1e-6, (hidden, out, loss, err)
 
 
-def test_hvp_dag_with_add_concat_and_dropout_against_differences():
+def test_hvp_dag_with_add_dropout_and_concat_against_differences():
     spec = spec_from_dict({
         "network": {"name": "dag", "inputs": 3},
         "layer": [{"units": 4, "activation": "tanh"},
                   {"units": 4, "activation": "sigmoid"},
                   {"type": "add", "inputs": ["A1", "A2"]},
-                  {"type": "concat", "inputs": ["A3", "A1"]},
+                  {"type": "dropout", "p": 0.25},
+                  {"type": "concat", "inputs": ["A4", "A1"]},
                   {"units": 2, "activation": "softmax"}],
         "loss": {"kind": "cross_entropy"}}, source="dag.toml")
     d = derive(spec)
@@ -270,3 +271,15 @@ def test_check_hvp_passes_and_catches_a_wrong_product(tmp_path):
     broken = check_products(path)
     assert not broken.ok
     assert [r[1] for r in broken.rows if not r[4]] == ["W1", "b1"]
+
+
+def test_generate_hvp_refuses_dropout_in_one_line(tmp_path, capsys):
+    spec = tmp_path / "drop.toml"
+    spec.write_text('[network]\nname = "drop"\ninputs = 4\n[[layer]]\nunits = 3\n'
+                    '[[layer]]\ntype = "dropout"\n[[layer]]\nunits = 2\n'
+                    '[loss]\nkind = "mse"\n', encoding="utf-8")
+    assert main(["generate", str(spec), "--hvp", "-o", str(tmp_path / "drop.py")]) == 2
+    assert capsys.readouterr().err == (
+        f"symgrad: error: {spec}: layer: hvp and gnvp are generated for networks without "
+        "batchnorm or dropout (their loss is the same from one call to the next)\n")
+    assert not (tmp_path / "drop.py").exists()
