@@ -2528,8 +2528,11 @@ def torch_context(d: Derivation) -> dict[str, Any]:
     code = "\n".join(line for key in ("loss", "grad_forward", "grad_backward", "step")
                       for line in _code_lines(ctx[key]))
     ctx["helpers"] = sorted({*ctx["helpers"], *(["vdot"] if "_vdot(" in code else [])})
+    script = f"python {spec.name}.py train DATA.npz"
     ctx["docstring"] = ctx["docstring"].replace(
-        "a numpy training module", "a PyTorch training module", 1)
+        "a numpy training module", "a PyTorch training module", 1).replace(
+        script, f"{script}, data-parallel:\ntorchrun --nproc_per_node=K {spec.name}.py train "
+        "DATA.npz", 1)
     ctx["optimizers"] = "(" + ", ".join(f'"{o}"' for o in OPTIMIZERS) + ")"
     return ctx
 

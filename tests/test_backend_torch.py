@@ -101,6 +101,8 @@ def test_a_dag_with_layernorm_equals_the_numpy_module() -> None:
     tloss, tgrads = t.loss_and_grad(as_torch(params), X, Y)
     assert close(tloss, loss, 1e-12) and all(close(tgrads[k], g, 1e-10) for k, g in grads.items())
     assert close(t.forward(as_torch(params), X), numpy_module.forward(params, X), 1e-12)
+    assert close(t.loss(as_torch(params), X, Y, training=False, seed=3), loss, 1e-12)
+    assert close(t.loss_and_grad(as_torch(params), X, Y, seed=3)[0], loss, 1e-12)
     for optimizer in ("sgd", "adam"):
         mine, theirs = as_torch(params), {k: v.copy() for k, v in params.items()}
         options = {"epochs": 2, "batch_size": 9, "optimizer": optimizer, "verbose": False}
