@@ -31,7 +31,7 @@ from symgrad import naming
 from symgrad.derive import Derivation, Equation, _inline, derive
 from symgrad.errors import SymgradError
 from symgrad.ops import MeanLoss, Node, Sym
-from symgrad.ops.base import tangent_sum
+from symgrad.ops.base import almost_everywhere, tangent_sum
 from symgrad.spec import Spec
 
 __all__ = ["SecondOrder", "hvp", "gnvp", "tangent"]
@@ -193,10 +193,13 @@ def _hessian_text(d: Derivation, split: str) -> str:
         return f"H_ℓ = (diag(ŷ) − ŷŷᵀ)/N per sample (softmax∘cross-entropy, in {where})"
     yhat = sp.Symbol("ŷ")
     if split == "Yhat":
-        second = sp.simplify(sp.diff(loss.derivative, YHAT))
+        second = sp.simplify(almost_everywhere(sp.diff(loss.derivative, YHAT)))
         if second == 1:
             return f"H_ℓ = I/N (the loss {loss.name}, in {where})"
-        body = TextScalarPrinter()._print(second.xreplace({YHAT: yhat}))
+        if second == 0:
+            return (f"H_ℓ = 0 (ℓ″ = 0 almost everywhere: the loss {loss.name} is piecewise "
+                    f"linear, in {where})")
+        body = TextScalarPrinter(elementwise=False)._print(second.xreplace({YHAT: yhat}))
         return f"H_ℓ = diag({body})/N (ℓ″ of the loss {loss.name}, elementwise, in {where})"
     producer = d.graph.producer("Yhat")
     fn = getattr(producer.rhs, "fn", None)
@@ -206,11 +209,14 @@ def _hessian_text(d: Derivation, split: str) -> str:
 
     combined = loss.derivative.xreplace({YHAT: A_SYM})
     if g is not None:
-        dc = sp.simplify(sp.diff(sp.cancel(combined * g), A_SYM))
+        dc = sp.simplify(almost_everywhere(sp.diff(sp.cancel(combined * g), A_SYM)))
         h = g if dc == 1 else sp.factor(dc * g)
         body = TextScalarPrinter()._print(h.xreplace({A_SYM: yhat, Y: sp.Symbol("y")}))
         if h == 1:
             return f"H_ℓ = I/N ({fn.name}∘{loss.name}, in {where})"
+        if h == 0:
+            return (f"H_ℓ = 0 (ℓ″ = 0 almost everywhere: {fn.name}∘{loss.name} is piecewise "
+                    f"linear, in {where})")
         return f"H_ℓ = diag({body})/N ({fn.name}∘{loss.name}, elementwise, in {where})"
     return f"H_ℓ = the Hessian of the loss in {where}, per sample, /N"
 

@@ -223,6 +223,24 @@ def test_hessian_of_each_loss_printed():
     assert lines[("elu", "binary_cross_entropy", "sigmoid")] == (
         "H_ℓ = diag(ŷ ⊙ (1 − ŷ))/N (sigmoid∘binary_cross_entropy, elementwise, in Z₂)")
     assert lines[("gelu", "mse", "tanh")] == "H_ℓ = I/N (the loss mse, in Ŷ)"
+    assert gnvp(tiny("tanh", "huber", "identity")).hessian == (
+        "H_ℓ = diag([|y − ŷ| ≤ 1])/N (identity∘huber, elementwise, in Z₂)")
+    assert gnvp(tiny("tanh", "mae", "identity")).hessian == (
+        "H_ℓ = 0 (ℓ″ = 0 almost everywhere: identity∘mae is piecewise linear, in Z₂)")
+    assert gnvp(tiny("tanh", "(yhat - y)**4 / 4 + (yhat - y)**2", "tanh")).hessian == (
+        "H_ℓ = diag(3·(y − ŷ)² + 2)/N (ℓ″ of the loss custom, elementwise, in Ŷ)")
+
+
+def test_the_derivation_does_not_depend_on_the_widths():
+    def printed(widths):
+        layers = [{"units": n, "activation": "tanh"} for n in widths[1:-1]]
+        spec = spec_from_dict({"network": {"name": "wide", "inputs": widths[0]},
+                               "layer": [*layers, {"units": widths[-1], "activation": "softmax"}],
+                               "loss": {"kind": "cross_entropy"}}, source="wide.toml")
+        d = derive(spec)
+        return [so.text().split("\n", 1)[1] for so in (hvp(d), gnvp(d))]
+
+    assert printed((3, 2, 2)) == printed((784, 256, 10))
 
 
 def test_batchnorm_is_refused_in_one_line(capsys):
