@@ -30,7 +30,7 @@ import sympy as sp
 from symgrad import naming
 from symgrad.derive import Derivation, Equation, _inline, derive
 from symgrad.errors import SymgradError
-from symgrad.ops import MeanLoss, Node, Sym
+from symgrad.ops import Add, MeanLoss, Node, Sym
 from symgrad.ops.base import almost_everywhere, tangent_sum
 from symgrad.spec import Spec
 
@@ -159,7 +159,7 @@ def gnvp(spec: Spec | Derivation | str) -> SecondOrder:
             if i == 0:
                 t = tangent(eq.rhs, h_tan)
             else:
-                terms = eq.rhs.terms if type(eq.rhs).__name__ == "Add" else (eq.rhs,)
+                terms = eq.rhs.terms if isinstance(eq.rhs, Add) else (eq.rhs,)
                 t = tangent_sum([tangent(term, gn) if _has_cotangent(term)
                                  else tangent(term, params)  # a penalty: its own Hessian
                                  for term in terms])
