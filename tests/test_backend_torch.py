@@ -10,6 +10,7 @@ torch module; the spec's and the command line's refusals, exactly.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 import socket
 import subprocess
@@ -362,3 +363,20 @@ def test_the_spelling_is_the_numpy_code(code) -> None:
                 assert np.allclose(got, want, rtol=1e-12, atol=1e-12, equal_nan=True), (k, spelled)
 
     same()
+
+
+def test_the_backend_benchmark_runs(tmp_path: Path, monkeypatch) -> None:
+    """benchmarks/backend_bench.py's contenders (generated torch, the Array API step) through
+    training_bench's runner on the tiny workload: one timed epoch each, no timing asserted."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import backend_bench as bb
+    import training_bench as tb
+
+    tiny = tb.tiny_workload()
+    relu = dataclasses.replace(tiny, layers=((tiny.layers[0][0], "relu"), *tiny.layers[1:]))
+    res = tb.run_workload(relu, 1, tmp_path, bb.CONTENDERS, pause=0, preparers=bb.PREPARERS)
+    timed = [r["contender"] for r in res["rows"] if "median" in r]
+    skipped = {r["contender"]: r["status"] for r in res["rows"] if "median" not in r}
+    # the Array API step needs array-api-compat (a benchmark's extra, not symgrad's)
+    assert timed == [bb.GEN_TORCH, bb.ARRAY_API] or skipped == {
+        bb.ARRAY_API: "skipped: array-api-compat not installed"}, res
