@@ -433,7 +433,7 @@ _ASCII = {
     "⌋": ")", "∈": " in ", "∑": "sum", "𝔼": "E", "⟨": "<", "⟩": ">", "⋅": "*",
     "⊤": "^T", "¬": "not ", "±": "+/-", "∓": "-/+", "∧": " and ", "∨": " or ", "↔": "<->",
     "↦": "|->", "\u0302": "hat", "§": "section ", "≡": "==", "⋯": "...",
-    "\u0307": "dot",
+    "\u0307": "dot", "⊗": " kron ", "⁄": "/",
 }
 
 
@@ -448,7 +448,8 @@ def _ascii_form(ch: str) -> str:
     if name.startswith("GREEK ") and " LETTER " in name:  # θ → theta, Θ → Theta
         word = name.rsplit(" ", 1)[1].lower()
         return word.title() if " CAPITAL " in name else word
-    plain = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+    plain = "".join(_ASCII.get(c, c) for c in unicodedata.normalize("NFKD", ch)
+                    if not unicodedata.combining(c))  # ¾ → 3⁄4 → 3/4
     return plain if plain and plain.isascii() else "?"
 
 
