@@ -481,11 +481,13 @@ def add(terms: list[Node]) -> Node:
     return terms[0] if len(terms) == 1 else Add(tuple(terms))
 
 
+#: the subtraction op A − B (reductions.Sub, which registers itself here: base sits below it)
+SUBTRACT: list = []
+
+
 def tangent_sum(terms: list[Node | None]) -> Node | None:
     """The sum of the tangents that are not zero (None when all are); a term with a negative
     number in front is subtracted (a − 2 b, not a + −2 b)."""
-    from symgrad.ops.reductions import Sub
-
     kept = [t for t in terms if t is not None]
     if not kept:
         return None
@@ -494,7 +496,7 @@ def tangent_sum(terms: list[Node | None]) -> Node | None:
     for t in kept:
         if t not in plus:
             c = -t.c  # type: ignore[attr-defined]
-            out = Sub(out, t.x if c == 1 else Scale(c, t.x))  # type: ignore[attr-defined]
+            out = SUBTRACT[0](out, t.x if c == 1 else Scale(c, t.x))  # type: ignore[attr-defined]
     return out
 
 

@@ -9,7 +9,18 @@ import numpy as np
 import sympy as sp
 
 from symgrad.activations import X as X_SYM
-from symgrad.ops.base import SCALAR, Const, Hadamard, Map, Node, Scale, _size, hadamard, scale
+from symgrad.ops.base import (
+    SCALAR,
+    SUBTRACT,
+    Const,
+    Hadamard,
+    Map,
+    Node,
+    Scale,
+    _size,
+    hadamard,
+    scale,
+)
 
 __all__ = ["Sub", "ColSum", "RowSum", "Broadcast", "Ones", "Eye", "Trace", "SqNorm", "SqNormHalf",
            "AbsSum", "Norm", "Extremum", "ArgMask"]
@@ -59,6 +70,9 @@ class Sub(Node):
 
     def into(self, st, dest):
         st.binary("subtract", "-", self.a, self.b, dest, self.shape, commutative=False)
+
+
+SUBTRACT[:] = [Sub]  # base.tangent_sum subtracts with it
 
 
 @dataclass(frozen=True, eq=True)
