@@ -1472,6 +1472,10 @@ def _spread_times(s: Node, m: Node) -> Node:
     k = _const_value(s)
     if k is not None:
         return _scaled(k, m)
+    c, inner = _coefficient(m)
+    found = _scalar_factor(inner)
+    if found is not None and isinstance(s, Map) and isinstance(found[0], Map):  # s (t M) = (s t) M
+        return _scaled(c, Hadamard(Broadcast(_merge_maps([s, found[0]]), tuple(m.shape)), found[1]))
     return Hadamard(Broadcast(s, tuple(m.shape)), m)
 
 
@@ -2063,6 +2067,9 @@ class _Simplifier:
                 rest = [items[i] for i in range(len(items)) if i not in members]
                 return shared if not rest else self.combine([(sp.S.One, shared), *rest],
                                                             shared.shape)
+        common = self.common_scalar(items, scalars)
+        if common is not None:
+            return common
         if all(isinstance(x, MatMul) for x in xs):
             if all(x.a == xs[0].a for x in xs):
                 inner = self.combine([(c, x.b) for c, x in items], xs[0].b.shape)
@@ -2082,6 +2089,40 @@ class _Simplifier:
                         continue
                     rest = [items[i] for i in range(len(items)) if i not in members]
                     return self.combine([(sp.S.One, shared), *rest], shared.shape)
+        return None
+
+    def common_scalar(self, items, scalars) -> Node | None:
+        """A common factor of the terms' 1×1 factors: (1/v) A x − (u/v²) x → (A x − (u/v) x)/v
+        (each other factor divided by it gets shorter)."""
+        members = [i for i, sf in enumerate(scalars) if sf is not None and isinstance(sf[0], Map)]
+        if len(members) < 2 or len(members) != len(items):
+            return None
+        args: dict[Node, sp.Symbol] = {}
+        bodies = []
+        for i in members:
+            k = scalars[i][0]
+            subs = {}
+            for sym, a in k.args:
+                if a not in args:
+                    args[a] = sp.Symbol(f"_c{len(args)}", real=True)
+                subs[sym] = args[a]
+            bodies.append(k.expr.xreplace(subs))
+        back = tuple((t, a) for a, t in args.items())
+        for b0 in sorted(set(bodies), key=sp.count_ops):
+            if not b0.free_symbols:
+                continue
+            ratios = [sp.cancel(b / b0) for b in bodies]
+            if all(r == 1 for r in ratios) or not all(
+                    r.is_number or sp.count_ops(r) < sp.count_ops(b) for r, b in zip(ratios, bodies, strict=True)):
+                continue
+            pairs = []
+            for i, r in zip(members, ratios, strict=True):
+                m = scalars[i][1]
+                used = tuple((t, a) for t, a in back if t in r.free_symbols)
+                pairs.append((items[i][0], _scaled(r, m) if r.is_number else _spread_times(Map(r, used), m)))
+            inner = self.combine(pairs, scalars[members[0]][1].shape)
+            used0 = tuple((t, a) for t, a in back if t in b0.free_symbols)
+            return _spread_times(Map(b0, used0), inner)
         return None
 
     # --- elementwise functions
@@ -2281,7 +2322,7 @@ def rewrite_lines(d, md: bool = False) -> list[str]:
 def rule_proof_lines(d) -> tuple[bool, list[str]]:
     """``derive --prove``: the firings of rewrite rules, proved on the tiny instance."""
     verdicts = [v for fired in d.rewrites.values() for vs in fired.values() for v in vs]
-    if not verdicts:
+    if all(v is None for v in verdicts):  # none fired, or derived without the rule proofs
         return True, []
     names = sorted({n for fired in d.rewrites.values() for n in fired})
     proved = sum(v is True for v in verdicts)
@@ -2596,7 +2637,19 @@ class ExprLatexPrinter(LatexPrinter):
     def map_body(self, node):
         return _map_body(self, node)
 
+    f: Map | None = None  # f's own value, printed f where a gradient holds it
+
+    def _is_f(self, node) -> bool:
+        return self.f is not None and isinstance(node, Map) and _same_map(node, self.f)
+
+    def _print(self, expr, **kwargs):
+        if self._is_f(expr):
+            return "f"
+        return super()._print(expr, **kwargs)
+
     def prec(self, node):
+        if self._is_f(node):
+            return ATOM
         p = _prec(super(), node)
         return super().prec(node) if p is None else p
 
@@ -2728,8 +2781,35 @@ def shown(g: Node) -> Node:
     return g
 
 
+_VALUES: dict = {}  # the problem's root -> f as the simplified gradients hold it
+
+
+def _value_of_f(problem: ExprProblem | None) -> Map | None:
+    """f itself where a gradient holds it (the Rayleigh quotient's 2 (A x − f x)/(xᵀ x)): a
+    root that is a scalar function of two or more 1×1 values (a quotient uᵀ A u/(uᵀ u),
+    not det(X)², which stays as it is written), simplified as the gradients are."""
+    if (problem is None or "f" in problem.shapes or not isinstance(problem.root, Map)
+            or len(problem.root.args) < 2):
+        return None
+    if problem.root not in _VALUES:
+        out = simplify(problem.root)
+        _VALUES[problem.root] = out if isinstance(out, Map) else None
+    return _VALUES[problem.root]
+
+
+def _same_map(a: Map, b: Map) -> bool:
+    """The same body of the same arguments (up to the names of the body's symbols)."""
+    if len(a.args) != len(b.args) or {x for _, x in a.args} != {x for _, x in b.args}:
+        return False
+    names = {x: sp.Symbol(f"_v{i}", real=True) for i, (_, x) in enumerate(b.args)}
+    return (a.expr.xreplace({t: names[x] for t, x in a.args})
+            == b.expr.xreplace({t: names[x] for t, x in b.args}))
+
+
 def text(node: Node, problem: ExprProblem | None = None) -> str:
-    return ExprTextPrinter(_coef_names(problem, False))._print(node)
+    printer = ExprTextPrinter(_coef_names(problem, False))
+    printer.f = _value_of_f(problem)
+    return printer._print(node)
 
 
 def latex(node: Node, problem: ExprProblem | None = None) -> str:

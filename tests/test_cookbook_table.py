@@ -84,7 +84,7 @@ COOKBOOK = [
     ("sqnorm", "norm(x)**2", ["x=n,1"], "x", "2 x", "2 * x", {}),
     ("xtx", "x.T @ x", ["x=n,1"], "x", "2 x", "2 * x", {}),
     ("rayleigh", "(x.T @ A @ x) / (x.T @ x)", ["x=n,1", "A=n,n"], "x",
-     "(A + Aᵀ) x/(xᵀ x) − 2 ((xᵀ A x)/(xᵀ x)²) x",
+     "((A + Aᵀ) x − 2 f x)/(xᵀ x)",
      "(A + A.T) @ x / (x.T @ x) - 2 * x * (x.T @ A @ x) / (x.T @ x)**2", {}),
     ("l1-norm", "norm(x, 1)", ["x=n,1"], "x", "sign(x)", "sign(x)", {}),
     ("l2-norm", "norm(x, 2)", ["x=n,1"], "x", "x/‖x‖₂", "x / sqrt(x.T @ x)", {}),
@@ -134,7 +134,7 @@ COOKBOOK = [
     ("det-inv", "det(inv(X))", ["X=n,n"], "X", "−X⁻ᵀ/det(X)", "-inv(X).T / det(X)", {}),
     ("det-2X", "det(2 * X)", ["X=n,n"], "X", "det(2 X) X⁻ᵀ", "det(2 * X) * inv(X).T", {}),
     ("rayleigh-sym", "(x.T @ A @ x) / (x.T @ x)", ["x=n,1", "A=n,n"], "x",
-     "2 (A x/(xᵀ x) − ((xᵀ A x)/(xᵀ x)²) x)",
+     "2 (A x − f x)/(xᵀ x)",
      "2 * (A @ x - (x.T @ A @ x) / (x.T @ x) * x) / (x.T @ x)", SYM_A),
     ("solve-mean", "(x - mu).T @ solve(S, x - mu)", ["x=n,1", "mu=n,1", "S=n,n"], "mu",
      "2 S⁻¹ (mu − x)", "2 * inv(S) @ (mu - x)", SYM_S),
@@ -172,7 +172,7 @@ SAMPLE = {
     "trace-XtAXB": ("A @ X @ B", "+ Aᵀ X Bᵀ"),
     "bXtXc": ("X @ b @ c.T", "+ X c bᵀ"),
     "centred-square": ("2 * X", "− 2 𝟏ᵀ X/N"),
-    "rayleigh": ("(A + A.T) @ x / (x.T @ x)", "− 2 ((xᵀ A x)/(xᵀ x)²) x"),
+    "trace-AXBX": ("A.T @ X.T @ B.T", "+ Bᵀ Xᵀ Aᵀ"),
 }
 
 _DERIVED: dict = {}

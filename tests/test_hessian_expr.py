@@ -41,11 +41,10 @@ CASES = [
     ("trace(A @ X @ B)", ["X=n,m", "A=m,n", "B=m,m"], "X", None, "0"),
     ("sum((A @ x - b)**2)", ["A=m,n", "x=n,1", "b=m,1"], "x", "2 Aᵀ A", "2 Aᵀ A v"),
     ("(x.T @ A @ x) / (x.T @ x)", ["A=n,n", "x=n,1"], "x",  # the Rayleigh quotient
-     "x (4 ((xᵀ A x)/(xᵀ x)³) x − (A + Aᵀ) x/(xᵀ x)²)ᵀ + 4 ((xᵀ A x)/(xᵀ x)³) x xᵀ + (A + Aᵀ)/"
-     "(xᵀ x) − 2 ((xᵀ A x)/(xᵀ x)²) I − (2 (A + Aᵀ) x xᵀ + x xᵀ (A + Aᵀ))/(xᵀ x)²",
-     "((4 (𝟏ᵀ (v ⊙ x)) (xᵀ A x) − (𝟏ᵀ (v ⊙ ((A + Aᵀ) x))) (xᵀ x))/(xᵀ x)³) x + (A + Aᵀ) v/(xᵀ x) "
-     "+ 4 (𝟏ᵀ (v ⊙ x) ((xᵀ A x)/(xᵀ x)³)) x − 2 ((xᵀ A x)/(xᵀ x)²) v − (𝟏ᵀ (v ⊙ ((A + Aᵀ) x)) "
-     "1/(xᵀ x)²) x − 2 (𝟏ᵀ (v ⊙ x) 1/(xᵀ x)²) (A + Aᵀ) x"),
+     "2 (2 ((xᵀ A x)/(xᵀ x)) x xᵀ − (A + Aᵀ) x xᵀ)/(xᵀ x)² + (A + Aᵀ − 2 f I)/(xᵀ x) − 2 x "
+     "((A + Aᵀ) x − 2 ((xᵀ A x)/(xᵀ x)) x)ᵀ/(xᵀ x)²",
+     "((A + Aᵀ) v − 2 f v)/(xᵀ x) + 4 (𝟏ᵀ ((v ⊙ x)/(xᵀ x)) ((xᵀ A x)/(xᵀ x)²)) x − 2 (𝟏ᵀ "
+     "((v ⊙ x)/(xᵀ x)) 1/(xᵀ x)) (A + Aᵀ) x − 2 (𝟏ᵀ (v ⊙ ((A + Aᵀ) x − 2 f x)) 1/(xᵀ x)²) x"),
     ("logsumexp(x)", ["x=n,1"], "x",
      "diag(exp(x − logsumexp(x))) − exp(x − logsumexp(x)) exp(x − logsumexp(x))ᵀ",
      "exp(x − logsumexp(x)) ⊙ (v − 𝟏ᵀ (v ⊙ exp(x − logsumexp(x))))"),
