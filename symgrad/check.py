@@ -1523,10 +1523,12 @@ def _derivation_env(derivation, params: dict[str, np.ndarray], X, Y, seed: int =
     from symgrad.ops import L1, L2, N
 
     spec, graph = derivation.spec, derivation.graph
-    env: dict[Any, Any] = {"X": X, "Y": Y, N: X.shape[0], L1: spec.l1, L2: spec.l2}
+    channels = int(sp.sympify(graph.data[0].shape[1]).xreplace(graph.sizes()))
+    env: dict[Any, Any] = {"X": X.reshape(-1, channels),  # an image batch: its (N·H·W, C) map
+                           "Y": Y, N: X.shape[0], L1: spec.l1, L2: spec.l2}
     env.update(graph.sizes())
-    for name, value in params.items():
-        env[name] = value.reshape(1, -1) if value.ndim == 1 else value
+    for name, value in params.items():  # a conv kernel (kh, kw, C, F): the graph's (kh·kw·C, F)
+        env[name] = value.reshape(1, -1) if value.ndim == 1 else value.reshape(-1, value.shape[-1])
     env.update(training_masks(graph, X.shape[0], seed))
     return env
 

@@ -930,6 +930,7 @@ class StepLowering:
         self.notes: list[str] = []  # comment lines for the statement being lowered
         self.masks: dict[sp.Basic, str] = {}  # condition → a mask buffer holding it
         self.in_place_ok: set[str] = set()  # targets whose lines may run in place (A = Z)
+        self.kept: dict[Node, str] = {}  # values computed once per step (patch matrices)
         self.counts = {"float": 0, "bool": 0}
 
     def size(self, e: sp.Expr) -> str:
@@ -1015,6 +1016,18 @@ class StepLowering:
         if isinstance(node, Const):
             yield NumpyPrinter().doprint(node.value)
             return
+        if getattr(node, "kept", False):  # computed once per step into a buffer of its own
+            if node not in self.kept:
+                name = self.buffer(f"P{len(self.kept) + 1}", node.shape,
+                                   note="a patch matrix, kept for the backward pass")
+                self.emit_into(node, name)
+                self.kept[node] = name
+            yield self.kept[node]
+            return
+        if isinstance(node, Transpose):  # im2col(A)ᵀ: the inner value computed, read as .T
+            with self.operand(node.x) as s:
+                yield f"{s}.T"
+            return
         with self.scratch(node.shape) as buf:
             self.emit_into(node, buf)
             yield buf
@@ -1038,9 +1051,15 @@ class StepLowering:
         """An elementwise body in the overflow-free forms it is lowered in (relu: max(x, 0))."""
         return stabilize(e)
 
-    def ones(self) -> str:
-        """The workspace's vector of N ones (𝟏ᵀA and A𝟏 over the batch as products)."""
-        return self.buffer("ones", (N,), "ones", note="𝟏, for the sums over the batch")
+    def ones(self, rows: sp.Expr = N) -> str:
+        """The workspace's vector of N ones (𝟏ᵀA and A𝟏 over the batch as products); of
+        k·N ones for the rows of a feature map (k = H·W pixels per sample)."""
+        rows = sp.sympify(rows).xreplace({k: sp.Integer(v) for k, v in self.sizes.items()})
+        if rows == N:
+            return self.buffer("ones", (N,), "ones", note="𝟏, for the sums over the batch")
+        k = sp.simplify(rows / N)
+        return self.buffer(f"ones{k}", (rows,), "ones",
+                           note="𝟏, for the sums over the batch's pixels")
 
     def binary(self, ufunc: str, op: str, a: Node, b: Node, dest: str, shape, commutative: bool):
         """dest = a op b; an operand of another shape (a broadcast column) goes to scratch,
@@ -1479,6 +1498,20 @@ def at_sizes(node: Node, sizes: dict[sp.Symbol, int]) -> Node:
     return transform(node, rule)
 
 
+def _unread(statements: list[Statement], goal: str) -> list[Statement]:
+    """The statements without those whose value no later line reads: a max-pool layer's
+    arg-max, which inference does not route anything by (its pooled map is computed
+    alone)."""
+    out: list[Statement] = []
+    for s in reversed(statements):
+        m = re.match(r"(\w+) = ", s.code[0]) if len(s.code) == 1 else None
+        later = "\n".join(line for t in out for line in t.code)
+        if m and m[1] != goal and not re.search(rf"\b{m[1]}\b", later):
+            continue
+        out.append(s)
+    return out[::-1]
+
+
 def lower(d: Derivation) -> Lowered:
     """The statements of forward, loss, loss_and_grad and the training step.
 
@@ -1500,17 +1533,18 @@ def lower(d: Derivation) -> Lowered:
         arr = ArrayLowering(helpers=out.helpers, sizes=None if chain else sizes, split=not chain)
         return [arr.statement(e.target.name, e.rhs, _comments(e, shown, notes)) for e in eqs]
 
-    out.forward = statements(_needed(equations, {"Yhat"}))
-    out.loss = statements(_needed(equations, {d.graph.loss.name}))
+    out.forward = _unread(statements(_needed(equations, {"Yhat"})), "Yhat")
+    out.loss = _unread(statements(_needed(equations, {d.graph.loss.name})), d.graph.loss.name)
     out.grad = statements(equations + backward)
     if d.graph.inference:
         infer = [Equation(a.target, at_sizes(running(a.rhs), sizes)) for a in d.graph.inference]
         shown = {**original, **{e.target.name: running(a.rhs)  # the loss: its own formula
                                 for e, a in zip(infer, d.graph.inference, strict=True)}}
         last = max(i for i, e in enumerate(equations) if e.target.name == "Yhat")
-        out.inference_forward = statements(_needed(infer, {"Yhat"}), shown)
-        out.inference_loss = statements(_needed(infer + equations[last + 1 :],
-                                                {d.graph.loss.name}), shown)
+        out.inference_forward = _unread(statements(_needed(infer, {"Yhat"}), shown), "Yhat")
+        out.inference_loss = _unread(statements(_needed(infer + equations[last + 1 :],
+                                                        {d.graph.loss.name}), shown),
+                                     d.graph.loss.name)
     out.step, out.workspace = lower_step(d, equations, original, notes, out.helpers, backward)
     out.sgd = lower_sgd(d, equations, original, notes, out.helpers) if chain else None
     return out
@@ -1527,7 +1561,7 @@ def lower_step(d: Derivation, equations: list[Equation], original: dict[str, Nod
     backward = d.backward if backward is None else backward
     step = StepLowering(d.graph.sizes(), helpers)
     params = set(d.param_names)
-    step.buffer("X", d.graph.data[0].shape, note="the batch")
+    step.buffer("X", (N, d.spec.inputs), note="the batch")  # an image batch as its flat rows
     step.buffer("Y", d.graph.data[1].shape, note="its targets")
     for mask, p in d.graph.masks:
         step.buffer(mask.name, mask.shape, "bool",
@@ -2022,15 +2056,16 @@ def _release_all(step: StepLowering) -> None:
 
 
 def _unpack(names: list[str], source: str, indent: str = "    ",
-            keys: dict[str, str] | None = None) -> list[str]:
+            keys: dict[str, str] | None = None, views: dict[str, str] | None = None) -> list[str]:
     """``a, b = source["a"], source["b"]`` lines, as many names per line as fit
-    (``keys`` maps a name to another key: dW1 = grads["W1"])."""
-    keys = keys or {}
+    (``keys`` maps a name to another key: dW1 = grads["W1"]; ``views`` a name to the
+    reshape that gives the graph's matrix: W1 = params["W1"].reshape(9, 16))."""
+    keys, views = keys or {}, views or {}
     out: list[str] = []
     group: list[str] = []
 
     def line(items: list[str]) -> str:
-        values = ", ".join(f'{source}["{keys.get(n, n)}"]' for n in items)
+        values = ", ".join(f'{source}["{keys.get(n, n)}"]{views.get(n, "")}' for n in items)
         return f"{indent}{', '.join(items)} = {values}"
 
     for name in names:
@@ -2056,6 +2091,8 @@ def _workspace_lines(buffers: list[Buffer], sizes: dict[sp.Symbol, int]):
             continue
         shape = _shape_code(b.shape, sizes)
         code = {"bool": f"np.empty({shape}, bool)", "ones": f"np.ones({shape}, dtype)",
+                "int8": f"np.empty({shape}, np.int8)", "zeros": f"np.zeros({shape}, dtype)",
+                "neginf": f"np.full({shape}, -np.inf, dtype)",
                 "float64": f"np.empty({shape})"}.get(b.kind, f"np.empty({shape}, dtype)")
         entries.append((f'"{b.name}"', code, b.note))
     return entries, views + aliases
@@ -2102,6 +2139,26 @@ def _sgd_context(sgd: SgdLowered, sizes: dict[sp.Symbol, int]) -> dict[str, Any]
     }
 
 
+def _nodes(node: Node) -> Iterator[Node]:
+    """``node`` and every node below it (children and refs)."""
+    yield node
+    for c in (*node.children, *node.refs):
+        yield from _nodes(c)
+
+
+def _matrix_views(d: Derivation) -> dict[str, str]:
+    """{name: ".reshape(r, c)"} for each parameter the module keeps in another shape than
+    the graph's matrix (a conv2d kernel: HWIO (kh, kw, C, F) there, (kh·kw·C, F) here), and
+    the same for its gradient's name (dW1); a contiguous reshape is a view, no copy."""
+    sizes, shapes = d.graph.sizes(), d.spec.param_shapes()
+    out = {}
+    for p in d.graph.params:
+        matrix = _array_shape(tuple(sp.sympify(s) for s in p.shape), sizes)
+        if len(shapes[p.name]) != len(matrix):
+            out[p.name] = out[naming.cotangent(p.name)] = f".reshape{matrix}"
+    return out
+
+
 def _dict_lines(target: str, items: list[tuple[str, str]], indent: str = "    ") -> list[str]:
     """``target = {"a": a, ...}`` on one line if it fits, else one entry per line."""
     body = ", ".join(f'"{k}": {v}' for k, v in items)
@@ -2119,11 +2176,24 @@ def _array_shape(shape: tuple[sp.Expr, ...], sizes: dict[sp.Symbol, int]) -> tup
     widths."""
     if len(shape) == 2 and shape[0] == 1:
         shape = shape[1:]  # a bias: a row in the IR, a vector here
-    return tuple(N if s == N else int(s.xreplace(sizes)) for s in shape)
+    return tuple(_batch_dim(sp.sympify(s), sizes) for s in shape)
+
+
+def _batch_dim(s: sp.Expr, sizes: dict[sp.Symbol, int]) -> sp.Expr | int:
+    """N, a whole multiple k·N (the rows of a feature map: N·H·W pixels), or a number."""
+    if s == N:
+        return N
+    if s.has(N):
+        k = sp.simplify(s / N).xreplace(sizes)
+        if not (k.is_Integer and k > 0):
+            raise SymgradError("generate", f"a batch dimension {s} is not a multiple of N")
+        return int(k) * N
+    return int(s.xreplace(sizes))
 
 
 def _shape_code(shape: tuple[sp.Expr, ...], sizes: dict[sp.Symbol, int]) -> str:
-    dims = ["n" if s == N else str(s) for s in _array_shape(shape, sizes)]
+    dims = ["n" if s == N else f"{s / N} * n" if isinstance(s, sp.Expr) else str(s)
+            for s in _array_shape(shape, sizes)]
     return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
 
 
@@ -2388,14 +2458,17 @@ def module_context(d: Derivation, products: bool = False) -> dict[str, Any]:
         init.append((str(l), f"_{kind}(rng, {n_in}, {n_out}, dtype)"))
 
     layers = [params[i : i + 2] for i in range(0, len(params), 2)]
-    param_unpack = [line for pair in layers for line in _unpack(pair, "params")]
+    views = _matrix_views(d)
+    param_unpack = [line for pair in layers for line in _unpack(pair, "params", views=views)]
     cotangents = {naming.cotangent(p): p for p in params}
-    grad_unpack = _unpack(list(cotangents), "grads", keys=cotangents)
+    grad_unpack = _unpack(list(cotangents), "grads", keys=cotangents, views=views)
 
     grad = lowered.grad
     grad_forward, grad_backward = grad[: len(d.forward)], grad[len(d.forward) :]
-    grad_return = _dict_lines(
-        "return float(L), ", [(p, naming.cotangent(p)) for p in params]
+    shapes = spec.param_shapes()
+    grad_return = _dict_lines(  # a kernel's gradient back in its HWIO shape (a view)
+        "return float(L), ", [(p, naming.cotangent(p) + (f".reshape{shapes[p]}" if p in views
+                                                         else "")) for p in params]
     )
 
     workspace, aliases = _workspace_lines(lowered.workspace, sizes)
@@ -2412,6 +2485,8 @@ def module_context(d: Derivation, products: bool = False) -> dict[str, Any]:
     ]
     if not chain:
         exported.insert(3, "BUFFER_SHAPES")
+    if spec.input_shape:
+        exported.insert(1, "INPUT_SHAPE")
     if products:
         exported[exported.index("loss_and_grad") + 1 : 1 + exported.index("loss_and_grad")] = [
             "hvp", "gnvp"]
@@ -2427,6 +2502,9 @@ def module_context(d: Derivation, products: bool = False) -> dict[str, Any]:
         "name": spec.name,
         "exported": [f'"{n}"' for n in exported],
         "inputs": spec.inputs,
+        "input_shape": spec.input_shape and repr(tuple(spec.input_shape)),
+        "conv_kernels": sorted({k for eq in [*d.forward, *d.backward]
+                                for n in _nodes(eq.rhs) for k in getattr(n, "kernels", ())}),
         "outputs": spec.outputs,
         "param_shapes": [(f'"{k}"', repr(tuple(v)), "") for k, v in spec.param_shapes().items()],
         "l1": repr(float(spec.l1)),

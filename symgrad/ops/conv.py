@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from symgrad.ops.base import Node, _size
+from symgrad.ops.base import Node, Sym, _size
 
 __all__ = ["Geometry", "Im2col", "Col2im", "PoolArgmax", "MaxPool", "MaxPoolBack", "AvgPool",
            "AvgPoolBack", "Flatten", "Unflatten"]
@@ -132,8 +132,36 @@ def _fn_latex(p, name: str, *args: Node) -> str:
     return rf"\operatorname{{{name}}}\left({', '.join(p._print(a) for a in args)}\right)"
 
 
+def _work(st, op: Node, a: str, fill) -> str:
+    """``, work=pad_A`` — the padded copy of the map ``a`` that a kernel fills (its border
+    set once, when the workspace is made: zeros, or −∞ for max pooling), or nothing
+    without padding."""
+    g = op.geom
+    if not (g.ph or g.pw):
+        return ""
+    shape = (op.x.shape[0] / (g.h * g.w), g.h + 2 * g.ph, g.w + 2 * g.pw, op.x.shape[1])
+    kind = "zeros" if fill == 0 else "neginf"
+    name = st.buffer(f"pad_{a}_{kind}", shape, kind,
+                     note=f"{a} in a border of {'zeros' if fill == 0 else '−∞'} (set once)")
+    return f", work={name}"
+
+
+def _mask(st, arg: Node, pooled) -> str:
+    """The bool (2, N·Hₒ·Wₒ, C) scratch that maxpool and maxpool_back share for ``arg``."""
+    return st.buffer(f"mask_{arg.name}", (2, *pooled), "bool",
+                     note="maxpool's scratch")
+
+
+def _map(code: str, x: Node, lw) -> str:
+    """The operand ``code`` of ``x`` as the kernels take a map, (N·H·W, C): the data X is
+    kept as the module's (N, H·W·C) rows, so it is read through a reshape (a view)."""
+    if isinstance(x, Sym) and x.role == "data":
+        return f"{code}.reshape(-1, {lw.size(x.shape[1])})"
+    return code
+
+
 def _call(lw, name: str, g: Geometry, *args: Node) -> str:
-    return f"{name}({', '.join(lw.expr(a, 0) for a in args)}, {g.args()})"
+    return f"{name}({', '.join(_map(lw.expr(a, 0), a, lw) for a in args)}, {g.args()})"
 
 
 IM2COL_LEGEND = ("im2col(A) the patch matrix of the map A (a row per output pixel, its window's "
@@ -203,9 +231,13 @@ class Im2col(Node):
     def numpy(self, lw):
         return _call(lw, "im2col", self.geom, self.x), lw.ATOM
 
+    kernels = ("im2col",)
+    kept = True  # one patch matrix per step: Z's product and ∂L/∂W read the same P
+
     def into(self, st, dest):
         with st.operand(self.x) as a:
-            st.emit(f"im2col({a}, {self.geom.args()}, out={dest})")
+            st.emit(f"im2col({_map(a, self.x, st)}, {self.geom.args()}, out={dest}"
+                    f"{_work(st, self, a, 0)})")
 
 
 @dataclass(frozen=True, eq=True)
@@ -264,6 +296,8 @@ class Col2im(Node):
 
     def numpy(self, lw):
         return _call(lw, "col2im", self.geom, self.x), lw.ATOM
+
+    kernels = ("col2im",)
 
     def into(self, st, dest):
         with st.operand(self.x) as a:
@@ -347,10 +381,14 @@ class PoolArgmax(Node):
     def numpy(self, lw):
         return _call(lw, "maxpool", self.geom, self.x) + "[1]", lw.ATOM
 
+    kernels = ("maxpool",)
+
     def into(self, st, dest):
-        with st.operand(self.x) as a:
-            pooled = st.scratch(self.shape)
-            st.emit(f"maxpool({a}, {self.geom.args()}, out=({pooled}, {dest}))")
+        """Nothing of its own: the kernel maxpool(A, …, out=(pooled, arg)) writes the
+        maximum and its offset in one pass, and the graph's only readers of arg are the
+        pooled value's equation (next) and its rule, so :class:`MaxPool` computes both."""
+        st.buffers[dest].kind = "int8"  # offsets 0 … kh·kw − 1
+        st.notes.append("  computed with the pooled map below: maxpool writes both")
 
 
 def _maxpool(a: np.ndarray, g: Geometry) -> tuple[np.ndarray, np.ndarray]:
@@ -434,9 +472,12 @@ class MaxPool(Node):
     def numpy(self, lw):
         return _call(lw, "maxpool", self.geom, self.x) + "[0]", lw.ATOM
 
+    kernels = ("maxpool",)
+
     def into(self, st, dest):
         with st.operand(self.x) as a, st.operand(self.arg) as arg:
-            st.emit(f"maxpool({a}, {self.geom.args()}, out=({dest}, {arg}))")
+            st.emit(f"maxpool({_map(a, self.x, st)}, {self.geom.args()}, out=({dest}, {arg})"
+                    f"{_work(st, self, a, '-inf')}, mask={_mask(st, self.arg, self.shape)})")
 
 
 @dataclass(frozen=True, eq=True)
@@ -497,9 +538,12 @@ class MaxPoolBack(Node):
         return (f"maxpool_back({lw.expr(self.g, 0)}, {lw.expr(self.arg, 0)}, "
                 f"{self.geom.args()})"), lw.ATOM
 
+    kernels = ("maxpool_back",)
+
     def into(self, st, dest):
         with st.operand(self.g) as gm, st.operand(self.arg) as arg:
-            st.emit(f"maxpool_back({gm}, {arg}, {self.geom.args()}, out={dest})")
+            st.emit(f"maxpool_back({gm}, {arg}, {self.geom.args()}, out={dest}, "
+                    f"mask={_mask(st, self.arg, self.g.shape)})")
 
 
 # --------------------------------------------------------------------------
@@ -566,9 +610,12 @@ class AvgPool(Node):
     def numpy(self, lw):
         return _call(lw, "avgpool", self.geom, self.x), lw.ATOM
 
+    kernels = ("avgpool",)
+
     def into(self, st, dest):
         with st.operand(self.x) as a:
-            st.emit(f"avgpool({a}, {self.geom.args()}, out={dest})")
+            st.emit(f"avgpool({_map(a, self.x, st)}, {self.geom.args()}, out={dest}"
+                    f"{_work(st, self, a, 0)})")
 
 
 @dataclass(frozen=True, eq=True)
@@ -622,6 +669,8 @@ class AvgPoolBack(Node):
 
     def numpy(self, lw):
         return _call(lw, "avgpool_back", self.geom, self.g), lw.ATOM
+
+    kernels = ("avgpool_back",)
 
     def into(self, st, dest):
         with st.operand(self.g) as gm:
@@ -679,7 +728,7 @@ class Flatten(Node):
         return _fn_latex(p, "flatten", self.x)
 
     def numpy(self, lw):
-        return f"{lw.expr(self.x, lw.ATOM)}.reshape({lw.size(self.shape[0])}, -1)", lw.ATOM
+        return f"{lw.expr(self.x, lw.ATOM)}.reshape(-1, {lw.size(self.shape[1])})", lw.ATOM
 
     def into(self, st, dest):
         with st.operand(self.x) as a:

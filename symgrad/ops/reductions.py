@@ -109,7 +109,7 @@ class ColSum(Node):
 
     def into(self, st, dest):
         """𝟏ᵀ A as a matrix product (BLAS, no reduction)."""
-        ones = st.ones()
+        ones = st.ones(self.x.shape[0])
         with st.operand(self.x) as x:
             st.emit(f"np.dot({ones}, {x}, out={dest})")
 
