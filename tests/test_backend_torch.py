@@ -380,3 +380,21 @@ def test_the_backend_benchmark_runs(tmp_path: Path, monkeypatch) -> None:
     # the Array API step needs array-api-compat (a benchmark's extra, not symgrad's)
     assert timed == [bb.GEN_TORCH, bb.ARRAY_API] or skipped == {
         bb.ARRAY_API: "skipped: array-api-compat not installed"}, res
+
+
+def test_a_non_finite_epoch_stops_and_restores_its_start(capsys) -> None:
+    """A blow-up (learning rate 1e30): the epoch's loss is not finite, so train() stops and
+    params are those of the epoch's start (one host read per epoch: no per-batch check);
+    distributed=True without a process group is refused."""
+    b, t = torch_module(("relu", "identity", "mse", 0.0))
+    params, X, Y = sample(b, n=12)
+    mine = as_torch(params)
+    h = t.train(mine, X, Y, epochs=3, batch_size=4, learning_rate=1e200, verbose=False)
+    assert h["loss"] == [] and h["stopped"].startswith("non-finite loss (")
+    assert h["stopped"].endswith("in epoch 1: stopped, keeping the parameters from the start "
+                                 "of that epoch")
+    assert all(torch.equal(mine[k], torch.tensor(params[k])) for k in params)
+    assert capsys.readouterr().err == f"train: {h['stopped']}\n"
+    with pytest.raises(RuntimeError, match="distributed=True needs a torch.distributed process "
+                       "group: run under torchrun"):
+        t.train(mine, X, Y, epochs=1, distributed=True)
