@@ -139,6 +139,18 @@ from symgrad.ops import (
     add,
     hadamard,
 )
+from symgrad.ops.conv import (
+    AvgPool,
+    AvgPoolBack,
+    Col2im,
+    Flatten,
+    Geometry,
+    Im2col,
+    MaxPool,
+    MaxPoolBack,
+    PoolArgmax,
+    Unflatten,
+)
 from symgrad.ops.normalization import exact
 from symgrad.printing import TextScalarPrinter
 from symgrad.printing import text as textbook
@@ -155,6 +167,7 @@ EXACT_RTOL = 10.0 ** -(PRECISION - 10)  # its tolerance: rounding at 50 digits, 
 EXACT_SECONDS = 5.0  # seconds SymPy may spend on the exact evaluation of the instances
 SYMBOLIC_BUDGET = 2.0  # seconds SymPy may spend on the symbolic proof
 INSTANCE_N = (3, 5, 4)  # batch sizes of the random instances (widths differ too)
+INSTANCE_N_MAPS = (2, 3, 1)  # … of a network on images (N·H·W rows; channels 2 … 5)
 PROGRESS_AFTER = 1.5  # seconds: the command line reports each stage after this long
 
 DIAGNOSES = (
@@ -240,6 +253,220 @@ def _transpose(node: Node) -> Node:
     return node.x if isinstance(node, Transpose) else Transpose(node)
 
 
+# Feature-map nodes of hand formulas (and of the classic mistakes): the windows of a
+# geometry written out as an index table, so that a wrong stride, a wrong padding or a
+# scatter that overwrites means exactly what the buggy numpy code computes.
+
+
+@dataclass(frozen=True)
+class _Placed(Geometry):
+    """A layer's geometry with another stride or padding in the index arithmetic only:
+    the same Hₒ×Wₒ windows (``out_h``, ``out_w``), each placed at oh·sh + i − ph; a window
+    position outside the image reads 0 (the slice without its step, the crop without its
+    offset)."""
+
+    out_h: int = 1
+    out_w: int = 1
+
+    @property
+    def ho(self) -> int:
+        return self.out_h
+
+    @property
+    def wo(self) -> int:
+        return self.out_w
+
+
+def _placed(g: Geometry, stride: tuple[int, int] | None, padding: tuple[int, int] | None) -> Geometry:
+    sh, sw = (g.sh, g.sw) if stride is None else stride
+    ph, pw = (g.ph, g.pw) if padding is None else padding
+    if (sh, sw, ph, pw) == (g.sh, g.sw, g.ph, g.pw):
+        return g
+    return _Placed(g.h, g.w, g.kh, g.kw, sh, sw, ph, pw, g.ho, g.wo)
+
+
+def _table(g: Geometry, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(output row, input row, offset) of every window position inside the image."""
+    rows = [(r, s, k) for r, s, k in g.windows(n) if s is not None]
+    if not rows:
+        return (np.zeros(0, np.int64),) * 3
+    r, s, k = (np.array(c, np.int64) for c in zip(*rows, strict=True))
+    return r, s, k
+
+
+@dataclass(frozen=True, eq=True)
+class Windowed(Node):
+    """``mode`` of a map by a geometry's index table: "im2col" (the patch matrix), "col2im"
+    (its adjoint: entries added back), "scatter" (written back with =: at a pixel under
+    several windows the largest offset i·kw + j wins, as ``padded[…] = cols[…, k, :]`` in
+    a loop over k)."""
+
+    x: Node
+    geom: Geometry
+    mode: str
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def shape(self):
+        g, (r, c) = self.geom, self.x.shape
+        if self.mode == "im2col":
+            return (r * sp.Rational(g.ho * g.wo, g.h * g.w), g.k * c)
+        return (r * sp.Rational(g.h * g.w, g.ho * g.wo), c / g.k)
+
+    def numeric(self, env):
+        a, g = np.asarray(self.x.numeric(env), dtype=np.float64), self.geom
+        if self.mode == "im2col":
+            n, c = a.shape[0] // (g.h * g.w), a.shape[1]
+            r, s, k = _table(g, n)
+            out = np.zeros((n * g.ho * g.wo, g.k, c))
+            out[r, k, :] = a[s, :]
+            return out.reshape(-1, g.k * c)
+        n, c = a.shape[0] // (g.ho * g.wo), a.shape[1] // g.k
+        r, s, k = _table(g, n)
+        cols = a.reshape(-1, g.k, c)
+        out = np.zeros((n * g.h * g.w, c))
+        if self.mode == "col2im":
+            np.add.at(out, s, cols[r, k, :])
+        else:
+            for off in range(g.k):
+                sel = k == off
+                out[s[sel]] = cols[r[sel], off, :]
+        return out
+
+    def explicit(self, env):
+        a, g = self.x.explicit(env), self.geom
+        if self.mode == "im2col":
+            n, c = a.rows // (g.h * g.w), a.cols
+            out = sp.zeros(n * g.ho * g.wo, g.k * c)
+            for r, s, k in g.windows(n):
+                if s is not None:
+                    for ch in range(c):
+                        out[r, k * c + ch] = a[s, ch]
+            return out
+        n, c = a.rows // (g.ho * g.wo), a.cols // g.k
+        out = sp.zeros(n * g.h * g.w, c)
+        for r, s, k in sorted(g.windows(n), key=lambda t: t[2]):
+            if s is not None:
+                for ch in range(c):
+                    v = a[r, k * c + ch]
+                    out[s, ch] = out[s, ch] + v if self.mode == "col2im" else v
+        return out
+
+
+@dataclass(frozen=True, eq=True)
+class Ties(Node):
+    """G routed to *every* position of its window equal to the window's maximum (a max-pool
+    rule that does not pick the first maximum). At symbolic entries (unique maxima) it is
+    max pooling's own rule."""
+
+    g: Node
+    x: Node  # the pooled layer's input
+    arg: Node
+    geom: Geometry
+
+    @property
+    def children(self):
+        return (self.g, self.x)
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    def numeric(self, env):
+        gm, a, g = self.g.numeric(env), self.x.numeric(env), self.geom
+        c = a.shape[1]
+        padded = g.padded(a, -np.inf)
+        best = np.max(np.stack([g.view(padded, k) for k in range(g.k)]), axis=0)
+        grid = gm.reshape(-1, g.ho, g.wo, c)
+        out = np.zeros_like(padded)
+        for k in range(g.k):
+            g.view(out, k)[...] += np.where(g.view(padded, k) == best, grid, 0.0)
+        return g.cropped(out)
+
+    def explicit(self, env):
+        return MaxPoolBack(self.g, self.arg, self.geom).explicit(env)
+
+
+@dataclass(frozen=True, eq=True)
+class FlattenNCHW(Node):
+    """flatten (``inverse`` False) or unflatten in NCHW order: row n of the flat value holds
+    entry (p, c) of image n's map at c·H·W + p (torch's flatten of an NCHW tensor)."""
+
+    x: Node
+    pixels: int
+    inverse: bool
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def shape(self):
+        r, c = self.x.shape
+        if self.inverse:
+            return (r * self.pixels, c / self.pixels)
+        return (r / self.pixels, c * self.pixels)
+
+    def numeric(self, env):
+        a, p = self.x.numeric(env), self.pixels
+        if self.inverse:
+            n, c = a.shape[0], a.shape[1] // p
+            return a.reshape(n, c, p).transpose(0, 2, 1).reshape(n * p, c)
+        n, c = a.shape[0] // p, a.shape[1]
+        return a.reshape(n, p, c).transpose(0, 2, 1).reshape(n, p * c)
+
+    def explicit(self, env):
+        a, p = self.x.explicit(env), self.pixels
+        if self.inverse:
+            n, c = a.rows, a.cols // p
+            return sp.Matrix(n * p, c, lambda i, j: a[i // p, j * p + i % p])
+        n, c = a.rows // p, a.cols
+        return sp.Matrix(n, p * c, lambda i, j: a[i * p + j % p, j // p])
+
+
+@dataclass(frozen=True, eq=True)
+class KernelPermute(Node):
+    """A (kh·kw·C)×F kernel matrix (HWIO row-major) with its kh·kw window positions
+    permuted: row block ``perm[k]`` moves to position k (np.flip / np.rot90 of the HWIO
+    kernel over its spatial axes)."""
+
+    x: Node
+    perm: tuple[int, ...]
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    def numeric(self, env):
+        a = self.x.numeric(env)
+        k = len(self.perm)
+        return a.reshape(k, a.shape[0] // k, -1)[list(self.perm)].reshape(a.shape)
+
+    def explicit(self, env):
+        a = self.x.explicit(env)
+        k = len(self.perm)
+        c = a.rows // k
+        return sp.Matrix(a.rows, a.cols, lambda i, j: a[self.perm[i // c] * c + i % c, j])
+
+
+def _kernel_perm(kh: int, kw: int, op: str, arg: int) -> tuple[tuple[int, ...], int, int]:
+    """(perm, kh′, kw′) of np.flip(T, axis=arg) (arg 0, 1 or None: both) or np.rot90(T, arg)
+    on an HWIO kernel T, as in :class:`KernelPermute`."""
+    grid = np.arange(kh * kw).reshape(kh, kw)
+    if op == "flip":
+        out = np.flip(grid, axis=(0, 1) if arg is None else arg)
+    else:
+        out = np.rot90(grid, arg)
+    return tuple(int(v) for v in out.reshape(-1)), out.shape[0], out.shape[1]
+
+
 # --------------------------------------------------------------------------
 # Printing IR as numpy syntax
 # --------------------------------------------------------------------------
@@ -268,9 +495,11 @@ class NumpyPrinter:
     ``prefix="np."`` writes numpy's functions as ``np.sum``, ``np.tanh``, …
     """
 
-    def __init__(self, prefix: str = "", keepdims: bool = False) -> None:
+    def __init__(self, prefix: str = "", keepdims: bool = False,
+                 maps: dict[tuple, int] | None = None) -> None:
         self.prefix = prefix
         self.keepdims = keepdims
+        self.maps = maps or {}  # a feature-map op's layer (Network.map_names): im2col(X, 1)
 
     def doprint(self, item: Node | sp.Basic) -> str:
         return (self.node(item) if isinstance(item, Node) else self.scalar(item, {}))[0]
@@ -385,6 +614,37 @@ class NumpyPrinter:
         start = "" if n.start == 0 else self.scalar(n.start, {})[0]
         stop = "" if sp.expand(n.stop - n.x.shape[1]) == 0 else self.scalar(n.stop, {})[0]
         return f"{self.wrap(self.node(n.x), ATOM)}[:, {start}:{stop}]", POSTFIX
+
+    # --- feature maps: the function and the layer whose geometry it is (verify reads it)
+
+    def _map(self, fn: str, key: tuple, x: Node) -> tuple[str, int]:
+        if key not in self.maps:
+            return str(x), ATOM
+        return f"{fn}({self.node(x)[0]}, {self.maps[key]})", ATOM
+
+    def _node_Im2col(self, n):
+        return self._map("im2col", ("im2col", n.geom), n.x)
+
+    def _node_Col2im(self, n):
+        return self._map("col2im", ("im2col", n.geom), n.x)
+
+    def _node_MaxPoolBack(self, n):
+        return f"route({self.node(n.g)[0]}, {naming.layer_of(n.arg.name)})", ATOM
+
+    def _node_AvgPoolBack(self, n):
+        return self._map("spread", ("pool", n.geom), n.g)
+
+    def _node_MaxPool(self, n):
+        return self._map("maxpool", ("pool", n.geom), n.x)
+
+    def _node_AvgPool(self, n):
+        return self._map("avgpool", ("pool", n.geom), n.x)
+
+    def _node_Flatten(self, n):
+        return self._map("flatten", ("flatten", n.pixels), n.x)
+
+    def _node_Unflatten(self, n):
+        return self._map("unflatten", ("flatten", n.pixels), n.x)
 
     def _node_Ones(self, n):
         r, c = n.shape
@@ -623,6 +883,32 @@ class Network:
         self.targets = t
         self.suggestions: dict[tuple, str] = {}  # verified numpy spellings (_Check.suggestion)
 
+        # feature-map layers (by their ops): conv l's patch matrix P{l}, maxpool l's arg{l}
+        self.maps: dict[int, tuple] = {}  # layer -> (op kind, geometry or pixels, input, arg)
+        self.derived: dict[str, tuple[Node, Shape]] = {}
+        self.map_names: dict[tuple, int] = {}  # how NumpyPrinter names an op: its layer
+        for l in range(1, L + 1):
+            op = next((a.rhs for a in g.assignments if a.target.name == f"Z{l}"), None)
+            found = [n for n in walk(op) if isinstance(n, Im2col | MaxPool | AvgPool | Flatten)] \
+                if op is not None else []
+            if not found:
+                continue
+            n = found[0]
+            if isinstance(n, Im2col):
+                self.maps[l] = ("conv2d", n.geom, n.x, None)
+                self.derived[f"P{l}"] = (n, n.shape)
+                self.map_names.setdefault(("im2col", n.geom), l)
+            elif isinstance(n, MaxPool):
+                self.maps[l] = ("maxpool2d", n.geom, n.x, n.arg)
+                m[n.arg.name] = (n.arg, n.arg.shape)
+                self.map_names.setdefault(("pool", n.geom), l)
+            elif isinstance(n, AvgPool):
+                self.maps[l] = ("avgpool2d", n.geom, n.x, None)
+                self.map_names.setdefault(("pool", n.geom), l)
+            else:
+                self.maps[l] = ("flatten", n.pixels, n.x, None)
+                self.map_names.setdefault(("flatten", n.pixels), l)
+
     # --- names
 
     def family(self, name: str, adjacent: bool = False) -> list[str]:
@@ -728,7 +1014,8 @@ class Network:
 
     def describe(self) -> str:
         spec = self.spec
-        parts = [str(spec.inputs)] + [_layer_text(ly) for ly in spec.layers]
+        head = str(spec.inputs) if spec.input_shape is None else "×".join(map(str, spec.input_shape))
+        parts = [head] + [_layer_text(ly) for ly in spec.layers]
         loss = spec.loss_fn.name if spec.loss_expr is None else f"ℓ = {spec.loss_expr}"
         pen = "".join(f", {k} = {getattr(spec, k):g}" for k in ("l2", "l1") if getattr(spec, k))
         return f"{spec.name}: {' → '.join(parts)}; {loss}{pen}"
@@ -739,8 +1026,12 @@ class Network:
         """Batch size and widths of instance ``k``: pairwise distinct and none equal to N
         up to 8 layers; beyond, the same 16 sizes repeat (neighbours still differ), so the
         cost does not grow with depth faster than linearly, and never with the spec's widths."""
-        n = INSTANCE_N[k % len(INSTANCE_N)]
-        pool = [v for v in range(2, min(self.L, 8) + 9) if v != n]
+        if self.spec.input_shape is not None:  # feature maps: N·H·W rows, small sizes
+            n = INSTANCE_N_MAPS[k % len(INSTANCE_N_MAPS)]
+            pool = [v for v in range(2, 6) if v != n]
+        else:
+            n = INSTANCE_N[k % len(INSTANCE_N)]
+            pool = [v for v in range(2, min(self.L, 8) + 9) if v != n]
         rng = np.random.default_rng(1000 + k)
         rng.shuffle(pool)
         return n, [pool[i % len(pool)] for i in range(self.L + 1)]
@@ -780,7 +1071,7 @@ class Network:
         env: dict = {N: n, L2: float(self.spec.l2), L1: float(self.spec.l1)}
         for l, w in enumerate(ws):
             env[self.widths[l]] = w
-        env["X"] = rng.normal(size=(n, ws[0]))
+        env["X"] = rng.normal(size=tuple(_size(d, env) for d in self.d.graph.data[0].shape))
         out = _size(self.d.graph.data[1].shape[1], env)
         kind = self.spec.loss_fn.name
         if kind == "cross_entropy":
@@ -902,6 +1193,8 @@ class Network:
         """N of the tiny instance: the largest of its layer types' (``proof_batch``: 3 with
         a batchnorm layer, at N = 2 its standardized values are ±1, where a rule missing a
         path can agree; else 2)."""
+        if self.maps:  # a feature map has N·H·W rows: one image already sums over pixels
+            return 1
         return max(layer.kind.proof_batch for layer in self.spec.layers)
 
     def tiny_text(self, sizes: tuple[int, ...]) -> str:
@@ -944,7 +1237,9 @@ class Network:
             env[name] = syms
 
         for eq in self.d.forward:
-            if eq.target.name not in ("L", "J"):
+            if isinstance(eq.rhs, PoolArgmax):  # offsets, not values: kept as computed
+                env[eq.target.name] = eq.rhs.explicit(env)
+            elif eq.target.name not in ("L", "J"):
                 define(eq.target.name, eq.rhs)
         # a hand rule for a normalization layer may be written with A and μ where the
         # derivation has X̂ (the long form): the proof may unfold the forward values alone
@@ -1126,6 +1421,8 @@ def _exact_instances(spec: Spec, seed: int) -> tuple[dict, ...] | None:
     """The random instances at :data:`PRECISION` digits, or None when that is not
     possible (a value not real there) or takes over :data:`EXACT_SECONDS`."""
     net = _network(spec)
+    if net.maps:  # N·H·W-row feature maps: SymPy's 50-digit arithmetic is over its budget
+        return None
     try:
         with deadline(EXACT_SECONDS):
             envs = tuple(net.exact(inst) for inst in _instances(spec, seed))
@@ -1188,9 +1485,17 @@ class Term:
 
 Value = Term | sp.Basic
 
+_MAP_KINDS = {  # the functions of feature maps: the layer types whose geometry each takes
+    "im2col": ("conv2d",), "col2im": ("conv2d",), "scatter": ("conv2d",), "hwio": ("conv2d",),
+    "route": ("maxpool2d",), "ties": ("maxpool2d",), "maxpool": ("maxpool2d",),
+    "spread": ("maxpool2d", "avgpool2d"), "avgpool": ("maxpool2d", "avgpool2d"),
+    "flatten": ("flatten",), "unflatten": ("flatten",), "flatten_nchw": ("flatten",),
+    "unflatten_nchw": ("flatten",), "flip": (), "rot90": (),
+}
+_GEOMETRY_CALLS = ("im2col", "col2im", "scatter")  # these take stride, padding too
 _MATRIX_FUNCTIONS = (
     "sum", "mean", "transpose", "dot", "matmul", "ones", "zeros", "ones_like", "zeros_like",
-    "multiply", "divide", "add", "subtract", "negative",
+    "multiply", "divide", "add", "subtract", "negative", *_MAP_KINDS,
 )
 _ARITH = {"multiply": ast.Mult(), "divide": ast.Div(), "add": ast.Add(), "subtract": ast.Sub()}
 _OPSYM = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**", ast.MatMult: "@"}
@@ -1282,6 +1587,9 @@ class FormulaBuilder(ScalarBuilder):
     # --- leaves
 
     def visit_Name(self, node: ast.Name) -> Value:
+        if node.id in self.net.derived:  # P1 = im2col(X, 1): a conv layer's patch matrix
+            n, shape = self.net.derived[node.id]
+            return Term(n, tuple(shape), node.id)
         if node.id in self.net.matrices:
             sym, shape = self.net.matrices[node.id]
             return Term(sym, shape, node.id)
@@ -1323,6 +1631,14 @@ class FormulaBuilder(ScalarBuilder):
         text = f"{_text(left)} {_OPSYM[type(op)]} {_text(right)}"
         if isinstance(op, ast.MatMult):
             return self.matmul(left, right, text)
+        kernels = [t for t in (left, right) if isinstance(t, Term) and len(t.shape) > 2]
+        if kernels and isinstance(op, ast.Add | ast.Sub) and len(kernels) == 2 and (
+                left.shape == right.shape):
+            return Term(Add((left.node, right.node)) if isinstance(op, ast.Add) else
+                        Sub(left.node, right.node), left.shape, text)
+        if kernels and not (len(kernels) == 1 and isinstance(op, ast.Mult | ast.Div) and (
+                kernels[0] is left or isinstance(op, ast.Mult))):
+            self.flat(kernels[0], text)
         if isinstance(left, Term) and isinstance(right, Term) and isinstance(
             op, ast.Add | ast.Sub | ast.Mult
         ):
@@ -1412,6 +1728,11 @@ class FormulaBuilder(ScalarBuilder):
         return super().unknown_function(name, label)
 
     def matrix_call(self, name: str, label: str, node: ast.Call) -> Value:
+        if name in _MAP_KINDS:
+            if not self.net.maps:
+                raise self.error(f"'{label}' is for networks on images (conv2d, pooling, "
+                                 "flatten layers); this network has none")
+            return self.map_call(name, label, node)
         kw = {k.arg: k.value.value for k in node.keywords}  # validated: axis / keepdims constants
         if kw and name not in ("sum", "mean"):
             raise self.error(f"keyword argument '{node.keywords[0].arg}=' is only allowed in "
@@ -1461,6 +1782,146 @@ class FormulaBuilder(ScalarBuilder):
         if name == "dot" and not (isinstance(a, Term) and isinstance(b, Term) and a.shape and b.shape):
             return self.binary(ast.Mult(), a, b)
         return self.binary(ast.MatMult(), a, b)
+
+    # --- feature maps: the functions of a network on images (layer l's geometry implied)
+
+    def _layer_arg(self, node: ast.AST, label: str, kinds: tuple[str, ...]) -> int:
+        if not (isinstance(node, ast.Constant) and type(node.value) is int):
+            raise self.error(f"{label}: the second argument is a layer number (e.g. "
+                             f"{label.split('(')[0]}(…, 1)), whose geometry it uses")
+        l = node.value
+        have = [k for k, v in self.net.maps.items() if v[0] in kinds]
+        if l not in have:
+            which = " or ".join(kinds)
+            listed = ", ".join(map(str, have)) if have else "none"
+            raise self.error(f"{label}: layer {l} is not a {which} layer (the network's: "
+                             f"{listed})")
+        return l
+
+    def _pair(self, node: ast.AST, label: str, what: str) -> tuple[int, int]:
+        if isinstance(node, ast.Constant) and type(node.value) is int and 0 <= node.value <= 16:
+            return (node.value, node.value)
+        raise self.error(f"{label}: the {what} is a whole number from 0 to 16")
+
+    def map_call(self, name: str, label: str, node: ast.Call) -> Value:
+        """im2col, col2im, scatter, route, ties, spread, maxpool, avgpool, flatten,
+        unflatten, flatten_nchw, unflatten_nchw, hwio; np.flip and np.rot90 of a kernel."""
+        args = node.args
+        if name in ("flip", "rot90"):
+            return self.kernel_op(name, label, node)
+        if node.keywords:
+            raise self.error(f"{label}: keyword arguments are not allowed here; write "
+                             f"{name}(x, l{', stride, padding' if name in _GEOMETRY_CALLS else ''})")
+        most = 4 if name in _GEOMETRY_CALLS else 2
+        if not 2 <= len(args) <= most:
+            extra = " (and optionally stride, padding)" if most == 4 else ""
+            raise self.error(f"'{label}' takes an array and a layer number{extra}, "
+                             f"got {len(args)} argument{'s' if len(args) != 1 else ''}")
+        kinds = _MAP_KINDS[name]
+        l = self._layer_arg(args[1], label, kinds)
+        x = self.visit(args[0])
+        if not isinstance(x, Term) or len(x.shape) != 2:
+            raise self.shape_error(f"{label}: its first argument must be a matrix (a feature "
+                                   "map of N·H·W rows, or a patch matrix)")
+        kind, geom, src, arg = self.net.maps[l]
+        text = _src(node)
+        rows, cols = x.shape
+
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise self.shape_error(f"{text}: {what}, yours is {_shape_text(x.shape)}")
+
+        if name == "hwio":
+            w = self.net.matrices[f"W{l}"][1]
+            need((rows, cols) == tuple(w), f"hwio(D, {l}) reads layer {l}'s kernel matrix "
+                                           f"{_shape_text(w)}")
+            return Term(x.node, (geom.kh, geom.kw, w[0] / geom.k, w[1]), text)
+        if name in ("flatten", "flatten_nchw"):
+            need(rows == src.shape[0], f"layer {l} flattens maps of {_dim_text(src.shape[0])} rows")
+            node_ = Flatten(x.node, geom) if name == "flatten" else FlattenNCHW(x.node, geom, False)
+            return Term(node_, tuple(node_.shape), text)
+        if name in ("unflatten", "unflatten_nchw"):
+            flat = src.shape[0] / geom
+            need(rows == flat and _integral(sp.expand(cols / geom), self.net.width_symbols),
+                 f"layer {l}'s flat values have {_dim_text(flat)} rows and H·W·C columns "
+                 f"(H·W = {geom})")
+            node_ = Unflatten(x.node, geom) if name == "unflatten" else FlattenNCHW(
+                x.node, geom, True)
+            return Term(node_, tuple(node_.shape), text)
+        stride = self._pair(args[2], label, "stride") if len(args) > 2 else None
+        padding = self._pair(args[3], label, "padding") if len(args) > 3 else None
+        if stride is not None and stride[0] == 0:
+            raise self.error(f"{label}: the stride is a whole number from 1 to 16")
+        placed = _placed(geom, stride, padding)
+        out_rows = src.shape[0] * sp.Rational(geom.ho * geom.wo, geom.h * geom.w)
+        if name in ("im2col", "maxpool", "avgpool"):
+            need(rows == src.shape[0], f"layer {l} reads maps of {_dim_text(src.shape[0])} rows "
+                                       f"({geom.h}×{geom.w} pixels per image)")
+            if name == "maxpool":
+                node_ = MaxPool(x.node, arg, geom)
+            elif name == "avgpool":
+                node_ = AvgPool(x.node, geom)
+            else:
+                node_ = Im2col(x.node, geom) if placed is geom else Windowed(x.node, placed,
+                                                                              "im2col")
+            return Term(node_, tuple(node_.shape), text)
+        if name in ("col2im", "scatter"):
+            need(rows == out_rows and sp.expand(cols - geom.k * src.shape[1]) == 0,
+                 f"layer {l}'s patch matrix is {_dim_text(out_rows)}×"
+                 f"{_dim_text(geom.k * src.shape[1])}")
+            if name == "col2im" and placed is geom:
+                node_ = Col2im(x.node, geom)
+            else:
+                node_ = Windowed(x.node, placed, "col2im" if name == "col2im" else "scatter")
+            return Term(node_, tuple(node_.shape), text)
+        # route, ties, spread: a pooled layer's adjoint
+        need(rows == out_rows, f"layer {l}'s pooled map has {_dim_text(out_rows)} rows")
+        if name == "spread":
+            node_ = AvgPoolBack(x.node, geom)
+        elif name == "route":
+            node_ = MaxPoolBack(x.node, arg, geom)
+        else:
+            node_ = Ties(x.node, src, arg, geom)
+        return Term(node_, tuple(node_.shape), text)
+
+    def kernel_op(self, name: str, label: str, node: ast.Call) -> Value:
+        """np.flip(T, axis) (0: the kernel's rows, 1: its columns) and np.rot90(T, k) of an
+        HWIO kernel T = hwio(D, l): its window positions permuted."""
+        args = list(node.args)
+        kw = {k.arg: k.value for k in node.keywords}
+        if set(kw) - {"axis"} or (name == "rot90" and kw):
+            raise self.error(f"{label}: write {label}(T, {'axis' if name == 'flip' else 'k'})")
+        if "axis" in kw:
+            args.append(kw["axis"])
+        if not 1 <= len(args) <= 2:
+            raise self.error(f"'{label}' takes a kernel and {'an axis' if name == 'flip' else 'k'}")
+        x = self.visit(args[0])
+        if not isinstance(x, Term) or len(x.shape) != 4:
+            raise self.shape_error(f"{_src(node)}: {label} reads a kernel in HWIO form "
+                                   "(hwio(D, l), D a conv layer's (kh·kw·C)×F matrix)")
+        if len(args) == 1:
+            if name == "flip":
+                raise self.error(f"{label}: give the axis (0: the kernel's rows, 1: its "
+                                 "columns); without it numpy flips the channels too")
+            arg = 1
+        else:
+            a = args[1]
+            arg = a.value if isinstance(a, ast.Constant) and type(a.value) is int else None
+            if name == "flip" and arg not in (0, 1):
+                raise self.error(f"{label}: the axis is 0 (the kernel's rows) or 1 (its columns)")
+            if name == "rot90" and (arg is None or not -8 <= arg <= 8):
+                raise self.error(f"{label}: k is a whole number (quarter turns)")
+        kh, kw_, c, f = x.shape
+        perm, kh2, kw2 = _kernel_perm(int(kh), int(kw_), name, arg)
+        return Term(KernelPermute(x.node, perm), (sp.Integer(kh2), sp.Integer(kw2), c, f),
+                    _src(node))
+
+    def flat(self, x: Value, what: str) -> None:
+        """A kernel in HWIO form (4-D) is only compared, scaled, flipped or rotated."""
+        if isinstance(x, Term) and len(x.shape) > 2:
+            raise self.shape_error(f"{what}: a kernel in HWIO form (hwio(…)) can be scaled, "
+                                   "added to another, np.flip-ped or np.rot90-ed; do the rest "
+                                   "on the (kh·kw·C)×F matrix")
 
     # --- subscripts: column slices, and a 1-D vector as a column or a row
 
@@ -1532,6 +1993,7 @@ class FormulaBuilder(ScalarBuilder):
     # --- matrix operations
 
     def transpose(self, x: Term) -> Term:
+        self.flat(x, f"{x.text}.T")
         if len(x.shape) < 2:
             return x
         return Term(_transpose(x.node), (x.shape[1], x.shape[0]), f"{x.text}.T")
@@ -1539,6 +2001,8 @@ class FormulaBuilder(ScalarBuilder):
     def matmul(self, left: Value, right: Value, text: str) -> Term:
         if not isinstance(left, Term) or not isinstance(right, Term) or not left.shape or not right.shape:
             raise self.shape_error(f"{text}: '@' cannot take a scalar (use * for scaling)")
+        self.flat(left, text)
+        self.flat(right, text)
         la, ra = left.shape, right.shape
         inner_a = la[-1]
         inner_b = ra[0] if len(ra) == 1 else ra[-2]
@@ -1557,6 +2021,7 @@ class FormulaBuilder(ScalarBuilder):
         return Term(MatMul(a, _transpose(b)), (), text)
 
     def reduce(self, x: Value, axis, keepdims: bool, mean: bool, text: str) -> Value:
+        self.flat(x, text)
         if not isinstance(x, Term):
             if axis not in (None, 0) or keepdims:
                 raise self.shape_error(f"{text}: a scalar has no axis {axis}")
@@ -1608,6 +2073,8 @@ class FormulaBuilder(ScalarBuilder):
         terms = [o for o in operands if isinstance(o, Term)]
         if not terms:
             return fn(*operands)
+        for t in terms:
+            self.flat(t, text)
         shape = self.broadcast_shape(terms, text)
         target = _internal(shape)
         args: dict[Node, sp.Symbol] = {}
@@ -1965,7 +2432,9 @@ class _Check:
         cache = self.net.suggestions
         if key not in cache:
             cache[key] = ""
-            for printer in (NumpyPrinter(self.prefix), NumpyPrinter(self.prefix, keepdims=True)):
+            maps = self.net.map_names
+            for printer in (NumpyPrinter(self.prefix, maps=maps),
+                            NumpyPrinter(self.prefix, keepdims=True, maps=maps)):
                 text = printer.doprint(self.target.node)
                 try:
                     term = self.build(validate(text, where="correct formula",
@@ -1988,6 +2457,10 @@ class _Check:
     def fits(self, shape: Shape, target_shape: Shape) -> bool:
         if tuple(shape) == tuple(target_shape):
             return True
+        t = self.target
+        if len(shape) == 4 and t.family == "W" and t.layer in self.net.maps:
+            g = self.net.maps[t.layer][1]  # the kernel in HWIO form: the same entries
+            return tuple(shape) == (g.kh, g.kw, target_shape[0] / g.k, target_shape[1])
         return len(target_shape) == 1 and tuple(shape) == (_ONE, target_shape[0])
 
     def values(self, term: Term) -> list[np.ndarray | None]:
