@@ -207,6 +207,7 @@ class Space:
     wrt: tuple[str, ...]
     matrices: dict[str, tuple[Sym, tuple]] = field(default_factory=dict)
     scalars: dict[str, sp.Basic] = field(default_factory=dict)
+    derived: dict = field(default_factory=dict)  # a network's P1 = im2col(X, 1): none here
 
     def __post_init__(self) -> None:
         for name, shape in self.shapes.items():
