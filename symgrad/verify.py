@@ -175,6 +175,8 @@ DIAGNOSES = (
     "missing-term", "axis", "other-gradient",
     "mean-path", "variance-path", "unbiased-variance", "norm-axis", "dropout-scale",
     "dropout-mask", "skip", "fan-out",
+    "flipped-kernel", "col2im-overwrite", "stride", "padding", "maxpool-average",
+    "maxpool-ties", "avgpool-scale", "flatten-order",
 )
 """Diagnosis codes a :class:`Verdict` may carry (None: no simple diagnosis fits)."""
 
@@ -1091,6 +1093,14 @@ class Network:
                 env[p.name] = 1 + rng.normal(scale=0.3, size=(r, c))
             else:
                 env[p.name] = rng.normal(scale=0.3, size=(r, c))
+        if k == 1 and any(v[0] == "maxpool2d" for v in self.maps.values()):
+            # whole-number data and kernels (over √fan-in): windows with tied maxima, where
+            # routing δ to the first maximum differs from routing it to every one
+            env["X"] = np.round(env["X"] * 2)
+            for p in g.params:
+                if p.name.startswith("W"):
+                    r = env[p.name].shape[0]
+                    env[p.name] = np.round(env[p.name] * math.sqrt(r)) / math.sqrt(r)
         for mask, p in g.masks:  # drawn once per instance, then fixed (as check holds them)
             env[mask.name] = (rng.random(tuple(_size(d, env) for d in mask.shape)) >= p
                               ).astype(np.float64)
@@ -1371,6 +1381,100 @@ def _fan_out_mistakes(eq, net: Network):
                    f"{whole} is a sum, and yours lacks its term {shown}")
 
 
+def _map_mistakes(eq, net: Network):
+    """The classic mistakes of a network on images, in the step ``eq`` (its rule's op
+    found in the formula): the kernel flipped, a scatter for col2im, the wrong stride or
+    padding in the backward pass, max pooling's δ spread over the window or sent to every
+    tied maximum, flatten in NCHW order, average pooling without 1/(kh·kw)."""
+    seen: list[Node] = []
+    for n in walk(eq.rhs):
+        if n not in seen:
+            seen.append(n)
+    sub = lambda l: str(l).translate(_SUB)  # noqa: E731
+    for n in seen:
+        if isinstance(n, Im2col | Col2im):
+            l = net.map_names[("im2col", n.geom)]
+            g = n.geom
+            adjoint = isinstance(n, Col2im)
+            what = "col2im" if adjoint else "im2col"
+            if not adjoint and eq.target.name == f"dW{l}":
+                for perm_op, arg, how in (("rot90", 2, "rotated 180° (np.rot90(…, 2): "
+                                           "convolution instead of cross-correlation)"),
+                                          ("flip", 0, "flipped upside down (np.flip(…, 0))"),
+                                          ("flip", 1, "flipped left to right (np.flip(…, 1))")):
+                    perm = _kernel_perm(g.kh, g.kw, perm_op, arg)[0]
+                    if perm != tuple(range(g.k)):
+                        yield ("flipped-kernel", KernelPermute(eq.rhs, perm),
+                               f"the kernel {how}: conv2d is cross-correlation, as torch "
+                               f"(Z{sub(l)} = im2col(A) W{sub(l)} + 𝟏b{sub(l)}, no flip), so "
+                               f"∂L/∂W{sub(l)} = im2col(A)ᵀ δ{sub(l)} is read in the kernel's "
+                               "own (kh, kw) order")
+            if adjoint:
+                yield ("col2im-overwrite", _replace(eq.rhs, n, Windowed(n.x, g, "scatter")),
+                       f"col2im without summing overlaps: a pixel under several windows of "
+                       f"layer {l} (kernel {g.kh}×{g.kw}, stride {g.sh}) receives the sum of "
+                       "their entries (+=, np.add.at); yours writes them with = (a scatter "
+                       "that overwrites: the last window wins)")
+                w = next((x for x in walk(n.x) if isinstance(x, Sym) and x.name == f"W{l}"),
+                         None)
+                if w is not None:
+                    perm = _kernel_perm(g.kh, g.kw, "rot90", 2)[0]
+                    yield ("flipped-kernel", _replace(eq.rhs, w, KernelPermute(w, perm)),
+                           f"the kernel rotated 180° in ∂L/∂A: with cross-correlation forward "
+                           f"(as torch) the rule is col2im(δ{sub(l)} W{sub(l)}ᵀ) with "
+                           f"W{sub(l)} as it is; the flip belongs to the convolution written "
+                           "as a 'full' correlation, not to the im2col form")
+            variants = []
+            if (g.sh, g.sw) != (1, 1):
+                variants.append(("stride", _placed(g, (1, 1), None),
+                                 f"stride 1 in place of layer {l}'s stride {_pair_text(g.sh, g.sw)}"))
+            if (g.ph, g.pw) != (0, 0):
+                variants.append(("padding", _placed(g, None, (0, 0)),
+                                 f"padding 0 in place of layer {l}'s padding "
+                                 f"{_pair_text(g.ph, g.pw)}"))
+            else:
+                variants.append(("padding", _placed(g, None, (1, 1)),
+                                 f"padding 1 in place of layer {l}'s padding 0"))
+            for code, placed, words in variants:
+                wrong = Windowed(n.x, placed, "col2im" if adjoint else "im2col")
+                yield (code, _replace(eq.rhs, n, wrong),
+                       f"the wrong {code} in the backward pass: {what} with {words} (the "
+                       f"windows of the forward pass are the ones δ{sub(l)} belongs to: row "
+                       f"oh·{g.sh} + i − {g.ph}, column ow·{g.sw} + j − {g.pw})")
+        elif isinstance(n, MaxPoolBack):
+            l = naming.layer_of(n.arg.name)
+            g, src = n.geom, net.maps[l][2]
+            spread = AvgPoolBack(n.g, g)
+            rule = f"route(δ{sub(l)}, arg{sub(l)})"
+            yield ("maxpool-average", _replace(eq.rhs, n, spread),
+                   f"the max-pool gradient spread over the whole window, as average pooling "
+                   f"(δ/{g.k} to each of its {g.k} positions): max pooling passes each entry "
+                   f"of δ{sub(l)} only to the first maximum of its window, {rule}")
+            yield ("maxpool-average", _replace(eq.rhs, n, Scale(sp.Integer(g.k), spread)),
+                   f"the max-pool gradient copied to every position of its window: max "
+                   f"pooling passes each entry of δ{sub(l)} only to the first maximum of its "
+                   f"window, {rule}")
+            yield ("maxpool-ties", _replace(eq.rhs, n, Ties(n.g, src, n.arg, g)),
+                   f"the max-pool gradient sent to every tied maximum: where several entries "
+                   f"of a window equal its maximum, torch (and symgrad) route δ{sub(l)} to the "
+                   f"first one in row-major order only ({rule}; arg{sub(l)} is that offset); "
+                   "ties are common after relu and with quantized inputs")
+        elif isinstance(n, AvgPoolBack):
+            yield ("avgpool-scale", _replace(eq.rhs, n, Scale(sp.Integer(n.geom.k), n)),
+                   f"average pooling's gradient without 1/(kh·kw) = 1/{n.geom.k}: the forward "
+                   "pass divides each window's sum by it, so spread(δ) does too")
+        elif isinstance(n, Unflatten):
+            yield ("flatten-order", _replace(eq.rhs, n, FlattenNCHW(n.x, n.pixels, True)),
+                   "flatten in NCHW order (c, h, w) instead of NHWC (h, w, c): symgrad's maps "
+                   "are NHWC, so a flat row holds pixel p's C channels side by side (entry "
+                   "p·C + c) and unflatten reads it back that way; yours reads it as torch's "
+                   "flatten of an NCHW tensor (entry c·H·W + p)")
+
+
+def _pair_text(a: int, b: int) -> str:
+    return str(a) if a == b else f"({a}, {b})"
+
+
 def _replace(node: Node, old: Node, new: Node) -> Node:
     return transform(node, lambda n: new if n == old else None)
 
@@ -1402,6 +1506,9 @@ def mistakes(net: Network) -> list[Mistake]:
                       for code, wrong, words in cases]
         found += [Mistake(code, eq.target.name, wrong, words)
                   for code, wrong, words in _fan_out_mistakes(eq, net)]
+        if net.maps:
+            found += [Mistake(code, eq.target.name, wrong, words)
+                      for code, wrong, words in _map_mistakes(eq, net)]
     return found
 
 
