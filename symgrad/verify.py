@@ -1597,7 +1597,7 @@ _MAP_KINDS = {  # the functions of feature maps: the layer types whose geometry 
     "route": ("maxpool2d",), "ties": ("maxpool2d",), "maxpool": ("maxpool2d",),
     "spread": ("maxpool2d", "avgpool2d"), "avgpool": ("maxpool2d", "avgpool2d"),
     "flatten": ("flatten",), "unflatten": ("flatten",), "flatten_nchw": ("flatten",),
-    "unflatten_nchw": ("flatten",), "flip": (), "rot90": (),
+    "unflatten_nchw": ("flatten",), "flip": (), "rot90": (), "unhwio": (),
 }
 _GEOMETRY_CALLS = ("im2col", "col2im", "scatter")  # these take stride, padding too
 _MATRIX_FUNCTIONS = (
@@ -1914,7 +1914,7 @@ class FormulaBuilder(ScalarBuilder):
         """im2col, col2im, scatter, route, ties, spread, maxpool, avgpool, flatten,
         unflatten, flatten_nchw, unflatten_nchw, hwio; np.flip and np.rot90 of a kernel."""
         args = node.args
-        if name in ("flip", "rot90"):
+        if name in ("flip", "rot90", "unhwio"):
             return self.kernel_op(name, label, node)
         if node.keywords:
             raise self.error(f"{label}: keyword arguments are not allowed here; write "
@@ -1996,6 +1996,12 @@ class FormulaBuilder(ScalarBuilder):
         HWIO kernel T = hwio(D, l): its window positions permuted."""
         args = list(node.args)
         kw = {k.arg: k.value for k in node.keywords}
+        if name == "unhwio":  # the HWIO kernel back to its (kh·kw·C)×F matrix
+            x = self.visit(args[0]) if len(args) == 1 and not kw else None
+            if not isinstance(x, Term) or len(x.shape) != 4:
+                raise self.error(f"{label}: write {label}(T), T a kernel in HWIO form")
+            kh, kw_, c, f = x.shape
+            return Term(x.node, (kh * kw_ * c, f), _src(node))
         if set(kw) - {"axis"} or (name == "rot90" and kw):
             raise self.error(f"{label}: write {label}(T, {'axis' if name == 'flip' else 'k'})")
         if "axis" in kw:
