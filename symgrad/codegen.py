@@ -2323,7 +2323,7 @@ def _layers_context(d: Derivation, lowered: Lowered, params: list[str]) -> dict[
                      for line in _unpack(pair, "params", keys=local)]
     masks, draws = [], []
     for mask, p in graph.masks:
-        shape = ", ".join(["N", *(str(int(s.xreplace(sizes))) for s in mask.shape[1:])])
+        shape = _shape_code(mask.shape, sizes).replace("n", "N")[1:-1]  # on a map: k * N rows
         keep = f"each entry kept with probability 1 - {p!r}"
         masks.append(f"    {mask.name} = rng.random(({shape})) >= {p!r}  # {keep}")
         u = f'ws["U{naming.layer_of(mask.name)}"]'
@@ -2334,14 +2334,17 @@ def _layers_context(d: Derivation, lowered: Lowered, params: list[str]) -> dict[
         if not layer.kind.buffers:  # batchnorm's running statistics
             continue
         m = float(layer.momentum)
+        image = spec.image(spec.sources(l)[0])  # on a feature map: the batch's N·H·W rows
+        n = "N" if image is None else f"{image[0] * image[1]} * N"
+        rows = n.replace(" * ", "")
         stats += [
             f'    running_mean{l}, running_var{l} = stats["mean{l}"], stats["var{l}"]',
             f'    mu{l}, var{l}, scratch = ws["mu{l}"], ws["var{l}"], ws["stat{l}"]',
             f"    running_mean{l} *= {1 - m!r}  # (1 − m) mean{l} + m μ{l}, m = {m!r}",
             f"    np.multiply(mu{l}, {m!r}, out=scratch)",
             f"    running_mean{l} += scratch",
-            f"    running_var{l} *= {1 - m!r}  # (1 − m) var{l} + m σ{l}² N/(N − 1)",
-            f"    np.multiply(var{l}, {m!r} * N / (N - 1), out=scratch)",
+            f"    running_var{l} *= {1 - m!r}  # (1 − m) var{l} + m σ{l}² {rows}/({rows} − 1)",
+            f"    np.multiply(var{l}, {m!r} * {n} / ({n} - 1), out=scratch)",
             f"    running_var{l} += scratch",
         ]
     batchnorm = any(layer.kind.batch_statistics for layer in spec.layers)
@@ -2559,7 +2562,8 @@ _TORCH_ARRAYS = {  # a workspace buffer's numpy constructor → torch's (torch_m
 def _torch_array(code: str) -> str:
     """``np.empty((n, 64), dtype)`` (as _workspace_lines writes it) in torch."""
     m = re.fullmatch(r"(np\.empty|np\.ones)\((\(.*?\))(?:, (\w+))?\)", code)
-    assert m is not None, code
+    if m is None:
+        raise SymgradError("torch backend", f"no torch spelling for the workspace array {code}")
     kind = m.group(1) if m.group(3) == "dtype" else m.group(3) or "float64"
     return _TORCH_ARRAYS[kind].format(shape=m.group(2))
 

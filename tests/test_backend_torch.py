@@ -147,6 +147,9 @@ def test_the_torch_module_imports_torch_only_and_is_ruff_clean(tmp_path: Path) -
         assert source.count("import numpy as np") == 1
         assert source == generate_source(build_case(case).derivation, "torch")  # deterministic
         (tmp_path / f"{case_id(case).replace('-', '_')}.py").write_text(source)
+    # a long name (lines that hold it) and a DAG
+    long = {**DAG, "network": {"name": "a_network_whose_long_name_fills_lines", "inputs": 5}}
+    (tmp_path / "long.py").write_text(generate_source(spec_from_dict(long, "l.toml"), "torch"))
     config = ["--config", str(ROOT / "pyproject.toml")]
     for args in (["check", *config, str(tmp_path)], ["format", "--check", *config, str(tmp_path)]):
         proc = subprocess.run(ruff() + args, capture_output=True, text=True, check=False)
