@@ -18,6 +18,33 @@ safe parser (:func:`symgrad.expr.validate`, never ``eval``) and built, by
 *symbolic* sizes (N, n₀, n₁, …) while building: a product that cannot match is a
 wrong formula ("shape"), not a crash.
 
+A network on images (``inputs = [H, W, C]``; conv2d, maxpool2d, avgpool2d, flatten)
+computes on feature maps: the map of N images H×W×C is the matrix of N·H·W rows
+(row-major n, h, w) and C columns, so X, Z_l, A_l and their adjoints dZ_l, dA_l of a map
+layer are such matrices, and W_l of a conv2d layer is its (kh·kw·C)×F matrix (the HWIO
+kernel reshaped row-major; ``hwio(D, l)`` views a matrix D as that (kh, kw, C, F) kernel
+and ``unhwio(T)`` back, and a gradient may be given in either form). Names beyond the
+dense ones: ``P{l}`` = ``im2col(A, l)`` of conv layer l's input (its patch matrix,
+N·Hₒ·Wₒ rows × kh·kw·C columns ordered (i, j, c)), and ``arg{l}`` of a maxpool layer (the
+N·Hₒ·Wₒ × C matrix of window offsets i·kw + j, 0 … kh·kw − 1, of the *first* maximum of
+each window and channel, row-major, as torch breaks ties); A_l of a pooling layer is the
+pooled map. Functions, each taking the layer whose geometry it uses:
+``im2col(A, l)`` and its adjoint ``col2im(D, l)`` (overlapping windows add), both with an
+optional ``stride, padding`` (whole numbers; in the index arithmetic only: the same
+Hₒ×Wₒ windows placed at oh·stride + i − padding, outside the image 0 — the slice without
+its step, the crop without its offset), ``scatter(D, l)`` (col2im with = instead of +=: the
+largest offset wins), ``route(D, l)`` (max pooling's adjoint: each entry to the first
+maximum, by arg_l), ``ties(D, l)`` (to every tied maximum), ``spread(D, l)`` (average
+pooling's adjoint, D/(kh·kw) to each window position, for a maxpool or avgpool layer),
+``maxpool(A, l)``, ``avgpool(A, l)``, ``flatten(A, l)``/``unflatten(D, l)`` (NHWC: entry
+p·C + c of a row) and ``flatten_nchw``/``unflatten_nchw`` (entry c·H·W + p, torch's
+order), ``np.flip(T, axis)`` (axis 0 or 1) and ``np.rot90(T, k)`` of an HWIO kernel
+``T``. The printed "correct:" formula uses these spellings (``im2col(X, 1).T @ dZ1``).
+The random instances of such a network are smaller (N = 2, 3, 1 and 2 … 5 channels per
+layer), in one of them data and kernels are whole numbers over √fan-in (windows with tied
+maxima); the 50-digit evaluation is skipped (float64 and the proof decide), and the tiny
+instance has N = 1 (one image already sums over its pixels).
+
 The evidence is then
 
 * **numeric** — the formula and the derived gradient evaluated on three random
@@ -56,7 +83,9 @@ once it has run :data:`PROGRESS_AFTER` seconds (on a terminal).
 For a wrong formula, the classic mistakes of the layers beyond dense are tried first
 (:func:`mistakes`, one table: batchnorm/layernorm without the mean or the variance path,
 the unbiased variance, the wrong axis, dropout without 1/(1 − p) or without its mask, a
-residual without the skip's gradient); then a diagnosis is searched for among: transposed (as a whole, or
+residual without the skip's gradient; on images the kernel flipped, col2im as a scatter,
+the wrong stride or padding in backward, max pooling's δ spread over the window or sent
+to every tied maximum, flatten in NCHW order, average pooling without 1/(kh·kw)); then a diagnosis is searched for among: transposed (as a whole, or
 one name), a constant factor (N, 1/N, 2, ½ …) or sign, a missing
 activation-derivative factor, a formula that is right for another layer (or with
 one name from another layer), a missing term (the penalty's λW), and a shape that
@@ -1905,10 +1934,10 @@ class FormulaBuilder(ScalarBuilder):
                              f"{listed})")
         return l
 
-    def _pair(self, node: ast.AST, label: str, what: str) -> tuple[int, int]:
-        if isinstance(node, ast.Constant) and type(node.value) is int and 0 <= node.value <= 16:
+    def _pair(self, node: ast.AST, label: str, what: str, low: int) -> tuple[int, int]:
+        if isinstance(node, ast.Constant) and type(node.value) is int and low <= node.value <= 16:
             return (node.value, node.value)
-        raise self.error(f"{label}: the {what} is a whole number from 0 to 16")
+        raise self.error(f"{label}: the {what} is a whole number from {low} to 16")
 
     def map_call(self, name: str, label: str, node: ast.Call) -> Value:
         """im2col, col2im, scatter, route, ties, spread, maxpool, avgpool, flatten,
@@ -1925,7 +1954,7 @@ class FormulaBuilder(ScalarBuilder):
             raise self.error(f"'{label}' takes an array and a layer number{extra}, "
                              f"got {len(args)} argument{'s' if len(args) != 1 else ''}")
         kinds = _MAP_KINDS[name]
-        l = self._layer_arg(args[1], label, kinds)
+        l = self._layer_arg(args[1], _src(node), kinds)
         x = self.visit(args[0])
         if not isinstance(x, Term) or len(x.shape) != 2:
             raise self.shape_error(f"{label}: its first argument must be a matrix (a feature "
@@ -1955,10 +1984,8 @@ class FormulaBuilder(ScalarBuilder):
             node_ = Unflatten(x.node, geom) if name == "unflatten" else FlattenNCHW(
                 x.node, geom, True)
             return Term(node_, tuple(node_.shape), text)
-        stride = self._pair(args[2], label, "stride") if len(args) > 2 else None
-        padding = self._pair(args[3], label, "padding") if len(args) > 3 else None
-        if stride is not None and stride[0] == 0:
-            raise self.error(f"{label}: the stride is a whole number from 1 to 16")
+        stride = self._pair(args[2], _src(node), "stride", 1) if len(args) > 2 else None
+        padding = self._pair(args[3], _src(node), "padding", 0) if len(args) > 3 else None
         placed = _placed(geom, stride, padding)
         out_rows = src.shape[0] * sp.Rational(geom.ho * geom.wo, geom.h * geom.w)
         if name in ("im2col", "maxpool", "avgpool"):

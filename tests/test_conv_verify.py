@@ -1,0 +1,258 @@
+"""``symgrad verify`` on networks on images (issue 12, "Verify"): the names (P{l}, arg{l},
+the maps' Z/A and their adjoints), the functions (im2col/col2im/scatter, route/ties/spread,
+flatten/unflatten and their NCHW forms, hwio/unhwio, np.flip/np.rot90 of a kernel), the
+textbook formulas proved for W, b and A of each layer type, each classic mistake of the
+table named (on the digits CNN and on a stride-2, padding-1 network with overlapping
+windows), and hostile formulas refused in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from symgrad.cli import main
+from symgrad.errors import SymgradError
+from symgrad.spec import load_spec
+from symgrad.verify import DIAGNOSES, verify
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+CNN = load_spec(EXAMPLES / "digits_cnn.toml")  # 8×8×1 → conv 3×3×16 pad 1 relu → maxpool 2 → flatten → 10
+
+STRIDED_TOML = """
+[network]
+name = "strided"
+inputs = [6, 6, 2]
+
+[[layer]]
+type = "conv2d"
+filters = 3
+kernel = 3
+padding = 1
+activation = "tanh"
+
+[[layer]]
+type = "conv2d"
+filters = 2
+kernel = 3
+stride = 2
+padding = 1
+activation = "relu"
+
+[[layer]]
+type = "maxpool2d"
+kernel = 2
+stride = 1
+
+[[layer]]
+type = "avgpool2d"
+kernel = 2
+stride = 1
+padding = 1
+
+[[layer]]
+type = "flatten"
+
+[[layer]]
+units = 3
+activation = "softmax"
+
+[loss]
+kind = "cross_entropy"
+"""
+
+
+@pytest.fixture(scope="module")
+def strided(tmp_path_factory):
+    path = tmp_path_factory.mktemp("conv") / "strided.toml"
+    path.write_text(STRIDED_TOML)
+    return load_spec(path)
+
+
+def _spec(which, strided):
+    return CNN if which == "cnn" else strided
+
+
+CNN_TITLE = ("verify ∂L/∂W₁ — digits_cnn: 8×8×1 → conv 3×3×16 pad 1 relu → maxpool 2 → flatten "
+             "→ 10 softmax; cross_entropy")
+
+
+def test_the_textbook_weight_gradient_is_proved_and_printed_as_verify_reads_it():
+    v = verify(CNN, "W1", "im2col(X, 1).T @ dZ1")
+    lines = v.text().splitlines()
+    assert lines[0] == CNN_TITLE
+    assert lines[2] == "  verdict:   correct"
+    assert lines[3].startswith("  numeric:   agrees on 3 random instances (N=2 n₀=3 n₁=5 n₄=5; "
+                               "N=3 n₀=5 n₁=4 n₄=4; N=1 n₀=4 n₁=2 n₄=4) to 0.0e+00")
+    assert lines[4].startswith("  symbolic:  proved at N=1 n₀=2 n₁=2 n₄=3: every entry's "
+                               "difference is 0 (36 entries")
+    assert "  correct:   im2col(X, 1).T @ dZ1" in lines
+    assert "  textbook:  ∂L/∂W₁ = im2col(X)ᵀ δ₁" in lines
+    assert v.ok and v.correct == "im2col(X, 1).T @ dZ1"
+
+
+@pytest.mark.parametrize("which,wrt,formula,correct", [
+    ("cnn", "W1", "P1.T @ dZ1", "im2col(X, 1).T @ dZ1"),  # the patch matrix by its name
+    ("cnn", "W1", "hwio(im2col(X, 1).T @ dZ1, 1)", "im2col(X, 1).T @ dZ1"),  # HWIO form
+    ("cnn", "b1", "dZ1.sum(axis=0)", "sum(dZ1, axis=0)"),
+    ("cnn", "A1", "route(dZ2, 2)", "route(dZ2, 2)"),  # maxpool: δ to the first maximum
+    ("cnn", "A2", "unflatten(dZ3, 3)", "unflatten(dZ3, 3)"),  # flatten
+    ("cnn", "W4", "A3.T @ dZ4", "A3.T @ dZ4"),  # the dense layer after flatten
+    ("strided", "A1", "col2im(dZ2 @ W2.T, 2)", "col2im(dZ2 @ W2.T, 2)"),  # conv: overlaps add
+    ("strided", "W2", "im2col(A1, 2).T @ dZ2", "im2col(A1, 2).T @ dZ2"),  # stride 2, padding 1
+    ("strided", "b2", "sum(dZ2, axis=0)", "sum(dZ2, axis=0)"),
+    ("strided", "A3", "spread(dZ4, 4)", "spread(dZ4, 4)"),  # avgpool (padding 1, stride 1)
+    ("strided", "A2", "route(dZ3, 3)", "route(dZ3, 3)"),  # overlapping max-pool windows
+])
+def test_right_formulas_are_proved(strided, which, wrt, formula, correct):
+    v = verify(_spec(which, strided), wrt, formula)
+    assert v.ok, v.text()
+    assert v.symbolic.startswith("proved at N=1 "), v.symbolic
+    assert v.correct == correct
+
+
+T1 = "im2col(X, 1).T @ "
+CNN_MISTAKES = [
+    ("W1", "np.rot90(hwio(im2col(X, 1).T @ dZ1, 1), 2)", "flipped-kernel",
+     "the kernel rotated 180° (np.rot90(…, 2): convolution instead of cross-correlation): "
+     "conv2d is cross-correlation, as torch (Z₁ = im2col(A) W₁ + 𝟏b₁, no flip), so ∂L/∂W₁ = "
+     "im2col(A)ᵀ δ₁ is read in the kernel's own (kh, kw) order"),
+    ("W1", "np.flip(hwio(P1.T @ dZ1, 1), 0)", "flipped-kernel",
+     "the kernel flipped upside down (np.flip(…, 0)): conv2d is cross-correlation, as torch "
+     "(Z₁ = im2col(A) W₁ + 𝟏b₁, no flip), so ∂L/∂W₁ = im2col(A)ᵀ δ₁ is read in the kernel's "
+     "own (kh, kw) order"),
+    ("W1", "im2col(X, 1, 1, 0).T @ dZ1", "padding",
+     "the wrong padding in the backward pass: im2col with padding 0 in place of layer 1's "
+     "padding 1 (the windows of the forward pass are the ones δ₁ belongs to: row oh·1 + i − 1, "
+     "column ow·1 + j − 1)"),
+    ("W1", T1 + "(spread(dZ2, 2) * (Z1 > 0))", "maxpool-average",
+     "the max-pool gradient spread over the whole window, as average pooling (δ/4 to each of "
+     "its 4 positions): max pooling passes each entry of δ₂ only to the first maximum of its "
+     "window, route(δ₂, arg₂)"),
+    ("W1", T1 + "(4 * spread(dZ2, 2) * (Z1 > 0))", "maxpool-average",
+     "the max-pool gradient copied to every position of its window: max pooling passes each "
+     "entry of δ₂ only to the first maximum of its window, route(δ₂, arg₂)"),
+    ("W1", T1 + "(ties(dZ2, 2) * (Z1 > 0))", "maxpool-ties",
+     "the max-pool gradient sent to every tied maximum: where several entries of a window "
+     "equal its maximum, torch (and symgrad) route δ₂ to the first one in row-major order only "
+     "(route(δ₂, arg₂); arg₂ is that offset); ties are common after relu and with quantized "
+     "inputs"),
+    ("W1", T1 + "(route(unflatten_nchw(dZ3, 3), 2) * (Z1 > 0))", "flatten-order",
+     "flatten in NCHW order (c, h, w) instead of NHWC (h, w, c): symgrad's maps are NHWC, so a "
+     "flat row holds pixel p's C channels side by side (entry p·C + c) and unflatten reads it "
+     "back that way; yours reads it as torch's flatten of an NCHW tensor (entry c·H·W + p)"),
+]
+STRIDED_MISTAKES = [
+    ("A1", "scatter(dZ2 @ W2.T, 2)", "col2im-overwrite",
+     "col2im without summing overlaps: a pixel under several windows of layer 2 (kernel 3×3, "
+     "stride 2) receives the sum of their entries (+=, np.add.at); yours writes them with = (a "
+     "scatter that overwrites: the last window wins)"),
+    ("A1", "col2im(dZ2 @ W2.T, 2, 1, 1)", "stride",
+     "the wrong stride in the backward pass: col2im with stride 1 in place of layer 2's stride "
+     "2 (the windows of the forward pass are the ones δ₂ belongs to: row oh·2 + i − 1, column "
+     "ow·2 + j − 1)"),
+    ("A1", "col2im(dZ2 @ W2.T, 2, 2, 0)", "padding",
+     "the wrong padding in the backward pass: col2im with padding 0 in place of layer 2's "
+     "padding 1 (the windows of the forward pass are the ones δ₂ belongs to: row oh·2 + i − 1, "
+     "column ow·2 + j − 1)"),
+    ("A1", "col2im(dZ2 @ unhwio(np.rot90(hwio(W2, 2), 2)).T, 2)", "flipped-kernel",
+     "the kernel rotated 180° in ∂L/∂A: with cross-correlation forward (as torch) the rule is "
+     "col2im(δ₂ W₂ᵀ) with W₂ as it is; the flip belongs to the convolution written as a 'full' "
+     "correlation, not to the im2col form"),
+    ("W2", "im2col(A1, 2, 1, 1).T @ dZ2", "stride",
+     "the wrong stride in the backward pass: im2col with stride 1 in place of layer 2's stride "
+     "2 (the windows of the forward pass are the ones δ₂ belongs to: row oh·2 + i − 1, column "
+     "ow·2 + j − 1)"),
+    ("W2", "np.flip(hwio(P2.T @ dZ2, 2), axis=1)", "flipped-kernel",
+     "the kernel flipped left to right (np.flip(…, 1)): conv2d is cross-correlation, as torch "
+     "(Z₂ = im2col(A) W₂ + 𝟏b₂, no flip), so ∂L/∂W₂ = im2col(A)ᵀ δ₂ is read in the kernel's "
+     "own (kh, kw) order"),
+    ("A2", "spread(dZ3, 3)", "maxpool-average",
+     "the max-pool gradient spread over the whole window, as average pooling (δ/4 to each of "
+     "its 4 positions): max pooling passes each entry of δ₃ only to the first maximum of its "
+     "window, route(δ₃, arg₃)"),
+    ("A2", "ties(dZ3, 3)", "maxpool-ties",
+     "the max-pool gradient sent to every tied maximum: where several entries of a window "
+     "equal its maximum, torch (and symgrad) route δ₃ to the first one in row-major order only "
+     "(route(δ₃, arg₃); arg₃ is that offset); ties are common after relu and with quantized "
+     "inputs"),
+    ("A3", "4 * spread(dZ4, 4)", "avgpool-scale",
+     "average pooling's gradient without 1/(kh·kw) = 1/4: the forward pass divides each "
+     "window's sum by it, so spread(δ) does too"),
+    ("A4", "unflatten_nchw(dZ5, 5)", "flatten-order",
+     "flatten in NCHW order (c, h, w) instead of NHWC (h, w, c): symgrad's maps are NHWC, so a "
+     "flat row holds pixel p's C channels side by side (entry p·C + c) and unflatten reads it "
+     "back that way; yours reads it as torch's flatten of an NCHW tensor (entry c·H·W + p)"),
+]
+
+
+@pytest.mark.parametrize("which,wrt,formula,code,line",
+                         [("cnn", *m) for m in CNN_MISTAKES]
+                         + [("strided", *m) for m in STRIDED_MISTAKES])
+def test_classic_mistakes_are_named(strided, which, wrt, formula, code, line):
+    assert code in DIAGNOSES
+    v = verify(_spec(which, strided), wrt, formula)
+    lines = v.text().splitlines()
+    assert lines[2] == f"  verdict:   WRONG ({code})"
+    assert lines[3] == f"  diagnosis: {line}"
+    assert lines[4].startswith("  numeric:   differs on "), lines[4]
+    assert f"  correct:   {v.correct}" in lines and v.correct
+
+
+def test_the_tied_maxima_are_in_the_instances():
+    """Without ties routing to every maximum equals routing to the first (after relu the
+    windows of zeros tie, but relu′ = 0 masks them in δ₁): one instance has ties among
+    positive entries (whole-number data), so ∂L/∂W₁ differs there and only there."""
+    v = verify(CNN, "W1", T1 + "(ties(dZ2, 2) * (Z1 > 0))")
+    assert v.diagnosis == "maxpool-ties"
+    assert v.numeric.startswith("differs on 1 of 3 random instances (")
+
+
+def test_the_cli_exits_0_for_right_and_1_for_wrong(capsys):
+    spec = str(EXAMPLES / "digits_cnn.toml")
+    assert main(["verify", spec, "--wrt", "b1", "sum(dZ1, axis=0)"]) == 0
+    assert "  verdict:   correct\n" in capsys.readouterr().out
+    assert main(["verify", spec, "--wrt", "A2", "unflatten_nchw(dZ3, 3)"]) == 1
+    assert "  verdict:   WRONG (flatten-order)\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("formula,message", [
+    ("im2col(X, 4).T @ dZ1", "formula: im2col(X, 4): layer 4 is not a conv2d layer (the "
+     "network's: 1)"),
+    ("route(dZ2, 1)", "formula: route(dZ2, 1): layer 1 is not a maxpool2d layer (the "
+     "network's: 2)"),
+    ("im2col(X, N).T @ dZ1", "formula: im2col(X, N): the second argument is a layer number "
+     "(e.g. im2col(…, 1)), whose geometry it uses"),
+    ("im2col(X, 1, 99, 0).T @ dZ1", "formula: im2col(X, 1, 99, 0): the stride is a whole "
+     "number from 1 to 16"),
+    ("im2col(X, 1, 0, 0).T @ dZ1", "formula: im2col(X, 1, 0, 0): the stride is a whole number "
+     "from 1 to 16"),
+    ("im2col(X, 1, stride=2).T @ dZ1", "formula: keyword argument 'stride=' is not allowed "
+     "(allowed: axis=, keepdims=)"),
+    ("im2col(X, '1').T @ dZ1", "formula: string literals are not allowed"),
+    ("np.flip(hwio(P1.T @ dZ1, 1))", "formula: np.flip: give the axis (0: the kernel's rows, "
+     "1: its columns); without it numpy flips the channels too"),
+    ("np.flip(hwio(P1.T @ dZ1, 1), 2)", "formula: np.flip: the axis is 0 (the kernel's rows) "
+     "or 1 (its columns)"),
+    ("np.rot90(hwio(P1.T @ dZ1, 1), 99)", "formula: np.rot90: k is a whole number (quarter "
+     "turns)"),
+    ("__import__('os').system('true')", "formula: attribute access is not allowed"),
+    ("__import__('os')", "formula: string literals are not allowed"),
+    ("im2col(X, 1).__class__", "formula: attribute access is not allowed"),
+])
+def test_hostile_formulas_are_refused_in_one_line(formula, message):
+    with pytest.raises(SymgradError) as e:
+        verify(CNN, "W1", formula)
+    assert str(e.value) == message
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("formula,why", [
+    ("im2col(dZ2, 1).T @ dZ1", "layer 1 reads maps of 64·N rows (8×8 pixels per image)"),
+    ("hwio(P1.T @ dZ1, 1) @ dZ1", "a kernel in HWIO form (hwio(…)) can be scaled, added to "
+     "another, np.flip-ped or np.rot90-ed; do the rest on the (kh·kw·C)×F matrix"),
+])
+def test_shapes_that_cannot_match_are_wrong_formulas(formula, why):
+    v = verify(CNN, "W1", formula)
+    assert not v.ok and v.diagnosis == "shape"
+    assert why in v.message
