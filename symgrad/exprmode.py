@@ -2562,7 +2562,19 @@ class ExprTextPrinter(TextPrinter):
     def map_body(self, node):
         return _map_body(self, node)
 
+    f: Map | None = None  # f's own value, printed f where a gradient holds it
+
+    def _is_f(self, node) -> bool:
+        return self.f is not None and isinstance(node, Map) and _same_map(node, self.f)
+
+    def _print(self, expr, **kwargs):
+        if self._is_f(expr):
+            return "f"
+        return super()._print(expr, **kwargs)
+
     def prec(self, node):
+        if self._is_f(node):
+            return ATOM
         p = _prec(super(), node)
         return super().prec(node) if p is None else p
 
@@ -2638,19 +2650,7 @@ class ExprLatexPrinter(LatexPrinter):
     def map_body(self, node):
         return _map_body(self, node)
 
-    f: Map | None = None  # f's own value, printed f where a gradient holds it
-
-    def _is_f(self, node) -> bool:
-        return self.f is not None and isinstance(node, Map) and _same_map(node, self.f)
-
-    def _print(self, expr, **kwargs):
-        if self._is_f(expr):
-            return "f"
-        return super()._print(expr, **kwargs)
-
     def prec(self, node):
-        if self._is_f(node):
-            return ATOM
         p = _prec(super(), node)
         return super().prec(node) if p is None else p
 
