@@ -904,6 +904,7 @@ class Buffer:
     alias: str | None = None
     note: str = ""
     view: tuple[str, int] | None = None  # (array, k): the first k rows of another buffer
+    reshaped: bool = False  # the alias seen in this buffer's shape (flatten: a view, no copy)
 
 
 class StepLowering:
@@ -975,6 +976,16 @@ class StepLowering:
             yield name
         finally:
             self.release(name)
+
+    def view_of(self, dest: str, node: Node) -> bool:
+        """Make the buffer ``dest`` a reshaped view of the buffer holding ``node`` (a named
+        value), so that nothing is copied; False where ``node`` is not a buffer's value."""
+        if not (isinstance(node, Sym) and node.name in self.buffers) or node.name == "X":
+            return False
+        b = self.buffers[dest]
+        b.alias, b.reshaped = node.name, True
+        b.note = f"{naming.text(self.base(dest))}: a view of {naming.text(self.base(node.name))}"
+        return True
 
     def emit(self, line: str) -> None:
         self.lines.append(line)
@@ -1728,6 +1739,7 @@ def _forward_statements(step: StepLowering, equations: list[Equation], backward:
             isinstance(rhs, Elementwise)
             and isinstance(rhs.x, Sym)
             and rhs.x.name not in needed_later
+            and not step.buffers[rhs.x.name].reshaped  # (a view of another value)
             and (len(lines) == 1 or target in step.in_place_ok)
         ):
             buffer.alias = rhs.x.name
@@ -2083,7 +2095,8 @@ def _workspace_lines(buffers: list[Buffer], sizes: dict[sp.Symbol, int]):
     entries, views, aliases = [], [], []
     for b in buffers:
         if b.alias:
-            aliases.append(f'ws["{b.name}"] = ws["{b.alias}"]  # {b.note}')
+            shape = f".reshape{_shape_code(b.shape, sizes)}" if b.reshaped else ""
+            aliases.append(f'ws["{b.name}"] = ws["{b.alias}"]{shape}  # {b.note}')
             continue
         if b.view:
             array, rows = b.view

@@ -332,8 +332,9 @@ class LayerKind:
         return ""
 
     @classmethod
-    def running_lines(cls, l: int, layer, fmt: str) -> list[str]:
-        """The update of its buffers once per training step, as text or LaTeX rows."""
+    def running_lines(cls, l: int, layer, fmt: str, image=None) -> list[str]:
+        """The update of its buffers once per training step, as text or LaTeX rows
+        (``image``: the (H, W, C) of its input when that is a feature map)."""
         return []
 
 
@@ -480,18 +481,19 @@ class BatchNormLayer(_Normalization):
         return f"{cls.name} {l}"
 
     @classmethod
-    def running_lines(cls, l, layer, fmt):
+    def running_lines(cls, l, layer, fmt, image=None):
         m = layer.momentum
         keep, take = f"{1 - m:g}", f"{m:g}"
+        rows = "N" if image is None else f"{image[0] * image[1]}N"  # a map: its N·H·W rows
         if fmt == "text":
             sub = str(l).translate(naming._SUB)
             mean, var = f"mean{sub}", f"var{sub}"
             return [f"{mean} ← {keep} {mean} + {take} μ{sub}",
-                    f"{var} ← {keep} {var} + {take} σ{sub}² N/(N − 1)"]
+                    f"{var} ← {keep} {var} + {take} σ{sub}² {rows}/({rows} − 1)"]
         mean, var = rf"\operatorname{{mean}}_{{{l}}}", rf"\operatorname{{var}}_{{{l}}}"
         return [rf"{mean} &\leftarrow {keep} \, {mean} + {take} \, \mu_{{{l}}}",
                 rf"{var} &\leftarrow {keep} \, {var} + {take} \, \sigma_{{{l}}}^{{2}} "
-                rf"\frac{{N}}{{N - 1}}"]
+                rf"\frac{{{rows}}}{{{rows} - 1}}"]
 
 
 class LayerNormLayer(_Normalization):

@@ -699,7 +699,7 @@ def _running_lines(d, fmt: str) -> list[str]:
     if _is_dense(spec):
         return []
     return [line for l, layer in enumerate(spec.layers, 1)
-            for line in layer.kind.running_lines(l, layer, fmt)]
+            for line in layer.kind.running_lines(l, layer, fmt, spec.image(spec.sources(l)[0]))]
 
 
 def _update_lines(d, printer, arrow, eta):

@@ -731,6 +731,10 @@ class Flatten(Node):
         return f"{lw.expr(self.x, lw.ATOM)}.reshape(-1, {lw.size(self.shape[1])})", lw.ATOM
 
     def into(self, st, dest):
+        """A view of its input's buffer (a row-major reshape: no copy), else a copy."""
+        if st.view_of(dest, self.x):
+            st.notes.append("  a view of the same memory: nothing computed")
+            return
         with st.operand(self.x) as a:
             st.emit(f"np.copyto({dest}, {a}.reshape({dest}.shape))")
 
@@ -778,5 +782,9 @@ class Unflatten(Node):
         return f"{lw.expr(self.x, lw.ATOM)}.reshape(-1, {lw.size(self.shape[1])})", lw.ATOM
 
     def into(self, st, dest):
+        """A view of its input's buffer (a row-major reshape: no copy), else a copy."""
+        if st.view_of(dest, self.x):
+            st.notes.append("  a view of the same memory: nothing computed")
+            return
         with st.operand(self.x) as a:
             st.emit(f"np.copyto({dest}, {a}.reshape({dest}.shape))")
