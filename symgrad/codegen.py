@@ -47,7 +47,7 @@ from symgrad import budget, naming
 from symgrad.activations import X as X_SYM
 from symgrad.activations import fold, sigmoid, softplus
 from symgrad.commands import command
-from symgrad.derive import Derivation, Equation, derive, transform
+from symgrad.derive import Derivation, Equation, derive, substitute, transform
 from symgrad.errors import SymgradError
 from symgrad.layers import KINDS, article
 from symgrad.losses import YHAT
@@ -79,6 +79,7 @@ from symgrad.ops import (
     Sym,
     Transpose,
 )
+from symgrad.ops.conv import MaxPool, MaxPoolBack, PoolArgmax
 from symgrad.ops.lowered import (
     Augmented,
     ColumnBias,
@@ -1585,6 +1586,8 @@ def lower_step(d: Derivation, equations: list[Equation], original: dict[str, Nod
     compact = not d.spec.is_chain  # (a dense chain keeps the first wave's _step)
     if compact:  # η rides in the δ's: _step(…, lr) writes η ∂L/∂θ into grads
         backward = _eta_step(backward)
+        equations, backward, fused_notes = _pool_before_relu(equations, backward)
+        notes = {**notes, **fused_notes}
     out = _forward_statements(step, equations, backward, original, notes, indent=4)
     if compact:  # train() may pass the spare set of parameters as grads: keep it intact
         out.append(Statement(("if not -np.inf < L < np.inf:", "    return L"),
@@ -1593,6 +1596,8 @@ def lower_step(d: Derivation, equations: list[Equation], original: dict[str, Nod
     for e in backward:
         target = e.target.name
         comments = [formula(e.target, original.get(target, e.rhs))]
+        if target in notes:  # (a fusion's note: max pooling before the relu)
+            comments.append(notes[target])
         if fused.get(target) == "skip":  # ∂L/∂X̂: folded into the δ below it
             comments.append("  not formed: the δ below takes its column sums from ∂L/∂γ, ∂L/∂β")
             out.append(Statement((), tuple(comments)))
@@ -1610,6 +1615,50 @@ def lower_step(d: Derivation, equations: list[Equation], original: dict[str, Nod
             comments.append("  times η (lr): the δ's carry the learning rate, grads get η ∂L/∂θ")
         out.append(Statement(step.take(), tuple(comments)))
     return out, list(step.buffers.values())
+
+
+POOL_BEFORE_RELU = (
+    "as relu(maxpool(Z)), the relu on the smaller pooled map: exact, relu is monotone, so "
+    "the maximum of relu(window) is relu(its maximum)")
+ROUTE_AFTER_MASK = (
+    "  computed as route(δ ⊙ relu′ on the pooled map, argmax(Z)): exact, where a window's "
+    "maximum is > 0 its first maximum is that of relu(window) and relu′ = 1 there; where "
+    "it is ≤ 0 relu′ kills the entry either way")
+
+
+def _pool_before_relu(equations: list[Equation], backward: list[Equation]):
+    """A relu read only by a max pooling (A = relu(Z), arg = argmax(A), P = maxpool(A)),
+    its rule δ = route(G, arg) ⊙ relu′(A): computed as arg = argmax(Z), P = relu(maxpool(Z))
+    and δ = route(G ⊙ relu′(P), arg), the same numbers (see the notes) with the relu and
+    its mask on the pooled map. Returns the equations, the backward and the notes."""
+    readers = lambda name, eqs: [e for e in eqs if name in e.rhs.syms()]  # noqa: E731
+    notes: dict[str, str] = {}
+    for e in list(equations):
+        rhs = e.rhs
+        if not (isinstance(rhs, Elementwise) and rhs.fn.name == "relu" and isinstance(rhs.x, Sym)):
+            continue
+        a, z = e.target, rhs.x
+        users = readers(a.name, equations)
+        if (len(users) != 2 or not isinstance(users[0].rhs, PoolArgmax)
+                or not isinstance(users[1].rhs, MaxPool) or readers(z.name, equations) != [e]):
+            continue
+        arg_eq, pool_eq = users
+        pool = pool_eq.rhs
+        (dz,) = [b for b in backward if b.target.name == naming.cotangent(z.name)] or [None]
+        if (dz is None or readers(a.name, backward) != [dz] or readers(z.name, backward)
+                or not isinstance(dz.rhs, Hadamard) or not isinstance(dz.rhs.a, MaxPoolBack)
+                or not dz.rhs.b.syms() <= {a.name}):
+            continue
+        pooled = pool_eq.target
+        mask = substitute(dz.rhs.b, {a.name: pooled})  # relu′(relu(m)) = relu′(m)
+        route = MaxPoolBack(Hadamard(dz.rhs.a.g, mask), arg_eq.target, pool.geom)
+        equations = [
+            Equation(arg_eq.target, PoolArgmax(z, arg_eq.rhs.geom)) if f is arg_eq
+            else Equation(pooled, Elementwise(rhs.fn, MaxPool(z, arg_eq.target, pool.geom)))
+            if f is pool_eq else f for f in equations if f is not e]
+        backward = [Equation(b.target, route, b.rule) if b is dz else b for b in backward]
+        notes[pooled.name], notes[dz.target.name] = POOL_BEFORE_RELU, ROUTE_AFTER_MASK
+    return equations, backward, notes
 
 
 def _centred_variances(equations: list[Equation]) -> dict[str, Any]:
