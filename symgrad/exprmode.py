@@ -130,6 +130,8 @@ _CONSTANTS = {  # names the expression language gives a value
          "choose another name (e.g. err)",
     "pi": "'pi' is π (3.14159…) in expressions, so it cannot name an array or a size; "
           "choose another name",
+    "I": "'I' is the identity matrix in the printed gradients, so an array named I would "
+         "read as the identity; choose another name (e.g. M)",
 }
 _COEF_NAMES = {"lam": "λ", "lambda_": "λ", "lmbda": "λ", "sigma": "σ", "mu": "μ", "alpha": "α",
                "beta": "β", "gamma": "γ", "delta": "δ", "tau": "τ", "eta": "η", "rho": "ρ"}
@@ -2525,8 +2527,10 @@ class _ScalarProducts:
         if (c.is_Rational and c.p == 1 and c.q > 1 and rest.is_Pow and rest.exp.is_number
                 and rest.exp.is_negative):  # 1/(2√x), not 1/√x/2
             return f"1/({c.q}{self._print(rest.base ** -rest.exp)})"
-        if not self.elementwise or e.free_symbols & self.matrices:
+        if not self.elementwise:
             return super()._print_Mul(e)
+        if e.free_symbols & self.matrices:
+            return self._matrix_product(e)
         if c.is_Integer and c > 1 and not isinstance(rest, sp.Add) and self.tight:
             r = self._print(rest)
             if r[:1].isalpha():
@@ -2538,12 +2542,77 @@ class _ScalarProducts:
             self.times = times
 
 
+    def _matrix_product(self, e) -> str:
+        """One rule for ⊙: it stands only between two matrix-valued factors; a scalar
+        factor (a number, a size, a coefficient) is written before them as a product:
+        2 X, 2λ W ⊙ V, never 2 ⊙ X."""
+        c, rest = e.as_coeff_Mul()
+        if c < 0:
+            neg = -e
+            return self.minus + (self._print(neg) if not isinstance(neg, sp.Add)
+                                 else f"{self.lparen}{self._print(neg)}{self.rparen}")
+        p, q = sp.fraction(c)
+        factors = sp.Mul.make_args(rest)
+        scalars = [f for f in factors if not f.free_symbols & self.matrices
+                   and not (f.is_Pow and f.exp.is_number and f.exp < 0)]
+        if not scalars and p == 1 or len(scalars) == len(factors):
+            return super()._print_Mul(e)
+        tail = sp.Mul(*[f for f in factors if f not in scalars]) / q
+        lead = sp.Mul(p, *scalars)
+        head = self._print(lead)
+        if isinstance(lead, sp.Add):
+            head = f"{self.lparen}{head}{self.rparen}"
+        body = self._print(tail)
+        if isinstance(tail, sp.Add):
+            body = f"{self.lparen}{body}{self.rparen}"
+        return f"{head}{self.juxtaposed}{body}"
+
+    def _iverson(self, value, bracket: str) -> str:
+        """value [c]: ⊙ between them where the value is a matrix (X ⊙ [X > 0]), as
+        between any two matrices; a scalar value is written before it (2 [X > 0])."""
+        if value.free_symbols & self.matrices:
+            return f"{self._bracketed(value)}{self.times}{bracket}"
+        return f"{self._bracketed(value)} {bracket}"
+
+
 class _TextScalar(_ScalarProducts, TextScalarPrinter):
-    pass
+    minus, lparen, rparen = "−", "(", ")"
+
+    def _bracketed(self, value) -> str:
+        return self._atomic(value)
+
+    def _print_Add_terms(self, terms, pr):
+        parts = [f"[{pr(cond)}]" if value == 1 else self._iverson(value, f"[{pr(cond)}]")
+                 for value, cond in terms]
+        return " + ".join(parts) if parts else "0"
+
+    def _print_Integer(self, e):  # one minus sign: −2 (X⁻ᵀ)², as − everywhere in the text
+        return "−" + str(-e) if e < 0 else str(e)
+
+    def _print_Rational(self, e):
+        out = super()._print_Rational(e)
+        return "−" + out[1:] if out.startswith("-") else out
+
+    def _print_Float(self, e):
+        out = super()._print_Float(e)
+        return "−" + out[1:] if out.startswith("-") else out
 
 
 class _LatexScalar(_ScalarProducts, LatexScalarPrinter):
     tight = False
+    minus, lparen, rparen = "-", r"\left(", r"\right)"
+
+    def _bracketed(self, value) -> str:
+        return self._wrap(value)
+
+    def _print_Piecewise(self, e):
+        from symgrad.printing import iverson_terms
+
+        parts = []
+        for value, cond in iverson_terms(e):
+            bracket = rf"\left[{self._print(cond)}\right]"
+            parts.append(bracket if value == 1 else self._iverson(value, bracket))
+        return " + ".join(parts) if parts else "0"
 
 
 class ExprTextPrinter(TextPrinter):
@@ -2622,6 +2691,8 @@ class ExprTextPrinter(TextPrinter):
         return f"‖{self._print(node.x)}‖²"
 
     def _print_Hadamard(self, node):
+        if _scalar_valued(node.a) and _scalar_valued(node.b):  # two scalars: a product
+            return f"{self.paren(node.a, MATMUL)} {self.paren(node.b, MATMUL)}"
         # A ⊙ (a scalar c spread to A's shape): written A/c or c A
         for a, b in ((node.a, node.b), (node.b, node.a)):
             if isinstance(b, Broadcast) and tuple(b.x.shape) == (1, 1):
