@@ -2,8 +2,9 @@
 Cookbook table (tests/test_cookbook_table.py), the linear-algebra table
 (tests/test_expr_linalg.py) and the structure/vocabulary table (tests/test_expr_vocab.py),
 the ``numpy:`` line that ``derive --expr`` prints for each gradient is fed back to
-``verify --expr``, which must answer CORRECT (with its symbolic proof); and the
-``correct:`` line that ``verify`` prints under a WRONG answer reads back the same way.
+``verify --expr``, which must answer CORRECT (with its symbolic proof); and (a sample of
+every fourth row) the ``correct:`` line that ``verify`` prints under a WRONG answer is that
+line, and reads back the same way.
 
 (np.linalg.matrix_power, the one-hot of an arg-max with ``==``, einsum over the blocks of a
 Kronecker cotangent, ``np.expand_dims``, ``np.broadcast_to``, solves against 𝟏 …: whatever
@@ -46,6 +47,8 @@ def test_printed_numpy_line_reads_back_as_correct(row, monkeypatch):
         assert verdict.ok, verdict.text()
         assert verdict.text().startswith("CORRECT: ∂f/∂") and "symbolic: proved" in (
             verdict.text()), verdict.text()
+        if IDS.index(row[0]) % 4:
+            continue  # a sample: verify's "correct:" line is the same line, read back again
         wrong = verify_expr(problem, w, f"{line} + 1")  # its "correct:" line reads back
         assert not wrong.ok
         correct = [s for s in wrong.text().splitlines() if s.startswith("  correct: ")]

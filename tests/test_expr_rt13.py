@@ -66,7 +66,7 @@ POWERS = [
      "64 (X₅ + X₆ + X₇ + X₈ + X₉)^(64) ⊙ (X₀ + X₁ + X₂ + X₃ + X₄)^(63)"),
     (f"np.sum(np.exp(({SUM10}) ** 8))", "X0", f"8 ({PRINTED10})⁷ ⊙ exp(({PRINTED10})⁸)"),
     (f"np.sum(np.where(X0 > 0, ({SUM10}) ** 64, 0))", "X0",
-     f"(64 ⊙ ({PRINTED10})^(63)) [X₀ > 0]"),
+     f"(64 ({PRINTED10})^(63)) ⊙ [X₀ > 0]"),
 ]
 
 
@@ -327,6 +327,6 @@ def test_verify_diagnosis_prints_the_scalar_product():
 
 
 def test_elementwise_product_with_a_matrix_keeps_its_sign():
-    """⊙ stays where a factor is a matrix: (2 ⊙ X) [X > Y], as before."""
+    """⊙ stays between matrices, a number is written before one: (2 X) ⊙ [X > Y] (F13)."""
     problem = parse_problem("np.sum(np.where(X > Y, X**2, Y))", ["X=n,m", "Y=n,m"], ["X"])
-    assert text(derive_expr(problem).gradients["X"], problem) == "(2 ⊙ X) [X > Y]"
+    assert text(derive_expr(problem).gradients["X"], problem) == "(2 X) ⊙ [X > Y]"

@@ -71,9 +71,9 @@ TABLE = [
      {"W": "2 Xᵀ (rowsum(X W) 𝟏ᵀ)/k²"}, False),
     ("abs", "sum(abs(X @ w - y)) / N", XW, {"w": "Xᵀ sign(X w − y)/N"}, True),
     ("where", "sum(where(X @ w > y, X @ w - y, 0)**2)", XW,
-     {"w": "Xᵀ ((2 ⊙ (X w − y)) [(X w) > y])"}, True),
+     {"w": "Xᵀ ((2 (X w − y)) ⊙ [(X w) > y])"}, True),
     ("where-huber", "sum(where(abs(x) <= 1, x**2 / 2, abs(x) - 1 / 2))", ["x=n,1"],
-     {"x": "x [|x| ≤ 1] + sign(x) [|x| > 1]"}, True),
+     {"x": "x ⊙ [|x| ≤ 1] + sign(x) ⊙ [|x| > 1]"}, True),
 ]
 IDS = [row[0] for row in TABLE]
 

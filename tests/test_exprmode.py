@@ -56,10 +56,10 @@ TABLE = [
      ["X=N,d", "mu=1,d", "sigma=1,1"],
      {"mu": ("𝟏ᵀ (mu − X)/σ²", "sum(mu - X, axis=0, keepdims=True) / sigma**2")}),
     ("huber", "sum(huber(X @ w - y)) / N", XW,
-     {"w": ("Xᵀ ((X w − y) [|X w − y| ≤ 1] + sign(X w − y) [|X w − y| > 1])/N",
+     {"w": ("Xᵀ ((X w − y) ⊙ [|X w − y| ≤ 1] + sign(X w − y) ⊙ [|X w − y| > 1])/N",
             "X.T @ where(abs(X @ w - y) <= 1, X @ w - y, sign(X @ w - y)) / N")}),
     ("huber-where", "sum(where(abs(X @ w - y) <= 1, (X @ w - y)**2 / 2, abs(X @ w - y) - 1/2)) / N",
-     XW, {"w": ("Xᵀ ((X w − y) [|X w − y| ≤ 1] + sign(X w − y) [|X w − y| > 1])/N",
+     XW, {"w": ("Xᵀ ((X w − y) ⊙ [|X w − y| ≤ 1] + sign(X w − y) ⊙ [|X w − y| > 1])/N",
                 "X.T @ where(abs(X @ w - y) <= 1, X @ w - y, sign(X @ w - y)) / N")}),
     ("two-layer-net", NET_EXPR, NET, {
         "W1": ("Xᵀ (((tanh(X W₁ + b₁) W₂ + b₂ − Y) W₂ᵀ) ⊙ (1 − tanh(X W₁ + b₁)²))/N",

@@ -143,7 +143,7 @@ NONSMOOTH = [
     ("sum(minimum(x, 1))", "[x < 1]"),
     ("sum(sign(x) * x**2)", "2 |x|"),
     ("sum(sign(x) * x)", "sign(x)"),  # the DiracDelta term is 0 almost everywhere
-    ("sum(where(x > 0, where(x > 1, x**2, x), 0))", "(2 ⊙ x) [x > 1] + [(x ≤ 1) & (x > 0)]"),
+    ("sum(where(x > 0, where(x > 1, x**2, x), 0))", "(2 x) ⊙ [x > 1] + [(x ≤ 1) & (x > 0)]"),
     ("sum(abs(x))", "sign(x)"),
     ("sum(relu(x))", "[x > 0]"),
     ("sum(heaviside(x) * x)", "[x > 0]"),
