@@ -197,6 +197,7 @@ EXACT_SECONDS = 5.0  # seconds SymPy may spend on the exact evaluation of the in
 SYMBOLIC_BUDGET = 2.0  # seconds SymPy may spend on the symbolic proof
 INSTANCE_N = (3, 5, 4)  # batch sizes of the random instances (widths differ too)
 INSTANCE_N_MAPS = (2, 3, 1)  # … of a network on images (N·H·W rows; channels 2 … 5)
+EXACT_MAP_ROWS = 150  # the largest N·H·W of a map the 50-digit evaluation takes on
 PROGRESS_AFTER = 1.5  # seconds: the command line reports each stage after this long
 
 DIAGNOSES = (
@@ -1057,7 +1058,7 @@ class Network:
         """Batch size and widths of instance ``k``: pairwise distinct and none equal to N
         up to 8 layers; beyond, the same 16 sizes repeat (neighbours still differ), so the
         cost does not grow with depth faster than linearly, and never with the spec's widths."""
-        if self.spec.input_shape is not None:  # feature maps: N·H·W rows, small sizes
+        if getattr(self, "maps", None):  # feature maps: N·H·W rows, small sizes
             n = INSTANCE_N_MAPS[k % len(INSTANCE_N_MAPS)]
             pool = [v for v in range(2, 6) if v != n]
         else:
@@ -1066,6 +1067,11 @@ class Network:
         rng = np.random.default_rng(1000 + k)
         rng.shuffle(pool)
         return n, [pool[i % len(pool)] for i in range(self.L + 1)]
+
+    @cached_property
+    def map_rows(self) -> int:
+        """The most rows (N·H·W) of a feature map over the random instances."""
+        return max(v[2].shape[0].xreplace({N: max(INSTANCE_N_MAPS)}) for v in self.maps.values())
 
     def tie(self, ws: list[int]) -> list[int]:
         """``ws`` with the widths that must be equal made equal (:attr:`tied`)."""
@@ -1557,8 +1563,8 @@ def _exact_instances(spec: Spec, seed: int) -> tuple[dict, ...] | None:
     """The random instances at :data:`PRECISION` digits, or None when that is not
     possible (a value not real there) or takes over :data:`EXACT_SECONDS`."""
     net = _network(spec)
-    if net.maps:  # N·H·W-row feature maps: SymPy's 50-digit arithmetic is over its budget
-        return None
+    if net.maps and net.map_rows > EXACT_MAP_ROWS:  # SymPy's 50-digit arithmetic on N·H·W-row
+        return None  # feature maps: over its budget beyond small images
     try:
         with deadline(EXACT_SECONDS):
             envs = tuple(net.exact(inst) for inst in _instances(spec, seed))

@@ -22,7 +22,7 @@ CNN = load_spec(EXAMPLES / "digits_cnn.toml")  # 8×8×1 → conv 3×3×16 pad 1
 STRIDED_TOML = """
 [network]
 name = "strided"
-inputs = [6, 6, 2]
+inputs = [4, 4, 2]
 
 [[layer]]
 type = "conv2d"

@@ -206,7 +206,7 @@ def test_printed_correct_formulas_verify(net, prefix):
     """Every derived gradient, printed in numpy syntax, is accepted by verify."""
     spec = NETWORKS[net]
     for name, target in verify_mod._network(spec).targets.items():
-        text = NumpyPrinter(prefix).doprint(target.node)
+        text = NumpyPrinter(prefix, maps=verify_mod._network(spec).map_names).doprint(target.node)
         v = verify(spec, name, text, symbolic=False)
         assert v.ok, v.text()
 

@@ -38,6 +38,13 @@ NETWORKS = {
     "cat": Spec("concat", 3, (Layer(2, "tanh"), Layer(4, input="X"),
                               Layer(type="concat", inputs=("A1", "A2", "X")), Layer(2)),
                 loss="mse"),
+    # on images: conv pad 1 → conv stride 2 pad 1 → maxpool 2 stride 1 → avgpool pad 1 → flatten
+    "cnn": Spec("strided", [4, 4, 2], (
+        Layer(type="conv2d", filters=3, kernel=3, padding=1, activation="tanh"),
+        Layer(type="conv2d", filters=2, kernel=3, stride=2, padding=1, activation="relu"),
+        Layer(type="maxpool2d", kernel=2, stride=1), Layer(type="avgpool2d", kernel=2, stride=1,
+                                                          padding=1),
+        Layer(type="flatten"), Layer(3, "softmax")), loss="cross_entropy"),
 }
 
 CATALOGUE: list[tuple[str, str, str, str | None]] = [
@@ -143,6 +150,17 @@ CATALOGUE: list[tuple[str, str, str, str | None]] = [
     ("cat", "W1", "X.T @ (dZ3[:, 0:n1] * (1 - A1**2))", OK),
     ("cat", "A1", "dZ3[:, n1:n1 + n2]", "other-gradient"),  # A2's columns
     ("cat", "Z1", "dZ3[:, :n1]", "activation-derivative"),
+    # --- on images (symgrad.verify's names and functions for feature maps)
+    ("cnn", "W2", "im2col(A1, 2).T @ dZ2", OK),
+    ("cnn", "A1", "col2im(dZ2 @ W2.T, 2)", OK),
+    ("cnn", "W2", "np.rot90(hwio(P2.T @ dZ2, 2), 2)", "flipped-kernel"),
+    ("cnn", "A1", "scatter(dZ2 @ W2.T, 2)", "col2im-overwrite"),
+    ("cnn", "A1", "col2im(dZ2 @ W2.T, 2, 1, 1)", "stride"),
+    ("cnn", "W2", "im2col(A1, 2, 2, 0).T @ dZ2", "padding"),
+    ("cnn", "A2", "spread(dZ3, 3)", "maxpool-average"),
+    ("cnn", "A2", "ties(dZ3, 3)", "maxpool-ties"),
+    ("cnn", "A3", "4 * spread(dZ4, 4)", "avgpool-scale"),
+    ("cnn", "A4", "unflatten_nchw(dZ5, 5)", "flatten-order"),
     ("ln", "A1", "dZ3 + (dXhat2 - mean(dXhat2, axis=-1, keepdims=True) - Xhat2 * mean(dXhat2"
      " * Xhat2, axis=-1, keepdims=True)) / np.sqrt(var2 + eps)", OK),
 ]
