@@ -308,3 +308,18 @@ def test_maxpool_before_relu_is_exact_on_ties():
     routed = m.maxpool_back(G * (pooled > 0), arg, *geo)
     expected = m.maxpool_back(G, relu_arg, *geo) * (np.maximum(A, 0) > 0)
     assert np.array_equal(routed, expected)
+
+
+def test_the_step_pools_before_the_relu_and_the_readable_code_does_not():
+    """The committed digits module: _step max-pools Z₁ and applies the relu (and relu′) on
+    the pooled map; loss_and_grad keeps the derivation's order, line by line."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "generated" / "digits_cnn.py").read_text()
+    step = text[text.index("def _step("):text.index("\n\n\n", text.index("def _step("))]
+    readable = text[text.index("def loss_and_grad("):text.index("def predict(")]
+    assert "maxpool(Z1, (8, 8), (2, 2), (2, 2), (0, 0), out=(S1, arg2), mask=mask_arg2)" in step
+    assert "np.maximum(S1, 0.0, out=Z2)" in step and "np.greater(Z2, 0.0, out=M1)" in step
+    assert "np.greater(Z1" not in step and "mask1" not in step
+    assert "A1 = np.maximum(Z1, 0)" in readable
+    assert "maxpool(A1, (8, 8), (2, 2), (2, 2), (0, 0))[0]" in readable
