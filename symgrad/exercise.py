@@ -96,6 +96,22 @@ NEXT_STEP = {
             "(axis=1) only within one sample",
     "other-gradient": "that is the gradient of another quantity; re-read which one the "
                       "question asks for",
+    # networks on images
+    "flipped-kernel": "conv2d is cross-correlation (as torch): im2col(A)ᵀ δ is the kernel "
+                      "gradient as it stands, with no flip, and col2im(δ Wᵀ) uses W unflipped",
+    "col2im-overwrite": "col2im adds: a pixel under several windows collects every window's "
+                        "entry (+=, np.add.at), never only the last one",
+    "stride": "the backward pass uses the forward windows: the same stride as the layer",
+    "padding": "the backward pass uses the forward windows: the same padding as the layer "
+               "(and drops the padded border)",
+    "maxpool-average": "max pooling passes each δ only to the maximum of its window "
+                       "(route(δ, l)); spreading it is average pooling's rule",
+    "maxpool-ties": "on ties max pooling picks one maximum, the first in row-major order "
+                    "(arg_l), as torch: route(δ, l), not every tied entry",
+    "avgpool-scale": "average pooling divides each window's sum by kh·kw, so its gradient "
+                     "spread(δ, l) carries 1/(kh·kw) too",
+    "flatten-order": "flatten is NHWC (h, w, c): unflatten(δ, l) reads a row back in that "
+                     "order, not torch's NCHW (c, h, w)",
 }
 NO_DIAGNOSIS = ("no single simple mistake explains it; redo the chain rule one step at a "
                 "time (δ of the layer above, then ∂L/∂A, then δ) and compare each step")
@@ -193,17 +209,26 @@ def _candidates(spec: Spec) -> list[Question]:
     shapes = spec.param_shapes()
     out = []
     for l in range(len(spec.layers), 0, -1):
+        rows = _rows(spec, f"A{l}")
         if l < len(spec.layers) and f"A{l}" in read:
-            out.append(Question("", f"A{l}", f"N×{sizes[l]}"))
-        out.append(Question("", f"Z{l}", f"N×{sizes[l]}"))
+            out.append(Question("", f"A{l}", f"{rows}×{sizes[l]}"))
+        out.append(Question("", f"Z{l}", f"{rows}×{sizes[l]}"))
         for family in _PARAM_FAMILIES:
             shape = shapes.get(f"{family}{l}")
+            if shape is not None and len(shape) == 4:  # a conv kernel: its (kh·kw·C)×F matrix
+                shape = (shape[0] * shape[1] * shape[2], shape[3])
             if shape is not None:
                 out.append(Question("", f"{family}{l}", "×".join(map(str, shape))
                                     if len(shape) == 2 else f"({shape[0]},)"))
         for name in spec.layers[l - 1].kind.adjoints:
-            out.append(Question("", f"{name}{l}", f"N×{sizes[l]}"))
+            out.append(Question("", f"{name}{l}", f"{rows}×{sizes[l]}"))
     return out
+
+
+def _rows(spec: Spec, name: str) -> str:
+    """The rows of the value ``name``: N, or H·W·N for a feature map (N images' pixels)."""
+    image = spec.image(name) if spec.input_shape is not None else None
+    return "N" if image is None else f"{image[0] * image[1]}N"
 
 
 def _check_count(count: int, available: int, where: str = "--count") -> None:
@@ -301,7 +326,7 @@ def _readable(spec: Spec) -> set[str]:
     out = set()
     for q in _candidates(spec):
         try:
-            verify(spec, q.wrt, numpy_text(formulas["d" + q.wrt]), symbolic=False)
+            verify(spec, q.wrt, numpy_text(formulas["d" + q.wrt], spec=spec), symbolic=False)
         except SymgradError:
             continue
         out.add(q.wrt)
@@ -319,7 +344,7 @@ def _answers(ws: Worksheet) -> dict[str, _Answer]:
     out = {}
     for q in ws.questions:
         node = formulas["d" + q.wrt]
-        answer = numpy_text(node)
+        answer = numpy_text(node, spec=ws.spec)
         verdict = verify(ws.spec, q.wrt, answer, symbolic=False)
         # The key IS the derivation, so verify only guards our own consistency: "not proved"
         # (no proof is asked for, and a deep network has no exact evaluation, so the
@@ -345,7 +370,9 @@ def _layer_text(layer: Layer) -> str:
 
 
 def _network_line(spec: Spec) -> str:
-    parts = [f"{spec.inputs} inputs"] + [
+    head = f"{spec.inputs} inputs" if spec.input_shape is None else (
+        f"{'×'.join(map(str, spec.input_shape))} images")
+    parts = [head] + [
         f"{ly.units} {ly.fn.name}" if spec.is_chain else _layer_text(ly) for ly in spec.layers]
     loss = spec.loss_fn.name if spec.loss_expr is None else f"ℓ(ŷ, y) = {spec.loss_expr}"
     return " → ".join(parts) + f"; loss {loss}"
@@ -397,7 +424,25 @@ def _dag_names(spec: Spec) -> tuple[str, str]:
         adjoints += [f"dZ{l}"] + ([f"dA{l}"] if l < L else [])
     values += ["Yhat", *(f"n{l}" for l in range(L + 1))]
     values += [p for p in ("l2", "l1") if getattr(spec, p)]
+    if spec.input_shape is not None:  # verify's names of a network on images
+        from symgrad.verify import _network
+
+        maps = _network(spec).maps
+        values += [f"P{l}" for l, m in maps.items() if m[0] == "conv2d"]
+        values += [m[3].name for m in maps.values() if m[3] is not None]
     return ", ".join(values), ", ".join([*adjoints, "dYhat"])
+
+
+def _map_words(spec: Spec) -> str:
+    """The sheet's sentence on feature maps (verify's functions), "" for a flat network."""
+    if spec.input_shape is None:
+        return ""
+    return (" A feature map of N images H×W×C is the matrix of N·H·W rows (row-major n, h, w) "
+            "and C columns, and W of a conv2d layer its (kh·kw·C)×F matrix; P1 = im2col(X, 1) "
+            "is layer 1's patch matrix, argL the first maximum of each window of maxpool layer "
+            "L, and the functions im2col(A, l), col2im(D, l), route(D, l) (max pooling's "
+            "adjoint), spread(D, l) (average pooling's), flatten(A, l) and unflatten(D, l) "
+            "take the layer whose geometry they use.")
 
 
 def _classifier_note(spec: Spec) -> str:
@@ -420,7 +465,8 @@ def _markdown_sheet(ws: Worksheet, names: dict[str, str]) -> str:
     drawn = f" (drawn with `--random --seed {ws.seed}`)" if ws.random else ""
     out = [f"# Backpropagation worksheet: `{spec.name}`", "",
            f"**The network**{drawn}: {_network_line(spec)}, averaged over the N samples"
-           f"{_penalty_words(spec)}. Rows are samples: X is N×{spec.inputs}, Y and Ŷ are "
+           f"{_penalty_words(spec)}. Rows are samples: X is {_rows(spec, 'X')}×"
+           f"{spec.inputs if spec.input_shape is None else spec.input_shape[2]}, Y and Ŷ are "
            f"N×{spec.outputs}.{_classifier_note(spec)}", "",
            "$$", "\\begin{aligned}", " \\\\\n".join(_forward_rows(spec)), "\\end{aligned}", "$$",
            "", "Notation: " + NOTATION.replace("ᵀ", "⊤"), "",
@@ -428,7 +474,7 @@ def _markdown_sheet(ws: Worksheet, names: dict[str, str]) -> str:
            "Derive each gradient and write it in numpy syntax (`@`, `*`, `.T`, "
            "`sum(…, axis=0)`, `exp`, `log`, `tanh`, `where(Z1 > 0, 1, 0)`, …) over " + values + " and the "
            "adjoints " + adjoints + " (δ₁ is `dZ1`), but not the quantity a question asks "
-           "for.", ""]
+           "for." + _map_words(spec), ""]
     for i, q in enumerate(ws.questions, 1):
         out.append(f"{i}. **{q.id}.** Derive ${q.latex}$, {q.what}.")
     out += ["", "## Handing in", "",
@@ -539,7 +585,8 @@ def _toml_value(v) -> str:
 
 def spec_tables(spec: Spec) -> dict:
     """The TOML tables of ``spec`` ([network], [[layer]], [loss], [regularization])."""
-    data: dict = {"network": {"name": spec.name, "inputs": spec.inputs},
+    inputs = spec.inputs if spec.input_shape is None else list(spec.input_shape)
+    data: dict = {"network": {"name": spec.name, "inputs": inputs},
                   "layer": [_layer_table(ly) for ly in spec.layers],
                   "loss": {"kind": spec.loss} if spec.loss_expr is None else {"expr": spec.loss_expr}}
     reg = {k: getattr(spec, k) for k in ("l2", "l1") if getattr(spec, k)}
@@ -552,10 +599,11 @@ def _layer_table(layer: Layer) -> dict:
     """A [[layer]] table: ``units`` and ``activation`` for a dense layer that reads the
     previous one; its ``type`` and own keys (input, inputs, eps, momentum, p) otherwise."""
     table: dict = {} if layer.kind.plain else {"type": layer.type}
-    for key in ("units", "input", "inputs", "eps", "momentum", "p"):
-        value = getattr(layer, key)
-        if value is not None:
-            table[key] = list(value) if key == "inputs" else value
+    for key in ("units", "input", "inputs", "eps", "momentum", "p", "filters", "kernel",
+                "stride", "padding"):
+        value = getattr(layer, key, None)
+        if value is not None:  # a window's kernel, stride and padding as [h, w] pairs
+            table[key] = list(value) if isinstance(value, tuple) else value
     table["activation"] = layer.activation
     return table
 

@@ -768,9 +768,11 @@ class NumpyPrinter:
         return f"{self.fn('where')}({c}, {v}, {other})", ATOM
 
 
-def numpy_text(item: Node | sp.Basic, prefix: str = "") -> str:
-    """``item`` in numpy syntax (``X.T @ dZ1``)."""
-    return NumpyPrinter(prefix).doprint(item)
+def numpy_text(item: Node | sp.Basic, prefix: str = "", spec: Spec | None = None) -> str:
+    """``item`` in numpy syntax (``X.T @ dZ1``); with ``spec``, a feature-map op of its
+    derivation as verify reads it (``im2col(X, 1)``: the layer whose geometry it is)."""
+    maps = _network(as_spec(spec)).map_names if spec is not None else None
+    return NumpyPrinter(prefix, maps=maps).doprint(item)
 
 
 # --------------------------------------------------------------------------

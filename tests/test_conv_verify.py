@@ -256,3 +256,31 @@ def test_shapes_that_cannot_match_are_wrong_formulas(formula, why):
     v = verify(CNN, "W1", formula)
     assert not v.ok and v.diagnosis == "shape"
     assert why in v.message
+
+
+def test_exercise_asks_conv_questions_and_grade_names_the_mistakes(tmp_path):
+    """symgrad exercise on the digits CNN: questions on the conv and pooling layers (the
+    shapes of feature maps and of the kernel matrix), keys in verify's spelling, and the
+    sheet's TOML read back; grade names each classic mistake with its next step."""
+    from symgrad import exercise
+
+    ws = exercise.worksheet(CNN, count=6)
+    assert [(q.wrt, q.shape) for q in ws.questions] == [
+        ("Z3", "N×256"), ("A2", "16N×16"), ("A1", "64N×16"), ("Z1", "64N×16"),
+        ("W1", "9×16"), ("b1", "(16,)")]
+    exercise.write_worksheet(ws, tmp_path / "sheet.md")
+    key = (tmp_path / "sheet.key.md").read_text()
+    for answer in ("`unflatten(dZ3, 3)`", "`route(dZ2, 2)`", "`im2col(X, 1).T @ dZ1`"):
+        assert answer in key
+    sheet = (tmp_path / "sheet.md").read_text()
+    assert "8×8×1 images → conv 3×3×16 pad 1 relu" in sheet and "X is 64N×1" in sheet
+    answers = exercise.Answers("s", {"q2": "unflatten_nchw(dZ3, 3)", "q3": "spread(dZ2, 2)",
+                                     "q5": "np.rot90(hwio(P1.T @ dZ1, 1), 2)",
+                                     "q6": "sum(dZ1, axis=0)"})
+    g = exercise.grade(exercise.load_sheet(tmp_path / "sheet.toml"), answers)
+    got = {r.question.id: (r.status, r.diagnosis) for r in g.results}
+    assert got == {"q1": ("blank", None), "q2": ("wrong", "flatten-order"),
+                   "q3": ("wrong", "maxpool-average"), "q4": ("blank", None),
+                   "q5": ("wrong", "flipped-kernel"), "q6": ("right", None)}
+    text = g.text()
+    assert "next step: " + exercise.NEXT_STEP["flipped-kernel"] in text
