@@ -2447,6 +2447,7 @@ def lower_products(d: Derivation, helpers: set[str]) -> dict[str, Any]:
     chain = spec.is_chain
     sizes = d.graph.sizes()
     equations, notes = _loss_equations(d)
+    views, shapes = _matrix_views(d), spec.param_shapes()
 
     def fixed(eqs: list[Equation]) -> list[Equation]:
         return eqs if chain else [Equation(e.target, at_sizes(e.rhs, sizes), e.rule)
@@ -2474,13 +2475,14 @@ def lower_products(d: Derivation, helpers: set[str]) -> dict[str, Any]:
 
         fwd, tangents = statements(_needed(equations, need)), statements(so.tangents)
         bwd, adjoints = statements(backward), statements(so.adjoints)
-        results = [(p, so.results[p] or f"np.zeros_like({p})") for p in d.param_names]
+        results = [(p, (so.results[p] or f"np.zeros_like({p})")  # a kernel back as HWIO
+                    + (f".reshape{shapes[p]}" if p in views else "")) for p in d.param_names]
         code = "\n".join(_code_lines([s for eqs in (fwd, tangents, bwd, adjoints) for s in eqs]))
         used = [p for p in d.param_names
                 if re.search(rf"\b{p}\b", code) or not so.results[p]]  # zeros_like(p)
         out[so.kind] = {
             "param_unpack": [line for i in range(0, len(used), 2)
-                             for line in _unpack(used[i : i + 2], "params")],
+                             for line in _unpack(used[i : i + 2], "params", views=views)],
             "forward": fwd,
             "tangents": tangents,
             "backward": bwd,
@@ -2490,8 +2492,9 @@ def lower_products(d: Derivation, helpers: set[str]) -> dict[str, Any]:
         }
     dirs = {naming.direction(p): p for p in d.param_names}
     names = list(dirs)
+    moved = {v: views[p] for v, p in dirs.items() if p in views}
     out["direction_unpack"] = [line for i in range(0, len(names), 2)
-                               for line in _unpack(names[i : i + 2], "V", keys=dirs)]
+                               for line in _unpack(names[i : i + 2], "V", keys=dirs, views=moved)]
     return out
 
 

@@ -323,3 +323,21 @@ def test_the_step_pools_before_the_relu_and_the_readable_code_does_not():
     assert "np.greater(Z1" not in step and "mask1" not in step
     assert "A1 = np.maximum(Z1, 0)" in readable
     assert "maxpool(A1, (8, 8), (2, 2), (2, 2), (0, 0))[0]" in readable
+
+
+def test_hvp_of_a_conv_net_equals_differences_of_the_gradient():
+    """generate --hvp: H V through conv, relu and max pooling (the tangent picked at the
+    arg-max, not pooled by its own maximum) equals central differences of loss_and_grad."""
+    inputs, layers, _ = CASES["k3_s1_p1_max"]
+    spec = spec_from_dict(tomllib.loads(source("hvp", inputs, layers)), "hvp.toml")
+    m = load_module(generate_source(spec, products=True), name="c3_hvp")
+    rng = np.random.default_rng(0)
+    params = biased(m.init_params(seed=1))
+    X, y = data(m, 4, seed=2)
+    V = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+    Hv, h = m.hvp(params, X, y, V), 1e-5
+    plus = m.loss_and_grad({k: params[k] + h * V[k] for k in params}, X, y)[1]
+    minus = m.loss_and_grad({k: params[k] - h * V[k] for k in params}, X, y)[1]
+    for k in params:
+        assert Hv[k].shape == m.PARAM_SHAPES[k]
+        np.testing.assert_allclose(Hv[k], (plus[k] - minus[k]) / (2 * h), rtol=1e-5, atol=1e-6)

@@ -415,6 +415,7 @@ class MaxPool(Node):
     x: Node
     arg: Node
     geom: Geometry
+    at_arg: bool = False  # x is not the map arg was taken of (a tangent): pick at arg
 
     @property
     def children(self):
@@ -433,7 +434,7 @@ class MaxPool(Node):
 
     def jvp(self, t, out):
         """At a fixed arg-max (almost everywhere): the tangent's entries at arg."""
-        return None if t[0] is None else MaxPool(t[0], self.arg, self.geom)
+        return None if t[0] is None else MaxPool(t[0], self.arg, self.geom, at_arg=True)
 
     rule = "maxpool"
     law = ("Z = maxpool(A), ∂L/∂A = route(∂L/∂Z, arg) (each entry to the first maximum of "
@@ -470,9 +471,16 @@ class MaxPool(Node):
         return _fn_latex(p, "maxpool", self.x)
 
     def numpy(self, lw):
+        if self.at_arg:  # each window's entry at offset arg: its patch row, column arg
+            g, c = self.geom, lw.size(self.x.shape[1])
+            patches = f"im2col({_map(lw.expr(self.x, 0), self.x, lw)}, {g.args()})"
+            return (f"np.take_along_axis({patches}.reshape(-1, {g.k}, {c}), "
+                    f"{lw.expr(self.arg, lw.ATOM)}[:, None].astype(np.intp), 1)[:, 0]"), lw.ATOM
         return _call(lw, "maxpool", self.geom, self.x) + "[0]", lw.ATOM
 
-    kernels = ("maxpool",)
+    @property
+    def kernels(self):
+        return ("im2col",) if self.at_arg else ("maxpool",)
 
     def into(self, st, dest):
         with st.operand(self.x) as a, st.operand(self.arg) as arg:
