@@ -199,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     _expr_options(v, wrt=False)
     v.add_argument("--seed", type=int, default=0,
                    help="seed of the random instances (default: 0)")
-    v.add_argument("formula", help="your gradient, in numpy syntax")
+    v.add_argument("formula", help="your gradient, in numpy syntax; on images also P1 "
+                   "(= im2col(X, 1)), arg2, im2col(A, l), col2im(D, l), route(D, l), "
+                   "spread(D, l), unflatten(D, l), hwio(D, l), … (README: Convolutional "
+                   "networks)")
 
     _expr_options(d)
     _expr_options(g)
