@@ -2440,10 +2440,6 @@ def lower_products(d: Derivation, helpers: set[str]) -> dict[str, Any]:
     from symgrad import second
 
     spec = d.spec
-    if d.graph.stochastic:
-        raise SymgradError(f"{spec.source}: layer", "hvp and gnvp are generated for networks "
-                           "without batchnorm or dropout (their loss is the same from one "
-                           "call to the next)")
     chain = spec.is_chain
     sizes = d.graph.sizes()
     equations, notes = _loss_equations(d)
@@ -2495,6 +2491,7 @@ def lower_products(d: Derivation, helpers: set[str]) -> dict[str, Any]:
     moved = {v: views[p] for v, p in dirs.items() if p in views}
     out["direction_unpack"] = [line for i in range(0, len(names), 2)
                                for line in _unpack(names[i : i + 2], "V", keys=dirs, views=moved)]
+    out["training_products"] = d.graph.stochastic  # batch statistics, masks: seed=
     return out
 
 

@@ -17,8 +17,10 @@ For a direction V = (V_W₁, V_b₁, …) with the shapes of the parameters:
   λ₂ V_W exactly).
 
 Both are derived on the symbolic graph, so their cost depends on the depth, not on the widths
-or the batch size. A network with an op that has no forward-mode rule (batchnorm's and
-layernorm's standardization) is refused in one line.
+or the batch size. Batchnorm and layernorm are differentiated in training mode (their batch
+or row statistics μ, σ² have tangents of their own lines, which the standardization's jvp and
+the tangent of its rule's 𝟏(σ² + ε)^(−½) read), dropout with its mask fixed (the loss of one
+seed). An op without a forward-mode rule is refused in one line.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ __all__ = ["SecondOrder", "hvp", "gnvp", "tangent"]
 
 def tangent(node: Node, tan: dict[str, Node | None], out: Node | None = None) -> Node | None:
     """The tangent of ``node`` given the tangents of the named values (``tan``; a name not
-    in it, data, has none): each op's ``jvp`` over its children's tangents. None: zero."""
+    in it, data, has none): each op's ``jvp`` over its children's tangents, then its refs'
+    (batchnorm's μ and σ², read by the op's compact rule, have tangents of their own lines;
+    a mask has none). None: zero."""
     if isinstance(node, Sym):
         return tan.get(node.name)
-    ts = tuple(tangent(c, tan) for c in node.children)
+    ts = tuple(tangent(c, tan) for c in (*node.children, *node.refs))
     if all(t is None for t in ts):
         return None
     return node.jvp(ts, out)
@@ -83,8 +87,7 @@ def _refuse(d: Derivation, target: str, exc: NotImplementedError) -> SymgradErro
     spec = d.spec
     layer = naming.layer_of(target)
     where = f"{spec.source}: layer {layer}" if layer else spec.source
-    return SymgradError(where, f"no second-order product for this layer ({exc}); "
-                               "--hvp/--gnvp cover dense, dropout, add and concat layers")
+    return SymgradError(where, f"no second-order product for this layer ({exc})")
 
 
 def _forward_tangents(d: Derivation) -> tuple[list[Sym], list[Equation], dict[str, Node | None]]:

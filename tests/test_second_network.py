@@ -243,15 +243,6 @@ def test_the_derivation_does_not_depend_on_the_widths():
     assert printed((3, 2, 2)) == printed((784, 256, 10))
 
 
-def test_batchnorm_is_refused_in_one_line(capsys):
-    spec = ROOT / "examples" / "digits_bn_dropout.toml"
-    assert main(["derive", str(spec), "--hvp"]) == 2
-    err = capsys.readouterr().err
-    assert err == (f"symgrad: error: {spec}: layer 2: no second-order product for this layer "
-                   "(Standardize has no jvp); --hvp/--gnvp cover dense, dropout, add and "
-                   "concat layers\n")
-
-
 # --------------------------------------------------------------------------
 # The generated hvp and gnvp, and check --hvp
 # --------------------------------------------------------------------------
@@ -289,15 +280,3 @@ def test_check_hvp_passes_and_catches_a_wrong_product(tmp_path):
     broken = check_products(path)
     assert not broken.ok
     assert [r[1] for r in broken.rows if not r[4]] == ["W1", "b1"]
-
-
-def test_generate_hvp_refuses_dropout_in_one_line(tmp_path, capsys):
-    spec = tmp_path / "drop.toml"
-    spec.write_text('[network]\nname = "drop"\ninputs = 4\n[[layer]]\nunits = 3\n'
-                    '[[layer]]\ntype = "dropout"\n[[layer]]\nunits = 2\n'
-                    '[loss]\nkind = "mse"\n', encoding="utf-8")
-    assert main(["generate", str(spec), "--hvp", "-o", str(tmp_path / "drop.py")]) == 2
-    assert capsys.readouterr().err == (
-        f"symgrad: error: {spec}: layer: hvp and gnvp are generated for networks without "
-        "batchnorm or dropout (their loss is the same from one call to the next)\n")
-    assert not (tmp_path / "drop.py").exists()

@@ -19,7 +19,7 @@ import numpy as np
 import sympy as sp
 
 from symgrad import naming
-from symgrad.ops.base import Hadamard, Map, Node, Scale, Sym, _size, hadamard
+from symgrad.ops.base import Hadamard, Map, Node, Scale, Sym, _size, hadamard, tangent_sum
 from symgrad.ops.reductions import Broadcast, ColSum, RowSum, Sub
 
 __all__ = ["Standardize", "InvStd", "Dropout", "exact"]
@@ -39,12 +39,16 @@ def _literal(value: float) -> str:
 class InvStd(Node):
     """𝟏(σ² + ε)^(−½): the reciprocal standard deviation of each column (σ² a 1×n row),
     spread down the rows; or of each row (σ² an N×1 column), spread across the columns.
+    ``power`` other than −½ (𝟏(σ² + ε)^(−1), ^(−3/2)) appears in the tangents below.
 
-    Backward-only (it appears in Standardize's rule); it is never differentiated."""
+    Backward-only (it appears in Standardize's rule); it is never differentiated in
+    reverse. Its tangent (forward mode, for the second-order adjoints of symgrad.second):
+    d/dε 𝟏(σ² + ε)^p = p 𝟏(σ² + ε)^(p−1) ⊙ 𝟏σ̇²."""
 
     var: Sym
     eps: float
     shape: tuple
+    power: sp.Rational = sp.Rational(-1, 2)
 
     @property
     def children(self):
@@ -62,40 +66,69 @@ class InvStd(Node):
     def vjp(self, g, out):  # pragma: no cover - backward-only
         raise NotImplementedError("InvStd is backward-only")
 
+    def jvp(self, t, out):
+        """C = 𝟏(σ² + ε)^p.   Ċ = p 𝟏(σ² + ε)^(p−1) ⊙ 𝟏σ̇² (t: σ²'s tangent, a ref's)."""
+        (vd,) = t
+        if vd is None:
+            return None
+        lower = InvStd(self.var, self.eps, self.shape, self.power - 1)
+        return Scale(self.power, Hadamard(lower, _spread(vd, self.shape)))
+
     def explicit(self, env):
         v = env[self.var.name]
         r, c = (_size(d, env) for d in self.shape)
         eps = exact(self.eps)
         return sp.Matrix(r, c, lambda i, j: (v[i if v.rows > 1 else 0, j if v.cols > 1 else 0]
-                                             + eps) ** sp.Rational(-1, 2))
+                                             + eps) ** self.power)
 
     def numeric(self, env):
         v = np.asarray(env[self.var.name])
         shape = tuple(_size(d, env) for d in self.shape)
-        return np.broadcast_to(1.0 / np.sqrt(v + self.eps), shape)
+        if self.power == sp.Rational(-1, 2):
+            return np.broadcast_to(1.0 / np.sqrt(v + self.eps), shape)
+        return np.broadcast_to(np.power(v + self.eps, float(self.power)), shape)
 
     @property
     def unbroadcast(self) -> Node | None:
         """(σ² + ε)^(−½) at σ²'s own shape (a lowering reads it; numpy broadcasts it)."""
-        return None if self.shape == self.var.shape else InvStd(self.var, self.eps, self.var.shape)
+        return None if self.shape == self.var.shape else InvStd(self.var, self.eps,
+                                                                 self.var.shape, self.power)
 
     precedence = 100  # an atom: 𝟏(σ² + ε)^(−½)
 
+    def _exponent(self) -> str:
+        return "−½" if self.power == sp.Rational(-1, 2) else str(self.power).replace("-", "−")
+
     def text(self, p):
-        core = f"({p.name(self.var.name)} + ε)^(−½)"
+        core = f"({p.name(self.var.name)} + ε)^({self._exponent()})"
         return f"{core}𝟏ᵀ" if self.rowwise else f"𝟏{core}"
 
     def latex(self, p):
-        core = rf"\left({p.name(self.var.name)} + \varepsilon\right)^{{-\frac{{1}}{{2}}}}"
+        power = (r"-\frac{1}{2}" if self.power == sp.Rational(-1, 2)
+                 else sp.latex(self.power).replace(" ", ""))
+        core = rf"\left({p.name(self.var.name)} + \varepsilon\right)^{{{power}}}"
         return rf"{core}\mathbf{{1}}^{{\top}}" if self.rowwise else rf"\mathbf{{1}}{core}"
 
     def numpy(self, lw):
-        return f"1 / np.sqrt({self.var.name} + {_literal(self.eps)})", lw.MUL
+        if self.power == sp.Rational(-1, 2):
+            return f"1 / np.sqrt({self.var.name} + {_literal(self.eps)})", lw.MUL
+        if self.power == -1:
+            return f"1 / ({self.var.name} + {_literal(self.eps)})", lw.MUL
+        return (f"np.power({self.var.name} + {_literal(self.eps)}, "
+                f"{_literal(float(self.power))})", lw.ATOM)
 
     def into(self, st, dest):
         st.emit(f"np.add({self.var.name}, {_literal(self.eps)}, out={dest})")
-        st.emit(f"np.sqrt({dest}, out={dest})")
+        if self.power == sp.Rational(-1, 2):
+            st.emit(f"np.sqrt({dest}, out={dest})")
+        elif self.power != -1:
+            st.emit(f"np.power({dest}, {_literal(float(-self.power))}, out={dest})")
         st.emit(f"np.reciprocal({dest}, out={dest})")
+
+
+def _spread(v: Node, shape: tuple) -> Node:
+    """v (a statistic's row or column) repeated to ``shape``, or v where it has it."""
+    return v if v.shape == shape else Broadcast(v, shape)
 
 
 @dataclass(frozen=True, eq=True)
@@ -145,6 +178,27 @@ class Standardize(Node):
         inner = Sub(Sub(Scale(m, g), self.spread_sum(g)),
                     Hadamard(xhat, self.spread_sum(hadamard(g, xhat))))
         return (Scale(1 / m, Hadamard(InvStd(self.var, self.eps, self.shape), inner)),)
+
+    def jvp(self, t, out):
+        """X̂ = (A − 𝟏μ) ⊙ 𝟏(σ² + ε)^(−½), μ and σ² refs whose tangents μ̇, σ̇² follow Ȧ in t
+        (the forward sweep has them from their own lines):
+
+            Ẋ̂ = (Ȧ − 𝟏μ̇) ⊙ 𝟏(σ² + ε)^(−½) − ½ X̂ ⊙ 𝟏σ̇² ⊙ 𝟏(σ² + ε)^(−1)
+
+        (the centring's tangent scaled, then the scale's: d(σ² + ε)^(−½) = −½ (σ² + ε)^(−3/2)
+        σ̇², and (A − 𝟏μ) ⊙ 𝟏(σ² + ε)^(−3/2) = X̂ ⊙ 𝟏(σ² + ε)^(−1))."""
+        ad, mud, vd = t
+        xhat = self if out is None else out
+        inv = InvStd(self.var, self.eps, self.shape)
+        terms: list[Node | None] = []
+        if ad is not None:
+            terms.append(Standardize(ad, mud, self.var, self.eps, self.axis)
+                         if isinstance(mud, Sym) else Hadamard(ad, inv))
+        if vd is not None:
+            ratio = Hadamard(_spread(vd, self.shape),
+                             InvStd(self.var, self.eps, self.shape, sp.Integer(-1)))
+            terms.append(Scale(sp.Rational(-1, 2), Hadamard(xhat, ratio)))
+        return tangent_sum(terms)
 
     def explicit(self, env):
         a, mu = self.x.explicit(env), env[self.mu.name]
