@@ -341,3 +341,26 @@ def test_hvp_of_a_conv_net_equals_differences_of_the_gradient():
     for k in params:
         assert Hv[k].shape == m.PARAM_SHAPES[k]
         np.testing.assert_allclose(Hv[k], (plus[k] - minus[k]) / (2 * h), rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_on_a_map_keeps_torchs_running_statistics():
+    """The running variance takes the unbiased factor of the N·H·W rows it averaged over
+    (torch's BatchNorm2d), in the module and in derive's update line."""
+    from symgrad.derive import derive
+    from symgrad.printing import render
+
+    name = "k23_same_bn_max_s2_p1"
+    m = module(name)
+    params = m.init_params(seed=1)
+    X, y = data(m, 6, seed=8)
+    p = {k: torch.tensor(v) for k, v in params.items()}
+    x = torch.tensor(X).permute(0, 3, 1, 2)
+    mean, var = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    F.batch_norm(conv(p, x, 1, 1, (1, 1)), mean, var, p["gamma2"], p["beta2"], training=True,
+                 momentum=0.1, eps=1e-5)
+    m.train(params, X, y, epochs=1, batch_size=6, optimizer="sgd", verbose=False)
+    np.testing.assert_allclose(params["mean2"], mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(params["var2"], var.numpy(), rtol=1e-12)
+    inputs, layers, _ = CASES[name]
+    d = derive(spec_from_dict(tomllib.loads(source(name, inputs, layers)), "bn.toml"))
+    assert "var₂ ← 0.9 var₂ + 0.1 σ₂² 30N/(30N − 1)" in render(d, "text")
