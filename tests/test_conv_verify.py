@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from symgrad.cli import main
 from symgrad.errors import SymgradError
+from symgrad.ops import Sym
+from symgrad.ops.conv import Col2im, Geometry, Im2col
 from symgrad.spec import load_spec
-from symgrad.verify import DIAGNOSES, verify
+from symgrad.verify import DIAGNOSES, KernelPermute, Windowed, _kernel_perm, _placed, verify
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CNN = load_spec(EXAMPLES / "digits_cnn.toml")  # 8×8×1 → conv 3×3×16 pad 1 relu → maxpool 2 → flatten → 10
@@ -284,3 +289,51 @@ def test_exercise_asks_conv_questions_and_grade_names_the_mistakes(tmp_path):
                    "q5": ("wrong", "flipped-kernel"), "q6": ("right", None)}
     text = g.text()
     assert "next step: " + exercise.NEXT_STEP["flipped-kernel"] in text
+
+
+# The index-table nodes verify builds for hand formulas and mistakes, against the ops and
+# against numpy, on geometries hypothesis draws.
+
+@st.composite
+def geometries(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    h, w = draw(st.integers(max(kh - 2 * ph, 1), 5)), draw(st.integers(max(kw - 2 * pw, 1), 5))
+    return Geometry(h, w, kh, kw, sh, sw, ph, pw)
+
+
+@settings(max_examples=25, deadline=None)
+@given(g=geometries(), n=st.integers(1, 2), c=st.integers(1, 3), seed=st.integers(0, 99),
+       stride=st.sampled_from([None, (1, 1), (2, 2)]), padding=st.sampled_from([None, (0, 0), (1, 1)]))
+def test_windowed_nodes_are_the_ops_and_adjoint(g, n, c, seed, stride, padding):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(n * g.h * g.w, c))
+    p = rng.normal(size=(n * g.ho * g.wo, g.k * c))
+    env = {"A": a, "P": p}
+    A, P = Sym("A", (1, 1), "value"), Sym("P", (1, 1), "value")
+    # the layer's own geometry: the same numbers as the ops
+    assert np.array_equal(Windowed(A, g, "im2col").numeric(env), Im2col(A, g).numeric(env))
+    assert np.allclose(Windowed(P, g, "col2im").numeric(env), Col2im(P, g).numeric(env))
+    # any placement: col2im is the adjoint of im2col, <im2col(A), P> = <A, col2im(P)>
+    q = _placed(g, stride, padding)
+    lhs = np.sum(Windowed(A, q, "im2col").numeric(env) * p)
+    rhs = np.sum(a * Windowed(P, q, "col2im").numeric(env))
+    assert np.isclose(lhs, rhs)
+    # the scatter equals col2im exactly where no two windows share a pixel
+    overlap = g.kh > g.sh or g.kw > g.sw
+    if not overlap:
+        assert np.allclose(Windowed(P, g, "scatter").numeric(env), Col2im(P, g).numeric(env))
+
+
+@settings(max_examples=20, deadline=None)
+@given(kh=st.integers(1, 3), kw=st.integers(1, 3), c=st.integers(1, 2), f=st.integers(1, 2),
+       op=st.sampled_from([("flip", 0), ("flip", 1), ("rot90", 1), ("rot90", 2), ("rot90", -1)]),
+       seed=st.integers(0, 99))
+def test_kernel_permutations_are_numpys_on_the_hwio_kernel(kh, kw, c, f, op, seed):
+    w = np.random.default_rng(seed).normal(size=(kh, kw, c, f))
+    perm, kh2, kw2 = _kernel_perm(kh, kw, *op)
+    want = np.flip(w, op[1]) if op[0] == "flip" else np.rot90(w, op[1])
+    got = KernelPermute(Sym("W", (1, 1), "param"), perm).numeric({"W": w.reshape(-1, f)})
+    assert want.shape == (kh2, kw2, c, f)
+    assert np.array_equal(got, want.reshape(-1, f))
