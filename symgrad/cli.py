@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --expr: also hvp(..., v) and, for a vector variable, hessian(...)")
     g.add_argument("--hvp", action="store_true",
                    help="a network's module also has hvp(params, X, Y, V) and gnvp(params, X, "
-                   "Y, V) (always with optimizer newton_cg or lbfgs)")
+                   "Y, V), and train() newton_cg and lbfgs unless batchnorm or dropout make "
+                   "the loss vary (always with optimizer newton_cg or lbfgs)")
 
     c = sub.add_parser("check", help="gradient check of a spec or a generated module",
                        description="Compare a module's loss_and_grad with differences of its "

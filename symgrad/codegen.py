@@ -2323,7 +2323,8 @@ def _docstring(d: Derivation) -> str:
     return text_
 
 
-def _training(spec: Spec) -> list[tuple[str, str]]:
+def _training(spec: Spec, second_order: bool = False) -> list[tuple[str, str]]:
+    """[training]'s constants; ``second_order``: also newton_cg's and lbfgs's."""
     t = spec.training
     return [
         ("OPTIMIZER", f'"{t.optimizer}"'),
@@ -2341,7 +2342,7 @@ def _training(spec: Spec) -> list[tuple[str, str]]:
         ("CG_STEPS", str(t.cg_steps)),
         ("DAMPING", repr(float(t.damping))),
         ("MEMORY", str(t.memory)),
-    ] if _second_order(spec) else [])
+    ] if second_order else [])
 
 
 def _second_order(spec: Spec) -> bool:
@@ -2459,38 +2460,44 @@ def lower_products(d: Derivation, helpers: set[str]) -> dict[str, Any]:
     for so in (second.hvp(d), second.gnvp(d)):
         shown = {e.target.name: e.rhs
                  for e in [*d.forward, *so.tangents, *so.backward, *so.adjoints]}
-        later = [*so.tangents, *so.backward, *so.adjoints]
+        # only the lines the product reads (an identity output's Ŷ, a piecewise-linear
+        # loss's Ŷ̇ are not): a live set from the results back
+        live = {e.target.name for e in _needed([*so.tangents, *so.backward, *so.adjoints],
+                                               {r for r in so.results.values() if r})}
+        tangents_, backward, adjoints_ = ([e for e in eqs if e.target.name in live]
+                                          for eqs in (so.tangents, so.backward, so.adjoints))
         need: set[str] = set()
-        for e in later:
+        for e in [*tangents_, *backward, *adjoints_]:
             need |= e.rhs.syms()
-        backward = _needed(so.backward, {s for e in so.adjoints for s in e.rhs.syms()})
         arr = ArrayLowering(helpers=helpers, sizes=None if chain else sizes, split=not chain)
 
         def statements(eqs: list[Equation], arr=arr, shown=shown) -> list[Statement]:
             return [arr.statement(e.target.name, e.rhs, comment(e, shown)) for e in fixed(eqs)]
 
-        fwd, tangents = statements(_needed(equations, need)), statements(so.tangents)
-        bwd, adjoints = statements(backward), statements(so.adjoints)
+        fwd, tangents = statements(_needed(equations, need)), statements(tangents_)
+        bwd, adjoints = statements(backward), statements(adjoints_)
         results = [(p, (so.results[p] or f"np.zeros_like({p})")  # a kernel back as HWIO
                     + (f".reshape{shapes[p]}" if p in views else "")) for p in d.param_names]
         code = "\n".join(_code_lines([s for eqs in (fwd, tangents, bwd, adjoints) for s in eqs]))
         used = [p for p in d.param_names
                 if re.search(rf"\b{p}\b", code) or not so.results[p]]  # zeros_like(p)
+        dirs = {naming.direction(p): p for p in d.param_names
+                if re.search(rf"\b{naming.direction(p)}\b", code)}  # V's components read
+        names = list(dirs)
+        moved = {v: views[p] for v, p in dirs.items() if p in views}
         out[so.kind] = {
             "param_unpack": [line for i in range(0, len(used), 2)
                              for line in _unpack(used[i : i + 2], "params", views=views)],
+            "direction_unpack": [line for i in range(0, len(names), 2) for line in
+                                 _unpack(names[i : i + 2], "V", keys=dirs, views=moved)],
             "forward": fwd,
             "tangents": tangents,
             "backward": bwd,
             "adjoints": adjoints,
             "hessian": so.hessian,
+            "uses_n": bool(re.search(r"\bN\b", code)) or d.graph.stochastic,
             "ret": _dict_lines("return ", results),
         }
-    dirs = {naming.direction(p): p for p in d.param_names}
-    names = list(dirs)
-    moved = {v: views[p] for v, p in dirs.items() if p in views}
-    out["direction_unpack"] = [line for i in range(0, len(names), 2)
-                               for line in _unpack(names[i : i + 2], "V", keys=dirs, views=moved)]
     out["training_products"] = d.graph.stochastic  # batch statistics, masks: seed=
     return out
 
@@ -2505,6 +2512,9 @@ def module_context(d: Derivation, products: bool = False) -> dict[str, Any]:
     helpers = set(lowered.helpers)
     products = products or _second_order(spec)
     second = lower_products(d, helpers) if products else {}
+    # train() offers newton_cg and lbfgs with the products (generate --hvp) where the loss is
+    # a fixed function of the parameters (no batch statistics, no masks)
+    offered = _second_order(spec) or (products and not d.graph.stochastic)
     sizes = d.graph.sizes()
     params = d.param_names
 
@@ -2574,11 +2584,11 @@ def module_context(d: Derivation, products: bool = False) -> dict[str, Any]:
         "param_shapes": [(f'"{k}"', repr(tuple(v)), "") for k, v in spec.param_shapes().items()],
         "l1": repr(float(spec.l1)),
         "l2": repr(float(spec.l2)),
-        "training": _training(spec),
+        "training": _training(spec, offered),
         "default_lr": [(f'"{k}"', repr(float(v)), "") for k, v in DEFAULT_LR.items()] + (
             [(f'"{k}"', repr(float(v)), "") for k, v in SECOND_ORDER_LR.items()]
-            if _second_order(spec) else []),
-        "second_order": _second_order(spec),
+            if offered else []),
+        "second_order": offered,
         "products": products,
         **second,
         "helpers": sorted(helpers),

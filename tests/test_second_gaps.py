@@ -131,3 +131,61 @@ def test_derive_gnvp_prove_prints_the_verdict(capsys):
     assert last.startswith("Scalar-expansion check (N = 2, widths 2 → 2 → 1, λ₁ = λ₂ = 1/10): "
                            "every entry of the product equals Σ_k ∂S_k/∂θ_i (H_ℓ J V)_k")
     assert last.endswith(": PROVED")
+
+
+# --------------------------------------------------------------------------
+# 3. generate --hvp: newton_cg and lbfgs in train(); only the lines a product reads
+# --------------------------------------------------------------------------
+
+IDENTITY_MAE = {"network": {"name": "linear_mae", "inputs": 3},
+                "layer": [{"units": 4, "activation": "tanh"}, {"units": 2}],
+                "loss": {"kind": "mae"}, "regularization": {"l2": 0.1}}
+
+
+def _ruff(source: str, tmp_path: Path) -> str:
+    import subprocess
+    import sys
+
+    path = tmp_path / "module.py"
+    path.write_text(source, encoding="utf-8")
+    ruff = Path(sys.executable).parent / "ruff"
+    run = subprocess.run([str(ruff), "check", "--no-cache", "--config", str(ROOT / "pyproject.toml"),
+                          "--output-format", "concise", str(path)],
+                         capture_output=True, text=True, check=False)
+    return run.stdout
+
+
+@pytest.mark.parametrize("spec", [
+    IDENTITY_MAE,  # G V is the penalty's alone: Ŷ, Ŷ̇, N, V_b unread
+    {**IDENTITY_MAE, "layer": [{"units": 2}], "loss": {"kind": "mse"}},  # Ŷ unread by H V
+])
+def test_generate_hvp_offers_newton_cg_and_is_ruff_clean(spec, tmp_path):
+    source = generate_source(spec_from_dict(spec, source="s.toml"), products=True)
+    assert _ruff(source, tmp_path) == "All checks passed!\n"
+    module = load_module(source)
+    assert module.OPTIMIZERS[-2:] == ("newton_cg", "lbfgs")
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((40, 3)), rng.standard_normal((40, 2))
+    params = module.init_params(seed=0)
+    before = module.loss(params, X, Y)
+    history = module.train(params, X, Y, optimizer="newton_cg", epochs=3,
+                           batch_size=None, verbose=False)
+    assert history["loss"][0] == pytest.approx(before) and module.loss(params, X, Y) < before
+    module.train(params, X, Y, optimizer="lbfgs", epochs=2, verbose=False)
+
+
+def test_generate_hvp_of_a_stochastic_network_keeps_first_order_training():
+    """Batch statistics and masks change the loss between evaluations (newton_cg's trial
+    step, lbfgs's line search): the products are there, the optimizers are not."""
+    source = generate_source(ROOT / "examples" / "digits_bn_dropout.toml", products=True)
+    module = load_module(source)
+    assert "newton_cg" not in module.OPTIMIZERS and "def hvp(params, X, Y, V, *, seed=0)" in source
+
+
+def test_modules_generated_from_second_order_specs_unchanged_without_dead_lines():
+    """Newton-CG specs had hvp/gnvp before: the digits network's lines are all read."""
+    spec = spec_from_dict({**IDENTITY_MAE, "layer": [{"units": 4, "activation": "tanh"},
+                                                     {"units": 3, "activation": "softmax"}],
+                           "loss": {"kind": "cross_entropy"},
+                           "training": {"optimizer": "newton_cg"}}, source="s.toml")
+    assert generate_source(spec) == generate_source(spec, products=True)
