@@ -107,6 +107,9 @@ class _IntermixedParser(_Parser):
     _mixing = False
 
     def parse_known_args(self, args=None, namespace=None):
+        # a formula may start with a minus (-np.linalg.inv(X).T, -2*X): any "-…" that is not
+        # one of the options is a positional, as argparse does for negative numbers
+        self._negative_number_matcher = re.compile(r"^-(?!-)")
         if self._mixing:
             return super().parse_known_args(args, namespace)
         self._mixing = True
@@ -200,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     _expr_options(v, wrt=False)
     v.add_argument("--seed", type=int, default=0,
                    help="seed of the random instances (default: 0)")
+    v.add_argument("--hvp", action="store_true",
+                   help="the formula is the --wrt parameter's component of the Hessian-vector "
+                   "product H V, over verify's names and V_W1, V_b1, … (the direction) and "
+                   "Zdot1, Adot1, …, Yhatdot (the forward tangents along V)")
+    v.add_argument("--gnvp", action="store_true",
+                   help="the same for the Gauss–Newton product G V = Jᵀ H_ℓ J V")
     v.add_argument("formula", help="your gradient, in numpy syntax; on images also P1 "
                    "(= im2col(X, 1)), arg2, im2col(A, l), col2im(D, l), route(D, l), "
                    "spread(D, l), unflatten(D, l), hwio(D, l), … (README: Convolutional "

@@ -69,7 +69,7 @@ MATRIX_METHODS = MappingProxyType(
 #: ``G.reshape(a, b, c, d)`` (only as einsum's operand), ``np.arange(n)[:, None]`` and ``==``
 #: (only in the one-hot form of an arg-max), einsum's subscripts (validated by
 #: :data:`EINSUM_SUBSCRIPTS`: letters, commas and one ``->``, at most 32 characters) and
-#: the tuple of sizes of ``np.broadcast_to(v, (N, k))``.
+#: the tuple of sizes of ``np.broadcast_to(v, (N, k))`` and of ``np.ones((n, m))``/``np.zeros``.
 EXPR_METHODS = MappingProxyType({"max": "max", "min": "min", "reshape": "reshape"})
 EINSUM_SUBSCRIPTS = r"[a-z]{1,8}(,[a-z]{1,8}){0,3}->[a-z]{0,8}"
 MAX_SUBSCRIPTS = 32
@@ -220,7 +220,7 @@ def _same_group(parent: ast.AST, child: ast.AST) -> bool:
 
 
 #: np.linalg's functions an expression may call (what the matrix builder knows)
-LINALG_FUNCTIONS = frozenset({"inv", "det", "solve", "slogdet", "matrix_power"})  # slogdet: refused
+LINALG_FUNCTIONS = frozenset({"inv", "det", "solve", "slogdet", "matrix_power", "norm"})  # slogdet: refused
 
 
 def _is_numpy_attribute(node: ast.AST) -> bool:
@@ -414,6 +414,9 @@ class _Validator:
         if self.numpy_forms and name == "broadcast_to" and len(node.args) == 2 and isinstance(
                 node.args[1], ast.Tuple):  # np.broadcast_to(v, (N, k)): the tuple of sizes
             return [node.args[0], *node.args[1].elts]
+        if self.numpy_forms and name in ("ones", "zeros") and len(node.args) == 1 and isinstance(
+                node.args[0], ast.Tuple):  # np.ones((n, m)): the tuple of sizes
+            return list(node.args[0].elts)
         if self.allow_matrix and name == "norm":  # norm(X, "fro"): the one string admitted
             strings = [a for a in node.args[1:] if isinstance(a, ast.Constant)
                        and isinstance(a.value, str)]

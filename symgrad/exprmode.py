@@ -275,11 +275,15 @@ class ExprBuilder(FormulaBuilder):
         name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
         if name in NUMPY_FORMS:
             return getattr(self, NUMPY_FORMS[name])(node, _src(spelled))
+        if name in ("ones", "zeros") and len(node.args) == 1 and isinstance(
+                node.args[0], ast.Tuple):
+            return self.filled(name, node, _src(spelled))
         if name in VOCABULARY or _vocabulary_form(name, node):
             return self.vocab_call(name, node)
         if name in MATRIX_EXTRAS:
             return self.extra_call(name, node)
-        if name in LINALG or (name == "log" and len(node.args) == 1 and _is_det(node.args[0])):
+        if name in LINALG or (name == "log" and len(node.args) == 1 and _is_det(
+                _unabs(node.args[0]))):
             return self.linalg_call(name, node)
         if name and name not in self.functions and name not in MATRIX_FUNCTIONS:
             error = self.unknown_function(name, name)
@@ -414,6 +418,15 @@ class ExprBuilder(FormulaBuilder):
         node_ = x.node if tuple(x.node.shape) == (xr, xc) else _transpose(x.node)
         return Term(node_ if (xr, xc) == (r, c) else Broadcast(node_, (r, c)), (r, c), text)
 
+    def filled(self, name: str, node: ast.Call, text: str) -> Term:
+        """np.ones((r, c)) / np.zeros((r, c)): an r×c array of ones (zeros)."""
+        shape = node.args[0]
+        if node.keywords or len(shape.elts) != 2:  # type: ignore[attr-defined]
+            raise self.error(f"{text}: {name} takes the shape (rows, cols) of a matrix")
+        r, c = (self._size_of(a, text) for a in shape.elts)  # type: ignore[attr-defined]
+        ones = Ones((r, c))
+        return Term(ones if name == "ones" else Scale(sp.Integer(0), ones), (r, c), text)
+
     def refused_form(self, node: ast.Call, text: str) -> Term:
         name = _numpy_name(node.func) or getattr(node.func, "id", "")
         raise self.error(f"{text}: {name} is read only inside the forms symgrad prints "
@@ -442,7 +455,7 @@ class ExprBuilder(FormulaBuilder):
         if len(node.args) != want:
             raise self.error(f"{text}: '{name}' takes {want} array argument{'s' * (want > 1)}")
         if name == "log":  # log(det(A)) is log det(A), with its own rule A⁻ᵀ
-            name, node = "logdet", node.args[0]  # type: ignore[assignment]
+            name, node = "logdet", _unabs(node.args[0])  # type: ignore[assignment]
         args = [self.visit(a) for a in node.args]  # type: ignore[attr-defined]
         for x in args:
             if not isinstance(x, Term) or len(x.shape) != 2:
@@ -674,6 +687,16 @@ def _is_linalg(func: ast.expr) -> bool:
     return (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Attribute)
             and func.value.attr == "linalg" and isinstance(func.value.value, ast.Name)
             and func.value.value.id in ("np", "numpy"))
+
+
+def _unabs(node: ast.expr) -> ast.expr:
+    """x of ``abs(x)`` / ``np.abs(x)`` / ``np.absolute(x)``, else ``node``: log |det(A)| is
+    logdet(A) (whose value is log |det A|, numpy's slogdet), as log det(A) is."""
+    if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords and (
+            (isinstance(node.func, ast.Name) and node.func.id == "abs")
+            or _numpy_name(node.func) in ("abs", "absolute")):
+        return node.args[0]
+    return node
 
 
 def _is_det(node: ast.expr) -> bool:
@@ -3943,11 +3966,39 @@ def prove(d: ExprDerivation, seconds: float = PROOF_SECONDS) -> tuple[bool, list
 
 
 def _signed_terms(node: Node, sign: int = 1) -> list[tuple[int, Node]]:
-    """The terms of a sum with their signs (a single term if ``node`` is not a sum)."""
+    """The terms of a sum with their signs (a single term if ``node`` is not a sum), then
+    those of each term multiplied out where a factor is a sum ((B + Bᵀ) X: B X and Bᵀ X,
+    the term a hand derivation forgets), at most ``_TERMS`` in all."""
+    terms = _sum_terms(node, sign)
+    out = list(terms)
+    for s, t in terms:
+        spread = _spread_terms(t, s)
+        if len(spread) > 1 and len(out) + len(spread) <= _TERMS:
+            out += spread
+    return out
+
+
+_TERMS = 16  #: candidate terms the missing/extra-term diagnosis tries
+
+
+def _sum_terms(node: Node, sign: int) -> list[tuple[int, Node]]:
     if isinstance(node, Add):
-        return [t for x in node.terms for t in _signed_terms(x, sign)]
+        return [t for x in node.terms for t in _sum_terms(x, sign)]
     if isinstance(node, Sub):
-        return _signed_terms(node.a, sign) + _signed_terms(node.b, -sign)
+        return _sum_terms(node.a, sign) + _sum_terms(node.b, -sign)
+    return [(sign, node)]
+
+
+def _spread_terms(node: Node, sign: int) -> list[tuple[int, Node]]:
+    """``node`` multiplied out over the sums among its factors (products, scalings)."""
+    if isinstance(node, Add | Sub):
+        return [x for s, t in _sum_terms(node, sign) for x in _spread_terms(t, s)]
+    if isinstance(node, MatMul):
+        left, right = _spread_terms(node.a, 1), _spread_terms(node.b, 1)
+        if len(left) * len(right) <= _TERMS:
+            return [(sign * sa * sb, MatMul(a, b)) for sa, a in left for sb, b in right]
+    if isinstance(node, Scale):
+        return [(s, Scale(node.c, t)) for s, t in _spread_terms(node.x, sign)]
     return [(sign, node)]
 
 
