@@ -1233,6 +1233,14 @@ class Network:
     def mistakes(self) -> list[Mistake]:
         return mistakes(self)
 
+    def instances(self, seed: int) -> tuple[_Instance, ...]:
+        """The random instances of the check (cached per spec and seed)."""
+        return _instances(self.spec, seed)
+
+    def exact_instances(self, seed: int) -> tuple[dict, ...] | None:
+        """Those instances at :data:`PRECISION` digits (None: not available)."""
+        return _exact_instances(self.spec, seed)
+
     # --- the tiny explicit instance
 
     @property
@@ -2514,9 +2522,159 @@ _FACTOR_WORDS = {
 # --------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------
+# Second-order questions: verify --hvp / --gnvp --wrt W1 "…"
+# --------------------------------------------------------------------------
+
+
+def _tangent_name(name: str) -> str:
+    """The user's name of a forward tangent: Z1_dot → Zdot1, Yhat_dot → Yhatdot."""
+    m = re.fullmatch(r"([A-Za-z]+?)(\d*)_dot", name)
+    return f"{m.group(1)}dot{m.group(2)}" if m else name
+
+
+class SecondNetwork(Network):
+    """A network whose questions are the components of its Hessian-vector (``kind`` "hvp")
+    or Gauss–Newton ("gnvp") product along a direction V (:mod:`symgrad.second`).
+
+    The formula may read, besides verify's names, the direction's components V_W1, V_b1, …
+    (the shapes of W1, b1, …) and the forward tangents along V, Zdot1, Adot1, …, Yhatdot
+    (also spelled Z1_dot, Yhat_dot; batchnorm's mudot2, vardot2, Xhatdot2), each instance
+    drawing V at random; ``--wrt W1`` asks for (H V)_W1 or (G V)_W1. Evidence and diagnoses
+    are verify's (the instances at float64 and at 50 digits, the proof, the mistakes)."""
+
+    def __init__(self, spec: Spec, kind: str) -> None:
+        from symgrad import second
+
+        super().__init__(spec)
+        self.kind = kind
+        self.so = so = second.hvp(self.d) if kind == "hvp" else second.gnvp(self.d)
+        shapes = {p.name: p.shape for p in self.d.graph.params}
+        for p, v in zip(self.d.graph.params, so.directions, strict=True):
+            self.matrices[v.name] = (v, self.matrices[p.name][1])
+        for eq in so.tangents:
+            shape = tuple(eq.target.shape)
+            self.matrices[eq.target.name] = self.matrices[_tangent_name(eq.target.name)] = (
+                eq.target, shape)
+        lines = {e.target.name: e.rhs for e in so.adjoints}
+
+        def inline(node: Node) -> Node:
+            return transform(node, lambda n: inline(lines[n.name])
+                             if isinstance(n, Sym) and n.name in lines else None)
+
+        self.targets = {}
+        for t in (Target(p, so.results[p] or "", inline(lines[so.results[p]]) if so.results[p]
+                         else Const(sp.Integer(0)), self.matrices[p][1], re.sub(r"\d+$", "", p),
+                         int(re.sub(r"^\D+", "", p)))
+                  for p in shapes):
+            self.targets[t.name] = _ProductTarget(**vars(t), kind=kind)
+        self._cache: dict = {}
+
+    def target(self, wrt: str) -> Target:
+        name = wrt.strip()
+        name = name[1:] if name not in self.targets and name.startswith("d") else name
+        if name not in self.targets:
+            raise SymgradError("--wrt", f"'{wrt}': --{self.kind} asks for a parameter's "
+                               f"component of the product ({self._params()})")
+        if not self.targets[name].cot:
+            raise SymgradError("--wrt", f"the product's {name} component is 0 for this network "
+                               "(nothing to verify)")
+        return self.targets[name]
+
+    def _product_env(self, env: dict, rng) -> None:
+        so = self.so
+        for p, v in zip(self.d.graph.params, so.directions, strict=True):
+            env[v.name] = rng.normal(size=np.shape(env[p.name]))
+        with np.errstate(all="ignore"):
+            for eq in [*so.tangents, *so.adjoints]:
+                env[eq.target.name] = eq.rhs.numeric(env)
+
+    def instances(self, seed: int) -> tuple[_Instance, ...]:
+        key = ("instances", seed)
+        if key not in self._cache:
+            out = []
+            for k, inst in enumerate(_instances(self.spec, seed)):
+                env = dict(inst.env)
+                self._product_env(env, np.random.default_rng([seed, k, 2]))
+                scale = max([float(np.max(np.abs(env[r]), initial=0.0))
+                             for r in self.so.results.values() if r] + [0.0])
+                out.append(_Instance(env, inst.sizes, FLOOR * scale if math.isfinite(scale)
+                                     else 0.0))
+            self._cache[key] = tuple(out)
+        return self._cache[key]
+
+    def exact_instances(self, seed: int) -> tuple[dict, ...] | None:
+        key = ("exact", seed)
+        if key not in self._cache:
+            base = _exact_instances(self.spec, seed)
+            if base is None:
+                self._cache[key] = None
+            else:
+                out = []
+                try:
+                    with deadline(EXACT_SECONDS):
+                        for env, inst in zip(base, self.instances(seed), strict=True):
+                            env = dict(env)
+                            for v in self.so.directions:
+                                value = np.atleast_2d(inst.env[v.name])
+                                env[v.name] = sp.Matrix(
+                                    *value.shape, lambda i, j, x=value: sp.Float(float(x[i, j]),
+                                                                                PRECISION))
+                            for eq in [*self.so.tangents, *self.so.adjoints]:
+                                env[eq.target.name] = _evaluated(eq.rhs.explicit(env))
+                            out.append(env)
+                    self._cache[key] = tuple(out)
+                except (*EXHAUSTED, _NotExact, NotImplementedError, TypeError, ValueError,
+                        ArithmeticError):
+                    self._cache[key] = None
+        return self._cache[key]
+
+    @cached_property
+    def mistakes(self) -> list[Mistake]:
+        return []  # the first-order rules' mistakes do not apply; the generic diagnoses do
+
+    @cached_property
+    def explicit(self) -> tuple[dict, list[dict], tuple[int, ...]]:
+        """verify's tiny instance, with V a symbol per entry and the tangents and the
+        product's adjoints as fresh symbols defined by their equations."""
+        env, groups, sizes = Network.explicit.func(self)
+        for p, v in zip(self.d.graph.params, self.so.directions, strict=True):
+            rows, cols = env[p.name].shape
+            env[v.name] = sp.Matrix(rows, cols, lambda i, j, n=v.name: sp.Symbol(
+                f"{n.lower()}_{i}{j}", real=True))
+        for eq in [*self.so.tangents, *self.so.adjoints]:
+            value = eq.rhs.explicit(env)
+            syms = sp.Matrix(value.rows, value.cols, lambda i, j, n=eq.target.name: sp.Symbol(
+                f"{n}_{i}{j}", real=True))
+            groups.append(dict(zip(syms, value, strict=True)))
+            env[eq.target.name] = syms
+        return env, groups, sizes
+
+    def describe(self) -> str:
+        what = "H V" if self.kind == "hvp" else "G V = Jᵀ H_ℓ J V"
+        v = ", ".join(naming.text(d.name) for d in self.so.directions)
+        return f"{super().describe()}; {what} along V = ({v})"
+
+
+@dataclass(frozen=True)
+class _ProductTarget(Target):
+    """A component of H V or G V: (H V)_W1, printed R{∂L/∂W1} or 𝒢{∂L/∂W1}."""
+
+    kind: str = "hvp"
+
+    @property
+    def display(self) -> str:
+        return naming.text(self.cot)
+
+    @property
+    def partial(self) -> str:
+        return f"({'H' if self.kind == 'hvp' else 'G'} V)_{naming.text(self.name)}"
+
+
 def verify(spec: Spec, wrt: str, formula: str, seed: int = 0, *,
            symbolic: bool = True, budget: float | None = None,
-           progress: Callable[[str], None] | None = None) -> Verdict:
+           progress: Callable[[str], None] | None = None,
+           product: str | None = None) -> Verdict:
     """Check the hand-derived ∂L/∂``wrt`` written as ``formula`` (numpy syntax).
 
     Raises :class:`SymgradError` for bad input (unknown names, syntax, constructs the
@@ -2524,12 +2682,13 @@ def verify(spec: Spec, wrt: str, formula: str, seed: int = 0, *,
     match — is a :class:`Verdict` with ``ok == False``; so is one that agrees on every
     instance but could not be proved (``undecided``).  ``symbolic=False`` skips the
     proof: the exact evaluation then decides alone.  ``progress(stage)`` is called as
-    each stage starts.
+    each stage starts. ``product`` "hvp" or "gnvp": ``formula`` is the component for
+    ``wrt`` of the Hessian-vector or Gauss–Newton product instead (see :class:`SecondNetwork`).
     """
     budget = SYMBOLIC_BUDGET if budget is None else budget
     if progress:
         progress("deriving the network's gradients")
-    net = _network(as_spec(spec))
+    net = _network(as_spec(spec)) if product is None else SecondNetwork(as_spec(spec), product)
     target = net.target(wrt)
     tree = validate(formula, where="formula", allow_matrix=True, indexing=True)
     return _Check(net, target, formula, tree, seed, symbolic, budget, progress).run()
@@ -2543,11 +2702,11 @@ class _Check:
         self.seed = seed
         self.progress = progress or (lambda stage: None)
         self.progress("evaluating the network on random instances")
-        self.instances = _instances(net.spec, seed)
+        self.instances = net.instances(seed)
         self.correct_values = [i.env[target.cot] for i in self.instances]
         self.floors = [i.floor for i in self.instances]
         self.progress(f"evaluating them again at {PRECISION} digits")
-        exact = _exact_instances(net.spec, seed)
+        exact = net.exact_instances(seed)
         self.exact_envs = exact
         self.exact_values = None if exact is None else [e[target.cot] for e in exact]
         self.symbolic, self.budget = symbolic, budget
@@ -3509,8 +3668,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise SymgradError(
                 "verify", "missing SPEC (a network spec), or use --expr \"…\" for a scalar function"
             )
+        product = ("hvp" if getattr(args, "hvp", False) else
+                   "gnvp" if getattr(args, "gnvp", False) else None)
+        if getattr(args, "hvp", False) and getattr(args, "gnvp", False):
+            raise SymgradError("verify", "give --hvp or --gnvp, not both")
         verdict = verify(load_spec(args.spec), args.wrt, args.formula, seed=args.seed,
-                         progress=_Progress())
+                         progress=_Progress(), product=product)
     sys.stdout.write(verdict.text())
     return 0 if verdict.ok else 1
 

@@ -189,3 +189,58 @@ def test_modules_generated_from_second_order_specs_unchanged_without_dead_lines(
                            "loss": {"kind": "cross_entropy"},
                            "training": {"optimizer": "newton_cg"}}, source="s.toml")
     assert generate_source(spec) == generate_source(spec, products=True)
+
+
+# --------------------------------------------------------------------------
+# 4. verify --gnvp / --hvp: second-order questions, verify's evidence and diagnoses
+# --------------------------------------------------------------------------
+
+ONE_LAYER = {"network": {"name": "one", "inputs": 4},
+             "layer": [{"units": 3, "activation": "softmax"}],
+             "loss": {"kind": "cross_entropy"}, "regularization": {"l2": 0.1}}
+GN_W1 = "X.T @ (Yhat * (Zdot1 - np.sum(Zdot1 * Yhat, axis=1, keepdims=True))) / N + l2 * V_W1"
+
+
+GN_DATA = "X.T @ (Yhat * (Zdot1 - np.sum(Zdot1 * Yhat, axis=1, keepdims=True))) / N"
+
+
+@pytest.mark.parametrize("formula,verdict,diagnosis", [
+    (GN_W1, "correct", None),
+    (GN_DATA, "WRONG (missing-term)", "missing term: yours + l2 * V_W1 (λ₂ V_W₁) = (G V)_W₁"),
+    (f"-({GN_W1})", "WRONG (sign)", "the sign is wrong: yours = −(G V)_W₁"),
+])
+def test_verify_gauss_newton_of_a_one_layer_net(formula, verdict, diagnosis):
+    from symgrad.verify import verify
+
+    text = verify(spec_from_dict(ONE_LAYER, source="one.toml"), "W1", formula,
+                  product="gnvp").text()
+    assert f"  verdict:   {verdict}\n" in text, text
+    if verdict == "correct":
+        assert "  symbolic:  proved at" in text
+    if diagnosis:
+        assert f"  diagnosis: {diagnosis}\n" in text, text
+
+
+def test_verify_gnvp_factor_and_transposed_diagnosed():
+    from symgrad.verify import verify
+
+    s = spec_from_dict(dict(ONE_LAYER, regularization={}), source="one.toml")
+    gn = GN_DATA.replace(" / N", "")
+    assert ("  diagnosis: off by a constant factor N: yours is N times the gradient (a 1/N is "
+            "missing)\n") in verify(s, "W1", gn, product="gnvp").text()
+    transposed = "(Yhat * (Zdot1 - np.sum(Zdot1 * Yhat, axis=1, keepdims=True))).T @ X / N"
+    assert "  verdict:   WRONG (transposed)\n" in verify(s, "W1", transposed, product="gnvp").text()
+
+
+def test_verify_hvp_on_the_command_line(tmp_path, capsys):
+    spec = tmp_path / "one.toml"
+    spec.write_text('[network]\nname = "one"\ninputs = 4\n[[layer]]\nunits = 3\n'
+                    'activation = "softmax"\n[loss]\nkind = "cross_entropy"\n', encoding="utf-8")
+    assert main(["verify", str(spec), "--hvp", "--wrt", "b1", "np.sum(Yhatdot, axis=0) / N"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("verify (H V)_b₁ — one: 4 → 3 softmax; cross_entropy; H V along "
+                          "V = (V_W₁, V_b₁)\n")
+    assert main(["verify", str(spec), "--gnvp", "--wrt", "Z1", "Zdot1"]) == 2
+    assert capsys.readouterr().err == (
+        "symgrad: error: --wrt: 'Z1': --gnvp asks for a parameter's component of the product "
+        "(W1, b1)\n")
