@@ -36,3 +36,59 @@ def test_exponential_zero_test_is_sound() -> None:
     assert hs._is_zero(sp.tanh(a) - (sp.exp(2 * a) - 1) / (sp.exp(2 * a) + 1)) is True
     assert hs._is_zero(sp.exp(a) * sp.exp(-a) - 2) is False  # not zero: never "proved"
     assert hs._is_zero(sp.exp(a + b) - sp.exp(a) - sp.exp(b)) is False
+
+
+# --------------------------------------------------------------------------
+# F2/F3: newton_cg with a huge learning rate; lbfgs's early stop said on stderr
+# --------------------------------------------------------------------------
+
+_NETS: dict[str, object] = {}
+
+
+def _net(optimizer: str):
+    from symgrad.codegen import generate_source, load_module
+    from symgrad.spec import spec_from_dict
+
+    if optimizer not in _NETS:
+        spec = spec_from_dict({"network": {"name": f"rt15_{optimizer}", "inputs": 3},
+                               "layer": [{"units": 4, "activation": "tanh"},
+                                         {"units": 2, "activation": "identity"}],
+                               "loss": {"kind": "mse"}, "training": {"optimizer": optimizer}},
+                              source="rt15.toml")
+        _NETS[optimizer] = load_module(generate_source(spec), f"rt15_{optimizer}")
+    return _NETS[optimizer]
+
+
+def _data():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    return X, X @ rng.standard_normal((3, 2))
+
+
+def test_newton_cg_with_a_huge_learning_rate_takes_no_step_and_raises_nothing(capsys) -> None:
+    import numpy as np
+
+    m = _net("newton_cg")
+    X, Y = _data()
+    for lr in (1e160, 1e300):  # η² overflowed a Python float: OverflowError, a traceback
+        params = m.init_params(0)
+        history = m.train(params, X, Y, learning_rate=lr, epochs=3, verbose=False)
+        assert "stopped" not in history
+        assert history["loss"] == [history["loss"][0]] * 3  # no step lowered the loss
+        assert all(np.array_equal(params[k], v) for k, v in m.init_params(0).items())
+        assert history["damping"] == [1.5, 2.25, 3.375]  # ρ is not a number: damp more
+    assert capsys.readouterr().err == ""
+
+
+def test_lbfgs_says_why_it_stopped_early(capsys) -> None:
+    m = _net("lbfgs")
+    X, Y = _data()
+    history = m.train(m.init_params(0), X, Y, learning_rate=1e300, epochs=3, verbose=True,
+                      progress=False)
+    assert history["loss"] == []
+    assert history["converged"].startswith("no decrease along the search direction in epoch 1")
+    assert capsys.readouterr().err == f"train: {history['converged']}\n"
+    m.train(m.init_params(0), X, Y, learning_rate=1e300, epochs=3, verbose=False)
+    assert capsys.readouterr().err == ""  # verbose=False: quiet
