@@ -107,6 +107,9 @@ class _IntermixedParser(_Parser):
     _mixing = False
 
     def parse_known_args(self, args=None, namespace=None):
+        # a formula may start with a minus (-np.linalg.inv(X).T, -2*X): any "-…" that is not
+        # one of the options is a positional, as argparse does for negative numbers
+        self._negative_number_matcher = re.compile(r"^-(?!-)")
         if self._mixing:
             return super().parse_known_args(args, namespace)
         self._mixing = True
