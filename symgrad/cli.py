@@ -377,6 +377,10 @@ def _expr_mode(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] 
             return None
         if args.spec is not None:
             raise SymgradError(args.command, "give either a SPEC or --expr, not both")
+        products = [f"--{o}" for o in ("hvp", "gnvp") if getattr(args, o, False)]
+        if products:  # a network's products; an expression's: --hessian (R15 F11)
+            raise SymgradError(f"{args.command} {products[0]}", "goes with a SPEC (for --expr: "
+                               "--hessian, the Hessian and its product hvp)")
         if getattr(args, "backend", None) is not None:
             raise SymgradError("generate --backend", "goes with a SPEC (expression modules "
                                "are numpy only so far)")

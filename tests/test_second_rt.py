@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import sympy as sp
 
 from symgrad import exprmode as em
@@ -92,3 +93,17 @@ def test_lbfgs_says_why_it_stopped_early(capsys) -> None:
     assert capsys.readouterr().err == f"train: {history['converged']}\n"
     m.train(m.init_params(0), X, Y, learning_rate=1e300, epochs=3, verbose=False)
     assert capsys.readouterr().err == ""  # verbose=False: quiet
+
+
+@pytest.mark.parametrize("command", ["derive", "generate"])
+@pytest.mark.parametrize("flag", ["--hvp", "--gnvp"])
+def test_products_of_an_expression_refused_in_one_line(command, flag, capsys) -> None:
+    from symgrad.cli import main
+
+    if command == "generate" and flag == "--gnvp":
+        flag = "--hvp"  # generate has no --gnvp (its --hvp writes both)
+    rc = main([command, "--expr", "sum(x)", "--shape", "x=n,1", "--wrt", "x", flag])
+    assert rc == 2
+    assert capsys.readouterr().err == (
+        f"symgrad: error: {command} {flag}: goes with a SPEC (for --expr: --hessian, the Hessian "
+        "and its product hvp)\n")
