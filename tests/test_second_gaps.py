@@ -244,3 +244,20 @@ def test_verify_hvp_on_the_command_line(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "symgrad: error: --wrt: 'Z1': --gnvp asks for a parameter's component of the product "
         "(W1, b1)\n")
+
+
+def test_check_hvp_of_batchnorm_and_dropout(tmp_path):
+    """check --hvp in training mode (the same seed on both sides); b₁ before a batchnorm has
+    a zero product: both sides are rounding noise, said in a note, not a failure."""
+    from symgrad.check import check_products
+
+    report = check_products(ROOT / "examples" / "digits_bn_dropout.toml")
+    assert report.ok, report.text()
+    assert any(n.startswith("hvp: b1: the product and the differences are both below")
+               for n in report.notes)
+    source = generate_source(ROOT / "examples" / "digits_bn_dropout.toml", products=True)
+    bad = source.replace("Xhat2_dot = (A1_dot - mu2_dot)", "Xhat2_dot = (A1_dot + mu2_dot)", 1)
+    assert bad != source
+    path = tmp_path / "digits_bn_mlp.py"
+    path.write_text(bad, encoding="utf-8")
+    assert not check_products(path).ok
