@@ -264,6 +264,34 @@ def _weighted(a: Node, b: Node, v: Sym, data: list[Sym]) -> Node | None:
     return MatMul(DiagMatrix(a), m)
 
 
+def _product(factors: list[Node]) -> Node:
+    out = factors[0]
+    for f in factors[1:]:
+        out = MatMul(out, f)
+    return out
+
+
+def _regrouped(node: MatMul, v: Sym, data: list[Sym]) -> Node | None:
+    """M for a product f₁ ⋯ fₖ whose one factor with v, fᵢ, is a column: the factors after it
+    make a 1×1 value s, so the product is (f₁ ⋯ fᵢ) s — e.g. A v xᵀ Aᵀ x = (A v)(xᵀ Aᵀ x)."""
+    factors: list[Node] = []
+
+    def flat(n: Node) -> None:
+        if isinstance(n, MatMul):
+            flat(n.a)
+            flat(n.b)
+        else:
+            factors.append(n)
+
+    flat(node)
+    live = [i for i, f in enumerate(factors) if _has(f, v.name)]
+    if len(live) != 1 or tuple(factors[live[0]].shape[1:]) != (1,) or live[0] == len(factors) - 1:
+        return None
+    i = live[0]
+    m = matrix_form(_product(factors[: i + 1]), v, data)
+    return None if m is None else _times_scalar(m, _product(factors[i + 1 :]))
+
+
 def matrix_form(node: Node, v: Sym, data: list[Sym]) -> Node | None:
     """M with node = M v, for a node linear in the column v (None where the tree has no
     recognized form)."""
@@ -297,7 +325,7 @@ def matrix_form(node: Node, v: Sym, data: list[Sym]) -> Node | None:
             return None if m is None else _times_scalar(m, node.b)
         if not _has(node.b, v.name) and tuple(node.a.shape[1:]) == (1,):
             return None
-        return None
+        return _regrouped(node, v, data)
     if isinstance(node, Hadamard):
         a, b = node.a, node.b
         if _has(a, v.name):

@@ -107,3 +107,23 @@ def test_products_of_an_expression_refused_in_one_line(command, flag, capsys) ->
     assert capsys.readouterr().err == (
         f"symgrad: error: {command} {flag}: goes with a SPEC (for --expr: --hessian, the Hessian "
         "and its product hvp)\n")
+
+
+def test_a_product_whose_tail_is_a_scalar_has_its_matrix_form() -> None:
+    """F9: (xᵀAx)² has ∇²f (A v xᵀAᵀx = (A v)(xᵀAᵀx) was not recognized: no hessian())."""
+    import types
+
+    import numpy as np
+
+    hd = hs.derive_hessian(em.parse_problem("(x.T @ A @ x)**2", ["A=n,n", "x=n,1"], "x"))
+    assert ("  ∇²f = 2 ((A + Aᵀ) x xᵀ Aᵀ + (A x xᵀ + Aᵀ x xᵀ) A + (xᵀ A x) Aᵀ + (xᵀ Aᵀ x) A)   "
+            "(n×n)\n") in hd.text()
+    m = types.ModuleType("rt15_quartic")
+    exec(compile(hs.generate_hessian(hd, "rt15_quartic"), "rt15_quartic.py", "exec"), m.__dict__)
+    args = m.random_arguments(2)
+    A, x = args["A"], args["x"]
+    S = A + A.T
+    assert np.allclose(m.hessian(**args), 2 * (S @ x) @ (S @ x).T + 2 * (x.T @ A @ x) * S,
+                       rtol=1e-12, atol=1e-12)  # the textbook Hessian of (xᵀAx)²
+    ok, lines = hs.prove_hessian(hd)
+    assert ok and lines[0] == "∇²f: proved equal to the entrywise second derivatives (n=2)"
