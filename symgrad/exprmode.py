@@ -3871,6 +3871,8 @@ def is_zero(e: sp.Expr, seed: int = 0) -> bool | None:
 
     cases = e.has(sp.Piecewise, sp.sign, sp.Abs)
     if not cases and not budget.too_large_to_expand(e):  # else: at points only (undecided)
+        if e.has(sp.tanh, sp.sinh, sp.cosh) and sp.cancel(sp.expand(e.rewrite(sp.exp))) == 0:
+            return True  # hyperbolic functions as exponentials: a rational function of them
         if sp.simplify(e) == 0:
             return True
     rng = random.Random(seed)
