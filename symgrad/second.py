@@ -437,7 +437,13 @@ def cmd_derive_second(args, spec: Spec) -> int:
     sys.stdout.write(render(so, args.format))
     if args.prove:
         sys.stdout.flush()
-        report = prove(so)
+        try:
+            report = prove(so)
+        except (ValueError, TypeError):  # SymPy's diff of a kink's derivative (sign, |x|′)
+            raise SymgradError(f"{spec.source}: --prove", "the scalar expansion of this loss "
+                               "or penalty has a kink (mae, huber, l1, relu at a tie) that "
+                               "SymPy does not differentiate twice; check the product with "
+                               "symgrad check SPEC --hvp") from None
         sys.stdout.write("\n" + report.text())
         return 0 if report.ok else 1
     return 0

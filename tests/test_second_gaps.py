@@ -261,3 +261,14 @@ def test_check_hvp_of_batchnorm_and_dropout(tmp_path):
     path = tmp_path / "digits_bn_mlp.py"
     path.write_text(bad, encoding="utf-8")
     assert not check_products(path).ok
+
+
+def test_prove_of_a_kinked_loss_is_refused_in_one_line(tmp_path, capsys):
+    spec = tmp_path / "k.toml"
+    spec.write_text('[network]\nname = "k"\ninputs = 3\n[[layer]]\nunits = 2\nactivation = '
+                    '"tanh"\n[[layer]]\nunits = 2\n[loss]\nkind = "mae"\n', encoding="utf-8")
+    assert main(["derive", str(spec), "--gnvp", "--prove"]) == 2
+    assert capsys.readouterr().err == (
+        f"symgrad: error: {spec}: --prove: the scalar expansion of this loss or penalty has a "
+        "kink (mae, huber, l1, relu at a tie) that SymPy does not differentiate twice; check "
+        "the product with symgrad check SPEC --hvp\n")
