@@ -3660,6 +3660,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise SymgradError("--wrt", "verify checks one gradient at a time")
     args.wrt = wrt
     if args.expr is not None:
+        if getattr(args, "hvp", False) or getattr(args, "gnvp", False):
+            raise SymgradError("verify", "--hvp/--gnvp ask about a network SPEC's product, not "
+                               "--expr (for an expression's Hessian: derive --expr … --hessian)")
         if args.spec is not None:
             raise SymgradError("verify", "give a network SPEC or --expr \"…\", not both")
         verdict = verify_scalar(args.expr, args.wrt, args.formula, seed=args.seed)

@@ -272,3 +272,10 @@ def test_prove_of_a_kinked_loss_is_refused_in_one_line(tmp_path, capsys):
         f"symgrad: error: {spec}: --prove: the scalar expansion of this loss or penalty has a "
         "kink (mae, huber, l1, relu at a tie) that SymPy does not differentiate twice; check "
         "the product with symgrad check SPEC --hvp\n")
+
+
+def test_verify_product_with_expr_refused(capsys):
+    assert main(["verify", "--expr", "sum(x**2)", "--wrt", "x", "--hvp", "2*x"]) == 2
+    assert capsys.readouterr().err == (
+        "symgrad: error: verify: --hvp/--gnvp ask about a network SPEC's product, not --expr "
+        "(for an expression's Hessian: derive --expr … --hessian)\n")
