@@ -2585,6 +2585,13 @@ class _ScalarProducts:
         head = self._print(lead)
         if isinstance(lead, sp.Add):
             head = f"{self.lparen}{head}{self.rparen}"
+        if p != 1 and all(f.is_Pow and f.exp.is_number and f.exp < 0
+                          for f in sp.Mul.make_args(tail) if not f.is_number):
+            bottom = 1 / tail  # −3/x⁴, 6/(7x⁴): a number over the powers, never −3 1/x⁴
+            low = self._print(bottom)
+            if not (bottom.is_Symbol or bottom.is_Pow and bottom.base.is_Symbol):
+                low = f"{self.lparen}{low}{self.rparen}"
+            return f"{head}/{low}" if self.minus == "−" else rf"\frac{{{head}}}{{{self._print(bottom)}}}"
         body = self._print(tail)
         if isinstance(tail, sp.Add):
             body = f"{self.lparen}{body}{self.rparen}"
@@ -2673,8 +2680,9 @@ class ExprTextPrinter(TextPrinter):
     def _print_Scale(self, node):
         num, den = sp.fraction(node.c)
         x = node.x
-        if (num == 1 and den != 1 and isinstance(x, Map) and x.expr.is_Pow
-                and x.expr.exp.is_number and x.expr.exp.is_negative):  # 1/(2√x), not 1/√x/2
+        if (node.c.is_Rational and (num != 1 or den != 1) and isinstance(x, Map)
+                and x.expr.is_Pow and x.expr.exp.is_number
+                and x.expr.exp.is_negative):  # 1/(2√x), not 1/√x/2; −3/x⁴, not −3 1/x⁴
             return self._print_Map(Map(sp.Mul(node.c, x.expr), x.args, x.note))
         if den != 1 and self.prec(node.x) >= MATMUL:
             lead = "" if num == 1 else ("−" if num == -1 else self.coef(num) + " ")

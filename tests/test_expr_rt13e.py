@@ -132,3 +132,17 @@ def test_hyperbolic_gradients_are_proved_in_seconds(expr, shapes, wrt, line, cap
                          "--wrt", wrt, "--prove"], capsys)
     assert code == 0 and f"  {line}\n" in out
     assert time.thread_time() - t < 8
+
+
+@pytest.mark.parametrize(("expr", "printed"), [
+    ("np.sum(x ** -3)", "−3/x⁴"),
+    ("np.sum(3 / x)", "−3/x²"),
+    ("np.sum(-2 / x ** 3) / 7", "6/(7 x⁴)"),
+    ("np.sum(np.sqrt(x))", "1/(2√x)"),
+    ("np.sum(np.log(x))", "1/x"),
+])
+def test_a_number_over_powers_is_one_fraction(expr, printed, capsys):
+    """−3/x⁴, not −3 1/x⁴ (which reads as −31/x⁴)."""
+    code, out, _ = _run(["derive", "--expr", expr, "--shape", "x=n,1", "--wrt", "x",
+                         "--positive", "x"], capsys)
+    assert code == 0 and f"  ∂f/∂x = {printed}\n" in out
