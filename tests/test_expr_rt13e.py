@@ -146,3 +146,14 @@ def test_a_number_over_powers_is_one_fraction(expr, printed, capsys):
     code, out, _ = _run(["derive", "--expr", expr, "--shape", "x=n,1", "--wrt", "x",
                          "--positive", "x"], capsys)
     assert code == 0 and f"  ∂f/∂x = {printed}\n" in out
+
+
+@pytest.mark.parametrize(("formula", "diagnosis"), [
+    ("-(64 * x ** 63 + 63 * x ** 62)", "sign (your formula is the negative of the gradient)"),
+    ("3*(64 * x ** 63 + 63 * x ** 62)", "off by a constant factor (yours = 3 × correct)"),
+])
+def test_sign_and_factor_of_a_gradient_with_tiny_entries(formula, diagnosis, capsys):
+    """x⁶² at random x: every entry may be below 1e-9, the ratio is still named."""
+    code, out, _ = _run(["verify", "--expr", "np.sum(x ** 64) + np.sum(x ** 63)", "--shape",
+                         "x=n,1", "--wrt", "x", formula], capsys)
+    assert code == 1 and f"  diagnosis: {diagnosis}\n" in out
