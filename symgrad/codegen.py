@@ -2640,6 +2640,13 @@ def _torch_array(code: str) -> str:
     return _TORCH_ARRAYS[kind].format(shape=m.group(2))
 
 
+def _torch_note(note: str) -> str:
+    """A workspace note as it reads in a torch module (masks hold 1.0/0.0 there)."""
+    if note.startswith("the dropout mask: an entry kept with probability "):
+        return note.replace("the dropout mask: an entry kept", "dropout mask: kept")
+    return note.replace(" (float64 whatever the dtype)", " (float64)")
+
+
 def torch_context(d: Derivation) -> dict[str, Any]:
     """module_context(d) for templates/torch_module.py.jinja: every statement in torch's
     spelling (:func:`symgrad.backends.torch_code`), the workspace made on the device.
@@ -2650,15 +2657,20 @@ def torch_context(d: Derivation) -> dict[str, Any]:
     where = f"{spec.source}: training.backend"
     flat = all(spec.image(name) is None for name in ["X", *(f"A{l}" for l in
                                                             range(1, len(spec.layers) + 1))])
-    if graph.buffers or graph.stochastic or not flat:
-        raise SymgradError(where, "the torch backend writes dense, layernorm, add and concat "
-                           "layers so far (no batchnorm, dropout, conv2d, pooling or "
+    if not flat:
+        raise SymgradError(where, "the torch backend writes dense, layernorm, batchnorm, "
+                           "dropout, add and concat layers so far (no conv2d, pooling or "
                            "flatten); use backend = \"numpy\" for this network")
     if _second_order(spec):
         raise SymgradError(where, f"{spec.training.optimizer} is in numpy modules only so "
                            "far; use a first-order optimizer (sgd, momentum, nesterov, adam, "
                            "rmsprop) with the torch backend")
     ctx = module_context(d)
+    for key in ("buffer_shapes", "buffer_unpack", "mask_lines", "mask_draws", "stat_lines"):
+        ctx.setdefault(key, [])  # (a dense chain's context has none of these)
+    ctx.setdefault("stochastic", False)
+    ctx.setdefault("batchnorm", False)
+    ctx.setdefault("mask_doc", "")
     vectors = frozenset(k.strip('"') for k, code, _ in ctx["workspace"] if "((n,)" in code)
     # a mask only multiplied by is kept in the computation's dtype, 1.0 and 0.0: torch's CPU
     # kernels for bool outputs and bool ⊙ float promotion are several times slower; one
@@ -2670,14 +2682,33 @@ def torch_context(d: Derivation) -> dict[str, Any]:
          note) for k, code, note in ctx["workspace"]]
     # a DAG's step returns at a non-finite batch loss, a host read per batch; the torch
     # train() checks once per epoch instead
-    ctx["step"] = [s for s in ctx["step"] if not s.code[0].startswith("if not -np.inf < L")]
+    ctx["step"] = [s for s in ctx["step"] if not s.code[:1] or not s.code[0].startswith(
+        "if not -np.inf < L")]
     keys = ["forward", "loss", "grad_forward", "grad_backward", "step"]
     for key in keys + ([] if spec.is_chain else ["inference_forward", "inference_loss"]):
         ctx[key] = [Statement(torch_code(s.code, where, vectors), s.comments) for s in ctx[key]]
     if not spec.is_chain:
         ctx["layer_init"] = [line for init in ctx["layer_init"]
                              for line in torch_code([init], where, vectors)]
-    ctx["workspace"] = [(k, _torch_array(code), note) for k, code, note in ctx["workspace"]]
+        # dropout masks from a torch.Generator on X's device (train: ws["U…"] redrawn in
+        # place); batchnorm's running-statistics update in torch's spelling
+        ctx["mask_lines"] = [
+            f"    {m.name} = _keep(rng, {_shape_code(m.shape, graph.sizes()).replace('n', 'N')}"
+            f", {p!r})  # each entry kept with probability 1 - {p!r}" for m, p in graph.masks]
+        ctx["mask_draws"] = [
+            line for m, p in graph.masks for line in (
+                f'    ws["U{naming.layer_of(m.name)}"].uniform_(generator=noise)  # float64',
+                f'    torch.ge(ws["U{naming.layer_of(m.name)}"], {p!r}, out=ws["{m.name}"])'
+                f"  # each entry kept with probability 1 - {p!r}")]
+        ctx["stat_lines"] = ["    " + line for line in torch_code(
+            [line.removeprefix("    ") for line in ctx["stat_lines"]], where, vectors)
+        ] if ctx["stat_lines"] else []
+    ctx["workspace"] = [(k, _torch_array(code), _torch_note(note))
+                        for k, code, note in ctx["workspace"]]
+    # a note that would push its line past the line length is left out (ruff format would
+    # split the call to make room for it)
+    ctx["workspace"] = [(k, code, note if len(f"        {k}: {code},  # {note}") <= 100 else "")
+                        for k, code, note in ctx["workspace"]]
     ctx["workspace_masks"] = any("**boolean" in code for _, code, _ in ctx["workspace"])
     code = "\n".join(line for key in ("loss", "grad_forward", "grad_backward", "step")
                       for line in _code_lines(ctx[key]))
@@ -2687,6 +2718,9 @@ def torch_context(d: Derivation) -> dict[str, Any]:
         "a numpy training module", "a PyTorch training module", 1).replace(
         script, f"{script}, data-parallel:\ntorchrun --nproc_per_node=K {spec.name}.py train "
         "DATA.npz", 1)
+    ctx["docstring"] = ctx["docstring"].replace(
+        "dropout masks drawn\nfrom np.random.default_rng(seed)",
+        "dropout masks drawn\nfrom torch.Generator(device).manual_seed(seed)", 1)
     ctx["optimizers"] = "(" + ", ".join(f'"{o}"' for o in OPTIMIZERS) + ")"
     return ctx
 

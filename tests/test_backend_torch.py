@@ -204,24 +204,11 @@ def test_backend_refusals() -> None:
     with pytest.raises(SymgradError) as e:
         Training(backend="tensorflow", where="s.toml: training")
     assert str(e.value) == "s.toml: training.backend: unknown backend 'tensorflow'; use numpy or torch"
-    bn = spec_from_dict({"network": {"name": "bn", "inputs": 3},
-                         "layer": [{"units": 4}, {"type": "batchnorm"}, {"units": 2}],
-                         "loss": {"kind": "mse"}, "training": {"backend": "torch"}}, "bn.toml")
-    with pytest.raises(SymgradError) as e:
-        generate_source(bn)
-    assert str(e.value) == (
-        "bn.toml: training.backend: the torch backend writes dense, layernorm, add and concat "
-        "layers so far (no batchnorm, dropout, conv2d, pooling or flatten); use backend = "
-        '"numpy" for this network')
+    # (batchnorm and dropout: tests/test_backend_torch_layers.py, with the refusal's text)
     lbfgs = Spec("net", 3, (Layer(2, "identity"),), loss="mse",
                  training=Training(optimizer="lbfgs", backend="torch"))
     with pytest.raises(SymgradError, match="lbfgs is in numpy modules only so far"):
         generate_source(lbfgs)
-    dropout = spec_from_dict({**DAG, "layer": [{"units": 4}, {"type": "dropout"},
-                                              {"units": 3, "activation": "softmax"}]},
-                             "d.toml")
-    with pytest.raises(SymgradError, match="no batchnorm, dropout"):
-        generate_source(dropout, "torch")
 
 
 def test_generate_and_check_on_the_command_line(tmp_path: Path, capsys) -> None:

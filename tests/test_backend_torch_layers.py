@@ -1,0 +1,227 @@
+"""The torch backend beyond dense layers (issue 16, part 2): batchnorm and dropout.
+
+Batchnorm: loss_and_grad, the inference forward/loss and full-batch training (parameters
+and running statistics) equal to the numpy module's to rounding in float64, close in
+float32; the running statistics as torch's own batch_norm updates them. Dropout: the masks
+cannot be the numpy module's draws (another generator), so the contract is tested: the
+same seed gives the same loss and gradient, the masks are Bernoulli(1 − p) scaled by
+1/(1 − p) (the loss equals PyTorch eager on the masks redrawn from the seed), and the
+gradient agrees with central differences of loss at the same seed. The generated modules
+are ruff-clean and regenerate byte-identically; what the backend still refuses, exactly.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from symgrad.codegen import generate_source, load_module
+from symgrad.errors import SymgradError
+from symgrad.spec import spec_from_dict
+
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def net(layers, loss="cross_entropy", **training):
+    return {"network": {"name": "layers_net", "inputs": 5}, "layer": layers,
+            "loss": {"kind": loss}, "training": {"optimizer": "sgd", **training}}
+
+
+BN = net([{"units": 6}, {"type": "batchnorm", "activation": "tanh"},
+          {"units": 3, "activation": "softmax"}])
+DROPOUT = net([{"units": 6, "activation": "relu"}, {"type": "dropout", "p": 0.3},
+               {"units": 3, "activation": "softmax"}])
+BOTH = spec_from_dict(net([{"units": 6}, {"type": "batchnorm", "activation": "relu"},
+                           {"type": "dropout", "p": 0.25}, {"units": 2}], loss="mse"),
+                      "both.toml")
+
+_modules: dict[str, tuple] = {}
+
+
+def modules(spec: dict, name: str):
+    """(numpy module, torch module, torch source) of the spec, generated once."""
+    if name not in _modules:
+        s = spec_from_dict(spec, f"{name}.toml")
+        source = generate_source(s, "torch")
+        _modules[name] = (load_module(generate_source(s)), load_module(source), source)
+    return _modules[name]
+
+
+def as_torch(params, dtype=torch.float64):
+    return {k: torch.tensor(v, dtype=dtype) for k, v in params.items()}
+
+
+def close(a, b, rtol) -> bool:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return bool(np.all(np.abs(a - b) <= rtol * np.maximum(np.abs(b), 1.0)))
+
+
+def data(n=10, inputs=5, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, inputs)), np.eye(classes)[rng.integers(0, classes, n)]
+
+
+def perturbed(module, seed=1):
+    rng = np.random.default_rng(seed)
+    params = module.init_params(seed)
+    return {k: v + 0.1 * rng.standard_normal(v.shape) if k in module.PARAM_SHAPES
+            else (np.abs(v + 0.3 * rng.standard_normal(v.shape)) if k.startswith("var")
+                  else v + 0.3 * rng.standard_normal(v.shape))
+            for k, v in params.items()}
+
+
+def test_batchnorm_equals_the_numpy_module() -> None:
+    """Training mode (batch statistics) and inference mode (the running statistics in
+    params) to rounding; full-batch training, parameters and running statistics, too."""
+    numpy_module, t, _ = modules(BN, "bn")
+    assert t.BUFFER_SHAPES == numpy_module.BUFFER_SHAPES == {"mean2": (6,), "var2": (6,)}
+    params = perturbed(numpy_module)
+    X, Y = data()
+    loss, grads = numpy_module.loss_and_grad(params, X, Y)
+    tloss, tgrads = t.loss_and_grad(as_torch(params), X, Y)
+    assert set(tgrads) == set(t.PARAM_SHAPES)
+    assert close(tloss, loss, 1e-12) and all(close(tgrads[k], g, 1e-10) for k, g in grads.items())
+    assert close(t.loss(as_torch(params), X, Y), loss, 1e-12)
+    assert close(t.forward(as_torch(params), X), numpy_module.forward(params, X), 1e-12)
+    assert close(t.loss(as_torch(params), X, Y, training=False),
+                 numpy_module.loss(params, X, Y, training=False), 1e-12)
+    # (float32 with sgd only: b1, before the batchnorm, has a gradient of rounding noise,
+    # which adam's normalized step amplifies to ±lr in either module)
+    for dtype, rtol, optimizers in ((torch.float64, 1e-10, ("sgd", "adam")),
+                                    (torch.float32, 2e-4, ("sgd",))):
+        for optimizer in optimizers:
+            mine = as_torch(params, dtype)
+            theirs = {k: v.astype(np.float32 if dtype == torch.float32 else np.float64)
+                      for k, v in params.items()}
+            options = {"epochs": 3, "batch_size": 10, "optimizer": optimizer, "verbose": False}
+            assert close(t.train(mine, X, Y, **options)["loss"],
+                         numpy_module.train(theirs, X, Y, **options)["loss"], rtol)
+            assert all(mine[k].dtype == dtype for k in mine)
+            assert all(close(mine[k], theirs[k], rtol) for k in params)  # buffers too
+    assert max(t.check_gradients().values()) < 1e-6
+
+
+def test_running_statistics_are_torchs() -> None:
+    """One training step's update of mean2, var2 equals torch.nn.functional.batch_norm's
+    (momentum 0.1, the unbiased batch variance) on the batchnorm's input X W₁ + b₁."""
+    _, t, _ = modules(BN, "bn")
+    params = as_torch(perturbed(modules(BN, "bn")[0], seed=4))
+    X, Y = (torch.tensor(a) for a in data(n=7, seed=4))
+    mean, var = params["mean2"].clone(), params["var2"].clone()
+    torch.nn.functional.batch_norm(X @ params["W1"] + params["b1"], mean, var, training=True,
+                                   momentum=0.1, eps=1e-5)
+    t.train(params, X, Y, epochs=1, batch_size=7, verbose=False, learning_rate=0.0)
+    assert torch.allclose(params["mean2"], mean, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(params["var2"], var, rtol=1e-12, atol=1e-14)
+
+
+def test_dropout_contract() -> None:
+    """The same seed, the same loss and gradient (loss and loss_and_grad alike); another
+    seed, others; the masks Bernoulli(1 − p), kept entries scaled by 1/(1 − p): the loss is
+    PyTorch eager's on the masks redrawn from the seed; inference has no dropout."""
+    numpy_module, t, _ = modules(DROPOUT, "dropout")
+    params = as_torch(perturbed(numpy_module))
+    X, Y = (torch.tensor(a) for a in data(n=40))
+    l3, g3 = t.loss_and_grad(params, X, Y, seed=3)
+    again, g_again = t.loss_and_grad(params, X, Y, seed=3)
+    assert l3 == again and all(torch.equal(g3[k], g_again[k]) for k in g3)
+    assert t.loss(params, X, Y, seed=3) == pytest.approx(l3, rel=1e-14)
+    assert t.loss(params, X, Y, seed=4) != pytest.approx(l3, rel=1e-6)
+    M = t._keep(torch.Generator().manual_seed(3), (40, 6), 0.3)
+    A1 = torch.relu(X @ params["W1"] + params["b1"])
+    Z = (A1 * M / 0.7) @ params["W3"] + params["b3"]
+    eager = -(Y * torch.log_softmax(Z, dim=1)).sum() / 40
+    assert float(eager) == pytest.approx(l3, rel=1e-12)
+    no_dropout = (A1 @ params["W3"] + params["b3"]).softmax(dim=1)
+    assert torch.allclose(t.forward(params, X), no_dropout, rtol=1e-12)
+    many = t._keep(torch.Generator().manual_seed(0), (400, 500), 0.3).double()
+    assert abs(float(many.mean()) - 0.7) < 4 * (0.21 / 200_000) ** 0.5  # Bernoulli(0.7)
+    assert max(t.check_gradients().values()) < 1e-6
+
+
+def test_dropout_gradient_with_the_masks_fixed() -> None:
+    """Central differences of loss(seed=s) (the masks of loss_and_grad(seed=s)) against
+    the gradient, every entry of every parameter, for a net with batchnorm and dropout."""
+    t = load_module(generate_source(BOTH, "torch"))
+    params = {k: v.double() for k, v in t.init_params(2).items()}
+    gen = torch.Generator().manual_seed(5)
+    for k in t.PARAM_SHAPES:
+        params[k] += 0.1 * torch.randn(params[k].shape, generator=gen, dtype=torch.float64)
+    X = torch.randn((9, 5), generator=gen, dtype=torch.float64)
+    Y = torch.randn((9, 2), generator=gen, dtype=torch.float64)
+    _, grads = t.loss_and_grad(params, X, Y, seed=7)
+    h = 1e-6
+    for name in t.PARAM_SHAPES:
+        flat = params[name].view(-1)
+        for i in range(flat.numel()):
+            v = float(flat[i])
+            flat[i] = v + h
+            up = t.loss(params, X, Y, seed=7)
+            flat[i] = v - h
+            down = t.loss(params, X, Y, seed=7)
+            flat[i] = v
+            assert (up - down) / (2 * h) == pytest.approx(float(grads[name].view(-1)[i]),
+                                                          rel=1e-5, abs=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_training_with_batchnorm_and_dropout(dtype) -> None:
+    """A few epochs in minibatches: the loss falls, stays finite, in dtype; the running
+    statistics move; the same seed trains to the same parameters; batches of 1 refused."""
+    t = load_module(generate_source(BOTH, "torch"))
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn((64, 5), generator=gen, dtype=torch.float64)
+    Y = X[:, :2] * 0.5 - X[:, 2:4]
+    runs = []
+    for _ in range(2):
+        params = t.init_params(1, dtype)
+        history = t.train(params, X, Y, epochs=8, batch_size=16, learning_rate=0.05,
+                          verbose=False, seed=2)
+        runs.append(params)
+    assert history["loss"][-1] < 0.7 * history["loss"][0]
+    assert all(p.dtype == dtype for p in params.values())
+    assert not torch.equal(params["mean2"], torch.zeros(6, dtype=dtype))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in params)
+    with pytest.raises(ValueError, match="^batchnorm trains on batches of at least 2 samples, "
+                                         "not 1: raise batch_size$"):
+        t.train(params, X, Y, epochs=1, batch_size=1, verbose=False)
+    del params["var2"]
+    with pytest.raises(ValueError, match=r"^params lacks var2: inference mode needs batchnorm"):
+        t.forward(params, X)
+
+
+def test_generated_modules_are_ruff_clean_and_deterministic(tmp_path: Path) -> None:
+    from test_generated import ruff
+
+    for name, spec in (("bn", BN), ("dropout", DROPOUT)):
+        source = modules(spec, name)[2]
+        assert generate_source(spec_from_dict(spec, f"{name}.toml"), "torch") == source
+        (tmp_path / f"{name}.py").write_text(source)
+        assert "import numpy" not in source.split("def _main")[0]
+    config = ["--config", str(ROOT / "pyproject.toml")]
+    for args in (["check", *config, str(tmp_path)], ["format", "--check", *config, str(tmp_path)]):
+        proc = subprocess.run(ruff() + args, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_what_the_torch_backend_still_refuses() -> None:
+    cnn = spec_from_dict({"network": {"name": "cnn", "inputs": [6, 6, 1]},
+                          "layer": [{"type": "conv2d", "filters": 2, "kernel": 3},
+                                    {"type": "flatten"}, {"units": 2}],
+                          "loss": {"kind": "mse"}}, "cnn.toml")
+    with pytest.raises(SymgradError) as e:
+        generate_source(cnn, "torch")
+    assert str(e.value) == (
+        "cnn.toml: training.backend: the torch backend writes dense, layernorm, batchnorm, "
+        "dropout, add and concat layers so far (no conv2d, pooling or flatten); use backend "
+        '= "numpy" for this network')
+    lbfgs = spec_from_dict(net([{"units": 3}, {"type": "layernorm"}, {"units": 2}], "mse",
+                               optimizer="lbfgs"), "l.toml")
+    with pytest.raises(SymgradError) as e:
+        generate_source(lbfgs, "torch")
+    assert str(e.value).startswith("l.toml: training.backend: lbfgs is in numpy modules only")
