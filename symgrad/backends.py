@@ -7,6 +7,12 @@ walking its ``ast`` and splicing the rewritten calls back into the text (so a st
 keeps the layout the lowering gave it).  No op is lowered twice; a call the table does not
 know is refused in one line (``no torch spelling for np.…``), never passed through.
 
+The convolution kernels (im2col, col2im, max/average pooling and their backward passes)
+are not lowered statements but functions the module carries: the torch module carries
+their torch versions (templates/torch_module.py.jinja, the same formulas on strided views:
+Tensor.unfold for the windows, slice-adds for the adjoints, first-maximum routing), so the
+lowered calls ``im2col(A, hw, …, out=P)`` are the same text in either module.
+
 Chosen over one module written against the Array API standard (array-api-compat's
 ``array_namespace``): the standard has no ``out=`` and no in-place matmul, so the fast
 training step would allocate every intermediate (benchmarks/backend_bench.py measures the
@@ -230,7 +236,7 @@ class _Rewriter:
             if node.attr in _CONSTANTS:
                 return _CONSTANTS[node.attr]
             raise SymgradError(self.where, f"no torch spelling for np.{node.attr} yet "
-                               "(the torch backend covers dense, layernorm, add and concat layers)")
+                               "(symgrad.backends.TORCH, the torch backend's spelling table)")
         start, end = self.span(node)
         out, at = [], start
         for child in ast.iter_child_nodes(node):

@@ -2628,13 +2628,17 @@ _TORCH_ARRAYS = {  # a workspace buffer's numpy constructor → torch's (torch_m
     "np.ones": "torch.ones({shape}, **real)",
     "bool": "torch.empty({shape}, **boolean)",
     "float64": "torch.empty({shape}, dtype=torch.float64, device=device)",
+    "np.int8": "torch.empty({shape}, dtype=torch.int8, device=device)",
+    "np.zeros": "torch.zeros({shape}, **real)",
+    "np.full": "torch.full({shape}, -torch.inf, **real)",
 }
 
 
 def _torch_array(code: str) -> str:
     """``np.empty((n, 64), dtype)`` (as _workspace_lines writes it) in torch."""
-    m = re.fullmatch(r"(np\.empty|np\.ones)\((\(.*?\))(?:, (\w+))?\)", code)
-    if m is None:
+    m = re.fullmatch(r"(np\.empty|np\.ones|np\.zeros|np\.full)\((\(.*?\))(?:, -np\.inf)?"
+                     r"(?:, ([\w.]+))?\)", code)
+    if m is None or (m.group(1) == "np.full") != ("-np.inf" in code):
         raise SymgradError("torch backend", f"no torch spelling for the workspace array {code}")
     kind = m.group(1) if m.group(3) == "dtype" else m.group(3) or "float64"
     return _TORCH_ARRAYS[kind].format(shape=m.group(2))
@@ -2655,12 +2659,6 @@ def torch_context(d: Derivation) -> dict[str, Any]:
 
     spec, graph = d.spec, d.graph
     where = f"{spec.source}: training.backend"
-    flat = all(spec.image(name) is None for name in ["X", *(f"A{l}" for l in
-                                                            range(1, len(spec.layers) + 1))])
-    if not flat:
-        raise SymgradError(where, "the torch backend writes dense, layernorm, batchnorm, "
-                           "dropout, add and concat layers so far (no conv2d, pooling or "
-                           "flatten); use backend = \"numpy\" for this network")
     if _second_order(spec):
         raise SymgradError(where, f"{spec.training.optimizer} is in numpy modules only so "
                            "far; use a first-order optimizer (sgd, momentum, nesterov, adam, "
@@ -2671,14 +2669,16 @@ def torch_context(d: Derivation) -> dict[str, Any]:
     ctx.setdefault("stochastic", False)
     ctx.setdefault("batchnorm", False)
     ctx.setdefault("mask_doc", "")
-    vectors = frozenset(k.strip('"') for k, code, _ in ctx["workspace"] if "((n,)" in code)
+    vectors = frozenset(k.strip('"') for k, code, _ in ctx["workspace"]
+                        if re.search(r"\(\((\d+ \* )?n,\)", code))  # 𝟏's of n or k·n rows
     # a mask only multiplied by is kept in the computation's dtype, 1.0 and 0.0: torch's CPU
     # kernels for bool outputs and bool ⊙ float promotion are several times slower; one
     # that is a condition (where=) stays bool
     numpy_step = "\n".join(line for s in ctx["step"] for line in s.code)
     ctx["workspace"] = [
         (k, code.replace(", bool)", ", dtype)") if code.endswith(", bool)") and not re.search(
-            rf"where={k.strip(chr(34))}\b|np\.where\({k.strip(chr(34))}\b", numpy_step) else code,
+            rf"(where|mask)={k.strip(chr(34))}\b|np\.where\({k.strip(chr(34))}\b", numpy_step)
+        else code,
          note) for k, code, note in ctx["workspace"]]
     # a DAG's step returns at a non-finite batch loss, a host read per batch; the torch
     # train() checks once per epoch instead
