@@ -1,4 +1,4 @@
-"""Issue 16: the generated module's torch backend beside PyTorch eager (autograd), W1 and W3.
+"""Issue 16: the generated module's torch backend beside PyTorch eager (autograd), W1, W3, W5.
 
 Contenders added to training_bench's (run.py's ``backends`` group):
 
@@ -9,6 +9,11 @@ Contenders added to training_bench's (run.py's ``backends`` group):
   once against the Array API standard (``array_api_compat.array_namespace``), which has no
   ``out=``: every statement allocates, as loss_and_grad does. The step is loss_and_grad's
   statements for a relu MLP with softmax + cross-entropy, spelled with ``xp.`` only.
+
+W5 (and W4): conv_bench's workloads (benchmarks/specs/w5_cnn.toml), the generated torch
+module (its torch convolution kernels: Tensor.unfold im2col, slice-add adjoints, first-max
+routing) beside conv_bench's ``PyTorch eager`` (nn.Conv2d/MaxPool2d, autograd) and the numpy
+module (``generated f32``).
 
 Same data, batch, learning rate and thread count (training_bench.TORCH_THREADS) as PyTorch
 eager; paired, interleaved repetitions (training_bench.run_workload).
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import training_bench as tb
+from bench_common import ROOT
 
 GEN_TORCH = "generated torch f32"
 ARRAY_API = "array-API torch f32"
@@ -45,14 +51,14 @@ def prep_generated_torch(ctx: tb.Context) -> tb.Prepared:
     import torch
 
     w = ctx.workload
-    if w.arch != "mlp":
-        raise tb.Skipped("the torch backend writes dense chains so far")
     torch.set_num_threads(tb.TORCH_THREADS)
     from symgrad.codegen import generate_source
     from symgrad.spec import load_spec
 
+    spec = getattr(w, "spec", None)  # a conv workload's committed spec (W4, W5)
     spec_path = ctx.workdir / f"bench_{w.key.lower()}_torch.toml"
-    spec_path.write_text(w.toml(), encoding="utf-8")
+    spec_path.write_text((ROOT / spec).read_text(encoding="utf-8") if spec else w.toml(),
+                         encoding="utf-8")
     out = ctx.workdir / f"bench_{w.key.lower()}_torch.py"
     out.write_text(generate_source(load_spec(spec_path), "torch"), encoding="utf-8")
     mod = tb.import_file(out, f"_symgrad_bench_{w.key.lower()}_torch")
@@ -118,19 +124,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small N, 3 repetitions")
     ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--workloads", default="W1,W3")
+    ap.add_argument("--workloads", default="W1,W3,W5")
     ap.add_argument("--threads", type=int, default=None,
                     help="limit numpy BLAS and torch to this many threads (a busy machine)")
     args = ap.parse_args(argv)
     if args.threads:
         print(tb.limit_threads(args.threads), file=sys.stderr)
+    import conv_bench as cb
+
     workloads = tb.make_workloads(quick=args.quick)
+    conv = cb.make_workloads(quick=args.quick)
     contenders = (tb.FLOOR, tb.HAND, "generated f32", "PyTorch eager", *CONTENDERS)
     with tempfile.TemporaryDirectory(prefix="symgrad-backends-") as tmp:
         for key in args.workloads.split(","):
-            res = tb.run_workload(workloads[key], args.reps or (3 if args.quick else 5),
-                                  Path(tmp), contenders, preparers={**tb.PREPARERS, **PREPARERS},
-                                  log=lambda m: print(m, file=sys.stderr))
+            if key in conv:  # W5 row: generated torch vs PyTorch eager autograd (and numpy)
+                w, names = conv[key], ("generated f32", "PyTorch eager", GEN_TORCH)
+                preparers = {**cb.PREPARERS, GEN_TORCH: prep_generated_torch}
+            else:
+                w, names, preparers = workloads[key], contenders, {**tb.PREPARERS, **PREPARERS}
+            res = tb.run_workload(w, args.reps or (3 if args.quick else 5), Path(tmp), names,
+                                  preparers=preparers, log=lambda m: print(m, file=sys.stderr))
             print(tb.format_workload(res), flush=True)
     return 0
 

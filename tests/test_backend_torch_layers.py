@@ -307,3 +307,17 @@ def test_what_the_torch_backend_still_refuses() -> None:
     assert str(e.value) == (
         "l.toml: training.backend: lbfgs is in numpy modules only so far; use a first-order "
         "optimizer (sgd, momentum, nesterov, adam, rmsprop) with the torch backend")
+
+
+def test_the_w5_row_runs(tmp_path: Path, monkeypatch) -> None:
+    """backend_bench's conv row (the generated torch module beside PyTorch eager and the
+    numpy module) on conv_bench's tiny T5: one timed epoch each, no timing asserted."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import backend_bench as bb
+    import conv_bench as cb
+    import training_bench as tb
+
+    names = ("generated f32", "PyTorch eager", bb.GEN_TORCH)
+    res = tb.run_workload(cb.tiny_workloads()["T5"], 1, tmp_path, names, pause=0,
+                          preparers={**cb.PREPARERS, bb.GEN_TORCH: bb.prep_generated_torch})
+    assert [r["contender"] for r in res["rows"] if "median" in r] == list(names), res
