@@ -2651,10 +2651,11 @@ def _torch_note(note: str) -> str:
     return note.replace(" (float64 whatever the dtype)", " (float64)")
 
 
-def torch_context(d: Derivation) -> dict[str, Any]:
+def torch_context(d: Derivation, products: bool = False) -> dict[str, Any]:
     """module_context(d) for templates/torch_module.py.jinja: every statement in torch's
     spelling (:func:`symgrad.backends.torch_code`), the workspace made on the device.
-    Dense chains with a first-order optimizer; anything else is refused in one line."""
+    First-order optimizers; ``products``: hvp() and gnvp() too (generate --hvp). Anything
+    else is refused in one line."""
     from symgrad.backends import torch_code
 
     spec, graph = d.spec, d.graph
@@ -2663,7 +2664,15 @@ def torch_context(d: Derivation) -> dict[str, Any]:
         raise SymgradError(where, f"{spec.training.optimizer} is in numpy modules only so "
                            "far; use a first-order optimizer (sgd, momentum, nesterov, adam, "
                            "rmsprop) with the torch backend")
-    ctx = module_context(d)
+    ctx = module_context(d, products)
+    ctx["training"] = _training(spec)  # (newton_cg's and lbfgs's constants: numpy only)
+    ctx["products"] = products
+    if products:
+        for key in ("hvp", "gnvp"):
+            ctx[key] = {**ctx[key], **{part: [Statement(torch_code(s.code, where), s.comments)
+                                              for s in ctx[key][part]]
+                                       for part in ("forward", "tangents", "backward",
+                                                    "adjoints")}}
     for key in ("buffer_shapes", "buffer_unpack", "mask_lines", "mask_draws", "stat_lines"):
         ctx.setdefault(key, [])  # (a dense chain's context has none of these)
     ctx.setdefault("stochastic", False)
@@ -2765,7 +2774,8 @@ def generate_source(spec: Spec | Derivation | str | Path, backend: str | None = 
 
     d = spec if isinstance(spec, Derivation) else derive(as_spec(spec))
     if (backend or d.spec.training.backend) == "torch":
-        body = _environment().get_template("torch_module.py.jinja").render(torch_context(d))
+        body = _environment().get_template("torch_module.py.jinja").render(
+            torch_context(d, products))
         return files.stamp(body, Path(d.spec.source).name)
     body = _environment().get_template("module.py.jinja").render(module_context(d, products))
     return files.stamp(body, Path(d.spec.source).name)

@@ -206,6 +206,9 @@ def test_generated_modules_are_ruff_clean_and_deterministic(tmp_path: Path) -> N
         assert generate_source(spec_from_dict(spec, f"{name}.toml"), "torch") == source
         (tmp_path / f"{name}.py").write_text(source)
         assert "import numpy" not in source.split("def _main")[0]
+    products = generate_source(spec_from_dict(BN, "bn.toml"), "torch", products=True)
+    assert "def hvp(params, X, Y, V, *, seed=0):" in products and "def gnvp(" in products
+    (tmp_path / "bn_products.py").write_text(products)
     config = ["--config", str(ROOT / "pyproject.toml")]
     for args in (["check", *config, str(tmp_path)], ["format", "--check", *config, str(tmp_path)]):
         proc = subprocess.run(ruff() + args, capture_output=True, text=True, check=False)
@@ -321,3 +324,33 @@ def test_the_w5_row_runs(tmp_path: Path, monkeypatch) -> None:
     res = tb.run_workload(cb.tiny_workloads()["T5"], 1, tmp_path, names, pause=0,
                           preparers={**cb.PREPARERS, bb.GEN_TORCH: bb.prep_generated_torch})
     assert [r["contender"] for r in res["rows"] if "median" in r] == list(names), res
+
+
+@pytest.mark.parametrize("name,spec", [("bn", BN), ("dag", net(
+    [{"units": 4, "activation": "tanh"}, {"type": "layernorm"},
+     {"units": 3, "activation": "softmax"}]))])
+def test_hvp_and_gnvp_equal_the_numpy_module(name, spec) -> None:
+    """generate --hvp --backend torch: hvp (H V) and gnvp (G V) equal the numpy module's
+    (batchnorm: in training mode, batch statistics), and H V equals the central difference
+    of loss_and_grad's gradient along V."""
+    s = spec_from_dict(spec, f"{name}.toml")
+    numpy_module = load_module(generate_source(s, products=True))
+    t = load_module(generate_source(s, "torch", products=True))
+    params = perturbed(numpy_module)
+    rng = np.random.default_rng(3)
+    X, Y = data(n=8)
+    V = {k: rng.standard_normal(v) for k, v in numpy_module.PARAM_SHAPES.items()}
+    tp = as_torch(params)
+    for product in ("hvp", "gnvp"):
+        mine = getattr(t, product)(tp, X, Y, V)
+        theirs = getattr(numpy_module, product)(params, X, Y, V)
+        assert set(mine) == set(t.PARAM_SHAPES)
+        assert all(close(mine[k], theirs[k], 1e-10) for k in theirs), product
+    h = 1e-5
+    up, down = ({k: p + sign * h * torch.tensor(V[k]) if k in V else p for k, p in tp.items()}
+                for sign in (1, -1))
+    up, down = t.loss_and_grad(up, X, Y)[1], t.loss_and_grad(down, X, Y)[1]
+    HV = t.hvp(tp, X, Y, V)
+    assert all(close(HV[k], (up[k] - down[k]) / (2 * h), 1e-6) for k in V)
+    with pytest.raises(ValueError, match="^V must be a dict with the keys of PARAM_SHAPES: "):
+        t.hvp(tp, X, Y, {})
