@@ -427,9 +427,9 @@ def _dag_names(spec: Spec) -> tuple[str, str]:
     if spec.input_shape is not None:  # verify's names of a network on images
         from symgrad.verify import _network
 
-        maps = _network(spec).maps
-        values += [f"P{l}" for l, m in maps.items() if m[0] == "conv2d"]
-        values += [m[3].name for m in maps.values() if m[3] is not None]
+        net = _network(spec)
+        values += list(net.derived)  # the conv layers' patch matrices P{l}
+        values += [m[3].name for m in net.maps.values() if m[3] is not None]
     return ", ".join(values), ", ".join([*adjoints, "dYhat"])
 
 

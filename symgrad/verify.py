@@ -1130,7 +1130,7 @@ class Network:
                 env[p.name] = 1 + rng.normal(scale=0.3, size=(r, c))
             else:
                 env[p.name] = rng.normal(scale=0.3, size=(r, c))
-        if k == 1 and any(v[0] == "maxpool2d" for v in self.maps.values()):
+        if k == 1 and any(v[3] is not None for v in self.maps.values()):  # a max pooling
             # whole-number data and kernels (over √fan-in): windows with tied maxima, where
             # routing δ to the first maximum differs from routing it to every one
             env["X"] = np.round(env["X"] * 2)

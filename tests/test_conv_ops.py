@@ -33,7 +33,17 @@ from symgrad.ops import (
 )
 from symgrad.spec import Layer, Spec
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True, scope="module")
+def _float64_by_default():
+    """torch tensors made from Python numbers are float64 here — and only here: the default
+    is restored for the test files that run after this one in the same process."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 

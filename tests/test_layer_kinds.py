@@ -22,12 +22,15 @@ from symgrad.spec import Layer, Spec
 PACKAGE = Path(symgrad.__file__).resolve().parent
 # the modules that may name types: their declarations, and expression mode (no layers)
 OWN = {"layers.py", "exprmode.py"}
+# type names that are also other things' names: "add" a rule's and a ufunc's, "flatten" a
+# function of verify's formulas — compared with a layer's .type or a kind, they still count
+OTHER_MEANINGS = {"add", "flatten"}
 
 
 def type_names_compared(path: Path) -> list[str]:
     """``x == "batchnorm"``, ``layer.type in ("add", "concat")``: comparisons with a layer
-    type's name ("add" only where the other side is a ``.type`` or a ``kind``: it is also
-    a rule's and a ufunc's name)."""
+    type's name (those of OTHER_MEANINGS only where the other side is a ``.type`` or a
+    ``kind``)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if not isinstance(node, ast.Compare):
@@ -37,7 +40,7 @@ def type_names_compared(path: Path) -> list[str]:
                   if isinstance(c, ast.Constant) and isinstance(c.value, str)]
         typed = any((isinstance(s, ast.Attribute) and s.attr == "type")
                     or (isinstance(s, ast.Name) and s.id == "kind") for s in sides)
-        names = [c for c in consts if c in LAYER_TYPES and (typed or c != "add")]
+        names = [c for c in consts if c in LAYER_TYPES and (typed or c not in OTHER_MEANINGS)]
         if names:
             found.append(f"{path.name}:{node.lineno} {'/'.join(names)}")
     return found

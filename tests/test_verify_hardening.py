@@ -291,4 +291,4 @@ def test_a_1d_formula_is_called_1d_not_transposed(capsys):
         "is 20×1, shape (20, 1)")
     assert main([*base, "sum(X, axis=0, keepdims=True)"]) == 1
     assert capsys.readouterr().out.splitlines()[0] == (
-        "WRONG: your formula is transposed (it is 1×20; ∂f/∂w is 20×1)")
+        "WRONG: your formula is transposed (it is 1×20; ∂f/∂w is 20×1; yours = correctᵀ)")
