@@ -160,6 +160,12 @@ def _copyto(c: _Call) -> str:
     return f"{dst}.copy_({src})"
 
 
+def _take_along_axis(c: _Call) -> str:
+    """np.take_along_axis(a, i, axis) → torch.take_along_dim(a, i, dim=axis) (i int64)."""
+    a, i, *axis = c.args
+    return c.call("torch.take_along_dim", [a, i, *(f"dim={x}" for x in axis)], skip=())
+
+
 def _where(c: _Call) -> str:
     return c.call("torch.where")
 
@@ -199,11 +205,12 @@ TORCH: dict[str, Callable[[_Call], str]] = {
     "np.where": _where,
     "np.copyto": _copyto,
     "np.concatenate": _named("torch.cat"),
+    "np.take_along_axis": _take_along_axis,
     "np.zeros": _array("torch.zeros"),
     "np.ones": _array("torch.ones"),
 }  # the one spelling table of the torch backend: numpy call → torch source
 
-_CONSTANTS = {"inf": "torch.inf", "pi": "torch.pi"}  # np.inf, …: not calls
+_CONSTANTS = {"inf": "torch.inf", "pi": "torch.pi", "intp": "torch.int64"}  # not calls
 
 _METHODS = {"fill": "fill_", "max": "amax", "min": "amin", "copy": "clone"}
 

@@ -354,3 +354,26 @@ def test_hvp_and_gnvp_equal_the_numpy_module(name, spec) -> None:
     assert all(close(HV[k], (up[k] - down[k]) / (2 * h), 1e-6) for k in V)
     with pytest.raises(ValueError, match="^V must be a dict with the keys of PARAM_SHAPES: "):
         t.hvp(tp, X, Y, {})
+
+
+def test_hvp_and_gnvp_of_a_convolutional_network() -> None:
+    """generate --hvp --backend torch on a CNN (max pooling's tangent gathers at the arg
+    maxima: torch.take_along_dim): H V and G V equal the numpy module's; ruff check clean."""
+    s = spec_from_dict(cnn("maxpool2d"), "cnn.toml")
+    numpy_module = load_module(generate_source(s, products=True))
+    source = generate_source(s, "torch", products=True)
+    t = load_module(source)
+    params = perturbed(numpy_module)
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((4, 7, 7, 2)), np.eye(3)[rng.integers(0, 3, 4)]
+    V = {k: rng.standard_normal(v) for k, v in numpy_module.PARAM_SHAPES.items()}
+    for product in ("hvp", "gnvp"):
+        mine = getattr(t, product)(as_torch(params), X, Y, V)
+        theirs = getattr(numpy_module, product)(params, X, Y, V)
+        assert all(close(mine[k], theirs[k], 1e-10) for k in theirs), product
+    from test_generated import ruff
+
+    proc = subprocess.run([*ruff(), "check", "--config",
+                           str(ROOT / "pyproject.toml"), "--stdin-filename", "cnn.py", "-"],
+                          input=source, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout
