@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo generated bench lint clean
+.PHONY: test test-slow demo generated bench lint clean
 
 # --no-compile: Python compiles the modules it imports on first use; compiling all of
 # SymPy and matplotlib up front doubled the time of the set-up.
@@ -12,9 +12,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-compile -e '.[test,demo,notebook]'
 	touch $(STAMP)
 
+# test: the suite within five minutes; test-slow: the tests marked slow (seconds of waiting
+# each, or thousands of examples: the wheel, the notebook, check's time limits, torchrun, the
+# spec fuzzer), which .ci/run runs after it
 test: $(STAMP)
 	$(BIN)/ruff check symgrad tests benchmarks generated
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadfile -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -n auto --dist loadfile -m slow
 
 demo: $(STAMP)
 	$(BIN)/symgrad demo --out demo-out

@@ -243,6 +243,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one(tmp_path: Path) -> None:
     """torchrun --nproc_per_node=2 module.py train DATA.npz (gloo over 127.0.0.1): each process
     a shard of every batch, gradients all-reduced; the saved parameters are those of one

@@ -119,7 +119,8 @@ def nested_activations() -> st.SearchStrategy[str]:
     return st.recursive(st.just("x"), extend, max_leaves=6)
 
 
-@settings(max_examples=5, deadline=None)
+@pytest.mark.slow
+@settings(max_examples=8, deadline=None)
 @given(source=nested_activations())
 @example(source=LOGLOG)
 @example(source=ABS7)

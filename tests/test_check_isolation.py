@@ -220,6 +220,7 @@ for k in _c.DEFAULT_TOL:
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_sleeping_loss_is_stopped_at_the_time_limit(capsys, tmp_path, monkeypatch):
     pidfile = public(tmp_path) / "pid"
     path = module(tmp_path, "sleeper", prefix=f'''
@@ -238,6 +239,7 @@ def loss(p, X, Y):
     assert gone(int(pidfile.read_text()))
 
 
+@pytest.mark.slow
 def test_a_hang_at_import_is_stopped(capsys, tmp_path):
     path = module(tmp_path, "hang", prefix="import time\ntime.sleep(600)\n")
     report = check_module(path, time_limit=2)
@@ -284,6 +286,7 @@ open({pidfile!r}, "w").write(os.read(r, 20).decode())
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hang", [False, True])
 def test_no_process_of_the_module_outlives_the_check(tmp_path, hang):
     """setsid and a double fork (no death signal, another session): the sandbox is a
@@ -575,6 +578,7 @@ def test_a_generated_expression_module_of_positive_inputs(capsys, tmp_path):
     assert cells(out, "x")[-2:] == ["central", "pass"]
 
 
+@pytest.mark.slow
 def test_a_module_that_stops_itself(tmp_path):
     """SIGSTOP: it neither reads nor answers; the deadline still holds (reads and writes)."""
     path = module(tmp_path, "stopper", suffix='''
@@ -723,6 +727,7 @@ def test_a_module_that_signals_its_parent(tmp_path, name):
                                               if name == "SIGINT" else (-15, "", ""))
 
 
+@pytest.mark.slow
 def test_the_module_dies_with_a_killed_check(tmp_path):
     """SIGKILL to ``symgrad check`` (nothing of it runs again) takes the module's process
     with it (PR_SET_PDEATHSIG), also when the module ignores SIGTERM and SIGHUP."""

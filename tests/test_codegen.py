@@ -682,6 +682,7 @@ sys.stdout.buffer.write(generate_source(load_spec(sys.argv[1])).encode())
 """
 
 
+@pytest.mark.slow
 def test_output_is_byte_identical_across_hash_seeds() -> None:
     procs = [
         subprocess.Popen([sys.executable, "-c", DETERMINISM, "examples/custom.toml"], cwd=ROOT,

@@ -109,7 +109,8 @@ _G = {
 _FORMS = ["sum(w * {g})", "sum({g_sq})", "sum(w**2 * {g})", "sum({g} * {g})", "sum({g_g})"]
 
 
-@settings(max_examples=5, deadline=None)
+@pytest.mark.slow
+@settings(max_examples=8, deadline=None)
 @given(g=st.sampled_from(sorted(_G)), form=st.sampled_from(_FORMS))
 def test_u_times_g_of_u_terminates_and_is_right(g, form, tmp_path_factory):
     """The class: an argument that is also a factor (u ⊙ g(u)), for non-polynomial g."""

@@ -17,6 +17,8 @@ import nbformat
 import notebook_browser as nbb
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the tutorial notebook and renders it in chromium
+
 EXAMPLES = nbb.NOTEBOOK.parent
 # what a dataclass's repr looks like (Verdict(ok=False, …)); results show a short repr
 DATACLASS_DUMP = re.compile(r"\b(Verdict|ExprVerdict|CheckReport|Report|Derivation|"

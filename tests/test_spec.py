@@ -191,7 +191,8 @@ _specs = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=800, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
+@settings(max_examples=2000, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
 @given(_specs)
 def test_fuzz_spec_dicts(data):
     t0 = time.process_time()

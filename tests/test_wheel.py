@@ -22,7 +22,7 @@ import pytest
 import symgrad
 from symgrad.examples import example_files
 
-pytestmark = pytest.mark.wheel
+pytestmark = [pytest.mark.wheel, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
