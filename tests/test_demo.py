@@ -262,6 +262,7 @@ def test_stopped_by_the_command_budget_leaves_only_whole_files(tmp_path: Path, c
     assert run_cli("--out", str(tmp_path), "--epochs", "1")[0] == 0
 
 
+@pytest.mark.slow
 def test_suggestions_run_as_printed_and_are_safe(full) -> None:
     """Each "what to try next" command runs, exactly as printed, from where the demo ran,
     and writes nothing outside DIR (the repository's generated/digits_mlp.py included)."""

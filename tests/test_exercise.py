@@ -490,6 +490,7 @@ def test_class_grades_display_themselves() -> None:
     assert c._repr_markdown_() == exercise.class_table(c)[0]
 
 
+@pytest.mark.slow
 def test_a_zero_gradient_answered_zero_scores_full_marks(tmp_path, capsys) -> None:
     """∂L/∂b₁ before a batchnorm is exactly 0 (issue 11, F3): answering 0 is right."""
     code, _, _ = run(capsys, "exercise", ROOT / "examples" / "digits_bn_dropout.toml",

@@ -296,6 +296,7 @@ def test_an_exercise_asks_for_gamma_and_grades_it(tmp_path, capsys) -> None:
     assert main(["grade", str(paths["toml"]), str(answers)]) == 1
 
 
+@pytest.mark.slow
 def test_an_exercise_of_every_type_writes_only_checked_keys(every, tmp_path) -> None:
     ws = worksheet(every, count=4, seed=1)
     assert len(ws.questions) == 4

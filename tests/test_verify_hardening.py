@@ -184,6 +184,7 @@ class _ToMethods(ast.NodeTransformer):
         return node
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(row=st.sampled_from(CATALOGUE), data=st.data())
 def test_method_spellings_get_the_same_verdict(row, data):
