@@ -27,7 +27,7 @@ proof can take them small. The numpy forms call the generated module's kernels
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import sympy as sp
@@ -176,8 +176,16 @@ IM2COL_LEGEND = ("im2col(A) the patch matrix of the map A (a row per output pixe
 # --------------------------------------------------------------------------
 
 
+class _LinearMap(Node):
+    """A map linear in its first field (the others fixed: a geometry, a pixel count): its
+    tangent is the same map of that field's tangent."""
+
+    def jvp(self, t, out):
+        return None if t[0] is None else replace(self, **{fields(self)[0].name: t[0]})
+
+
 @dataclass(frozen=True, eq=True)
-class Im2col(Node):
+class Im2col(_LinearMap):
     """P = im2col(A): row n·Hₒ·Wₒ + oh·Wₒ + ow holds the window of output pixel (oh, ow)
     of image n, entry (i·kw + j)·C + c = A[n, oh·sh + i − ph, ow·sw + j − pw, c] (0 in the
     padding).   ∂L/∂A = col2im(G) (its adjoint: overlapping windows add)."""
@@ -195,10 +203,6 @@ class Im2col(Node):
 
     def vjp(self, g, out):
         return (Col2im(g, self.geom),)
-
-    def jvp(self, t, out):
-        """Linear: the same map of the tangent."""
-        return None if t[0] is None else Im2col(t[0], self.geom)
 
     rule = "im2col"
     law = ("P = im2col(A), ∂L/∂A = col2im(∂L/∂P) (each patch entry goes back to its pixel; "
@@ -241,7 +245,7 @@ class Im2col(Node):
 
 
 @dataclass(frozen=True, eq=True)
-class Col2im(Node):
+class Col2im(_LinearMap):
     """A = col2im(P), the adjoint of im2col: each entry of the patch matrix added to the
     pixel it was taken from (windows that overlap add; padding dropped).
     ∂L/∂P = im2col(G)."""
@@ -259,10 +263,6 @@ class Col2im(Node):
 
     def vjp(self, g, out):
         return (Im2col(g, self.geom),)
-
-    def jvp(self, t, out):
-        """Linear: the same map of the tangent."""
-        return None if t[0] is None else Col2im(t[0], self.geom)
 
     rule = "col2im"
     law = "A = col2im(P), ∂L/∂P = im2col(∂L/∂A) (im2col and col2im are adjoint)"
@@ -565,7 +565,7 @@ AVG_LEGEND = ("avgpool(A) the mean of each window (padded zeros counted, as torc
 
 
 @dataclass(frozen=True, eq=True)
-class AvgPool(Node):
+class AvgPool(_LinearMap):
     """Z = avgpool(A): the sum of each window / (kh·kw), per channel (zero padding counted).
     ∂L/∂A = spread(G) (:class:`AvgPoolBack`, its adjoint)."""
 
@@ -582,10 +582,6 @@ class AvgPool(Node):
 
     def vjp(self, g, out):
         return (AvgPoolBack(g, self.geom),)
-
-    def jvp(self, t, out):
-        """Linear: the same map of the tangent."""
-        return None if t[0] is None else AvgPool(t[0], self.geom)
 
     rule = "avgpool"
     law = ("Z = avgpool(A), ∂L/∂A = spread(∂L/∂Z) (each entry / (kh·kw) to every position of "
@@ -627,7 +623,7 @@ class AvgPool(Node):
 
 
 @dataclass(frozen=True, eq=True)
-class AvgPoolBack(Node):
+class AvgPoolBack(_LinearMap):
     """∂L/∂A = spread(G): G[r, c]/(kh·kw) added at every input pixel of window r (padding
     dropped; overlapping windows add), the adjoint of avgpool. ∂L/∂G = avgpool(H)."""
 
@@ -644,10 +640,6 @@ class AvgPoolBack(Node):
 
     def vjp(self, g, out):
         return (AvgPool(g, self.geom),)
-
-    def jvp(self, t, out):
-        """Linear: the same map of the tangent."""
-        return None if t[0] is None else AvgPoolBack(t[0], self.geom)
 
     def explicit(self, env):
         gm = self.g.explicit(env)
@@ -695,7 +687,7 @@ FLATTEN_LEGEND = ("flatten(A) each image's H·W rows of the map A side by side i
 
 
 @dataclass(frozen=True, eq=True)
-class Flatten(Node):
+class Flatten(_LinearMap):
     """Z = flatten(A): the (N·H·W)×C map as N×(H·W·C), row n = the rows n·H·W … of A side
     by side (a row-major reshape, no copy).   ∂L/∂A = unflatten(G), the inverse reshape."""
 
@@ -712,10 +704,6 @@ class Flatten(Node):
 
     def vjp(self, g, out):
         return (Unflatten(g, self.pixels),)
-
-    def jvp(self, t, out):
-        """Linear: the same map of the tangent."""
-        return None if t[0] is None else Flatten(t[0], self.pixels)
 
     rule = "flatten"
     law = "Z = flatten(A), ∂L/∂A = unflatten(∂L/∂Z) (a reshape: its inverse)"
@@ -748,7 +736,7 @@ class Flatten(Node):
 
 
 @dataclass(frozen=True, eq=True)
-class Unflatten(Node):
+class Unflatten(_LinearMap):
     """A = unflatten(G): N×(H·W·C) back to the (N·H·W)×C map (the inverse reshape).
     ∂L/∂G = flatten(H)."""
 
@@ -765,10 +753,6 @@ class Unflatten(Node):
 
     def vjp(self, g, out):
         return (Flatten(g, self.pixels),)
-
-    def jvp(self, t, out):
-        """Linear: the same map of the tangent."""
-        return None if t[0] is None else Unflatten(t[0], self.pixels)
 
     legend = FLATTEN_LEGEND
 
