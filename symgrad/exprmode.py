@@ -4061,10 +4061,16 @@ def _assumptions(args: argparse.Namespace) -> Assumptions:
 
 def cmd_derive(args: argparse.Namespace) -> int:
     d = derive_expr(_problem_from(args), prove_rules=getattr(args, "prove", False))
+    return write_derivation(d, args, prove)
+
+
+def write_derivation(d, args: argparse.Namespace, prove_fn) -> int:
+    """derive's output of ``d`` (gradients here, Hessians in symgrad.hessian) in the asked
+    format, then with --prove the proof ``prove_fn(d)``'s lines; the exit status."""
     sys.stdout.write({"text": d.text, "latex": d.latex, "markdown": d.markdown}[args.format](
         steps=args.steps))
     if getattr(args, "prove", False):
-        ok, lines = prove(d)
+        ok, lines = prove_fn(d)
         sys.stdout.write("\nProof by scalar expansion on a tiny instance\n"
                          + "".join(f"  {line}\n" for line in lines))
         return 0 if ok else 1

@@ -603,14 +603,7 @@ def generate_hessian(hd: HessianDerivation, name: str = "expr") -> str:
 
 def cmd_derive(args: argparse.Namespace) -> int:
     hd = derive_hessian(em._problem_from(args), prove_rules=getattr(args, "prove", False))
-    sys.stdout.write({"text": hd.text, "latex": hd.latex, "markdown": hd.markdown}[args.format](
-        steps=args.steps))
-    if getattr(args, "prove", False):
-        ok, lines = prove_hessian(hd)
-        sys.stdout.write("\nProof by scalar expansion on a tiny instance\n"
-                         + "".join(f"  {line}\n" for line in lines))
-        return 0 if ok else 1
-    return 0
+    return em.write_derivation(hd, args, prove_hessian)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
