@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # test: the suite within five minutes; test-slow: the tests marked slow (seconds of waiting
-# each, or thousands of examples: the wheel, the notebook, check's time limits, torchrun, the
-# spec fuzzer), which .ci/run runs after it
+# each, or thousands of examples: the README's examples, the wheel, the notebook, check's time
+# limits, torchrun, the spec fuzzer), which .ci/run runs after it
 test: $(STAMP)
 	$(BIN)/ruff check symgrad tests benchmarks generated
 	$(BIN)/python -m pytest -n auto --dist loadfile -m "not slow"

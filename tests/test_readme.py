@@ -41,6 +41,9 @@ from pathlib import Path
 
 import pytest
 
+# a minute: every console block runs as a command; make test-slow (and .ci/run) runs it
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 ELLIPSIS = "..."
