@@ -2654,18 +2654,16 @@ def _torch_note(note: str) -> str:
 def torch_context(d: Derivation, products: bool = False) -> dict[str, Any]:
     """module_context(d) for templates/torch_module.py.jinja: every statement in torch's
     spelling (:func:`symgrad.backends.torch_code`), the workspace made on the device.
-    First-order optimizers; ``products``: hvp() and gnvp() too (generate --hvp). Anything
-    else is refused in one line."""
+    ``products``: hvp() and gnvp() too (generate --hvp, or the spec's optimizer newton_cg or
+    lbfgs, which train() then offers as the numpy module does). Anything else is refused in
+    one line."""
     from symgrad.backends import torch_code
 
     spec, graph = d.spec, d.graph
     where = f"{spec.source}: training.backend"
-    if _second_order(spec):
-        raise SymgradError(where, f"{spec.training.optimizer} is in numpy modules only so "
-                           "far; use a first-order optimizer (sgd, momentum, nesterov, adam, "
-                           "rmsprop) with the torch backend")
+    products = products or _second_order(spec)
     ctx = module_context(d, products)
-    ctx["training"] = _training(spec)  # (newton_cg's and lbfgs's constants: numpy only)
+    ctx["training"] = _training(spec, ctx["second_order"])
     ctx["products"] = products
     if products:
         for key in ("hvp", "gnvp"):
@@ -2730,7 +2728,8 @@ def torch_context(d: Derivation, products: bool = False) -> dict[str, Any]:
     ctx["docstring"] = ctx["docstring"].replace(
         "dropout masks drawn\nfrom np.random.default_rng(seed)",
         "dropout masks drawn\nfrom torch.Generator(device).manual_seed(seed)", 1)
-    ctx["optimizers"] = "(" + ", ".join(f'"{o}"' for o in OPTIMIZERS) + ")"
+    offered = (*OPTIMIZERS, *(SECOND_ORDER if ctx["second_order"] else ()))
+    ctx["optimizers"] = "(" + ", ".join(f'"{o}"' for o in offered) + ")"
     return ctx
 
 
