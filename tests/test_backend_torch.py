@@ -207,8 +207,8 @@ def test_backend_refusals() -> None:
     # (batchnorm and dropout: tests/test_backend_torch_layers.py, with the refusal's text)
     lbfgs = Spec("net", 3, (Layer(2, "identity"),), loss="mse",
                  training=Training(optimizer="lbfgs", backend="torch"))
-    with pytest.raises(SymgradError, match="lbfgs is in numpy modules only so far"):
-        generate_source(lbfgs)
+    # no longer refused: tests/test_backend_torch_second.py
+    assert load_module(generate_source(lbfgs)).OPTIMIZERS[-2:] == ("newton_cg", "lbfgs")
 
 
 def test_generate_and_check_on_the_command_line(tmp_path: Path, capsys) -> None:
