@@ -88,6 +88,7 @@ from symgrad.ops.lowered import (
     SumColumns,
     SumRows,
     Total,
+    image_rows,
 )
 from symgrad.printing import text
 from symgrad.spec import (
@@ -1524,6 +1525,36 @@ def _unread(statements: list[Statement], goal: str) -> list[Statement]:
     return out[::-1]
 
 
+def _joint(eqs: list[Equation], stmts: list[Statement], lw: ArrayLowering,
+           indent: int = 4) -> list[Statement]:
+    """The statements with the values that one kernel call returns together (each op's
+    ``numpy_call``: max pooling's arg-max and pooled map) computed by one call,
+    ``Z2, arg2 = maxpool(A1, …)``, where the first of them stood, under all their formulas;
+    the others' places left empty (no lines). Only where every entry of the call's tuple
+    is a statement of its own (``name = call[i]``, nothing hoisted)."""
+    groups: dict[str, dict[int, int]] = {}
+    for k, (e, s) in enumerate(zip(eqs, stmts, strict=True)):
+        found = e.rhs.numpy_call(lw)
+        if found is None:
+            continue
+        call, i = found
+        line = f"{e.target.name} = {call}[{i}]"
+        if s.code in ((line,), (f"{line}  # noqa: E501",)):
+            groups.setdefault(call, {})[i] = k
+    out = list(stmts)
+    for call, at in groups.items():
+        if sorted(at) != list(range(len(at))) or len(at) < 2:
+            continue
+        first = min(at.values())
+        line = f"{', '.join(eqs[at[i]].target.name for i in sorted(at))} = {call}"
+        comments = tuple(c for k in sorted(at.values()) for c in stmts[k].comments)
+        for k in at.values():
+            out[k] = Statement((), ())
+        out[first] = Statement((line if _fits(line, indent) else f"{line}  # noqa: E501",),
+                               comments)
+    return out
+
+
 def lower(d: Derivation) -> Lowered:
     """The statements of forward, loss, loss_and_grad and the training step.
 
@@ -1539,17 +1570,23 @@ def lower(d: Derivation) -> Lowered:
     if not chain:
         equations = [Equation(e.target, at_sizes(e.rhs, sizes), e.rule) for e in equations]
         backward = [Equation(e.target, at_sizes(e.rhs, sizes), e.rule) for e in backward]
+    x = d.graph.data[0]  # an image batch read as a map by a non-window op: ImageRows(X)
+    equations = [Equation(e.target, image_rows(e.rhs, x), e.rule) for e in equations]
+    backward = [Equation(e.target, image_rows(e.rhs, x), e.rule) for e in backward]
 
-    def statements(eqs: list[Equation], shown: dict[str, Node] = original) -> list[Statement]:
+    def statements(eqs: list[Equation], shown: dict[str, Node] = original,
+                   joint: bool = False) -> list[Statement]:
         # one lowering per function: t0, t1, … from 0
         arr = ArrayLowering(helpers=out.helpers, sizes=None if chain else sizes, split=not chain)
-        return [arr.statement(e.target.name, e.rhs, _comments(e, shown, notes)) for e in eqs]
+        stmts = [arr.statement(e.target.name, e.rhs, _comments(e, shown, notes)) for e in eqs]
+        return _joint(eqs, stmts, arr) if joint else stmts  # (forward/loss: no arg-max read)
 
     out.forward = _unread(statements(_needed(equations, {"Yhat"})), "Yhat")
     out.loss = _unread(statements(_needed(equations, {d.graph.loss.name})), d.graph.loss.name)
-    out.grad = statements(equations + backward)
+    out.grad = statements(equations + backward, joint=True)
     if d.graph.inference:
-        infer = [Equation(a.target, at_sizes(running(a.rhs), sizes)) for a in d.graph.inference]
+        infer = [Equation(a.target, image_rows(at_sizes(running(a.rhs), sizes), x))
+                 for a in d.graph.inference]
         shown = {**original, **{e.target.name: running(a.rhs)  # the loss: its own formula
                                 for e, a in zip(infer, d.graph.inference, strict=True)}}
         last = max(i for i, e in enumerate(equations) if e.target.name == "Yhat")
@@ -2447,8 +2484,9 @@ def lower_products(d: Derivation, helpers: set[str]) -> dict[str, Any]:
     views, shapes = _matrix_views(d), spec.param_shapes()
 
     def fixed(eqs: list[Equation]) -> list[Equation]:
-        return eqs if chain else [Equation(e.target, at_sizes(e.rhs, sizes), e.rule)
-                                  for e in eqs]
+        x = d.graph.data[0]  # (an image batch read as a map: ImageRows(X))
+        return eqs if chain else [Equation(e.target, image_rows(at_sizes(e.rhs, sizes), x),
+                                           e.rule) for e in eqs]
 
     def comment(e: Equation, shown: dict[str, Node]) -> tuple[str, ...]:
         rhs = shown.get(e.target.name, e.rhs)
@@ -2457,6 +2495,7 @@ def lower_products(d: Derivation, helpers: set[str]) -> dict[str, Any]:
         return _comments(e, shown, notes)
 
     out: dict[str, Any] = {}
+    kernels: set[str] = set()  # the convolution kernels the products' lines call
     for so in (second.hvp(d), second.gnvp(d)):
         shown = {e.target.name: e.rhs
                  for e in [*d.forward, *so.tangents, *so.backward, *so.adjoints]}
@@ -2466,13 +2505,16 @@ def lower_products(d: Derivation, helpers: set[str]) -> dict[str, Any]:
                                                {r for r in so.results.values() if r})}
         tangents_, backward, adjoints_ = ([e for e in eqs if e.target.name in live]
                                           for eqs in (so.tangents, so.backward, so.adjoints))
+        kernels |= _kernels([*tangents_, *backward, *adjoints_])
         need: set[str] = set()
         for e in [*tangents_, *backward, *adjoints_]:
             need |= e.rhs.syms()
         arr = ArrayLowering(helpers=helpers, sizes=None if chain else sizes, split=not chain)
 
         def statements(eqs: list[Equation], arr=arr, shown=shown) -> list[Statement]:
-            return [arr.statement(e.target.name, e.rhs, comment(e, shown)) for e in fixed(eqs)]
+            eqs = fixed(eqs)
+            return _joint(eqs, [arr.statement(e.target.name, e.rhs, comment(e, shown))
+                                for e in eqs], arr)
 
         fwd, tangents = statements(_needed(equations, need)), statements(tangents_)
         bwd, adjoints = statements(backward), statements(adjoints_)
@@ -2499,7 +2541,15 @@ def lower_products(d: Derivation, helpers: set[str]) -> dict[str, Any]:
             "ret": _dict_lines("return ", results),
         }
     out["training_products"] = d.graph.stochastic  # batch statistics, masks: seed=
+    out["product_kernels"] = kernels  # (module_context adds them to the module's kernels)
     return out
+
+
+def _kernels(equations: list[Equation]) -> set[str]:
+    """The convolution kernels (templates/conv_kernels.py.jinja) that the lowerings of
+    these equations call: each op declares those of its own forms (``kernels``; a
+    tangent's op its own: max pooling's picks at the arg-max through im2col)."""
+    return {k for eq in equations for n in _nodes(eq.rhs) for k in getattr(n, "kernels", ())}
 
 
 def module_context(d: Derivation, products: bool = False) -> dict[str, Any]:
@@ -2512,6 +2562,7 @@ def module_context(d: Derivation, products: bool = False) -> dict[str, Any]:
     helpers = set(lowered.helpers)
     products = products or _second_order(spec)
     second = lower_products(d, helpers) if products else {}
+    product_kernels = second.pop("product_kernels", set())
     # train() offers newton_cg and lbfgs with the products (generate --hvp) where the loss is
     # a fixed function of the parameters (no batch statistics, no masks)
     offered = _second_order(spec) or (products and not d.graph.stochastic)
@@ -2578,8 +2629,7 @@ def module_context(d: Derivation, products: bool = False) -> dict[str, Any]:
         "exported": [f'"{n}"' for n in exported],
         "inputs": spec.inputs,
         "input_shape": spec.input_shape and repr(tuple(spec.input_shape)),
-        "conv_kernels": sorted({k for eq in [*d.forward, *d.backward]
-                                for n in _nodes(eq.rhs) for k in getattr(n, "kernels", ())}),
+        "conv_kernels": sorted(_kernels([*d.forward, *d.backward]) | product_kernels),
         "outputs": spec.outputs,
         "param_shapes": [(f'"{k}"', repr(tuple(v)), "") for k, v in spec.param_shapes().items()],
         "l1": repr(float(spec.l1)),

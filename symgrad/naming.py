@@ -19,6 +19,9 @@ _COT = re.compile(r"d([A-Z][A-Za-z]*|b|gamma|beta)\d*\Z")
 # before the square (var3 → σ₃²)
 _GREEK = {"gamma": ("γ", r"\gamma"), "beta": ("β", r"\beta"), "mu": ("μ", r"\mu"),
           "var": ("σ", r"\sigma"), "Xhat": ("X̂", r"\hat{X}"), "Yhat": ("Ŷ", r"\hat{Y}")}
+# per-layer names of more than one letter that are words, upright in LaTeX as operators
+# (\operatorname{arg}_{2}, read as text's arg₂, not as the product a·r·g₂)
+_WORDS = {"arg"}
 
 
 def cotangent(name: str) -> str:
@@ -137,6 +140,8 @@ def latex(name: str) -> str:
     is_cot, base, idx = _split(name)
     greek = base == "Yhat" or bool(idx)
     base_tex = _GREEK[base][1] if greek and base in _GREEK else base
+    if idx and base in _WORDS:
+        base_tex = rf"\operatorname{{{base}}}"
     primal_tex = f"{base_tex}_{{{idx}}}" if idx else base_tex
     if greek and base == "var":
         primal_tex += "^{2}"

@@ -322,7 +322,10 @@ def test_the_step_pools_before_the_relu_and_the_readable_code_does_not():
     assert "np.maximum(S1, 0.0, out=Z2)" in step and "np.greater(Z2, 0.0, out=M1)" in step
     assert "np.greater(Z1" not in step and "mask1" not in step
     assert "A1 = np.maximum(Z1, 0)" in readable
-    assert "maxpool(A1, (8, 8), (2, 2), (2, 2), (0, 0))[0]" in readable
+    # one call for the pooled map and its arg-max, under both formulas
+    assert ("    # arg₂ = argmax(A₁)\n    # Z₂ = maxpool(A₁)\n"
+            "    Z2, arg2 = maxpool(A1, (8, 8), (2, 2), (2, 2), (0, 0))\n") in readable
+    assert readable.count("maxpool(A1, ") == 1
 
 
 def test_hvp_of_a_conv_net_equals_differences_of_the_gradient():

@@ -119,7 +119,7 @@ def test_latex_and_markdown(digits, cnn2):
     for row in (r"Z_{1} &= \operatorname{im2col}\left(X\right) W_{1} + b_{1}",
                 r"Z_{2} &= \operatorname{maxpool}\left(A_{1}\right)",
                 r"\delta_{1} = \frac{\partial L}{\partial Z_{1}} &= \operatorname{route}\left("
-                r"\delta_{2}, arg_{2}\right) \odot \left[A_{1} > 0\right]",
+                r"\delta_{2}, \operatorname{arg}_{2}\right) \odot \left[A_{1} > 0\right]",
                 r"\frac{\partial L}{\partial W_{1}} &= \operatorname{im2col}\left(X\right)^{\top} "
                 r"\delta_{1}"):
         assert row in latex

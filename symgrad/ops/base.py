@@ -87,6 +87,7 @@ class Node:
     #    found by the printers and lowerings before their own tables.
     precedence: int | None = None  # the printers' precedence of text()/latex() (None: atom)
     bracketed_factor = False  # numpy brackets it as a factor of * for the reader: (A @ B) * C
+    flat_data = False  # its lowerings read an image batch X as the module's (N, H·W·C) rows
 
     @property
     def refs(self) -> tuple[Node, ...]:
@@ -105,6 +106,13 @@ class Node:
 
     def into(self, st, dest: str) -> None:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} has no in-place form")
+
+    def numpy_call(self, lw) -> tuple[str, int] | None:
+        """``(call, i)`` where the readable value is entry ``i`` of the tuple that one
+        kernel call returns (``maxpool(A1, …)``: the pooled map, 0, and its arg-max, 1):
+        the readable lowering makes that call once for all its entries; None (the
+        default): the value is its ``numpy`` expression alone."""
+        return None
 
     def declares(self, form: str) -> bool:
         """Whether this op's class declares ``form`` (text, latex, numpy, into) itself."""

@@ -236,6 +236,7 @@ class Im2col(_LinearMap):
         return _call(lw, "im2col", self.geom, self.x), lw.ATOM
 
     kernels = ("im2col",)
+    flat_data = True  # reads the image batch X as the module holds it (through _map)
     kept = True  # one patch matrix per step: Z's product and ∂L/∂W read the same P
 
     def into(self, st, dest):
@@ -379,8 +380,14 @@ class PoolArgmax(Node):
         return _fn_latex(p, "argmax", self.x)
 
     def numpy(self, lw):
-        return _call(lw, "maxpool", self.geom, self.x) + "[1]", lw.ATOM
+        call, i = self.numpy_call(lw)
+        return f"{call}[{i}]", lw.ATOM
 
+    def numpy_call(self, lw):
+        """maxpool's second entry: one call gives the pooled map and this arg-max."""
+        return _call(lw, "maxpool", self.geom, self.x), 1
+
+    flat_data = True  # reads the image batch X as the module holds it (through _map)
     kernels = ("maxpool",)
 
     def into(self, st, dest):
@@ -476,8 +483,15 @@ class MaxPool(Node):
             patches = f"im2col({_map(lw.expr(self.x, 0), self.x, lw)}, {g.args()})"
             return (f"np.take_along_axis({patches}.reshape(-1, {g.k}, {c}), "
                     f"{lw.expr(self.arg, lw.ATOM)}[:, None].astype(np.intp), 1)[:, 0]"), lw.ATOM
-        return _call(lw, "maxpool", self.geom, self.x) + "[0]", lw.ATOM
+        call, i = self.numpy_call(lw)
+        return f"{call}[{i}]", lw.ATOM
 
+    def numpy_call(self, lw):
+        """maxpool's first entry (its second is the arg-max); a tangent picked at arg is
+        an expression of its own."""
+        return None if self.at_arg else (_call(lw, "maxpool", self.geom, self.x), 0)
+
+    flat_data = True  # reads the image batch X as the module holds it (through _map)
     @property
     def kernels(self):
         return ("im2col",) if self.at_arg else ("maxpool",)
@@ -614,6 +628,7 @@ class AvgPool(_LinearMap):
     def numpy(self, lw):
         return _call(lw, "avgpool", self.geom, self.x), lw.ATOM
 
+    flat_data = True  # reads the image batch X as the module holds it (through _map)
     kernels = ("avgpool",)
 
     def into(self, st, dest):
@@ -705,6 +720,7 @@ class Flatten(_LinearMap):
     def vjp(self, g, out):
         return (Unflatten(g, self.pixels),)
 
+    flat_data = True  # reads the image batch X as the module holds it (through _map)
     rule = "flatten"
     law = "Z = flatten(A), ∂L/∂A = unflatten(∂L/∂Z) (a reshape: its inverse)"
     legend = FLATTEN_LEGEND

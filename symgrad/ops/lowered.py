@@ -11,6 +11,10 @@ declaring its readable (``numpy``) and in-place (``into``) forms here:
   :class:`Augmented`, :class:`SoftmaxT`, :class:`LogSumExpT`, :class:`SumRows`,
   :class:`SumColumns`.
 
+* :class:`ImageRows` — the image batch X read as its feature map (N·H·W rows of C) by an
+  op that is not a window op (batchnorm, dropout, add, concat on X): the module keeps X as
+  its (N, H·W·C) rows.
+
 The row-wise log-sum-exp of the stable cross-entropy is :class:`symgrad.ops.LogSumExp`.
 """
 
@@ -24,7 +28,8 @@ import sympy as sp
 from symgrad import naming
 from symgrad.ops.base import SCALAR, N, Node, Sym
 
-__all__ = ["Total", "ColumnBias", "Augmented", "SoftmaxT", "LogSumExpT", "SumRows", "SumColumns"]
+__all__ = ["Total", "ColumnBias", "Augmented", "SoftmaxT", "LogSumExpT", "SumRows", "SumColumns",
+           "ImageRows", "image_rows"]
 
 
 @dataclass(frozen=True, eq=True)
@@ -251,3 +256,54 @@ class SumColumns(Node):
         ones = st.ones()
         with st.operand(self.x) as x:
             st.emit(f"np.dot({x}, {ones}, out={dest})")
+
+
+@dataclass(frozen=True, eq=True)
+class ImageRows(Node):
+    """X as the feature map of the graph, (N·H·W)×C, where the module holds the image batch
+    as its (N, H·W·C) rows: a row-major reshape (a view in the readable code, a copy into
+    the step's buffer). The window ops and flatten read X's rows themselves."""
+
+    x: Node
+
+    @property
+    def children(self):
+        return (self.x,)
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    def numeric(self, env):
+        return self.x.numeric(env)
+
+    def text(self, p):
+        return p._print(self.x)
+
+    def latex(self, p):
+        return p._print(self.x)
+
+    def numpy(self, lw):
+        return f"{lw.expr(self.x, lw.ATOM)}.reshape(-1, {lw.size(self.x.shape[1])})", lw.ATOM
+
+    def into(self, st, dest):
+        with st.operand(self.x) as a:
+            st.emit(f"np.copyto({dest}, {a}.reshape({dest}.shape))")
+
+
+def image_rows(node: Node, x: Sym) -> Node:
+    """``node`` with the image batch ``x`` read through :class:`ImageRows` wherever an op
+    takes it as a map (not where the op reads the module's rows itself: ``flat_data``)."""
+    from symgrad.derive import transform  # (derive imports the ops)
+
+    if x.shape[0] == N:  # not an image batch (or 1×1 images): its rows are the map's
+        return node
+
+    def rule(n: Node) -> Node | None:
+        if n == x:
+            return ImageRows(x)
+        if getattr(n, "flat_data", False) and n.children == (x,):
+            return n
+        return None
+
+    return transform(node, rule)
