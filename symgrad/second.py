@@ -341,6 +341,54 @@ class Proof:
                 f"({self.entries} entries, max |difference| {self.worst:.1e}): {verdict}\n")
 
 
+class Tie(ValueError):
+    """A kink's argument is 0 at the proof's point (no branch to take)."""
+
+
+def _branches(expr: sp.Expr, at: dict) -> sp.Expr:
+    """``expr`` with each kink (|·|, sign, a step, max/min, a Piecewise) replaced by the branch
+    it takes at the point ``at``: |u| → ±u, sign(u) → ±1, H(u) → 0 or 1, a Piecewise → its
+    piece there. Exact in a neighbourhood of a point off the kinks, so the second derivatives
+    there are those of the loss (almost everywhere, as the products take them); a kink's
+    argument that is 0 at the point raises Tie."""
+
+    def value(u: sp.Expr) -> float:
+        v = sp.N(u.xreplace(at), 30)
+        if not v.is_extended_real or abs(v) < 1e-25:
+            raise Tie(f"a kink at the point ({u} = {v})")
+        return float(v)
+
+    def fold(e: sp.Expr) -> sp.Expr:
+        if isinstance(e, sp.Abs):
+            return e.args[0] if value(e.args[0]) > 0 else -e.args[0]
+        if isinstance(e, sp.sign):
+            return sp.Integer(1 if value(e.args[0]) > 0 else -1)
+        if isinstance(e, sp.Heaviside):
+            return sp.Integer(1 if value(e.args[0]) > 0 else 0)
+        if isinstance(e, sp.Max | sp.Min):
+            vals = [value(a) for a in e.args]
+            best = max(vals) if isinstance(e, sp.Max) else min(vals)
+            if vals.count(best) > 1:
+                raise Tie(f"a tie of {e} at the point")
+            return e.args[vals.index(best)]
+        if isinstance(e, sp.Piecewise):
+            for piece, cond in e.args:
+                rel = cond.xreplace(at) if cond is not sp.true else sp.true
+                if isinstance(rel, sp.Rel) and not isinstance(rel, sp.Eq | sp.Ne):
+                    if abs(value(rel.lhs - rel.rhs)) < 1e-25:  # on the boundary: a tie
+                        raise Tie(f"a kink at the point ({cond})")
+                    rel = rel.func(sp.N(rel.lhs, 30), sp.N(rel.rhs, 30))
+                if bool(rel):
+                    return piece
+            raise Tie(f"no piece of {e} at the point")
+        return e
+
+    kinds = (sp.Abs, sp.sign, sp.Heaviside, sp.Max, sp.Min, sp.Piecewise)
+    if not expr.has(*kinds):
+        return expr
+    return expr.replace(lambda e: isinstance(e, kinds), fold)
+
+
 def prove(so: SecondOrder, seed: int = 0, batch: int = 2, width: int = 2) -> Proof:
     """Expand L in scalars at tiny sizes (each width at most ``width``, N = ``batch``) as
     L(θ₀ + εV + τ), τ a symbol per parameter entry, let SymPy take ∂²L/∂τ_i∂ε at 0 (the entry
@@ -384,8 +432,8 @@ def prove(so: SecondOrder, seed: int = 0, batch: int = 2, width: int = 2) -> Pro
         num_env[v.name] = vdir[p.name]
     for eq in [*d.forward, *so.tangents, *so.backward, *so.adjoints]:
         num_env[eq.target.name] = eq.rhs.explicit(num_env)
-    eps = sp.Symbol("eps")
-    taus = {p: sp.Matrix(*point[p].shape, lambda i, j, p=p: sp.Symbol(f"tau_{p}_{i}_{j}"))
+    eps = sp.Symbol("eps", real=True)
+    taus = {p: sp.Matrix(*point[p].shape, lambda i, j, p=p: sp.Symbol(f"tau_{p}_{i}_{j}", real=True))
             for p in point}
     sym_env = {**env, **{q: point[q] + eps * vdir[q] + taus[q] for q in point}}
     zero = {t: 0 for m in taus.values() for t in m}
@@ -399,17 +447,20 @@ def prove(so: SecondOrder, seed: int = 0, batch: int = 2, width: int = 2) -> Pro
         if eq.target.name == split:  # G V: the network's output S(θ) on its own, and the
             net = sym_env[split]  # penalty alone in L: S held at S(θ₀) from here on
             sym_env[split] = num_env[split]
-    slope = sp.diff(sym_env[d.graph.loss.name][0, 0], eps).xreplace({eps: 0})  # ∂L/∂ε
+    origin = {eps: 0, **zero}  # θ₀: every kink's branch is the one taken there
+    loss = _branches(sym_env[d.graph.loss.name][0, 0], origin)
+    slope = sp.diff(loss, eps).xreplace({eps: 0})  # ∂L/∂ε
     if split:  # H_ℓ J V: ∂²ℓ/∂ρ∂η of the loss at S(θ₀) + η J V + ρ, then Jᵀ by ∂S/∂τ
         jv = net.diff(eps).xreplace({eps: 0, **zero})
-        eta = sp.Symbol("eta")
-        rho = sp.Matrix(*jv.shape, lambda i, j: sp.Symbol(f"rho_{i}_{j}"))
+        eta = sp.Symbol("eta", real=True)
+        rho = sp.Matrix(*jv.shape, lambda i, j: sp.Symbol(f"rho_{i}_{j}", real=True))
         loss_env = {**num_env, split: num_env[split] + eta * jv + rho}
         for eq in after:
             loss_env[eq.target.name] = eq.rhs.explicit(loss_env)
         at = {eta: 0, **{r: 0 for r in rho}}
-        hjv = [sp.diff(loss_env[d.graph.loss.name][0, 0], eta, r).xreplace(at) for r in rho]
-        net = net.xreplace({eps: 0})
+        outer = _branches(loss_env[d.graph.loss.name][0, 0], at)
+        hjv = [sp.diff(outer, eta, r).xreplace(at) for r in rho]
+        net = net.xreplace({eps: 0}).applyfunc(lambda s: _branches(s, zero))
     worst, count = 0.0, 0
     for p in d.graph.params:
         name = so.results[p.name]
@@ -439,11 +490,11 @@ def cmd_derive_second(args, spec: Spec) -> int:
         sys.stdout.flush()
         try:
             report = prove(so)
-        except (ValueError, TypeError):  # SymPy's diff of a kink's derivative (sign, |x|′)
-            raise SymgradError(f"{spec.source}: --prove", "the scalar expansion of this loss "
-                               "or penalty has a kink (mae, huber, l1, relu at a tie) that "
-                               "SymPy does not differentiate twice; check the product with "
-                               "symgrad check SPEC --hvp") from None
+        except (ValueError, TypeError):  # Tie: a kink's argument is 0 at the point
+            raise SymgradError(f"{spec.source}: --prove", "the tiny instance's point lies on "
+                               "a kink of the loss, a penalty or an activation (an argument "
+                               "of |·|, a step or a max is 0 there: no second derivative); "
+                               "check the product with symgrad check SPEC --hvp") from None
         sys.stdout.write("\n" + report.text())
         return 0 if report.ok else 1
     return 0

@@ -263,15 +263,22 @@ def test_check_hvp_of_batchnorm_and_dropout(tmp_path):
     assert not check_products(path).ok
 
 
-def test_prove_of_a_kinked_loss_is_refused_in_one_line(tmp_path, capsys):
+def test_prove_of_a_kinked_loss_takes_the_branch_at_the_point(tmp_path, capsys):
+    """mae, huber, l1, softsign: their kinks' branches at the proof's point (exact near it)."""
     spec = tmp_path / "k.toml"
-    spec.write_text('[network]\nname = "k"\ninputs = 3\n[[layer]]\nunits = 2\nactivation = '
-                    '"tanh"\n[[layer]]\nunits = 2\n[loss]\nkind = "mae"\n', encoding="utf-8")
-    assert main(["derive", str(spec), "--gnvp", "--prove"]) == 2
+    net = ('[network]\nname = "k"\ninputs = 3\n[[layer]]\nunits = 2\nactivation = "tanh"\n'
+           '[[layer]]\nunits = 2\n')
+    spec.write_text(net + '[loss]\nkind = "mae"\n', encoding="utf-8")
+    for flag in ("--gnvp", "--hvp"):
+        assert main(["derive", str(spec), flag, "--prove"]) == 0
+        assert capsys.readouterr().out.rstrip().endswith("PROVED")
+    # at seed 0 the tiny instance's W₂[0, 0] is 0: l1's |W₂| has no branch there
+    spec.write_text(net + '[loss]\nkind = "mse"\n[regularization]\nl1 = 0.1\n', encoding="utf-8")
+    assert main(["derive", str(spec), "--hvp", "--prove"]) == 2
     assert capsys.readouterr().err == (
-        f"symgrad: error: {spec}: --prove: the scalar expansion of this loss or penalty has a "
-        "kink (mae, huber, l1, relu at a tie) that SymPy does not differentiate twice; check "
-        "the product with symgrad check SPEC --hvp\n")
+        f"symgrad: error: {spec}: --prove: the tiny instance's point lies on a kink of the loss, "
+        "a penalty or an activation (an argument of |·|, a step or a max is 0 there: no second "
+        "derivative); check the product with symgrad check SPEC --hvp\n")
 
 
 def test_verify_product_with_expr_refused(capsys):
