@@ -22,14 +22,21 @@ two; see benchmarks/README.md).
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Callable
+from typing import Any
 
 from symgrad.errors import SymgradError
 
-__all__ = ["BACKENDS", "NOT_YET", "check_backend", "torch_code"]
+__all__ = ["BACKENDS", "NOT_YET", "check_backend", "cupy_module", "jax_code", "jax_context",
+           "torch_code"]
 
-BACKENDS = ("numpy", "torch")
-NOT_YET = ("cupy", "jax")  # issue 16, later
+BACKENDS = ("numpy", "torch", "jax", "cupy")
+NOT_YET: tuple[str, ...] = ()  # issue 16: every backend it names is written
+
+
+def _choices() -> str:
+    return f"{', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}"
 
 
 def check_backend(name: object, where: str) -> str:
@@ -37,8 +44,8 @@ def check_backend(name: object, where: str) -> str:
     if name in BACKENDS:
         return str(name)
     if name in NOT_YET:
-        raise SymgradError(where, f"the {name} backend is not available yet; use numpy or torch")
-    raise SymgradError(where, f"unknown backend {name!r}; use numpy or torch")
+        raise SymgradError(where, f"the {name} backend is not available yet; use {_choices()}")
+    raise SymgradError(where, f"unknown backend {name!r}; use {_choices()}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -340,3 +347,432 @@ def _fitted(line: str, indent: int) -> list[str]:
             or indent + 4 + len(value) > LINE_LENGTH or line.startswith(" ")):
         return [line]
     return [f"{target} = (", f"    {value}", ")"]
+
+
+# ------------------------------------------------------------------------------------------
+# The jax dialect
+# ------------------------------------------------------------------------------------------
+#
+# JAX arrays are immutable, so only the readable statements of loss_and_grad (pure
+# assignments: ``dW1 = X.T @ dZ1``) have a jax spelling; the fast path's ``out=`` and
+# in-place statements have none (XLA fuses the readable ones inside one jax.jit). numpy's
+# operators and methods (@, .T, .sum(axis=…), .reshape, .astype) are jax.numpy's too, so the
+# dialect renames the calls np.f → jnp.f of its table and refuses everything that writes
+# into an array.
+
+JAX_NAMES = frozenset({
+    "abs", "arctan", "concatenate", "cos", "cosh", "exp", "expm1", "greater", "greater_equal",
+    "inf", "less", "less_equal", "log", "log1p", "logaddexp", "maximum", "minimum", "pi",
+    "power", "reciprocal", "sign", "sin", "sinh", "sqrt", "square", "sum", "tanh", "where",
+    "zeros", "ones", "take_along_axis", "int8", "intp",
+})  # the one spelling table of the jax backend: np.f → jnp.f (the same name in jax.numpy)
+
+_JAX_REFUSED_METHODS = {"fill", "sort", "resize", "put", "itemset", "setflags"}  # in place
+
+
+def jax_code(lines: tuple[str, ...] | list[str], where: str = "jax backend",
+             indent: int = 4, dicts: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """The jax spelling of readable numpy statements (the lines of one lowered statement):
+    ``np.f`` → ``jnp.f`` for the names of :data:`JAX_NAMES`; a name the table lacks, an
+    ``out=`` argument, an assignment into an array (``A[…] = …``) or an in-place method is
+    refused in one line (JAX arrays are immutable); ``dicts`` names the dicts an item may be
+    assigned into (init_params' ``params["W1"] = …``)."""
+    source = "\n".join(lines)
+    tree = ast.parse(source)
+    spans: list[tuple[int, int]] = []
+    offsets = [0]
+    for line in source.encode().splitlines(keepends=True):
+        offsets.append(offsets[-1] + len(line))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id == "np":
+            if node.attr not in JAX_NAMES:
+                raise SymgradError(where, f"no jax spelling for np.{node.attr} yet "
+                                   "(symgrad.backends.JAX_NAMES, the jax backend's table)")
+            start = offsets[node.value.lineno - 1] + node.value.col_offset
+            spans.append((start, start + 2))
+        elif isinstance(node, ast.keyword) and node.arg == "out":
+            raise SymgradError(where, f"no jax spelling for out= in {ast.unparse(node.value)!r}"
+                               " (JAX arrays are immutable: write the readable statement)")
+        elif isinstance(node, ast.Assign | ast.AugAssign) and not all(
+                isinstance(t, ast.Name) or isinstance(t, ast.Tuple)
+                and all(isinstance(e, ast.Name) for e in t.elts)
+                or isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name)
+                and t.value.id in dicts
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])):
+            raise SymgradError(where, f"no jax spelling for {ast.unparse(node).splitlines()[0]!r}"
+                               " (JAX arrays are immutable: no assignment into an array)")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in _JAX_REFUSED_METHODS:
+            raise SymgradError(where, f"no jax spelling for .{node.func.attr}() (in place)")
+    text = source.encode()
+    for start, end in sorted(spans, reverse=True):
+        text = text[:start] + b"jnp" + text[end:]
+    return tuple(line for t in text.decode().split("\n") for line in _fitted(t, indent))
+
+
+_MASK = re.compile(r"(\s*)(\w+) = rng\.random\((\(.*\))\) >= ([0-9.e-]+)(  # .*)?")
+
+
+def _jax_mask(line: str) -> str:
+    """``M3 = rng.random((N, 64)) >= 0.2  # …`` (the numpy module's mask line) drawn from
+    the layer's own key: ``M3 = _keep(jax.random.fold_in(key, 3), (N, 64), 0.2)  # …``."""
+    m = _MASK.fullmatch(line)
+    if m is None:
+        raise SymgradError("jax backend", f"no jax spelling for the dropout mask {line.strip()}")
+    space, name, shape, p, note = m.groups()
+    layer = re.sub(r"\D", "", name)
+    return f"{space}{name} = _keep(jax.random.fold_in(key, {layer}), {shape}, {p}){note or ''}"
+
+
+def jax_context(d: Any, ctx: dict[str, Any]) -> dict[str, Any]:
+    """The context of templates/jax_module.py.jinja from the numpy module's (``ctx``, as
+    codegen.module_context(d) made it): the readable statements in jax's spelling
+    (:func:`jax_code`), the pure loss-and-gradient function's return, the dropout masks from
+    jax.random keys, batchnorm's running-statistics update as pure assignments. First-order
+    optimizers only; anything else is refused in one line."""
+    spec = d.spec
+    where = f"{spec.source}: training.backend"
+    if spec.training.optimizer in ("newton_cg", "lbfgs"):
+        raise SymgradError(where, f"{spec.training.optimizer} is in numpy modules only so "
+                           "far; use a first-order optimizer (sgd, momentum, nesterov, adam, "
+                           "rmsprop) with the jax backend")
+    if ctx["conv_kernels"]:
+        raise SymgradError(where, "conv2d, maxpool2d and avgpool2d are in numpy and torch "
+                           "modules only so far; use --backend torch (or numpy) for this "
+                           "network")
+    ctx = dict(ctx)
+    for key in ("buffer_shapes", "buffer_unpack", "mask_lines", "layer_init"):
+        ctx.setdefault(key, [])
+    ctx.setdefault("stochastic", False)
+    ctx.setdefault("batchnorm", False)
+    ctx.setdefault("mask_doc", "")
+    chain = spec.is_chain
+    keys = ["forward", "loss", "grad_forward", "grad_backward"]
+    for key in keys + ([] if chain else ["inference_forward", "inference_loss"]):
+        ctx[key] = [type(s)(jax_code(s.code, where), s.comments) for s in ctx[key]]
+    if chain:  # a dense chain's init lines: the weights, zero biases
+        ctx["layer_init"] = [line for l, code in ctx["init"] for line in (
+            f'params["W{l}"] = {code}', f'params["b{l}"] = np.zeros(PARAM_SHAPES["b{l}"], dtype)')]
+    ctx["layer_init"] = [re.sub(r"\brng\b", "next(keys)", line)
+                         for init in ctx["layer_init"]
+                         for line in jax_code([init], where, dicts=frozenset({"params"}))]
+    ctx["mask_lines"] = [_jax_mask(line) for line in ctx["mask_lines"]]
+    ctx["grad_return"] = [ctx["grad_return"][0].replace("return float(L), {", "grads = {"),
+                          *ctx["grad_return"][1:]]
+    stats, names = [], []
+    for l, layer in enumerate(spec.layers, 1):
+        if not layer.kind.buffers:  # batchnorm's running statistics
+            continue
+        m = float(layer.momentum)
+        image = spec.image(spec.sources(l)[0])  # on a feature map: the batch's N·H·W rows
+        n = "N" if image is None else f"{image[0] * image[1]} * N"
+        names += [f"mu{l}", f"var{l}"]
+        stats += [
+            f'    # mean{l} ← (1 − m) mean{l} + m μ{l}, var{l} ← (1 − m) var{l} + m σ{l}² n/(n − 1)'
+            f", m = {m!r}",
+            f'    "mean{l}": {1 - m!r} * params["mean{l}"] + {m!r} * mu{l},',
+            f'    "var{l}": {1 - m!r} * params["var{l}"] + {m!r} * {n} / ({n} - 1) * var{l},',
+        ]
+    ctx["stat_lines"], ctx["batch_stats"] = stats, names
+    ctx["docstring"] = ctx["docstring"].replace(
+        "a numpy training module", "a JAX training module", 1).replace(
+        "dropout masks drawn\nfrom np.random.default_rng(seed)",
+        "dropout masks drawn\nfrom jax.random keys of seed", 1)
+    ctx["optimizers"] = "(" + ", ".join(f'"{o}"' for o in ctx["optimizers"]
+                                        if o not in ("newton_cg", "lbfgs")) + ")"
+    ctx["training"] = [(k, v) for k, v in ctx["training"] if k in (
+        "OPTIMIZER", "LEARNING_RATE", "BATCH_SIZE", "EPOCHS", "SEED", "MOMENTUM", "BETA1",
+        "BETA2", "EPS", "ALPHA")]
+    return ctx
+
+
+# ------------------------------------------------------------------------------------------
+# The CuPy dialect
+# ------------------------------------------------------------------------------------------
+#
+# CuPy mirrors numpy's API, so a CuPy module is the numpy module, every numpy call in it
+# spelled for CuPy: the same name and out= where CuPy has them (checked against CuPy's
+# reference, docs.cupy.dev), another spelling where it differs, and numpy kept for what
+# stays on the host (the random generators, whose numbers are then copied to the device:
+# the same draws as the numpy module; the .npz files; dtypes and their limits).  The whole
+# rendered module goes through the table, so no statement is written twice; a numpy name
+# the table does not know is refused in one line (``no CuPy spelling for np.…``).
+
+# numpy names used as they are: host work (files, generators, dtypes, floating-point
+# state), scalar types CuPy takes as dtypes, constants
+CUPY_HOST = {
+    "np.random.default_rng", "np.random.SeedSequence", "np.random.BitGenerator",
+    "np.random.Generator", "np.load", "np.lib.npyio.NpzFile", "np.errstate", "np.dtype",
+    "np.finfo", "np.iinfo", "np.float32", "np.float64", "np.complex128", "np.int8",
+    "np.int64", "np.intp", "np.integer", "np.floating", "np.bool_", "np.generic", "np.inf",
+    "np.pi", "np.nan", "np.newaxis",
+}
+
+# numpy functions CuPy has under the same name, with the same positional arguments and
+# out= where numpy's has it (cupy.<name> in CuPy's reference)
+_CUPY_SAME = (
+    "abs", "add", "amax", "amin", "arange", "argmax", "argmin", "argwhere", "array",
+    "array_equal", "asarray", "ascontiguousarray", "broadcast_to", "ceil", "clip",
+    "concatenate", "copysign", "cos", "cosh", "count_nonzero", "divide", "dot", "einsum",
+    "empty", "empty_like", "equal", "exp", "expm1", "eye", "flatnonzero", "floor", "full",
+    "full_like", "greater", "greater_equal", "isfinite", "isnan", "less", "less_equal", "log",
+    "log1p", "logaddexp", "matmul", "max", "maximum", "may_share_memory", "mean", "min",
+    "minimum", "multiply", "ndim", "negative", "ones", "ones_like", "power", "reciprocal",
+    "shape", "shares_memory", "sign", "sin", "sinh", "size", "sort", "sqrt", "square",
+    "squeeze", "stack", "subtract", "sum", "take_along_axis", "tanh", "trunc", "unravel_index",
+    "vdot", "where", "zeros", "zeros_like", "lib.stride_tricks.sliding_window_view",
+    "linalg.det", "linalg.slogdet", "result_type", "iscomplexobj",
+)
+
+_CUPY_CONSTANTS = {"np.ndarray": "cp.ndarray"}  # numpy names that are CuPy's own
+
+# generators on the host (numpy's: the numpy module's numbers), their draws copied over
+RNG_NAMES = {"rng", "noise"}
+
+# array attributes: CuPy's arrays are always writeable and aligned (their flags are
+# c_contiguous, f_contiguous and owndata), and describe their memory for CUDA
+_CUPY_ATTRIBUTES = {"writeable": "True", "aligned": "True"}
+
+
+def _cupy_ufunc_where(c: _Call) -> str:
+    """np.add(a, b, out=T, where=B): CuPy's ufuncs take no where=, cupy.copyto does."""
+    a, b = c.args
+    return f"cp.copyto({c.keywords['out']}, cp.add({a}, {b}), where={c.keywords['where']})"
+
+
+def _cupy_add(c: _Call) -> str:
+    return _cupy_ufunc_where(c) if "where" in c.keywords else c.call("cp.add")
+
+
+def _cupy_savez(c: _Call) -> str:
+    """np.savez(file, **arrays): the arrays copied to the host first (cupy.asnumpy)."""
+    star = [k for k in c.node.keywords if k.arg is None]
+    if len(star) != 1 or len(c.node.keywords) != 1:
+        raise SymgradError("cupy backend", "no CuPy spelling for this np.savez call")
+    arrays = c.keywords[None]
+    return f"np.savez({', '.join(c.args)}, **{{k: cp.asnumpy(v) for k, v in {arrays}.items()}})"
+
+
+def _cupy_add_at(c: _Call) -> str:
+    """np.add.at(a, i, v) → cupyx.scatter_add(a, i, v) (numpy.add.at's CuPy form)."""
+    return f"cupyx.scatter_add({', '.join(c.args)})"
+
+
+CUPY: dict[str, Callable[[_Call], str]] = {
+    **{f"np.{f}": _named(f"cp.{f}") for f in _CUPY_SAME},
+    "np.add": _cupy_add,
+    "np.add.reduce": _named("cp.sum"),  # ufunc.reduce: cupy.sum/amax take out=, keepdims=
+    "np.maximum.reduce": _named("cp.amax"),
+    "np.minimum.reduce": _named("cp.amin"),
+    "np.add.at": _cupy_add_at,
+    "np.copyto": _named("cp.copyto"),
+    "np.savez": _cupy_savez,
+}  # the one spelling table of the CuPy backend: numpy call → CuPy source
+
+
+class _CupyCall(_Call):
+    """A call being rewritten for CuPy: numpy's keywords are CuPy's."""
+
+    def rest(self, skip: tuple[str, ...] = ()) -> list[str]:
+        return [f"**{v}" if k is None else f"{k}={v}" for k, v in self.keywords.items()
+                if k not in skip]
+
+
+class _CupyRewriter(_Rewriter):
+    """The CuPy spelling of a whole numpy module (see :data:`CUPY`)."""
+
+    def text(self, node: ast.AST) -> str:
+        if isinstance(node, ast.Call):
+            spelled = self.call(node)
+            if spelled is not None:
+                return spelled
+        name = _dotted(node)
+        if name.startswith("np."):
+            if name in _CUPY_CONSTANTS:
+                return _CUPY_CONSTANTS[name]
+            if name in CUPY_HOST:
+                return name
+            raise SymgradError(self.where, f"no CuPy spelling for {name} yet "
+                               "(symgrad.backends.CUPY, the CuPy backend's spelling table)")
+        if isinstance(node, ast.Attribute) and node.attr == "__array_interface__":
+            return f"{self.text(node.value)}.__cuda_array_interface__"  # "data": (pointer, …)
+        if (isinstance(node, ast.Attribute) and node.attr in _CUPY_ATTRIBUTES
+                and isinstance(node.value, ast.Attribute) and node.value.attr == "flags"):
+            return _CUPY_ATTRIBUTES[node.attr]
+        return self.children(node)
+
+    def children(self, node: ast.AST) -> str:
+        """node's text with each part rewritten, the parts taken in source order (a dict's
+        keys and values alternate; of an f-string only the expressions in braces)."""
+        start, end = self.span(node)
+        out, at = [], start
+        parts = (v.value for v in node.values if isinstance(v, ast.FormattedValue)) \
+            if isinstance(node, ast.JoinedStr) else ast.iter_child_nodes(node)
+        spans = sorted((self.span(child), i, child) for i, child in enumerate(parts)
+                       if hasattr(child, "lineno") and not isinstance(child, ast.expr_context))
+        for (s, e), _, child in spans:
+            if s < at:
+                continue
+            out.append(self.source[at:s].decode())
+            out.append(self.text(child))
+            at = e
+        out.append(self.source[at:end].decode())
+        return "".join(out)
+
+    def call(self, node: ast.Call) -> str | None:
+        f = node.func
+        name = _dotted(f)
+        if name.startswith("np.") and node.args and all(_host_scalar(a) for a in node.args):
+            s, e = self.span(node)  # np.sqrt(6.0 / (fan_in + fan_out)): a number, for
+            return self.source[s:e].decode()  # the host's draws (numpy's, as it is)
+        if name in CUPY:
+            return CUPY[name](_CupyCall(node, self.text))
+        if name in CUPY_HOST:
+            return None  # np.random.default_rng(seed), np.load(path), …: numpy's
+        if name.startswith("np."):
+            raise SymgradError(self.where, f"no CuPy spelling for {name} yet "
+                               "(symgrad.backends.CUPY, the CuPy backend's spelling table)")
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) \
+                and f.value.id in RNG_NAMES and f.attr != "spawn":
+            return self.draw(node)
+        if isinstance(f, ast.Attribute) and f.attr == "take" and any(
+                k.arg == "mode" for k in node.keywords):
+            # cupy.ndarray.take(indices, axis=None, out=None): no mode (indices in range)
+            c = _CupyCall(node, self.text)
+            return c.call(f"{self.text(f.value)}.take", skip=("mode",))
+        return None
+
+    def draw(self, node: ast.Call) -> str:
+        """rng.uniform(…) → cp.asarray(rng.uniform(…)): drawn on the host, copied over;
+        noise.random(out=U) → U.set(noise.random(U.shape)) (cupy.ndarray.set: host → device)."""
+        c = _CupyCall(node, self.text)
+        method = f"{self.text(node.func.value)}.{node.func.attr}"
+        if "out" in c.keywords:
+            out = c.keywords["out"]
+            return f"{out}.set({c.call(method, [*c.args, f'{out}.shape'], skip=('out',))})"
+        return f"cp.asarray({c.call(method)})"
+
+
+_CUPY_WORDS = (  # what the module says of itself
+    ("a numpy training module", "a CuPy training module"),
+    ("must be a numpy array (train() updates", "must be a CuPy array (train() updates"),
+)
+
+
+def cupy_module(source: str, where: str = "cupy backend") -> str:
+    """The CuPy module for the numpy module ``source`` (its text, as symgrad renders it):
+    every numpy call in CuPy's spelling (:data:`CUPY`), numpy kept for the host's work,
+    ``import cupy as cp`` (and cupyx where used) beside numpy's import. Statements CuPy
+    has no form for (a read-only flag) are left out."""
+    tree = ast.parse(source)
+    rewriter = _CupyRewriter(source, where, frozenset())
+    raw = source.encode()
+    out, at = [], 0
+    for stmt in _statements(tree):
+        s, e = rewriter.span(stmt)
+        if s < at:
+            continue  # inside a statement already written
+        if _is_setflags(stmt):  # x.setflags(write=False): CuPy arrays have no such flag
+            line_start = raw.rfind(b"\n", 0, s) + 1
+            out.append(raw[at:line_start].decode())
+            at = e + 1 if raw[e:e + 1] == b"\n" else e
+            continue
+        if isinstance(stmt, ast.FunctionDef | ast.ClassDef | ast.If | ast.For | ast.While
+                      | ast.With | ast.Try):
+            continue  # compound: its parts are visited one by one
+        out.append(raw[at:s].decode())
+        out.append(rewriter.text(stmt))
+        at = e
+    out.append(raw[at:].decode())
+    text = "".join(out)
+    for numpy_words, cupy_words in _CUPY_WORDS:
+        text = text.replace(numpy_words, cupy_words)
+    imports = "import cupy as cp\n" + ("import cupyx\n" if "cupyx." in text else "")
+    return text.replace("import numpy as np\n", imports + "import numpy as np\n", 1)
+
+
+HOST_SCALARS = {"fan_in", "fan_out"}  # Python numbers of the generated code's init helpers
+
+
+def _host_scalar(node: ast.AST) -> bool:
+    """A number computed from literals and HOST_SCALARS (np.sqrt(2.0 / fan_in))."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, int | float) and not isinstance(node.value, bool)
+    if isinstance(node, ast.Name):
+        return node.id in HOST_SCALARS
+    if isinstance(node, ast.UnaryOp):
+        return _host_scalar(node.operand)
+    if isinstance(node, ast.BinOp):
+        return _host_scalar(node.left) and _host_scalar(node.right)
+    return False
+
+
+def _dotted(node: ast.AST) -> str:
+    """np.add.reduce for that chain of names, else "" (a call's result, a subscript)."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else ""
+
+
+def _is_setflags(stmt: ast.stmt) -> bool:
+    return (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+            and isinstance(stmt.value.func, ast.Attribute) and stmt.value.func.attr == "setflags")
+
+
+def _statements(tree: ast.AST):
+    """The module's statements in source order, compound ones before their parts; the
+    heads of compound statements (a condition, a for's iterable, a with's items, a
+    function's defaults) as the expressions they are."""
+    for node in tree.body if isinstance(tree, ast.Module) else []:
+        yield from _walk_statement(node)
+
+
+def _walk_statement(node: ast.stmt):
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        yield node
+        for d in (*node.decorator_list, *node.args.defaults,
+                  *(d for d in node.args.kw_defaults if d is not None)):
+            yield d
+        for s in node.body:
+            yield from _walk_statement(s)
+    elif isinstance(node, ast.ClassDef):
+        yield node
+        for b in node.bases:
+            yield b
+        for s in node.body:
+            yield from _walk_statement(s)
+    elif isinstance(node, ast.If | ast.While):
+        yield node
+        yield node.test
+        for s in (*node.body, *node.orelse):
+            yield from _walk_statement(s)
+    elif isinstance(node, ast.For):
+        yield node
+        yield node.target
+        yield node.iter
+        for s in (*node.body, *node.orelse):
+            yield from _walk_statement(s)
+    elif isinstance(node, ast.With):
+        yield node
+        for item in node.items:
+            yield item.context_expr
+            if item.optional_vars is not None:
+                yield item.optional_vars
+        for s in node.body:
+            yield from _walk_statement(s)
+    elif isinstance(node, ast.Try):
+        yield node
+        for s in node.body:
+            yield from _walk_statement(s)
+        for h in node.handlers:
+            if h.type is not None:
+                yield h.type
+            for s in h.body:
+                yield from _walk_statement(s)
+        for s in (*node.orelse, *node.finalbody):
+            yield from _walk_statement(s)
+    else:
+        yield node
