@@ -74,6 +74,17 @@ def _from_tensor(value: Any) -> Any:
             return value.detach().cpu().numpy()
         except Exception:  # noqa: BLE001 - whatever the value does
             return value
+    if type(value).__module__.startswith("cupy") and type(value).__name__ == "ndarray":
+        try:  # a CuPy module's device array: copied to the host (cupy.ndarray.get)
+            return value.get()
+        except Exception:  # noqa: BLE001 - whatever the value does
+            return value
+    if type(value).__module__.startswith(("jax", "jaxlib")) and type(value).__name__ in (
+            "ArrayImpl", "Array"):
+        try:  # a JAX module's array (jax is not imported here either)
+            return np.asarray(value)
+        except Exception:  # noqa: BLE001 - whatever the value does
+            return value
     return value
 
 
