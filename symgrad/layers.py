@@ -332,9 +332,10 @@ class LayerKind:
         return ""
 
     @classmethod
-    def running_lines(cls, l: int, layer, fmt: str, image=None) -> list[str]:
+    def running_lines(cls, l: int, layer, fmt: str, image=None, rows=None) -> list[str]:
         """The update of its buffers once per training step, as text or LaTeX rows
-        (``image``: the (H, W, C) of its input when that is a feature map)."""
+        (``image``: the (H, W, C) of its input when that is a feature map; ``rows``: its row
+        count as the printer writes it, N·H₁·W₁)."""
         return []
 
 
@@ -481,10 +482,11 @@ class BatchNormLayer(_Normalization):
         return f"{cls.name} {l}"
 
     @classmethod
-    def running_lines(cls, l, layer, fmt, image=None):
+    def running_lines(cls, l, layer, fmt, image=None, rows=None):
         m = layer.momentum
         keep, take = f"{1 - m:g}", f"{m:g}"
-        rows = "N" if image is None else f"{image[0] * image[1]}N"  # a map: its N·H·W rows
+        if rows is None:  # a map: its N·H·W rows (``rows``: as the printer names them)
+            rows = "N" if image is None else f"{image[0] * image[1]}N"
         if fmt == "text":
             sub = str(l).translate(naming._SUB)
             mean, var = f"mean{sub}", f"var{sub}"

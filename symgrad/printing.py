@@ -305,7 +305,19 @@ class _MatrixPrinter(Printer):
         (a matrix product inside ⊙ is always bracketed, as textbooks do)."""
         return self.paren(node, ATOM) if self.prec(node) != HADAMARD else self._print(node)
 
+    #: a feature map's row count N·h·w (a number times N in the graph) → the symbol printed
+    #: for it, N·H_j·W_j (:func:`map_rows`); set per derivation, empty for a flat network
+    rows: dict[sp.Expr, sp.Symbol] = {}
+    row_names: dict[sp.Symbol, str] = {}
+
+    def sized(self, c: sp.Expr) -> sp.Expr:
+        """``c`` with the row counts of feature maps as their symbols (1/(16N) → 1/(N·H₁·W₁))."""
+        return sp.sympify(c).xreplace(self.rows) if self.rows else c
+
     def coef(self, c: sp.Expr) -> str:
+        shown = self.sized(c)
+        if shown != c:  # a count of rows: a product of scalars, never ⊙
+            return self.scalar_printer(self.row_names, elementwise=False)._print(shown)
         return self.scalar_printer()._print(c)
 
     def map_body(self, node: Map) -> str:
@@ -371,7 +383,7 @@ class _MatrixPrinter(Printer):
     def denominator(self, den: sp.Expr) -> str:
         """A scalar denominator: N, or a product such as 4·N (a product of scalars,
         never ⊙)."""
-        return self.scalar_printer(elementwise=False)._print(den)
+        return self.scalar_printer(self.row_names, elementwise=False)._print(self.sized(den))
 
     #: how a width's coefficient is joined to it in a column bound (2n₀; LaTeX 2 n_{0})
     width_times = ""
@@ -395,8 +407,9 @@ class TextPrinter(_MatrixPrinter):
     one, ones_t = "𝟏", "𝟏ᵀ"
 
     def fraction(self, top, bottom, lead=False):
-        if lead:  # a coefficient in front: (1/N)
-            return f"({top}/{bottom})"
+        if lead:  # a coefficient in front: (1/N), (1/(N·H₁·W₁))
+            rows = bottom in self.row_names.values()
+            return f"({top}/({bottom}))" if rows else f"({top}/{bottom})"
         return f"{top}/{bottom}" if bottom.isalnum() else f"{top}/({bottom})"
 
     def _print_MatMul(self, node):
@@ -660,6 +673,10 @@ def notation(d) -> str:
         extra.append("a feature map of N images H×W×C is the matrix of N·H·W rows (row-major n, "
                      "h, w) and C columns, so 𝟏ᵀ δ_l of a conv2d layer sums over the samples and "
                      "the pixels")
+    for _, name, j, (h, w, _c) in map_rows(d):
+        extra.append(f"{_map_row_text(j, 'text')} the rows of the feature map "
+                     f"{naming.text(name)} (N images of H{str(j).translate(naming._SUB)}×"
+                     f"W{str(j).translate(naming._SUB)} = {h}×{w} pixels)")
     if any(isinstance(n, RowSum) for n in nodes):
         extra.append("A𝟏 the row sums of A and μ𝟏ᵀ the column μ spread across the columns "
                      "(there 𝟏 is the column of n ones)")
@@ -691,6 +708,44 @@ def _node_symbols(node: Node):
 RUNNING_TITLE = "Running statistics (batchnorm: each training step updates them; forward and predict use them)"
 
 
+def map_rows(d) -> list[tuple[sp.Expr, str, int, tuple[int, int, int]]]:
+    """The row counts of the feature maps that a derivation's statistics average over
+    (batchnorm on a map: μ and σ² over its N·H·W rows), each once: (the count as the graph
+    has it, 16·N; the map's name; its number j, 0 for X; its (H, W, C)). They print as
+    N·H_j·W_j, the sizes of the spec's map (H₁, W₁ of A₁), not as 16·N."""
+    spec, out, seen = d.spec, [], set()
+    if getattr(spec, "input_shape", None) is None:
+        return out
+    for eq in d.forward:
+        for n in _nodes(eq.rhs):
+            count = getattr(n, "count", None) if isinstance(n, Standardize) else None
+            if count is None or count == N or count in seen or not isinstance(n.x, Sym):
+                continue
+            image = spec.image(n.x.name)
+            if image is None:
+                continue
+            seen.add(count)
+            out.append((count, n.x.name, naming.layer_of(n.x.name) or 0, image))
+    return out
+
+
+def _map_row_text(j: int, fmt: str) -> str:
+    """N·H₁·W₁ (text) or N H_{1} W_{1} (LaTeX): the rows of map j."""
+    if fmt == "text":
+        sub = str(j).translate(naming._SUB)
+        return f"N·H{sub}·W{sub}"
+    return f"N H_{{{j}}} W_{{{j}}}"
+
+
+def _sized(printer: _MatrixPrinter, d, fmt: str) -> _MatrixPrinter:
+    """``printer`` printing the feature maps' row counts as N·H_j·W_j (:func:`map_rows`)."""
+    rows = map_rows(d)
+    printer.rows = {count: sp.Symbol(f"rows_{j}", positive=True) for count, _, j, _ in rows}
+    printer.row_names = {sp.Symbol(f"rows_{j}", positive=True): _map_row_text(j, fmt)
+                         for _, _, j, _ in rows}
+    return printer
+
+
 def _running_lines(d, fmt: str) -> list[str]:
     """Each batchnorm layer's running mean and variance, updated once per training step
     as torch does (the variance unbiased): mean ← (1 − m) mean + m μ,
@@ -698,8 +753,13 @@ def _running_lines(d, fmt: str) -> list[str]:
     spec = d.spec
     if _is_dense(spec):
         return []
-    return [line for l, layer in enumerate(spec.layers, 1)
-            for line in layer.kind.running_lines(l, layer, fmt, spec.image(spec.sources(l)[0]))]
+    out = []
+    for l, layer in enumerate(spec.layers, 1):
+        source = spec.sources(l)[0]
+        image = spec.image(source)
+        rows = None if image is None else _map_row_text(naming.layer_of(source) or 0, fmt)
+        out += layer.kind.running_lines(l, layer, fmt, image, rows=rows)
+    return out
 
 
 def _update_lines(d, printer, arrow, eta):
@@ -713,7 +773,7 @@ def _update_lines(d, printer, arrow, eta):
 
 
 def _render_text(d, steps: bool) -> str:
-    tp = TextPrinter()
+    tp = _sized(TextPrinter(), d, "text")
     lines = [_network_line(d), ""]
     lines.append("Forward")
     for eq in d.forward:
@@ -744,7 +804,7 @@ def _render_text(d, steps: bool) -> str:
 
 
 def _aligned(d, steps: bool) -> str:
-    lp = LatexPrinter()
+    lp = _sized(LatexPrinter(), d, "latex")
     rows = [r"\begin{aligned}"]
     for eq in d.forward:
         rows.append(rf"{lp.name(eq.target.name)} &= {lp._print(eq.rhs)} \\")
@@ -760,7 +820,7 @@ def _latex_block(title_rows: list[str]) -> str:
 
 
 def _latex_sections(d, steps: bool) -> list[tuple[str, str]]:
-    lp = LatexPrinter()
+    lp = _sized(LatexPrinter(), d, "latex")
     sections = []
     fwd = [rf"{lp.name(eq.target.name)} &= {lp._print(eq.rhs)}" for eq in d.forward]
     sections.append(("Forward", _latex_block(fwd)))

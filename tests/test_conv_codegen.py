@@ -366,4 +366,4 @@ def test_batchnorm_on_a_map_keeps_torchs_running_statistics():
     np.testing.assert_allclose(params["var2"], var.numpy(), rtol=1e-12)
     inputs, layers, _ = CASES[name]
     d = derive(spec_from_dict(tomllib.loads(source(name, inputs, layers)), "bn.toml"))
-    assert "var₂ ← 0.9 var₂ + 0.1 σ₂² 30N/(30N − 1)" in render(d, "text")
+    assert "var₂ ← 0.9 var₂ + 0.1 σ₂² N·H₁·W₁/(N·H₁·W₁ − 1)" in render(d, "text")
