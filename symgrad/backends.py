@@ -733,15 +733,13 @@ def _statements(tree: ast.AST):
 def _walk_statement(node: ast.stmt):
     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
         yield node
-        for d in (*node.decorator_list, *node.args.defaults,
-                  *(d for d in node.args.kw_defaults if d is not None)):
-            yield d
+        yield from (*node.decorator_list, *node.args.defaults,
+                    *(d for d in node.args.kw_defaults if d is not None))
         for s in node.body:
             yield from _walk_statement(s)
     elif isinstance(node, ast.ClassDef):
         yield node
-        for b in node.bases:
-            yield b
+        yield from node.bases
         for s in node.body:
             yield from _walk_statement(s)
     elif isinstance(node, ast.If | ast.While):

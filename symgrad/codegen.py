@@ -2836,6 +2836,10 @@ def generate_source(spec: Spec | Derivation | str | Path, backend: str | None = 
             jax_context(d, module_context(d)))
         return files.stamp(body, Path(d.spec.source).name)
     body = _environment().get_template("module.py.jinja").render(module_context(d, products))
+    if (backend or d.spec.training.backend) == "cupy":  # the numpy module in CuPy's spelling
+        from symgrad.backends import cupy_module
+
+        body = cupy_module(body, f"{d.spec.source}: training.backend")
     return files.stamp(body, Path(d.spec.source).name)
 
 
