@@ -341,3 +341,78 @@ def test_a_full_batch_work_buffer_serves_the_last_smaller_batch():
     for got, exp in zip(K["maxpool"](A, **geo, work=ninf, mask=mask), K["maxpool"](A, **geo),
                         strict=True):
         np.testing.assert_array_equal(got, exp)
+
+
+# --------------------------------------------------------------------------
+# two halves in two threads
+# --------------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(geometries(), dtypes, st.integers(2, 5), st.booleans(), st.integers(0, 2**32 - 1))
+def test_two_halves_in_two_threads_give_the_same_bits(g, dtype, N, ties, seed):
+    """A call split into two halves of its images (the first in the worker thread) writes
+    exactly what one thread writes, for every kernel, with and without out=/work=/mask=
+    (the halves take their images' part of each buffer); odd N included."""
+    C, geo = g["C"], g["geo"]
+    rng = np.random.default_rng(seed)
+    (H, W), (kh, kw), (sh, sw), (ph, pw) = (geo[k] for k in ("hw", "kernel", "stride",
+                                                             "padding"))
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    A = feature_map(rng, N, C, (H, W), dtype, ties)
+    G = rng.standard_normal((N * Ho * Wo, C)).astype(dtype)
+    P = rng.standard_normal((N * Ho * Wo, kh * kw * C)).astype(dtype)
+    padded = (N + 1, H + 2 * ph, W + 2 * pw, C)  # a buffer one image larger: its first N
+    one = {"threads": 1}
+    pooled, arg = K["maxpool"](A, **geo, **one)
+    expected = {
+        "im2col": K["im2col"](A, **geo, **one),
+        "col2im": K["col2im"](P, **geo, **one),
+        "maxpool": (pooled, arg),
+        "maxpool_back": K["maxpool_back"](G, arg, **geo, **one),
+    }
+    K["_SPLIT_ENTRIES"], before = 0, K["_SPLIT_ENTRIES"]
+    try:
+        got = {
+            "im2col": [K["im2col"](A, **geo),
+                       K["im2col"](A, **geo, out=np.full_like(expected["im2col"], np.nan),
+                                   work=np.zeros(padded, dtype))],
+            "col2im": [K["col2im"](P, **geo),
+                       K["col2im"](P, **geo, out=np.full_like(expected["col2im"], np.nan))],
+            "maxpool": [K["maxpool"](A, **geo),
+                        K["maxpool"](A, **geo, out=(np.full_like(pooled, np.nan),
+                                                    np.full_like(arg, -1)),
+                                     work=np.full(padded, -np.inf, dtype),
+                                     mask=np.empty((2, len(arg) + 3, C), bool))],
+            "maxpool_back": [K["maxpool_back"](G, arg, **geo),
+                             K["maxpool_back"](G, arg, **geo,
+                                               out=np.full((N * H * W, C), np.nan, dtype),
+                                               mask=np.empty((2, len(arg), C), bool))],
+        }
+    finally:
+        K["_SPLIT_ENTRIES"] = before
+    assert K["_WORKER"]["cpus"] < 2 or "pool" in K["_WORKER"]  # the worker did run
+    for name, results in got.items():
+        for r in results:
+            for a, b in zip(r if name == "maxpool" else (r,),
+                            expected[name] if name == "maxpool" else (expected[name],),
+                            strict=True):
+                assert a.dtype == b.dtype and np.array_equal(a, b), name
+
+
+def test_a_batch_of_w5_maps_is_split_and_a_small_one_is_not():
+    """The threshold: a batch of 64 W5 maps (16×16×32 → 3×3 patches) runs as two halves,
+    the digits CNN's batch of 32 maps of 8×8×16 in one thread (a thread hand-off costs
+    more than such a call)."""
+    calls = []
+    both = K["_both"]
+    K["_both"] = lambda first, second: (calls.append(1), both(first, second))
+    try:
+        geo = {"hw": (16, 16), "kernel": (3, 3), "stride": (1, 1), "padding": (1, 1)}
+        A = np.ones((64 * 256, 32), np.float32)
+        K["im2col"](A, **geo)
+        small = {"hw": (8, 8), "kernel": (2, 2), "stride": (2, 2), "padding": (0, 0)}
+        K["maxpool"](np.ones((32 * 64, 16), np.float32), **small)
+    finally:
+        K["_both"] = both
+    assert calls == [1] or K["_WORKER"]["cpus"] < 2
