@@ -12,6 +12,11 @@ paired median of each row's time over PyTorch eager's in the same repetition):
   F.cross_entropy, ``loss.backward()``, torch.optim.SGD, the same thread count.
 - ``generated numpy``: the numpy module of the same spec (``generate``'s default backend).
 - ``GEMM floor``: only the epoch's matrix products in numpy (training_bench's, conv_bench's).
+- ``generated jax`` (W1, W3): ``symgrad generate --backend jax``'s module, ``train(epochs=1,
+  optimizer="sgd")`` on float32 JAX arrays: one jax.jit step per batch (loss_and_grad's
+  readable statements and the update, fused by XLA), compiled in a warm-up epoch; beside
+  training_bench's ``JAX jit step`` (jax.grad of the same loss, one jitted step per batch,
+  its own initial parameters and order). W5: skipped (the jax backend has no convolution).
 - ``array-API torch f32`` (W1, W3): the design the backend was chosen over: the same formulas
   written once against the Array API standard (``array_api_compat.array_namespace``), which
   has no ``out=``: every statement allocates.
@@ -53,8 +58,10 @@ GEN_TORCH = "generated torch"
 EAGER = "PyTorch eager autograd"
 GEN_NUMPY = "generated numpy"
 ARRAY_API = "array-API torch f32"
+GEN_JAX = "generated jax"
+JAX_STEP = "JAX jit step"  # training_bench's: jax.grad, one jitted step per batch
 CONTENDERS = (GEN_TORCH, ARRAY_API)  # run.py's "backends" group (beside its own rows)
-ROWS = (GEN_TORCH, EAGER, GEN_NUMPY, tb.FLOOR, ARRAY_API)  # this script's rows
+ROWS = (GEN_TORCH, EAGER, GEN_NUMPY, tb.FLOOR, ARRAY_API, GEN_JAX, JAX_STEP)  # this script's
 RESULTS = BENCH_DIR / "results"
 DEVICE = "cpu"  # --device: where the torch rows run (their tensors, their model)
 
@@ -165,6 +172,45 @@ class GeneratedNumpy:
 
     def trained(self) -> dict[str, np.ndarray]:
         return self.params
+
+
+def jax_data(mod, X: np.ndarray, Y: np.ndarray, seed: int = 0):
+    """X, Y rearranged so that the jax module's train(epochs=1, seed=seed), which visits the
+    rows in jax.random.permutation of its first key (mod._keys(seed)), takes the batches of
+    torch_order."""
+    import jax
+
+    n = len(X)
+    mine = np.asarray(jax.random.permutation(next(mod._keys(seed)), n))
+    theirs = torch_order(n, seed).numpy()
+    Xp, Yp = np.empty_like(X), np.empty_like(Y)
+    Xp[mine], Yp[mine] = X[theirs], Y[theirs]
+    return Xp, Yp
+
+
+class GeneratedJax:
+    """The generated jax module on the workload, from initial_params, on jax_data's batches
+    (float64 turns on jax_enable_x64)."""
+
+    def __init__(self, ctx: tb.Context, dtype=np.float32) -> None:
+        tb._require("jax", "jax")
+        if _is_conv(ctx.workload):
+            raise tb.Skipped("the jax backend has no convolution yet")
+        self.w, self.seed = ctx.workload, ctx.seed
+        self.mod = _generated(ctx, "jax")
+        X, Y = jax_data(self.mod, *ctx.data.as_dtype(dtype), ctx.seed)
+        # JAX arrays once, as the module's train() checks them (float64: jax_enable_x64)
+        self.params, self.X, self.Y = self.mod._arguments(
+            initial_params(self.w, ctx.seed, dtype), X, Y)
+
+    def epoch(self) -> float:  # (train() reads the epoch's loss: the steps are done)
+        h = self.mod.train(self.params, self.X, self.Y, epochs=1, batch_size=self.w.batch_size,
+                           learning_rate=self.w.learning_rate, optimizer="sgd", seed=self.seed,
+                           verbose=False)
+        return h["loss"][0]
+
+    def trained(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self.params.items()}
 
 
 class Eager:
@@ -314,8 +360,19 @@ def prep_array_api(ctx: tb.Context) -> tb.Prepared:
     return tb.Prepared(epoch, note=f"array-api-compat {array_api_compat.__version__}")
 
 
+def prep_generated_jax(ctx: tb.Context) -> tb.Prepared:
+    import jax
+
+    run = GeneratedJax(ctx)
+    start = time.perf_counter()
+    run.epoch()  # the warm-up: jax.jit compiles the step (and a last, smaller batch's)
+    return tb.Prepared(run.epoch, time.perf_counter() - start,
+                       note=f"jax {jax.__version__}, {jax.default_backend()}")
+
+
 PREPARERS = {GEN_TORCH: prep_generated_torch, EAGER: prep_eager, GEN_NUMPY: prep_generated_numpy,
-             ARRAY_API: prep_array_api}
+             ARRAY_API: prep_array_api, GEN_JAX: prep_generated_jax,
+             JAX_STEP: tb.PREPARERS[JAX_STEP]}
 
 
 # --------------------------------------------------------------------------
@@ -332,6 +389,8 @@ def trajectory_check(w, workdir: Path, seed: int = 0) -> dict[str, Any]:
     start = time.perf_counter()
     runs = {GEN_NUMPY: GeneratedNumpy(ctx, np.float64), GEN_TORCH: GeneratedTorch(ctx, np.float64),
             EAGER: Eager(ctx, np.float64)}
+    if not _is_conv(w) and tb.has_module("jax"):  # (no convolution in the jax backend yet)
+        runs[GEN_JAX] = GeneratedJax(ctx, np.float64)
     losses = {name: run.epoch() for name, run in runs.items()}
     ref = runs[GEN_NUMPY].trained()
     rows = []
@@ -403,7 +462,8 @@ def run(keys: list[str], reps: int, quick: bool, log=lambda m: print(m, file=sys
             else:
                 w, floor = workloads[key], tb.PREPARERS[tb.FLOOR]
             preparers = {**PREPARERS, tb.FLOOR: floor}
-            names = tuple(n for n in ROWS if not (key in conv and n == ARRAY_API))
+            names = tuple(n for n in ROWS if not (key in conv and n in (ARRAY_API, GEN_JAX,
+                                                                        JAX_STEP)))
             before = load_average()
             res = tb.run_workload(w, reps, Path(tmp), names, preparers=preparers, log=log)
             times = {r["contender"]: r["times"] for r in res["rows"] if "times" in r}
