@@ -382,12 +382,17 @@ def test_generate_and_check_on_the_command_line(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.slow
 def test_the_backend_benchmark_runs(tmp_path: Path, monkeypatch) -> None:
-    """benchmarks/backend_bench.py's generated jax row through training_bench's runner on
-    the tiny workload: one timed epoch, no timing asserted."""
+    """benchmarks/backend_bench.py's generated jax row and JAX's own jax.grad step through
+    training_bench's runner on the tiny workload: one timed epoch each, no timing asserted;
+    the smoke check's trajectory: one float64 epoch of the generated jax module from the
+    same parameters and batches as the numpy module's, equal to rounding."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import backend_bench as bb
     import training_bench as tb
 
     tiny = tb.tiny_workload()
-    res = tb.run_workload(tiny, 1, tmp_path, (bb.GEN_JAX,), pause=0, preparers=bb.PREPARERS)
-    assert [r["contender"] for r in res["rows"] if "median" in r] == [bb.GEN_JAX], res
+    names = (bb.GEN_JAX, bb.JAX_STEP)
+    res = tb.run_workload(tiny, 1, tmp_path, names, pause=0, preparers=bb.PREPARERS)
+    assert [r["contender"] for r in res["rows"] if "median" in r] == list(names), res
+    rows = {r["contender"]: r for r in bb.trajectory_check(tiny, tmp_path)["rows"]}
+    assert rows[bb.GEN_JAX]["ok"], rows
