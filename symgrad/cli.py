@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true",
                    help="overwrite a file that symgrad did not write, or that was edited")
     g.add_argument("--backend", metavar="NAME",
-                   help="the module's array library: numpy (default) or torch; overrides "
+                   help="the module's array library: numpy (default), torch or jax; overrides "
                    "[training] backend")
     g.add_argument("--hessian", action="store_true",
                    help="with --expr: also hvp(..., v) and, for a vector variable, hessian(...)")
