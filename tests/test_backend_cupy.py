@@ -134,6 +134,32 @@ def test_the_cupy_module_computes_the_numpy_modules_numbers(name) -> None:
     assert max(errors.values()) < 1e-6
 
 
+def test_hvp_gnvp_and_second_order_training() -> None:
+    """generate --hvp --backend cupy (a CNN: max pooling's tangent gathers at its arg
+    maxima) gives the numpy module's H V and G V; newton_cg trains as the numpy module."""
+    d = derivation("conv_pool")
+    numpy_module = load_module(generate_source(d, products=True))
+    rng = np.random.default_rng(4)
+    V = {k: rng.standard_normal(s) for k, s in numpy_module.PARAM_SHAPES.items()}
+    params, (X, Y) = numpy_module.init_params(2), data(numpy_module, n=5)
+    spec = {**SPECS["dense"], "training": {"optimizer": "newton_cg"}}
+    second = derive(spec_from_dict(spec, "newton.toml"))
+    with standin() as cp:
+        module = load_module(generate_source(d, "cupy", products=True))
+        device = module.init_params(2)
+        for product in ("hvp", "gnvp"):
+            mine, theirs = (getattr(m, product)(p, X, Y, V) for m, p in
+                            ((module, device), (numpy_module, params)))
+            assert all(np.allclose(cp.asnumpy(mine[k]), theirs[k], rtol=1e-12, atol=1e-14)
+                       for k in theirs), product
+        numpy_newton = load_module(generate_source(second))
+        newton = load_module(generate_source(second, "cupy"))
+        X, Y = data(numpy_newton)
+        assert newton.train(newton.init_params(1), X, Y, epochs=2, verbose=False)["loss"] == \
+            pytest.approx(numpy_newton.train(numpy_newton.init_params(1), X, Y, epochs=2,
+                                             verbose=False)["loss"], rel=1e-12)
+
+
 def test_dropout_masks_are_the_numpy_modules_for_a_seed() -> None:
     """The masks are drawn on the host by numpy's generator (the same draws), so a seed
     gives the numpy module's training-mode loss; another seed another loss."""
