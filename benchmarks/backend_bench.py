@@ -12,11 +12,12 @@ paired median of each row's time over PyTorch eager's in the same repetition):
   F.cross_entropy, ``loss.backward()``, torch.optim.SGD, the same thread count.
 - ``generated numpy``: the numpy module of the same spec (``generate``'s default backend).
 - ``GEMM floor``: only the epoch's matrix products in numpy (training_bench's, conv_bench's).
-- ``generated jax`` (W1, W3): ``symgrad generate --backend jax``'s module, ``train(epochs=1,
+- ``generated jax``: ``symgrad generate --backend jax``'s module, ``train(epochs=1,
   optimizer="sgd")`` on float32 JAX arrays: one jax.jit step per batch (loss_and_grad's
-  readable statements and the update, fused by XLA), compiled in a warm-up epoch; beside
-  training_bench's ``JAX jit step`` (jax.grad of the same loss, one jitted step per batch,
-  its own initial parameters and order). W5: skipped (the jax backend has no convolution).
+  readable statements and the update, fused by XLA; W5: its im2col/col2im and pooling
+  kernels of strided slices and .at[].add, not XLA's convolution), compiled in a warm-up
+  epoch; beside training_bench's ``JAX jit step`` (W1, W3: jax.grad of the same loss, one
+  jitted step per batch, its own initial parameters and order).
 - ``array-API torch f32`` (W1, W3): the design the backend was chosen over: the same formulas
   written once against the Array API standard (``array_api_compat.array_namespace``), which
   has no ``out=``: every statement allocates.
@@ -194,8 +195,6 @@ class GeneratedJax:
 
     def __init__(self, ctx: tb.Context, dtype=np.float32) -> None:
         tb._require("jax", "jax")
-        if _is_conv(ctx.workload):
-            raise tb.Skipped("the jax backend has no convolution yet")
         self.w, self.seed = ctx.workload, ctx.seed
         self.mod = _generated(ctx, "jax")
         X, Y = jax_data(self.mod, *ctx.data.as_dtype(dtype), ctx.seed)
@@ -389,7 +388,7 @@ def trajectory_check(w, workdir: Path, seed: int = 0) -> dict[str, Any]:
     start = time.perf_counter()
     runs = {GEN_NUMPY: GeneratedNumpy(ctx, np.float64), GEN_TORCH: GeneratedTorch(ctx, np.float64),
             EAGER: Eager(ctx, np.float64)}
-    if not _is_conv(w) and tb.has_module("jax"):  # (no convolution in the jax backend yet)
+    if tb.has_module("jax"):
         runs[GEN_JAX] = GeneratedJax(ctx, np.float64)
     losses = {name: run.epoch() for name, run in runs.items()}
     ref = runs[GEN_NUMPY].trained()
@@ -462,8 +461,7 @@ def run(keys: list[str], reps: int, quick: bool, log=lambda m: print(m, file=sys
             else:
                 w, floor = workloads[key], tb.PREPARERS[tb.FLOOR]
             preparers = {**PREPARERS, tb.FLOOR: floor}
-            names = tuple(n for n in ROWS if not (key in conv and n in (ARRAY_API, GEN_JAX,
-                                                                        JAX_STEP)))
+            names = tuple(n for n in ROWS if not (key in conv and n in (ARRAY_API, JAX_STEP)))
             before = load_average()
             res = tb.run_workload(w, reps, Path(tmp), names, preparers=preparers, log=log)
             times = {r["contender"]: r["times"] for r in res["rows"] if "times" in r}

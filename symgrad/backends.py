@@ -437,10 +437,6 @@ def jax_context(d: Any, ctx: dict[str, Any]) -> dict[str, Any]:
         raise SymgradError(where, f"{spec.training.optimizer} is in numpy modules only so "
                            "far; use a first-order optimizer (sgd, momentum, nesterov, adam, "
                            "rmsprop) with the jax backend")
-    if ctx["conv_kernels"]:
-        raise SymgradError(where, "conv2d, maxpool2d and avgpool2d are in numpy and torch "
-                           "modules only so far; use --backend torch (or numpy) for this "
-                           "network")
     ctx = dict(ctx)
     for key in ("buffer_shapes", "buffer_unpack", "mask_lines", "layer_init"):
         ctx.setdefault(key, [])
