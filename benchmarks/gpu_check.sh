@@ -48,6 +48,14 @@ if grep -E "^SKIPPED" "$RESULTS/gpu_tests.txt" | grep -v "two CUDA devices" | gr
     status=1
 fi
 
+echo "== symgrad check on a CuPy module (its checking process runs under a 4 GiB address-space"
+echo "   limit, symgrad.check.MEMORY_LIMIT: CUDA's context may not fit in it)"
+WORK=$(mktemp -d)
+"$PY" -m symgrad generate examples/digits_cnn.toml --backend cupy -o "$WORK/cnn_cupy.py" \
+    && timeout 300 "$PY" -m symgrad check "$WORK/cnn_cupy.py" | tee "$RESULTS/gpu_check_cupy.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || { echo "gpu_check: symgrad check failed on the CuPy module"; status=1; }
+rm -rf "$WORK"
+
 echo "== W1/W5 on the GPU (one epoch of SGD, float32; medians of paired repetitions)"
 timeout 900 "$PY" benchmarks/cupy_bench.py --workloads W1,W5 --device cuda --reps 5 \
     ${QUICK:+--quick} --json "$RESULTS/gpu_check.json" \
