@@ -515,7 +515,7 @@ _CUPY_SAME = (
     "full_like", "greater", "greater_equal", "isfinite", "isnan", "less", "less_equal", "log",
     "log1p", "logaddexp", "matmul", "max", "maximum", "may_share_memory", "mean", "min",
     "minimum", "multiply", "ndim", "negative", "ones", "ones_like", "power", "reciprocal",
-    "shape", "shares_memory", "sign", "sin", "sinh", "size", "sort", "sqrt", "square",
+    "shape", "shares_memory", "sign", "sin", "sinh", "sort", "sqrt", "square",
     "squeeze", "stack", "subtract", "sum", "take_along_axis", "tanh", "trunc", "unravel_index",
     "vdot", "where", "zeros", "zeros_like", "lib.stride_tricks.sliding_window_view",
     "linalg.det", "linalg.slogdet", "result_type", "iscomplexobj",
