@@ -494,6 +494,9 @@ def jax_context(d: Any, ctx: dict[str, Any]) -> dict[str, Any]:
 # the same draws as the numpy module; the .npz files; dtypes and their limits).  The whole
 # rendered module goes through the table, so no statement is written twice; a numpy name
 # the table does not know is refused in one line (``no CuPy spelling for np.…``).
+# Chosen over a namespace variable in the templates (``xp.exp``): the templates and the
+# numpy modules stay as they are, byte for byte, and the host/device split (which numpy
+# stays numpy) is decided here, in one table, rather than at every call in the templates.
 
 # numpy names used as they are: host work (files, generators, dtypes, floating-point
 # state), scalar types CuPy takes as dtypes, constants
