@@ -1651,7 +1651,64 @@ def lower_step(d: Derivation, equations: list[Equation], original: dict[str, Nod
         if compact and e.rhs.syms().isdisjoint(e.target.name for e in backward):
             comments.append("  times η (lr): the δ's carry the learning rate, grads get η ∂L/∂θ")
         out.append(Statement(step.take(), tuple(comments)))
+    if step.kept:  # a conv net: its maps are large, buffers dead at the same time share
+        _share_dead_buffers(out, step)
     return out, list(step.buffers.values())
+
+
+def _pure_write(line: str, name: str) -> bool:
+    """Whether ``line`` writes the buffer ``name`` without reading it: its only mention is
+    the out= of a call (alone or in a tuple), the destination of np.copyto or a fill."""
+    word = rf"\b{name}\b"
+    if len(re.findall(word, line)) != 1:
+        return False
+    out = rf"out=({word}[,)]|\({word}, |\(\w+, {word}\))"
+    return bool(re.search(out, line) or re.match(rf"np\.copyto\({word},", line)
+                or re.match(rf"{word}\.fill\(", line))
+
+
+def _share_dead_buffers(statements: list[Statement], step: StepLowering) -> None:
+    """Peak memory of a conv net's step (issue 12): a float buffer whose first use in the
+    step is a write takes the memory of one of the same shape whose values are dead by
+    then (last read on an earlier line, also written before it is read): ∂L/∂A's δWᵀ the
+    patch matrix of the layer once ∂L/∂W has read it, δ₁ the map Z₁ once pooled. Buffers
+    that keep values between steps (borders, ones, the batch, masks, statistics) never
+    share: their first use is a read, or they are not float scratch, δ's and maps."""
+    lines = [line for s in statements for line in s.code]
+    bufs = step.buffers
+
+    def root(name: str) -> str:
+        b = bufs[name]
+        while b.alias or b.view:
+            b = bufs[b.alias or b.view[0]]
+        return b.name
+
+    uses: dict[str, list[tuple[int, str]]] = {}  # root → (line, name) of each mention
+    for i, line in enumerate(lines):
+        for name in set(re.findall(r"\b[A-Za-z_]\w*\b", line)) & set(bufs):
+            uses.setdefault(root(name), []).append((i, name))
+    span: dict[str, tuple[int, int]] = {}
+    for r, seen in uses.items():
+        b = bufs[r]
+        first, name = min(seen)
+        if (b.kind == "float" and re.fullmatch(r"(d?Z|S|P)\d+", r)
+                and all(n == name for i, n in seen if i == first)
+                and _pure_write(lines[first], name)):
+            span[r] = (first, max(i for i, _ in seen))
+    slots: list[tuple[str, int]] = []  # (the array holding a slot, the last line using it)
+    for r in sorted(span, key=lambda r: span[r]):
+        first, last = span[r]
+        key = step.key(bufs[r].shape, "float")
+        for k, (holder, end) in enumerate(slots):
+            if end < first and step.key(bufs[holder].shape, "float") == key:
+                b = bufs[r]
+                b.alias = holder
+                b.note = (f"{naming.text(step.base(r))}: the memory of "
+                          f"{naming.text(step.base(holder))}, dead by then")
+                slots[k] = (holder, last)
+                break
+        else:
+            slots.append((r, last))
 
 
 POOL_BEFORE_RELU = (
