@@ -302,6 +302,49 @@ def test_peak_memory_of_train():
     assert peak <= 2 * budget, (peak, budget)
 
 
+def test_dead_buffers_share_memory_and_the_peak_of_a_two_conv_net():
+    """W5's shape in small (conv 3×3 pad 1 relu → maxpool 2, twice → flatten → dense): the
+    step's δ₁ and δ₃ live in the memory of Z₁ and Z₃ (dead once pooled), δ₃W₃ᵀ in that of
+    the patch matrix P₂ (dead once ∂L/∂W₃ has read it); the step still computes the
+    gradient (train equals the reference loop of loss_and_grad), and the data plus train's
+    peak (tracemalloc: the workspace, the last batch's check) stay within 2× of data +
+    parameters + one batch's patch matrices, computed from the sizes."""
+    convs = [layer(type="conv2d", filters=8, kernel=3, padding=1, activation="relu"),
+             layer(type="maxpool2d", kernel=2),
+             layer(type="conv2d", filters=16, kernel=3, padding=1, activation="relu"),
+             layer(type="maxpool2d", kernel=2), layer(type="flatten"),
+             layer(units=10, activation="softmax")]
+    m = module("two_conv", [8, 8, 3], convs)
+    batch, n = 32, 1024
+    ws = m._workspace(batch, np.float32)
+    assert np.shares_memory(ws["dZ1"], ws["Z1"]) and np.shares_memory(ws["dZ3"], ws["Z3"])
+    col2im_input = [k for k, v in ws.items() if k != "P2" and np.shares_memory(v, ws["P2"])]
+    assert len(col2im_input) == 1 and ws[col2im_input[0]].shape == ws["P2"].shape
+    params = m.init_params(seed=3)
+    X, y = data(m, 20, seed=7)
+    expected = reference_train(m, params, X.reshape(20, -1), np.eye(10)[y], 1, 8, 0.05, "sgd")
+    m.train(params, X, y, epochs=1, batch_size=8, learning_rate=0.05, seed=0, verbose=False)
+    for k in m.PARAM_SHAPES:
+        np.testing.assert_allclose(params[k], expected[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    params = m.init_params(seed=0, dtype=np.float32)
+    X, y = data(m, n, np.float32)
+    X, Y = X.reshape(n, -1), np.eye(10, dtype=np.float32)[y]
+    m.train(params, X, Y, epochs=1, batch_size=batch, verbose=False)
+    m._KEPT.clear()
+    tracemalloc.start()
+    try:
+        m.train(params, X, Y, epochs=1, batch_size=batch, verbose=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    (H, W, C), patches = m.INPUT_SHAPE, 0
+    for filters in (8, 16):  # each conv layer: (batch·H·W) rows × 3·3·C, then pooled by 2
+        patches += batch * H * W * 9 * C * 4
+        H, W, C = H // 2, W // 2, filters
+    budget = X.nbytes + Y.nbytes + sum(p.nbytes for p in params.values()) + patches
+    assert X.nbytes + Y.nbytes + peak <= 2 * budget, (peak, budget)
+
+
 def test_maxpool_before_relu_is_exact_on_ties():
     """relu(max(window)) = max(relu(window)) entry by entry, and the first arg-max of the
     window after relu routes the same δ ⊙ [A > 0]: where the max is > 0 both pick the
