@@ -688,3 +688,78 @@ def format_trajectory(res: dict[str, Any]) -> str:
             mark = "ok" if r["ok"] else "DIFFERS"
             lines.append(f"  {r['contender']}: {r['max_rel_diff']:.1e} [{mark}]")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# The kernels' two threads, paired (issue 12): `python benchmarks/conv_bench.py threads`
+# --------------------------------------------------------------------------
+
+
+def threads_ab(w: ConvWorkload, reps: int = 7, seed: int = 0, pause: float = tb.PAUSE_S,
+               workdir: Path | None = None, log=print) -> dict[str, Any]:
+    """The generated module's epoch with its conv kernels' large calls in two threads (as
+    generated) and in one (``_SPLIT_ENTRIES`` out of reach: a second import of the same
+    module), beside the GEMM floor, paired and interleaved: medians, their ratios and the
+    load average before and after."""
+    import os
+    import tempfile
+
+    data = tb.make_data(w, seed)
+    with tempfile.TemporaryDirectory(prefix="symgrad-threads-") as tmp:
+        ctx = tb.Context(w, data, workdir or Path(tmp), seed)
+        generated = generated_module(ctx)
+        single = tb.import_file(Path(ctx.workdir) / f"bench_{w.key.lower()}.py",
+                                f"_symgrad_bench_{w.key.lower()}_one_thread")
+        single._SPLIT_ENTRIES = 2**62
+        X, Y = data.as_dtype(np.float32)
+        epochs = {"GEMM floor": ConvGemmFloor(w, data, seed).epoch}
+        def epoch_of(mod):
+            params = mod.init_params(seed=seed, dtype=np.float32)
+            return lambda: mod.train(params, X, Y, epochs=1, batch_size=w.batch_size,
+                                     learning_rate=w.learning_rate, optimizer="sgd",
+                                     verbose=False)
+
+        epochs["two threads"], epochs["one thread"] = epoch_of(generated), epoch_of(single)
+        for run in epochs.values():
+            run()  # warm-up
+        load = [os.getloadavg()]
+        times: dict[str, list[float]] = {name: [] for name in epochs}
+        for r in range(reps):
+            names = list(epochs)[r % 3:] + list(epochs)[: r % 3]
+            for name in names:
+                time.sleep(pause)
+                t0 = time.perf_counter()
+                epochs[name]()
+                times[name].append(time.perf_counter() - t0)
+            log(f"  repetition {r + 1}/{reps}: "
+                + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()))
+        load.append(os.getloadavg())
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    paired = float(np.median(np.array(times["two threads"]) / np.array(times["one thread"])))
+    return {"workload": w.key, "medians": med, "times": times, "load": load,
+            "two_over_one": paired,
+            "ratio_floor": {k: med[k] / med["GEMM floor"] for k in ("two threads", "one thread")}}
+
+
+def format_threads(res: dict[str, Any]) -> str:
+    m, f = res["medians"], res["ratio_floor"]
+    return "\n".join([
+        f"{res['workload']}: generated f32, conv kernels in two threads vs one, "
+        f"{len(res['times']['GEMM floor'])} paired repetitions, medians",
+        f"  GEMM floor   {m['GEMM floor']:.3f} s",
+        f"  two threads  {m['two threads']:.3f} s  {f['two threads']:.2f}× floor",
+        f"  one thread   {m['one thread']:.3f} s  {f['one thread']:.2f}× floor",
+        f"  two/one (median of paired ratios) {res['two_over_one']:.3f}",
+        "  load average before / after: " + " / ".join(
+            " ".join(f"{x:.2f}" for x in la) for la in res["load"]),
+    ])
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["threads"]:
+        sys.exit("usage: python benchmarks/conv_bench.py threads [W5|T5] [reps]")
+    key = sys.argv[2] if len(sys.argv) > 2 else "W5"
+    work = {**make_workloads(), **tiny_workloads()}[key]
+    print(format_threads(threads_ab(work, int(sys.argv[3]) if len(sys.argv) > 3 else 7)))
