@@ -364,8 +364,9 @@ JAX_NAMES = frozenset({
     "abs", "arctan", "concatenate", "cos", "cosh", "exp", "expm1", "greater", "greater_equal",
     "inf", "less", "less_equal", "log", "log1p", "logaddexp", "maximum", "minimum", "pi",
     "power", "reciprocal", "sign", "sin", "sinh", "sqrt", "square", "sum", "tanh", "where",
-    "zeros", "ones", "take_along_axis", "int8", "intp",
+    "zeros", "ones", "full_like", "zeros_like", "ones_like", "take_along_axis", "int8", "intp",
 })  # the one spelling table of the jax backend: np.f → jnp.f (the same name in jax.numpy)
+_JAX_RENAMED = {"intp": "int32"}  # (jax.numpy has no intp; its indices are int32)
 
 _JAX_REFUSED_METHODS = {"fill", "sort", "resize", "put", "itemset", "setflags"}  # in place
 
@@ -379,7 +380,7 @@ def jax_code(lines: tuple[str, ...] | list[str], where: str = "jax backend",
     assigned into (init_params' ``params["W1"] = …``)."""
     source = "\n".join(lines)
     tree = ast.parse(source)
-    spans: list[tuple[int, int]] = []
+    spans: list[tuple[int, int, str]] = []
     offsets = [0]
     for line in source.encode().splitlines(keepends=True):
         offsets.append(offsets[-1] + len(line))
@@ -390,7 +391,8 @@ def jax_code(lines: tuple[str, ...] | list[str], where: str = "jax backend",
                 raise SymgradError(where, f"no jax spelling for np.{node.attr} yet "
                                    "(symgrad.backends.JAX_NAMES, the jax backend's table)")
             start = offsets[node.value.lineno - 1] + node.value.col_offset
-            spans.append((start, start + 2))
+            end = offsets[node.end_lineno - 1] + node.end_col_offset
+            spans.append((start, end, f"jnp.{_JAX_RENAMED.get(node.attr, node.attr)}"))
         elif isinstance(node, ast.keyword) and node.arg == "out":
             raise SymgradError(where, f"no jax spelling for out= in {ast.unparse(node.value)!r}"
                                " (JAX arrays are immutable: write the readable statement)")
@@ -406,8 +408,8 @@ def jax_code(lines: tuple[str, ...] | list[str], where: str = "jax backend",
                 and node.func.attr in _JAX_REFUSED_METHODS:
             raise SymgradError(where, f"no jax spelling for .{node.func.attr}() (in place)")
     text = source.encode()
-    for start, end in sorted(spans, reverse=True):
-        text = text[:start] + b"jnp" + text[end:]
+    for start, end, spelled in sorted(spans, reverse=True):
+        text = text[:start] + spelled.encode() + text[end:]
     return tuple(line for t in text.decode().split("\n") for line in _fitted(t, indent))
 
 
@@ -425,7 +427,7 @@ def _jax_mask(line: str) -> str:
     return f"{space}{name} = _keep(jax.random.fold_in(key, {layer}), {shape}, {p}){note or ''}"
 
 
-def jax_context(d: Any, ctx: dict[str, Any]) -> dict[str, Any]:
+def jax_context(d: Any, ctx: dict[str, Any], products: bool = False) -> dict[str, Any]:
     """The context of templates/jax_module.py.jinja from the numpy module's (``ctx``, as
     codegen.module_context(d) made it): the readable statements in jax's spelling
     (:func:`jax_code`), the pure loss-and-gradient function's return, the dropout masks from
@@ -438,6 +440,13 @@ def jax_context(d: Any, ctx: dict[str, Any]) -> dict[str, Any]:
                            "far; use a first-order optimizer (sgd, momentum, nesterov, adam, "
                            "rmsprop) with the jax backend")
     ctx = dict(ctx)
+    ctx["products"] = products  # hvp() and gnvp(): their statements in jax's spelling
+    if products:
+        for key in ("hvp", "gnvp"):
+            ctx[key] = {**ctx[key], **{part: [type(s)(jax_code(s.code, where), s.comments)
+                                              for s in ctx[key][part]]
+                                       for part in ("forward", "tangents", "backward",
+                                                    "adjoints")}}
     for key in ("buffer_shapes", "buffer_unpack", "mask_lines", "layer_init"):
         ctx.setdefault(key, [])
     ctx.setdefault("stochastic", False)

@@ -2886,11 +2886,8 @@ def generate_source(spec: Spec | Derivation | str | Path, backend: str | None = 
     if (backend or d.spec.training.backend) == "jax":
         from symgrad.backends import jax_context
 
-        if products:
-            raise SymgradError(f"{d.spec.source}: generate --hvp", "hvp() and gnvp() are in "
-                               "numpy and torch modules only so far (not with --backend jax)")
         body = _environment().get_template("jax_module.py.jinja").render(
-            jax_context(d, module_context(d)))
+            jax_context(d, module_context(d, products), products))
         return files.stamp(body, Path(d.spec.source).name)
     body = _environment().get_template("module.py.jinja").render(module_context(d, products))
     if (backend or d.spec.training.backend) == "cupy":  # the numpy module in CuPy's spelling

@@ -12,7 +12,6 @@ compiles its functions: about a second each).
 from __future__ import annotations
 
 import ast
-import dataclasses
 import re
 import subprocess
 import sys
@@ -224,6 +223,40 @@ def test_a_cnn_equals_the_numpy_module() -> None:
 
 
 @pytest.mark.slow
+def test_hvp_and_gnvp() -> None:
+    """generate --hvp: hvp() and gnvp() equal the numpy module's (a dense chain, a CNN); with
+    dropout, hvp() is jax.jvp of jax.grad of the module's own training loss (the same key);
+    train still offers the first-order optimizers only."""
+    from symgrad.derive import derive
+
+    rng = np.random.default_rng(0)
+    for spec in (build_case(SMALL).spec, spec_from_dict(CNN, "cnn.toml")):
+        d = derive(spec)
+        numpy_module = load_module(generate_source(d, None, True))
+        j = load_module(generate_source(d, "jax", True))
+        assert j.OPTIMIZERS == OPTIMIZERS and {"hvp", "gnvp"} <= set(j.__all__)
+        params = {k: v + 0.1 * rng.standard_normal(v.shape)
+                  for k, v in numpy_module.init_params(1).items()}
+        X = rng.standard_normal((5, numpy_module.INPUTS))
+        Y = np.eye(3)[rng.integers(0, 3, 5)]
+        V = {k: rng.standard_normal(s) for k, s in numpy_module.PARAM_SHAPES.items()}
+        for fn in ("hvp", "gnvp"):
+            theirs, mine = getattr(numpy_module, fn)(params, X, Y, V), getattr(j, fn)(params, X, Y, V)
+            assert all(close(mine[k], theirs[k], 1e-10) for k in theirs), fn
+    j = load_module(generate_source(spec_from_dict(DROPOUT, "dropout.toml"), "jax", True))
+    params = {k: jnp.asarray(v + 0.1 * rng.standard_normal(v.shape))
+              for k, v in j.init_params(1, "float64").items() if k in j.PARAM_SHAPES}
+    X, Y = jnp.asarray(rng.standard_normal((7, 5))), jnp.asarray(np.eye(3)[rng.integers(0, 3, 7)])
+    V = {k: jnp.asarray(rng.standard_normal(s)) for k, s in j.PARAM_SHAPES.items()}
+    gradient = jax.grad(lambda p: j._training_loss(p, X, Y, jax.random.key(3)))
+    reference = jax.jvp(gradient, (params,), (V,))[1]
+    mine = j.hvp(params, X, Y, V, seed=3)
+    assert all(close(mine[k], reference[k], 1e-12) for k in reference)
+    with pytest.raises(ValueError, match="^V must be a dict with the keys of PARAM_SHAPES"):
+        j.hvp(params, X, Y, {})
+
+
+@pytest.mark.slow
 def test_minibatches_are_the_optimizer_on_loss_and_grad() -> None:
     """train's batches: jax.random.permutation of the seed's keys, batch by batch, each an
     update by loss_and_grad of its rows (a last, smaller batch too)."""
@@ -376,11 +409,6 @@ def test_backend_refusals() -> None:
     assert str(e.value) == ("n.toml: training.backend: lbfgs is in numpy modules only so far; "
                             "use a first-order optimizer (sgd, momentum, nesterov, adam, "
                             "rmsprop) with the jax backend")
-    plain = dataclasses.replace(lbfgs, training=Training(backend="jax"))
-    with pytest.raises(SymgradError) as e:
-        generate_source(plain, products=True)
-    assert str(e.value) == ("n.toml: generate --hvp: hvp() and gnvp() are in numpy and torch "
-                            "modules only so far (not with --backend jax)")
 
 
 @pytest.mark.slow
