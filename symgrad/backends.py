@@ -143,10 +143,15 @@ def _logaddexp(c: _Call) -> str:
 
 def _dot(c: _Call) -> str:
     """np.dot(a, b, out=c): torch.matmul; a vector times a matrix as torch.mv(bᵀ, a) (matmul
-    would make a (1, n) result and resize out)."""
+    would make a (1, n) result and resize out); Aᵀ B into out as the module's _matmul_tn(A,
+    B, out=c) (a tall A, as a patch matrix: (Bᵀ A)ᵀ, BLAS's faster form there)."""
     a, b = c.args
-    if isinstance(c.nodes[0], ast.Name) and c.nodes[0].id in c.vectors:
+    first = c.nodes[0]
+    if isinstance(first, ast.Name) and first.id in c.vectors:
         return c.call("torch.mv", [f"{b}.T", a])
+    if (isinstance(first, ast.Attribute) and first.attr == "T"
+            and isinstance(first.value, ast.Name) and set(c.keywords) == {"out"}):
+        return c.call("_matmul_tn", [first.value.id, b])
     return c.call("torch.matmul")
 
 

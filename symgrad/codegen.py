@@ -2826,7 +2826,10 @@ def torch_context(d: Derivation, products: bool = False) -> dict[str, Any]:
     ctx["workspace_masks"] = any("**boolean" in code for _, code, _ in ctx["workspace"])
     code = "\n".join(line for key in ("loss", "grad_forward", "grad_backward", "step")
                       for line in _code_lines(ctx[key]))
-    ctx["helpers"] = sorted({*ctx["helpers"], *(["vdot"] if "_vdot(" in code else [])})
+    code += "".join("\n" + line for key in ("hvp", "gnvp") if products for part in (
+        "forward", "tangents", "backward", "adjoints") for line in _code_lines(ctx[key][part]))
+    ctx["helpers"] = sorted({*ctx["helpers"], *(["vdot"] if "_vdot(" in code else []),
+                             *(["matmul_tn"] if "_matmul_tn(" in code else [])})
     script = f"python {spec.name}.py train DATA.npz"
     ctx["docstring"] = ctx["docstring"].replace(
         "a numpy training module", "a PyTorch training module", 1).replace(

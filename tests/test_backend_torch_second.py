@@ -23,6 +23,16 @@ torch = pytest.importorskip("torch")
 
 _MODULES: dict[tuple[str, str], object] = {}
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread for these small problems (restored after): two threads' pool only
+    waits on each other at this size, badly so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 NETS = {  # name → spec (the optimizer in [training] makes train() offer both)
     "ridge": Spec("ridge_t2", 3, (Layer(2, "identity"),), loss="mse", l2=0.01,
                   training=Training("newton_cg")),
@@ -155,10 +165,10 @@ def test_large_batches_on_the_device_are_deterministic_and_train():
     (first, p1), (again, p2) = runs
     assert first == again and all(torch.equal(p1[k], p2[k]) for k in p1)
     assert tm.loss(p1, X, Y) < first["loss"][0]
-    # each of the 3 batches (64, 64, 22 rows): a gradient, 1 to 10 products, a trial loss,
-    # counted by its share of the rows
+    # each of the 3 batches (64, 64, 22 rows): a gradient, 1 to 11 curvature products (a warm
+    # start adds one), 1 to 3 trial losses, counted by the batch's share of the rows
     steps = np.diff([0.0, *first["passes"]])
-    assert ((steps >= 3 - 1e-9) & (steps <= 12 + 1e-9)).all()
+    assert ((steps > 2) & (steps <= 16 + 1e-9)).all()
 
 
 def test_cg_solves_a_positive_definite_system_and_stops_at_negative_curvature():
@@ -182,7 +192,8 @@ def test_a_huge_learning_rate_takes_no_step_and_lbfgs_says_why_it_stopped(capsys
     params = as_torch(npm.init_params(seed=0))
     history = tm.train(params, X, Y, optimizer="newton_cg", learning_rate=1e300, epochs=3,
                        verbose=False)
-    assert history["damping"] == [1.5, 2.25, 3.375]  # ρ is not a number: damp more
+    # ρ is not a number: damp more
+    assert history["damping"] == pytest.approx([tm.DAMPING * 1.5**k for k in (1, 2, 3)])
     assert history["loss"] == [history["loss"][0]] * 3
     assert all(torch.equal(params[k], torch.tensor(v)) for k, v in npm.init_params(0).items())
     assert capsys.readouterr().err == ""
@@ -208,7 +219,11 @@ def test_the_module_is_ruff_clean_deterministic_and_offers_both(tmp_path):
     assert proc.returncode == 0, proc.stdout
     _, tm = modules("digits")
     assert tm.OPTIMIZERS[-2:] == ("newton_cg", "lbfgs") and tm.BATCH_SIZE is None
-    assert (tm.CURVATURE, tm.CG_STEPS, tm.DAMPING, tm.MEMORY) == ("gauss_newton", 10, 1.0, 10)
+    npm, _ = modules("digits")  # the numpy module's defaults
+    assert (tm.CURVATURE, tm.CG_STEPS, tm.DAMPING, tm.MEMORY) == (
+        npm.CURVATURE, npm.CG_STEPS, npm.DAMPING, npm.MEMORY)
+    for name in ("_DAMPING_FLOOR", "_CG_DECAY", "_CURVATURE_SHARE", "_LIMITS", "_OWNERS"):
+        assert getattr(tm, name) == getattr(npm, name), name
 
 
 # ------------------------------------------------------------------------------------------
@@ -242,10 +257,13 @@ def test_batchnorm_and_dropout_refuse_second_order_training(layer, name):
 
 @pytest.mark.parametrize("options, error", [
     ({"curvature": "fisher"}, "curvature must be gauss_newton or hessian, not 'fisher'"),
-    ({"cg_steps": 0}, "cg_steps must be a whole number >= 1, not 0"),
-    ({"memory": 2.0}, "memory must be a whole number >= 1, not 2.0"),
-    ({"damping": 0.0}, "damping must be a finite number > 0, not 0.0"),
-    ({"damping": "1"}, "damping must be a finite number > 0, not '1'"),
+    ({"cg_steps": 0}, "cg_steps must be a whole number from 1 to 10000, not 0"),
+    ({"cg_steps": 10**9}, "cg_steps must be a whole number from 1 to 10000, not 1000000000"),
+    ({"memory": 2.0}, "memory must be a whole number from 1 to 1000, not 2.0"),
+    ({"damping": 0.0}, "damping must be a number > 0 and <= 1e+06, not 0.0"),
+    ({"damping": "1"}, "damping must be a number > 0 and <= 1e+06, not '1'"),
+    ({"memory": 3}, "memory is an option of lbfgs, not of newton_cg"),
+    ({"optimizer": "adam", "cg_steps": 3}, "cg_steps is an option of newton_cg, not of adam"),
     ({"batch_size": 0}, "batch_size must be a whole number >= 1, or None (all rows)"),
     ({"distributed": True}, "newton_cg trains in one process: distributed=True is for the "
                             "first-order optimizers (sgd, momentum, nesterov, adam, rmsprop)"),
@@ -257,6 +275,7 @@ def test_bad_options_are_refused_in_one_line(options, error):
     params = tm.init_params(0)
     before = {k: v.clone() for k, v in params.items()}
     with pytest.raises((ValueError, TypeError)) as e:
-        tm.train(params, X, Y, optimizer="newton_cg", epochs=1, verbose=False, **options)
+        tm.train(params, X, Y, **{"optimizer": "newton_cg", "epochs": 1, "verbose": False,
+                                  **options})
     assert str(e.value) == error
     assert all(torch.equal(params[k], v) for k, v in before.items())
