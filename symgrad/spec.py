@@ -214,7 +214,7 @@ class Training:
     alpha: float = 0.99
     curvature: str = "gauss_newton"  # newton_cg: one of CURVATURES
     cg_steps: int = 10  # newton_cg: CG iterations per update (at most)
-    damping: float = 1.0  # newton_cg: the first λ of the Levenberg–Marquardt damping
+    damping: float = 0.1  # newton_cg: the first λ (benchmarks/newton_cg_damping.py)
     memory: int = 10  # lbfgs: the number of (s, y) pairs kept
     backend: str = "numpy"  # the generated module's array library (symgrad.backends)
     where: str = field(default="training", compare=False, repr=False)
@@ -556,6 +556,12 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> Spec:
                       f"{source}: [regularization]")
     train = _check_keys(data.get("training", {}), _TABLES["training"], f"{source}: [training]")
     training = Training(**train, where=f"{source}: training")
+    for key, owner in (("curvature", "newton_cg"), ("cg_steps", "newton_cg"),
+                       ("damping", "newton_cg"), ("memory", "lbfgs")):
+        if key in train and training.optimizer != owner:  # as train() refuses it
+            raise SymgradError(f"{source}: training.{key}", (
+                f"an option of {owner}, not of {training.optimizer}; leave it out or set "
+                f'optimizer = "{owner}"'))
     return Spec(
         name=network["name"],
         inputs=network["inputs"],
