@@ -146,7 +146,7 @@ def optimizer_options(work: dict, optimizer: str) -> dict:
     if optimizer in ("sgd", "adam"):
         return dict(work[optimizer])
     if optimizer == "newton_cg":
-        return {"cg_steps": 10, "damping": 1.0}
+        return {"cg_steps": 10, "damping": 0.1}  # the defaults (newton_cg_damping.py)
     return {"memory": 10}
 
 
