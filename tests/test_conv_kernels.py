@@ -416,3 +416,20 @@ def test_a_batch_of_w5_maps_is_split_and_a_small_one_is_not():
     finally:
         K["_both"] = both
     assert calls == [1] or K["_WORKER"]["cpus"] < 2
+
+
+def test_the_worker_thread_runs_under_the_callers_errstate():
+    """np.errstate is per thread: the worker's half of a split call obeys the caller's
+    (train ignores overflow; here overflow raises, in both halves, or in neither)."""
+    geo = {"hw": (4, 4), "kernel": (3, 3), "stride": (1, 1), "padding": (1, 1)}
+    P = np.full((2 * 16, 9), 3e38, np.float32)  # every pixel sums several: overflows
+    P[16:] = 1.0  # the second image (this thread's half) is finite
+    K["_SPLIT_ENTRIES"], before = 0, K["_SPLIT_ENTRIES"]
+    try:
+        with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+            K["col2im"](P, **geo)
+        with np.errstate(over="ignore"):
+            out = K["col2im"](P, **geo)
+    finally:
+        K["_SPLIT_ENTRIES"] = before
+    assert np.isinf(out[:16]).any() and np.isfinite(out[16:]).all()
