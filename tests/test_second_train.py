@@ -430,3 +430,20 @@ def test_the_script_takes_the_second_order_options(tmp_path):
         bad = run(*flags)
         assert (bad.returncode, bad.stdout, bad.stderr) == (
             2, "", f"net_mlp: error: {message}\n")
+
+
+def test_a_value_beyond_float32_is_one_line_without_a_warning(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "net_mlp.py"
+    path.write_text(generate_source(Spec("net_mlp", 3, (Layer(2, "identity"),), loss="mse",
+                                         training=Training("newton_cg", epochs=1))),
+                    encoding="utf-8")
+    X, Y = regression_data()
+    X[0, 0] = 1e39  # finite in float64, inf in float32
+    np.savez(tmp_path / "d.npz", X=X, Y=Y)
+    run = subprocess.run([sys.executable, "-W", "error", str(path), "train",
+                          str(tmp_path / "d.npz")], capture_output=True, text=True, check=False)
+    assert (run.returncode, run.stderr) == (
+        2, "net_mlp: error: X has 1 NaN or infinite entry in float32\n")
