@@ -222,7 +222,8 @@ def test_the_module_is_ruff_clean_deterministic_and_offers_both(tmp_path):
     npm, _ = modules("digits")  # the numpy module's defaults
     assert (tm.CURVATURE, tm.CG_STEPS, tm.DAMPING, tm.MEMORY) == (
         npm.CURVATURE, npm.CG_STEPS, npm.DAMPING, npm.MEMORY)
-    for name in ("_DAMPING_FLOOR", "_CG_DECAY", "_CURVATURE_SHARE", "_LIMITS", "_OWNERS"):
+    for name in ("_DAMPING_FLOOR", "_BATCH_DAMPING_FLOOR", "_CG_DECAY", "_CURVATURE_SHARE",
+                 "_LIMITS", "_OWNERS"):
         assert getattr(tm, name) == getattr(npm, name), name
 
 
