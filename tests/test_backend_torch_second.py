@@ -280,3 +280,24 @@ def test_bad_options_are_refused_in_one_line(options, error):
                                   **options})
     assert str(e.value) == error
     assert all(torch.equal(params[k], v) for k, v in before.items())
+
+
+def test_the_script_takes_the_second_order_options(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "ridge_t2.py"
+    path.write_text(generate_source(NETS["ridge"], "torch"), encoding="utf-8")
+    X, Y = data("ridge")
+    np.savez(tmp_path / "d.npz", X=X, Y=Y)
+
+    def run(*flags):
+        return subprocess.run([sys.executable, str(path), "train", str(tmp_path / "d.npz"),
+                               "--epochs", "2", "--dtype", "float64", *flags],
+                              capture_output=True, text=True, check=False, timeout=120)
+
+    ok = run("--cg-steps", "3", "--damping", "0.5", "--curvature", "hessian")
+    assert ok.returncode == 0 and ok.stdout.startswith("final loss "), ok.stderr
+    bad = run("--optimizer", "adam", "--memory", "3")
+    assert (bad.returncode, bad.stderr) == (
+        2, "ridge_t2: error: memory is an option of lbfgs, not of adam\n")
