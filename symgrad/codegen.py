@@ -83,12 +83,12 @@ from symgrad.ops.conv import MaxPool, MaxPoolBack, PoolArgmax
 from symgrad.ops.lowered import (
     Augmented,
     ColumnBias,
+    ImageRows,
     LogSumExpT,
     SoftmaxT,
     SumColumns,
     SumRows,
     Total,
-    image_rows,
 )
 from symgrad.printing import text
 from symgrad.spec import (
@@ -1553,6 +1553,22 @@ def _joint(eqs: list[Equation], stmts: list[Statement], lw: ArrayLowering,
         out[first] = Statement((line if _fits(line, indent) else f"{line}  # noqa: E501",),
                                comments)
     return out
+
+
+def image_rows(node: Node, x: Sym) -> Node:
+    """``node`` with the image batch ``x`` read through :class:`ImageRows` wherever an op
+    takes it as a map (not where the op reads the module's rows itself: ``flat_data``)."""
+    if x.shape[0] == N:  # not an image batch (or 1×1 images): its rows are the map's
+        return node
+
+    def rule(n: Node) -> Node | None:
+        if n == x:
+            return ImageRows(x)
+        if getattr(n, "flat_data", False) and n.children == (x,):
+            return n
+        return None
+
+    return transform(node, rule)
 
 
 def lower(d: Derivation) -> Lowered:

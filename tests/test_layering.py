@@ -200,4 +200,6 @@ def test_the_table_of_lowered_forms() -> None:
         "Im2col": both, "Col2im": both, "PoolArgmax": both, "MaxPool": both,
         "MaxPoolBack": both, "AvgPool": both, "AvgPoolBack": both, "Flatten": both,
         "Unflatten": both,
+        # an image batch read as a map by a non-window op (batchnorm, dropout, add, concat)
+        "ImageRows": both,
     }

@@ -29,7 +29,7 @@ from symgrad import naming
 from symgrad.ops.base import SCALAR, N, Node, Sym
 
 __all__ = ["Total", "ColumnBias", "Augmented", "SoftmaxT", "LogSumExpT", "SumRows", "SumColumns",
-           "ImageRows", "image_rows"]
+           "ImageRows"]
 
 
 @dataclass(frozen=True, eq=True)
@@ -289,21 +289,3 @@ class ImageRows(Node):
     def into(self, st, dest):
         with st.operand(self.x) as a:
             st.emit(f"np.copyto({dest}, {a}.reshape({dest}.shape))")
-
-
-def image_rows(node: Node, x: Sym) -> Node:
-    """``node`` with the image batch ``x`` read through :class:`ImageRows` wherever an op
-    takes it as a map (not where the op reads the module's rows itself: ``flat_data``)."""
-    from symgrad.derive import transform  # (derive imports the ops)
-
-    if x.shape[0] == N:  # not an image batch (or 1×1 images): its rows are the map's
-        return node
-
-    def rule(n: Node) -> Node | None:
-        if n == x:
-            return ImageRows(x)
-        if getattr(n, "flat_data", False) and n.children == (x,):
-            return n
-        return None
-
-    return transform(node, rule)
