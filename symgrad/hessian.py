@@ -195,8 +195,11 @@ def derive_hessian(problem: em.ExprProblem, prove_rules: bool = False) -> Hessia
                 matrix = em._full(sp.S.Zero, (shape[0], shape[0])) if shape[1] == 1 else None
             elif shape[1] == 1:
                 m = matrix_form(hv, v, data)
-                matrix = None if m is None else problem.assume.simplified(
-                    m, lambda g: em.simplify(g, proof, fired))
+                matrix = None if m is None else _inner_products(problem.assume.simplified(
+                    m, lambda g: em.simplify(g, proof, fired)))
+                if matrix is not None and tuple(shape) == (1, 1):  # a scalar x: H v = M v
+                    hv = (Scale(matrix.c, MatMul(matrix.x, v)) if isinstance(matrix, Scale)
+                          else MatMul(matrix, v))
     except EXHAUSTED:
         raise SymgradError(WHERE, f"too large to derive the second derivative in "
                            f"{HESSIAN_SECONDS:g} s (of CPU time)") from None
@@ -290,6 +293,37 @@ def _regrouped(node: MatMul, v: Sym, data: list[Sym]) -> Node | None:
     i = live[0]
     m = matrix_form(_product(factors[: i + 1]), v, data)
     return None if m is None else _times_scalar(m, _product(factors[i + 1 :]))
+
+
+def _inner_products(node: Node) -> Node:
+    """𝟏ᵀ(a ⊙ b) of named columns a, b as aᵀb, rowsum(a ⊙ b) of rows as a bᵀ (a 1×1 Hessian:
+    2 XᵀX for x of one entry, not 2 𝟏ᵀ(X ⊙ X)), anywhere in node."""
+    import dataclasses
+
+    from symgrad.ops import ColSum, RowSum
+
+    named = (Sym, Transpose)  # named arrays (and their transposes), not expressions
+    if (isinstance(node, ColSum | RowSum) and isinstance(node.x, Hadamard)
+            and isinstance(node.x.a, named) and isinstance(node.x.b, named)):
+        a, b = node.x.a, node.x.b
+        if isinstance(node, ColSum) and tuple(a.shape[1:]) == tuple(b.shape[1:]) == (1,):
+            return MatMul(Transpose(_inner_products(a)), _inner_products(b))
+        if isinstance(node, RowSum) and tuple(a.shape[:1]) == tuple(b.shape[:1]) == (1,):
+            return MatMul(_inner_products(a), Transpose(_inner_products(b)))
+    if not dataclasses.is_dataclass(node):
+        return node
+    changes = {}
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if isinstance(value, Node):
+            new = _inner_products(value)
+        elif isinstance(value, tuple) and value and all(isinstance(t, Node) for t in value):
+            new = tuple(_inner_products(t) for t in value)
+        else:
+            continue
+        if new is not value and new != value:
+            changes[f.name] = new
+    return dataclasses.replace(node, **changes) if changes else node
 
 
 def matrix_form(node: Node, v: Sym, data: list[Sym]) -> Node | None:

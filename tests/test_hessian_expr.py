@@ -56,7 +56,10 @@ CASES = [
     ("trace(X @ X @ X)", ["X=n,n"], "X", None, "3 (Vᵀ Xᵀ + Xᵀ Vᵀ)"),
     ("sum(w**3)", ["w=n,1"], "w", "6 diag(w)", "6 v ⊙ w"),
     ("sum(exp(t * x))", ["t=1,1", "x=n,1"], "t", "𝟏ᵀ (x ⊙ x ⊙ exp(t x))",
-     "𝟏ᵀ (v (x ⊙ x) ⊙ exp(t x))"),
+     "𝟏ᵀ (x ⊙ x ⊙ exp(t x)) v"),  # a scalar t: H v = M v
+    ("sum((X @ w - y)**2)", ["X=n,1", "w=1,1", "y=n,1"], "w", "2 Xᵀ X", "2 Xᵀ X v"),
+    ("sum((w @ X - y)**2)", ["X=1,n", "w=1,1", "y=1,n"], "w", "2 X Xᵀ", "2 X Xᵀ v"),
+    ("sum((x * a)**2)", ["x=1,1", "a=n,1"], "x", "2 aᵀ a", "2 aᵀ a v"),
     ("sum((X @ B - C)**2)", ["X=m,n", "B=n,k", "C=m,k"], "X", None, "2 V B Bᵀ"),
     ("trace(inv(X))", ["X=n,n"], "X", None, "X⁻ᵀ (V X⁻¹ + X⁻¹ V)ᵀ X⁻ᵀ"),
     ("sum(log(1 + exp(-y * (X @ w))))", XWY, "w",
