@@ -229,6 +229,34 @@ def _hessian_text(d: Derivation, split: str) -> str:
 # --------------------------------------------------------------------------
 
 
+_LATEX_WORDS = [  # the H_ℓ line's notation, text → LaTeX (longest first where they overlap)
+    ("(diag(ŷ) − ŷŷᵀ)/N", r"\(\bigl(\operatorname{diag}(\hat{y}) - \hat{y}\hat{y}^\top\bigr)/N\)"),
+    ("I/N", r"\(I/N\)"), ("H_ℓ = 0", r"\(H_\ell = 0\)"), ("ℓ″", r"\(\ell''\)"),
+    ("∘", r"\(\circ\)"), ("Ŷ", r"\(\hat{Y}\)"),
+]
+
+
+def _hessian_latex(line: str) -> str:
+    """The H_ℓ line in LaTeX (render's paragraph adds \\noindent): its formula in math
+    mode, the words as text."""
+    import re
+
+    head, body = line.split(" = ", 1)
+    m = re.match(r"diag\((.*)\)/N (\(.*)$", body)
+    if m:  # diag(ℓ″)/N: the elementwise body in LaTeX by SymPy's printer
+        inner = m.group(1)
+        inner = re.sub(r"\|([^|]*)\|", r"\\lvert \1\\rvert", inner)
+        for a, b in (("ŷ", r"\hat{y}"), ("·", r" "), ("⊙", r"\odot"), ("−", "-"), ("²", "^{2}"),
+                     ("≤", r"\le"), ("[", r"\bigl["), ("]", r"\bigr]")):
+            inner = inner.replace(a, b)
+        body = rf"\(\operatorname{{diag}}({inner})/N\) " + m.group(2)
+    for a, b in _LATEX_WORDS:
+        body = body.replace(a, b)
+    for sub, digit in zip("₀₁₂₃₄₅₆₇₈₉", "0123456789", strict=True):
+        body = body.replace(f"Z{sub}", rf"\(Z_{{{digit}}}\)")
+    return rf"\(H_\ell\) = {body}" if head == "H_ℓ" else body
+
+
 def _lhs(name: str, fmt: str) -> str:
     show = naming.latex if fmt == "latex" else naming.text
     if name.startswith("dZ") and not name.endswith(("_dot", "_gn")):
@@ -303,7 +331,7 @@ def render(so: SecondOrder, fmt: str) -> str:
         total = "H V"
     else:
         section("jv", so.tangents)
-        para(rf"\(H_\ell\): {so.hessian.split(' = ', 1)[1]}" if latex else so.hessian)
+        para(_hessian_latex(so.hessian) if latex else so.hessian)
         section("jt", so.adjoints)
         total = "G V"
     parts = ", ".join(show(so.results[p]) if so.results[p] else "0" for p in so.results)

@@ -280,3 +280,22 @@ def test_check_hvp_passes_and_catches_a_wrong_product(tmp_path):
     broken = check_products(path)
     assert not broken.ok
     assert [r[1] for r in broken.rows if not r[4]] == ["W1", "b1"]
+
+
+def test_hessian_line_in_latex():
+    lines = {case: next(line for line in _GN[case].latex().splitlines() if "H_\\ell\\) =" in line)
+             for case in (("tanh", "cross_entropy", "softmax"), ("relu", "mse", "identity"))}
+    assert lines[("tanh", "cross_entropy", "softmax")] == (
+        r"\noindent \(H_\ell\) = \(\bigl(\operatorname{diag}(\hat{y}) - \hat{y}\hat{y}^\top\bigr)/N\)"
+        r" per sample (softmax\(\circ\)cross-entropy, in \(Z_{2}\))")
+    assert lines[("relu", "mse", "identity")] == (
+        r"\noindent \(H_\ell\) = \(I/N\) (identity\(\circ\)mse, in \(Z_{2}\))")
+    latex = gnvp(tiny("tanh", "(yhat - y)**4 / 4 + (yhat - y)**2", "tanh")).latex()
+    custom = next(line for line in latex.splitlines() if "H_\\ell\\) =" in line)
+    assert custom == (r"\noindent \(H_\ell\) = \(\operatorname{diag}(3 (y - \hat{y})^{2} + 2)/N\) "
+                      r"(\(\ell''\) of the loss custom, elementwise, in \(\hat{Y}\))")
+
+
+def test_batchnorm_variance_tangent_in_textbook_form():
+    text = hvp(derive(str(ROOT / "examples" / "digits_bn_dropout.toml"))).text()
+    assert "  σ̇₂² = (1/N) 𝟏ᵀ(2 (A₁ − 𝟏μ₂) ⊙ (Ȧ₁ − 𝟏μ̇₂))\n" in text

@@ -252,6 +252,16 @@ class Map(Node):
         0 almost everywhere, of relu′ or sign, is 0, the left rule)."""
         terms = []
         own = {s for s, _ in self.args}
+        if len(t) == 2 and None not in t:  # f(a − b): Ċ = f′(A − B) ⊙ (Ȧ − Ḃ), one product
+            (a, _), (b, _) = self.args
+            d = almost_everywhere(sp.diff(self.expr, a))
+            if d != 0 and sp.expand(d + almost_everywhere(sp.diff(self.expr, b))) == 0:
+                c, rest = sp.factor_terms(d).as_coeff_Mul()
+                diff = tangent_sum([t[0], Scale(sp.Integer(-1), t[1])])
+                if not (rest.free_symbols & own):
+                    return diff if d == 1 else Scale(d, diff)
+                term = hadamard(Map(rest, self.args, note=f"∂/∂{a}"), diff)
+                return term if c == 1 else Scale(c, term)
         for (s, _), ts in zip(self.args, t, strict=True):
             d = almost_everywhere(sp.diff(self.expr, s)) if ts is not None else sp.Integer(0)
             if d == 0:
