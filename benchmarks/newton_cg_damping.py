@@ -12,7 +12,9 @@ argument: the first λ), ``_DAMPING_FLOOR`` (λ never below it), ``_CG_DECAY`` (
 that times the last direction, Martens 2010's warm start; 0: from 0) and ``_CURVATURE_SHARE``
 (the products on that share of the rows, at least 256). Reported per variant: the loss at
 25, 50 and the full budget of passes, and the passes to reach the target, the loss the
-baseline (damping 1, no floor, no warm start, all rows) ends at.
+baseline (damping 1, no floor, no warm start, all rows) ends at. The η d/4, η d/16 retries
+after a rise are in every variant (the baseline's figures are those of the code before them:
+it never rose). The chosen defaults: the "(chosen)" row.
 
 Writes benchmarks/results/newton_cg_damping.{txt,json}. Usage:
 ``python benchmarks/newton_cg_damping.py [--rows N] [--passes P] [--quick]``.
