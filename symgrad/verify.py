@@ -2539,8 +2539,9 @@ class SecondNetwork(Network):
 
     The formula may read, besides verify's names, the direction's components V_W1, V_b1, …
     (the shapes of W1, b1, …) and the forward tangents along V, Zdot1, Adot1, …, Yhatdot
-    (also spelled Z1_dot, Yhat_dot; batchnorm's mudot2, vardot2, Xhatdot2), each instance
-    drawing V at random; ``--wrt W1`` asks for (H V)_W1 or (G V)_W1. Evidence and diagnoses
+    (also spelled Z1_dot, Yhat_dot; batchnorm's mudot2, vardot2, Xhatdot2) and the
+    second-order adjoints R{δ_l} (Rdelta2 or dZ2_dot; 𝒢{δ_l} of gnvp: Gdelta2, dZ2_gn), each
+    instance drawing V at random; ``--wrt W1`` asks for (H V)_W1 or (G V)_W1. Evidence and diagnoses
     are verify's (the instances at float64 and at 50 digits, the proof, the mistakes)."""
 
     def __init__(self, spec: Spec, kind: str) -> None:
@@ -2556,6 +2557,12 @@ class SecondNetwork(Network):
             shape = tuple(eq.target.shape)
             self.matrices[eq.target.name] = self.matrices[_tangent_name(eq.target.name)] = (
                 eq.target, shape)
+        for eq in so.adjoints:  # R{δ_l} (hvp) or 𝒢{δ_l} (gnvp): dZ2_dot or Rdelta2, dZ2_gn or Gdelta2
+            m = re.fullmatch(r"dZ(\d+)_(dot|gn)", eq.target.name)
+            if m:
+                alias = f"{'R' if m.group(2) == 'dot' else 'G'}delta{m.group(1)}"
+                self.matrices[eq.target.name] = self.matrices[alias] = (
+                    eq.target, tuple(eq.target.shape))
         lines = {e.target.name: e.rhs for e in so.adjoints}
 
         def inline(node: Node) -> Node:

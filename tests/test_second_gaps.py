@@ -286,3 +286,19 @@ def test_verify_product_with_expr_refused(capsys):
     assert capsys.readouterr().err == (
         "symgrad: error: verify: --hvp/--gnvp ask about a network SPEC's product, not --expr "
         "(for an expression's Hessian: derive --expr … --hessian)\n")
+
+
+@pytest.mark.parametrize("flag, wrt, formula, verdict", [
+    ("--hvp", "W2", "Adot1.T @ delta2 + A1.T @ Rdelta2", "correct"),
+    ("--hvp", "W2", "Adot1.T @ delta2 + A1.T @ dZ2_dot", "correct"),
+    ("--hvp", "W2", "A1.T @ Rdelta2", "WRONG (missing-term)"),
+    ("--gnvp", "W1", "X.T @ Gdelta1", "correct"),
+])
+def test_verify_reads_the_second_order_adjoints(flag, wrt, formula, verdict, tmp_path, capsys):
+    spec = tmp_path / "one.toml"
+    spec.write_text('[network]\nname = "one"\ninputs = 4\n[[layer]]\nunits = 3\nactivation = '
+                    '"tanh"\n[[layer]]\nunits = 2\nactivation = "softmax"\n[loss]\nkind = '
+                    '"cross_entropy"\n', encoding="utf-8")
+    main(["verify", str(spec), flag, "--wrt", wrt, formula])
+    out = capsys.readouterr().out
+    assert f"  verdict:   {verdict}\n" in out, out
