@@ -355,6 +355,185 @@ def _fitted(line: str, indent: int) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
+# The torch training step's convolution and pooling on torch's own kernels
+# ------------------------------------------------------------------------------------------
+#
+# The lowered step computes Z = im2col(A) W + 𝟏b as a patch matrix P and a GEMM, ∂L/∂W =
+# im2col(A)ᵀ δ as Pᵀ δ and ∂L/∂A = col2im(δ Wᵀ) as a GEMM and a scatter. In the torch
+# module the same formulas go to torch's direct kernels (the module's _conv2d,
+# _conv2d_weight, _conv2d_input, _maxpool_first(_back), _avgpool_mean(_back)): no patch
+# matrix. ∂L/∂W then reads A itself at the backward pass, so a layer is rewritten only where
+# nothing writes A's memory (A or a name sharing it) between the forward product and that
+# statement, and where P is read by nothing else; otherwise it keeps the patch matrix.
+
+_ALIAS = re.compile(r'ws\["(\w+)"\] = ws\["(\w+)"\]')
+_GONE = "\0"  # a line folded into the one before it
+
+
+def _parsed(line: str) -> tuple[str, list[str], dict[str, str], ast.Call] | None:
+    """(callee, argument texts, keyword texts, node) of a line that is one call, else None."""
+    text = line.strip()
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Expr) \
+            or not isinstance(tree.body[0].value, ast.Call):
+        return None
+    node = tree.body[0].value
+    seg = lambda n: ast.get_source_segment(text, n) or ""  # noqa: E731
+    return (ast.unparse(node.func), [seg(a) for a in node.args],
+            {k.arg or "": seg(k.value) for k in node.keywords}, node)
+
+
+def _base(node: ast.AST) -> str | None:
+    """The array a target or an argument names: W in W, W[…], W.T, W.reshape(…)."""
+    while not isinstance(node, ast.Name):
+        if isinstance(node, ast.Subscript | ast.Attribute | ast.Starred):
+            node = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            node = node.func.value
+        else:
+            return None
+    return node.id
+
+
+def _written(line: str) -> set[str]:
+    """The arrays a line of torch code writes: assignment targets, out=/work=/mask=
+    arguments, the tensor of an in-place method (x.add_(…), x[…].copy_(…))."""
+    try:
+        tree = ast.parse(line.strip())
+    except SyntaxError:
+        return set()
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        targets: list[ast.AST] = []
+        if isinstance(node, ast.Assign):
+            targets = list(node.targets)
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        elif isinstance(node, ast.Call):
+            for k in node.keywords:
+                if k.arg in ("out", "work", "mask"):
+                    targets += list(k.value.elts) if isinstance(k.value, ast.Tuple) else [k.value]
+            f = node.func
+            if isinstance(f, ast.Attribute) and f.attr.endswith("_") \
+                    and not f.attr.startswith("_"):
+                targets.append(f.value)
+        for t in targets:
+            for e in (t.elts if isinstance(t, ast.Tuple) else [t]):
+                name = _base(e)
+                if name:
+                    out.add(name)
+    return out
+
+
+def _groups(aliases: list[str]) -> dict[str, set[str]]:
+    """Each workspace name → the names sharing its memory (ws["a"] = ws["b"]…, views)."""
+    group: dict[str, set[str]] = {}
+    for line in aliases:
+        m = _ALIAS.match(line.strip())
+        if m:
+            a, b = m.groups()
+            merged = group.get(a, {a}) | group.get(b, {b})
+            for name in merged:
+                group[name] = merged
+    return group
+
+
+def torch_kernels(step: list[tuple[str, ...]], aliases: list[str]
+                  ) -> tuple[list[tuple[str, ...]], set[str], set[str]]:
+    """The torch step's statements (their code lines) with the convolution and pooling
+    products on torch's kernels (see above); the workspace names the rewritten lines no
+    longer read (patch matrices, padded copies, scratch); the max-pooling args now torch's
+    int64 indices."""
+    code = [list(lines) for lines in step]
+    at = [(s, i) for s, lines in enumerate(code) for i in range(len(lines))]
+    calls = {pos: _parsed(code[pos[0]][pos[1]]) for pos in at}
+    group = _groups(aliases)
+    dropped: set[str] = set()
+    indices: set[str] = set()
+
+    def uses(name: str) -> list[tuple[int, int]]:
+        word = re.compile(rf"\b{name}\b")
+        return [p for p in at if word.search(code[p[0]][p[1]])]
+
+    def callee(pos, name):
+        c = calls[pos]
+        return c is not None and c[0] == name
+
+    def put(pos, line):
+        code[pos[0]][pos[1]] = line
+        calls[pos] = _parsed(line)
+
+    def free(*names):
+        dropped.update(n for n in names if n)
+
+    for k, pos in enumerate(at):
+        c = calls[pos]
+        if c is None:
+            continue
+        name, args, kw, node = c
+        nxt = at[k + 1] if k + 1 < len(at) and at[k + 1][0] == pos[0] else None
+        if name == "im2col" and len(args) == 5 and set(kw) <= {"out", "work"} and nxt \
+                and callee(nxt, "torch.addmm"):
+            _, add_args, add_kw, _ = calls[nxt]
+            P = kw.get("out")
+            if not (P and len(add_args) == 3 and add_args[1] == P and set(add_kw) == {"out"}):
+                continue
+            readers = [p for p in uses(P) if p not in (pos, nxt)]
+            if not all(callee(p, "_matmul_tn") and calls[p][1][0] == P
+                       and set(calls[p][2]) == {"out"} for p in readers):
+                continue
+            shared = group.get(_base(node.args[0]) or "", {_base(node.args[0])})
+            last = max((at.index(p) for p in readers), default=k)
+            if any(_written(code[q[0]][q[1]]) & shared for q in at[k + 1 : last]) \
+                    or add_kw["out"] in shared:
+                continue  # A's memory is written before ∂L/∂W reads it: the patch matrix
+            A, geometry = args[0], ", ".join(args[1:])
+            b, W, Z = add_args[0], add_args[2], add_kw["out"]
+            put(pos, f"_conv2d({A}, {W}, {b}, {geometry}, out={Z})")
+            put(nxt, _GONE)
+            for p in readers:
+                G, dW = calls[p][1][1], calls[p][2]["out"]
+                put(p, f"_conv2d_weight({A}, {G}, {geometry}, out={dW})")
+            free(P, kw.get("work"))
+        elif name == "torch.matmul" and len(args) == 2 and set(kw) == {"out"} and nxt \
+                and callee(nxt, "col2im") and args[1].endswith(".T"):
+            _, c_args, c_kw, _ = calls[nxt]
+            S = kw["out"]
+            if not (len(c_args) == 5 and c_args[0] == S and set(c_kw) == {"out"}
+                    and set(uses(S)) == {pos, nxt}):
+                continue
+            geometry = ", ".join(c_args[1:])
+            put(pos, f"_conv2d_input({args[0]}, {args[1][:-2]}, {geometry}, out={c_kw['out']})")
+            put(nxt, _GONE)
+            free(S)
+        elif name == "maxpool" and len(args) == 5 and isinstance(node.keywords[0].value, ast.Tuple):
+            arg = _base(node.keywords[0].value.elts[1]) or ""
+            readers = [p for p in uses(arg) if p != pos]
+            if arg in group or not all(
+                    callee(p, "maxpool_back") and calls[p][1][1] == arg
+                    and calls[p][1][2:] == args[1:] for p in readers):
+                continue
+            put(pos, f"_maxpool_first({', '.join(args)}, out={kw['out']})")
+            for p in readers:
+                g_args, g_kw = calls[p][1], calls[p][2]
+                free(g_kw.get("mask"))
+                put(p, f"_maxpool_first_back({', '.join(g_args)}, out={g_kw['out']})")
+            indices.add(arg)
+            free(kw.get("work"), kw.get("mask"))
+        elif name == "avgpool" and len(args) == 5 and "out" in kw:
+            put(pos, f"_avgpool_mean({', '.join(args)}, out={kw['out']})")
+            free(kw.get("work"))
+        elif name == "avgpool_back" and len(args) == 5 and set(kw) == {"out"}:
+            put(pos, f"_avgpool_mean_back({', '.join(args)}, out={kw['out']})")
+    new = [tuple(line for line in lines if line is not _GONE) for lines in code]
+    text = "\n".join(line for lines in new for line in lines)
+    return new, {n for n in dropped if not re.search(rf"\b{n}\b", text)}, indices
+
+
+# ------------------------------------------------------------------------------------------
 # The jax dialect
 # ------------------------------------------------------------------------------------------
 #

@@ -2774,6 +2774,38 @@ def _torch_note(note: str) -> str:
     return note.replace(" (float64 whatever the dtype)", " (float64)")
 
 
+_ATEN_KERNELS = ("conv2d", "conv2d_weight", "conv2d_input", "maxpool_first", "avgpool_mean")
+
+
+def _torch_kernels(ctx: dict[str, Any]) -> None:
+    """The torch step's convolution and pooling on torch's own kernels
+    (:func:`symgrad.backends.torch_kernels`): the statements rewritten, the workspace arrays
+    nothing reads any more left out (with their aliases), the max-pooling args int64."""
+    from symgrad.backends import torch_kernels
+
+    step, dropped, indices = torch_kernels([s.code for s in ctx["step"]], ctx["aliases"])
+    ctx["step"] = [Statement(code, s.comments) for code, s in zip(step, ctx["step"], strict=True)]
+    sources = {m.group(1): m.group(2) for line in ctx["aliases"]
+               if (m := re.match(r'ws\["(\w+)"\] = ws\["(\w+)"\]', line.strip()))}
+    text = "\n".join(line for s in ctx["step"] for line in s.code)
+    changed = True
+    while changed:  # a name the step still reads keeps the array it shares
+        changed = False
+        for name, source in sources.items():
+            if source in dropped and name not in dropped and re.search(rf"\b{name}\b", text):
+                dropped.discard(source)
+                changed = True
+    gone = {name for name, source in sources.items() if source in dropped}
+    ctx["aliases"] = [line for line in ctx["aliases"]
+                      if not any(f'ws["{n}"]' in line for n in dropped)]
+    dropped |= gone
+    ctx["workspace"] = [
+        (k, code.replace("dtype=torch.int8", "dtype=torch.int64") if k.strip('"') in indices
+         else code, note) for k, code, note in ctx["workspace"] if k.strip('"') not in dropped]
+    names = [n for line in ctx["ws_unpack"] for n in re.findall(r'ws\["(\w+)"\]', line)]
+    ctx["ws_unpack"] = _unpack([n for n in names if n not in dropped], "ws")
+
+
 def torch_context(d: Derivation, products: bool = False) -> dict[str, Any]:
     """module_context(d) for templates/torch_module.py.jinja: every statement in torch's
     spelling (:func:`symgrad.backends.torch_code`), the workspace made on the device.
@@ -2839,13 +2871,16 @@ def torch_context(d: Derivation, products: bool = False) -> dict[str, Any]:
     # split the call to make room for it)
     ctx["workspace"] = [(k, code, note if len(f"        {k}: {code},  # {note}") <= 100 else "")
                         for k, code, note in ctx["workspace"]]
+    _torch_kernels(ctx)
     ctx["workspace_masks"] = any("**boolean" in code for _, code, _ in ctx["workspace"])
     code = "\n".join(line for key in ("loss", "grad_forward", "grad_backward", "step")
                       for line in _code_lines(ctx[key]))
     code += "".join("\n" + line for key in ("hvp", "gnvp") if products for part in (
         "forward", "tangents", "backward", "adjoints") for line in _code_lines(ctx[key][part]))
     ctx["helpers"] = sorted({*ctx["helpers"], *(["vdot"] if "_vdot(" in code else []),
-                             *(["matmul_tn"] if "_matmul_tn(" in code else [])})
+                             *(["matmul_tn"] if "_matmul_tn(" in code else []),
+                             *(k for k in _ATEN_KERNELS if f"_{k}(" in code),
+                             *(["nchw"] if any(f"_{k}(" in code for k in _ATEN_KERNELS) else [])})
     script = f"python {spec.name}.py train DATA.npz"
     ctx["docstring"] = ctx["docstring"].replace(
         "a numpy training module", "a PyTorch training module", 1).replace(
