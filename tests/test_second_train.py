@@ -447,3 +447,21 @@ def test_a_value_beyond_float32_is_one_line_without_a_warning(tmp_path):
                           str(tmp_path / "d.npz")], capture_output=True, text=True, check=False)
     assert (run.returncode, run.stderr) == (
         2, "net_mlp: error: X has 1 NaN or infinite entry in float32\n")
+
+
+def test_the_damping_study_runs_a_variant_by_passes():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import newton_cg_damping as study
+
+    mod = linear()
+    X, Y = regression_data()
+    before = (mod._DAMPING_FLOOR, mod._CG_DECAY, mod._CURVATURE_SHARE)
+    res = study.run_variant(mod, X, Y, {"damping": 0.5, "decay": 0.0}, passes=20)
+    passes, losses = zip(*res["points"], strict=True)
+    assert passes[0] == 0 and passes[-2] < 20 <= passes[-1]  # stopped at the budget
+    assert losses[-1] < losses[0] and res["damping"][0] == pytest.approx(0.5 * 2 / 3)
+    assert (mod._DAMPING_FLOOR, mod._CG_DECAY, mod._CURVATURE_SHARE) == before  # restored
+    assert study.passes_to(res["points"], losses[-1]) <= passes[-1]
