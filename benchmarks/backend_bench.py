@@ -6,8 +6,9 @@ paired median of each row's time over PyTorch eager's in the same repetition):
 
 - ``generated torch``: ``symgrad generate --backend torch``'s module, ``train(epochs=1,
   optimizer="sgd")`` on float32 tensors (its in-place step: ``torch.addmm(…, out=)``,
-  ``torch.mv``, ``add_``; W5: its torch convolution kernels, Tensor.unfold im2col, slice-add
-  adjoints, first-max routing).
+  ``torch.mv``, ``add_``; W5: the step's conv2d, ∂L/∂W, ∂L/∂A and pooling on torch's own
+  kernels, aten convolution / convolution_backward / max_pool2d_with_indices, on
+  channels_last views of the (N·H·W)×C maps).
 - ``PyTorch eager autograd``: the same network as nn.Linear/nn.Conv2d/nn.MaxPool2d modules,
   F.cross_entropy, ``loss.backward()``, torch.optim.SGD, the same thread count.
 - ``generated numpy``: the numpy module of the same spec (``generate``'s default backend).

@@ -11,7 +11,10 @@ The convolution kernels (im2col, col2im, max/average pooling and their backward 
 are not lowered statements but functions the module carries: the torch module carries
 their torch versions (templates/torch_module.py.jinja, the same formulas on strided views:
 Tensor.unfold for the windows, slice-adds for the adjoints, first-maximum routing), so the
-lowered calls ``im2col(A, hw, …, out=P)`` are the same text in either module.
+lowered calls ``im2col(A, hw, …, out=P)`` are the same text in either module. The fast
+training step's convolution and pooling then go to torch's own kernels
+(:func:`torch_kernels`: aten convolution, convolution_backward, max_pool2d_with_indices,
+avg_pool2d and their backward passes, on channels_last views of the maps).
 
 Chosen over one module written against the Array API standard (array-api-compat's
 ``array_namespace``): the standard has no ``out=`` and no in-place matmul, so the fast
