@@ -485,19 +485,25 @@ def torch_kernels(step: list[tuple[str, ...]], aliases: list[str]
             if not (P and len(add_args) == 3 and add_args[1] == P and set(add_kw) == {"out"}):
                 continue
             readers = [p for p in uses(P) if p not in (pos, nxt)]
-            if not all(callee(p, "_matmul_tn") and calls[p][1][0] == P
-                       and set(calls[p][2]) == {"out"} for p in readers):
+            products = [p for p in readers if callee(p, "torch.addmm")  # P shared: A W' + b'
+                        and len(calls[p][1]) == 3 and calls[p][1][1] == P
+                        and set(calls[p][2]) == {"out"}]
+            if not all(p in products or (callee(p, "_matmul_tn") and calls[p][1][0] == P
+                                         and set(calls[p][2]) == {"out"}) for p in readers):
                 continue
             shared = group.get(_base(node.args[0]) or "", {_base(node.args[0])})
             last = max((at.index(p) for p in readers), default=k)
             if any(_written(code[q[0]][q[1]]) & shared for q in at[k + 1 : last]) \
-                    or add_kw["out"] in shared:
+                    or any(calls[p][2]["out"] in shared for p in [nxt, *products]):
                 continue  # A's memory is written before ∂L/∂W reads it: the patch matrix
             A, geometry = args[0], ", ".join(args[1:])
-            b, W, Z = add_args[0], add_args[2], add_kw["out"]
-            put(pos, f"_conv2d({A}, {W}, {b}, {geometry}, out={Z})")
+            for p, line in ((nxt, pos), *((p, p) for p in products)):
+                (b, _, W), Z = calls[p][1], calls[p][2]["out"]
+                put(line, f"_conv2d({A}, {W}, {b}, {geometry}, out={Z})")
             put(nxt, _GONE)
             for p in readers:
+                if p in products:
+                    continue
                 G, dW = calls[p][1][1], calls[p][2]["out"]
                 put(p, f"_conv2d_weight({A}, {G}, {geometry}, out={dW})")
             free(P, kw.get("work"))

@@ -179,10 +179,19 @@ def test_a_layer_whose_input_is_overwritten_keeps_its_patch_matrix() -> None:
                     ("torch.relu(Z3, out=A3)",),
                     ("_conv2d_weight(A2, dZ3, (4, 4), (3, 3), (1, 1), (1, 1), out=dW3)",)]
     assert dropped == {"P2", "pad_A2_zeros"}
+    # two convolutions of one map with one geometry share the patch matrix: both rewritten
+    shared = [FORWARD, ("torch.addmm(b4, P2, W4, out=Z4)",), WEIGHT,
+              ("_matmul_tn(P2, dZ4, out=dW4)",)]
+    step, dropped, _ = torch_kernels(shared, [])
+    assert step[1:] == [("_conv2d(A2, W4, b4, (4, 4), (3, 3), (1, 1), (1, 1), out=Z4)",),
+                        ("_conv2d_weight(A2, dZ3, (4, 4), (3, 3), (1, 1), (1, 1), out=dW3)",),
+                        ("_conv2d_weight(A2, dZ4, (4, 4), (3, 3), (1, 1), (1, 1), out=dW4)",)]
+    assert dropped == {"P2", "pad_A2_zeros"}
     for between, aliases in ((("torch.relu(Z3, out=A2)",), []),
                              (("A2 *= 2.0",), []),
                              (("S5.copy_(dZ4)",), ['ws["S5"] = ws["A2"]  # dead by then']),
-                             (("torch.exp(P2, out=S1)",), [])):
+                             (("torch.exp(P2, out=S1)",), []),
+                             (("torch.addmm(b4, P2, W4, out=A2)",), [])):
         same = [FORWARD, between, WEIGHT]
         assert torch_kernels(same, aliases) == (same, set(), set()), between
 
