@@ -542,6 +542,67 @@ def torch_kernels(step: list[tuple[str, ...]], aliases: list[str]
     return new, {n for n in dropped if not re.search(rf"\b{n}\b", text)}, indices
 
 
+def _geometry(c: ast.Call, text: str) -> str | None:
+    """"hw, kernel, stride, padding" of a call im2col(A, hw, kernel, stride, padding) or
+    col2im(P, …) without keywords, else None."""
+    if len(c.args) != 5 or c.keywords:
+        return None
+    return ", ".join(ast.get_source_segment(text, a) or "" for a in c.args[1:])
+
+
+def torch_readable_kernels(lines: tuple[str, ...]) -> tuple[str, ...]:
+    """Readable statements (loss_and_grad's, forward's) with the convolution's products on
+    torch's kernels: ``im2col(A, g…) @ W + b`` → ``_conv2d(A, W, b, g…)``, ``im2col(A,
+    g…).T @ G`` → ``_conv2d_weight(A, G, g…)``, ``col2im(G @ W.T, g…)`` → ``_conv2d_input(G,
+    W, g…)``; pooling keeps the module's kernels (its int8 arg is what hvp's tangents read)."""
+    return tuple(_readable_line(line) for line in lines)
+
+
+def _im2col(n: ast.AST, text: str) -> ast.Call | None:
+    if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "im2col" \
+            and _geometry(n, text):
+        return n
+    return None
+
+
+def _readable_line(line: str) -> str:
+    try:
+        tree = ast.parse(line)
+    except SyntaxError:
+        return line
+    spans: list[tuple[int, int, str]] = []
+
+    def seg(n: ast.AST) -> str:
+        return ast.get_source_segment(line, n) or ""
+
+    for n in ast.walk(tree):
+        if not isinstance(n, ast.expr) or n.lineno != 1 or n.end_lineno != 1 \
+                or any(s <= n.col_offset < e for s, e, _ in spans):
+            continue  # (inside a rewritten span)
+        new = None
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add) \
+                and isinstance(n.left, ast.BinOp) and isinstance(n.left.op, ast.MatMult) \
+                and (c := _im2col(n.left.left, line)):
+            new = (f"_conv2d({seg(c.args[0])}, {seg(n.left.right)}, {seg(n.right)}, "
+                   f"{_geometry(c, line)})")
+        elif isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult) \
+                and isinstance(n.left, ast.Attribute) and n.left.attr == "T" \
+                and (c := _im2col(n.left.value, line)):
+            new = f"_conv2d_weight({seg(c.args[0])}, {seg(n.right)}, {_geometry(c, line)})"
+        elif isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "col2im" \
+                and _geometry(n, line) and isinstance(n.args[0], ast.BinOp) \
+                and isinstance(n.args[0].op, ast.MatMult) \
+                and isinstance(n.args[0].right, ast.Attribute) and n.args[0].right.attr == "T":
+            G, W = n.args[0].left, n.args[0].right.value
+            new = f"_conv2d_input({seg(G)}, {seg(W)}, {_geometry(n, line)})"
+        if new is not None:
+            spans.append((n.col_offset, n.end_col_offset, new))
+    data = line.encode()
+    for s, e, new in sorted(spans, reverse=True):  # (offsets in UTF-8 bytes)
+        data = data[:s] + new.encode() + data[e:]
+    return data.decode()
+
+
 # ------------------------------------------------------------------------------------------
 # The jax dialect
 # ------------------------------------------------------------------------------------------

@@ -2872,8 +2872,15 @@ def torch_context(d: Derivation, products: bool = False) -> dict[str, Any]:
     ctx["workspace"] = [(k, code, note if len(f"        {k}: {code},  # {note}") <= 100 else "")
                         for k, code, note in ctx["workspace"]]
     _torch_kernels(ctx)
+    from symgrad.backends import torch_readable_kernels
+
+    for key in ("forward", "loss", "grad_forward", "grad_backward", "inference_forward",
+                "inference_loss"):
+        if key in ctx:
+            ctx[key] = [Statement(torch_readable_kernels(s.code), s.comments) for s in ctx[key]]
     ctx["workspace_masks"] = any("**boolean" in code for _, code, _ in ctx["workspace"])
-    code = "\n".join(line for key in ("loss", "grad_forward", "grad_backward", "step")
+    code = "\n".join(line for key in ("forward", "inference_forward", "loss", "grad_forward",
+                                      "grad_backward", "step") if key in ctx
                       for line in _code_lines(ctx[key]))
     code += "".join("\n" + line for key in ("hvp", "gnvp") if products for part in (
         "forward", "tangents", "backward", "adjoints") for line in _code_lines(ctx[key][part]))
