@@ -6,8 +6,9 @@ random directions (numerically, as the derivation's equations evaluate it).
 The pairs are those of tests/test_second_network.py's central differences: each activation
 as the hidden layer's under each loss's own output (identity, softmax for cross-entropy,
 sigmoid for binary cross-entropy, tanh for the custom loss), and each as the output layer's
-under a tanh hidden layer where the loss takes any output. The full proof grid is a few minutes
-of SymPy (make test-slow; gelu∘softmax∘cross-entropy alone 80 s); a representative subset (a kink of the loss, of an
+under a tanh hidden layer where the loss takes any output. The full proof grid is make test-slow's
+(about 330 s of SymPy for mse, mae, huber, binary cross-entropy and the custom loss at N = 2;
+cross-entropy's fifteen at N = 1, 685 s at N = 2); a representative subset (a kink of the loss, of an
 activation, the fusions, the custom loss, a Piecewise activation) runs in make test.
 Kinks (|·| of mae and softsign, huber's and relu's Piecewise, the l1 penalty) are expanded
 on the branch they take at the random point, exact near it: the products' almost-everywhere
@@ -35,9 +36,10 @@ def pairs(loss: str) -> list[tuple[str, str]]:
     return out
 
 
-def proved(hidden: str, loss: str, out: str, l1: float = 0.0, seed: int = 0) -> None:
+def proved(hidden: str, loss: str, out: str, l1: float = 0.0, seed: int = 0,
+           batch: int = 2) -> None:
     d = derive(tiny(hidden, loss, out, l1=l1, l2=0.1, layers=(2,)))
-    proof = prove(hvp(d), seed=seed, width=2, batch=2)
+    proof = prove(hvp(d), seed=seed, width=2, batch=batch)
     assert proof.ok and proof.entries == 12, (hidden, loss, out, proof.text())
 
 
@@ -54,10 +56,18 @@ def test_hvp_equals_the_scalar_expansion_on_a_sample_of_pairs(hidden, loss, out)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("loss", [loss for loss in LOSSES if loss != "cross_entropy"])
 def test_hvp_equals_the_scalar_expansion_for_every_activation(loss):
     for hidden, out in pairs(loss):
         proved(hidden, loss, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hidden", ACTIVATIONS)
+def test_hvp_equals_the_scalar_expansion_for_cross_entropy(hidden):
+    """Softmax∘cross-entropy at N = 1 (685 s of SymPy at N = 2 for the fifteen, gelu's erf
+    under the softmax 80 s of it; N = 1 about half)."""
+    proved(hidden, "cross_entropy", "softmax", batch=1)
 
 
 def test_the_grid_covers_every_activation_and_loss():
