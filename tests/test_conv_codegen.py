@@ -257,27 +257,19 @@ def _step_peak(m, n, dtype):
     return peak
 
 
-@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ["k3_s1_p1_max", "k23_same_bn_max_s2_p1"])
-def test_the_training_step_allocates_nothing_batch_sized(name, dtype, threads):
+def test_the_training_step_allocates_nothing_batch_sized(name, dtype):
     """At most numpy's fixed-size ufunc buffers (a few operands of np.getbufsize() items,
-    for strided operands: full from a batch of 512 on; with the kernels' calls in two
-    halves, each thread its own) and, at a batch 4 times larger, no more than two
-    (N, OUTPUTS) arrays more (numpy's row reductions of the softmax copy the logits, as in
-    every dense module): nothing of the size of a map or a patch matrix."""
+    for strided operands: full from a batch of 512 on) and, at a batch 4 times larger, no
+    more than two (N, OUTPUTS) arrays more (numpy's row reductions of the softmax copy the
+    logits, as in every dense module): nothing of the size of a map or a patch matrix."""
     m = module(name)
-    before = m._SPLIT_ENTRIES
-    m._SPLIT_ENTRIES = 0 if threads == 2 else 2**62  # every kernel call split, or none
-    try:
-        small, large = _step_peak(m, 512, dtype), _step_peak(m, 2048, dtype)
-    finally:
-        m._SPLIT_ENTRIES = before
+    small, large = _step_peak(m, 512, dtype), _step_peak(m, 2048, dtype)
     itemsize = np.dtype(dtype).itemsize
-    ufunc = 4 * np.getbufsize() * itemsize  # one thread's (the other's may overlap or not)
-    assert large - small <= (2 * (2048 - 512) * m.OUTPUTS * itemsize + 4096
-                             + (threads - 1) * ufunc), (small, large)
-    assert large <= (threads * ufunc + 2 * 2048 * m.OUTPUTS * itemsize + 16384 * threads), large
+    ufunc = 4 * np.getbufsize() * itemsize
+    assert large - small <= 2 * (2048 - 512) * m.OUTPUTS * itemsize + 4096, (small, large)
+    assert large <= ufunc + 2 * 2048 * m.OUTPUTS * itemsize + 16384, large
 
 
 def test_peak_memory_of_train():
