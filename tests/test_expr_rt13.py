@@ -205,6 +205,7 @@ INSTANCES = {  # class name → a small instance, and its text form in the netwo
     "SumColumns": (lambda: lowered.SumColumns(X), "(X 𝟏)ᵀ"),
     "SumRows": (lambda: lowered.SumRows(X), "𝟏ᵀ X"),
     "Total": (lambda: lowered.Total(X), "Σ(X)"),
+    "ImageRows": (lambda: lowered.ImageRows(X), "X"),  # a reshape: printed as its map
     "Dropout": (lambda: ops.Dropout(X, ops.Sym("M", (n, m), "mask"), 0.5), "X ⊙ M/(1 − 0.5)"),
     "InvStd": (lambda: ops.InvStd(v, 1e-5, (1, m)), "𝟏(v + ε)^(−½)"),
     "Standardize": (lambda: ops.Standardize(X, b, v, 1e-5, 0), "(X − 𝟏b) ⊙ 𝟏(v + ε)^(−½)"),
