@@ -8,7 +8,8 @@ as the hidden layer's under each loss's own output (identity, softmax for cross-
 sigmoid for binary cross-entropy, tanh for the custom loss), and each as the output layer's
 under a tanh hidden layer where the loss takes any output. The full proof grid is make test-slow's
 (about 330 s of SymPy for mse, mae, huber, binary cross-entropy and the custom loss at N = 2;
-cross-entropy's fifteen at N = 1, 685 s at N = 2); a representative subset (a kink of the loss, of an
+cross-entropy's fifteen at N = 1, 685 s at N = 2, in tests/test_second_proofs_ce.py: a file
+to itself, so that make test-slow's workers share the grid); a representative subset (a kink of the loss, of an
 activation, the fusions, the custom loss, a Piecewise activation) runs in make test.
 Kinks (|·| of mae and softsign, huber's and relu's Piecewise, the l1 penalty) are expanded
 on the branch they take at the random point, exact near it: the products' almost-everywhere
@@ -60,14 +61,6 @@ def test_hvp_equals_the_scalar_expansion_on_a_sample_of_pairs(hidden, loss, out)
 def test_hvp_equals_the_scalar_expansion_for_every_activation(loss):
     for hidden, out in pairs(loss):
         proved(hidden, loss, out)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("hidden", ACTIVATIONS)
-def test_hvp_equals_the_scalar_expansion_for_cross_entropy(hidden):
-    """Softmax∘cross-entropy at N = 1 (685 s of SymPy at N = 2 for the fifteen, gelu's erf
-    under the softmax 80 s of it; N = 1 about half)."""
-    proved(hidden, "cross_entropy", "softmax", batch=1)
 
 
 def test_the_grid_covers_every_activation_and_loss():
