@@ -1897,6 +1897,12 @@ def check_products(target: str | Path, tol: float | None = None, seed: int = 0,
             if out.get("type") != "products":
                 raise SymgradError(str(target), f"{fn} returned {_clean(out.get('repr', '?'), 40)}"
                                    ", not a dict of arrays")
+            if out.get("inference_forward"):
+                report.notes.append("gnvp: not compared; forward() is in inference mode "
+                                    "(running statistics, no dropout) and the products in "
+                                    "training mode, so Y = forward(params, X) is no point "
+                                    "where H = G")
+                continue
 
             def values(side: str, name: str, out=out, arrays=arrays) -> np.ndarray | None:
                 info = _dict(dict(out.get(side, {})).get(name))

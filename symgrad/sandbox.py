@@ -266,6 +266,8 @@ class Session:
             Y, raised = self._call("forward", self.module.forward, params, X.copy())
             if raised:
                 return {"raised": raised}, {}
+            if self._modes_differ(params, X, Y):
+                return {"value": {"type": "products", "inference_forward": True}}, {}
         found: dict[str, np.ndarray] = {}
         out, raised = self._call(fn, f, params, X, Y, {k: v.copy() for k, v in V.items()})
         if raised:
@@ -286,6 +288,23 @@ class Session:
             reply[side] = {str(k): describe_array(v, f"{side}{i}", found, self.limit)
                            for i, (k, v) in enumerate(list(res[1].items())[:MAX_ITEMS])}
         return {"value": {"type": "products", **reply}}, found
+
+    def _modes_differ(self, params, X, Y) -> bool:
+        """Whether the module's loss in training mode (batch statistics, dropout) differs
+        from its inference-mode loss at (X, Y): then forward(), in inference mode, is no
+        point where the training-mode Hessian is the Gauss–Newton matrix."""
+        losses = []
+        for training in (True, False):
+            value, raised = self._call("loss", self.module.loss, *self._copies(self.base)[:1],
+                                       X.copy(), np.array(Y, copy=True), training=training)
+            if raised:
+                return False  # no training= keyword: one mode
+            losses.append(value)
+        try:
+            a, b = (float(v) for v in losses)
+        except (TypeError, ValueError):
+            return False
+        return not abs(a - b) <= 1e-12 * max(1.0, abs(a), abs(b))
 
     def op_direction(self, header: dict, arrays: dict) -> tuple[dict, dict]:
         self.directions[int(header["id"])] = (header["name"], arrays["v"])

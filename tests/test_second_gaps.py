@@ -261,6 +261,33 @@ def test_check_hvp_of_batchnorm_and_dropout(tmp_path):
     path = tmp_path / "digits_bn_mlp.py"
     path.write_text(bad, encoding="utf-8")
     assert not check_products(path).ok
+    # the module as generated: gnvp not compared at Y = forward() (inference mode, the
+    # products in training mode: H ≠ G there), said so; hvp compared and passing
+    path.write_text(source, encoding="utf-8")
+    report = check_products(path)
+    assert report.ok and {fn for fn, *_ in report.rows} == {"hvp"}, report.text()
+    assert ("gnvp: not compared; forward() is in inference mode (running statistics, no "
+            "dropout) and the products in training mode, so Y = forward(params, X) is no "
+            "point where H = G") in report.notes
+
+
+def test_check_hvp_compares_gnvp_where_forward_is_the_training_output(tmp_path):
+    """A module of the new layers' interface without batchnorm or dropout (a residual net):
+    its two modes are one, so gnvp is compared at Y = forward(params, X), and a wrong gnvp
+    fails."""
+    from symgrad.check import check_products
+
+    source = generate_source(ROOT / "examples" / "residual.toml", products=True)
+    path = tmp_path / "residual_mlp.py"
+    path.write_text(source, encoding="utf-8")
+    report = check_products(path)
+    assert report.ok and "gnvp" in {fn for fn, *_ in report.rows}, report.text()
+    line = "    Z1_dot = X @ V_W1 + V_b1\n"
+    at = source.index(line, source.index("\ndef gnvp("))  # gnvp's own Ż₁
+    bad = source[:at] + line.replace("V_b1", "2 * V_b1") + source[at + len(line):]
+    path.write_text(bad, encoding="utf-8")
+    report = check_products(path)
+    assert not report.ok and any(fn == "gnvp" and not ok for fn, *_, ok in report.rows)
 
 
 def test_prove_of_a_kinked_loss_takes_the_branch_at_the_point(tmp_path, capsys):
