@@ -2,6 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SLOW_STAMP := $(VENV)/.installed-slow
 
 .PHONY: test test-slow demo generated bench lint clean
 
@@ -14,12 +15,17 @@ $(STAMP): pyproject.toml
 
 # test: the suite within five minutes; test-slow: the tests marked slow (seconds of waiting
 # each, or thousands of examples: the README's examples, the wheel, the notebook, check's time
-# limits, torchrun, the spec fuzzer), which .ci/run runs after it
+# limits, torchrun, the spec fuzzer, the proof grid, the jax backend), which .ci/run runs
+# after it; it installs the `slow` extra first (jax, scikit-learn)
 test: $(STAMP)
 	$(BIN)/ruff check symgrad tests benchmarks generated
 	$(BIN)/python -m pytest -n auto --dist loadfile -m "not slow"
 
-test-slow: $(STAMP)
+$(SLOW_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-compile -e '.[test,demo,notebook,slow]'
+	touch $(SLOW_STAMP)
+
+test-slow: $(SLOW_STAMP)
 	$(BIN)/python -m pytest -n auto --dist loadfile -m slow
 
 demo: $(STAMP)

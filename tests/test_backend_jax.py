@@ -31,6 +31,9 @@ from symgrad.spec import Layer, Spec, Training, spec_from_dict
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
+# jax comes with the `slow` extra, which make test-slow installs: the whole file runs there
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
 # every activation among the hidden ones, every loss and output, by a stride through the

@@ -18,6 +18,10 @@ import cnn_accuracy  # noqa: E402
 from symgrad import datasets  # noqa: E402
 from symgrad.spec import load_spec  # noqa: E402
 
+# the study uses scikit-learn's StratifiedKFold: the `slow` extra, which make test-slow
+# installs; the whole file runs there
+pytestmark = pytest.mark.slow
+
 SMOKE = ["--smoke", "--folds", "2", "--cv-seeds", "1", "--seeds", "1"]
 
 
