@@ -62,16 +62,21 @@ SCALARS = {"N", "L1", "L2", "lr"}
 _KEYWORDS = {"axis": "dim", "keepdims": "keepdim"}  # numpy's keyword → torch's
 
 
-def _scalar(node: ast.expr) -> bool:
+def _number(node: ast.AST, names: set[str]) -> bool:
+    """A Python number: literals and ``names`` under unary and binary operators."""
     if isinstance(node, ast.Constant):
         return isinstance(node.value, int | float) and not isinstance(node.value, bool)
     if isinstance(node, ast.Name):
-        return node.id in SCALARS
+        return node.id in names
     if isinstance(node, ast.UnaryOp):
-        return _scalar(node.operand)
+        return _number(node.operand, names)
     if isinstance(node, ast.BinOp):
-        return _scalar(node.left) and _scalar(node.right)
+        return _number(node.left, names) and _number(node.right, names)
     return False
+
+
+def _scalar(node: ast.expr) -> bool:
+    return _number(node, SCALARS)
 
 
 class _Call:
@@ -959,15 +964,7 @@ HOST_SCALARS = {"fan_in", "fan_out"}  # Python numbers of the generated code's i
 
 def _host_scalar(node: ast.AST) -> bool:
     """A number computed from literals and HOST_SCALARS (np.sqrt(2.0 / fan_in))."""
-    if isinstance(node, ast.Constant):
-        return isinstance(node.value, int | float) and not isinstance(node.value, bool)
-    if isinstance(node, ast.Name):
-        return node.id in HOST_SCALARS
-    if isinstance(node, ast.UnaryOp):
-        return _host_scalar(node.operand)
-    if isinstance(node, ast.BinOp):
-        return _host_scalar(node.left) and _host_scalar(node.right)
-    return False
+    return _number(node, HOST_SCALARS)
 
 
 def _dotted(node: ast.AST) -> str:

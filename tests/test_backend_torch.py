@@ -241,6 +241,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_train(path: Path, workdir: Path, device: str, timeout: float) -> None:
+    """torchrun --nproc_per_node=2 PATH train workdir/data.npz on 127.0.0.1 (a free port):
+    3 epochs of Adam in float64, batches of 4, lr 0.05, saved to workdir/two.pt; started in
+    its own process group and killed with it past timeout (bounded, .ci/run-safe)."""
+    options = ["--epochs", "3", "--batch-size", "4", "--optimizer", "adam", "--dtype", "float64",
+               "--device", device, "--learning-rate", "0.05"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(path), "train",
+               str(workdir / "data.npz"), *options, "--save", str(workdir / "two.pt")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert proc.returncode == 0, out + err
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_one(tmp_path: Path) -> None:
     """torchrun --nproc_per_node=2 module.py train DATA.npz (gloo over 127.0.0.1): each process
@@ -253,21 +274,7 @@ def test_torchrun_two_processes_equal_one(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((11, 3)), rng.integers(0, 3, 11)
     np.savez(tmp_path / "data.npz", X=X, y=y)
-    options = ["--epochs", "3", "--batch-size", "4", "--optimizer", "adam", "--dtype", "float64",
-               "--device", "cpu", "--learning-rate", "0.05"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(path), "train",
-               str(tmp_path / "data.npz"), *options, "--save", str(tmp_path / "two.pt")]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-    assert proc.returncode == 0, out + err
+    torchrun_train(path, tmp_path, "cpu", timeout=90)
     t = load_module(path)
     params = t.init_params(0, torch.float64)
     t.train(params, X, y, epochs=3, batch_size=4, optimizer="adam", learning_rate=0.05,

@@ -8,10 +8,6 @@ case, and benchmarks/gpu_check.sh runs this file on a GPU machine.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +17,8 @@ from symgrad.codegen import generate_source, load_module
 from symgrad.spec import spec_from_dict
 
 torch = pytest.importorskip("torch")
+
+from test_backend_torch import torchrun_train  # noqa: E402  (torch first: skip without it)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this "
                           "machine: the torch backend's GPU paths are checked where one is "
@@ -127,12 +125,6 @@ def test_hvp_and_gnvp_on_cuda_equal_cpu() -> None:
         assert all(close(gpu[k], cpu[k], 1e-9) for k in cpu), product
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @two_gpus
 def test_torchrun_over_nccl_equals_one_process(tmp_path: Path) -> None:
     """torchrun --nproc_per_node=2 module.py train DATA.npz --device cuda: NCCL, one GPU a
@@ -144,21 +136,7 @@ def test_torchrun_over_nccl_equals_one_process(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((11, 3)), rng.integers(0, 3, 11)
     np.savez(tmp_path / "data.npz", X=X, y=y)
-    options = ["--epochs", "3", "--batch-size", "4", "--optimizer", "adam", "--dtype", "float64",
-               "--device", "cuda", "--learning-rate", "0.05"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(path), "train",
-               str(tmp_path / "data.npz"), *options, "--save", str(tmp_path / "two.pt")]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-    assert proc.returncode == 0, out + err
+    torchrun_train(path, tmp_path, "cuda", timeout=180)
     t = load_module(path)
     params = t.init_params(0, torch.float64)
     t.train(params, X, y, epochs=3, batch_size=4, optimizer="adam", learning_rate=0.05,
